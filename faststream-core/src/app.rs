@@ -1,0 +1,124 @@
+//! The app: collects and validates routes, runs a transport until SIGINT/SIGTERM, stops gracefully.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::extract::{Context, StateMap};
+use crate::handler::Pipeline;
+use crate::route::{registered_routes, validate, RouteDef};
+use crate::transport::{Publisher, Shutdown, Transport};
+use crate::{Error, Result};
+
+/// A service: a transport plus the routes and state its handlers run with.
+///
+/// ```no_run
+/// # async fn demo<T: faststream_core::Transport>(broker: T) -> faststream_core::Result<()> {
+/// use faststream_core::FastStream;
+/// FastStream::new(broker).run().await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct FastStream<T> {
+    transport: Arc<T>,
+    routes: Option<Vec<&'static RouteDef>>,
+    state: StateMap,
+    shutdown_timeout: Duration,
+}
+
+impl<T: Transport> FastStream<T> {
+    /// An app over `transport` running every route registered with `#[subscriber]`.
+    pub fn new(transport: T) -> Self {
+        Self {
+            transport: Arc::new(transport),
+            routes: None,
+            state: StateMap::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Adds shared state, available to handlers as `State<S>` (one value per type).
+    pub fn with_state<S: Clone + Send + Sync + 'static>(mut self, state: S) -> Self {
+        self.state.insert(state);
+        self
+    }
+
+    /// Runs only these routes instead of every registered one (see `routes![...]`).
+    pub fn with_routes(mut self, routes: Vec<&'static RouteDef>) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// How long a graceful stop may take before in-flight work is abandoned (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The routes this app will run, validated against its state.
+    pub fn routes(&self) -> Result<Vec<&'static RouteDef>> {
+        let routes = self.routes.clone().unwrap_or_else(registered_routes);
+        validate(&routes, &self.state).map_err(Error::InvalidRoutes)?;
+        Ok(routes)
+    }
+
+    /// Runs until SIGINT (Ctrl-C) or SIGTERM, then stops gracefully.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(termination_signal()).await
+    }
+
+    /// Runs until `signal` resolves, then stops gracefully: stop fetching, finish in-flight
+    /// messages, flush producers, within the shutdown timeout.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<()> {
+        let routes = self.routes()?;
+        for route in &routes {
+            tracing::info!(
+                handler = route.name(),
+                subscribes = ?route.subscribers().iter().flat_map(|s| s.topics()).collect::<Vec<_>>(),
+                publishes = ?route.publishers(),
+                "route"
+            );
+        }
+        let publisher = Publisher::new(self.transport.clone());
+        let ctx = Context::new(Arc::new(self.state), publisher);
+        let pipeline = Arc::new(Pipeline::new(routes, ctx));
+        let (trigger, shutdown) = Shutdown::new();
+        let transport = self.transport.clone();
+        let serve = transport.serve(pipeline, shutdown);
+        tokio::pin!(serve);
+        tokio::select! {
+            res = &mut serve => return res,
+            () = signal => {}
+        }
+        tracing::info!(timeout = ?self.shutdown_timeout, "shutting down");
+        trigger.trigger();
+        match tokio::time::timeout(self.shutdown_timeout, serve).await {
+            Ok(res) => res,
+            Err(_) => Err(Error::ShutdownTimeout(self.shutdown_timeout)),
+        }
+    }
+}
+
+/// Resolves on SIGINT or (on Unix) SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

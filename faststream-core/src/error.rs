@@ -1,0 +1,119 @@
+//! Errors: of the framework ([`Error`]) and of one message's handling ([`HandlerError`]).
+
+use std::fmt;
+
+use crate::route::RouteProblem;
+
+/// Errors of the framework: startup, transport, publishing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Startup validation found problems with the routes; every one is listed.
+    #[error("{}", RouteProblem::list(.0))]
+    InvalidRoutes(Vec<RouteProblem>),
+
+    /// A value could not be encoded into a payload.
+    #[error("cannot encode payload for topic {topic:?}: {reason}")]
+    Encode {
+        /// Target topic.
+        topic: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The transport failed (connection, protocol, broker error).
+    #[error(transparent)]
+    Transport(Box<dyn std::error::Error + Send + Sync>),
+
+    /// Graceful shutdown did not finish within the configured timeout.
+    #[error("graceful shutdown did not finish within {0:?}; in-flight messages were abandoned (they will be redelivered)")]
+    ShutdownTimeout(std::time::Duration),
+
+    /// The in-memory test broker found a publish loop.
+    #[error("publishing to {topic:?} nested {depth} levels deep: a route publishes to a topic it (indirectly) consumes")]
+    PublishLoop {
+        /// Topic of the publish that was refused.
+        topic: String,
+        /// Nesting depth reached.
+        depth: usize,
+    },
+}
+
+impl Error {
+    /// Wraps a transport's own error.
+    pub fn transport(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Transport(Box::new(err))
+    }
+}
+
+/// `Result` with the framework's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why one message could not be turned into handler arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// What was being decoded: the body's type, "header `x-id`", ...
+    pub target: String,
+    /// The JSON path of the offending field (`user_id`, `items[2].price`), when known.
+    pub field: Option<String>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl DecodeError {
+    /// A decode error with no field path.
+    pub fn new(target: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            target: target.into(),
+            field: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot decode {}", self.target)?;
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Why handling one message failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The message could not be decoded into the handler's arguments.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The handler returned `Err`.
+    #[error("handler returned an error: {0}")]
+    Handler(String),
+    /// The handler panicked; the service keeps running.
+    #[error("handler panicked: {0}")]
+    Panic(String),
+    /// The return value could not be encoded.
+    #[error("cannot encode the handler's return value: {0}")]
+    Encode(String),
+}
+
+impl HandlerError {
+    /// Converts a handler's `Err` value.
+    pub fn from_handler<E: fmt::Display>(err: E) -> Self {
+        Self::Handler(err.to_string())
+    }
+
+    /// A short machine-readable name of the error's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::Decode(_) => "decode",
+            HandlerError::Handler(_) => "handler",
+            HandlerError::Panic(_) => "panic",
+            HandlerError::Encode(_) => "encode",
+        }
+    }
+}

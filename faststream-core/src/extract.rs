@@ -1,0 +1,219 @@
+//! Extractors: handler arguments built from the message or the app's context, not the body.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::DecodeError;
+use crate::message::{Headers, Message};
+use crate::transport::Publisher;
+
+/// Shared values given to the app with `with_state`, by type.
+#[derive(Clone, Default)]
+pub struct StateMap(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl std::fmt::Debug for StateMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMap")
+            .field("len", &self.0.len())
+            .finish()
+    }
+}
+
+impl StateMap {
+    /// Adds (or replaces) the state of type `T`.
+    pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
+        self.0.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// The state of type `T`.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// Whether a state of this type is present.
+    pub fn contains(&self, id: TypeId) -> bool {
+        self.0.contains_key(&id)
+    }
+}
+
+/// What a handler runs with besides the message: shared state and a publisher.
+#[derive(Clone, Debug)]
+pub struct Context {
+    state: Arc<StateMap>,
+    publisher: Publisher,
+}
+
+impl Context {
+    /// A context over `state`, publishing through `publisher`.
+    pub fn new(state: Arc<StateMap>, publisher: Publisher) -> Self {
+        Self { state, publisher }
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &StateMap {
+        &self.state
+    }
+
+    /// The publisher handle.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+}
+
+/// A handler argument built from the message and context rather than decoded from the body.
+///
+/// Implement it for your own types and mark the argument `#[context]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an extractor",
+    label = "cannot be built from the message or the context",
+    note = "extractors are Key, Headers, Topic, Partition, Offset, Timestamp, Message, State<T>, Publisher, CorrelationId, or your own type implementing `FromMessage`; write `#[body]` if this argument is the payload"
+)]
+pub trait FromMessage: Sized {
+    /// Builds the value; an error fails the message like a decode error.
+    fn from_message(msg: &Message, ctx: &Context) -> Result<Self, DecodeError>;
+}
+
+macro_rules! newtype_extractor {
+    ($(#[$doc:meta])* $name:ident($ty:ty) = |$msg:ident| $value:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct $name(pub $ty);
+
+        impl FromMessage for $name {
+            fn from_message($msg: &Message, _: &Context) -> Result<Self, DecodeError> {
+                Ok($name($value))
+            }
+        }
+    };
+}
+
+newtype_extractor!(
+    /// The record key (`None` when the record has no key).
+    Key(Option<Bytes>) = |m| m.key.clone()
+);
+newtype_extractor!(
+    /// The topic the message was read from.
+    Topic(Arc<str>) = |m| m.topic.clone()
+);
+newtype_extractor!(
+    /// The partition the message was read from.
+    Partition(i32) = |m| m.partition
+);
+newtype_extractor!(
+    /// The offset of the message in its partition.
+    Offset(i64) = |m| m.offset
+);
+newtype_extractor!(
+    /// The record timestamp in milliseconds since the epoch, if it has one.
+    Timestamp(Option<i64>) = |m| m.timestamp
+);
+
+impl Key {
+    /// The key as UTF-8 text, if it is present and text.
+    pub fn as_str(&self) -> Option<&str> {
+        self.0.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+    }
+}
+
+/// The correlation id: the incoming `correlation_id` header, which every message published while
+/// handling this one carries too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorrelationId(pub String);
+
+impl FromMessage for CorrelationId {
+    fn from_message(msg: &Message, _: &Context) -> Result<Self, DecodeError> {
+        // The pipeline assigns one to every message that arrives without it.
+        Ok(CorrelationId(msg.correlation_id().unwrap_or("").to_owned()))
+    }
+}
+
+impl FromMessage for Headers {
+    fn from_message(msg: &Message, _: &Context) -> Result<Self, DecodeError> {
+        Ok(msg.headers.clone())
+    }
+}
+
+impl FromMessage for Message {
+    fn from_message(msg: &Message, _: &Context) -> Result<Self, DecodeError> {
+        Ok(msg.clone())
+    }
+}
+
+impl FromMessage for Publisher {
+    fn from_message(_: &Message, ctx: &Context) -> Result<Self, DecodeError> {
+        Ok(ctx.publisher.clone())
+    }
+}
+
+/// Shared state given to the app with `with_state(value)`; cloned for each message (wrap large
+/// values in an `Arc`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct State<T>(pub T);
+
+impl<T> std::ops::Deref for State<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> FromMessage for State<T> {
+    fn from_message(_: &Message, ctx: &Context) -> Result<Self, DecodeError> {
+        // Startup validation guarantees presence; keep a clear error for hand-built contexts.
+        ctx.state.get::<T>().cloned().map(State).ok_or_else(|| {
+            DecodeError::new(
+                format!("State<{}>", std::any::type_name::<T>()),
+                "the app was not given this state",
+            )
+        })
+    }
+}
+
+/// A value read from one header, by name: `#[header("x-request-id")] id: String`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be read from a header",
+    note = "a #[header] argument is String, Bytes, Vec<u8>, or an Option of one of them"
+)]
+pub trait FromHeader: Sized {
+    /// Reads header `name` of `msg`.
+    fn from_header(msg: &Message, name: &str) -> Result<Self, DecodeError>;
+}
+
+fn required<'m>(msg: &'m Message, name: &str) -> Result<&'m Bytes, DecodeError> {
+    msg.headers
+        .get(name)
+        .ok_or_else(|| DecodeError::new(format!("header `{name}`"), "the header is missing"))
+}
+
+impl FromHeader for Bytes {
+    fn from_header(msg: &Message, name: &str) -> Result<Self, DecodeError> {
+        required(msg, name).cloned()
+    }
+}
+
+impl FromHeader for Vec<u8> {
+    fn from_header(msg: &Message, name: &str) -> Result<Self, DecodeError> {
+        required(msg, name).map(|b| b.to_vec())
+    }
+}
+
+impl FromHeader for String {
+    fn from_header(msg: &Message, name: &str) -> Result<Self, DecodeError> {
+        let raw = required(msg, name)?;
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::new(format!("header `{name}`"), "the value is not valid UTF-8"))
+    }
+}
+
+impl<T: FromHeader> FromHeader for Option<T> {
+    fn from_header(msg: &Message, name: &str) -> Result<Self, DecodeError> {
+        if msg.headers.get(name).is_none() {
+            return Ok(None);
+        }
+        T::from_header(msg, name).map(Some)
+    }
+}

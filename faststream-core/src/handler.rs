@@ -1,0 +1,160 @@
+//! The handler pipeline: one message in, decode, call, encode, outputs (or an error) out.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use crate::error::HandlerError;
+use crate::extract::Context;
+use crate::message::{header, Message, OutgoingMessage};
+use crate::outcome::Reply;
+use crate::route::RouteDef;
+use crate::transport::BoxFuture;
+
+/// What a generated handler returns.
+pub type HandlerResult = Result<Reply, HandlerError>;
+
+/// The type-erased handler the macros generate for each route.
+pub type HandlerFn = fn(Message, Context) -> BoxFuture<'static, HandlerResult>;
+
+/// The result of handling one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler finished; these messages are to be published (possibly none).
+    Done(Vec<OutgoingMessage>),
+    /// Decoding, the handler or encoding failed.
+    Failed(HandlerError),
+}
+
+/// Runs messages through routes. Shared by every transport and the test broker.
+#[derive(Debug)]
+pub struct Pipeline {
+    routes: Vec<&'static RouteDef>,
+    ctx: Context,
+}
+
+impl Pipeline {
+    /// A pipeline over validated `routes`.
+    pub fn new(routes: Vec<&'static RouteDef>, ctx: Context) -> Self {
+        Self { routes, ctx }
+    }
+
+    /// The routes, sorted by handler path.
+    pub fn routes(&self) -> &[&'static RouteDef] {
+        &self.routes
+    }
+
+    /// The context handlers run with.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Handles `msg` with `route`: decode, call, encode, address the reply to every publisher
+    /// topic. A failure is logged with topic, partition, offset and handler, and returned.
+    pub async fn handle(&self, route: &RouteDef, mut msg: Message) -> Outcome {
+        let correlation_id = match msg.correlation_id() {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = new_correlation_id();
+                msg.headers.insert(header::CORRELATION_ID, id.clone());
+                id
+            }
+        };
+        let topic = msg.topic.clone();
+        let (partition, offset) = (msg.partition, msg.offset);
+        let key = msg.key.clone();
+        let result = CatchUnwind((route.handler)(msg, self.ctx.clone())).await;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::error!(
+                    handler = route.name(),
+                    topic = &*topic,
+                    partition,
+                    offset,
+                    kind = err.kind(),
+                    error = %err,
+                    "message failed"
+                );
+                return Outcome::Failed(err);
+            }
+        };
+        let Some(body) = reply.into_body() else {
+            return Outcome::Done(Vec::new());
+        };
+        let mut headers = body.meta.headers;
+        if let Some(ct) = body.content_type {
+            headers.insert(header::CONTENT_TYPE, ct);
+        }
+        headers.insert(header::CORRELATION_ID, correlation_id);
+        let key = body.meta.key.or(key);
+        let outputs = route
+            .publishers()
+            .iter()
+            .map(|topic| OutgoingMessage {
+                topic: (*topic).to_owned(),
+                partition: body.meta.partition,
+                key: key.clone(),
+                headers: headers.clone(),
+                payload: Some(body.payload.clone()),
+                timestamp: None,
+            })
+            .collect();
+        Outcome::Done(outputs)
+    }
+}
+
+/// Turns a panic while polling the handler into [`HandlerError::Panic`].
+struct CatchUnwind(BoxFuture<'static, HandlerResult>);
+
+impl Future for CatchUnwind {
+    type Output = HandlerResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<HandlerResult> {
+        let fut = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                Poll::Ready(Err(HandlerError::Panic(msg)))
+            }
+        }
+    }
+}
+
+/// A random UUID (version 4 layout), without pulling in a UUID crate.
+pub(crate) fn new_correlation_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = std::collections::hash_map::RandomState::new();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = seed.build_hasher();
+    h.write_u64(n);
+    let a = h.finish();
+    h.write_u64(a);
+    let b = h.finish();
+    let v = (u128::from(a) << 64 | u128::from(b)) & !(0xF << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62);
+    let s = format!("{v:032x}");
+    format!("{}-{}-{}-{}-{}", &s[..8], &s[8..12], &s[12..16], &s[16..20], &s[20..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids_are_uuid_shaped_and_distinct() {
+        let a = new_correlation_id();
+        let b = new_correlation_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+}

@@ -1,0 +1,54 @@
+//! Transport-independent core of [faststream](https://docs.rs/faststream).
+//!
+//! Applications depend on the `faststream` facade. Depend on this crate directly to write a
+//! transport (implement [`Transport`]), an extractor (implement [`FromMessage`]) or a codec,
+//! without pulling in Kafka.
+//!
+//! What lives here:
+//! - the message model: [`Message`], [`OutgoingMessage`], [`Headers`];
+//! - routes: [`RouteDef`] (what `#[subscriber]` emits), the registry and startup validation;
+//! - the handler pipeline ([`Pipeline`]): decode, call, encode, outcome;
+//! - extractors ([`Key`], [`Headers`], [`State`], ...) and codecs ([`Json`], text, bytes);
+//! - the app lifecycle ([`FastStream`]) and the transport seam ([`Transport`]);
+//! - the in-memory [`testing::TestBroker`].
+
+mod app;
+mod codec;
+mod error;
+mod extract;
+mod handler;
+mod message;
+mod outcome;
+mod route;
+pub mod testing;
+mod transport;
+
+pub use app::{termination_signal, FastStream};
+pub use codec::{decode_json, decode_raw, decode_text, IntoPayload, Json};
+pub use error::{DecodeError, Error, HandlerError, Result};
+pub use extract::{
+    Context, CorrelationId, FromHeader, FromMessage, Key, Offset, Partition, State, StateMap,
+    Timestamp, Topic,
+};
+pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline};
+pub use message::{content_type, header, Headers, Message, OutgoingMessage};
+pub use outcome::{Reply, Response, ResponseMeta};
+pub use route::{
+    registered_routes, validate, OffsetReset, RouteDef, RouteProblem, StateReq, SubscriberDef,
+};
+pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
+
+/// Support for macro-generated code. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::codec::{decode_json, decode_raw, decode_text};
+    pub use crate::error::HandlerError;
+    pub use crate::extract::{Context, FromHeader, FromMessage};
+    pub use crate::handler::HandlerResult;
+    pub use crate::message::Message;
+    pub use crate::outcome::Reply;
+    pub use crate::route::{OffsetReset, RouteDef, RouteRef, StateReq, SubscriberDef};
+    pub use crate::transport::BoxFuture;
+    pub use inventory;
+    pub use serde;
+}

@@ -1,0 +1,247 @@
+//! The message model: what a handler receives and what the runtime publishes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Header names shared with Python FastStream, so services written with either can talk.
+pub mod header {
+    /// MIME type of the payload (`application/json`, `text/plain`; absent for raw bytes).
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Carried from an incoming message to every message published while handling it.
+    pub const CORRELATION_ID: &str = "correlation_id";
+    /// Topic a requester expects the reply on.
+    pub const REPLY_TO: &str = "reply_to";
+}
+
+/// Content types the codecs produce and understand.
+pub mod content_type {
+    /// JSON payloads.
+    pub const JSON: &str = "application/json";
+    /// UTF-8 text payloads.
+    pub const TEXT: &str = "text/plain";
+}
+
+/// Kafka record headers.
+///
+/// A map: Kafka allows duplicate keys, but the transport keeps only the last value of each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, Bytes>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The raw value of header `name`.
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.0.get(name)
+    }
+
+    /// The value of header `name` if it is present and valid UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Sets header `name`, replacing any previous value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        self.0.insert(name.into(), value.into());
+    }
+
+    /// Removes header `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<Bytes> {
+        self.0.remove(name)
+    }
+
+    /// Iterates over `(name, value)` in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds every header of `other`, replacing values of the same name.
+    pub fn extend(&mut self, other: Headers) {
+        self.0.extend(other.0);
+    }
+}
+
+impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl From<Headers> for BTreeMap<String, Bytes> {
+    fn from(h: Headers) -> Self {
+        h.0
+    }
+}
+
+/// One consumed record, as a handler sees it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Message {
+    /// Topic it was read from.
+    pub topic: Arc<str>,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Bytes>,
+    /// Record headers.
+    pub headers: Headers,
+    /// Record timestamp, milliseconds since the Unix epoch.
+    pub timestamp: Option<i64>,
+    /// Record value; `None` is a tombstone (null value).
+    pub payload: Option<Bytes>,
+}
+
+impl Message {
+    /// A message on partition 0 at offset 0, for tests and custom transports.
+    pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            headers: Headers::new(),
+            timestamp: None,
+            payload: Some(payload.into()),
+        }
+    }
+
+    /// Sets the position (partition and offset).
+    pub fn at(mut self, partition: i32, offset: i64) -> Self {
+        self.partition = partition;
+        self.offset = offset;
+        self
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sets the timestamp (milliseconds since the Unix epoch).
+    pub fn with_timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
+    }
+
+    /// The `content-type` header, if any.
+    pub fn content_type(&self) -> Option<&str> {
+        self.headers.get_str(header::CONTENT_TYPE)
+    }
+
+    /// The `correlation_id` header, if any.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.headers.get_str(header::CORRELATION_ID)
+    }
+
+    /// The payload as UTF-8 text, if it is that.
+    pub fn text(&self) -> Option<&str> {
+        self.payload
+            .as_deref()
+            .and_then(|p| std::str::from_utf8(p).ok())
+    }
+}
+
+/// A record to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutgoingMessage {
+    /// Target topic.
+    pub topic: String,
+    /// Target partition; `None` lets the transport's partitioner choose (by key hash).
+    pub partition: Option<i32>,
+    /// Record key.
+    pub key: Option<Bytes>,
+    /// Record headers.
+    pub headers: Headers,
+    /// Record value; `None` publishes a tombstone.
+    pub payload: Option<Bytes>,
+    /// Timestamp in milliseconds since the epoch; `None` means now.
+    pub timestamp: Option<i64>,
+}
+
+impl OutgoingMessage {
+    /// A message with `payload` for `topic`, with no key and no headers.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            headers: Headers::new(),
+            payload: Some(payload.into()),
+            timestamp: None,
+        }
+    }
+
+    /// A message whose payload is `value` encoded by the codec rules (text, bytes or JSON), with
+    /// the matching `content-type` header.
+    pub fn encode(
+        topic: impl Into<String>,
+        value: impl crate::codec::IntoPayload,
+    ) -> Result<Self, crate::Error> {
+        let (payload, content_type) = value.into_payload()?;
+        let mut msg = Self::new(topic, payload);
+        if let Some(ct) = content_type {
+            msg.headers.insert(header::CONTENT_TYPE, ct);
+        }
+        Ok(msg)
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sends to this partition instead of letting the partitioner choose.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets the timestamp (milliseconds since the Unix epoch).
+    pub fn timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
+    }
+
+    /// Rough size in bytes, for batching decisions.
+    pub fn approximate_size(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.payload.as_ref().map_or(0, Bytes::len)
+            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+}

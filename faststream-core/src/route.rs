@@ -1,0 +1,280 @@
+//! Routes: the descriptors the macros emit, their registry, and startup validation.
+
+use std::any::TypeId;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::extract::StateMap;
+use crate::handler::HandlerFn;
+
+/// Where a consumer with no committed offset starts reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OffsetReset {
+    /// From the oldest record still kept.
+    Earliest,
+    /// Only records produced after the consumer started (Kafka's default).
+    #[default]
+    Latest,
+}
+
+/// One `#[subscriber(...)]`: topics and consumer options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriberDef {
+    topics: &'static [&'static str],
+    group_id: Option<&'static str>,
+    auto_offset_reset: OffsetReset,
+}
+
+impl SubscriberDef {
+    /// Subscribes to `topics` with default options.
+    pub const fn new(topics: &'static [&'static str]) -> Self {
+        Self {
+            topics,
+            group_id: None,
+            auto_offset_reset: OffsetReset::Latest,
+        }
+    }
+
+    /// Sets the consumer group.
+    pub const fn group_id(mut self, group_id: &'static str) -> Self {
+        self.group_id = Some(group_id);
+        self
+    }
+
+    /// Sets where to start without a committed offset.
+    pub const fn auto_offset_reset(mut self, reset: OffsetReset) -> Self {
+        self.auto_offset_reset = reset;
+        self
+    }
+
+    /// The subscribed topics.
+    pub fn topics(&self) -> &'static [&'static str] {
+        self.topics
+    }
+
+    /// The consumer group, if any.
+    pub fn group(&self) -> Option<&'static str> {
+        self.group_id
+    }
+
+    /// Where to start without a committed offset.
+    pub fn offset_reset(&self) -> OffsetReset {
+        self.auto_offset_reset
+    }
+}
+
+/// A `State<T>` a handler needs: checked at startup against what the app provides.
+#[derive(Clone, Copy, Debug)]
+pub struct StateReq {
+    /// The state type.
+    pub type_id: TypeId,
+    /// Its name, for the error message.
+    pub type_name: &'static str,
+}
+
+impl StateReq {
+    /// The requirement for `State<T>`.
+    pub fn of<T: 'static>() -> StateReq {
+        StateReq {
+            type_id: TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+        }
+    }
+}
+
+/// One handler function with everything its attributes said: a route.
+#[derive(Debug)]
+pub struct RouteDef {
+    name: &'static str,
+    file: &'static str,
+    line: u32,
+    subscribers: &'static [SubscriberDef],
+    publishers: &'static [&'static str],
+    states: &'static [fn() -> StateReq],
+    pub(crate) handler: HandlerFn,
+}
+
+impl RouteDef {
+    #[doc(hidden)]
+    pub const fn __new(
+        name: &'static str,
+        file: &'static str,
+        line: u32,
+        subscribers: &'static [SubscriberDef],
+        publishers: &'static [&'static str],
+        states: &'static [fn() -> StateReq],
+        handler: HandlerFn,
+    ) -> Self {
+        Self {
+            name,
+            file,
+            line,
+            subscribers,
+            publishers,
+            states,
+            handler,
+        }
+    }
+
+    /// The handler's path, `crate::module::function`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The handler's function name (the last segment of [`name`](Self::name)).
+    pub fn fn_name(&self) -> &'static str {
+        self.name.rsplit("::").next().unwrap_or(self.name)
+    }
+
+    /// Where the handler is defined, `file:line`.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+
+    /// Its subscriptions.
+    pub fn subscribers(&self) -> &'static [SubscriberDef] {
+        self.subscribers
+    }
+
+    /// The topics its return value is published to.
+    pub fn publishers(&self) -> &'static [&'static str] {
+        self.publishers
+    }
+
+    /// The `State<T>` types it needs.
+    pub fn states(&self) -> impl Iterator<Item = StateReq> {
+        self.states.iter().map(|f| f())
+    }
+}
+
+/// How the macros register a route with `inventory`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RouteRef(pub &'static RouteDef);
+
+inventory::collect!(RouteRef);
+
+/// Every route registered with `#[subscriber]` in the binary, sorted by handler path.
+pub fn registered_routes() -> Vec<&'static RouteDef> {
+    let mut routes: Vec<&'static RouteDef> = inventory::iter::<RouteRef>().map(|r| r.0).collect();
+    routes.sort_by_key(|r| (r.name, r.file, r.line));
+    routes
+}
+
+/// One problem found by startup validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteProblem {
+    /// No route at all.
+    NoRoutes,
+    /// Two subscriptions to the same topic in the same consumer group.
+    DuplicateSubscription {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// The first handler, `path (file:line)`.
+        first: String,
+        /// The second handler, `path (file:line)`.
+        second: String,
+    },
+    /// A handler needs a `State<T>` the app was not given.
+    MissingState {
+        /// The handler, `path (file:line)`.
+        handler: String,
+        /// The missing state type.
+        type_name: &'static str,
+    },
+    /// A handler publishes to the same topic twice.
+    DuplicatePublisher {
+        /// The handler, `path (file:line)`.
+        handler: String,
+        /// The topic.
+        topic: String,
+    },
+}
+
+impl fmt::Display for RouteProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteProblem::NoRoutes => write!(
+                f,
+                "no routes found: annotate an `async fn` with #[subscriber(\"topic\")]. If your handlers live in \
+                 another crate that nothing in this binary references, the linker may have dropped them: \
+                 reference that crate (e.g. `use handlers as _;`) or list routes explicitly with `routes![...]`"
+            ),
+            RouteProblem::DuplicateSubscription { topic, group, first, second } => write!(
+                f,
+                "topic {topic:?} is subscribed twice in consumer group {group:?}: by {first} and by {second}; \
+                 the group would split its partitions between them. Use distinct group ids"
+            ),
+            RouteProblem::MissingState { handler, type_name } => write!(
+                f,
+                "{handler} needs `State<{type_name}>`, but the app has no such state: add `.with_state(...)` with a value of that type"
+            ),
+            RouteProblem::DuplicatePublisher { handler, topic } => {
+                write!(f, "{handler} publishes to {topic:?} twice")
+            }
+        }
+    }
+}
+
+impl RouteProblem {
+    pub(crate) fn list(problems: &[RouteProblem]) -> String {
+        let mut s = format!("{} problem(s) with the routes:", problems.len());
+        for p in problems {
+            s.push_str("\n  - ");
+            s.push_str(&p.to_string());
+        }
+        s
+    }
+}
+
+fn describe(route: &RouteDef) -> String {
+    format!("{} ({})", route.name, route.location())
+}
+
+/// Checks the routes against each other and against the provided state; returns every problem.
+pub fn validate(routes: &[&'static RouteDef], state: &StateMap) -> Result<(), Vec<RouteProblem>> {
+    let mut problems = Vec::new();
+    if routes.is_empty() {
+        problems.push(RouteProblem::NoRoutes);
+    }
+    let mut seen: BTreeMap<(&str, &str), &RouteDef> = BTreeMap::new();
+    for route in routes {
+        for sub in route.subscribers {
+            let Some(group) = sub.group_id else { continue };
+            for topic in sub.topics {
+                if let Some(first) = seen.insert((topic, group), route) {
+                    problems.push(RouteProblem::DuplicateSubscription {
+                        topic: topic.to_string(),
+                        group: group.to_string(),
+                        first: describe(first),
+                        second: describe(route),
+                    });
+                }
+            }
+        }
+        for req in route.states() {
+            if !state.contains(req.type_id) {
+                problems.push(RouteProblem::MissingState {
+                    handler: describe(route),
+                    type_name: req.type_name,
+                });
+            }
+        }
+        for (i, topic) in route.publishers.iter().enumerate() {
+            if route.publishers[..i].contains(topic) {
+                problems.push(RouteProblem::DuplicatePublisher {
+                    handler: describe(route),
+                    topic: topic.to_string(),
+                });
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}

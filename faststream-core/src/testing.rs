@@ -1,0 +1,276 @@
+//! The in-memory test broker: runs the same routes in-process, with no Kafka.
+//!
+//! Publishing runs every subscribed handler to completion before returning, and delivers what
+//! they publish to the routes subscribed to those topics in turn, so a test can publish and
+//! then look at what each handler received and what landed on each topic.
+//!
+//! ```no_run
+//! # async fn demo() -> faststream_core::Result<()> {
+//! use faststream_core::testing::TestBroker;
+//! let broker = TestBroker::new()?;
+//! broker.publish(r#"{"user": "john", "user_id": 1}"#, "in_topic").await?;
+//! let out = broker.published("out-topic");
+//! assert_eq!(out[0].text(), Some("User: 1 - john registered"));
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::de::DeserializeOwned;
+
+use crate::codec::{decode_json, IntoPayload};
+use crate::error::HandlerError;
+use crate::extract::{Context, StateMap};
+use crate::handler::{new_correlation_id, Outcome, Pipeline};
+use crate::message::{header, Message, OutgoingMessage};
+use crate::route::{registered_routes, validate, RouteDef};
+use crate::transport::{BoxFuture, Publish, Publisher};
+use crate::{Error, Result};
+
+/// How deep handlers may publish to topics other handlers consume before it counts as a loop.
+const MAX_DEPTH: usize = 32;
+
+/// One message handled by one route.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The handler's path.
+    pub handler: &'static str,
+    /// The message it received.
+    pub message: Message,
+    /// What came of it.
+    pub outcome: Outcome,
+}
+
+impl Delivery {
+    /// The payload decoded as JSON into `T`, as the handler would have seen it.
+    pub fn body<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        decode_json(&self.message, std::any::type_name::<T>())
+    }
+
+    /// The error, if handling failed.
+    pub fn error(&self) -> Option<&HandlerError> {
+        match &self.outcome {
+            Outcome::Failed(e) => Some(e),
+            Outcome::Done(_) => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    topics: HashMap<String, Vec<Message>>,
+    deliveries: Vec<Delivery>,
+}
+
+struct Inner {
+    pipeline: Pipeline,
+    log: Mutex<Log>,
+    depth: AtomicUsize,
+}
+
+/// Builds a [`TestBroker`] with state and an explicit route list.
+#[derive(Debug, Default)]
+pub struct TestBrokerBuilder {
+    routes: Option<Vec<&'static RouteDef>>,
+    state: StateMap,
+}
+
+impl TestBrokerBuilder {
+    /// Adds shared state, as `FastStream::with_state`.
+    pub fn with_state<S: Clone + Send + Sync + 'static>(mut self, state: S) -> Self {
+        self.state.insert(state);
+        self
+    }
+
+    /// Runs only these routes (see `routes![...]`) instead of every registered one.
+    pub fn with_routes(mut self, routes: Vec<&'static RouteDef>) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// Validates the routes as the app does at startup and builds the broker.
+    pub fn build(self) -> Result<TestBroker> {
+        let routes = self.routes.unwrap_or_else(registered_routes);
+        validate(&routes, &self.state).map_err(Error::InvalidRoutes)?;
+        let state = Arc::new(self.state);
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let publisher = Publisher::new(Arc::new(Sink(weak.clone())));
+            Inner {
+                pipeline: Pipeline::new(routes, Context::new(state, publisher)),
+                log: Mutex::new(Log::default()),
+                depth: AtomicUsize::new(0),
+            }
+        });
+        Ok(TestBroker { inner })
+    }
+}
+
+/// Runs routes in-process; see the [module docs](self).
+#[derive(Clone)]
+pub struct TestBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TestBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBroker")
+            .field("routes", &self.inner.pipeline.routes().len())
+            .finish()
+    }
+}
+
+impl TestBroker {
+    /// A broker running every registered route, with no state.
+    pub fn new() -> Result<TestBroker> {
+        Self::builder().build()
+    }
+
+    /// A builder for state and explicit routes.
+    pub fn builder() -> TestBrokerBuilder {
+        TestBrokerBuilder::default()
+    }
+
+    /// Publishes `value` (text, bytes or `Json(..)`) to `topic` and runs every handler it reaches.
+    pub async fn publish(&self, value: impl IntoPayload, topic: &str) -> Result<()> {
+        self.send(OutgoingMessage::encode(topic, value)?).await
+    }
+
+    /// Publishes a fully specified message (key, headers, partition) and runs every handler it reaches.
+    pub async fn send(&self, msg: OutgoingMessage) -> Result<()> {
+        self.inner.clone().deliver(msg).await
+    }
+
+    /// Every message published to `topic` so far, in order.
+    pub fn published(&self, topic: &str) -> Vec<Message> {
+        self.log().topics.get(topic).cloned().unwrap_or_default()
+    }
+
+    /// Every delivery so far, in order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.log().deliveries.clone()
+    }
+
+    /// The deliveries to one handler, named by function name or full path.
+    pub fn received(&self, handler: &str) -> Vec<Delivery> {
+        self.log()
+            .deliveries
+            .iter()
+            .filter(|d| d.handler == handler || d.handler.rsplit("::").next() == Some(handler))
+            .cloned()
+            .collect()
+    }
+
+    /// The deliveries that failed.
+    pub fn errors(&self) -> Vec<Delivery> {
+        self.log()
+            .deliveries
+            .iter()
+            .filter(|d| d.error().is_some())
+            .cloned()
+            .collect()
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.inner.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn deliver(self: Arc<Self>, out: OutgoingMessage) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let depth = self.depth.fetch_add(1, Ordering::SeqCst);
+            let result = self.clone().deliver_at_depth(out, depth).await;
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            result
+        })
+    }
+
+    async fn deliver_at_depth(
+        self: Arc<Self>,
+        mut out: OutgoingMessage,
+        depth: usize,
+    ) -> Result<()> {
+        // Like a real publisher, every message gets a correlation id.
+        if out.headers.get(header::CORRELATION_ID).is_none() {
+            out.headers
+                .insert(header::CORRELATION_ID, new_correlation_id());
+        }
+        if depth >= MAX_DEPTH {
+            return Err(Error::PublishLoop {
+                topic: out.topic,
+                depth,
+            });
+        }
+        let msg = {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let entries = log.topics.entry(out.topic.clone()).or_default();
+            let partition = out.partition.unwrap_or(0);
+            let offset = entries.iter().filter(|m| m.partition == partition).count() as i64;
+            let msg = Message {
+                topic: out.topic.as_str().into(),
+                partition,
+                offset,
+                key: out.key,
+                headers: out.headers,
+                timestamp: Some(out.timestamp.unwrap_or_else(now_millis)),
+                payload: out.payload,
+            };
+            entries.push(msg.clone());
+            msg
+        };
+        let routes: Vec<&'static RouteDef> = self
+            .pipeline
+            .routes()
+            .iter()
+            .copied()
+            .filter(|r| {
+                r.subscribers()
+                    .iter()
+                    .any(|s| s.topics().contains(&&*msg.topic))
+            })
+            .collect();
+        for route in routes {
+            let outcome = self.pipeline.handle(route, msg.clone()).await;
+            let outputs = match &outcome {
+                Outcome::Done(outs) => outs.clone(),
+                Outcome::Failed(_) => Vec::new(),
+            };
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .deliveries
+                .push(Delivery {
+                    handler: route.name(),
+                    message: msg.clone(),
+                    outcome,
+                });
+            for out in outputs {
+                self.clone().deliver(out).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Publishing from inside handlers run by the test broker.
+struct Sink(Weak<Inner>);
+
+impl Publish for Sink {
+    fn send(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<()>> {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            match inner {
+                Some(inner) => inner.deliver(msg).await,
+                None => Ok(()),
+            }
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The seam between the pipeline and a broker: [`Transport`], plus the [`Publisher`] handle and
+//! the [`Shutdown`] signal.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::codec::IntoPayload;
+use crate::handler::Pipeline;
+use crate::message::OutgoingMessage;
+use crate::Result;
+
+/// A boxed `Send` future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something messages can be published to.
+pub trait Publish: Send + Sync + 'static {
+    /// Publishes one message; resolves once the broker acknowledged it.
+    fn send(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A broker the app runs on: the Kafka transport, or your own.
+pub trait Transport: Publish {
+    /// Consumes every subscription of `pipeline`'s routes, runs each message through the
+    /// pipeline and publishes its outputs, until `shutdown` fires; then stops fetching, finishes
+    /// in-flight messages, flushes and returns.
+    fn serve(&self, pipeline: Arc<Pipeline>, shutdown: Shutdown) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A cheap handle for publishing from anywhere, including inside handlers (as an extractor).
+#[derive(Clone)]
+pub struct Publisher(Arc<dyn Publish>);
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Publisher")
+    }
+}
+
+impl Publisher {
+    /// A handle publishing through `sink`.
+    pub fn new(sink: Arc<dyn Publish>) -> Self {
+        Self(sink)
+    }
+
+    /// Publishes `value` (text, bytes, or `Json(..)`) to `topic`, with no key.
+    pub async fn publish(&self, value: impl IntoPayload, topic: &str) -> Result<()> {
+        let msg = OutgoingMessage::encode(topic, value)?;
+        self.0.send(msg).await
+    }
+
+    /// Publishes a fully specified message (key, headers, partition).
+    pub async fn send(&self, msg: OutgoingMessage) -> Result<()> {
+        self.0.send(msg).await
+    }
+}
+
+/// Fires once when the app should stop. Clones observe the same signal.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl Shutdown {
+    /// A signal and its trigger.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when shutdown is requested (or the trigger is dropped).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+impl ShutdownTrigger {
+    /// Requests shutdown.
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}

@@ -1,0 +1,332 @@
+//! Parsing of `#[subscriber(...)]` and `#[publisher(...)]` arguments.
+//!
+//! Both take leading topic literals, then `key = value` options. Every problem is collected
+//! before giving up, so one compile run reports all of them.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::{Ident, LitStr, Token};
+
+/// Which attribute is being read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum AttrKind {
+    Subscriber,
+    Publisher,
+}
+
+impl AttrKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AttrKind::Subscriber => "subscriber",
+            AttrKind::Publisher => "publisher",
+        }
+    }
+
+    /// The options this attribute accepts, in the order the error message lists them.
+    fn valid_keys(self) -> &'static [&'static str] {
+        match self {
+            AttrKind::Subscriber => &["group_id", "auto_offset_reset", "crate"],
+            AttrKind::Publisher => &[],
+        }
+    }
+}
+
+/// Collects errors so every one of them is reported.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, err: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(err),
+            None => self.0 = Some(err),
+        }
+    }
+
+    pub(crate) fn error(&mut self, span: Span, msg: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, msg));
+    }
+
+    pub(crate) fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// Where a consumer without a committed offset starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+/// One `#[subscriber(...)]`.
+pub(crate) struct SubscriberArgs {
+    pub(crate) topics: Vec<LitStr>,
+    pub(crate) group_id: Option<LitStr>,
+    pub(crate) auto_offset_reset: Option<OffsetReset>,
+}
+
+/// Everything the attributes on one function say.
+pub(crate) struct RouteArgs {
+    pub(crate) subscribers: Vec<SubscriberArgs>,
+    pub(crate) publishers: Vec<LitStr>,
+    pub(crate) krate: Option<syn::Path>,
+}
+
+/// One item of an attribute's argument list: a topic literal or `key = value`.
+enum Item {
+    Topic(LitStr),
+    Option { key: Ident, value: syn::Expr },
+}
+
+impl Parse for Item {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(LitStr) {
+            return Ok(Item::Topic(input.parse()?));
+        }
+        let key = if input.peek(Token![crate]) {
+            let tok: Token![crate] = input.parse()?;
+            Ident::new("crate", tok.span)
+        } else {
+            input.parse::<Ident>().map_err(|e| {
+                syn::Error::new(e.span(), "expected a topic string literal or `key = value`")
+            })?
+        };
+        input.parse::<Token![=]>()?;
+        let value = input.parse()?;
+        Ok(Item::Option { key, value })
+    }
+}
+
+/// Parses one attribute's tokens into `route`, recording problems in `errors`.
+pub(crate) fn parse_into(
+    kind: AttrKind,
+    attr_span: Span,
+    tokens: TokenStream,
+    route: &mut RouteArgs,
+    errors: &mut Errors,
+) {
+    let items = match Punctuated::<Item, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(items) => items,
+        Err(e) => return errors.push(e),
+    };
+    let mut topics = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut sub = SubscriberArgs {
+        topics: Vec::new(),
+        group_id: None,
+        auto_offset_reset: None,
+    };
+    for item in items {
+        match item {
+            Item::Topic(lit) => {
+                if let Err(e) = validate_topic(&lit) {
+                    errors.push(e);
+                }
+                topics.push(lit);
+            }
+            Item::Option { key, value } => {
+                let name = key.to_string();
+                if !kind.valid_keys().contains(&name.as_str()) {
+                    let valid = kind.valid_keys();
+                    let msg = if valid.is_empty() {
+                        format!(
+                            "unknown option `{name}`: #[{}] takes only a topic",
+                            kind.name()
+                        )
+                    } else {
+                        format!(
+                            "unknown option `{name}` for #[{}]; valid options are: {}",
+                            kind.name(),
+                            valid.join(", ")
+                        )
+                    };
+                    errors.error(key.span(), msg);
+                    continue;
+                }
+                if seen.contains(&name) {
+                    errors.error(key.span(), format!("duplicate option `{name}`"));
+                    continue;
+                }
+                seen.push(name.clone());
+                let lit = match string_value(&value) {
+                    Some(lit) => lit,
+                    None => {
+                        errors.error(
+                            syn::spanned::Spanned::span(&value),
+                            format!("option `{name}` expects a string literal"),
+                        );
+                        continue;
+                    }
+                };
+                match name.as_str() {
+                    "group_id" => {
+                        if lit.value().is_empty() {
+                            errors.error(lit.span(), "`group_id` must not be empty");
+                        }
+                        sub.group_id = Some(lit);
+                    }
+                    "auto_offset_reset" => match lit.value().as_str() {
+                        "earliest" => sub.auto_offset_reset = Some(OffsetReset::Earliest),
+                        "latest" => sub.auto_offset_reset = Some(OffsetReset::Latest),
+                        other => errors.error(
+                            lit.span(),
+                            format!(
+                                "invalid `auto_offset_reset` value \"{other}\": expected \"earliest\" or \"latest\""
+                            ),
+                        ),
+                    },
+                    "crate" => match lit.parse::<syn::Path>() {
+                        Ok(path) => route.krate = Some(path),
+                        Err(_) => errors.error(lit.span(), "`crate` expects a path such as \"faststream\""),
+                    },
+                    _ => unreachable!("every valid key is handled"),
+                }
+            }
+        }
+    }
+    match kind {
+        AttrKind::Subscriber => {
+            if topics.is_empty() {
+                errors.error(
+                    attr_span,
+                    "#[subscriber] needs at least one topic: #[subscriber(\"topic\")]",
+                );
+            }
+            sub.topics = topics;
+            route.subscribers.push(sub);
+        }
+        AttrKind::Publisher => match topics.len() {
+            0 => errors.error(
+                attr_span,
+                "#[publisher] needs a topic: #[publisher(\"topic\")]",
+            ),
+            1 => route.publishers.extend(topics),
+            _ => errors.error(
+                topics[1].span(),
+                "#[publisher] takes one topic; stack several #[publisher] attributes to fan out",
+            ),
+        },
+    }
+}
+
+fn string_value(expr: &syn::Expr) -> Option<LitStr> {
+    match expr {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => Some(lit.clone()),
+        _ => None,
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub(crate) fn topic_problem(topic: &str) -> Option<String> {
+    if topic.is_empty() {
+        return Some("topic name must not be empty".into());
+    }
+    if topic.len() > 249 {
+        return Some(format!(
+            "topic name is {} characters long; Kafka allows at most 249",
+            topic.len()
+        ));
+    }
+    if topic == "." || topic == ".." {
+        return Some(format!("`{topic}` is not a valid topic name"));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Some(format!(
+            "invalid character {c:?} in topic name \"{topic}\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+        ));
+    }
+    None
+}
+
+fn validate_topic(lit: &LitStr) -> syn::Result<()> {
+    match topic_problem(&lit.value()) {
+        Some(msg) => Err(syn::Error::new(lit.span(), msg)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn parse(kind: AttrKind, tokens: TokenStream) -> (RouteArgs, syn::Result<()>) {
+        let mut route = RouteArgs {
+            subscribers: vec![],
+            publishers: vec![],
+            krate: None,
+        };
+        let mut errors = Errors::default();
+        parse_into(kind, Span::call_site(), tokens, &mut route, &mut errors);
+        (route, errors.finish())
+    }
+
+    #[test]
+    fn topic_rules() {
+        assert!(topic_problem("in_topic").is_none());
+        assert!(topic_problem("a.b-c_D9").is_none());
+        assert!(topic_problem(&"x".repeat(249)).is_none());
+        assert!(topic_problem(&"x".repeat(250)).unwrap().contains("249"));
+        assert!(topic_problem("").unwrap().contains("empty"));
+        assert!(topic_problem(".").is_some());
+        assert!(topic_problem("..").is_some());
+        assert!(topic_problem("...").is_none());
+        assert!(topic_problem("in topic").unwrap().contains("' '"));
+        assert!(topic_problem("é").is_some());
+    }
+
+    #[test]
+    fn subscriber_with_options() {
+        let (route, res) = parse(
+            AttrKind::Subscriber,
+            quote!("a", "b", group_id = "g", auto_offset_reset = "earliest"),
+        );
+        res.unwrap();
+        let sub = &route.subscribers[0];
+        assert_eq!(sub.topics.len(), 2);
+        assert_eq!(sub.group_id.as_ref().unwrap().value(), "g");
+        assert_eq!(sub.auto_offset_reset, Some(OffsetReset::Earliest));
+    }
+
+    #[test]
+    fn all_errors_are_collected() {
+        let (_, res) = parse(
+            AttrKind::Subscriber,
+            quote!("bad topic", colour = "x", group_id = "g", group_id = "h", auto_offset_reset = "soon"),
+        );
+        let msgs: Vec<String> = res.unwrap_err().into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 4, "{msgs:?}");
+        assert!(msgs[0].contains("invalid character"));
+        assert!(msgs[1].contains("unknown option `colour`"));
+        assert!(msgs[1].contains("group_id, auto_offset_reset, crate"));
+        assert!(msgs[2].contains("duplicate option `group_id`"));
+        assert!(msgs[3].contains("\"soon\""));
+    }
+
+    #[test]
+    fn publisher_takes_exactly_one_topic() {
+        let (route, res) = parse(AttrKind::Publisher, quote!("out"));
+        res.unwrap();
+        assert_eq!(route.publishers[0].value(), "out");
+        let (_, res) = parse(AttrKind::Publisher, quote!());
+        assert!(res.unwrap_err().to_string().contains("needs a topic"));
+        let (_, res) = parse(AttrKind::Publisher, quote!("a", "b"));
+        assert!(res.unwrap_err().to_string().contains("takes one topic"));
+        let (_, res) = parse(AttrKind::Publisher, quote!("a", key = "k"));
+        assert!(res.unwrap_err().to_string().contains("takes only a topic"));
+    }
+
+    #[test]
+    fn option_values_must_be_strings() {
+        let (_, res) = parse(AttrKind::Subscriber, quote!("a", group_id = 5));
+        assert!(res.unwrap_err().to_string().contains("expects a string literal"));
+    }
+}

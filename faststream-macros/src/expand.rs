@@ -1,0 +1,366 @@
+//! The generated tokens: the user's function as written, plus a hidden route descriptor.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::ext::IdentExt;
+use syn::{ItemFn, LitStr};
+
+use crate::args::{self, AttrKind, Errors, OffsetReset, RouteArgs};
+use crate::signature::{self, ArgKind, BodyCodec, Shape};
+
+/// Entry point shared by both attributes: whichever expands first handles every
+/// `#[subscriber]`/`#[publisher]` on the function, so they stack in any order.
+pub(crate) fn entry(kind: AttrKind, attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let err = syn::Error::new(
+                Span::call_site(),
+                format!("#[{}] goes on an `async fn`", kind.name()),
+            );
+            return token_stream_with_error(item, err);
+        }
+    };
+    match expand(kind, attr, &mut func) {
+        Ok(tokens) => tokens,
+        // `func` has had our attributes stripped: re-emit it so the IDE and later errors work.
+        Err(err) => token_stream_with_error(quote!(#func), err),
+    }
+}
+
+fn token_stream_with_error(mut tokens: TokenStream, error: syn::Error) -> TokenStream {
+    tokens.extend(error.into_compile_error());
+    tokens
+}
+
+pub(crate) fn expand(
+    kind: AttrKind,
+    attr: TokenStream,
+    func: &mut ItemFn,
+) -> syn::Result<TokenStream> {
+    let mut errors = Errors::default();
+    let mut route = RouteArgs {
+        subscribers: Vec::new(),
+        publishers: Vec::new(),
+        krate: None,
+    };
+    args::parse_into(kind, Span::call_site(), attr, &mut route, &mut errors);
+
+    // Take the other route attributes off the function, in source order.
+    let mut first_publisher_span = (kind == AttrKind::Publisher).then(Span::call_site);
+    let mut keep = Vec::new();
+    let mut consumed = Vec::new();
+    for attr in func.attrs.drain(..) {
+        let other = match attr.path().segments.last().map(|s| s.ident.to_string()) {
+            Some(name) if name == "subscriber" => AttrKind::Subscriber,
+            Some(name) if name == "publisher" => AttrKind::Publisher,
+            _ => {
+                keep.push(attr);
+                continue;
+            }
+        };
+        consumed.push(attr.path().clone());
+        if other == AttrKind::Publisher && first_publisher_span.is_none() {
+            first_publisher_span = Some(attr.span());
+        }
+        let tokens = match &attr.meta {
+            syn::Meta::List(list) => list.tokens.clone(),
+            _ => TokenStream::new(),
+        };
+        args::parse_into(other, attr.span(), tokens, &mut route, &mut errors);
+    }
+    func.attrs = keep;
+
+    let sig = &mut func.sig;
+    if sig.asyncness.is_none() {
+        errors.error(sig.fn_token.span, "a handler must be an `async fn`");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.error(
+            sig.generics.span(),
+            "a handler cannot be generic: each route needs one concrete signature",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        errors.error(v.span(), "a handler cannot be variadic");
+    }
+    let arguments = signature::classify_args(&mut sig.inputs, &mut errors);
+    if route.subscribers.is_empty() {
+        errors.error(
+            first_publisher_span.unwrap_or_else(Span::call_site),
+            "#[publisher] needs a #[subscriber] on the same function: it publishes what that handler returns",
+        );
+    }
+    let shape = signature::return_shape(&sig.output);
+    if !route.publishers.is_empty() && !shape.publishes() {
+        let span = match &sig.output {
+            syn::ReturnType::Default => sig.ident.span(),
+            syn::ReturnType::Type(_, ty) => ty.span(),
+        };
+        errors.error(
+            span,
+            "this handler has a #[publisher] but returns nothing to publish: return the message (String, bytes or a Serialize type)",
+        );
+    }
+    let bodies: Vec<_> = arguments
+        .iter()
+        .filter(|a| matches!(a.kind, ArgKind::Body))
+        .collect();
+    if bodies.len() > 1 {
+        for b in &bodies {
+            if b.name.is_none() {
+                errors.error(
+                    b.span,
+                    "with several body arguments each one is a JSON field and needs a plain name (`user: String`)",
+                );
+            }
+        }
+    }
+    errors.finish()?;
+
+    Ok(generate(func, &route, &arguments, &shape, &consumed))
+}
+
+fn generate(
+    func: &ItemFn,
+    route: &RouteArgs,
+    arguments: &[signature::Arg],
+    shape: &Shape,
+    consumed: &[syn::Path],
+) -> TokenStream {
+    let krate = route
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::faststream));
+    let ident = &func.sig.ident;
+    let vis = &func.vis;
+    let static_ident = format_ident!("__faststream_route_{}", ident);
+    let fs = quote!(#krate::__private);
+
+    // Decode each argument, in order.
+    let mut decls = Vec::new();
+    let mut call_args = Vec::new();
+    let mut states = Vec::new();
+    let bodies: Vec<_> = arguments
+        .iter()
+        .filter(|a| matches!(a.kind, ArgKind::Body))
+        .collect();
+    let mut body_struct = TokenStream::new();
+    if bodies.len() > 1 {
+        let names: Vec<_> = bodies.iter().map(|b| b.name.clone().unwrap()).collect();
+        let tys: Vec<_> = bodies.iter().map(|b| &b.ty).collect();
+        let list = names
+            .iter()
+            .map(|n| format!("`{}`", n.unraw()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let what = LitStr::new(&format!("a JSON object with fields {list}"), Span::call_site());
+        let serde_path = LitStr::new(&format!("{}::serde", quote!(#fs)).replace(' ', ""), Span::call_site());
+        body_struct = quote! {
+            #[derive(#fs::serde::Deserialize)]
+            #[serde(crate = #serde_path)]
+            #[allow(non_camel_case_types)]
+            struct __Body { #(#names: #tys,)* }
+        };
+        decls.push(quote! {
+            let __Body { #(#names,)* } = #fs::decode_json::<__Body>(&__msg, #what)?;
+        });
+    }
+    for (i, arg) in arguments.iter().enumerate() {
+        let var = format_ident!("__arg{}", i);
+        let ty = &arg.ty;
+        let span = arg.span;
+        match &arg.kind {
+            ArgKind::Context => {
+                if let Some(inner) = signature::state_inner(ty) {
+                    states.push(quote_spanned!(span=> #fs::StateReq::of::<#inner>));
+                }
+                decls.push(quote_spanned! {span=>
+                    let #var = <#ty as #fs::FromMessage>::from_message(&__msg, &__ctx)?;
+                });
+                call_args.push(quote!(#var));
+            }
+            ArgKind::Header(name) => {
+                decls.push(quote_spanned! {span=>
+                    let #var = <#ty as #fs::FromHeader>::from_header(&__msg, #name)?;
+                });
+                call_args.push(quote!(#var));
+            }
+            ArgKind::Body if bodies.len() > 1 => {
+                let name = arg.name.clone().unwrap();
+                call_args.push(quote!(#name));
+            }
+            ArgKind::Body => {
+                let what = LitStr::new(&quote!(#ty).to_string(), span);
+                decls.push(match signature::body_codec(ty) {
+                    BodyCodec::Text => quote_spanned! {span=>
+                        let #var: #ty = #fs::decode_text(&__msg)?;
+                    },
+                    BodyCodec::Raw => quote_spanned! {span=>
+                        let #var: #ty = ::std::convert::From::from(#fs::decode_raw(&__msg)?);
+                    },
+                    BodyCodec::Json => quote_spanned! {span=>
+                        let #var = #fs::decode_json::<#ty>(&__msg, #what)?;
+                    },
+                });
+                call_args.push(quote!(#var));
+            }
+        }
+    }
+
+    let encode = encode(shape, quote!(__ret), &fs);
+    let subscribers = route.subscribers.iter().map(|s| {
+        let topics = &s.topics;
+        let mut def = quote!(#fs::SubscriberDef::new(&[#(#topics),*]));
+        if let Some(g) = &s.group_id {
+            def = quote!(#def.group_id(#g));
+        }
+        if let Some(r) = s.auto_offset_reset {
+            let r = match r {
+                OffsetReset::Earliest => quote!(Earliest),
+                OffsetReset::Latest => quote!(Latest),
+            };
+            def = quote!(#def.auto_offset_reset(#fs::OffsetReset::#r));
+        }
+        def
+    });
+    let publishers = &route.publishers;
+    let line = quote_spanned!(ident.span()=> ::core::line!());
+
+    quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #vis static #static_ident: #fs::RouteDef = {
+            // The stacked attributes were expanded here; keep their imports used.
+            #(#[allow(unused_imports)] use #consumed as _;)*
+            #body_struct
+
+            fn __handler(
+                __msg: #fs::Message,
+                __ctx: #fs::Context,
+            ) -> #fs::BoxFuture<'static, #fs::HandlerResult> {
+                ::std::boxed::Box::pin(async move {
+                    #(#decls)*
+                    let __ret = #ident(#(#call_args),*).await;
+                    #encode
+                })
+            }
+
+            #fs::RouteDef::__new(
+                ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                ::core::file!(),
+                #line,
+                &[#(#subscribers),*],
+                &[#(#publishers),*],
+                &[#(#states),*],
+                __handler,
+            )
+        };
+
+        #fs::inventory::submit! {
+            #fs::RouteRef(&#static_ident)
+        }
+    }
+}
+
+/// The expression turning the handler's return value into `Result<Reply, HandlerError>`.
+fn encode(shape: &Shape, value: TokenStream, fs: &TokenStream) -> TokenStream {
+    match shape {
+        Shape::Unit => quote!({ let _ = #value; ::core::result::Result::Ok(#fs::Reply::none()) }),
+        Shape::Text => quote!(::core::result::Result::Ok(#fs::Reply::text(#value))),
+        Shape::Raw => quote!(::core::result::Result::Ok(#fs::Reply::bytes(#value))),
+        Shape::Json(ty) => quote_spanned!(ty.span()=> #fs::Reply::json::<#ty>(&#value)),
+        Shape::Option(inner) => {
+            let inner = encode(inner, quote!(__v), fs);
+            quote! {
+                match #value {
+                    ::core::option::Option::Some(__v) => #inner,
+                    ::core::option::Option::None => ::core::result::Result::Ok(#fs::Reply::none()),
+                }
+            }
+        }
+        Shape::Result(inner) => {
+            let inner = encode(inner, quote!(__v), fs);
+            quote! {
+                match #value {
+                    ::core::result::Result::Ok(__v) => #inner,
+                    ::core::result::Result::Err(__e) => ::core::result::Result::Err(#fs::HandlerError::from_handler(__e)),
+                }
+            }
+        }
+        Shape::Response(inner) => {
+            let inner = encode(inner, quote!(__v), fs);
+            quote! {{
+                let (__v, __meta) = #value.into_parts();
+                (#inner).map(|__r| __r.with_meta(__meta))
+            }}
+        }
+    }
+}
+
+/// `routes![a, m::b]` -> `vec![&a's descriptor, &m::b's descriptor]`.
+pub(crate) fn routes(input: TokenStream) -> TokenStream {
+    let parser = syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated;
+    let paths = match syn::parse::Parser::parse2(parser, input) {
+        Ok(p) => p,
+        Err(e) => return e.into_compile_error(),
+    };
+    let refs = paths.into_iter().map(|mut p| {
+        let last = p.segments.last_mut().expect("a path has a segment");
+        last.ident = format_ident!("__faststream_route_{}", last.ident, span = last.ident.span());
+        quote!(&#p)
+    });
+    quote!(::std::vec![#(#refs),*] as ::std::vec::Vec<&'static ::faststream::RouteDef>)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Expansion snapshots: `tests/expand/NAME.rs` holds an annotated function,
+    //! `NAME.expanded.rs` its pretty-printed expansion. `FASTSTREAM_BLESS=1` rewrites them.
+    use super::*;
+    use std::path::Path;
+
+    fn expand_file(src: &str) -> String {
+        let mut func: ItemFn = syn::parse_str(src).expect("snapshot input parses");
+        let attr = func.attrs.remove(0);
+        let kind = if attr.path().is_ident("subscriber") {
+            AttrKind::Subscriber
+        } else {
+            AttrKind::Publisher
+        };
+        let tokens = match &attr.meta {
+            syn::Meta::List(l) => l.tokens.clone(),
+            _ => TokenStream::new(),
+        };
+        let out = expand(kind, tokens, &mut func).expect("snapshot input expands");
+        prettyplease::unparse(&syn::parse2(out).expect("expansion is a file"))
+    }
+
+    #[test]
+    fn expansion_snapshots() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expand");
+        let bless = std::env::var_os("FASTSTREAM_BLESS").is_some();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if !name.ends_with(".rs") || name.ends_with(".expanded.rs") {
+                continue;
+            }
+            let got = expand_file(&std::fs::read_to_string(&path).unwrap());
+            let snap = path.with_extension("expanded.rs");
+            if bless {
+                std::fs::write(&snap, &got).unwrap();
+            } else {
+                let want = std::fs::read_to_string(&snap)
+                    .unwrap_or_else(|_| panic!("missing snapshot {}", snap.display()));
+                assert_eq!(got, want, "expansion of {name} changed; rerun with FASTSTREAM_BLESS=1 if intended");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 4, "expected at least four expansion snapshots, found {checked}");
+    }
+}

@@ -1,0 +1,318 @@
+//! The programming model end to end through the in-memory test broker: the seed handler and
+//! the other handler shapes, decode failures, extractors, state, fan-out.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use faststream::testing::TestBroker;
+use faststream::{
+    publisher, routes, subscriber, CorrelationId, Headers, HandlerError, Json, Key, Message,
+    OutgoingMessage, Outcome, Partition, Publisher, Response, State, Topic,
+};
+use serde::{Deserialize, Serialize};
+
+// The seed, exactly as a user writes it.
+#[subscriber("in_topic")]
+#[publisher("out-topic")]
+async fn handle_msg(user: String, user_id: i64) -> String {
+    format!("User: {user_id} - {user} registered")
+}
+
+#[tokio::test]
+async fn seed_handler_relays_through_the_test_broker() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![handle_msg])
+        .build()
+        .unwrap();
+    broker
+        .publish(r#"{"user": "john", "user_id": 1}"#, "in_topic")
+        .await
+        .unwrap();
+    let out = broker.published("out-topic");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].text(), Some("User: 1 - john registered"));
+    assert_eq!(out[0].content_type(), Some("text/plain"));
+    // A correlation id was assigned and carried to the output.
+    let received = broker.received("handle_msg");
+    assert_eq!(received.len(), 1);
+    let cid = received[0].message.correlation_id().unwrap().to_owned();
+    assert_eq!(out[0].correlation_id(), Some(cid.as_str()));
+    // What the handler received, decoded.
+    let body: serde_json::Value = received[0].body().unwrap();
+    assert_eq!(body["user"], "john");
+}
+
+#[tokio::test]
+async fn seed_function_stays_callable() {
+    assert_eq!(handle_msg("ann".into(), 7).await, "User: 7 - ann registered");
+}
+
+#[tokio::test]
+async fn decode_failures_name_the_field() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![handle_msg])
+        .build()
+        .unwrap();
+    broker.publish(r#"{"user": "john"}"#, "in_topic").await.unwrap();
+    broker
+        .publish(r#"{"user": "john", "user_id": "one"}"#, "in_topic")
+        .await
+        .unwrap();
+    broker.publish("not json", "in_topic").await.unwrap();
+    broker
+        .publish(r#"{"user": "ok", "user_id": 2}"#, "in_topic")
+        .await
+        .unwrap();
+    let errors = broker.errors();
+    assert_eq!(errors.len(), 3);
+    let msgs: Vec<String> = errors
+        .iter()
+        .map(|d| d.error().unwrap().to_string())
+        .collect();
+    assert!(msgs[0].contains("missing field `user_id`"), "{}", msgs[0]);
+    assert!(msgs[1].contains("field `user_id`: invalid type: string \"one\", expected i64"), "{}", msgs[1]);
+    assert!(msgs[2].contains("not valid JSON"), "{}", msgs[2]);
+    match errors[1].error().unwrap() {
+        HandlerError::Decode(d) => assert_eq!(d.field.as_deref(), Some("user_id")),
+        other => panic!("{other:?}"),
+    }
+    // The good message after the bad ones is still processed.
+    let out = broker.published("out-topic");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].text(), Some("User: 2 - ok registered"));
+}
+
+// A struct body, JSON in and out, Result return.
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+struct Order {
+    id: u32,
+    amount_cents: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+struct Invoice {
+    order_id: u32,
+    total: String,
+}
+
+#[subscriber("orders", group_id = "billing", auto_offset_reset = "earliest")]
+#[publisher("invoices")]
+async fn bill(order: Order) -> Result<Invoice, String> {
+    if order.amount_cents < 0 {
+        return Err(format!("order {} has a negative amount", order.id));
+    }
+    Ok(Invoice {
+        order_id: order.id,
+        total: format!("{}.{:02}", order.amount_cents / 100, order.amount_cents % 100),
+    })
+}
+
+#[tokio::test]
+async fn struct_body_json_reply_and_handler_errors() {
+    let broker = TestBroker::builder().with_routes(routes![bill]).build().unwrap();
+    broker
+        .publish(Json(Order { id: 1, amount_cents: 1250 }), "orders")
+        .await
+        .unwrap();
+    broker
+        .publish(Json(Order { id: 2, amount_cents: -5 }), "orders")
+        .await
+        .unwrap();
+    let out = broker.published("invoices");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].content_type(), Some("application/json"));
+    let inv: Invoice = serde_json::from_slice(out[0].payload.as_ref().unwrap()).unwrap();
+    assert_eq!(inv, Invoice { order_id: 1, total: "12.50".into() });
+    let errors = broker.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].error(),
+        Some(&HandlerError::Handler("order 2 has a negative amount".into()))
+    );
+    let received: Order = errors[0].body().unwrap();
+    assert_eq!(received.id, 2);
+}
+
+// Extractors, a header by name, shared state and two publishers.
+#[derive(Clone, Default)]
+struct Stats {
+    seen: Arc<AtomicUsize>,
+}
+
+#[subscriber("audit-in")]
+#[publisher("audit-a")]
+#[publisher("audit-b")]
+#[allow(clippy::too_many_arguments)]
+async fn audit(
+    key: Key,
+    headers: Headers,
+    topic: Topic,
+    partition: Partition,
+    #[header("x-request-id")] request_id: String,
+    #[header("x-missing")] missing: Option<String>,
+    correlation: CorrelationId,
+    stats: State<Stats>,
+    text: String,
+) -> Response<String> {
+    let n = stats.seen.fetch_add(1, Ordering::SeqCst) + 1;
+    assert!(headers.get("x-request-id").is_some());
+    assert!(!correlation.0.is_empty());
+    Response::new(format!(
+        "{n}:{}:{}:{}:{request_id}:{missing:?}:{text}",
+        key.as_str().unwrap_or("-"),
+        topic.0,
+        partition.0
+    ))
+    .key("out-key")
+    .header("x-audited", "yes")
+}
+
+#[tokio::test]
+async fn extractors_state_and_fan_out() {
+    let stats = Stats::default();
+    let broker = TestBroker::builder()
+        .with_routes(routes![audit])
+        .with_state(stats.clone())
+        .build()
+        .unwrap();
+    broker
+        .send(
+            OutgoingMessage::new("audit-in", "hello")
+                .key("k1")
+                .header("x-request-id", "r-1")
+                .header("correlation_id", "cid-9")
+                .partition(3),
+        )
+        .await
+        .unwrap();
+    assert!(broker.errors().is_empty(), "{:?}", broker.errors());
+    for topic in ["audit-a", "audit-b"] {
+        let out = broker.published(topic);
+        assert_eq!(out.len(), 1, "{topic}");
+        assert_eq!(out[0].text(), Some("1:k1:audit-in:3:r-1:None:hello"));
+        assert_eq!(out[0].key.as_deref(), Some(&b"out-key"[..]));
+        assert_eq!(out[0].headers.get_str("x-audited"), Some("yes"));
+        assert_eq!(out[0].correlation_id(), Some("cid-9"));
+    }
+    assert_eq!(stats.seen.load(Ordering::SeqCst), 1);
+
+    // A missing required header is a decode error naming the header.
+    broker.publish("no header", "audit-in").await.unwrap();
+    let err = broker.errors()[0].error().unwrap().to_string();
+    assert_eq!(err, "cannot decode header `x-request-id`: the header is missing");
+}
+
+// Raw bytes in, Option out; a unit handler; a panicking handler; a Publisher extractor.
+#[subscriber("raw-in")]
+#[publisher("raw-out")]
+async fn reverse(bytes: Vec<u8>) -> Option<Vec<u8>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(bytes.into_iter().rev().collect())
+}
+
+static SINK_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+#[subscriber("sink")]
+async fn sink(_msg: Message) {
+    SINK_COUNT.fetch_add(1, Ordering::SeqCst);
+}
+
+#[subscriber("boom")]
+async fn boom(n: u32) -> u32 {
+    if n == 13 {
+        panic!("unlucky number");
+    }
+    n
+}
+
+#[subscriber("forward")]
+async fn forward(text: String, publisher: Publisher) -> Result<(), faststream::Error> {
+    publisher.publish(text.to_uppercase(), "sink").await
+}
+
+#[tokio::test]
+async fn bytes_option_unit_panic_and_publisher() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![reverse, sink, boom, forward])
+        .build()
+        .unwrap();
+    broker.publish(vec![1u8, 2, 3], "raw-in").await.unwrap();
+    broker.publish(Vec::<u8>::new(), "raw-in").await.unwrap();
+    let out = broker.published("raw-out");
+    assert_eq!(out.len(), 1, "None publishes nothing");
+    assert_eq!(out[0].payload.as_deref(), Some(&[3u8, 2, 1][..]));
+    assert_eq!(out[0].content_type(), None);
+
+    broker.publish("13", "boom").await.unwrap();
+    broker.publish("14", "boom").await.unwrap();
+    let errors = broker.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].error(), Some(&HandlerError::Panic("unlucky number".into())));
+    assert!(matches!(broker.received("boom")[1].outcome, Outcome::Done(_)));
+
+    let before = SINK_COUNT.load(Ordering::SeqCst);
+    broker.publish("hi", "forward").await.unwrap();
+    assert_eq!(SINK_COUNT.load(Ordering::SeqCst), before + 1);
+    assert_eq!(broker.published("sink")[0].text(), Some("HI"));
+}
+
+// Several topics in one subscriber, and chained routes.
+#[subscriber("chain-a", "chain-b")]
+#[publisher("chain-c")]
+async fn step_one(n: i64, topic: Topic) -> String {
+    format!("{}:{}", topic.0, n * 2)
+}
+
+#[subscriber("chain-c")]
+#[publisher("chain-d")]
+async fn step_two(s: String) -> Json<Vec<String>> {
+    Json(s.split(':').map(str::to_owned).collect())
+}
+
+#[tokio::test]
+async fn multi_topic_subscriber_and_chained_routes() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![step_one, step_two])
+        .build()
+        .unwrap();
+    broker.publish("1", "chain-a").await.unwrap();
+    broker.publish("5", "chain-b").await.unwrap();
+    let out: Vec<_> = broker
+        .published("chain-d")
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    assert_eq!(out, [r#"["chain-a","2"]"#, r#"["chain-b","10"]"#]);
+}
+
+#[subscriber("loop")]
+#[publisher("loop")]
+async fn echo_forever(s: String) -> String {
+    s
+}
+
+#[tokio::test]
+async fn publish_loops_are_reported() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![echo_forever])
+        .build()
+        .unwrap();
+    let err = broker.publish("x", "loop").await.unwrap_err();
+    assert!(matches!(err, faststream::Error::PublishLoop { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn all_registered_routes_are_collected() {
+    let names: Vec<&str> = faststream::registered_routes()
+        .iter()
+        .map(|r| r.fn_name())
+        .collect();
+    for expected in ["handle_msg", "bill", "audit", "reverse", "sink", "boom", "step_one"] {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "routes come sorted by path");
+}

@@ -1,0 +1,43 @@
+async fn handle_msg(user: String, user_id: i64) -> String {
+    format!("User: {user_id} - {user} registered")
+}
+#[doc(hidden)]
+#[allow(non_upper_case_globals)]
+static __faststream_route_handle_msg: ::faststream::__private::RouteDef = {
+    #[allow(unused_imports)]
+    use publisher as _;
+    #[derive(::faststream::__private::serde::Deserialize)]
+    #[serde(crate = "::faststream::__private::serde")]
+    #[allow(non_camel_case_types)]
+    struct __Body {
+        user: String,
+        user_id: i64,
+    }
+    fn __handler(
+        __msg: ::faststream::__private::Message,
+        __ctx: ::faststream::__private::Context,
+    ) -> ::faststream::__private::BoxFuture<
+        'static,
+        ::faststream::__private::HandlerResult,
+    > {
+        ::std::boxed::Box::pin(async move {
+            let __Body { user, user_id } = ::faststream::__private::decode_json::<
+                __Body,
+            >(&__msg, "a JSON object with fields `user`, `user_id`")?;
+            let __ret = handle_msg(user, user_id).await;
+            ::core::result::Result::Ok(::faststream::__private::Reply::text(__ret))
+        })
+    }
+    ::faststream::__private::RouteDef::__new(
+        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(handle_msg)),
+        ::core::file!(),
+        ::core::line!(),
+        &[::faststream::__private::SubscriberDef::new(&["in_topic"])],
+        &["out-topic"],
+        &[],
+        __handler,
+    )
+};
+::faststream::__private::inventory::submit! {
+    ::faststream::__private::RouteRef(& __faststream_route_handle_msg)
+}

@@ -1,0 +1,6 @@
+use faststream::subscriber;
+
+#[subscriber("in")]
+fn handle(_user: String) {}
+
+fn main() {}

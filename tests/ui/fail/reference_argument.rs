@@ -1,0 +1,6 @@
+use faststream::subscriber;
+
+#[subscriber("in")]
+async fn handle(_body: &str) {}
+
+fn main() {}

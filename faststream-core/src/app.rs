@@ -24,6 +24,7 @@ pub struct FastStream<T> {
     routes: Option<Vec<&'static RouteDef>>,
     state: StateMap,
     shutdown_timeout: Duration,
+    topic_prefix: String,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -34,6 +35,7 @@ impl<T: Transport> FastStream<T> {
             routes: None,
             state: StateMap::default(),
             shutdown_timeout: Duration::from_secs(30),
+            topic_prefix: String::new(),
         }
     }
 
@@ -52,6 +54,14 @@ impl<T: Transport> FastStream<T> {
     /// How long a graceful stop may take before in-flight work is abandoned (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Prepends `prefix` to every topic the routes subscribe and publish to (like FastStream's
+    /// router prefix): one binary can serve several environments, and tests stay isolated.
+    /// Topics named explicitly in `Publisher::publish` are used as given.
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = prefix.into();
         self
     }
 
@@ -81,7 +91,7 @@ impl<T: Transport> FastStream<T> {
         }
         let publisher = Publisher::new(self.transport.clone());
         let ctx = Context::new(Arc::new(self.state), publisher);
-        let pipeline = Arc::new(Pipeline::new(routes, ctx));
+        let pipeline = Arc::new(Pipeline::new(routes, ctx).with_topic_prefix(self.topic_prefix));
         let (trigger, shutdown) = Shutdown::new();
         let transport = self.transport.clone();
         let serve = transport.serve(pipeline, shutdown);

@@ -34,12 +34,28 @@ pub enum Outcome {
 pub struct Pipeline {
     routes: Vec<&'static RouteDef>,
     ctx: Context,
+    prefix: String,
 }
 
 impl Pipeline {
     /// A pipeline over validated `routes`.
     pub fn new(routes: Vec<&'static RouteDef>, ctx: Context) -> Self {
-        Self { routes, ctx }
+        Self {
+            routes,
+            ctx,
+            prefix: String::new(),
+        }
+    }
+
+    /// Prepends `prefix` to every topic the routes subscribe and publish to.
+    pub fn with_topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The real name of a route's topic: the topic prefix (if any) followed by `topic`.
+    pub fn topic_name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
     }
 
     /// The routes, sorted by handler path.
@@ -95,7 +111,7 @@ impl Pipeline {
             .publishers()
             .iter()
             .map(|topic| OutgoingMessage {
-                topic: (*topic).to_owned(),
+                topic: self.topic_name(topic),
                 partition: body.meta.partition,
                 key: key.clone(),
                 headers: headers.clone(),

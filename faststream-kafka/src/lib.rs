@@ -1,1 +1,21 @@
-//! Kafka transport (in progress).
+//! The Kafka transport of [faststream](https://docs.rs/faststream), on
+//! [rskafka](https://docs.rs/rskafka): pure Rust, no librdkafka.
+//!
+//! [`KafkaBroker`] implements the core's `Transport`: at startup it connects (bounded by the
+//! connect timeout), makes sure every subscribed and published topic exists, and starts one
+//! consumer per subscribed partition. Each consumer fetches, runs messages through the handler
+//! pipeline in offset order, and queues the outputs to batching producers (one per target
+//! partition, Kafka's murmur2 partitioner for keyed messages). On shutdown it stops fetching,
+//! finishes the message in hand, waits for the acks of everything it produced and flushes.
+//!
+//! Not yet here: consumer groups and offset commits (a `group_id` is refused at startup), TLS
+//! and SASL settings.
+
+mod broker;
+mod consume;
+mod error;
+mod produce;
+
+pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics};
+pub use error::KafkaError;
+pub use rskafka::client::partition::Compression;

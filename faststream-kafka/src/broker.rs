@@ -1,0 +1,402 @@
+//! `KafkaBroker`: configuration, connection, and the transport that runs the routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faststream_core::{
+    BoxFuture, IntoPayload, OutgoingMessage, Pipeline, Publish, Shutdown, Transport,
+};
+use rskafka::client::partition::Compression;
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::BackoffConfig;
+use tokio::sync::OnceCell;
+
+use crate::consume::PartitionConsumer;
+use crate::error::KafkaError;
+use crate::produce::Producers;
+
+/// What to do about a topic that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingTopics {
+    /// Fail at startup (or on publish), naming the topics.
+    Fail,
+    /// Create it.
+    Create {
+        /// Partitions of a created topic.
+        partitions: i32,
+        /// Replication factor of a created topic.
+        replication_factor: i16,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) brokers: Vec<String>,
+    pub(crate) client_id: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) linger: Duration,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) compression: Compression,
+    pub(crate) fetch_max_bytes: i32,
+    pub(crate) fetch_max_wait: Duration,
+    pub(crate) missing_topics: MissingTopics,
+    pub(crate) producer_queue: usize,
+    pub(crate) max_in_flight: usize,
+}
+
+/// Builds a [`KafkaBroker`]; every setting has a default.
+#[derive(Debug, Clone)]
+pub struct KafkaBrokerBuilder {
+    config: Config,
+}
+
+impl KafkaBrokerBuilder {
+    /// Client id sent to the brokers (default `faststream-rs`).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.config.client_id = id.into();
+        self
+    }
+
+    /// How long startup waits for a broker to answer before failing (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the client retries one request on connection errors before giving up on that
+    /// attempt (default 30 s). The runtime logs the failure and retries with backoff, so this
+    /// bounds how long a dead broker goes unreported.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// How long a produce batch may wait to grow (default 5 ms; see the crate docs on sizing).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.config.linger = linger;
+        self
+    }
+
+    /// Upper bound of one produce request (default 1 MiB).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Compression of produced batches (default none; codecs are behind crate features).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.config.compression = compression;
+        self
+    }
+
+    /// Upper bound of one fetch response per partition (default 1 MiB).
+    pub fn fetch_max_bytes(mut self, bytes: i32) -> Self {
+        self.config.fetch_max_bytes = bytes.max(2);
+        self
+    }
+
+    /// How long the broker may hold a fetch waiting for data (default 500 ms).
+    pub fn fetch_max_wait(mut self, wait: Duration) -> Self {
+        self.config.fetch_max_wait = wait;
+        self
+    }
+
+    /// Whether missing topics are created or an error (default: created with 1 partition,
+    /// replication factor 1, which suits development; production clusters usually want `Fail`).
+    pub fn missing_topics(mut self, policy: MissingTopics) -> Self {
+        self.config.missing_topics = policy;
+        self
+    }
+
+    /// Messages each partition consumer may have awaiting broker acks (default 10 000).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.config.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Builds the handle; nothing connects until it is used.
+    pub fn build(self) -> KafkaBroker {
+        let config = Arc::new(self.config);
+        KafkaBroker {
+            shared: Arc::new(Shared {
+                producers: Arc::new(Producers::new(config.clone())),
+                config,
+                client: OnceCell::new(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: Arc<Config>,
+    client: OnceCell<Arc<Client>>,
+    producers: Arc<Producers>,
+}
+
+/// A Kafka cluster, by bootstrap address. Cheap to clone; clones share connections and producers.
+///
+/// ```no_run
+/// use faststream_kafka::KafkaBroker;
+/// let broker = KafkaBroker::new("localhost:9092");
+/// # let _ = broker;
+/// ```
+#[derive(Debug, Clone)]
+pub struct KafkaBroker {
+    shared: Arc<Shared>,
+}
+
+impl KafkaBroker {
+    /// A broker handle for `"host:port"` or `"host:port,host:port"`, with default settings.
+    pub fn new(bootstrap: &str) -> Self {
+        Self::builder(bootstrap).build()
+    }
+
+    /// A builder for `"host:port,..."`.
+    pub fn builder(bootstrap: &str) -> KafkaBrokerBuilder {
+        let brokers = bootstrap
+            .split(',')
+            .map(|b| b.trim().trim_start_matches("tcp://").to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        KafkaBrokerBuilder {
+            config: Config {
+                brokers,
+                client_id: "faststream-rs".into(),
+                connect_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(30),
+                linger: Duration::from_millis(5),
+                max_batch_bytes: 1024 * 1024,
+                compression: Compression::NoCompression,
+                fetch_max_bytes: 1024 * 1024,
+                fetch_max_wait: Duration::from_millis(500),
+                missing_topics: MissingTopics::Create {
+                    partitions: 1,
+                    replication_factor: 1,
+                },
+                producer_queue: 16 * 1024,
+                max_in_flight: 10_000,
+            },
+        }
+    }
+
+    /// The connected rskafka client (connects on first use, within the connect timeout).
+    pub async fn client(&self) -> Result<Arc<Client>, KafkaError> {
+        self.shared
+            .client
+            .get_or_try_init(|| connect(&self.shared.config))
+            .await
+            .cloned()
+    }
+
+    /// Publishes `value` (text, bytes, or `Json(..)`) to `topic`; resolves once acknowledged.
+    pub async fn publish(&self, value: impl IntoPayload, topic: &str) -> faststream_core::Result<()> {
+        self.send_message(OutgoingMessage::encode(topic, value)?).await
+    }
+
+    /// Publishes a fully specified message; resolves once acknowledged.
+    pub async fn send_message(&self, msg: OutgoingMessage) -> faststream_core::Result<()> {
+        let client = self.client().await?;
+        let topic = msg.topic.clone();
+        let ack = self.shared.producers.enqueue(&client, msg).await?;
+        match ack.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(faststream_core::Error::transport(KafkaError::Unsupported(
+                format!("publish to {topic:?} failed: {reason}"),
+            ))),
+            Err(_) => Err(KafkaError::Closed.into()),
+        }
+    }
+
+    /// Number of partitions of `topic` (creating it if the missing-topics policy says so).
+    pub async fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
+        let client = self.client().await?;
+        self.shared.producers.partition_count(&client, topic).await
+    }
+
+    async fn serve_routes(&self, pipeline: Arc<Pipeline>, shutdown: Shutdown) -> Result<(), KafkaError> {
+        let client = self.client().await?;
+        let config = &self.shared.config;
+        let grouped: Vec<String> = pipeline
+            .routes()
+            .iter()
+            .filter(|r| r.subscribers().iter().any(|s| s.group().is_some()))
+            .map(|r| format!("{} ({})", r.name(), r.location()))
+            .collect();
+        if !grouped.is_empty() {
+            return Err(KafkaError::Unsupported(format!(
+                "consumer groups (group_id) are not supported by the Kafka transport yet; remove group_id from: {}",
+                grouped.join(", ")
+            )));
+        }
+        // Every topic the routes touch must exist (or be created) before anything starts.
+        let mut topics: Vec<String> = pipeline
+            .routes()
+            .iter()
+            .flat_map(|r| {
+                r.subscribers()
+                    .iter()
+                    .flat_map(|s| s.topics().iter().copied())
+                    .chain(r.publishers().iter().copied())
+            })
+            .map(|t| pipeline.topic_name(t))
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        if config.missing_topics == MissingTopics::Fail {
+            let existing: Vec<String> = list_topics(&client).await?;
+            let missing: Vec<String> = topics
+                .iter()
+                .filter(|t| !existing.contains(t))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                return Err(KafkaError::MissingTopics { topics: missing });
+            }
+        }
+        let mut consumers = tokio::task::JoinSet::new();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+        for route in pipeline.routes() {
+            for sub in route.subscribers() {
+                for topic in sub.topics() {
+                    let topic = pipeline.topic_name(topic);
+                    let partitions = self.shared.producers.partition_count(&client, &topic).await?;
+                    let topic: Arc<str> = Arc::from(topic);
+                    for partition in 0..partitions {
+                        consumers.spawn(
+                            PartitionConsumer {
+                                client: client.clone(),
+                                producers: self.shared.producers.clone(),
+                                pipeline: pipeline.clone(),
+                                route,
+                                topic: topic.clone(),
+                                partition,
+                                reset: sub.offset_reset(),
+                                config: config.clone(),
+                                shutdown: shutdown.clone(),
+                                ready: ready_tx.clone(),
+                            }
+                            .run(),
+                        );
+                    }
+                }
+            }
+        }
+        for topic in pipeline.routes().iter().flat_map(|r| r.publishers()) {
+            let topic = pipeline.topic_name(topic);
+            self.shared.producers.partition_count(&client, &topic).await?;
+        }
+        drop(ready_tx);
+        // Ready once every consumer knows where it starts.
+        let mut waiting = consumers.len();
+        let mut stop = shutdown.clone();
+        while waiting > 0 {
+            tokio::select! {
+                r = ready_rx.recv() => match r {
+                    Some(()) => waiting -= 1,
+                    None => break,
+                },
+                () = stop.wait() => break,
+            }
+        }
+        tracing::info!(consumers = consumers.len(), "ready");
+        while let Some(res) = consumers.join_next().await {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "a partition consumer crashed");
+            }
+        }
+        self.shared.producers.flush().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+impl Publish for KafkaBroker {
+    fn send(&self, msg: OutgoingMessage) -> BoxFuture<'_, faststream_core::Result<()>> {
+        Box::pin(self.send_message(msg))
+    }
+}
+
+impl Transport for KafkaBroker {
+    fn serve(&self, pipeline: Arc<Pipeline>, shutdown: Shutdown) -> BoxFuture<'_, faststream_core::Result<()>> {
+        Box::pin(async move { Ok(self.serve_routes(pipeline, shutdown).await?) })
+    }
+}
+
+async fn connect(config: &Config) -> Result<Arc<Client>, KafkaError> {
+    let brokers = config.brokers.join(",");
+    let fail = |reason: String| KafkaError::Connect {
+        brokers: brokers.clone(),
+        timeout: config.connect_timeout,
+        reason,
+    };
+    if config.brokers.is_empty() {
+        return Err(fail("no bootstrap address given".into()));
+    }
+    // rskafka retries connection errors forever by default: bound it.
+    let backoff = BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(config.request_timeout),
+    };
+    let build = ClientBuilder::new(config.brokers.clone())
+        .client_id(config.client_id.as_str())
+        .backoff_config(backoff)
+        .build();
+    match tokio::time::timeout(config.connect_timeout, build).await {
+        Ok(Ok(client)) => {
+            tracing::info!(brokers, "connected");
+            Ok(Arc::new(client))
+        }
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail("no broker answered".into())),
+    }
+}
+
+async fn list_topics(client: &Client) -> Result<Vec<String>, KafkaError> {
+    client
+        .list_topics()
+        .await
+        .map(|ts| ts.into_iter().map(|t| t.name).collect())
+        .map_err(|source| KafkaError::Client {
+            context: "listing topics".into(),
+            source,
+        })
+}
+
+/// The partition count of `topic`, creating the topic if it is missing and the policy allows.
+pub(crate) async fn ensure_topic(client: &Client, config: &Config, topic: &str) -> Result<i32, KafkaError> {
+    let find = |topics: Vec<rskafka::topic::Topic>| {
+        topics
+            .into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.partitions.len() as i32)
+    };
+    let err = |source| KafkaError::Client {
+        context: format!("metadata of topic {topic:?}"),
+        source,
+    };
+    if let Some(n) = find(client.list_topics().await.map_err(err)?) {
+        return Ok(n);
+    }
+    let MissingTopics::Create { partitions, replication_factor } = config.missing_topics else {
+        return Err(KafkaError::MissingTopics { topics: vec![topic.to_owned()] });
+    };
+    let controller = client.controller_client().map_err(err)?;
+    match controller.create_topic(topic, partitions, replication_factor, 5_000).await {
+        Ok(()) => tracing::warn!(topic, partitions, "topic did not exist; created it"),
+        // Someone else may have created it meanwhile.
+        Err(e) => tracing::debug!(topic, error = %e, "create topic failed; checking whether it exists"),
+    }
+    for _ in 0..50 {
+        if let Some(n) = find(client.list_topics().await.map_err(err)?) {
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(KafkaError::MissingTopics { topics: vec![topic.to_owned()] })
+}

@@ -1,0 +1,259 @@
+//! The per-partition loop: fetch, handle, produce outputs, track what is done.
+//!
+//! One task per (route, topic, partition). A fetch task keeps the next batch ready while the
+//! current one is handled; messages are handled strictly in offset order; each message's outputs
+//! are queued to the producers and its acks tracked, with at most `max_in_flight` messages
+//! awaiting acks (beyond that the loop waits: backpressure). A message is done when the handler
+//! finished and every output was acknowledged.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use faststream_core::{Headers, Message, OffsetReset, Outcome, Pipeline, RouteDef, Shutdown};
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::Client;
+use rskafka::record::RecordAndOffset;
+use tokio::sync::mpsc;
+
+use crate::broker::Config;
+use crate::produce::{Ack, Producers};
+
+pub(crate) struct PartitionConsumer {
+    pub(crate) client: Arc<Client>,
+    pub(crate) producers: Arc<Producers>,
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) route: &'static RouteDef,
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) reset: OffsetReset,
+    pub(crate) config: Arc<Config>,
+    pub(crate) shutdown: Shutdown,
+    /// Told once the start offset is known.
+    pub(crate) ready: mpsc::UnboundedSender<()>,
+}
+
+impl PartitionConsumer {
+    pub(crate) async fn run(self) {
+        let topic = &*self.topic;
+        let partition = self.partition;
+        let Some(pc) = self.partition_client().await else {
+            return;
+        };
+        let pc = Arc::new(pc);
+        let Some(start) = resolve_offset(&pc, self.reset, &self.shutdown, topic).await else {
+            return;
+        };
+        tracing::debug!(topic, partition, start, handler = self.route.name(), "consuming");
+        let _ = self.ready.send(());
+
+        let (tx, mut rx) = mpsc::channel(2);
+        let fetcher = tokio::spawn(fetch_loop(
+            pc.clone(),
+            start,
+            tx,
+            self.shutdown.clone(),
+            self.config.clone(),
+            self.reset,
+        ));
+        let mut inflight: VecDeque<(i64, Vec<Ack>)> = VecDeque::new();
+        let mut shutdown = self.shutdown.clone();
+        'outer: loop {
+            let batch = tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                batch = rx.recv() => match batch {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            for record in batch {
+                if self.shutdown.is_triggered() {
+                    break 'outer;
+                }
+                let offset = record.offset;
+                let msg = to_message(&self.topic, partition, record);
+                let acks = match self.pipeline.handle(self.route, msg).await {
+                    Outcome::Done(outputs) => {
+                        let mut acks = Vec::with_capacity(outputs.len());
+                        for out in outputs {
+                            let target = out.topic.clone();
+                            match self.producers.enqueue(&self.client, out).await {
+                                Ok(ack) => acks.push(ack),
+                                Err(e) => tracing::error!(
+                                    topic, partition, offset, target, error = %e,
+                                    "cannot queue output"
+                                ),
+                            }
+                        }
+                        acks
+                    }
+                    // Logged by the pipeline with full context; the partition moves on.
+                    Outcome::Failed(_) => Vec::new(),
+                };
+                inflight.push_back((offset, acks));
+                while inflight.len() > self.config.max_in_flight {
+                    if let Some((offset, acks)) = inflight.pop_front() {
+                        settle(topic, partition, offset, acks).await;
+                    }
+                }
+            }
+        }
+        fetcher.abort();
+        // Graceful stop: the message being handled finished; wait for its outputs' acks.
+        for (offset, acks) in inflight {
+            settle(topic, partition, offset, acks).await;
+        }
+        tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
+    }
+
+    async fn partition_client(&self) -> Option<PartitionClient> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = self.client.partition_client(
+                self.topic.to_string(),
+                self.partition,
+                UnknownTopicHandling::Retry,
+            );
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                res = attempt => match res {
+                    Ok(pc) => return Some(pc),
+                    Err(e) => tracing::warn!(
+                        topic = &*self.topic, partition = self.partition, error = %e,
+                        "cannot reach partition leader; retrying"
+                    ),
+                },
+                () = shutdown.wait() => return None,
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Waits until every output of the message at `offset` was acknowledged.
+async fn settle(topic: &str, partition: i32, offset: i64, acks: Vec<Ack>) {
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                tracing::error!(topic, partition, offset, reason, "output was not delivered")
+            }
+            Err(_) => tracing::error!(
+                topic,
+                partition,
+                offset,
+                "output was abandoned before the broker acknowledged it"
+            ),
+        }
+    }
+}
+
+fn to_message(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Message {
+    let rec = r.record;
+    let headers: Headers = rec
+        .headers
+        .into_iter()
+        .map(|(k, v)| (k, Bytes::from(v)))
+        .collect();
+    let mut msg = Message::new(topic.clone(), Bytes::new()).at(partition, r.offset);
+    msg.key = rec.key.map(Bytes::from);
+    msg.headers = headers;
+    msg.timestamp = Some(rec.timestamp.timestamp_millis());
+    msg.payload = rec.value.map(Bytes::from);
+    msg
+}
+
+/// Where to start: the oldest kept record, or the high watermark.
+///
+/// The high watermark is read from a fetch response rather than ListOffsets(latest), which some
+/// Kafka-compatible brokers answer wrongly after multi-record batches.
+async fn resolve_offset(
+    pc: &PartitionClient,
+    reset: OffsetReset,
+    shutdown: &Shutdown,
+    topic: &str,
+) -> Option<i64> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let earliest = pc.get_offset(OffsetAt::Earliest).await?;
+            match reset {
+                OffsetReset::Earliest => Ok::<_, ClientError>(earliest),
+                OffsetReset::Latest => Ok(pc.fetch_records(earliest, 1..2, 10).await?.1),
+            }
+        };
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            res = attempt => match res {
+                Ok(offset) => return Some(offset),
+                Err(e) => tracing::warn!(
+                    topic, partition = pc.partition(), error = %e,
+                    "cannot read the start offset; retrying"
+                ),
+            },
+            () = stop.wait() => return None,
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn fetch_loop(
+    pc: Arc<PartitionClient>,
+    mut offset: i64,
+    tx: mpsc::Sender<Vec<RecordAndOffset>>,
+    mut shutdown: Shutdown,
+    config: Arc<Config>,
+    reset: OffsetReset,
+) {
+    let topic = pc.topic().to_owned();
+    let partition = pc.partition();
+    let max_wait_ms = config.fetch_max_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let res = tokio::select! {
+            res = pc.fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms) => res,
+            () = shutdown.wait() => return,
+        };
+        match res {
+            Ok((mut records, _high_watermark)) => {
+                backoff = Duration::from_millis(100);
+                // Compressed batches may start before the requested offset.
+                records.retain(|r| r.offset >= offset);
+                match records.last() {
+                    Some(last) => {
+                        offset = last.offset + 1;
+                        if tx.send(records).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A broker that answers an empty fetch at once must not make us spin.
+                    None if started.elapsed() < Duration::from_millis(5) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    None => {}
+                }
+            }
+            Err(ClientError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            }) => {
+                tracing::warn!(topic, partition, offset, ?reset, "offset out of range; resetting");
+                match resolve_offset(&pc, reset, &shutdown, &topic).await {
+                    Some(o) => offset = o,
+                    None => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic, partition, offset, error = %e, retry_in = ?backoff, "fetch failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Errors of the Kafka transport.
+
+use std::time::Duration;
+
+/// What went wrong talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaError {
+    /// No broker answered within the connect timeout.
+    #[error("cannot connect to Kafka at {brokers} within {timeout:?}: {reason}")]
+    Connect {
+        /// The bootstrap addresses tried.
+        brokers: String,
+        /// The configured connect timeout.
+        timeout: Duration,
+        /// The last error seen.
+        reason: String,
+    },
+    /// Subscribed or published topics are missing and topic creation is off.
+    #[error("topic(s) {topics:?} do not exist and missing topics are configured as an error; create them or use `missing_topics(MissingTopics::Create {{ .. }})`")]
+    MissingTopics {
+        /// The missing topics.
+        topics: Vec<String>,
+    },
+    /// A feature the routes ask for is not available on this transport yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// An error from the Kafka client.
+    #[error("Kafka client error on {context}: {source}")]
+    Client {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        source: rskafka::client::error::Error,
+    },
+    /// The broker handle was shut down.
+    #[error("the producer was shut down")]
+    Closed,
+}
+
+impl From<KafkaError> for faststream_core::Error {
+    fn from(e: KafkaError) -> Self {
+        faststream_core::Error::transport(e)
+    }
+}

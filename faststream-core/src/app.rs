@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::extract::{Context, StateMap};
-use crate::handler::Pipeline;
+use crate::handler::{Pipeline, Ready};
 use crate::route::{registered_routes, validate, RouteDef};
 use crate::transport::{Publisher, Shutdown, Transport};
 use crate::{Error, Result};
@@ -25,6 +25,7 @@ pub struct FastStream<T> {
     state: StateMap,
     shutdown_timeout: Duration,
     topic_prefix: String,
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -36,6 +37,7 @@ impl<T: Transport> FastStream<T> {
             state: StateMap::default(),
             shutdown_timeout: Duration::from_secs(30),
             topic_prefix: String::new(),
+            ready: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -65,6 +67,12 @@ impl<T: Transport> FastStream<T> {
         self
     }
 
+    /// A handle that resolves once the app consumes every subscription (for health checks,
+    /// and for tests that publish only after the service listens).
+    pub fn ready(&self) -> Ready {
+        Ready::from_sender(&self.ready)
+    }
+
     /// The routes this app will run, validated against its state.
     pub fn routes(&self) -> Result<Vec<&'static RouteDef>> {
         let routes = self.routes.clone().unwrap_or_else(registered_routes);
@@ -91,7 +99,11 @@ impl<T: Transport> FastStream<T> {
         }
         let publisher = Publisher::new(self.transport.clone());
         let ctx = Context::new(Arc::new(self.state), publisher);
-        let pipeline = Arc::new(Pipeline::new(routes, ctx).with_topic_prefix(self.topic_prefix));
+        let pipeline = Arc::new(
+            Pipeline::new(routes, ctx)
+                .with_topic_prefix(self.topic_prefix)
+                .with_ready(self.ready),
+        );
         let (trigger, shutdown) = Shutdown::new();
         let transport = self.transport.clone();
         let serve = transport.serve(pipeline, shutdown);

@@ -35,6 +35,7 @@ pub struct Pipeline {
     routes: Vec<&'static RouteDef>,
     ctx: Context,
     prefix: String,
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Pipeline {
@@ -44,7 +45,23 @@ impl Pipeline {
             routes,
             ctx,
             prefix: String::new(),
+            ready: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Called by the transport once it consumes every subscription; see [`Pipeline::ready`].
+    pub fn mark_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Resolves once the transport said it is consuming every subscription.
+    pub fn ready(&self) -> Ready {
+        Ready(self.ready.subscribe())
+    }
+
+    pub(crate) fn with_ready(mut self, ready: tokio::sync::watch::Sender<bool>) -> Self {
+        self.ready = ready;
+        self
     }
 
     /// Prepends `prefix` to every topic the routes subscribe and publish to.
@@ -120,6 +137,21 @@ impl Pipeline {
             })
             .collect();
         Outcome::Done(outputs)
+    }
+}
+
+/// Waits for the app to be ready: every subscription is being consumed from its start offset.
+#[derive(Clone, Debug)]
+pub struct Ready(tokio::sync::watch::Receiver<bool>);
+
+impl Ready {
+    pub(crate) fn from_sender(tx: &tokio::sync::watch::Sender<bool>) -> Self {
+        Ready(tx.subscribe())
+    }
+
+    /// Resolves when ready; returns `false` if the app stopped before getting there.
+    pub async fn wait(&mut self) -> bool {
+        self.0.wait_for(|r| *r).await.is_ok()
     }
 }
 

@@ -30,7 +30,7 @@ pub use extract::{
     Context, CorrelationId, FromHeader, FromMessage, Key, Offset, Partition, State, StateMap,
     Timestamp, Topic,
 };
-pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline};
+pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
 pub use message::{content_type, header, Headers, Message, OutgoingMessage};
 pub use outcome::{Reply, Response, ResponseMeta};
 pub use route::{

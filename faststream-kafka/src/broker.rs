@@ -301,6 +301,7 @@ impl KafkaBroker {
             }
         }
         tracing::info!(consumers = consumers.len(), "ready");
+        pipeline.mark_ready();
         while let Some(res) = consumers.join_next().await {
             if let Err(e) = res {
                 tracing::error!(error = %e, "a partition consumer crashed");

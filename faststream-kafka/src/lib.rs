@@ -18,4 +18,5 @@ mod produce;
 
 pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics};
 pub use error::KafkaError;
+pub use produce::partition_for_key;
 pub use rskafka::client::partition::Compression;

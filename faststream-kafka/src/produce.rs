@@ -254,7 +254,7 @@ async fn send(
 
 /// Kafka's default partitioner for keyed records: `murmur2(key) & 0x7fffffff % partitions`,
 /// so keyed messages land where Java and librdkafka clients put them.
-pub(crate) fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     ((murmur2(key) & 0x7fff_ffff) as i32) % partitions
 }
 

@@ -1,0 +1,208 @@
+//! Helpers for the real-broker tests: the broker address, unique topic prefixes, a plain
+//! rskafka producer/reader (independent of the code under test), running an app, and log capture.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use faststream::kafka::KafkaBroker;
+use faststream::{FastStream, RouteDef};
+use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::{Record, RecordAndOffset};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Every wait in these tests is bounded by this.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The broker under test. CI always has one (scripts/kafka-dev starts it): a missing address
+/// fails the test instead of skipping it.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").expect(
+        "KAFKA_BOOTSTRAP is not set: run the real-broker tests as `scripts/kafka-dev run -- cargo test`",
+    )
+}
+
+/// A topic prefix no other test (or earlier run) uses.
+pub fn unique_prefix(name: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{}-{}-{}-{name}.",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub async fn raw_client() -> Client {
+    ClientBuilder::new(vec![bootstrap()]).build().await.expect("connect to the test broker")
+}
+
+pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
+    client
+        .controller_client()
+        .unwrap()
+        .create_topic(topic, partitions, 1, 5_000)
+        .await
+        .unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
+    // Wait until metadata shows it.
+    for _ in 0..100 {
+        let topics = client.list_topics().await.unwrap();
+        if topics.iter().any(|t| t.name == topic && t.partitions.len() as i32 == partitions) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("topic {topic} did not appear");
+}
+
+pub fn record(key: Option<&str>, value: &[u8], headers: &[(&str, &str)]) -> Record {
+    Record {
+        key: key.map(|k| k.as_bytes().to_vec()),
+        value: Some(value.to_vec()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        timestamp: chrono::Utc::now(),
+    }
+}
+
+/// Produces with rskafka directly (not through the framework).
+pub async fn produce(client: &Client, topic: &str, partition: i32, records: Vec<Record>) {
+    let pc = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .unwrap();
+    for chunk in records.chunks(500) {
+        pc.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
+    }
+}
+
+/// Reads every partition of `topic` from the start until `want` records arrived (or panics at
+/// the timeout). Returns records per partition, in offset order.
+pub async fn read(client: &Client, topic: &str, want: usize) -> BTreeMap<i32, Vec<RecordAndOffset>> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let partitions = loop {
+        let topics = client.list_topics().await.unwrap();
+        if let Some(t) = topics.iter().find(|t| t.name == topic) {
+            break t.partitions.iter().copied().collect::<Vec<_>>();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "topic {topic} never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut clients = Vec::new();
+    for p in &partitions {
+        let pc = client.partition_client(topic, *p, UnknownTopicHandling::Retry).await.unwrap();
+        let start = pc.get_offset(OffsetAt::Earliest).await.unwrap();
+        clients.push((*p, pc, start));
+    }
+    let mut out: BTreeMap<i32, Vec<RecordAndOffset>> = BTreeMap::new();
+    let mut total = 0;
+    while total < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {total} of {want} records from {topic} within {TIMEOUT:?}"
+        );
+        let mut progressed = false;
+        for (p, pc, next) in clients.iter_mut() {
+            let (records, _) = pc.fetch_records(*next, 1..4_000_000, 100).await.unwrap();
+            let from = *next;
+            for r in records.into_iter().filter(|r| r.offset >= from) {
+                *next = r.offset + 1;
+                total += 1;
+                progressed = true;
+                out.entry(*p).or_default().push(r);
+            }
+        }
+        if !progressed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    out
+}
+
+pub fn text(r: &RecordAndOffset) -> String {
+    String::from_utf8(r.record.value.clone().unwrap_or_default()).unwrap()
+}
+
+/// A running app; dropping it does not stop it, call `stop`.
+pub struct RunningApp {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<faststream::Result<()>>,
+}
+
+impl RunningApp {
+    pub async fn stop(mut self) -> faststream::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(TIMEOUT, self.task)
+            .await
+            .expect("the app stops within the timeout")
+            .expect("the app task does not panic")
+    }
+}
+
+/// Starts `app` and waits until it consumes every subscription.
+pub async fn start(app: FastStream<KafkaBroker>) -> RunningApp {
+    let mut ready = app.ready();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let ok = tokio::time::timeout(TIMEOUT, ready.wait()).await.expect("the app gets ready in time");
+    if !ok {
+        let res = task.await.unwrap();
+        panic!("the app stopped before it was ready: {res:?}");
+    }
+    RunningApp { stop: Some(tx), task }
+}
+
+pub fn app(routes: Vec<&'static RouteDef>, prefix: &str) -> FastStream<KafkaBroker> {
+    init_logs();
+    FastStream::new(KafkaBroker::new(&bootstrap()))
+        .with_routes(routes)
+        .topic_prefix(prefix)
+}
+
+/// Captured log output of this test binary (every test's, filter by topic prefix).
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.get_or_init(Default::default).lock().unwrap()).into_owned()
+}
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        if std::env::var_os("RUST_LOG").is_some() {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let buf = LOGS.get_or_init(Default::default).clone();
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,faststream=info".into());
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(move || Capture(buf.clone()))
+            .init();
+    });
+}

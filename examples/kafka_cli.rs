@@ -16,9 +16,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("produce") if args.len() >= 3 => {
             let topic = &args[1];
             if !client.list_topics().await?.iter().any(|t| &t.name == topic) {
-                client.controller_client()?.create_topic(topic, 1, 1, 5_000).await?;
+                client
+                    .controller_client()?
+                    .create_topic(topic, 1, 1, 5_000)
+                    .await?;
             }
-            let pc = client.partition_client(topic, 0, UnknownTopicHandling::Retry).await?;
+            let pc = client
+                .partition_client(topic, 0, UnknownTopicHandling::Retry)
+                .await?;
             let records = args[2..]
                 .iter()
                 .map(|m| Record {
@@ -29,7 +34,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
                 .collect();
             let offsets = pc.produce(records, Compression::NoCompression).await?;
-            println!("produced {} message(s) to {topic} at offsets {offsets:?}", offsets.len());
+            println!(
+                "produced {} message(s) to {topic} at offsets {offsets:?}",
+                offsets.len()
+            );
         }
         Some("consume") if args.len() >= 3 => {
             let topic = &args[1];
@@ -43,7 +51,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map_or(1, |t| t.partitions.len() as i32);
             let mut seen = 0;
             for p in 0..partitions {
-                let pc = client.partition_client(topic, p, UnknownTopicHandling::Retry).await?;
+                let pc = client
+                    .partition_client(topic, p, UnknownTopicHandling::Retry)
+                    .await?;
                 let mut offset = pc.get_offset(OffsetAt::Earliest).await?;
                 while seen < want && tokio::time::Instant::now() < deadline {
                     let (records, _) = pc.fetch_records(offset, 1..1_000_000, 200).await?;
@@ -55,12 +65,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         offset = r.offset + 1;
                         seen += 1;
                         let value = r.record.value.unwrap_or_default();
-                        println!("{topic}[{p}]@{}: {}", r.offset, String::from_utf8_lossy(&value));
+                        println!(
+                            "{topic}[{p}]@{}: {}",
+                            r.offset,
+                            String::from_utf8_lossy(&value)
+                        );
                     }
                 }
             }
             if seen < want {
-                return Err(format!("read {seen} of {want} message(s) from {topic} within {timeout:?}").into());
+                return Err(format!(
+                    "read {seen} of {want} message(s) from {topic} within {timeout:?}"
+                )
+                .into());
             }
         }
         _ => {

@@ -34,7 +34,9 @@ async fn seed_flow_end_to_end() {
     produce(&client, &format!("{prefix}in_topic"), 0, input).await;
     let out = read(&client, &format!("{prefix}out-topic"), 20).await;
     let got: Vec<String> = out.values().flatten().map(text).collect();
-    let want: Vec<String> = (1..=20).map(|i| format!("User: {i} - user{i} registered")).collect();
+    let want: Vec<String> = (1..=20)
+        .map(|i| format!("User: {i} - user{i} registered"))
+        .collect();
     assert_eq!(got, want);
     running.stop().await.unwrap();
 }
@@ -46,7 +48,13 @@ async fn relays_100k_messages() {
     let running = start(app(routes![handle_msg], &prefix)).await;
     let client = raw_client().await;
     let input: Vec<_> = (0..N)
-        .map(|i| record(None, format!(r#"{{"user":"u{i}","user_id":{i}}}"#).as_bytes(), &[]))
+        .map(|i| {
+            record(
+                None,
+                format!(r#"{{"user":"u{i}","user_id":{i}}}"#).as_bytes(),
+                &[],
+            )
+        })
         .collect();
     produce(&client, &format!("{prefix}in_topic"), 0, input).await;
     let out = read(&client, &format!("{prefix}out-topic"), N).await;
@@ -82,9 +90,16 @@ async fn ten_thousand_keyed_messages_keep_order_per_key() {
     let mut by_partition: HashMap<i32, Vec<_>> = HashMap::new();
     for i in 0..N {
         let key = format!("k{}", i % KEYS);
-        let body = serde_json::to_vec(&Seq { key: key.clone(), seq: i / KEYS }).unwrap();
+        let body = serde_json::to_vec(&Seq {
+            key: key.clone(),
+            seq: i / KEYS,
+        })
+        .unwrap();
         let p = partition_for_key(key.as_bytes(), 4);
-        by_partition.entry(p).or_default().push(record(Some(&key), &body, &[]));
+        by_partition
+            .entry(p)
+            .or_default()
+            .push(record(Some(&key), &body, &[]));
     }
     assert_eq!(by_partition.len(), 4, "keys spread over all partitions");
     for (p, records) in by_partition {
@@ -99,7 +114,11 @@ async fn ten_thousand_keyed_messages_keep_order_per_key() {
             let s: Seq = serde_json::from_slice(r.record.value.as_ref().unwrap()).unwrap();
             let key = String::from_utf8(r.record.key.clone().unwrap()).unwrap();
             assert_eq!(key, s.key, "the input key is kept on the output");
-            assert_eq!(*p, partition_for_key(key.as_bytes(), 4), "keyed output uses murmur2");
+            assert_eq!(
+                *p,
+                partition_for_key(key.as_bytes(), 4),
+                "keyed output uses murmur2"
+            );
             if let Some((lp, ls)) = last.get(&key) {
                 assert_eq!(lp, p);
                 assert_eq!(*ls + 1, s.seq, "order kept for key {key}");
@@ -120,7 +139,8 @@ async fn ten_thousand_keyed_messages_keep_order_per_key() {
 #[publisher("meta-out")]
 async fn echo_meta(key: Key, headers: Headers, body: String) -> Response<String> {
     let trace = headers.get_str("x-trace").unwrap_or("-").to_owned();
-    Response::new(format!("{}|{trace}|{body}", key.as_str().unwrap_or("-"))).header("x-handled", "yes")
+    Response::new(format!("{}|{trace}|{body}", key.as_str().unwrap_or("-")))
+        .header("x-handled", "yes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +153,15 @@ async fn keys_headers_content_type_and_correlation_id_round_trip() {
         &format!("{prefix}meta"),
         0,
         vec![
-            record(Some("user-7"), b"hello", &[("x-trace", "abc"), ("correlation_id", "cid-1"), ("content-type", "text/plain")]),
+            record(
+                Some("user-7"),
+                b"hello",
+                &[
+                    ("x-trace", "abc"),
+                    ("correlation_id", "cid-1"),
+                    ("content-type", "text/plain"),
+                ],
+            ),
             record(None, b"no key", &[]),
         ],
     )
@@ -143,14 +171,27 @@ async fn keys_headers_content_type_and_correlation_id_round_trip() {
     let first = &recs[0].record;
     assert_eq!(text(recs[0]), "user-7|abc|hello");
     assert_eq!(first.key.as_deref(), Some(&b"user-7"[..]));
-    assert_eq!(first.headers.get("correlation_id").map(Vec::as_slice), Some(&b"cid-1"[..]));
-    assert_eq!(first.headers.get("content-type").map(Vec::as_slice), Some(&b"text/plain"[..]));
-    assert_eq!(first.headers.get("x-handled").map(Vec::as_slice), Some(&b"yes"[..]));
+    assert_eq!(
+        first.headers.get("correlation_id").map(Vec::as_slice),
+        Some(&b"cid-1"[..])
+    );
+    assert_eq!(
+        first.headers.get("content-type").map(Vec::as_slice),
+        Some(&b"text/plain"[..])
+    );
+    assert_eq!(
+        first.headers.get("x-handled").map(Vec::as_slice),
+        Some(&b"yes"[..])
+    );
     let second = &recs[1].record;
     assert_eq!(text(recs[1]), "-|-|no key");
     assert_eq!(second.key, None);
     let cid = std::str::from_utf8(&second.headers["correlation_id"]).unwrap();
-    assert_eq!(cid.len(), 36, "a correlation id is generated when absent: {cid}");
+    assert_eq!(
+        cid.len(),
+        36,
+        "a correlation id is generated when absent: {cid}"
+    );
     running.stop().await.unwrap();
 }
 
@@ -181,35 +222,67 @@ async fn bad_messages_are_logged_and_good_ones_still_processed() {
     let running = start(app(routes![mixed], &prefix)).await;
     let out = read(&client, &format!("{prefix}mixed-out"), 3).await;
     let got: Vec<String> = out.values().flatten().map(text).collect();
-    assert_eq!(got, ["User: 1 - a registered", "User: 2 - b registered", "User: 4 - d registered"]);
+    assert_eq!(
+        got,
+        [
+            "User: 1 - a registered",
+            "User: 2 - b registered",
+            "User: 4 - d registered"
+        ]
+    );
     running.stop().await.unwrap();
     let logs = logs();
-    let lines: Vec<&str> = logs.lines().filter(|l| l.contains(&topic) && l.contains("message failed")).collect();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(&topic) && l.contains("message failed"))
+        .collect();
     assert_eq!(lines.len(), 2, "{logs}");
-    assert!(lines[0].contains("partition=0") && lines[0].contains("offset=1"), "{}", lines[0]);
-    assert!(lines[0].contains("not valid JSON") && lines[0].contains("mixed"), "{}", lines[0]);
-    assert!(lines[1].contains("offset=3") && lines[1].contains("missing field `user_id`"), "{}", lines[1]);
+    assert!(
+        lines[0].contains("partition=0") && lines[0].contains("offset=1"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("not valid JSON") && lines[0].contains("mixed"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("offset=3") && lines[1].contains("missing field `user_id`"),
+        "{}",
+        lines[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_at_startup_is_a_clear_error_within_the_timeout() {
     init_logs();
     // A port nothing listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let broker = KafkaBroker::builder(&format!("127.0.0.1:{port}"))
         .connect_timeout(Duration::from_secs(2))
         .build();
     let started = Instant::now();
     let res = tokio::time::timeout(
         Duration::from_secs(20),
-        FastStream::new(broker).with_routes(routes![handle_msg]).run_until(std::future::pending()),
+        FastStream::new(broker)
+            .with_routes(routes![handle_msg])
+            .run_until(std::future::pending()),
     )
     .await
     .expect("startup fails instead of hanging");
     let err = res.unwrap_err().to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("cannot connect to Kafka"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[derive(Clone, Default)]
@@ -229,7 +302,15 @@ async fn state_and_several_publishers() {
     let client = raw_client().await;
     let counter = Counter::default();
     let running = start(app(routes![count], &prefix).with_state(counter.clone())).await;
-    produce(&client, &format!("{prefix}stateful"), 0, (1..=5).map(|i| record(None, i.to_string().as_bytes(), &[])).collect()).await;
+    produce(
+        &client,
+        &format!("{prefix}stateful"),
+        0,
+        (1..=5)
+            .map(|i| record(None, i.to_string().as_bytes(), &[]))
+            .collect(),
+    )
+    .await;
     for topic in ["stateful-a", "stateful-b"] {
         let out = read(&client, &format!("{prefix}{topic}"), 5).await;
         let got: Vec<String> = out.values().flatten().map(text).collect();
@@ -241,7 +322,10 @@ async fn state_and_several_publishers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_state_fails_startup_naming_handler_and_type() {
-    let err = app(routes![count], &unique_prefix("nostate")).run_until(std::future::pending()).await.unwrap_err();
+    let err = app(routes![count], &unique_prefix("nostate"))
+        .run_until(std::future::pending())
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("kafka::count"), "{msg}");
     assert!(msg.contains("State<kafka::Counter>"), "{msg}");
@@ -258,11 +342,14 @@ async fn publish_api_sets_key_headers_and_partition() {
     broker.publish("plain", &topic).await.unwrap();
     broker
         .send_message(
-            faststream::OutgoingMessage::encode(&topic, faststream::Json(serde_json::json!({"a": 1})))
-                .unwrap()
-                .key("k")
-                .header("x-h", "v")
-                .partition(2),
+            faststream::OutgoingMessage::encode(
+                &topic,
+                faststream::Json(serde_json::json!({"a": 1})),
+            )
+            .unwrap()
+            .key("k")
+            .header("x-h", "v")
+            .partition(2),
         )
         .await
         .unwrap();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use faststream::testing::TestBroker;
 use faststream::{
-    publisher, routes, subscriber, CorrelationId, Headers, HandlerError, Json, Key, Message,
-    OutgoingMessage, Outcome, Partition, Publisher, Response, State, Topic,
+    publisher, routes, subscriber, CorrelationId, HandlerError, Headers, Json, Key, Message,
+    Outcome, OutgoingMessage, Partition, Publisher, Response, State, Topic,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,10 @@ async fn seed_handler_relays_through_the_test_broker() {
 
 #[tokio::test]
 async fn seed_function_stays_callable() {
-    assert_eq!(handle_msg("ann".into(), 7).await, "User: 7 - ann registered");
+    assert_eq!(
+        handle_msg("ann".into(), 7).await,
+        "User: 7 - ann registered"
+    );
 }
 
 #[tokio::test]
@@ -53,7 +56,10 @@ async fn decode_failures_name_the_field() {
         .with_routes(routes![handle_msg])
         .build()
         .unwrap();
-    broker.publish(r#"{"user": "john"}"#, "in_topic").await.unwrap();
+    broker
+        .publish(r#"{"user": "john"}"#, "in_topic")
+        .await
+        .unwrap();
     broker
         .publish(r#"{"user": "john", "user_id": "one"}"#, "in_topic")
         .await
@@ -70,7 +76,11 @@ async fn decode_failures_name_the_field() {
         .map(|d| d.error().unwrap().to_string())
         .collect();
     assert!(msgs[0].contains("missing field `user_id`"), "{}", msgs[0]);
-    assert!(msgs[1].contains("field `user_id`: invalid type: string \"one\", expected i64"), "{}", msgs[1]);
+    assert!(
+        msgs[1].contains("field `user_id`: invalid type: string \"one\", expected i64"),
+        "{}",
+        msgs[1]
+    );
     assert!(msgs[2].contains("not valid JSON"), "{}", msgs[2]);
     match errors[1].error().unwrap() {
         HandlerError::Decode(d) => assert_eq!(d.field.as_deref(), Some("user_id")),
@@ -103,31 +113,58 @@ async fn bill(order: Order) -> Result<Invoice, String> {
     }
     Ok(Invoice {
         order_id: order.id,
-        total: format!("{}.{:02}", order.amount_cents / 100, order.amount_cents % 100),
+        total: format!(
+            "{}.{:02}",
+            order.amount_cents / 100,
+            order.amount_cents % 100
+        ),
     })
 }
 
 #[tokio::test]
 async fn struct_body_json_reply_and_handler_errors() {
-    let broker = TestBroker::builder().with_routes(routes![bill]).build().unwrap();
+    let broker = TestBroker::builder()
+        .with_routes(routes![bill])
+        .build()
+        .unwrap();
     broker
-        .publish(Json(Order { id: 1, amount_cents: 1250 }), "orders")
+        .publish(
+            Json(Order {
+                id: 1,
+                amount_cents: 1250,
+            }),
+            "orders",
+        )
         .await
         .unwrap();
     broker
-        .publish(Json(Order { id: 2, amount_cents: -5 }), "orders")
+        .publish(
+            Json(Order {
+                id: 2,
+                amount_cents: -5,
+            }),
+            "orders",
+        )
         .await
         .unwrap();
     let out = broker.published("invoices");
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].content_type(), Some("application/json"));
     let inv: Invoice = serde_json::from_slice(out[0].payload.as_ref().unwrap()).unwrap();
-    assert_eq!(inv, Invoice { order_id: 1, total: "12.50".into() });
+    assert_eq!(
+        inv,
+        Invoice {
+            order_id: 1,
+            total: "12.50".into()
+        }
+    );
     let errors = broker.errors();
     assert_eq!(errors.len(), 1);
     assert_eq!(
         errors[0].error(),
-        Some(&HandlerError::Handler("order 2 has a negative amount".into()))
+        Some(&HandlerError::Handler(
+            "order 2 has a negative amount".into()
+        ))
     );
     let received: Order = errors[0].body().unwrap();
     assert_eq!(received.id, 2);
@@ -199,7 +236,10 @@ async fn extractors_state_and_fan_out() {
     // A missing required header is a decode error naming the header.
     broker.publish("no header", "audit-in").await.unwrap();
     let err = broker.errors()[0].error().unwrap().to_string();
-    assert_eq!(err, "cannot decode header `x-request-id`: the header is missing");
+    assert_eq!(
+        err,
+        "cannot decode header `x-request-id`: the header is missing"
+    );
 }
 
 // Raw bytes in, Option out; a unit handler; a panicking handler; a Publisher extractor.
@@ -249,8 +289,14 @@ async fn bytes_option_unit_panic_and_publisher() {
     broker.publish("14", "boom").await.unwrap();
     let errors = broker.errors();
     assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].error(), Some(&HandlerError::Panic("unlucky number".into())));
-    assert!(matches!(broker.received("boom")[1].outcome, Outcome::Done(_)));
+    assert_eq!(
+        errors[0].error(),
+        Some(&HandlerError::Panic("unlucky number".into()))
+    );
+    assert!(matches!(
+        broker.received("boom")[1].outcome,
+        Outcome::Done(_)
+    ));
 
     let before = SINK_COUNT.load(Ordering::SeqCst);
     broker.publish("hi", "forward").await.unwrap();
@@ -300,7 +346,10 @@ async fn publish_loops_are_reported() {
         .build()
         .unwrap();
     let err = broker.publish("x", "loop").await.unwrap_err();
-    assert!(matches!(err, faststream::Error::PublishLoop { .. }), "{err}");
+    assert!(
+        matches!(err, faststream::Error::PublishLoop { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -309,8 +358,19 @@ async fn all_registered_routes_are_collected() {
         .iter()
         .map(|r| r.fn_name())
         .collect();
-    for expected in ["handle_msg", "bill", "audit", "reverse", "sink", "boom", "step_one"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    for expected in [
+        "handle_msg",
+        "bill",
+        "audit",
+        "reverse",
+        "sink",
+        "boom",
+        "step_one",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     let mut sorted = names.clone();
     sorted.sort();

@@ -100,7 +100,10 @@ impl IntoPayload for String {
 
 impl IntoPayload for &str {
     fn into_payload(self) -> Result<(Bytes, Option<&'static str>), crate::Error> {
-        Ok((Bytes::copy_from_slice(self.as_bytes()), Some(content_type::TEXT)))
+        Ok((
+            Bytes::copy_from_slice(self.as_bytes()),
+            Some(content_type::TEXT),
+        ))
     }
 }
 
@@ -166,7 +169,11 @@ mod tests {
         assert!(e.reason.contains("missing field `user_id`"), "{e}");
         let e = decode_err(&msg(r#"{"user":"john","user_id":"one"}"#));
         assert_eq!(e.field.as_deref(), Some("user_id"));
-        assert!(e.to_string().contains("field `user_id`: invalid type: string"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("field `user_id`: invalid type: string"),
+            "{e}"
+        );
         let e = decode_err(&msg("not json"));
         assert!(e.reason.starts_with("payload is not valid JSON"), "{e}");
         let e = decode_err(&msg(""));
@@ -179,24 +186,45 @@ mod tests {
     #[test]
     fn content_type_is_honoured() {
         let m = msg(r#"{"user":"john","user_id":1}"#);
-        assert!(decode_json::<User>(&m.clone().with_header("content-type", "application/json"), "User").is_ok());
-        assert!(decode_json::<User>(&m.clone().with_header("content-type", "text/plain; charset=utf-8"), "User").is_ok());
+        assert!(decode_json::<User>(
+            &m.clone().with_header("content-type", "application/json"),
+            "User"
+        )
+        .is_ok());
+        assert!(decode_json::<User>(
+            &m.clone()
+                .with_header("content-type", "text/plain; charset=utf-8"),
+            "User"
+        )
+        .is_ok());
         let e = decode_err(&m.with_header("content-type", "application/avro"));
-        assert!(e.reason.contains("unsupported content type \"application/avro\""));
+        assert!(e
+            .reason
+            .contains("unsupported content type \"application/avro\""));
     }
 
     #[test]
     fn text_must_be_utf8() {
         let m = Message::new("t", vec![b'o', b'k', 0xff]);
         let e = decode_text(&m).unwrap_err();
-        assert!(e.to_string().contains("not valid UTF-8 (invalid byte at position 2)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not valid UTF-8 (invalid byte at position 2)"),
+            "{e}"
+        );
         assert_eq!(decode_text(&msg("héllo")).unwrap(), "héllo");
     }
 
     #[test]
     fn payload_encoding() {
-        assert_eq!("a".into_payload().unwrap(), (Bytes::from("a"), Some("text/plain")));
-        assert_eq!(vec![1u8].into_payload().unwrap(), (Bytes::from(vec![1u8]), None));
+        assert_eq!(
+            "a".into_payload().unwrap(),
+            (Bytes::from("a"), Some("text/plain"))
+        );
+        assert_eq!(
+            vec![1u8].into_payload().unwrap(),
+            (Bytes::from(vec![1u8]), None)
+        );
         let (b, ct) = Json(serde_json::json!({"a": 1})).into_payload().unwrap();
         assert_eq!((&b[..], ct), (&br#"{"a":1}"#[..], Some("application/json")));
     }

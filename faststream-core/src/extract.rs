@@ -203,9 +203,9 @@ impl FromHeader for Vec<u8> {
 impl FromHeader for String {
     fn from_header(msg: &Message, name: &str) -> Result<Self, DecodeError> {
         let raw = required(msg, name)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::new(format!("header `{name}`"), "the value is not valid UTF-8"))
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| {
+            DecodeError::new(format!("header `{name}`"), "the value is not valid UTF-8")
+        })
     }
 }
 

@@ -242,6 +242,10 @@ impl OutgoingMessage {
     pub fn approximate_size(&self) -> usize {
         self.key.as_ref().map_or(0, Bytes::len)
             + self.payload.as_ref().map_or(0, Bytes::len)
-            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }

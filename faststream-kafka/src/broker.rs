@@ -191,8 +191,13 @@ impl KafkaBroker {
     }
 
     /// Publishes `value` (text, bytes, or `Json(..)`) to `topic`; resolves once acknowledged.
-    pub async fn publish(&self, value: impl IntoPayload, topic: &str) -> faststream_core::Result<()> {
-        self.send_message(OutgoingMessage::encode(topic, value)?).await
+    pub async fn publish(
+        &self,
+        value: impl IntoPayload,
+        topic: &str,
+    ) -> faststream_core::Result<()> {
+        self.send_message(OutgoingMessage::encode(topic, value)?)
+            .await
     }
 
     /// Publishes a fully specified message; resolves once acknowledged.
@@ -215,7 +220,11 @@ impl KafkaBroker {
         self.shared.producers.partition_count(&client, topic).await
     }
 
-    async fn serve_routes(&self, pipeline: Arc<Pipeline>, shutdown: Shutdown) -> Result<(), KafkaError> {
+    async fn serve_routes(
+        &self,
+        pipeline: Arc<Pipeline>,
+        shutdown: Shutdown,
+    ) -> Result<(), KafkaError> {
         let client = self.client().await?;
         let config = &self.shared.config;
         let grouped: Vec<String> = pipeline
@@ -261,7 +270,11 @@ impl KafkaBroker {
             for sub in route.subscribers() {
                 for topic in sub.topics() {
                     let topic = pipeline.topic_name(topic);
-                    let partitions = self.shared.producers.partition_count(&client, &topic).await?;
+                    let partitions = self
+                        .shared
+                        .producers
+                        .partition_count(&client, &topic)
+                        .await?;
                     let topic: Arc<str> = Arc::from(topic);
                     for partition in 0..partitions {
                         consumers.spawn(
@@ -285,7 +298,10 @@ impl KafkaBroker {
         }
         for topic in pipeline.routes().iter().flat_map(|r| r.publishers()) {
             let topic = pipeline.topic_name(topic);
-            self.shared.producers.partition_count(&client, &topic).await?;
+            self.shared
+                .producers
+                .partition_count(&client, &topic)
+                .await?;
         }
         drop(ready_tx);
         // Ready once every consumer knows where it starts.
@@ -320,7 +336,11 @@ impl Publish for KafkaBroker {
 }
 
 impl Transport for KafkaBroker {
-    fn serve(&self, pipeline: Arc<Pipeline>, shutdown: Shutdown) -> BoxFuture<'_, faststream_core::Result<()>> {
+    fn serve(
+        &self,
+        pipeline: Arc<Pipeline>,
+        shutdown: Shutdown,
+    ) -> BoxFuture<'_, faststream_core::Result<()>> {
         Box::pin(async move { Ok(self.serve_routes(pipeline, shutdown).await?) })
     }
 }
@@ -368,7 +388,11 @@ async fn list_topics(client: &Client) -> Result<Vec<String>, KafkaError> {
 }
 
 /// The partition count of `topic`, creating the topic if it is missing and the policy allows.
-pub(crate) async fn ensure_topic(client: &Client, config: &Config, topic: &str) -> Result<i32, KafkaError> {
+pub(crate) async fn ensure_topic(
+    client: &Client,
+    config: &Config,
+    topic: &str,
+) -> Result<i32, KafkaError> {
     let find = |topics: Vec<rskafka::topic::Topic>| {
         topics
             .into_iter()
@@ -382,14 +406,25 @@ pub(crate) async fn ensure_topic(client: &Client, config: &Config, topic: &str) 
     if let Some(n) = find(client.list_topics().await.map_err(err)?) {
         return Ok(n);
     }
-    let MissingTopics::Create { partitions, replication_factor } = config.missing_topics else {
-        return Err(KafkaError::MissingTopics { topics: vec![topic.to_owned()] });
+    let MissingTopics::Create {
+        partitions,
+        replication_factor,
+    } = config.missing_topics
+    else {
+        return Err(KafkaError::MissingTopics {
+            topics: vec![topic.to_owned()],
+        });
     };
     let controller = client.controller_client().map_err(err)?;
-    match controller.create_topic(topic, partitions, replication_factor, 5_000).await {
+    match controller
+        .create_topic(topic, partitions, replication_factor, 5_000)
+        .await
+    {
         Ok(()) => tracing::warn!(topic, partitions, "topic did not exist; created it"),
         // Someone else may have created it meanwhile.
-        Err(e) => tracing::debug!(topic, error = %e, "create topic failed; checking whether it exists"),
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "create topic failed; checking whether it exists")
+        }
     }
     for _ in 0..50 {
         if let Some(n) = find(client.list_topics().await.map_err(err)?) {
@@ -399,5 +434,7 @@ pub(crate) async fn ensure_topic(client: &Client, config: &Config, topic: &str) 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(KafkaError::MissingTopics { topics: vec![topic.to_owned()] })
+    Err(KafkaError::MissingTopics {
+        topics: vec![topic.to_owned()],
+    })
 }

@@ -46,7 +46,13 @@ impl PartitionConsumer {
         let Some(start) = resolve_offset(&pc, self.reset, &self.shutdown, topic).await else {
             return;
         };
-        tracing::debug!(topic, partition, start, handler = self.route.name(), "consuming");
+        tracing::debug!(
+            topic,
+            partition,
+            start,
+            handler = self.route.name(),
+            "consuming"
+        );
         let _ = self.ready.send(());
 
         let (tx, mut rx) = mpsc::channel(2);
@@ -243,7 +249,13 @@ async fn fetch_loop(
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
             }) => {
-                tracing::warn!(topic, partition, offset, ?reset, "offset out of range; resetting");
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    ?reset,
+                    "offset out of range; resetting"
+                );
                 match resolve_offset(&pc, reset, &shutdown, &topic).await {
                     Some(o) => offset = o,
                     None => return,

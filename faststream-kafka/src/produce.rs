@@ -75,7 +75,9 @@ impl Producers {
                 let count = self.partition_count(client, &msg.topic).await?;
                 match &msg.key {
                     Some(key) => partition_for_key(key, count),
-                    None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % count as usize) as i32,
+                    None => {
+                        (self.round_robin.fetch_add(1, Ordering::Relaxed) % count as usize) as i32
+                    }
                 }
             }
         };
@@ -91,12 +93,19 @@ impl Producers {
                 .map(|(k, v)| (k.to_owned(), v.to_vec()))
                 .collect(),
             timestamp: match msg.timestamp {
-                Some(ms) => Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now),
+                Some(ms) => Utc
+                    .timestamp_millis_opt(ms)
+                    .single()
+                    .unwrap_or_else(Utc::now),
                 None => Utc::now(),
             },
         };
         queue
-            .send(Pending { record, size, ack: tx })
+            .send(Pending {
+                record,
+                size,
+                ack: tx,
+            })
             .await
             .map_err(|_| KafkaError::Closed)?;
         Ok(rx)
@@ -140,7 +149,10 @@ impl Producers {
 
     /// Closes every queue and waits until everything queued was sent (or failed).
     pub(crate) async fn flush(&self) {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let tasks: Vec<_> = self
             .tasks
             .lock()
@@ -301,7 +313,10 @@ mod tests {
             ("foobar", -790332482),
             ("a-little-bit-long-string", -985981536),
             ("a-little-bit-longer-string", -1486304829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             ("abc", 479470107),
         ];
         for (input, want) in cases {

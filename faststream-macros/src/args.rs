@@ -300,9 +300,19 @@ mod tests {
     fn all_errors_are_collected() {
         let (_, res) = parse(
             AttrKind::Subscriber,
-            quote!("bad topic", colour = "x", group_id = "g", group_id = "h", auto_offset_reset = "soon"),
+            quote!(
+                "bad topic",
+                colour = "x",
+                group_id = "g",
+                group_id = "h",
+                auto_offset_reset = "soon"
+            ),
         );
-        let msgs: Vec<String> = res.unwrap_err().into_iter().map(|e| e.to_string()).collect();
+        let msgs: Vec<String> = res
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(msgs.len(), 4, "{msgs:?}");
         assert!(msgs[0].contains("invalid character"));
         assert!(msgs[1].contains("unknown option `colour`"));
@@ -327,6 +337,9 @@ mod tests {
     #[test]
     fn option_values_must_be_strings() {
         let (_, res) = parse(AttrKind::Subscriber, quote!("a", group_id = 5));
-        assert!(res.unwrap_err().to_string().contains("expects a string literal"));
+        assert!(res
+            .unwrap_err()
+            .to_string()
+            .contains("expects a string literal"));
     }
 }

@@ -2,8 +2,8 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 use syn::{ItemFn, LitStr};
 
 use crate::args::{self, AttrKind, Errors, OffsetReset, RouteArgs};
@@ -155,8 +155,14 @@ fn generate(
             .map(|n| format!("`{}`", n.unraw()))
             .collect::<Vec<_>>()
             .join(", ");
-        let what = LitStr::new(&format!("a JSON object with fields {list}"), Span::call_site());
-        let serde_path = LitStr::new(&format!("{}::serde", quote!(#fs)).replace(' ', ""), Span::call_site());
+        let what = LitStr::new(
+            &format!("a JSON object with fields {list}"),
+            Span::call_site(),
+        );
+        let serde_path = LitStr::new(
+            &format!("{}::serde", quote!(#fs)).replace(' ', ""),
+            Span::call_site(),
+        );
         body_struct = quote! {
             #[derive(#fs::serde::Deserialize)]
             #[serde(crate = #serde_path)]
@@ -310,7 +316,11 @@ pub(crate) fn routes(input: TokenStream) -> TokenStream {
     };
     let refs = paths.into_iter().map(|mut p| {
         let last = p.segments.last_mut().expect("a path has a segment");
-        last.ident = format_ident!("__faststream_route_{}", last.ident, span = last.ident.span());
+        last.ident = format_ident!(
+            "__faststream_route_{}",
+            last.ident,
+            span = last.ident.span()
+        );
         quote!(&#p)
     });
     quote!(::std::vec![#(#refs),*] as ::std::vec::Vec<&'static ::faststream::RouteDef>)
@@ -357,10 +367,16 @@ mod tests {
             } else {
                 let want = std::fs::read_to_string(&snap)
                     .unwrap_or_else(|_| panic!("missing snapshot {}", snap.display()));
-                assert_eq!(got, want, "expansion of {name} changed; rerun with FASTSTREAM_BLESS=1 if intended");
+                assert_eq!(
+                    got, want,
+                    "expansion of {name} changed; rerun with FASTSTREAM_BLESS=1 if intended"
+                );
             }
             checked += 1;
         }
-        assert!(checked >= 4, "expected at least four expansion snapshots, found {checked}");
+        assert!(
+            checked >= 4,
+            "expected at least four expansion snapshots, found {checked}"
+        );
     }
 }

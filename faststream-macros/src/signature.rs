@@ -125,7 +125,10 @@ pub(crate) fn classify_args(
             continue;
         }
         if matches!(&ty, Type::ImplTrait(_)) {
-            errors.error(ty.span(), "`impl Trait` arguments are not supported in handlers");
+            errors.error(
+                ty.span(),
+                "`impl Trait` arguments are not supported in handlers",
+            );
             continue;
         }
         let kind = forced.unwrap_or_else(|| match last_ident(&ty) {
@@ -164,7 +167,7 @@ pub(crate) enum Shape {
     /// `Vec<u8>`, `Bytes`: raw.
     Raw,
     /// Anything else: JSON (must implement `Serialize`).
-    Json(Type),
+    Json(Box<Type>),
     Option(Box<Shape>),
     Result(Box<Shape>),
     Response(Box<Shape>),
@@ -200,12 +203,12 @@ fn type_shape(ty: &Type) -> Shape {
         Some("String") => Shape::Text,
         Some("Bytes") => Shape::Raw,
         Some("Vec") if first_generic(ty).is_some_and(|t| is_ident(t, "u8")) => Shape::Raw,
-        Some("Option") => inner().map_or(Shape::Json(ty.clone()), |s| Shape::Option(Box::new(s))),
-        Some("Result") => inner().map_or(Shape::Json(ty.clone()), |s| Shape::Result(Box::new(s))),
+        Some("Option") => inner().map_or(Shape::Json(Box::new(ty.clone())), |s| Shape::Option(Box::new(s))),
+        Some("Result") => inner().map_or(Shape::Json(Box::new(ty.clone())), |s| Shape::Result(Box::new(s))),
         Some("Response") => {
-            inner().map_or(Shape::Json(ty.clone()), |s| Shape::Response(Box::new(s)))
+            inner().map_or(Shape::Json(Box::new(ty.clone())), |s| Shape::Response(Box::new(s)))
         }
-        _ => Shape::Json(ty.clone()),
+        _ => Shape::Json(Box::new(ty.clone())),
     }
 }
 
@@ -246,13 +249,24 @@ mod tests {
         assert!(matches!(shape_of(parse_quote!()), Shape::Unit));
         assert!(matches!(shape_of(parse_quote!(-> ())), Shape::Unit));
         assert!(matches!(shape_of(parse_quote!(-> String)), Shape::Text));
-        assert!(matches!(shape_of(parse_quote!(-> &'static str)), Shape::Text));
+        assert!(matches!(
+            shape_of(parse_quote!(-> &'static str)),
+            Shape::Text
+        ));
         assert!(matches!(shape_of(parse_quote!(-> Vec<u8>)), Shape::Raw));
-        assert!(matches!(shape_of(parse_quote!(-> bytes::Bytes)), Shape::Raw));
-        assert!(matches!(shape_of(parse_quote!(-> Vec<i32>)), Shape::Json(_)));
+        assert!(matches!(
+            shape_of(parse_quote!(-> bytes::Bytes)),
+            Shape::Raw
+        ));
+        assert!(matches!(
+            shape_of(parse_quote!(-> Vec<i32>)),
+            Shape::Json(_)
+        ));
         assert!(matches!(shape_of(parse_quote!(-> User)), Shape::Json(_)));
         let s = shape_of(parse_quote!(-> Result<Option<String>, E>));
-        assert!(matches!(s, Shape::Result(ref o) if matches!(**o, Shape::Option(ref t) if matches!(**t, Shape::Text))));
+        assert!(
+            matches!(s, Shape::Result(ref o) if matches!(**o, Shape::Option(ref t) if matches!(**t, Shape::Text)))
+        );
         assert!(!shape_of(parse_quote!(-> Result<(), E>)).publishes());
         assert!(shape_of(parse_quote!(-> Response<User>)).publishes());
     }
@@ -261,9 +275,15 @@ mod tests {
     fn body_codecs() {
         assert!(matches!(body_codec(&parse_quote!(String)), BodyCodec::Text));
         assert!(matches!(body_codec(&parse_quote!(Vec<u8>)), BodyCodec::Raw));
-        assert!(matches!(body_codec(&parse_quote!(bytes::Bytes)), BodyCodec::Raw));
+        assert!(matches!(
+            body_codec(&parse_quote!(bytes::Bytes)),
+            BodyCodec::Raw
+        ));
         assert!(matches!(body_codec(&parse_quote!(i64)), BodyCodec::Json));
-        assert!(matches!(body_codec(&parse_quote!(Vec<String>)), BodyCodec::Json));
+        assert!(matches!(
+            body_codec(&parse_quote!(Vec<String>)),
+            BodyCodec::Json
+        ));
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub fn unique_prefix(name: &str) -> String {
 }
 
 pub async fn raw_client() -> Client {
-    ClientBuilder::new(vec![bootstrap()]).build().await.expect("connect to the test broker")
+    ClientBuilder::new(vec![bootstrap()])
+        .build()
+        .await
+        .expect("connect to the test broker")
 }
 
 pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
@@ -56,7 +59,10 @@ pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
     // Wait until metadata shows it.
     for _ in 0..100 {
         let topics = client.list_topics().await.unwrap();
-        if topics.iter().any(|t| t.name == topic && t.partitions.len() as i32 == partitions) {
+        if topics
+            .iter()
+            .any(|t| t.name == topic && t.partitions.len() as i32 == partitions)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -83,25 +89,37 @@ pub async fn produce(client: &Client, topic: &str, partition: i32, records: Vec<
         .await
         .unwrap();
     for chunk in records.chunks(500) {
-        pc.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
+        pc.produce(chunk.to_vec(), Compression::NoCompression)
+            .await
+            .unwrap();
     }
 }
 
 /// Reads every partition of `topic` from the start until `want` records arrived (or panics at
 /// the timeout). Returns records per partition, in offset order.
-pub async fn read(client: &Client, topic: &str, want: usize) -> BTreeMap<i32, Vec<RecordAndOffset>> {
+pub async fn read(
+    client: &Client,
+    topic: &str,
+    want: usize,
+) -> BTreeMap<i32, Vec<RecordAndOffset>> {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let partitions = loop {
         let topics = client.list_topics().await.unwrap();
         if let Some(t) = topics.iter().find(|t| t.name == topic) {
             break t.partitions.iter().copied().collect::<Vec<_>>();
         }
-        assert!(tokio::time::Instant::now() < deadline, "topic {topic} never appeared");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "topic {topic} never appeared"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut clients = Vec::new();
     for p in &partitions {
-        let pc = client.partition_client(topic, *p, UnknownTopicHandling::Retry).await.unwrap();
+        let pc = client
+            .partition_client(topic, *p, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
         let start = pc.get_offset(OffsetAt::Earliest).await.unwrap();
         clients.push((*p, pc, start));
     }
@@ -157,12 +175,17 @@ pub async fn start(app: FastStream<KafkaBroker>) -> RunningApp {
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let ok = tokio::time::timeout(TIMEOUT, ready.wait()).await.expect("the app gets ready in time");
+    let ok = tokio::time::timeout(TIMEOUT, ready.wait())
+        .await
+        .expect("the app gets ready in time");
     if !ok {
         let res = task.await.unwrap();
         panic!("the app stopped before it was ready: {res:?}");
     }
-    RunningApp { stop: Some(tx), task }
+    RunningApp {
+        stop: Some(tx),
+        task,
+    }
 }
 
 pub fn app(routes: Vec<&'static RouteDef>, prefix: &str) -> FastStream<KafkaBroker> {

@@ -198,17 +198,18 @@ fn type_shape(ty: &Type) -> Shape {
         Type::Reference(r) if is_ident(&r.elem, "str") => return Shape::Text,
         _ => {}
     }
-    let inner = || first_generic(ty).map(type_shape);
+    let json = || Shape::Json(Box::new(ty.clone()));
+    let wrap = |f: fn(Box<Shape>) -> Shape| {
+        first_generic(ty).map_or_else(json, |t| f(Box::new(type_shape(t))))
+    };
     match last_ident(ty).as_deref() {
         Some("String") => Shape::Text,
         Some("Bytes") => Shape::Raw,
         Some("Vec") if first_generic(ty).is_some_and(|t| is_ident(t, "u8")) => Shape::Raw,
-        Some("Option") => inner().map_or(Shape::Json(Box::new(ty.clone())), |s| Shape::Option(Box::new(s))),
-        Some("Result") => inner().map_or(Shape::Json(Box::new(ty.clone())), |s| Shape::Result(Box::new(s))),
-        Some("Response") => {
-            inner().map_or(Shape::Json(Box::new(ty.clone())), |s| Shape::Response(Box::new(s)))
-        }
-        _ => Shape::Json(Box::new(ty.clone())),
+        Some("Option") => wrap(Shape::Option),
+        Some("Result") => wrap(Shape::Result),
+        Some("Response") => wrap(Shape::Response),
+        _ => json(),
     }
 }
 

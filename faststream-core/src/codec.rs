@@ -68,6 +68,10 @@ pub fn decode_json<T: DeserializeOwned>(msg: &Message, target: &str) -> Result<T
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::new(target, "the payload is empty").into());
     }
+    // Fast path without path tracking; on failure, decode again to learn which field was wrong.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(de);
     result.map_err(|err| {

@@ -4,7 +4,6 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
 use crate::error::HandlerError;
@@ -88,10 +87,10 @@ impl Pipeline {
     /// Handles `msg` with `route`: decode, call, encode, address the reply to every publisher
     /// topic. A failure is logged with topic, partition, offset and handler, and returned.
     pub async fn handle(&self, route: &RouteDef, mut msg: Message) -> Outcome {
-        let correlation_id = match msg.correlation_id() {
-            Some(id) => id.to_owned(),
+        let correlation_id = match msg.headers.get(header::CORRELATION_ID) {
+            Some(id) => id.clone(),
             None => {
-                let id = new_correlation_id();
+                let id = bytes::Bytes::from(new_correlation_id());
                 msg.headers.insert(header::CORRELATION_ID, id.clone());
                 id
             }
@@ -177,27 +176,42 @@ impl Future for CatchUnwind {
     }
 }
 
-/// A random UUID (version 4 layout), without pulling in a UUID crate.
+/// A random UUID (version 4 layout), without pulling in a UUID crate: a random per-thread
+/// base mixed with a counter, hex-encoded by hand (this runs once per message).
 pub(crate) fn new_correlation_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = std::collections::hash_map::RandomState::new();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = seed.build_hasher();
-    h.write_u64(n);
-    let a = h.finish();
-    h.write_u64(a);
-    let b = h.finish();
+    thread_local! {
+        static STATE: std::cell::Cell<(u64, u64)> = std::cell::Cell::new({
+            let seed = std::collections::hash_map::RandomState::new();
+            let mut h = seed.build_hasher();
+            h.write_u64(0x5eed);
+            let a = h.finish();
+            h.write_u64(a);
+            (a, h.finish())
+        });
+    }
+    let (a, b) = STATE.with(|s| {
+        let (a, b) = s.get();
+        let b2 = b.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set((a, b2));
+        (a, splitmix(b2 ^ a))
+    });
     let v =
         (u128::from(a) << 64 | u128::from(b)) & !(0xF << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62);
-    let s = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &s[..8],
-        &s[8..12],
-        &s[12..16],
-        &s[16..20],
-        &s[20..]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push(b'-');
+        }
+        out.push(HEX[((v >> (124 - 4 * i)) & 0xF) as usize]);
+    }
+    String::from_utf8(out).expect("hex is ASCII")
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

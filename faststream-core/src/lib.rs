@@ -31,7 +31,7 @@ pub use extract::{
     Timestamp, Topic,
 };
 pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
-pub use message::{content_type, header, Headers, Message, OutgoingMessage};
+pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
 pub use outcome::{Reply, Response, ResponseMeta};
 pub use route::{
     registered_routes, validate, OffsetReset, RouteDef, RouteProblem, StateReq, SubscriberDef,

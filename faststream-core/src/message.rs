@@ -1,6 +1,6 @@
 //! The message model: what a handler receives and what the runtime publishes.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,11 +23,16 @@ pub mod content_type {
     pub const TEXT: &str = "text/plain";
 }
 
-/// Kafka record headers.
+/// Kafka record headers, in the order they were set.
 ///
-/// A map: Kafka allows duplicate keys, but the transport keeps only the last value of each.
+/// One value per name: setting a name again replaces its value (the Kafka transport keeps the
+/// last value of duplicate names too). A small vector, since records carry few headers; names
+/// given as `&'static str` are stored without allocating.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers(BTreeMap<String, Bytes>);
+pub struct Headers(Vec<(HeaderName, Bytes)>);
+
+/// A header name: static or owned.
+pub type HeaderName = Cow<'static, str>;
 
 impl Headers {
     /// No headers.
@@ -37,7 +42,7 @@ impl Headers {
 
     /// The raw value of header `name`.
     pub fn get(&self, name: &str) -> Option<&Bytes> {
-        self.0.get(name)
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
     /// The value of header `name` if it is present and valid UTF-8.
@@ -46,18 +51,24 @@ impl Headers {
     }
 
     /// Sets header `name`, replacing any previous value.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
-        self.0.insert(name.into(), value.into());
+    pub fn insert(&mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) {
+        let name = name.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
     }
 
     /// Removes header `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<Bytes> {
-        self.0.remove(name)
+        let i = self.0.iter().position(|(k, _)| k == name)?;
+        Some(self.0.remove(i).1)
     }
 
-    /// Iterates over `(name, value)` in name order.
+    /// Iterates over `(name, value)` in the order they were set.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.0.iter().map(|(k, v)| (&**k, v))
     }
 
     /// Number of headers.
@@ -72,23 +83,27 @@ impl Headers {
 
     /// Adds every header of `other`, replacing values of the same name.
     pub fn extend(&mut self, other: Headers) {
-        self.0.extend(other.0);
+        for (k, v) in other.0 {
+            self.insert(k, v);
+        }
     }
 }
 
-impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Headers {
+impl<K: Into<HeaderName>, V: Into<Bytes>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self(
-            iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+        let mut headers = Headers::new();
+        for (k, v) in iter {
+            headers.insert(k, v);
+        }
+        headers
     }
 }
 
-impl From<Headers> for BTreeMap<String, Bytes> {
-    fn from(h: Headers) -> Self {
-        h.0
+impl IntoIterator for Headers {
+    type Item = (HeaderName, Bytes);
+    type IntoIter = std::vec::IntoIter<(HeaderName, Bytes)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }
 
@@ -140,7 +155,7 @@ impl Message {
     }
 
     /// Adds a header.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn with_header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
         self.headers.insert(name, value);
         self
     }
@@ -221,7 +236,7 @@ impl OutgoingMessage {
     }
 
     /// Adds a header.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
         self.headers.insert(name, value);
         self
     }

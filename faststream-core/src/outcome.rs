@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::HandlerError;
-use crate::message::{content_type, Headers};
+use crate::message::{content_type, HeaderName, Headers};
 
 /// The encoded return value of a handler, before it is addressed to the publisher topics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,12 +25,9 @@ impl Reply {
         Self { body: None }
     }
 
-    /// A `text/plain` reply.
-    pub fn text(text: impl AsRef<str>) -> Self {
-        Self::with(
-            Bytes::copy_from_slice(text.as_ref().as_bytes()),
-            Some(content_type::TEXT),
-        )
+    /// A `text/plain` reply (`String` and `&'static str` convert without copying).
+    pub fn text(text: impl Into<Bytes>) -> Self {
+        Self::with(text.into(), Some(content_type::TEXT))
     }
 
     /// A raw bytes reply (no content type).
@@ -110,7 +107,7 @@ impl<T> Response<T> {
     }
 
     /// Adds a header to the outgoing message.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
         self.meta.headers.insert(name, value);
         self
     }

@@ -61,6 +61,7 @@ impl Delivery {
 #[derive(Default)]
 struct Log {
     topics: HashMap<String, Vec<Message>>,
+    next_offsets: HashMap<(String, i32), i64>,
     deliveries: Vec<Delivery>,
 }
 
@@ -205,9 +206,14 @@ impl Inner {
         }
         let msg = {
             let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-            let entries = log.topics.entry(out.topic.clone()).or_default();
             let partition = out.partition.unwrap_or(0);
-            let offset = entries.iter().filter(|m| m.partition == partition).count() as i64;
+            let next = log
+                .next_offsets
+                .entry((out.topic.clone(), partition))
+                .or_default();
+            let offset = *next;
+            *next += 1;
+            let entries = log.topics.entry(out.topic.clone()).or_default();
             let msg = Message {
                 topic: out.topic.as_str().into(),
                 partition,

@@ -9,7 +9,7 @@ use faststream_core::{
 use rskafka::client::partition::Compression;
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::consume::PartitionConsumer;
 use crate::error::KafkaError;
@@ -41,7 +41,7 @@ pub(crate) struct Config {
     pub(crate) fetch_max_bytes: i32,
     pub(crate) fetch_max_wait: Duration,
     pub(crate) missing_topics: MissingTopics,
-    pub(crate) producer_queue: usize,
+    pub(crate) max_queued_bytes: usize,
     pub(crate) max_in_flight: usize,
 }
 
@@ -106,6 +106,14 @@ impl KafkaBrokerBuilder {
     /// replication factor 1, which suits development; production clusters usually want `Fail`).
     pub fn missing_topics(mut self, policy: MissingTopics) -> Self {
         self.config.missing_topics = policy;
+        self
+    }
+
+    /// Bytes of messages that may wait in each target partition's produce queue (default
+    /// 16 MiB); beyond that publishing waits.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_queued_bytes =
+            bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         self
     }
 
@@ -175,7 +183,7 @@ impl KafkaBroker {
                     partitions: 1,
                     replication_factor: 1,
                 },
-                producer_queue: 16 * 1024,
+                max_queued_bytes: 16 * 1024 * 1024,
                 max_in_flight: 10_000,
             },
         }
@@ -204,7 +212,8 @@ impl KafkaBroker {
     pub async fn send_message(&self, msg: OutgoingMessage) -> faststream_core::Result<()> {
         let client = self.client().await?;
         let topic = msg.topic.clone();
-        let ack = self.shared.producers.enqueue(&client, msg).await?;
+        let mut acks = self.shared.producers.enqueue(&client, vec![msg]).await?;
+        let ack = acks.pop().ok_or(KafkaError::Closed)?;
         match ack.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(faststream_core::Error::transport(KafkaError::Unsupported(

@@ -1,10 +1,10 @@
 //! The per-partition loop: fetch, handle, produce outputs, track what is done.
 //!
 //! One task per (route, topic, partition). A fetch task keeps the next batch ready while the
-//! current one is handled; messages are handled strictly in offset order; each message's outputs
-//! are queued to the producers and its acks tracked, with at most `max_in_flight` messages
-//! awaiting acks (beyond that the loop waits: backpressure). A message is done when the handler
-//! finished and every output was acknowledged.
+//! current one is handled; messages are handled strictly in offset order; the outputs of a
+//! fetched batch are queued to the producers together and their acks tracked, with at most
+//! `max_in_flight` messages awaiting acks (beyond that the loop waits: backpressure). A message
+//! is done when the handler finished and every output of its batch was acknowledged.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -64,9 +64,11 @@ impl PartitionConsumer {
             self.config.clone(),
             self.reset,
         ));
-        let mut inflight: VecDeque<(i64, Vec<Ack>)> = VecDeque::new();
+        // Fetched batches whose outputs await acks: (last offset, messages, acks).
+        let mut inflight: VecDeque<(i64, usize, Vec<Ack>)> = VecDeque::new();
+        let mut inflight_msgs = 0;
         let mut shutdown = self.shutdown.clone();
-        'outer: loop {
+        loop {
             let batch = tokio::select! {
                 biased;
                 () = shutdown.wait() => break,
@@ -75,41 +77,44 @@ impl PartitionConsumer {
                     None => break,
                 },
             };
+            let mut outputs = Vec::new();
+            let mut last = None;
+            let mut handled = 0;
             for record in batch {
                 if self.shutdown.is_triggered() {
-                    break 'outer;
+                    break;
                 }
                 let offset = record.offset;
                 let msg = to_message(&self.topic, partition, record);
-                let acks = match self.pipeline.handle(self.route, msg).await {
-                    Outcome::Done(outputs) => {
-                        let mut acks = Vec::with_capacity(outputs.len());
-                        for out in outputs {
-                            let target = out.topic.clone();
-                            match self.producers.enqueue(&self.client, out).await {
-                                Ok(ack) => acks.push(ack),
-                                Err(e) => tracing::error!(
-                                    topic, partition, offset, target, error = %e,
-                                    "cannot queue output"
-                                ),
-                            }
-                        }
-                        acks
-                    }
+                match self.pipeline.handle(self.route, msg).await {
+                    Outcome::Done(out) => outputs.extend(out),
                     // Logged by the pipeline with full context; the partition moves on.
-                    Outcome::Failed(_) => Vec::new(),
-                };
-                inflight.push_back((offset, acks));
-                while inflight.len() > self.config.max_in_flight {
-                    if let Some((offset, acks)) = inflight.pop_front() {
-                        settle(topic, partition, offset, acks).await;
-                    }
+                    Outcome::Failed(_) => {}
                 }
+                last = Some(offset);
+                handled += 1;
+            }
+            let Some(last) = last else { break };
+            let acks = match self.producers.enqueue(&self.client, outputs).await {
+                Ok(acks) => acks,
+                Err(e) => {
+                    tracing::error!(topic, partition, offset = last, error = %e, "cannot queue outputs");
+                    Vec::new()
+                }
+            };
+            inflight.push_back((last, handled, acks));
+            inflight_msgs += handled;
+            while inflight_msgs > self.config.max_in_flight {
+                let Some((offset, n, acks)) = inflight.pop_front() else {
+                    break;
+                };
+                settle(topic, partition, offset, acks).await;
+                inflight_msgs -= n;
             }
         }
         fetcher.abort();
-        // Graceful stop: the message being handled finished; wait for its outputs' acks.
-        for (offset, acks) in inflight {
+        // Graceful stop: the message being handled finished; wait for the outputs' acks.
+        for (offset, _, acks) in inflight {
             settle(topic, partition, offset, acks).await;
         }
         tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
@@ -140,7 +145,7 @@ impl PartitionConsumer {
     }
 }
 
-/// Waits until every output of the message at `offset` was acknowledged.
+/// Waits until every output of the messages up to `offset` was acknowledged.
 async fn settle(topic: &str, partition: i32, offset: i64, acks: Vec<Ack>) {
     for ack in acks {
         match ack.await {

@@ -1,10 +1,10 @@
 //! Producing: one batching task per target partition, Kafka's default partitioner, acks.
 //!
-//! Each partition's task takes everything queued (up to `max_batch_bytes`), sends it as one
-//! produce request, resolves each message's ack when the broker answered, and meanwhile the next
-//! batch accumulates: natural batching, one request in flight per partition, order kept. The
-//! queue in front of each task is bounded, so a slow broker slows the handlers (backpressure)
-//! instead of growing memory.
+//! Callers queue groups of messages (a consumer queues the outputs of one fetched batch at once).
+//! Each partition's task takes everything queued (up to `max_batch_bytes`), sends it, resolves
+//! each group's ack when the broker answered, and meanwhile the next batch accumulates: natural
+//! batching, one request in flight per partition, order kept. The queue in front of each task is
+//! bounded, so a slow broker slows the consumers (backpressure) instead of growing memory.
 //!
 //! Request sizing: rskafka writes a request's length prefix and body in two writes without
 //! TCP_NODELAY, so requests of roughly 7 to 80 KB wait ~40 ms for a delayed ACK. Batches in that
@@ -20,7 +20,7 @@ use faststream_core::OutgoingMessage;
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
 use rskafka::record::Record;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::broker::Config;
 use crate::error::KafkaError;
@@ -32,21 +32,32 @@ pub(crate) const LARGE_REQUEST: usize = 96 * 1024;
 /// Per-record framing overhead added to the payload sizes when sizing a request.
 const RECORD_OVERHEAD: usize = 24;
 
-/// Resolves when the broker acknowledged one message, or with why it never will be.
+/// Resolves when the broker acknowledged a group of messages, or with why it never will be.
 pub(crate) type Ack = oneshot::Receiver<Result<(), String>>;
 
+/// Messages for one partition, acknowledged together.
 struct Pending {
-    record: Record,
+    msgs: Vec<OutgoingMessage>,
+    sizes: Vec<usize>,
     size: usize,
     ack: oneshot::Sender<Result<(), String>>,
+    /// Its share of the partition's queue budget, returned when it is dropped (after the ack).
+    _budget: OwnedSemaphorePermit,
+}
+
+/// A partition's queue: unbounded channel, bounded by a byte budget.
+#[derive(Clone, Debug)]
+struct Queue {
+    tx: mpsc::UnboundedSender<Pending>,
+    budget: Arc<Semaphore>,
 }
 
 /// All producers of one broker handle, created lazily per target partition.
 #[derive(Debug)]
 pub(crate) struct Producers {
     config: Arc<Config>,
-    partitions: tokio::sync::Mutex<HashMap<String, i32>>,
-    queues: Mutex<HashMap<(String, i32), mpsc::Sender<Pending>>>,
+    partitions: Mutex<HashMap<String, i32>>,
+    queues: Mutex<HashMap<String, Vec<Option<Queue>>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     round_robin: AtomicUsize,
 }
@@ -55,60 +66,96 @@ impl Producers {
     pub(crate) fn new(config: Arc<Config>) -> Self {
         Self {
             config,
-            partitions: tokio::sync::Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             round_robin: AtomicUsize::new(0),
         }
     }
 
-    /// Queues `msg` for its partition; the returned ack resolves once the broker has it.
-    /// Waits when the partition's queue is full.
+    /// Queues `msgs`, grouped by target partition; returns one ack per group, resolving once the
+    /// broker has the whole group. Waits when a partition's queue is full (backpressure).
+    ///
+    /// Partitions: explicit, else murmur2 of the key, else one partition per call and topic
+    /// (round-robin across calls: "sticky", so keyless messages batch well).
     pub(crate) async fn enqueue(
         &self,
         client: &Arc<Client>,
-        msg: OutgoingMessage,
-    ) -> Result<Ack, KafkaError> {
-        let partition = match msg.partition {
-            Some(p) => p,
-            None => {
-                let count = self.partition_count(client, &msg.topic).await?;
-                match &msg.key {
-                    Some(key) => partition_for_key(key, count),
-                    None => {
-                        (self.round_robin.fetch_add(1, Ordering::Relaxed) % count as usize) as i32
+        msgs: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Ack>, KafkaError> {
+        struct Group {
+            topic: String,
+            partition: i32,
+            msgs: Vec<OutgoingMessage>,
+            sizes: Vec<usize>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut sticky: Vec<(String, i32)> = Vec::new();
+        for msg in msgs {
+            let partition = match msg.partition {
+                Some(p) => p,
+                None => {
+                    let count = self.partition_count(client, &msg.topic).await?;
+                    match &msg.key {
+                        Some(key) => partition_for_key(key, count),
+                        None => match sticky.iter().find(|(t, _)| *t == msg.topic) {
+                            Some((_, p)) => *p,
+                            None => {
+                                let p = (self.round_robin.fetch_add(1, Ordering::Relaxed)
+                                    % count as usize)
+                                    as i32;
+                                sticky.push((msg.topic.clone(), p));
+                                p
+                            }
+                        },
                     }
                 }
+            };
+            let size = msg.approximate_size() + RECORD_OVERHEAD;
+            match groups
+                .iter_mut()
+                .find(|g| g.partition == partition && g.topic == msg.topic)
+            {
+                Some(g) => {
+                    g.msgs.push(msg);
+                    g.sizes.push(size);
+                }
+                None => groups.push(Group {
+                    topic: msg.topic.clone(),
+                    partition,
+                    msgs: vec![msg],
+                    sizes: vec![size],
+                }),
             }
-        };
-        let queue = self.queue(client, &msg.topic, partition);
-        let (tx, rx) = oneshot::channel();
-        let size = msg.approximate_size() + RECORD_OVERHEAD;
-        let record = Record {
-            key: msg.key.map(|k| k.to_vec()),
-            value: msg.payload.map(|v| v.to_vec()),
-            headers: msg
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                .collect(),
-            timestamp: match msg.timestamp {
-                Some(ms) => Utc
-                    .timestamp_millis_opt(ms)
-                    .single()
-                    .unwrap_or_else(Utc::now),
-                None => Utc::now(),
-            },
-        };
-        queue
-            .send(Pending {
-                record,
+        }
+        let mut acks = Vec::with_capacity(groups.len());
+        for Group {
+            topic,
+            partition,
+            msgs,
+            sizes,
+        } in groups
+        {
+            let queue = self.queue(client, &topic, partition)?;
+            let size: usize = sizes.iter().sum();
+            let permits = size.clamp(1, self.config.max_queued_bytes) as u32;
+            let budget = queue
+                .budget
+                .acquire_many_owned(permits)
+                .await
+                .map_err(|_| KafkaError::Closed)?;
+            let (tx, rx) = oneshot::channel();
+            let pending = Pending {
+                msgs,
+                sizes,
                 size,
                 ack: tx,
-            })
-            .await
-            .map_err(|_| KafkaError::Closed)?;
-        Ok(rx)
+                _budget: budget,
+            };
+            queue.tx.send(pending).map_err(|_| KafkaError::Closed)?;
+            acks.push(rx);
+        }
+        Ok(acks)
     }
 
     /// Number of partitions of `topic`, from metadata (cached); creates the topic if allowed.
@@ -117,21 +164,36 @@ impl Producers {
         client: &Arc<Client>,
         topic: &str,
     ) -> Result<i32, KafkaError> {
-        let mut cache = self.partitions.lock().await;
-        if let Some(n) = cache.get(topic) {
+        if let Some(n) = lock(&self.partitions).get(topic) {
             return Ok(*n);
         }
         let n = crate::broker::ensure_topic(client, &self.config, topic).await?;
-        cache.insert(topic.to_owned(), n);
+        lock(&self.partitions).insert(topic.to_owned(), n);
         Ok(n)
     }
 
-    fn queue(&self, client: &Arc<Client>, topic: &str, partition: i32) -> mpsc::Sender<Pending> {
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(q) = queues.get(&(topic.to_owned(), partition)) {
-            return q.clone();
+    fn queue(
+        &self,
+        client: &Arc<Client>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Queue, KafkaError> {
+        let index = usize::try_from(partition).map_err(|_| {
+            KafkaError::Unsupported(format!("invalid partition {partition} for topic {topic:?}"))
+        })?;
+        let mut queues = lock(&self.queues);
+        let slots = match queues.get_mut(topic) {
+            Some(slots) => slots,
+            None => queues.entry(topic.to_owned()).or_default(),
+        };
+        if slots.len() <= index {
+            slots.resize(index + 1, None);
         }
-        let (tx, rx) = mpsc::channel(self.config.producer_queue);
+        if let Some(q) = &slots[index] {
+            return Ok(q.clone());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(self.config.max_queued_bytes));
         let task = tokio::spawn(run_partition_producer(
             client.clone(),
             self.config.clone(),
@@ -139,30 +201,24 @@ impl Producers {
             partition,
             rx,
         ));
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
-        queues.insert((topic.to_owned(), partition), tx.clone());
-        tx
+        lock(&self.tasks).push(task);
+        let queue = Queue { tx, budget };
+        slots[index] = Some(queue.clone());
+        Ok(queue)
     }
 
     /// Closes every queue and waits until everything queued was sent (or failed).
     pub(crate) async fn flush(&self) {
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let tasks: Vec<_> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
+        lock(&self.queues).clear();
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         for task in tasks {
             let _ = task.await;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn run_partition_producer(
@@ -170,7 +226,7 @@ async fn run_partition_producer(
     config: Arc<Config>,
     topic: String,
     partition: i32,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
     let pc = loop {
         match client
@@ -184,10 +240,9 @@ async fn run_partition_producer(
             }
         }
     };
-    let mut batch: Vec<Pending> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut bytes = first.size;
-        batch.push(first);
+        let mut batch = vec![first];
         while bytes < config.max_batch_bytes {
             match rx.try_recv() {
                 Ok(p) => {
@@ -210,26 +265,52 @@ async fn run_partition_producer(
                 }
             }
         }
-        let mut rest = std::mem::take(&mut batch);
-        if bytes > SMALL_REQUEST && bytes < LARGE_REQUEST {
-            while !rest.is_empty() {
-                let mut take = 0;
-                let mut size = 0;
-                while take < rest.len() && (take == 0 || size + rest[take].size <= SMALL_REQUEST) {
-                    size += rest[take].size;
-                    take += 1;
-                }
-                let tail = rest.split_off(take);
-                send(&pc, &config, &topic, partition, rest).await;
-                rest = tail;
-            }
-        } else {
-            send(&pc, &config, &topic, partition, rest).await;
-        }
+        send(&pc, &config, &topic, partition, batch).await;
     }
 }
 
-/// Sends one batch, retrying with backoff until the broker takes it; then resolves its acks.
+/// Splits `sizes` (bytes per record) into request-sized ranges: one per `max` bytes, and below
+/// [`SMALL_REQUEST`] each when the total falls in the stall window.
+pub(crate) fn plan_requests(sizes: &[usize], max: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = sizes.iter().sum();
+    let limit = if total > SMALL_REQUEST && total < LARGE_REQUEST {
+        SMALL_REQUEST
+    } else {
+        max
+    };
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, size) in sizes.iter().enumerate() {
+        if i > start && bytes + size > limit {
+            ranges.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        ranges.push(start..sizes.len());
+    }
+    ranges
+}
+
+fn to_record(msg: &OutgoingMessage, now: chrono::DateTime<Utc>) -> Record {
+    Record {
+        key: msg.key.as_ref().map(|k| k.to_vec()),
+        value: msg.payload.as_ref().map(|v| v.to_vec()),
+        headers: msg
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_vec()))
+            .collect(),
+        timestamp: match msg.timestamp {
+            Some(ms) => Utc.timestamp_millis_opt(ms).single().unwrap_or(now),
+            None => now,
+        },
+    }
+}
+
+/// Sends a batch in request-sized pieces, each retried with backoff until the broker takes it,
+/// resolving each group's ack once all its messages are in.
 async fn send(
     pc: &PartitionClient,
     config: &Config,
@@ -237,29 +318,41 @@ async fn send(
     partition: i32,
     batch: Vec<Pending>,
 ) {
-    let (records, acks): (Vec<Record>, Vec<_>) =
-        batch.into_iter().map(|p| (p.record, p.ack)).unzip();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match pc.produce(records.clone(), config.compression).await {
-            Ok(_) => {
-                for ack in acks {
-                    let _ = ack.send(Ok(()));
+    let mut msgs = Vec::new();
+    let mut sizes = Vec::new();
+    let mut ends = Vec::with_capacity(batch.len());
+    for p in batch {
+        msgs.extend(p.msgs);
+        sizes.extend(p.sizes);
+        ends.push((msgs.len(), p.ack, p._budget));
+    }
+    let mut ends = ends.into_iter().peekable();
+    let now = Utc::now();
+    for range in plan_requests(&sizes, config.max_batch_bytes) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let records: Vec<Record> = msgs[range.clone()]
+                .iter()
+                .map(|m| to_record(m, now))
+                .collect();
+            match pc.produce(records, config.compression).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(
+                        topic,
+                        partition,
+                        records = range.len(),
+                        error = %e,
+                        retry_in = ?backoff,
+                        "produce failed; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                return;
             }
-            Err(e) => {
-                tracing::error!(
-                    topic,
-                    partition,
-                    records = records.len(),
-                    error = %e,
-                    retry_in = ?backoff,
-                    "produce failed; retrying"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        }
+        while let Some((_, ack, _budget)) = ends.next_if(|(end, _, _)| *end <= range.end) {
+            let _ = ack.send(Ok(()));
         }
     }
 }
@@ -322,6 +415,21 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(murmur2(input.as_bytes()) as i32, *want, "{input}");
         }
+    }
+
+    #[test]
+    fn requests_avoid_the_stall_window() {
+        // Small totals go as one request; totals in the window are cut below SMALL_REQUEST.
+        assert_eq!(plan_requests(&[100; 10], 1 << 20), vec![0..10]);
+        let ranges = plan_requests(&[1000; 40], 1 << 20);
+        assert!(ranges.len() > 1);
+        assert!(ranges.iter().all(|r| r.len() * 1000 <= SMALL_REQUEST));
+        assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), 40);
+        // Large totals go whole, up to the maximum request size.
+        assert_eq!(plan_requests(&[1000; 200], 1 << 20), vec![0..200]);
+        assert_eq!(plan_requests(&[1000; 200], 50_000).len(), 4);
+        // A single record larger than the limit still goes (alone).
+        assert_eq!(plan_requests(&[10_000, 10], 1 << 20), vec![0..1, 1..2]);
     }
 
     #[test]

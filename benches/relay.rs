@@ -1,0 +1,426 @@
+//! The framework's cost over the raw client, measured side by side in one run.
+//!
+//! ```sh
+//! scripts/kafka-dev run -- cargo bench --bench relay                      # N = 200000, P = 3
+//! scripts/kafka-dev run -- cargo bench --bench relay -- --messages 1000000 --partitions 3
+//! ```
+//!
+//! Pre-fills one input topic per relay with N seed-shaped JSON messages over P partitions, then
+//! runs, each in a child process of its own (so CPU time and peak RSS are that relay's alone):
+//! - `raw`: a relay written directly on rskafka (fetch each partition, parse, format, produce
+//!   each fetched batch with a bounded window of requests in flight);
+//! - `framework`: the seed handler (`#[subscriber]` + `#[publisher]`) on `KafkaBroker`;
+//! - `pipeline`: the framework's handler pipeline alone, in memory (no network).
+//!
+//! A relay's clock runs from its start until the output topic holds all N messages (read from
+//! the fetch high watermarks), and the output count is checked to be exactly N.
+
+use std::collections::VecDeque;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faststream::kafka::KafkaBroker;
+use faststream::{publisher, routes, subscriber, FastStream};
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+use serde::Deserialize;
+
+#[subscriber("in_topic", auto_offset_reset = "earliest")]
+#[publisher("out-topic")]
+async fn handle_msg(user: String, user_id: i64) -> String {
+    format!("User: {user_id} - {user} registered")
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    messages: usize,
+    partitions: i32,
+    child: Option<String>,
+    prefix: String,
+    only: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        messages: 200_000,
+        partitions: 3,
+        child: None,
+        prefix: String::new(),
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--messages" => {
+                args.messages = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--messages N")
+            }
+            "--partitions" => {
+                args.partitions = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--partitions P")
+            }
+            "--child" => args.child = it.next(),
+            "--prefix" => args.prefix = it.next().expect("--prefix P"),
+            "--only" => args.only = it.next(),
+            _ => {} // `cargo bench` passes --bench
+        }
+    }
+    args
+}
+
+fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").expect(
+        "KAFKA_BOOTSTRAP is not set: run as `scripts/kafka-dev run -- cargo bench --bench relay`",
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct Seed {
+    user: String,
+    user_id: i64,
+}
+
+/// Figures a child reports on its last stdout line.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+fn main() {
+    let args = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    match args.child.clone() {
+        Some(kind) => rt.block_on(child(&kind, &args)),
+        None => rt.block_on(parent(args)),
+    }
+}
+
+async fn parent(args: Args) {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let client = ClientBuilder::new(vec![bootstrap()]).build().await.unwrap();
+    println!(
+        "relay benchmark: N = {} messages, P = {} partitions, broker {}",
+        args.messages,
+        args.partitions,
+        bootstrap()
+    );
+    let mut results = Vec::new();
+    for kind in ["raw", "framework", "pipeline", "test-broker"] {
+        if args.only.as_deref().is_some_and(|o| o != kind) {
+            continue;
+        }
+        let prefix = format!("bench{stamp}-{kind}.");
+        if kind == "raw" || kind == "framework" {
+            let t = Instant::now();
+            prefill(&client, &prefix, &args).await;
+            println!(
+                "  {kind}: pre-filled {}in_topic in {:.1?}",
+                prefix,
+                t.elapsed()
+            );
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--child", kind, "--prefix", &prefix])
+            .args(["--messages", &args.messages.to_string()])
+            .args(["--partitions", &args.partitions.to_string()])
+            .output()
+            .expect("run child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{kind} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = stdout.lines().last().unwrap_or_default();
+        let f: Vec<f64> = last
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        results.push((
+            kind,
+            Figures {
+                seconds: f[0],
+                cpu_seconds: f[1],
+                peak_rss_kib: f[2] as u64,
+            },
+        ));
+    }
+    let n = args.messages as f64;
+    println!();
+    println!(
+        "{:<12} {:>12} {:>16} {:>14}",
+        "", "msgs/s", "CPU s / 100k", "peak RSS MiB"
+    );
+    for (kind, f) in &results {
+        println!(
+            "{:<12} {:>12.0} {:>16.3} {:>14.1}",
+            kind,
+            n / f.seconds,
+            f.cpu_seconds / n * 100_000.0,
+            f.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    if results.len() < 2 {
+        return;
+    }
+    let (raw, fw) = (results[0].1, results[1].1);
+    println!(
+        "{:<12} {:>12.2} {:>16.2} {:>14.2}",
+        "fw / raw",
+        raw.seconds / fw.seconds,
+        fw.cpu_seconds / raw.cpu_seconds,
+        fw.peak_rss_kib as f64 / raw.peak_rss_kib as f64
+    );
+    println!("(throughput ratio: higher is better; CPU and RSS ratios: lower is better)");
+}
+
+async fn prefill(client: &Client, prefix: &str, args: &Args) {
+    for topic in ["in_topic", "out-topic"] {
+        client
+            .controller_client()
+            .unwrap()
+            .create_topic(format!("{prefix}{topic}"), args.partitions, 1, 5_000)
+            .await
+            .unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..args.partitions {
+        let pc = partition(client, &format!("{prefix}in_topic"), p).await;
+        let (n, parts) = (args.messages, args.partitions as usize);
+        tasks.spawn(async move {
+            let ids: Vec<usize> = (p as usize..n).step_by(parts).collect();
+            for chunk in ids.chunks(2_000) {
+                let records = chunk
+                    .iter()
+                    .map(|i| Record {
+                        key: None,
+                        value: Some(format!(r#"{{"user":"user{i}","user_id":{i}}}"#).into_bytes()),
+                        headers: Default::default(),
+                        timestamp: chrono::Utc::now(),
+                    })
+                    .collect();
+                pc.produce(records, Compression::NoCompression)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn partition(client: &Client, topic: &str, p: i32) -> PartitionClient {
+    client
+        .partition_client(topic.to_owned(), p, UnknownTopicHandling::Retry)
+        .await
+        .unwrap()
+}
+
+async fn child(kind: &str, args: &Args) {
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    match kind {
+        "raw" => raw_relay(args).await,
+        "framework" => framework_relay(args).await,
+        "pipeline" => pipeline_only(args).await,
+        "test-broker" => test_broker(args).await,
+        other => panic!("unknown child {other}"),
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("{seconds} {} {}", cpu_seconds() - cpu0, peak_rss_kib());
+}
+
+/// Waits until the output topic holds exactly `n` messages (sum of high watermarks).
+async fn wait_for_output(client: &Client, topic: &str, args: &Args) {
+    let mut parts = Vec::new();
+    for p in 0..args.partitions {
+        parts.push(partition(client, topic, p).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut total = 0i64;
+        for pc in &parts {
+            total += pc.fetch_records(0, 1..2, 1).await.unwrap().1;
+        }
+        assert!(
+            total as usize <= args.messages,
+            "{topic} holds {total} > {} messages",
+            args.messages
+        );
+        if total as usize == args.messages {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} reached only {total} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn raw_relay(args: &Args) {
+    let client = Arc::new(ClientBuilder::new(vec![bootstrap()]).build().await.unwrap());
+    let per_partition = args.messages / args.partitions as usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..args.partitions {
+        let input = Arc::new(partition(&client, &format!("{}in_topic", args.prefix), p).await);
+        let output = Arc::new(partition(&client, &format!("{}out-topic", args.prefix), p).await);
+        let expected =
+            per_partition + usize::from((p as usize) < args.messages % args.partitions as usize);
+        tasks.spawn(async move {
+            // Fetch ahead while the previous batch is transformed and produced.
+            let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+            let fetcher = tokio::spawn(async move {
+                let mut offset = 0;
+                loop {
+                    let (records, _) = input
+                        .fetch_records(offset, 1..1_048_576, 500)
+                        .await
+                        .unwrap();
+                    let records: Vec<_> =
+                        records.into_iter().filter(|r| r.offset >= offset).collect();
+                    if let Some(last) = records.last() {
+                        offset = last.offset + 1;
+                        if tx.send(records).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            let mut in_flight = VecDeque::new();
+            let mut done = 0;
+            while done < expected {
+                let batch = rx.recv().await.unwrap();
+                done += batch.len();
+                let out: Vec<Record> = batch
+                    .into_iter()
+                    .map(|r| {
+                        let s: Seed =
+                            serde_json::from_slice(r.record.value.as_deref().unwrap()).unwrap();
+                        Record {
+                            key: None,
+                            value: Some(
+                                format!("User: {} - {} registered", s.user_id, s.user).into_bytes(),
+                            ),
+                            headers: Default::default(),
+                            timestamp: chrono::Utc::now(),
+                        }
+                    })
+                    .collect();
+                let output = output.clone();
+                in_flight.push_back(tokio::spawn(async move {
+                    output
+                        .produce(out, Compression::NoCompression)
+                        .await
+                        .unwrap();
+                }));
+                while in_flight.len() > 4 {
+                    in_flight.pop_front().unwrap().await.unwrap();
+                }
+            }
+            for t in in_flight {
+                t.await.unwrap();
+            }
+            fetcher.abort();
+        });
+    }
+    wait_for_output(&client, &format!("{}out-topic", args.prefix), args).await;
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn framework_relay(args: &Args) {
+    let broker = KafkaBroker::new(&bootstrap());
+    let client = broker.client().await.unwrap();
+    let app = FastStream::new(broker)
+        .with_routes(routes![handle_msg])
+        .topic_prefix(args.prefix.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    wait_for_output(&client, &format!("{}out-topic", args.prefix), args).await;
+    let _ = tx.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// The handler pipeline alone: decode, call, encode, address the outputs; no broker at all.
+async fn pipeline_only(args: &Args) {
+    struct Discard;
+    impl faststream::Publish for Discard {
+        fn send(
+            &self,
+            _: faststream::OutgoingMessage,
+        ) -> faststream::BoxFuture<'_, faststream::Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    let routes = routes![handle_msg];
+    let route = routes[0];
+    let ctx = faststream::Context::new(
+        Default::default(),
+        faststream::Publisher::new(Arc::new(Discard)),
+    );
+    let pipeline = faststream::Pipeline::new(routes, ctx);
+    let topic: Arc<str> = Arc::from("in_topic");
+    let mut published = 0;
+    for i in 0..args.messages {
+        let payload = format!(r#"{{"user":"user{i}","user_id":{i}}}"#);
+        let msg = faststream::Message::new(topic.clone(), payload).at(0, i as i64);
+        match pipeline.handle(route, msg).await {
+            faststream::Outcome::Done(out) => published += out.len(),
+            faststream::Outcome::Failed(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(published, args.messages);
+}
+
+/// The in-memory test broker (pipeline plus its record of every message and delivery).
+async fn test_broker(args: &Args) {
+    use faststream::testing::TestBroker;
+    let broker = TestBroker::builder()
+        .with_routes(routes![handle_msg])
+        .build()
+        .unwrap();
+    for i in 0..args.messages {
+        broker
+            .publish(format!(r#"{{"user":"user{i}","user_id":{i}}}"#), "in_topic")
+            .await
+            .unwrap();
+    }
+    assert_eq!(broker.published("out-topic").len(), args.messages);
+}
+
+/// User + system CPU time of this process, from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Peak resident set size of this process (KiB), from /proc.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -60,8 +60,9 @@ impl<T: Transport> FastStream<T> {
     }
 
     /// Prepends `prefix` to every topic the routes subscribe and publish to (like FastStream's
-    /// router prefix): one binary can serve several environments, and tests stay isolated.
-    /// Topics named explicitly in `Publisher::publish` are used as given.
+    /// router prefix) and to their consumer group ids: one binary can serve several
+    /// environments, and tests stay isolated. Topics named explicitly in `Publisher::publish`
+    /// are used as given.
     pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.topic_prefix = prefix.into();
         self

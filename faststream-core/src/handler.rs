@@ -63,15 +63,16 @@ impl Pipeline {
         self
     }
 
-    /// Prepends `prefix` to every topic the routes subscribe and publish to.
+    /// Prepends `prefix` to every topic the routes subscribe and publish to, and to their
+    /// consumer group ids.
     pub fn with_topic_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// The real name of a route's topic: the topic prefix (if any) followed by `topic`.
-    pub fn topic_name(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
+    /// The real name of a route's topic or group id: the prefix (if any) followed by `name`.
+    pub fn topic_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     /// The routes, sorted by handler path.

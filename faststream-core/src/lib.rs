@@ -34,7 +34,8 @@ pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
 pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
 pub use outcome::{Reply, Response, ResponseMeta};
 pub use route::{
-    registered_routes, validate, OffsetReset, RouteDef, RouteProblem, StateReq, SubscriberDef,
+    registered_routes, validate, Assignor, OffsetReset, RouteDef, RouteProblem, StateReq,
+    SubscriberDef,
 };
 pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
 
@@ -47,7 +48,7 @@ pub mod __private {
     pub use crate::handler::HandlerResult;
     pub use crate::message::Message;
     pub use crate::outcome::Reply;
-    pub use crate::route::{OffsetReset, RouteDef, RouteRef, StateReq, SubscriberDef};
+    pub use crate::route::{Assignor, OffsetReset, RouteDef, RouteRef, StateReq, SubscriberDef};
     pub use crate::transport::BoxFuture;
     pub use inventory;
     pub use serde;

@@ -17,12 +17,39 @@ pub enum OffsetReset {
     Latest,
 }
 
+/// How a consumer group's leader spreads partitions over the members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Assignor {
+    /// Per topic, consecutive ranges of partitions to members in member-id order (Kafka's
+    /// `range`, the default).
+    #[default]
+    Range,
+    /// All partitions of all topics dealt to the members in turn (Kafka's `roundrobin`).
+    RoundRobin,
+}
+
+impl Assignor {
+    /// The protocol name members announce in JoinGroup.
+    pub fn protocol_name(self) -> &'static str {
+        match self {
+            Assignor::Range => "range",
+            Assignor::RoundRobin => "roundrobin",
+        }
+    }
+}
+
 /// One `#[subscriber(...)]`: topics and consumer options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscriberDef {
     topics: &'static [&'static str],
     group_id: Option<&'static str>,
     auto_offset_reset: OffsetReset,
+    partitions: Option<&'static [i32]>,
+    assignor: Option<Assignor>,
+    session_timeout_ms: Option<u32>,
+    heartbeat_interval_ms: Option<u32>,
+    rebalance_timeout_ms: Option<u32>,
+    commit_interval_ms: Option<u32>,
 }
 
 impl SubscriberDef {
@@ -32,7 +59,70 @@ impl SubscriberDef {
             topics,
             group_id: None,
             auto_offset_reset: OffsetReset::Latest,
+            partitions: None,
+            assignor: None,
+            session_timeout_ms: None,
+            heartbeat_interval_ms: None,
+            rebalance_timeout_ms: None,
+            commit_interval_ms: None,
         }
+    }
+
+    /// Reads only these partitions, without a consumer group (FastStream's `partitions=`).
+    pub const fn partitions(mut self, partitions: &'static [i32]) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// Sets the partition assignor of the group.
+    pub const fn assignor(mut self, assignor: Assignor) -> Self {
+        self.assignor = Some(assignor);
+        self
+    }
+
+    /// Sets the group session timeout.
+    pub const fn session_timeout_ms(mut self, ms: u32) -> Self {
+        self.session_timeout_ms = Some(ms);
+        self
+    }
+
+    /// Sets the heartbeat interval.
+    pub const fn heartbeat_interval_ms(mut self, ms: u32) -> Self {
+        self.heartbeat_interval_ms = Some(ms);
+        self
+    }
+
+    /// Sets the rebalance timeout.
+    pub const fn rebalance_timeout_ms(mut self, ms: u32) -> Self {
+        self.rebalance_timeout_ms = Some(ms);
+        self
+    }
+
+    /// Sets how often done offsets are committed.
+    pub const fn commit_interval_ms(mut self, ms: u32) -> Self {
+        self.commit_interval_ms = Some(ms);
+        self
+    }
+
+    /// Explicitly assigned partitions, if any.
+    pub fn assigned_partitions(&self) -> Option<&'static [i32]> {
+        self.partitions
+    }
+
+    /// The assignor, if set on the route.
+    pub fn group_assignor(&self) -> Option<Assignor> {
+        self.assignor
+    }
+
+    /// `(session timeout, heartbeat interval, rebalance timeout, commit interval)` in
+    /// milliseconds, each if set on the route.
+    pub fn group_timings(&self) -> [Option<u32>; 4] {
+        [
+            self.session_timeout_ms,
+            self.heartbeat_interval_ms,
+            self.rebalance_timeout_ms,
+            self.commit_interval_ms,
+        ]
     }
 
     /// Sets the consumer group.

@@ -1,10 +1,12 @@
 //! `KafkaBroker`: configuration, connection, and the transport that runs the routes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use faststream_core::{
-    BoxFuture, IntoPayload, OutgoingMessage, Pipeline, Publish, Shutdown, Transport,
+    Assignor, BoxFuture, IntoPayload, OutgoingMessage, Pipeline, Publish, Shutdown, SubscriberDef,
+    Transport,
 };
 use rskafka::client::partition::Compression;
 use rskafka::client::{Client, ClientBuilder};
@@ -13,6 +15,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::consume::PartitionConsumer;
 use crate::error::KafkaError;
+use crate::group::{GroupRunner, GroupSettings, GroupTopic};
 use crate::produce::Producers;
 
 /// What to do about a topic that does not exist.
@@ -43,6 +46,45 @@ pub(crate) struct Config {
     pub(crate) missing_topics: MissingTopics,
     pub(crate) max_queued_bytes: usize,
     pub(crate) max_in_flight: usize,
+    pub(crate) group: GroupDefaults,
+}
+
+/// Consumer-group settings for routes that do not set their own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupDefaults {
+    pub(crate) session_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) rebalance_timeout: Duration,
+    pub(crate) commit_interval: Duration,
+    pub(crate) assignor: Assignor,
+}
+
+impl GroupDefaults {
+    /// Route options override the defaults; where routes of one group disagree, the first
+    /// route (by handler path) that sets an option wins.
+    pub(crate) fn resolve<'a>(
+        &self,
+        subs: impl Iterator<Item = &'a SubscriberDef>,
+    ) -> GroupSettings {
+        let mut timings: [Option<u32>; 4] = [None; 4];
+        let mut assignor = None;
+        for sub in subs {
+            for (slot, value) in timings.iter_mut().zip(sub.group_timings()) {
+                *slot = slot.or(value);
+            }
+            assignor = assignor.or(sub.group_assignor());
+        }
+        let pick = |i: usize, default: Duration| {
+            timings[i].map_or(default, |ms| Duration::from_millis(ms.into()))
+        };
+        GroupSettings {
+            session_timeout: pick(0, self.session_timeout),
+            heartbeat_interval: pick(1, self.heartbeat_interval),
+            rebalance_timeout: pick(2, self.rebalance_timeout),
+            commit_interval: pick(3, self.commit_interval),
+            assignor: assignor.unwrap_or(self.assignor),
+        }
+    }
 }
 
 /// Builds a [`KafkaBroker`]; every setting has a default.
@@ -123,6 +165,38 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// Consumer-group session timeout for routes that do not set `session_timeout_ms`
+    /// (default 10 s): a member silent this long is removed from its group.
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.config.group.session_timeout = timeout;
+        self
+    }
+
+    /// Heartbeat interval for routes that do not set `heartbeat_interval_ms` (default 1 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.group.heartbeat_interval = interval;
+        self
+    }
+
+    /// Rebalance timeout for routes that do not set `rebalance_timeout_ms` (default 30 s).
+    pub fn rebalance_timeout(mut self, timeout: Duration) -> Self {
+        self.config.group.rebalance_timeout = timeout;
+        self
+    }
+
+    /// How often done offsets are committed, for routes that do not set `commit_interval_ms`
+    /// (default 1 s). Offsets are also committed on rebalance and on shutdown.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.config.group.commit_interval = interval;
+        self
+    }
+
+    /// Partition assignor for routes that do not set `assignor` (default range).
+    pub fn assignor(mut self, assignor: Assignor) -> Self {
+        self.config.group.assignor = assignor;
+        self
+    }
+
     /// Builds the handle; nothing connects until it is used.
     pub fn build(self) -> KafkaBroker {
         let config = Arc::new(self.config);
@@ -185,6 +259,13 @@ impl KafkaBroker {
                 },
                 max_queued_bytes: 16 * 1024 * 1024,
                 max_in_flight: 10_000,
+                group: GroupDefaults {
+                    session_timeout: Duration::from_secs(10),
+                    heartbeat_interval: Duration::from_secs(1),
+                    rebalance_timeout: Duration::from_secs(30),
+                    commit_interval: Duration::from_secs(1),
+                    assignor: Assignor::Range,
+                },
             },
         }
     }
@@ -236,18 +317,6 @@ impl KafkaBroker {
     ) -> Result<(), KafkaError> {
         let client = self.client().await?;
         let config = &self.shared.config;
-        let grouped: Vec<String> = pipeline
-            .routes()
-            .iter()
-            .filter(|r| r.subscribers().iter().any(|s| s.group().is_some()))
-            .map(|r| format!("{} ({})", r.name(), r.location()))
-            .collect();
-        if !grouped.is_empty() {
-            return Err(KafkaError::Unsupported(format!(
-                "consumer groups (group_id) are not supported by the Kafka transport yet; remove group_id from: {}",
-                grouped.join(", ")
-            )));
-        }
         // Every topic the routes touch must exist (or be created) before anything starts.
         let mut topics: Vec<String> = pipeline
             .routes()
@@ -275,17 +344,40 @@ impl KafkaBroker {
         }
         let mut consumers = tokio::task::JoinSet::new();
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut groups: BTreeMap<&str, Vec<(GroupTopic, &SubscriberDef)>> = BTreeMap::new();
         for route in pipeline.routes() {
             for sub in route.subscribers() {
                 for topic in sub.topics() {
                     let topic = pipeline.topic_name(topic);
-                    let partitions = self
+                    let count = self
                         .shared
                         .producers
                         .partition_count(&client, &topic)
                         .await?;
+                    if let Some(group) = sub.group() {
+                        let entry = GroupTopic {
+                            route,
+                            topic,
+                            reset: sub.offset_reset(),
+                        };
+                        groups.entry(group).or_default().push((entry, sub));
+                        continue;
+                    }
+                    let partitions: Vec<i32> = match sub.assigned_partitions() {
+                        Some(list) => {
+                            if let Some(bad) = list.iter().find(|p| **p >= count) {
+                                return Err(KafkaError::Unsupported(format!(
+                                    "{} ({}) asks for partition {bad} of topic {topic:?}, which has {count} partition(s)",
+                                    route.name(),
+                                    route.location()
+                                )));
+                            }
+                            list.to_vec()
+                        }
+                        None => (0..count).collect(),
+                    };
                     let topic: Arc<str> = Arc::from(topic);
-                    for partition in 0..partitions {
+                    for partition in partitions {
                         consumers.spawn(
                             PartitionConsumer {
                                 client: client.clone(),
@@ -295,6 +387,8 @@ impl KafkaBroker {
                                 topic: topic.clone(),
                                 partition,
                                 reset: sub.offset_reset(),
+                                start: None,
+                                progress: None,
                                 config: config.clone(),
                                 shutdown: shutdown.clone(),
                                 ready: ready_tx.clone(),
@@ -304,6 +398,23 @@ impl KafkaBroker {
                     }
                 }
             }
+        }
+        for (group, subs) in groups {
+            let settings = config.group.resolve(subs.iter().map(|(_, s)| *s));
+            consumers.spawn(
+                GroupRunner {
+                    group: pipeline.topic_name(group),
+                    topics: subs.into_iter().map(|(t, _)| t).collect(),
+                    settings,
+                    client: client.clone(),
+                    producers: self.shared.producers.clone(),
+                    pipeline: pipeline.clone(),
+                    config: config.clone(),
+                    shutdown: shutdown.clone(),
+                    ready: ready_tx.clone(),
+                }
+                .run(),
+            );
         }
         for topic in pipeline.routes().iter().flat_map(|r| r.publishers()) {
             let topic = pipeline.topic_name(topic);

@@ -7,6 +7,7 @@
 //! is done when the handler finished and every output of its batch was acknowledged.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,10 @@ pub(crate) struct PartitionConsumer {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
     pub(crate) reset: OffsetReset,
+    /// Where to start (a committed offset); `None` applies `reset`.
+    pub(crate) start: Option<i64>,
+    /// Where the done offset is published (the next offset to commit), for consumer groups.
+    pub(crate) progress: Option<Arc<AtomicI64>>,
     pub(crate) config: Arc<Config>,
     pub(crate) shutdown: Shutdown,
     /// Told once the start offset is known.
@@ -43,8 +48,12 @@ impl PartitionConsumer {
             return;
         };
         let pc = Arc::new(pc);
-        let Some(start) = resolve_offset(&pc, self.reset, &self.shutdown, topic).await else {
-            return;
+        let start = match self.start {
+            Some(offset) => offset,
+            None => match resolve_offset(&pc, self.reset, &self.shutdown, topic).await {
+                Some(offset) => offset,
+                None => return,
+            },
         };
         tracing::debug!(
             topic,
@@ -72,6 +81,14 @@ impl PartitionConsumer {
             let batch = tokio::select! {
                 biased;
                 () = shutdown.wait() => break,
+                // Acks completing move the done offset even when no new messages arrive.
+                () = settle_front(&mut inflight), if !inflight.is_empty() => {
+                    if let Some((offset, n, _)) = inflight.pop_front() {
+                        inflight_msgs -= n;
+                        self.done(offset);
+                    }
+                    continue;
+                }
                 batch = rx.recv() => match batch {
                     Some(b) => b,
                     None => break,
@@ -98,26 +115,42 @@ impl PartitionConsumer {
             let acks = match self.producers.enqueue(&self.client, outputs).await {
                 Ok(acks) => acks,
                 Err(e) => {
-                    tracing::error!(topic, partition, offset = last, error = %e, "cannot queue outputs");
-                    Vec::new()
+                    // Not marked done: these messages are consumed again after a restart or
+                    // rebalance. This partition stops here rather than skip them.
+                    tracing::error!(
+                        topic, partition, offset = last, error = %e,
+                        "cannot queue the outputs; stopping this partition's consumer"
+                    );
+                    break;
                 }
             };
             inflight.push_back((last, handled, acks));
             inflight_msgs += handled;
             while inflight_msgs > self.config.max_in_flight {
-                let Some((offset, n, acks)) = inflight.pop_front() else {
+                settle_front(&mut inflight).await;
+                let Some((offset, n, _)) = inflight.pop_front() else {
                     break;
                 };
-                settle(topic, partition, offset, acks).await;
                 inflight_msgs -= n;
+                self.done(offset);
             }
         }
         fetcher.abort();
         // Graceful stop: the message being handled finished; wait for the outputs' acks.
-        for (offset, _, acks) in inflight {
-            settle(topic, partition, offset, acks).await;
+        while !inflight.is_empty() {
+            settle_front(&mut inflight).await;
+            if let Some((offset, _, _)) = inflight.pop_front() {
+                self.done(offset);
+            }
         }
         tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
+    }
+
+    /// Every message up to `offset` is done: the next offset to commit is `offset + 1`.
+    fn done(&self, offset: i64) {
+        if let Some(progress) = &self.progress {
+            progress.store(offset + 1, Ordering::Release);
+        }
     }
 
     async fn partition_client(&self) -> Option<PartitionClient> {
@@ -145,18 +178,22 @@ impl PartitionConsumer {
     }
 }
 
-/// Waits until every output of the messages up to `offset` was acknowledged.
-async fn settle(topic: &str, partition: i32, offset: i64, acks: Vec<Ack>) {
-    for ack in acks {
-        match ack.await {
+/// Waits until every output of the oldest in-flight batch was acknowledged (or abandoned, which
+/// only happens when the producers shut down). Cancellation-safe: finished acks are removed.
+async fn settle_front(inflight: &mut VecDeque<(i64, usize, Vec<Ack>)>) {
+    let Some((offset, _, acks)) = inflight.front_mut() else {
+        return;
+    };
+    while let Some(ack) = acks.last_mut() {
+        let result = ack.await;
+        acks.pop();
+        match result {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
-                tracing::error!(topic, partition, offset, reason, "output was not delivered")
+                tracing::error!(offset = *offset, reason, "output was not delivered")
             }
             Err(_) => tracing::error!(
-                topic,
-                partition,
-                offset,
+                offset = *offset,
                 "output was abandoned before the broker acknowledged it"
             ),
         }

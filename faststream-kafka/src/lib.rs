@@ -14,7 +14,9 @@
 mod broker;
 mod consume;
 mod error;
+mod group;
 mod produce;
+mod protocol;
 
 pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics};
 pub use error::KafkaError;

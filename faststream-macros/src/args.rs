@@ -26,7 +26,17 @@ impl AttrKind {
     /// The options this attribute accepts, in the order the error message lists them.
     fn valid_keys(self) -> &'static [&'static str] {
         match self {
-            AttrKind::Subscriber => &["group_id", "auto_offset_reset", "crate"],
+            AttrKind::Subscriber => &[
+                "group_id",
+                "auto_offset_reset",
+                "partitions",
+                "assignor",
+                "session_timeout_ms",
+                "heartbeat_interval_ms",
+                "rebalance_timeout_ms",
+                "commit_interval_ms",
+                "crate",
+            ],
             AttrKind::Publisher => &[],
         }
     }
@@ -61,10 +71,15 @@ pub(crate) enum OffsetReset {
 }
 
 /// One `#[subscriber(...)]`.
+#[derive(Default)]
 pub(crate) struct SubscriberArgs {
     pub(crate) topics: Vec<LitStr>,
     pub(crate) group_id: Option<LitStr>,
     pub(crate) auto_offset_reset: Option<OffsetReset>,
+    pub(crate) partitions: Option<Vec<syn::LitInt>>,
+    pub(crate) assignor: Option<LitStr>,
+    /// `(option name, milliseconds)` for the group timing options.
+    pub(crate) durations: Vec<(String, syn::LitInt)>,
 }
 
 /// Everything the attributes on one function say.
@@ -113,11 +128,7 @@ pub(crate) fn parse_into(
     };
     let mut topics = Vec::new();
     let mut seen: Vec<String> = Vec::new();
-    let mut sub = SubscriberArgs {
-        topics: Vec::new(),
-        group_id: None,
-        auto_offset_reset: None,
-    };
+    let mut sub = SubscriberArgs::default();
     for item in items {
         match item {
             Item::Topic(lit) => {
@@ -150,38 +161,8 @@ pub(crate) fn parse_into(
                     continue;
                 }
                 seen.push(name.clone());
-                let lit = match string_value(&value) {
-                    Some(lit) => lit,
-                    None => {
-                        errors.error(
-                            syn::spanned::Spanned::span(&value),
-                            format!("option `{name}` expects a string literal"),
-                        );
-                        continue;
-                    }
-                };
-                match name.as_str() {
-                    "group_id" => {
-                        if lit.value().is_empty() {
-                            errors.error(lit.span(), "`group_id` must not be empty");
-                        }
-                        sub.group_id = Some(lit);
-                    }
-                    "auto_offset_reset" => match lit.value().as_str() {
-                        "earliest" => sub.auto_offset_reset = Some(OffsetReset::Earliest),
-                        "latest" => sub.auto_offset_reset = Some(OffsetReset::Latest),
-                        other => errors.error(
-                            lit.span(),
-                            format!(
-                                "invalid `auto_offset_reset` value \"{other}\": expected \"earliest\" or \"latest\""
-                            ),
-                        ),
-                    },
-                    "crate" => match lit.parse::<syn::Path>() {
-                        Ok(path) => route.krate = Some(path),
-                        Err(_) => errors.error(lit.span(), "`crate` expects a path such as \"faststream\""),
-                    },
-                    _ => unreachable!("every valid key is handled"),
+                if let Err(e) = apply_option(&name, &value, &mut sub, route) {
+                    errors.push(e);
                 }
             }
         }
@@ -192,6 +173,12 @@ pub(crate) fn parse_into(
                 errors.error(
                     attr_span,
                     "#[subscriber] needs at least one topic: #[subscriber(\"topic\")]",
+                );
+            }
+            if let (Some(_), Some(group)) = (&sub.partitions, &sub.group_id) {
+                errors.error(
+                    group.span(),
+                    "`partitions` assigns partitions by hand and cannot be combined with `group_id`",
                 );
             }
             sub.topics = topics;
@@ -209,6 +196,124 @@ pub(crate) fn parse_into(
             ),
         },
     }
+}
+
+/// Checks and records one `key = value` option.
+fn apply_option(
+    name: &str,
+    value: &syn::Expr,
+    sub: &mut SubscriberArgs,
+    route: &mut RouteArgs,
+) -> syn::Result<()> {
+    let span = syn::spanned::Spanned::span(value);
+    let string = || {
+        string_value(value).ok_or_else(|| {
+            syn::Error::new(span, format!("option `{name}` expects a string literal"))
+        })
+    };
+    match name {
+        "group_id" => {
+            let lit = string()?;
+            if lit.value().is_empty() {
+                return Err(syn::Error::new(lit.span(), "`group_id` must not be empty"));
+            }
+            sub.group_id = Some(lit);
+        }
+        "auto_offset_reset" => {
+            let lit = string()?;
+            sub.auto_offset_reset = Some(match lit.value().as_str() {
+                "earliest" => OffsetReset::Earliest,
+                "latest" => OffsetReset::Latest,
+                other => {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "invalid `auto_offset_reset` value \"{other}\": expected \"earliest\" or \"latest\""
+                        ),
+                    ))
+                }
+            });
+        }
+        "assignor" => {
+            let lit = string()?;
+            if !matches!(lit.value().as_str(), "range" | "roundrobin") {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "invalid `assignor` value \"{}\": expected \"range\" or \"roundrobin\"",
+                        lit.value()
+                    ),
+                ));
+            }
+            sub.assignor = Some(lit);
+        }
+        "crate" => {
+            let lit = string()?;
+            route.krate = Some(lit.parse::<syn::Path>().map_err(|_| {
+                syn::Error::new(lit.span(), "`crate` expects a path such as \"faststream\"")
+            })?);
+        }
+        "partitions" => {
+            let syn::Expr::Array(array) = value else {
+                return Err(syn::Error::new(
+                    span,
+                    "option `partitions` expects a list of partition numbers: partitions = [0, 1]",
+                ));
+            };
+            let mut parts = Vec::new();
+            for elem in &array.elems {
+                match elem {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Int(i),
+                        ..
+                    }) if i.base10_parse::<i32>().is_ok_and(|p| p >= 0) => {
+                        if parts
+                            .iter()
+                            .any(|p: &syn::LitInt| p.base10_digits() == i.base10_digits())
+                        {
+                            return Err(syn::Error::new(i.span(), "partition listed twice"));
+                        }
+                        parts.push(i.clone());
+                    }
+                    other => {
+                        return Err(syn::Error::new(
+                            syn::spanned::Spanned::span(other),
+                            "a partition is a non-negative integer",
+                        ))
+                    }
+                }
+            }
+            if parts.is_empty() {
+                return Err(syn::Error::new(
+                    span,
+                    "`partitions` must list at least one partition",
+                ));
+            }
+            sub.partitions = Some(parts);
+        }
+        _ => {
+            // The group timing options: milliseconds as an integer literal.
+            let ms = match value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(i),
+                    ..
+                }) if i
+                    .base10_parse::<u32>()
+                    .is_ok_and(|v| v > 0 && v <= i32::MAX as u32) =>
+                {
+                    i.clone()
+                }
+                _ => {
+                    return Err(syn::Error::new(
+                        span,
+                        format!("option `{name}` expects a positive number of milliseconds"),
+                    ))
+                }
+            };
+            sub.durations.push((name.to_owned(), ms));
+        }
+    }
+    Ok(())
 }
 
 fn string_value(expr: &syn::Expr) -> Option<LitStr> {
@@ -316,7 +421,7 @@ mod tests {
         assert_eq!(msgs.len(), 4, "{msgs:?}");
         assert!(msgs[0].contains("invalid character"));
         assert!(msgs[1].contains("unknown option `colour`"));
-        assert!(msgs[1].contains("group_id, auto_offset_reset, crate"));
+        assert!(msgs[1].contains("group_id, auto_offset_reset, partitions, assignor"));
         assert!(msgs[2].contains("duplicate option `group_id`"));
         assert!(msgs[3].contains("\"soon\""));
     }
@@ -332,6 +437,46 @@ mod tests {
         assert!(res.unwrap_err().to_string().contains("takes one topic"));
         let (_, res) = parse(AttrKind::Publisher, quote!("a", key = "k"));
         assert!(res.unwrap_err().to_string().contains("takes only a topic"));
+    }
+
+    #[test]
+    fn group_and_partition_options() {
+        let (route, res) = parse(
+            AttrKind::Subscriber,
+            quote!(
+                "a",
+                group_id = "g",
+                assignor = "roundrobin",
+                session_timeout_ms = 6000,
+                commit_interval_ms = 100
+            ),
+        );
+        res.unwrap();
+        let sub = &route.subscribers[0];
+        assert_eq!(sub.assignor.as_ref().unwrap().value(), "roundrobin");
+        assert_eq!(sub.durations.len(), 2);
+        let (route, res) = parse(AttrKind::Subscriber, quote!("a", partitions = [0, 2]));
+        res.unwrap();
+        assert_eq!(route.subscribers[0].partitions.as_ref().unwrap().len(), 2);
+        for (tokens, want) in [
+            (quote!("a", partitions = [0, 0]), "partition listed twice"),
+            (quote!("a", partitions = []), "at least one partition"),
+            (quote!("a", partitions = [-1]), "non-negative"),
+            (quote!("a", partitions = 3), "expects a list"),
+            (
+                quote!("a", session_timeout_ms = "6s"),
+                "positive number of milliseconds",
+            ),
+            (quote!("a", assignor = "sticky"), "invalid `assignor` value"),
+            (
+                quote!("a", partitions = [0], group_id = "g"),
+                "cannot be combined",
+            ),
+        ] {
+            let (_, res) = parse(AttrKind::Subscriber, tokens);
+            let err = res.unwrap_err().to_string();
+            assert!(err.contains(want), "{err} does not mention {want}");
+        }
     }
 
     #[test]

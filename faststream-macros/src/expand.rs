@@ -229,6 +229,20 @@ fn generate(
             };
             def = quote!(#def.auto_offset_reset(#fs::OffsetReset::#r));
         }
+        if let Some(parts) = &s.partitions {
+            def = quote!(#def.partitions(&[#(#parts),*]));
+        }
+        if let Some(a) = &s.assignor {
+            let a = match a.value().as_str() {
+                "range" => quote!(Range),
+                _ => quote!(RoundRobin),
+            };
+            def = quote!(#def.assignor(#fs::Assignor::#a));
+        }
+        for (name, ms) in &s.durations {
+            let method = format_ident!("{}", name);
+            def = quote!(#def.#method(#ms));
+        }
         def
     });
     let publishers = &route.publishers;

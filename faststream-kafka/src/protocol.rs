@@ -1,0 +1,195 @@
+//! A connection speaking Kafka's wire protocol directly, for the consumer-group APIs rskafka lacks.
+//!
+//! Framing: an `i32` length, the request header, the body; one write per request with
+//! `TCP_NODELAY` set. Versions are negotiated with ApiVersions: each request uses the highest
+//! version both sides support.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A failure talking to one broker.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error("I/O error talking to {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("protocol error talking to {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("{addr} does not support {api:?} in a version this client speaks")]
+    Unsupported { addr: String, api: ApiKey },
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+}
+
+/// One connection with negotiated API versions.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    addr: String,
+    stream: TcpStream,
+    client_id: StrBytes,
+    correlation: i32,
+    versions: Vec<(i16, i16, i16)>,
+    timeout: Duration,
+}
+
+impl Conn {
+    /// Connects and negotiates versions.
+    pub(crate) async fn connect(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, ConnError> {
+        let io = |source| ConnError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnError::Timeout {
+                addr: addr.to_owned(),
+                timeout,
+            })?
+            .map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let mut conn = Conn {
+            addr: addr.to_owned(),
+            stream,
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            correlation: 0,
+            versions: Vec::new(),
+            timeout,
+        };
+        let resp: ApiVersionsResponse = conn.send(&ApiVersionsRequest::default(), 0).await?;
+        if resp.error_code != 0 {
+            return Err(conn.protocol(format!("ApiVersions error code {}", resp.error_code)));
+        }
+        conn.versions = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
+        Ok(conn)
+    }
+
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn protocol(&self, reason: impl Into<String>) -> ConnError {
+        ConnError::Protocol {
+            addr: self.addr.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The version to use for `R`: the highest both sides support, at most `max`.
+    pub(crate) fn version<R: Request>(&self, max: i16) -> Result<i16, ConnError> {
+        let ours = R::VERSIONS;
+        let (_, min, theirs) = self
+            .versions
+            .iter()
+            .copied()
+            .find(|(k, _, _)| *k == R::KEY)
+            .ok_or_else(|| self.unsupported::<R>())?;
+        let v = theirs.min(ours.max).min(max);
+        if v < min.max(ours.min) {
+            return Err(self.unsupported::<R>());
+        }
+        Ok(v)
+    }
+
+    fn unsupported<R: Request>(&self) -> ConnError {
+        ConnError::Unsupported {
+            addr: self.addr.clone(),
+            api: ApiKey::try_from(R::KEY).unwrap_or(ApiKey::ApiVersions),
+        }
+    }
+
+    /// Sends `req` at `version` and reads its response.
+    pub(crate) async fn send<R: Request + Sync>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<R::Response, ConnError> {
+        match tokio::time::timeout(self.timeout, self.roundtrip(req, version)).await {
+            Ok(res) => res,
+            Err(_) => Err(ConnError::Timeout {
+                addr: self.addr.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    async fn roundtrip<R: Request + Sync>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<R::Response, ConnError> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(self.client_id.clone());
+        let mut buf = BytesMut::with_capacity(256);
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, R::header_version(version))
+            .map_err(|e| self.protocol(format!("encoding request header: {e}")))?;
+        req.encode(&mut buf, version)
+            .map_err(|e| self.protocol(format!("encoding request: {e}")))?;
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let addr = self.addr.clone();
+        let io = |source| ConnError::Io {
+            addr: addr.clone(),
+            source,
+        };
+        self.stream.write_all(&buf).await.map_err(io)?;
+        let len = self.stream.read_i32().await.map_err(io)?;
+        if !(0..=64 * 1024 * 1024).contains(&len) {
+            return Err(self.protocol(format!("implausible response length {len}")));
+        }
+        let mut body = vec![0u8; len as usize];
+        self.stream.read_exact(&mut body).await.map_err(io)?;
+        let mut body = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+            .map_err(|e| self.protocol(format!("decoding response header: {e}")))?;
+        if header.correlation_id != self.correlation {
+            return Err(self.protocol(format!(
+                "response correlation id {} does not match request {}",
+                header.correlation_id, self.correlation
+            )));
+        }
+        R::Response::decode(&mut body, version)
+            .map_err(|e| self.protocol(format!("decoding response: {e}")))
+    }
+}
+
+/// Encodes an embedded consumer-protocol structure: `i16` version, then the structure.
+pub(crate) fn encode_versioned<T: Encodable>(value: &T, version: i16) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(version);
+    value
+        .encode(&mut buf, version)
+        .expect("consumer protocol structures encode");
+    buf.freeze()
+}
+
+/// Decodes an embedded consumer-protocol structure written at any version.
+pub(crate) fn decode_versioned<T: Decodable + Message>(mut bytes: Bytes) -> Option<T> {
+    if bytes.remaining() < 2 {
+        return None;
+    }
+    let version = bytes.get_i16().min(T::VERSIONS.max);
+    T::decode(&mut bytes, version).ok()
+}

@@ -1,5 +1,8 @@
 //! The seed service: consumes `in_topic`, publishes a greeting to `out-topic`.
 //!
+//! It runs in the consumer group `hello`: start it twice and the two share `in_topic`'s
+//! partitions; stop and restart it and it resumes after the last committed message.
+//!
 //! ```sh
 //! scripts/demo                                  # local broker, this service, sample messages
 //! KAFKA_BOOTSTRAP=broker:9092 cargo run --example hello
@@ -8,7 +11,7 @@
 use faststream::kafka::KafkaBroker;
 use faststream::{publisher, subscriber, FastStream};
 
-#[subscriber("in_topic")]
+#[subscriber("in_topic", group_id = "hello")]
 #[publisher("out-topic")]
 async fn handle_msg(user: String, user_id: i64) -> String {
     format!("User: {user_id} - {user} registered")
@@ -18,7 +21,8 @@ async fn handle_msg(user: String, user_id: i64) -> String {
 async fn main() -> faststream::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rskafka=warn".into()),
         )
         .init();
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());

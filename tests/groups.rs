@@ -157,3 +157,222 @@ async fn a_third_member_joins_and_leaves_without_losing_messages() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// A `group_worker` example process (built by `cargo test` with the other examples).
+struct Worker {
+    child: tokio::process::Child,
+}
+
+impl Worker {
+    async fn spawn(name: &str, prefix: &str) -> Worker {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/group_worker");
+        assert!(
+            bin.exists(),
+            "{} is missing: run the suite with `cargo test` (which builds the examples)",
+            bin.display()
+        );
+        let mut child = tokio::process::Command::new(bin)
+            .env("KAFKA_BOOTSTRAP", bootstrap())
+            .env("WORKER_NAME", name)
+            .env("TOPIC_PREFIX", prefix)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Wait for its "ready" log line.
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains(" ready") {
+                    return;
+                }
+            }
+            panic!("worker {name} exited before it was ready");
+        })
+        .await
+        .expect("worker ready in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Worker { child }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().unwrap().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_loses_nothing() {
+    let prefix = unique_prefix("kill");
+    let client = raw_client().await;
+    let (input, output) = (format!("{prefix}jobs"), format!("{prefix}jobs-done"));
+    create_topic(&client, &input, 4).await;
+    create_topic(&client, &output, 1).await;
+    let (mut w1, w2) = tokio::join!(Worker::spawn("w1", &prefix), Worker::spawn("w2", &prefix));
+    const N: u64 = 2_000;
+    for batch in 0..20 {
+        produce_range(&client, &input, batch * 100..(batch + 1) * 100).await;
+        if batch == 10 {
+            // SIGKILL: no revoke, no final commit, no LeaveGroup.
+            w1.child.start_kill().unwrap();
+            w1.child.wait().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every input gets at least one output; the survivor takes over w1's partitions once the
+    // coordinator expires w1's session.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let out = loop {
+        let total: usize = {
+            let mut n = 0;
+            for p in 0..1 {
+                let pc = client
+                    .partition_client(
+                        output.clone(),
+                        p,
+                        rskafka::client::partition::UnknownTopicHandling::Retry,
+                    )
+                    .await
+                    .unwrap();
+                n += pc.fetch_records(0, 1..2, 1).await.unwrap().1 as usize;
+            }
+            n
+        };
+        let out = outputs(&read(&client, &output, total).await);
+        if (0..N).all(|n| out.contains_key(&n)) {
+            break out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lost: {:?}",
+            (0..N).filter(|n| !out.contains_key(n)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let lost = (0..N).filter(|n| !out.contains_key(n)).count();
+    let duplicates: usize = out.values().map(|v| v.len() - 1).sum();
+    println!(
+        "kill -9 of one of two members: {N} inputs, {lost} lost, {duplicates} duplicate outputs"
+    );
+    assert_eq!(lost, 0);
+    assert!(out.values().flatten().any(|(w, _)| w == "w2"));
+    // Graceful stop of the survivor.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &w2.pid()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut w2 = w2;
+    let exit = tokio::time::timeout(TIMEOUT, w2.child.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aiokafka_member_shares_our_group() {
+    use tokio::io::AsyncBufReadExt;
+    let prefix = unique_prefix("interop");
+    let client = raw_client().await;
+    let (input, output) = (format!("{prefix}jobs"), format!("{prefix}jobs-done"));
+    create_topic(&client, &input, 4).await;
+    create_topic(&client, &output, 1).await;
+    let ours = start(app(routes![job], &prefix).with_state(Instance("rust"))).await;
+
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run the tests through scripts/kafka-dev, which installs aiokafka",
+        python.display()
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/aiokafka_member.py");
+    let mut member = tokio::process::Command::new(python)
+        .arg(script)
+        .args([
+            bootstrap(),
+            input.clone(),
+            format!("{prefix}workers"),
+            "30".into(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(member.stdout.take().unwrap()).lines();
+    // Wait until the Python member holds some partitions.
+    let theirs: Vec<i32> = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the aiokafka member exited early");
+            if let Some(list) = line.strip_prefix("ASSIGNED ") {
+                let parts: Vec<i32> = list
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect();
+                if !parts.is_empty() && parts.len() < 4 {
+                    return parts;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the aiokafka member gets a share of the partitions");
+
+    produce_range(&client, &input, 0..400).await;
+    // Our outputs plus the Python member's messages cover every input exactly once.
+    let mut python_got: BTreeSet<u64> = BTreeSet::new();
+    let collect = async {
+        while python_got.len() < 400 {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("aiokafka member output");
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                let (p, n) = rest.split_once(' ').unwrap();
+                assert!(
+                    theirs.contains(&p.parse().unwrap()),
+                    "{line} outside {theirs:?}"
+                );
+                python_got.insert(n.parse().unwrap());
+            }
+            let expected_theirs = (0..400u64)
+                .filter(|n| theirs.contains(&((n % 4) as i32)))
+                .count();
+            if python_got.len() == expected_theirs {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, collect)
+        .await
+        .expect("the aiokafka member reads its share");
+    let ours_expected = (0..400u64)
+        .filter(|n| !theirs.contains(&((n % 4) as i32)))
+        .count();
+    let out = outputs(&read(&client, &output, ours_expected).await);
+    let ours_got: BTreeSet<u64> = out.keys().copied().collect();
+    assert!(ours_got.is_disjoint(&python_got));
+    assert_eq!(ours_got.len() + python_got.len(), 400);
+    assert!(!ours_got.is_empty() && !python_got.is_empty());
+    println!(
+        "aiokafka member held partitions {theirs:?}; it read {} messages, we handled {}",
+        python_got.len(),
+        ours_got.len()
+    );
+    member.start_kill().unwrap();
+    ours.stop().await.unwrap();
+}

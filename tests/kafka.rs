@@ -362,3 +362,42 @@ async fn publish_api_sets_key_headers_and_partition() {
     assert_eq!(last.headers["content-type"], b"application/json");
     assert_eq!(out.values().map(Vec::len).sum::<usize>(), 2);
 }
+
+#[subscriber("picked", partitions = [1, 3], auto_offset_reset = "earliest")]
+#[publisher("picked-out")]
+async fn picked(body: String, partition: faststream::Partition) -> String {
+    format!("{}:{body}", partition.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_partitions_are_the_only_ones_read() {
+    let prefix = unique_prefix("picked");
+    let client = raw_client().await;
+    let topic = format!("{prefix}picked");
+    create_topic(&client, &topic, 4).await;
+    for p in 0..4 {
+        produce(
+            &client,
+            &topic,
+            p,
+            vec![record(None, format!("m{p}").as_bytes(), &[])],
+        )
+        .await;
+    }
+    let running = start(app(routes![picked], &prefix)).await;
+    let out = read(&client, &format!("{prefix}picked-out"), 2).await;
+    let mut got: Vec<String> = out.values().flatten().map(text).collect();
+    got.sort();
+    assert_eq!(got, ["1:m1", "3:m3"]);
+    // Nothing from partitions 0 and 2 arrives later either.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        read(&client, &format!("{prefix}picked-out"), 2)
+            .await
+            .values()
+            .flatten()
+            .count(),
+        2
+    );
+    running.stop().await.unwrap();
+}

@@ -250,6 +250,9 @@ async fn resolve_offset(
     }
 }
 
+/// How often each partition logs its lag (at debug level).
+const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 async fn fetch_loop(
     pc: Arc<PartitionClient>,
     mut offset: i64,
@@ -262,6 +265,7 @@ async fn fetch_loop(
     let partition = pc.partition();
     let max_wait_ms = config.fetch_max_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
     let mut backoff = Duration::from_millis(100);
+    let mut lag_logged = Instant::now();
     loop {
         let started = Instant::now();
         let res = tokio::select! {
@@ -269,8 +273,21 @@ async fn fetch_loop(
             () = shutdown.wait() => return,
         };
         match res {
-            Ok((mut records, _high_watermark)) => {
+            Ok((mut records, high_watermark)) => {
                 backoff = Duration::from_millis(100);
+                // The high watermark comes from the fetch response (ListOffsets(latest) is
+                // wrong on some Kafka-compatible brokers).
+                if lag_logged.elapsed() >= LAG_LOG_INTERVAL {
+                    lag_logged = Instant::now();
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        next_offset = offset,
+                        high_watermark,
+                        lag = high_watermark - offset,
+                        "lag"
+                    );
+                }
                 // Compressed batches may start before the requested offset.
                 records.retain(|r| r.offset >= offset);
                 match records.last() {

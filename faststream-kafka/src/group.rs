@@ -235,10 +235,21 @@ impl GroupRunner {
             req.rebalance_timeout_ms = ms(s.rebalance_timeout);
             req.member_id = StrBytes::from_string(member_id.clone());
             req.protocol_type = StrBytes::from_static_str("consumer");
-            let mut protocol = JoinGroupRequestProtocol::default();
-            protocol.name = StrBytes::from_static_str(s.assignor.protocol_name());
-            protocol.metadata = subscription.clone();
-            req.protocols = vec![protocol];
+            // Both assignors, the preferred one first: the coordinator picks one every member
+            // supports, so members of other client libraries can join.
+            let other = match s.assignor {
+                Assignor::Range => Assignor::RoundRobin,
+                Assignor::RoundRobin => Assignor::Range,
+            };
+            req.protocols = [s.assignor, other]
+                .into_iter()
+                .map(|a| {
+                    let mut protocol = JoinGroupRequestProtocol::default();
+                    protocol.name = StrBytes::from_static_str(a.protocol_name());
+                    protocol.metadata = subscription.clone();
+                    protocol
+                })
+                .collect();
             // The coordinator holds JoinGroup until the rebalance completes.
             let resp = conn.send(&req, version).await?;
             match ResponseError::try_from_code(resp.error_code) {

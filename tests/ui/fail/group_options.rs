@@ -1,0 +1,9 @@
+use faststream::subscriber;
+
+#[subscriber("in", group_id = "g", partitions = [0, 1])]
+async fn manual_and_group(_body: String) {}
+
+#[subscriber("in", assignor = "sticky", session_timeout_ms = "10s", partitions = [1, 1])]
+async fn bad_values(_body: String) {}
+
+fn main() {}

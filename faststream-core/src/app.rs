@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::extract::{Context, StateMap};
 use crate::handler::{Pipeline, Ready};
+use crate::policy::FailurePolicy;
 use crate::route::{registered_routes, validate, RouteDef};
 use crate::transport::{Publisher, Shutdown, Transport};
 use crate::{Error, Result};
@@ -26,6 +27,7 @@ pub struct FastStream<T> {
     shutdown_timeout: Duration,
     topic_prefix: String,
     ready: tokio::sync::watch::Sender<bool>,
+    policy: FailurePolicy,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -38,6 +40,7 @@ impl<T: Transport> FastStream<T> {
             shutdown_timeout: Duration::from_secs(30),
             topic_prefix: String::new(),
             ready: tokio::sync::watch::Sender::new(false),
+            policy: FailurePolicy::default(),
         }
     }
 
@@ -65,6 +68,13 @@ impl<T: Transport> FastStream<T> {
     /// are used as given.
     pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.topic_prefix = prefix.into();
+        self
+    }
+
+    /// The failure policy of routes that do not override it (retries, dead-letter topic, what
+    /// to do without one, timeout, size limit, ack mode). See [`FailurePolicy`].
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -102,6 +112,7 @@ impl<T: Transport> FastStream<T> {
         let ctx = Context::new(Arc::new(self.state), publisher);
         let pipeline = Arc::new(
             Pipeline::new(routes, ctx)
+                .with_failure_policy(self.policy)
                 .with_topic_prefix(self.topic_prefix)
                 .with_ready(self.ready),
         );

@@ -99,12 +99,24 @@ pub enum HandlerError {
     /// The return value could not be encoded.
     #[error("cannot encode the handler's return value: {0}")]
     Encode(String),
+    /// The handler did not finish within the route's `timeout_ms`.
+    #[error("handler did not finish within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The handler called `Acker::nack`.
+    #[error("the handler asked for redelivery (nack)")]
+    Nacked,
+    /// The handler returned a [`Failure`](crate::Failure) choosing what happens next.
+    #[error("handler failed: {0}")]
+    Rejected(crate::policy::Failure),
 }
 
 impl HandlerError {
-    /// Converts a handler's `Err` value.
-    pub fn from_handler<E: fmt::Display>(err: E) -> Self {
-        Self::Handler(err.to_string())
+    /// Converts a handler's `Err` value; a [`Failure`](crate::Failure) keeps its action.
+    pub fn from_handler<E: fmt::Display + 'static>(err: E) -> Self {
+        match (&err as &dyn std::any::Any).downcast_ref::<crate::policy::Failure>() {
+            Some(f) => Self::Rejected(f.clone()),
+            None => Self::Handler(err.to_string()),
+        }
     }
 
     /// A short machine-readable name of the error's kind.
@@ -114,6 +126,9 @@ impl HandlerError {
             HandlerError::Handler(_) => "handler",
             HandlerError::Panic(_) => "panic",
             HandlerError::Encode(_) => "encode",
+            HandlerError::Timeout(_) => "timeout",
+            HandlerError::Nacked => "nack",
+            HandlerError::Rejected(_) => "rejected",
         }
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::error::DecodeError;
 use crate::message::{Headers, Message};
+use crate::policy::Acker;
 use crate::transport::Publisher;
 
 /// Shared values given to the app with `with_state`, by type.
@@ -44,12 +45,25 @@ impl StateMap {
 pub struct Context {
     state: Arc<StateMap>,
     publisher: Publisher,
+    acker: Option<Acker>,
 }
 
 impl Context {
     /// A context over `state`, publishing through `publisher`.
     pub fn new(state: Arc<StateMap>, publisher: Publisher) -> Self {
-        Self { state, publisher }
+        Self {
+            state,
+            publisher,
+            acker: None,
+        }
+    }
+
+    pub(crate) fn with_acker(&self, acker: Acker) -> Self {
+        Self {
+            state: self.state.clone(),
+            publisher: self.publisher.clone(),
+            acker: Some(acker),
+        }
     }
 
     /// The shared state.
@@ -69,7 +83,7 @@ impl Context {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an extractor",
     label = "cannot be built from the message or the context",
-    note = "extractors are Key, Headers, Topic, Partition, Offset, Timestamp, Message, State<T>, Publisher, CorrelationId, or your own type implementing `FromMessage`; write `#[body]` if this argument is the payload"
+    note = "extractors are Key, Headers, Topic, Partition, Offset, Timestamp, Message, State<T>, Publisher, CorrelationId, Acker, or your own type implementing `FromMessage`; write `#[body]` if this argument is the payload"
 )]
 pub trait FromMessage: Sized {
     /// Builds the value; an error fails the message like a decode error.
@@ -139,6 +153,17 @@ impl FromMessage for Headers {
 impl FromMessage for Message {
     fn from_message(msg: &Message, _: &Context) -> Result<Self, DecodeError> {
         Ok(msg.clone())
+    }
+}
+
+impl FromMessage for Acker {
+    fn from_message(_: &Message, ctx: &Context) -> Result<Self, DecodeError> {
+        ctx.acker.clone().ok_or_else(|| {
+            DecodeError::new(
+                "Acker",
+                "this route does not acknowledge by hand: set ack = \"manual\" on its #[subscriber]",
+            )
+        })
     }
 }
 

@@ -6,10 +6,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use crate::error::HandlerError;
+use crate::error::{DecodeError, HandlerError};
 use crate::extract::Context;
 use crate::message::{header, Message, OutgoingMessage};
 use crate::outcome::Reply;
+use crate::policy::{dlq_header, AckMode, Acker, FailureAction, FailurePolicy};
 use crate::route::RouteDef;
 use crate::transport::BoxFuture;
 
@@ -19,19 +20,67 @@ pub type HandlerResult = Result<Reply, HandlerError>;
 /// The type-erased handler the macros generate for each route.
 pub type HandlerFn = fn(Message, Context) -> BoxFuture<'static, HandlerResult>;
 
-/// The result of handling one message.
+/// The result of handling one message (after any retries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The handler finished; these messages are to be published (possibly none).
+    /// The handler finished; these messages are to be published (possibly none). The message
+    /// is done once they are acknowledged.
     Done(Vec<OutgoingMessage>),
-    /// Decoding, the handler or encoding failed.
-    Failed(HandlerError),
+    /// `ack = "manual"` and the handler neither acked nor nacked: its outputs are published,
+    /// but the message is not done (it holds back commits of its partition).
+    Unacked(Vec<OutgoingMessage>),
+    /// It failed; this copy of it goes to the dead-letter topic, after which it is done.
+    DeadLettered {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+        /// The message for the dead-letter topic.
+        dlq: OutgoingMessage,
+    },
+    /// It failed and was logged; it counts as done.
+    Skipped {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+    },
+    /// It failed and the partition's consumer must stop without counting it as done.
+    Stopped {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+    },
+}
+
+impl Outcome {
+    /// The error, if the message failed.
+    pub fn error(&self) -> Option<&HandlerError> {
+        match self {
+            Outcome::Done(_) | Outcome::Unacked(_) => None,
+            Outcome::DeadLettered { error, .. }
+            | Outcome::Skipped { error, .. }
+            | Outcome::Stopped { error, .. } => Some(error),
+        }
+    }
+
+    /// The messages to publish: outputs, or the dead-letter copy.
+    pub fn into_outputs(self) -> Vec<OutgoingMessage> {
+        match self {
+            Outcome::Done(out) | Outcome::Unacked(out) => out,
+            Outcome::DeadLettered { dlq, .. } => vec![dlq],
+            Outcome::Skipped { .. } | Outcome::Stopped { .. } => Vec::new(),
+        }
+    }
 }
 
 /// Runs messages through routes. Shared by every transport and the test broker.
 #[derive(Debug)]
 pub struct Pipeline {
     routes: Vec<&'static RouteDef>,
+    defaults: FailurePolicy,
+    policies: Vec<FailurePolicy>,
     ctx: Context,
     prefix: String,
     ready: tokio::sync::watch::Sender<bool>,
@@ -40,8 +89,15 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline over validated `routes`.
     pub fn new(routes: Vec<&'static RouteDef>, ctx: Context) -> Self {
+        let defaults = FailurePolicy::default();
+        let policies = routes
+            .iter()
+            .map(|r| r.policy().resolve(&defaults, str::to_owned))
+            .collect();
         Self {
             routes,
+            defaults,
+            policies,
             ctx,
             prefix: String::new(),
             ready: tokio::sync::watch::Sender::new(false),
@@ -67,7 +123,35 @@ impl Pipeline {
     /// consumer group ids.
     pub fn with_topic_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self.resolve_policies();
         self
+    }
+
+    /// The failure policy of routes that do not override it.
+    pub fn with_failure_policy(mut self, defaults: FailurePolicy) -> Self {
+        self.defaults = defaults;
+        self.resolve_policies();
+        self
+    }
+
+    fn resolve_policies(&mut self) {
+        let prefix = self.prefix.clone();
+        self.policies = self
+            .routes
+            .iter()
+            .map(|r| {
+                r.policy()
+                    .resolve(&self.defaults, |t| format!("{prefix}{t}"))
+            })
+            .collect();
+    }
+
+    /// The effective failure policy of `route`.
+    pub fn policy(&self, route: &RouteDef) -> &FailurePolicy {
+        self.routes
+            .iter()
+            .position(|r| std::ptr::eq(*r, route))
+            .map_or(&self.defaults, |i| &self.policies[i])
     }
 
     /// The real name of a route's topic or group id: the prefix (if any) followed by `name`.
@@ -86,8 +170,10 @@ impl Pipeline {
     }
 
     /// Handles `msg` with `route`: decode, call, encode, address the reply to every publisher
-    /// topic. A failure is logged with topic, partition, offset and handler, and returned.
+    /// topic; on failure, retry and dead-letter per the route's [`FailurePolicy`]. Every failure
+    /// is logged with topic, partition, offset and handler.
     pub async fn handle(&self, route: &RouteDef, mut msg: Message) -> Outcome {
+        let policy = self.policy(route);
         let correlation_id = match msg.headers.get(header::CORRELATION_ID) {
             Some(id) => id.clone(),
             None => {
@@ -96,35 +182,137 @@ impl Pipeline {
                 id
             }
         };
-        let topic = msg.topic.clone();
-        let (partition, offset) = (msg.partition, msg.offset);
-        let key = msg.key.clone();
-        let result = CatchUnwind((route.handler)(msg, self.ctx.clone())).await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(err) => {
-                tracing::error!(
+        let mut attempts = 0;
+        let (error, action) = loop {
+            attempts += 1;
+            let err = match self.attempt(route, policy, &msg).await {
+                Attempt::Ok(reply, acked) => {
+                    let outputs = self.address(route, reply, &msg, correlation_id);
+                    return if acked {
+                        Outcome::Done(outputs)
+                    } else {
+                        Outcome::Unacked(outputs)
+                    };
+                }
+                Attempt::Err(e) => e,
+            };
+            let action = match &err {
+                HandlerError::Decode(_) | HandlerError::Encode(_) => FailureAction::DeadLetter,
+                HandlerError::Rejected(f) => f.action(),
+                _ => FailureAction::Retry,
+            };
+            if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
+                let wait = policy.retry.backoff(attempts);
+                tracing::warn!(
                     handler = route.name(),
-                    topic = &*topic,
-                    partition,
-                    offset,
+                    topic = &*msg.topic,
+                    partition = msg.partition,
+                    offset = msg.offset,
+                    attempt = attempts,
                     kind = err.kind(),
                     error = %err,
-                    "message failed"
+                    retry_in = ?wait,
+                    "message failed; retrying"
                 );
-                return Outcome::Failed(err);
+                tokio::time::sleep(wait).await;
+                continue;
             }
+            break (err, action);
         };
+        let action = match (action, &policy.dlq) {
+            (FailureAction::Retry | FailureAction::DeadLetter, Some(_)) => {
+                FailureAction::DeadLetter
+            }
+            (FailureAction::Retry | FailureAction::DeadLetter, None) => policy.without_dlq,
+            (other, _) => other,
+        };
+        let outcome = match action {
+            FailureAction::DeadLetter => {
+                let topic = policy.dlq.clone().unwrap_or_default();
+                let dlq = dead_letter(route, &msg, &error, attempts, topic);
+                Outcome::DeadLettered {
+                    error,
+                    attempts,
+                    dlq,
+                }
+            }
+            FailureAction::Stop => Outcome::Stopped { error, attempts },
+            _ => Outcome::Skipped { error, attempts },
+        };
+        let error = outcome.error().expect("a failed outcome has an error");
+        let what = match &outcome {
+            Outcome::DeadLettered { dlq, .. } => format!("dead-lettered to {:?}", dlq.topic),
+            Outcome::Stopped { .. } => {
+                "consumer stopped; the message will be consumed again".into()
+            }
+            _ => "skipped".into(),
+        };
+        tracing::error!(
+            handler = route.name(),
+            topic = &*msg.topic,
+            partition = msg.partition,
+            offset = msg.offset,
+            attempts,
+            kind = error.kind(),
+            error = %error,
+            outcome = what,
+            "message failed"
+        );
+        outcome
+    }
+
+    /// Runs the handler once: size check, timeout, panic capture, manual ack.
+    async fn attempt(&self, route: &RouteDef, policy: &FailurePolicy, msg: &Message) -> Attempt {
+        if let (Some(max), Some(payload)) = (policy.max_message_bytes, &msg.payload) {
+            if payload.len() > max {
+                return Attempt::Err(HandlerError::Decode(DecodeError::new(
+                    "the message",
+                    format!(
+                        "payload of {} bytes exceeds max_message_bytes ({max})",
+                        payload.len()
+                    ),
+                )));
+            }
+        }
+        let acker = (policy.ack == AckMode::Manual).then(Acker::new);
+        let ctx = match &acker {
+            Some(a) => self.ctx.with_acker(a.clone()),
+            None => self.ctx.clone(),
+        };
+        let call = CatchUnwind((route.handler)(msg.clone(), ctx));
+        let result = match policy.timeout {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(r) => r,
+                Err(_) => Err(HandlerError::Timeout(limit)),
+            },
+            None => call.await,
+        };
+        match (result, acker.as_ref().map(Acker::state)) {
+            (Err(e), _) => Attempt::Err(e),
+            (Ok(_), Some(Some(false))) => Attempt::Err(HandlerError::Nacked),
+            (Ok(reply), Some(None)) => Attempt::Ok(reply, false),
+            (Ok(reply), _) => Attempt::Ok(reply, true),
+        }
+    }
+
+    /// Addresses a reply to every publisher topic of `route`.
+    fn address(
+        &self,
+        route: &RouteDef,
+        reply: Reply,
+        msg: &Message,
+        correlation_id: bytes::Bytes,
+    ) -> Vec<OutgoingMessage> {
         let Some(body) = reply.into_body() else {
-            return Outcome::Done(Vec::new());
+            return Vec::new();
         };
         let mut headers = body.meta.headers;
         if let Some(ct) = body.content_type {
             headers.insert(header::CONTENT_TYPE, ct);
         }
         headers.insert(header::CORRELATION_ID, correlation_id);
-        let key = body.meta.key.or(key);
-        let outputs = route
+        let key = body.meta.key.or_else(|| msg.key.clone());
+        route
             .publishers()
             .iter()
             .map(|topic| OutgoingMessage {
@@ -135,8 +323,42 @@ impl Pipeline {
                 payload: Some(body.payload.clone()),
                 timestamp: None,
             })
-            .collect();
-        Outcome::Done(outputs)
+            .collect()
+    }
+}
+
+enum Attempt {
+    Ok(Reply, bool),
+    Err(HandlerError),
+}
+
+/// The dead-letter copy of `msg`: key, headers and payload kept, failure described in headers.
+fn dead_letter(
+    route: &RouteDef,
+    msg: &Message,
+    error: &HandlerError,
+    attempts: u32,
+    topic: String,
+) -> OutgoingMessage {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut headers = msg.headers.clone();
+    headers.insert(dlq_header::ORIGINAL_TOPIC, msg.topic.to_string());
+    headers.insert(dlq_header::ORIGINAL_PARTITION, msg.partition.to_string());
+    headers.insert(dlq_header::ORIGINAL_OFFSET, msg.offset.to_string());
+    headers.insert(dlq_header::ERROR_KIND, error.kind());
+    headers.insert(dlq_header::ERROR, error.to_string());
+    headers.insert(dlq_header::HANDLER, route.name());
+    headers.insert(dlq_header::ATTEMPTS, attempts.to_string());
+    headers.insert(dlq_header::FAILED_AT, now.to_string());
+    OutgoingMessage {
+        topic,
+        partition: None,
+        key: msg.key.clone(),
+        headers,
+        payload: msg.payload.clone(),
+        timestamp: None,
     }
 }
 

@@ -19,6 +19,7 @@ mod extract;
 mod handler;
 mod message;
 mod outcome;
+mod policy;
 mod route;
 pub mod testing;
 mod transport;
@@ -33,6 +34,9 @@ pub use extract::{
 pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
 pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
 pub use outcome::{Reply, Response, ResponseMeta};
+pub use policy::{
+    dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,
+};
 pub use route::{
     registered_routes, validate, Assignor, OffsetReset, RouteDef, RouteProblem, StateReq,
     SubscriberDef,
@@ -48,6 +52,7 @@ pub mod __private {
     pub use crate::handler::HandlerResult;
     pub use crate::message::Message;
     pub use crate::outcome::Reply;
+    pub use crate::policy::{AckMode, FailureAction, PolicyDef};
     pub use crate::route::{Assignor, OffsetReset, RouteDef, RouteRef, StateReq, SubscriberDef};
     pub use crate::transport::BoxFuture;
     pub use inventory;

@@ -6,6 +6,7 @@ use std::fmt;
 
 use crate::extract::StateMap;
 use crate::handler::HandlerFn;
+use crate::policy::PolicyDef;
 
 /// Where a consumer with no committed offset starts reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -181,6 +182,7 @@ pub struct RouteDef {
     subscribers: &'static [SubscriberDef],
     publishers: &'static [&'static str],
     states: &'static [fn() -> StateReq],
+    policy: PolicyDef,
     pub(crate) handler: HandlerFn,
 }
 
@@ -193,6 +195,7 @@ impl RouteDef {
         subscribers: &'static [SubscriberDef],
         publishers: &'static [&'static str],
         states: &'static [fn() -> StateReq],
+        policy: PolicyDef,
         handler: HandlerFn,
     ) -> Self {
         Self {
@@ -202,8 +205,14 @@ impl RouteDef {
             subscribers,
             publishers,
             states,
+            policy,
             handler,
         }
+    }
+
+    /// The failure-policy settings its attribute wrote.
+    pub fn policy(&self) -> &PolicyDef {
+        &self.policy
     }
 
     /// The handler's path, `crate::module::function`.

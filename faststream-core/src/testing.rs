@@ -4,6 +4,10 @@
 //! they publish to the routes subscribed to those topics in turn, so a test can publish and
 //! then look at what each handler received and what landed on each topic.
 //!
+//! Retries wait with `tokio::time::sleep`: run such tests on tokio's paused clock
+//! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) and backoffs take no
+//! wall time and are deterministic.
+//!
 //! ```no_run
 //! # async fn demo() -> faststream_core::Result<()> {
 //! use faststream_core::testing::TestBroker;
@@ -25,6 +29,7 @@ use crate::error::HandlerError;
 use crate::extract::{Context, StateMap};
 use crate::handler::{new_correlation_id, Outcome, Pipeline};
 use crate::message::{header, Message, OutgoingMessage};
+use crate::policy::FailurePolicy;
 use crate::route::{registered_routes, validate, RouteDef};
 use crate::transport::{BoxFuture, Publish, Publisher};
 use crate::{Error, Result};
@@ -51,10 +56,7 @@ impl Delivery {
 
     /// The error, if handling failed.
     pub fn error(&self) -> Option<&HandlerError> {
-        match &self.outcome {
-            Outcome::Failed(e) => Some(e),
-            Outcome::Done(_) => None,
-        }
+        self.outcome.error()
     }
 }
 
@@ -76,6 +78,7 @@ struct Inner {
 pub struct TestBrokerBuilder {
     routes: Option<Vec<&'static RouteDef>>,
     state: StateMap,
+    policy: Option<FailurePolicy>,
 }
 
 impl TestBrokerBuilder {
@@ -91,6 +94,12 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// The failure policy of routes that do not override it, as `FastStream::failure_policy`.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
     /// Validates the routes as the app does at startup and builds the broker.
     pub fn build(self) -> Result<TestBroker> {
         let routes = self.routes.unwrap_or_else(registered_routes);
@@ -98,8 +107,12 @@ impl TestBrokerBuilder {
         let state = Arc::new(self.state);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let publisher = Publisher::new(Arc::new(Sink(weak.clone())));
+            let mut pipeline = Pipeline::new(routes, Context::new(state, publisher));
+            if let Some(policy) = self.policy {
+                pipeline = pipeline.with_failure_policy(policy);
+            }
             Inner {
-                pipeline: Pipeline::new(routes, Context::new(state, publisher)),
+                pipeline,
                 log: Mutex::new(Log::default()),
                 depth: AtomicUsize::new(0),
             }
@@ -239,10 +252,7 @@ impl Inner {
             .collect();
         for route in routes {
             let outcome = self.pipeline.handle(route, msg.clone()).await;
-            let outputs = match &outcome {
-                Outcome::Done(outs) => outs.clone(),
-                Outcome::Failed(_) => Vec::new(),
-            };
+            let outputs = outcome.clone().into_outputs();
             self.log
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -389,6 +389,8 @@ impl KafkaBroker {
                                 reset: sub.offset_reset(),
                                 start: None,
                                 progress: None,
+                                commit_now: None,
+                                held: None,
                                 config: config.clone(),
                                 shutdown: shutdown.clone(),
                                 ready: ready_tx.clone(),

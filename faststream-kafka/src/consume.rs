@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use faststream_core::{Headers, Message, OffsetReset, Outcome, Pipeline, RouteDef, Shutdown};
+use faststream_core::{
+    AckMode, Headers, Message, OffsetReset, Outcome, Pipeline, RouteDef, Shutdown,
+};
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
@@ -34,6 +36,10 @@ pub(crate) struct PartitionConsumer {
     pub(crate) start: Option<i64>,
     /// Where the done offset is published (the next offset to commit), for consumer groups.
     pub(crate) progress: Option<Arc<AtomicI64>>,
+    /// Asks the group runner for an immediate commit (for `ack = "first"`).
+    pub(crate) commit_now: Option<mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
+    /// The first message of a manual-ack route that was not acknowledged.
+    pub(crate) held: Option<i64>,
     pub(crate) config: Arc<Config>,
     pub(crate) shutdown: Shutdown,
     /// Told once the start offset is known.
@@ -41,7 +47,7 @@ pub(crate) struct PartitionConsumer {
 }
 
 impl PartitionConsumer {
-    pub(crate) async fn run(self) {
+    pub(crate) async fn run(mut self) {
         let topic = &*self.topic;
         let partition = self.partition;
         let Some(pc) = self.partition_client().await else {
@@ -77,6 +83,7 @@ impl PartitionConsumer {
         let mut inflight: VecDeque<(i64, usize, Vec<Ack>)> = VecDeque::new();
         let mut inflight_msgs = 0;
         let mut shutdown = self.shutdown.clone();
+        let ack_first = self.pipeline.policy(self.route).ack == AckMode::First;
         loop {
             let batch = tokio::select! {
                 biased;
@@ -94,20 +101,37 @@ impl PartitionConsumer {
                     None => break,
                 },
             };
+            if ack_first {
+                // At-most-once: commit past the whole batch before handling it.
+                if let Some(last) = batch.last() {
+                    self.done(last.offset);
+                    self.commit_now().await;
+                }
+            }
             let mut outputs = Vec::new();
             let mut last = None;
             let mut handled = 0;
+            let mut stop = false;
             for record in batch {
                 if self.shutdown.is_triggered() {
                     break;
                 }
                 let offset = record.offset;
                 let msg = to_message(&self.topic, partition, record);
-                match self.pipeline.handle(self.route, msg).await {
-                    Outcome::Done(out) => outputs.extend(out),
-                    // Logged by the pipeline with full context; the partition moves on.
-                    Outcome::Failed(_) => {}
+                let outcome = self.pipeline.handle(self.route, msg).await;
+                match outcome {
+                    // Logged by the pipeline; not done, so consumed again after a restart.
+                    Outcome::Stopped { .. } => {
+                        stop = true;
+                        break;
+                    }
+                    // Manual ack: published, but its offset holds back later commits.
+                    Outcome::Unacked(_) => {
+                        self.held.get_or_insert(offset);
+                    }
+                    _ => {}
                 }
+                outputs.extend(outcome.into_outputs());
                 last = Some(offset);
                 handled += 1;
             }
@@ -126,6 +150,16 @@ impl PartitionConsumer {
             };
             inflight.push_back((last, handled, acks));
             inflight_msgs += handled;
+            if stop {
+                tracing::error!(
+                    topic,
+                    partition,
+                    offset = last + 1,
+                    handler = self.route.name(),
+                    "partition consumer stopped by the failure policy (on_failure = \"stop\")"
+                );
+                break;
+            }
             while inflight_msgs > self.config.max_in_flight {
                 settle_front(&mut inflight).await;
                 let Some((offset, n, _)) = inflight.pop_front() else {
@@ -146,10 +180,22 @@ impl PartitionConsumer {
         tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
     }
 
-    /// Every message up to `offset` is done: the next offset to commit is `offset + 1`.
+    /// Every message up to `offset` is done: the next offset to commit is `offset + 1`, unless
+    /// an unacknowledged message (manual ack) holds it back.
     fn done(&self, offset: i64) {
         if let Some(progress) = &self.progress {
-            progress.store(offset + 1, Ordering::Release);
+            let next = self.held.map_or(offset + 1, |h| h.min(offset + 1));
+            progress.store(next, Ordering::Release);
+        }
+    }
+
+    /// Asks the group to commit the done offsets now, and waits for it.
+    async fn commit_now(&self) {
+        if let Some(tx) = &self.commit_now {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            if tx.send(done_tx).await.is_ok() {
+                let _ = done_rx.await;
+            }
         }
     }
 

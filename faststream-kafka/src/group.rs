@@ -86,6 +86,7 @@ struct Generation {
 struct Running {
     stop: faststream_core::ShutdownTrigger,
     tasks: tokio::task::JoinSet<()>,
+    commit_requests: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     progress: Vec<((String, i32), Arc<AtomicI64>)>,
     committed: HashMap<(String, i32), i64>,
 }
@@ -356,6 +357,7 @@ impl GroupRunner {
         let mut tasks = tokio::task::JoinSet::new();
         let mut progress = Vec::new();
         let (ready_tx, _ready_rx) = mpsc::unbounded_channel();
+        let (commit_tx, commit_rx) = mpsc::channel(64);
         for (topic, partition) in &generation.assigned {
             let Some(sub) = self.topics.iter().find(|t| t.topic == *topic) else {
                 continue;
@@ -377,6 +379,8 @@ impl GroupRunner {
                     reset: sub.reset,
                     start,
                     progress: Some(done),
+                    commit_now: Some(commit_tx.clone()),
+                    held: None,
                     config: self.config.clone(),
                     shutdown: gen_shutdown.clone(),
                     ready: ready_tx.clone(),
@@ -387,6 +391,7 @@ impl GroupRunner {
         Ok(Running {
             stop,
             tasks,
+            commit_requests: commit_rx,
             progress,
             committed: committed.into_iter().filter(|(_, o)| *o >= 0).collect(),
         })
@@ -428,11 +433,26 @@ impl GroupRunner {
                         tracing::warn!(group = self.group, error = %e, "offset commit failed");
                     }
                 }
+                Some(reply) = running.commit_requests.recv() => {
+                    if let Err(e) = self.commit(conn, generation, &mut running).await {
+                        tracing::warn!(group = self.group, error = %e, "offset commit failed");
+                    }
+                    let _ = reply.send(());
+                }
             }
         };
         // Revoke: stop fetching, finish the message in hand, wait for acks, commit.
         running.stop.trigger();
-        while running.tasks.join_next().await.is_some() {}
+        loop {
+            tokio::select! {
+                joined = running.tasks.join_next() => if joined.is_none() { break },
+                // A consumer of an `ack = "first"` route may be waiting for its commit.
+                Some(reply) = running.commit_requests.recv() => {
+                    let _ = self.commit(conn, generation, &mut running).await;
+                    let _ = reply.send(());
+                }
+            }
+        }
         if let Err(e) = self.commit(conn, generation, &mut running).await {
             tracing::warn!(group = self.group, error = %e, "final offset commit failed; those messages will be redelivered");
         }

@@ -35,6 +35,14 @@ impl AttrKind {
                 "heartbeat_interval_ms",
                 "rebalance_timeout_ms",
                 "commit_interval_ms",
+                "retry",
+                "retry_backoff_ms",
+                "retry_max_backoff_ms",
+                "dlq",
+                "on_failure",
+                "timeout_ms",
+                "max_message_bytes",
+                "ack",
                 "crate",
             ],
             AttrKind::Publisher => &[],
@@ -87,7 +95,21 @@ pub(crate) struct RouteArgs {
     pub(crate) subscribers: Vec<SubscriberArgs>,
     pub(crate) publishers: Vec<LitStr>,
     pub(crate) krate: Option<syn::Path>,
+    /// Route-wide failure-policy options: `(name, method tokens)`, each set once per handler.
+    pub(crate) policy: Vec<(String, TokenStream)>,
 }
+
+/// Failure-policy options: route-wide, written in any of the handler's `#[subscriber]`s.
+const POLICY_KEYS: &[&str] = &[
+    "retry",
+    "retry_backoff_ms",
+    "retry_max_backoff_ms",
+    "dlq",
+    "on_failure",
+    "timeout_ms",
+    "max_message_bytes",
+    "ack",
+];
 
 /// One item of an attribute's argument list: a topic literal or `key = value`.
 enum Item {
@@ -253,6 +275,16 @@ fn apply_option(
                 syn::Error::new(lit.span(), "`crate` expects a path such as \"faststream\"")
             })?);
         }
+        key if POLICY_KEYS.contains(&key) => {
+            if route.policy.iter().any(|(n, _)| n == key) {
+                return Err(syn::Error::new(
+                    span,
+                    format!("`{key}` is set twice for this handler: failure-policy options apply to the whole handler"),
+                ));
+            }
+            let tokens = policy_value(key, value, span, &string)?;
+            route.policy.push((key.to_owned(), tokens));
+        }
         "partitions" => {
             let syn::Expr::Array(array) = value else {
                 return Err(syn::Error::new(
@@ -316,6 +348,70 @@ fn apply_option(
     Ok(())
 }
 
+/// The builder-call argument for a failure-policy option, with `__fs` standing for the
+/// runtime's private module (the expansion substitutes the real path).
+fn policy_value(
+    key: &str,
+    value: &syn::Expr,
+    span: Span,
+    string: &dyn Fn() -> syn::Result<LitStr>,
+) -> syn::Result<TokenStream> {
+    use quote::quote;
+    let int = |allow_zero: bool| match value {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) if i.base10_parse::<u32>().is_ok_and(|v| allow_zero || v > 0) => Ok(quote!(#i)),
+        _ => Err(syn::Error::new(
+            span,
+            if allow_zero {
+                format!("option `{key}` expects a whole number")
+            } else {
+                format!("option `{key}` expects a positive whole number")
+            },
+        )),
+    };
+    match key {
+        "retry" => int(true),
+        "retry_backoff_ms" | "retry_max_backoff_ms" | "timeout_ms" | "max_message_bytes" => {
+            int(false)
+        }
+        "dlq" => {
+            let lit = string()?;
+            if let Some(problem) = topic_problem(&lit.value()) {
+                return Err(syn::Error::new(lit.span(), problem));
+            }
+            Ok(quote!(#lit))
+        }
+        "on_failure" => {
+            let lit = string()?;
+            match lit.value().as_str() {
+                "skip" => Ok(quote!(__fs::FailureAction::Skip)),
+                "stop" => Ok(quote!(__fs::FailureAction::Stop)),
+                other => Err(syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "invalid `on_failure` value \"{other}\": expected \"skip\" or \"stop\""
+                    ),
+                )),
+            }
+        }
+        "ack" => {
+            let lit = string()?;
+            match lit.value().as_str() {
+                "after" => Ok(quote!(__fs::AckMode::AfterProcessing)),
+                "first" => Ok(quote!(__fs::AckMode::First)),
+                "manual" => Ok(quote!(__fs::AckMode::Manual)),
+                other => Err(syn::Error::new(
+                    lit.span(),
+                    format!("invalid `ack` value \"{other}\": expected \"after\", \"first\" or \"manual\""),
+                )),
+            }
+        }
+        _ => unreachable!("every policy key is handled"),
+    }
+}
+
 fn string_value(expr: &syn::Expr) -> Option<LitStr> {
     match expr {
         syn::Expr::Lit(syn::ExprLit {
@@ -368,6 +464,7 @@ mod tests {
             subscribers: vec![],
             publishers: vec![],
             krate: None,
+            policy: vec![],
         };
         let mut errors = Errors::default();
         parse_into(kind, Span::call_site(), tokens, &mut route, &mut errors);
@@ -472,6 +569,37 @@ mod tests {
                 quote!("a", partitions = [0], group_id = "g"),
                 "cannot be combined",
             ),
+        ] {
+            let (_, res) = parse(AttrKind::Subscriber, tokens);
+            let err = res.unwrap_err().to_string();
+            assert!(err.contains(want), "{err} does not mention {want}");
+        }
+    }
+
+    #[test]
+    fn failure_policy_options() {
+        let (route, res) = parse(
+            AttrKind::Subscriber,
+            quote!(
+                "a",
+                retry = 0,
+                dlq = "a.dlq",
+                on_failure = "stop",
+                ack = "manual",
+                timeout_ms = 50
+            ),
+        );
+        res.unwrap();
+        assert_eq!(route.policy.len(), 5);
+        for (tokens, want) in [
+            (quote!("a", retry = -1), "whole number"),
+            (quote!("a", timeout_ms = 0), "positive whole number"),
+            (quote!("a", dlq = "bad topic"), "invalid character"),
+            (
+                quote!("a", on_failure = "explode"),
+                "invalid `on_failure` value",
+            ),
+            (quote!("a", ack = "later"), "invalid `ack` value"),
         ] {
             let (_, res) = parse(AttrKind::Subscriber, tokens);
             let err = res.unwrap_err().to_string();

@@ -44,6 +44,7 @@ pub(crate) fn expand(
         subscribers: Vec::new(),
         publishers: Vec::new(),
         krate: None,
+        policy: Vec::new(),
     };
     args::parse_into(kind, Span::call_site(), attr, &mut route, &mut errors);
 
@@ -247,6 +248,12 @@ fn generate(
     });
     let publishers = &route.publishers;
     let line = quote_spanned!(ident.span()=> ::core::line!());
+    let mut policy = quote!(#fs::PolicyDef::new());
+    for (name, value) in &route.policy {
+        let method = format_ident!("{}", name);
+        let value = replace_fs(value.clone(), &fs);
+        policy = quote!(#policy.#method(#value));
+    }
 
     quote! {
         #func
@@ -276,6 +283,7 @@ fn generate(
                 &[#(#subscribers),*],
                 &[#(#publishers),*],
                 &[#(#states),*],
+                #policy,
                 __handler,
             )
         };
@@ -284,6 +292,22 @@ fn generate(
             #fs::RouteRef(&#static_ident)
         }
     }
+}
+
+/// Replaces the `__fs` placeholder in option tokens by the runtime's private path.
+fn replace_fs(tokens: TokenStream, fs: &TokenStream) -> TokenStream {
+    tokens
+        .into_iter()
+        .flat_map(|tt| match tt {
+            proc_macro2::TokenTree::Ident(i) if i == "__fs" => fs.clone(),
+            proc_macro2::TokenTree::Group(g) => {
+                let mut group = proc_macro2::Group::new(g.delimiter(), replace_fs(g.stream(), fs));
+                group.set_span(g.span());
+                quote!(#group)
+            }
+            other => quote!(#other),
+        })
+        .collect()
 }
 
 /// The expression turning the handler's return value into `Result<Reply, HandlerError>`.

@@ -23,6 +23,7 @@ const EXTRACTORS: &[&str] = &[
     "State",
     "Publisher",
     "CorrelationId",
+    "Acker",
 ];
 
 /// What one argument is.

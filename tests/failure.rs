@@ -1,0 +1,355 @@
+//! The failure policy through the in-memory broker, on tokio's paused clock: retries with
+//! backoff, dead-letter topics and their headers, failure kinds chosen by the handler, panics,
+//! timeouts, manual acks, and every kind of bad input.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use faststream::testing::TestBroker;
+use faststream::{
+    dlq_header, publisher, routes, subscriber, Acker, Failure, FailurePolicy, HandlerError,
+    Message, Outcome, OutgoingMessage, RetryPolicy,
+};
+use serde::Deserialize;
+
+fn no_jitter() -> FailurePolicy {
+    FailurePolicy {
+        retry: RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        },
+        ..FailurePolicy::default()
+    }
+}
+
+static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[subscriber("flaky", retry = 3, retry_backoff_ms = 100)]
+#[publisher("flaky-out")]
+async fn flaky(n: u32) -> Result<u32, String> {
+    let call = FLAKY_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+    if call < 3 {
+        return Err(format!("transient failure {call}"));
+    }
+    Ok(n * 10)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_with_exponential_backoff_then_succeeds() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![flaky])
+        .failure_policy(no_jitter())
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    broker.publish("4", "flaky").await.unwrap();
+    // Two failed attempts waited 100 ms, then 200 ms, on the paused clock.
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(FLAKY_CALLS.load(Ordering::SeqCst), 3);
+    assert_eq!(broker.published("flaky-out")[0].text(), Some("40"));
+    assert!(broker.errors().is_empty());
+}
+
+#[subscriber("always-fails", retry = 2, dlq = "always-fails.dlq")]
+async fn always_fails(_body: String) -> Result<(), String> {
+    Err("database unavailable".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_go_to_the_dead_letter_topic_with_headers() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![always_fails])
+        .build()
+        .unwrap();
+    broker
+        .send(
+            OutgoingMessage::new("always-fails", "payload-1")
+                .key("k1")
+                .header("x-trace", "t1"),
+        )
+        .await
+        .unwrap();
+    let dlq = broker.published("always-fails.dlq");
+    assert_eq!(dlq.len(), 1);
+    let m = &dlq[0];
+    assert_eq!(m.text(), Some("payload-1"));
+    assert_eq!(m.key.as_deref(), Some(&b"k1"[..]));
+    let h = |name| m.headers.get_str(name).unwrap().to_owned();
+    assert_eq!(h("x-trace"), "t1", "original headers are kept");
+    assert_eq!(h(dlq_header::ORIGINAL_TOPIC), "always-fails");
+    assert_eq!(h(dlq_header::ORIGINAL_PARTITION), "0");
+    assert_eq!(h(dlq_header::ORIGINAL_OFFSET), "0");
+    assert_eq!(h(dlq_header::ERROR_KIND), "handler");
+    assert_eq!(
+        h(dlq_header::ERROR),
+        "handler returned an error: database unavailable"
+    );
+    assert_eq!(h(dlq_header::HANDLER), "failure::always_fails");
+    assert_eq!(h(dlq_header::ATTEMPTS), "3");
+    assert!(h(dlq_header::FAILED_AT).parse::<u64>().unwrap() > 1_600_000_000_000);
+    match &broker.received("always_fails")[0].outcome {
+        Outcome::DeadLettered { attempts, .. } => assert_eq!(*attempts, 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[subscriber("choose", dlq = "choose.dlq", retry = 5)]
+async fn choose(action: String) -> Result<(), Failure> {
+    match action.as_str() {
+        "dead" => Err(Failure::dead_letter("will never succeed")),
+        "skip" => Err(Failure::skip("not for us")),
+        "stop" => Err(Failure::stop("cannot continue")),
+        "io" => {
+            std::fs::read("/definitely/not/here")?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handler_chooses_the_outcome() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![choose])
+        .build()
+        .unwrap();
+    for action in ["dead", "skip", "stop", "io", "fine"] {
+        broker.publish(action, "choose").await.unwrap();
+    }
+    let got: Vec<(String, Option<u32>)> = broker
+        .received("choose")
+        .iter()
+        .map(|d| {
+            let attempts = match &d.outcome {
+                Outcome::DeadLettered { attempts, .. }
+                | Outcome::Skipped { attempts, .. }
+                | Outcome::Stopped { attempts, .. } => Some(*attempts),
+                _ => None,
+            };
+            let kind = match &d.outcome {
+                Outcome::Done(_) => "done",
+                Outcome::DeadLettered { .. } => "dlq",
+                Outcome::Skipped { .. } => "skipped",
+                Outcome::Stopped { .. } => "stopped",
+                Outcome::Unacked(_) => "unacked",
+            };
+            (kind.to_owned(), attempts)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("dlq".to_owned(), Some(1)),
+            ("skipped".to_owned(), Some(1)),
+            ("stopped".to_owned(), Some(1)),
+            ("dlq".to_owned(), Some(6)), // `?` on an io::Error retries (5 retries), then dead-letters
+            ("done".to_owned(), None),
+        ]
+    );
+    let dlq = broker.published("choose.dlq");
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(
+        dlq[0].headers.get_str(dlq_header::ERROR_KIND),
+        Some("rejected")
+    );
+    assert_eq!(
+        dlq[0].headers.get_str(dlq_header::ERROR),
+        Some("handler failed: will never succeed")
+    );
+}
+
+#[subscriber("panics", retry = 1, dlq = "panics.dlq")]
+async fn panics(n: u32) -> u32 {
+    if n == 0 {
+        panic!("division by zero");
+    }
+    100 / n
+}
+
+#[subscriber("slow", retry = 0, timeout_ms = 50, dlq = "slow.dlq")]
+async fn slow(_body: String) {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn panics_and_timeouts_are_failures_and_the_service_keeps_running() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![panics, slow])
+        .build()
+        .unwrap();
+    broker.publish("0", "panics").await.unwrap();
+    broker.publish("5", "panics").await.unwrap();
+    broker.publish("x", "slow").await.unwrap();
+    let p = broker.published("panics.dlq");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].headers.get_str(dlq_header::ERROR_KIND), Some("panic"));
+    assert_eq!(
+        p[0].headers.get_str(dlq_header::ERROR),
+        Some("handler panicked: division by zero")
+    );
+    assert_eq!(p[0].headers.get_str(dlq_header::ATTEMPTS), Some("2"));
+    assert!(matches!(
+        broker.received("panics")[1].outcome,
+        Outcome::Done(_)
+    ));
+    let s = broker.published("slow.dlq");
+    assert_eq!(
+        s[0].headers.get_str(dlq_header::ERROR_KIND),
+        Some("timeout")
+    );
+    assert_eq!(
+        s[0].headers.get_str(dlq_header::ERROR),
+        Some("handler did not finish within 50ms")
+    );
+}
+
+static MANUAL_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[subscriber("manual", ack = "manual", retry = 2, dlq = "manual.dlq")]
+async fn manual(action: String, acker: Acker) {
+    MANUAL_CALLS.fetch_add(1, Ordering::SeqCst);
+    match action.as_str() {
+        "ack" => acker.ack(),
+        "nack" => acker.nack(),
+        _ => {} // neither
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_ack_nack_and_neither() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![manual])
+        .failure_policy(no_jitter())
+        .build()
+        .unwrap();
+    broker.publish("ack", "manual").await.unwrap();
+    assert_eq!(MANUAL_CALLS.load(Ordering::SeqCst), 1);
+    let started = tokio::time::Instant::now();
+    broker.publish("nack", "manual").await.unwrap();
+    // A nack redelivers after backoff (100 ms, 200 ms), not in a hot loop, then dead-letters.
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(MANUAL_CALLS.load(Ordering::SeqCst), 4);
+    broker.publish("neither", "manual").await.unwrap();
+    let outcomes: Vec<Outcome> = broker
+        .received("manual")
+        .into_iter()
+        .map(|d| d.outcome)
+        .collect();
+    assert!(matches!(outcomes[0], Outcome::Done(_)));
+    assert!(matches!(
+        &outcomes[1],
+        Outcome::DeadLettered {
+            error: HandlerError::Nacked,
+            attempts: 3,
+            ..
+        }
+    ));
+    assert!(matches!(outcomes[2], Outcome::Unacked(_)));
+}
+
+#[derive(Debug, Deserialize)]
+struct Order {
+    #[allow(dead_code)]
+    id: u64,
+    #[allow(dead_code)]
+    amount: i64,
+}
+
+#[subscriber("orders", dlq = "orders.dlq", max_message_bytes = 64)]
+#[publisher("orders-ok")]
+async fn take_order(order: Order) -> String {
+    format!("{order:?}")
+}
+
+#[subscriber("texts", dlq = "texts.dlq")]
+#[publisher("texts-ok")]
+async fn take_text(text: String) -> String {
+    text
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_kind_of_bad_input_is_dead_lettered_and_the_next_message_processed() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![take_order, take_text])
+        .build()
+        .unwrap();
+    let good = r#"{"id": 1, "amount": 5}"#;
+    let mut tombstone = OutgoingMessage::new("orders", "");
+    tombstone.payload = None;
+    let cases: Vec<(OutgoingMessage, &str)> = vec![
+        (OutgoingMessage::new("orders", "not json"), "not valid JSON"),
+        (
+            OutgoingMessage::new("orders", r#"{"id": 1}"#),
+            "missing field `amount`",
+        ),
+        (
+            OutgoingMessage::new("orders", r#"{"id": 1, "amount": "five"}"#),
+            "field `amount`: invalid type: string \"five\"",
+        ),
+        (OutgoingMessage::new("orders", ""), "the payload is empty"),
+        (tombstone, "the payload is null (a tombstone)"),
+        (
+            OutgoingMessage::new(
+                "orders",
+                format!(r#"{{"id": 1, "amount": 5, "note": "{}"}}"#, "x".repeat(80)),
+            ),
+            "exceeds max_message_bytes (64)",
+        ),
+        (
+            OutgoingMessage::new("orders", good).header("content-type", "application/avro"),
+            "unsupported content type \"application/avro\"",
+        ),
+        (
+            OutgoingMessage::new("texts", vec![b'h', b'i', 0xff]),
+            "not valid UTF-8 (invalid byte at position 2)",
+        ),
+    ];
+    let n = cases.len();
+    for (i, (bad, why)) in cases.into_iter().enumerate() {
+        let topic = bad.topic.clone();
+        broker.send(bad).await.unwrap();
+        let dlq = broker.published(&format!("{topic}.dlq"));
+        let last = dlq
+            .last()
+            .unwrap_or_else(|| panic!("case {i} ({why}) was not dead-lettered"));
+        let error = last.headers.get_str(dlq_header::ERROR).unwrap();
+        assert!(
+            error.contains(why),
+            "case {i}: {error:?} does not say {why:?}"
+        );
+        assert_eq!(last.headers.get_str(dlq_header::ERROR_KIND), Some("decode"));
+        assert_eq!(
+            last.headers.get_str(dlq_header::ATTEMPTS),
+            Some("1"),
+            "decode errors are not retried"
+        );
+        // The message after it is processed.
+        broker
+            .publish(if topic == "orders" { good } else { "fine" }, &topic)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        broker.published("orders-ok").len() + broker.published("texts-ok").len(),
+        n
+    );
+    assert_eq!(broker.errors().len(), n);
+}
+
+#[subscriber("no-dlq", retry = 0)]
+async fn no_dlq(_m: Message) -> Result<(), String> {
+    Err("boom".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_dead_letter_topic_the_message_is_logged_and_skipped() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![no_dlq])
+        .build()
+        .unwrap();
+    broker.publish("x", "no-dlq").await.unwrap();
+    assert!(matches!(
+        broker.received("no_dlq")[0].outcome,
+        Outcome::Skipped { attempts: 1, .. }
+    ));
+}

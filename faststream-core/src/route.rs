@@ -188,6 +188,7 @@ pub struct RouteDef {
 
 impl RouteDef {
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)] // called only by generated code
     pub const fn __new(
         name: &'static str,
         file: &'static str,

@@ -382,7 +382,7 @@ async fn pipeline_only(args: &Args) {
         let msg = faststream::Message::new(topic.clone(), payload).at(0, i as i64);
         match pipeline.handle(route, msg).await {
             faststream::Outcome::Done(out) => published += out.len(),
-            faststream::Outcome::Failed(e) => panic!("{e}"),
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(published, args.messages);

@@ -185,7 +185,8 @@ impl PartitionConsumer {
     fn done(&self, offset: i64) {
         if let Some(progress) = &self.progress {
             let next = self.held.map_or(offset + 1, |h| h.min(offset + 1));
-            progress.store(next, Ordering::Release);
+            // Never backwards: with `ack = "first"` the offset was already moved past the batch.
+            progress.fetch_max(next, Ordering::AcqRel);
         }
     }
 

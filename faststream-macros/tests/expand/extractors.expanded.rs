@@ -63,6 +63,7 @@ static __faststream_route_audit: ::faststream::__private::RouteDef = {
         &[::faststream::__private::SubscriberDef::new(&["events"])],
         &[],
         &[::faststream::__private::StateReq::of::<AppState>],
+        ::faststream::__private::PolicyDef::new(),
         __handler,
     )
 };

@@ -28,6 +28,7 @@ pub static __faststream_route_fan_out: ::faststream::__private::RouteDef = {
         &[::faststream::__private::SubscriberDef::new(&["in-1", "in-2"])],
         &["a", "b"],
         &[],
+        ::faststream::__private::PolicyDef::new(),
         __handler,
     )
 };

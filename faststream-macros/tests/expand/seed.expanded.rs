@@ -35,6 +35,7 @@ static __faststream_route_handle_msg: ::faststream::__private::RouteDef = {
         &[::faststream::__private::SubscriberDef::new(&["in_topic"])],
         &["out-topic"],
         &[],
+        ::faststream::__private::PolicyDef::new(),
         __handler,
     )
 };

@@ -38,6 +38,7 @@ static __faststream_route_on_order: ::faststream::__private::RouteDef = {
         ],
         &[],
         &[],
+        ::faststream::__private::PolicyDef::new(),
         __handler,
     )
 };

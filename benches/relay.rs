@@ -175,6 +175,9 @@ async fn parent(args: Args) {
             f.peak_rss_kib as f64 / 1024.0
         );
     }
+    if args.only.is_none() || args.only.as_deref() == Some("sizing") {
+        request_sizing(&client, stamp).await;
+    }
     if results.len() < 2 {
         return;
     }
@@ -187,6 +190,71 @@ async fn parent(args: Args) {
         fw.peak_rss_kib as f64 / raw.peak_rss_kib as f64
     );
     println!("(throughput ratio: higher is better; CPU and RSS ratios: lower is better)");
+}
+
+/// Requests of about 30 KB: written directly with rskafka they wait for a delayed ACK (no
+/// TCP_NODELAY, length prefix and body written separately); through `KafkaBroker` the same
+/// records are sized out of that window.
+async fn request_sizing(client: &Client, stamp: u128) {
+    const ROUNDS: usize = 40;
+    const PER_ROUND: usize = 300; // 300 records of ~100 bytes: a ~30 KB request
+    let value = vec![b'x'; 100];
+    let raw_topic = format!("bench{stamp}-sizing-raw");
+    let fw_topic = format!("bench{stamp}-sizing-fw");
+    for t in [&raw_topic, &fw_topic] {
+        client
+            .controller_client()
+            .unwrap()
+            .create_topic(t.as_str(), 1, 1, 5_000)
+            .await
+            .unwrap();
+    }
+    let pc = partition(client, &raw_topic, 0).await;
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        let records = (0..PER_ROUND)
+            .map(|_| Record {
+                key: None,
+                value: Some(value.clone()),
+                headers: Default::default(),
+                timestamp: chrono::Utc::now(),
+            })
+            .collect();
+        pc.produce(records, Compression::NoCompression)
+            .await
+            .unwrap();
+    }
+    let raw = started.elapsed();
+    let broker = KafkaBroker::new(&bootstrap());
+    broker.partitions(&fw_topic).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        let mut round = tokio::task::JoinSet::new();
+        for _ in 0..PER_ROUND {
+            let (broker, topic, value) = (broker.clone(), fw_topic.clone(), value.clone());
+            round.spawn(async move {
+                broker
+                    .send_message(faststream::OutgoingMessage::new(topic, value).partition(0))
+                    .await
+            });
+        }
+        while let Some(r) = round.join_next().await {
+            r.unwrap().unwrap();
+        }
+    }
+    let fw = started.elapsed();
+    println!();
+    println!(
+        "request sizing: {ROUNDS} rounds of {PER_ROUND} x 100-byte records (~30 KB per round)"
+    );
+    println!(
+        "  raw rskafka, one request per round: {:>8.1} ms per round",
+        raw.as_secs_f64() * 1000.0 / ROUNDS as f64
+    );
+    println!(
+        "  KafkaBroker producer:               {:>8.1} ms per round",
+        fw.as_secs_f64() * 1000.0 / ROUNDS as f64
+    );
 }
 
 async fn prefill(client: &Client, prefix: &str, args: &Args) {

@@ -81,6 +81,8 @@ pub struct Pipeline {
     routes: Vec<&'static RouteDef>,
     defaults: FailurePolicy,
     policies: Vec<FailurePolicy>,
+    /// Each route's publisher topics with the prefix applied (computed once).
+    outputs: Vec<Vec<String>>,
     ctx: Context,
     prefix: String,
     ready: tokio::sync::watch::Sender<bool>,
@@ -94,10 +96,15 @@ impl Pipeline {
             .iter()
             .map(|r| r.policy().resolve(&defaults, str::to_owned))
             .collect();
+        let outputs = routes
+            .iter()
+            .map(|r| r.publishers().iter().map(|t| t.to_string()).collect())
+            .collect();
         Self {
             routes,
             defaults,
             policies,
+            outputs,
             ctx,
             prefix: String::new(),
             ready: tokio::sync::watch::Sender::new(false),
@@ -136,6 +143,16 @@ impl Pipeline {
 
     fn resolve_policies(&mut self) {
         let prefix = self.prefix.clone();
+        self.outputs = self
+            .routes
+            .iter()
+            .map(|r| {
+                r.publishers()
+                    .iter()
+                    .map(|t| format!("{prefix}{t}"))
+                    .collect()
+            })
+            .collect();
         self.policies = self
             .routes
             .iter()
@@ -148,10 +165,12 @@ impl Pipeline {
 
     /// The effective failure policy of `route`.
     pub fn policy(&self, route: &RouteDef) -> &FailurePolicy {
-        self.routes
-            .iter()
-            .position(|r| std::ptr::eq(*r, route))
+        self.index(route)
             .map_or(&self.defaults, |i| &self.policies[i])
+    }
+
+    fn index(&self, route: &RouteDef) -> Option<usize> {
+        self.routes.iter().position(|r| std::ptr::eq(*r, route))
     }
 
     /// The real name of a route's topic or group id: the prefix (if any) followed by `name`.
@@ -312,11 +331,18 @@ impl Pipeline {
         }
         headers.insert(header::CORRELATION_ID, correlation_id);
         let key = body.meta.key.or_else(|| msg.key.clone());
-        route
-            .publishers()
-            .iter()
+        let topics = match self.index(route) {
+            Some(i) => self.outputs[i].clone(),
+            None => route
+                .publishers()
+                .iter()
+                .map(|t| self.topic_name(t))
+                .collect(),
+        };
+        topics
+            .into_iter()
             .map(|topic| OutgoingMessage {
-                topic: self.topic_name(topic),
+                topic,
                 partition: body.meta.partition,
                 key: key.clone(),
                 headers: headers.clone(),

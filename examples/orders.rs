@@ -48,10 +48,20 @@ struct Billing {
 
 /// Bills an order and publishes the invoice to `invoices` (for the customer) and
 /// `audit-log` (for bookkeeping), keyed by customer so one customer's invoices stay in order.
-#[subscriber("orders", group_id = "billing", auto_offset_reset = "earliest", dlq = "orders.dlq")]
+#[subscriber(
+    "orders",
+    group_id = "billing",
+    auto_offset_reset = "earliest",
+    dlq = "orders.dlq"
+)]
 #[publisher("invoices")]
 #[publisher("audit-log")]
-async fn bill(order: Order, key: Key, headers: Headers, billing: State<Billing>) -> Response<Invoice> {
+async fn bill(
+    order: Order,
+    key: Key,
+    headers: Headers,
+    billing: State<Billing>,
+) -> Response<Invoice> {
     let net: u64 = order.items.iter().map(|i| i.cents * u64::from(i.qty)).sum();
     let total_cents = net + net * billing.tax_percent / 100;
     let invoice = Invoice {

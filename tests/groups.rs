@@ -376,3 +376,81 @@ async fn an_aiokafka_member_shares_our_group() {
     member.start_kill().unwrap();
     ours.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_hooks_see_assignments_and_revocations() {
+    use std::sync::{Arc, Mutex};
+    let prefix = unique_prefix("hooks");
+    let client = raw_client().await;
+    create_topic(&client, &format!("{prefix}jobs"), 4).await;
+    create_topic(&client, &format!("{prefix}jobs-done"), 1).await;
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let hooked = |name: &'static str| {
+        let (a, r) = (events.clone(), events.clone());
+        init_logs();
+        let broker = faststream::kafka::KafkaBroker::builder(&bootstrap())
+            .on_partitions_assigned(move |group, parts| {
+                a.lock()
+                    .unwrap()
+                    .push(format!("{name} assigned {group} {}", parts.len()))
+            })
+            .on_partitions_revoked(move |group, parts| {
+                r.lock()
+                    .unwrap()
+                    .push(format!("{name} revoked {group} {}", parts.len()))
+            })
+            .build();
+        faststream::FastStream::new(broker)
+            .with_routes(routes![job])
+            .topic_prefix(&prefix)
+            .with_state(Instance(name))
+    };
+    let group = format!("{prefix}workers");
+    let a = start(hooked("a")).await;
+    let b = start(hooked("b")).await;
+    b.stop().await.unwrap(); // LeaveGroup: a gets all four partitions back
+    let back = format!("a assigned {group} 4");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| **e == back)
+        .count()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:#?}",
+            events.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await.unwrap();
+    let events = events.lock().unwrap().clone();
+    // a: all four, revoked when b joins, two, revoked when b leaves, four, revoked at shutdown.
+    assert_eq!(
+        events.first().unwrap(),
+        &format!("a assigned {group} 4"),
+        "{events:#?}"
+    );
+    assert!(
+        events.contains(&format!("b assigned {group} 2")),
+        "{events:#?}"
+    );
+    assert!(
+        events.contains(&format!("b revoked {group} 2")),
+        "{events:#?}"
+    );
+    assert_eq!(
+        events.last().unwrap(),
+        &format!("a revoked {group} 4"),
+        "{events:#?}"
+    );
+    let assigned = events.iter().filter(|e| e.contains("assigned")).count();
+    let revoked = events.iter().filter(|e| e.contains("revoked")).count();
+    assert_eq!(
+        assigned, revoked,
+        "every assignment ends in a revocation: {events:#?}"
+    );
+}

@@ -407,8 +407,17 @@ async fn the_orders_example_bills_an_order() {
     use tokio::io::AsyncBufReadExt;
     let prefix = unique_prefix("orders");
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("examples/orders");
-    assert!(bin.exists(), "{} is missing: `cargo test` builds the examples", bin.display());
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/orders");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        bin.display()
+    );
     let mut child = tokio::process::Command::new(bin)
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("TOPIC_PREFIX", &prefix)
@@ -431,11 +440,21 @@ async fn the_orders_example_bills_an_order() {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let client = raw_client().await;
     let order = br#"{"id": 7, "customer": "ann", "items": [{"sku": "pen", "cents": 150, "qty": 2}, {"sku": "ink", "cents": 100, "qty": 1}]}"#;
-    produce(&client, &format!("{prefix}orders"), 0, vec![record(Some("o-7"), order, &[("x-source", "web")]), record(None, b"{}", &[])]).await;
+    produce(
+        &client,
+        &format!("{prefix}orders"),
+        0,
+        vec![
+            record(Some("o-7"), order, &[("x-source", "web")]),
+            record(None, b"{}", &[]),
+        ],
+    )
+    .await;
     for topic in ["invoices", "audit-log"] {
         let out = read(&client, &format!("{prefix}{topic}"), 1).await;
         let r = out.values().flatten().next().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(r.record.value.as_ref().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(r.record.value.as_ref().unwrap()).unwrap();
         assert_eq!(v["order_id"], 7);
         assert_eq!(v["total_cents"], 480, "(2 x 150 + 100) + 20% tax");
         assert_eq!(v["lines"], 2);
@@ -446,9 +465,18 @@ async fn the_orders_example_bills_an_order() {
     // The malformed order went to the dead-letter topic.
     let dlq = read(&client, &format!("{prefix}orders.dlq"), 1).await;
     let bad = dlq.values().flatten().next().unwrap();
-    assert!(String::from_utf8_lossy(&bad.record.headers["x-faststream-error"]).contains("missing field `id`"));
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().unwrap().to_string()]).status().unwrap();
+    assert!(
+        String::from_utf8_lossy(&bad.record.headers["x-faststream-error"])
+            .contains("missing field `id`")
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(TIMEOUT, child.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
 }

@@ -47,6 +47,26 @@ pub(crate) struct Config {
     pub(crate) max_queued_bytes: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) group: GroupDefaults,
+    pub(crate) hooks: RebalanceHooks,
+}
+
+/// Called with the group id and the partitions, after partitions are assigned (and their
+/// consumers started) or revoked (and their done offsets committed).
+pub type RebalanceHook = Arc<dyn Fn(&str, &[(String, i32)]) + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub(crate) struct RebalanceHooks {
+    pub(crate) assigned: Option<RebalanceHook>,
+    pub(crate) revoked: Option<RebalanceHook>,
+}
+
+impl std::fmt::Debug for RebalanceHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RebalanceHooks")
+            .field("assigned", &self.assigned.is_some())
+            .field("revoked", &self.revoked.is_some())
+            .finish()
+    }
 }
 
 /// Consumer-group settings for routes that do not set their own.
@@ -197,6 +217,26 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// Calls `hook(group, partitions)` each time this service is assigned partitions in a
+    /// consumer group, after their consumers started.
+    pub fn on_partitions_assigned(
+        mut self,
+        hook: impl Fn(&str, &[(String, i32)]) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.hooks.assigned = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook(group, partitions)` each time partitions are taken from this service (a
+    /// rebalance or shutdown), after their consumers finished and their offsets were committed.
+    pub fn on_partitions_revoked(
+        mut self,
+        hook: impl Fn(&str, &[(String, i32)]) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.hooks.revoked = Some(Arc::new(hook));
+        self
+    }
+
     /// Builds the handle; nothing connects until it is used.
     pub fn build(self) -> KafkaBroker {
         let config = Arc::new(self.config);
@@ -266,6 +306,7 @@ impl KafkaBroker {
                     commit_interval: Duration::from_secs(1),
                     assignor: Assignor::Range,
                 },
+                hooks: RebalanceHooks::default(),
             },
         }
     }

@@ -147,11 +147,17 @@ impl GroupRunner {
                     continue;
                 }
             };
+            if let Some(hook) = &self.config.hooks.assigned {
+                hook(&self.group, &generation.assigned);
+            }
             if !ready_sent {
                 let _ = self.ready.send(());
                 ready_sent = true;
             }
             let ended = self.serve_generation(&mut conn, &generation, running).await;
+            if let Some(hook) = &self.config.hooks.revoked {
+                hook(&self.group, &generation.assigned);
+            }
             match ended {
                 Ended::Shutdown => {
                     self.leave(&mut conn, &generation.member_id).await;

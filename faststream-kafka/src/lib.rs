@@ -18,7 +18,7 @@ mod group;
 mod produce;
 mod protocol;
 
-pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics};
+pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics, RebalanceHook};
 pub use error::KafkaError;
 pub use produce::partition_for_key;
 pub use rskafka::client::partition::Compression;

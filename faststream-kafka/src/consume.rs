@@ -315,8 +315,21 @@ async fn fetch_loop(
     let mut lag_logged = Instant::now();
     loop {
         let started = Instant::now();
+        // The client retries lost connections internally; bound each fetch so an unreachable
+        // broker shows up in our logs with topic, partition and offset.
+        let limit = config.request_timeout + config.fetch_max_wait;
+        let fetch = tokio::time::timeout(
+            limit,
+            pc.fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms),
+        );
         let res = tokio::select! {
-            res = pc.fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms) => res,
+            res = fetch => match res {
+                Ok(res) => res,
+                Err(_) => {
+                    tracing::warn!(topic, partition, offset, timeout = ?limit, "fetch failed: no answer from the broker; retrying");
+                    continue;
+                }
+            },
             () = shutdown.wait() => return,
         };
         match res {

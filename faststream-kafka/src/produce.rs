@@ -335,7 +335,13 @@ async fn send(
                 .iter()
                 .map(|m| to_record(m, now))
                 .collect();
-            match pc.produce(records, config.compression).await {
+            let limit = config.request_timeout;
+            let attempt = tokio::time::timeout(limit, pc.produce(records, config.compression));
+            let result = match attempt.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer from the broker within {limit:?}")),
+            };
+            match result {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::error!(

@@ -376,3 +376,25 @@ async fn all_registered_routes_are_collected() {
     sorted.sort();
     assert_eq!(names, sorted, "routes come sorted by path");
 }
+
+#[tokio::test]
+async fn a_test_broker_can_run_every_registered_route() {
+    // Every route in this test binary; `audit` needs its state.
+    let broker = TestBroker::builder()
+        .with_state(Stats::default())
+        .build()
+        .unwrap();
+    broker
+        .publish(r#"{"user": "eve", "user_id": 3}"#, "in_topic")
+        .await
+        .unwrap();
+    broker.publish("2", "chain-a").await.unwrap();
+    assert_eq!(
+        broker.published("out-topic")[0].text(),
+        Some("User: 3 - eve registered")
+    );
+    assert_eq!(
+        broker.published("chain-d")[0].text(),
+        Some(r#"["chain-a","4"]"#)
+    );
+}

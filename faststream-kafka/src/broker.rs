@@ -126,9 +126,9 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// How long the client retries one request on connection errors before giving up on that
-    /// attempt (default 30 s). The runtime logs the failure and retries with backoff, so this
-    /// bounds how long a dead broker goes unreported.
+    /// How long one fetch or produce may take (beyond the fetch wait) before the runtime logs
+    /// it with topic and partition and tries again (default 30 s); also bounds the client's own
+    /// retries of a request. A broker that goes away mid-run is thus reported, never a silent hang.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
         self

@@ -158,56 +158,6 @@ async fn a_third_member_joins_and_leaves_without_losing_messages() {
     b.stop().await.unwrap();
 }
 
-/// A `group_worker` example process (built by `cargo test` with the other examples).
-struct Worker {
-    child: tokio::process::Child,
-}
-
-impl Worker {
-    async fn spawn(name: &str, prefix: &str) -> Worker {
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples/group_worker");
-        assert!(
-            bin.exists(),
-            "{} is missing: run the suite with `cargo test` (which builds the examples)",
-            bin.display()
-        );
-        let mut child = tokio::process::Command::new(bin)
-            .env("KAFKA_BOOTSTRAP", bootstrap())
-            .env("WORKER_NAME", name)
-            .env("TOPIC_PREFIX", prefix)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        // Wait for its "ready" log line.
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::time::timeout(TIMEOUT, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains(" ready") {
-                    return;
-                }
-            }
-            panic!("worker {name} exited before it was ready");
-        })
-        .await
-        .expect("worker ready in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Worker { child }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().unwrap().to_string()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_loses_nothing() {
     let prefix = unique_prefix("kill");
@@ -215,14 +165,17 @@ async fn a_killed_member_loses_nothing() {
     let (input, output) = (format!("{prefix}jobs"), format!("{prefix}jobs-done"));
     create_topic(&client, &input, 4).await;
     create_topic(&client, &output, 1).await;
-    let (mut w1, w2) = tokio::join!(Worker::spawn("w1", &prefix), Worker::spawn("w2", &prefix));
+    let (mut w1, w2) = tokio::join!(
+        spawn_example("group_worker", &prefix, &[("WORKER_NAME", "w1")]),
+        spawn_example("group_worker", &prefix, &[("WORKER_NAME", "w2")])
+    );
     const N: u64 = 2_000;
     for batch in 0..20 {
         produce_range(&client, &input, batch * 100..(batch + 1) * 100).await;
         if batch == 10 {
             // SIGKILL: no revoke, no final commit, no LeaveGroup.
-            w1.child.start_kill().unwrap();
-            w1.child.wait().await.unwrap();
+            w1.start_kill().unwrap();
+            w1.wait().await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -264,17 +217,7 @@ async fn a_killed_member_loses_nothing() {
     assert_eq!(lost, 0);
     assert!(out.values().flatten().any(|(w, _)| w == "w2"));
     // Graceful stop of the survivor.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &w2.pid()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut w2 = w2;
-    let exit = tokio::time::timeout(TIMEOUT, w2.child.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
+    terminate(w2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,40 +404,8 @@ async fn explicit_partitions_are_the_only_ones_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_orders_example_bills_an_order() {
-    use tokio::io::AsyncBufReadExt;
     let prefix = unique_prefix("orders");
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/orders");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        bin.display()
-    );
-    let mut child = tokio::process::Command::new(bin)
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("TOPIC_PREFIX", &prefix)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains(" ready") {
-                return;
-            }
-        }
-        panic!("the orders example exited before it was ready");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let child = spawn_example("orders", &prefix, &[]).await;
     let client = raw_client().await;
     let order = br#"{"id": 7, "customer": "ann", "items": [{"sku": "pen", "cents": 150, "qty": 2}, {"sku": "ink", "cents": 100, "qty": 1}]}"#;
     produce(
@@ -469,14 +437,5 @@ async fn the_orders_example_bills_an_order() {
         String::from_utf8_lossy(&bad.record.headers["x-faststream-error"])
             .contains("missing field `id`")
     );
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(TIMEOUT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
+    terminate(child).await;
 }

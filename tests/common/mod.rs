@@ -229,3 +229,64 @@ pub fn init_logs() {
             .init();
     });
 }
+
+/// Starts example `name` (built by `cargo test` beside the test binaries) with the test broker,
+/// `prefix` as its `TOPIC_PREFIX` and `envs`, and waits for its "ready" log line.
+pub async fn spawn_example(
+    name: &str,
+    prefix: &str,
+    envs: &[(&str, &str)],
+) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `cargo test` (which builds the examples)",
+        bin.display()
+    );
+    let mut child = tokio::process::Command::new(bin)
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("TOPIC_PREFIX", prefix)
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(" ready") {
+                return;
+            }
+        }
+        panic!("example {name} exited before it was ready");
+    })
+    .await
+    .expect("the example gets ready in time");
+    // Keep reading so the example never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// Sends SIGTERM to `child` and checks it exits cleanly within the timeout.
+pub async fn terminate(mut child: tokio::process::Child) {
+    let pid = child.id().expect("still running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

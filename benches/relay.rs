@@ -10,6 +10,7 @@
 //! - `raw`: a relay written directly on rskafka (fetch each partition, parse, format, produce
 //!   each fetched batch with a bounded window of requests in flight);
 //! - `framework`: the seed handler (`#[subscriber]` + `#[publisher]`) on `KafkaBroker`;
+//! - `framework-bare`: the same with `compat_headers(false)` (no FastStream headers);
 //! - `pipeline`: the framework's handler pipeline alone, in memory (no network).
 //!
 //! A relay's clock runs from its start until the output topic holds all N messages (read from
@@ -120,12 +121,18 @@ async fn parent(args: Args) {
         bootstrap()
     );
     let mut results = Vec::new();
-    for kind in ["raw", "framework", "pipeline", "test-broker"] {
+    for kind in [
+        "raw",
+        "framework",
+        "framework-bare",
+        "pipeline",
+        "test-broker",
+    ] {
         if args.only.as_deref().is_some_and(|o| o != kind) {
             continue;
         }
         let prefix = format!("bench{stamp}-{kind}.");
-        if kind == "raw" || kind == "framework" {
+        if kind == "raw" || kind.starts_with("framework") {
             let t = Instant::now();
             prefill(&client, &prefix, &args).await;
             println!(
@@ -181,14 +188,16 @@ async fn parent(args: Args) {
     if results.len() < 2 {
         return;
     }
-    let (raw, fw) = (results[0].1, results[1].1);
-    println!(
-        "{:<12} {:>12.2} {:>16.2} {:>14.2}",
-        "fw / raw",
-        raw.seconds / fw.seconds,
-        fw.cpu_seconds / raw.cpu_seconds,
-        fw.peak_rss_kib as f64 / raw.peak_rss_kib as f64
-    );
+    let raw = results[0].1;
+    for (kind, fw) in results.iter().filter(|(k, _)| k.starts_with("framework")) {
+        println!(
+            "{:<12} {:>12.2} {:>16.2} {:>14.2}",
+            format!("{} / raw", if *kind == "framework" { "fw" } else { "bare" }),
+            raw.seconds / fw.seconds,
+            fw.cpu_seconds / raw.cpu_seconds,
+            fw.peak_rss_kib as f64 / raw.peak_rss_kib as f64
+        );
+    }
     println!("(throughput ratio: higher is better; CPU and RSS ratios: lower is better)");
 }
 
@@ -303,7 +312,8 @@ async fn child(kind: &str, args: &Args) {
     let started = Instant::now();
     match kind {
         "raw" => raw_relay(args).await,
-        "framework" => framework_relay(args).await,
+        "framework" => framework_relay(args, true).await,
+        "framework-bare" => framework_relay(args, false).await,
         "pipeline" => pipeline_only(args).await,
         "test-broker" => test_broker(args).await,
         other => panic!("unknown child {other}"),
@@ -410,11 +420,13 @@ async fn raw_relay(args: &Args) {
     while tasks.join_next().await.is_some() {}
 }
 
-async fn framework_relay(args: &Args) {
+/// The seed handler on `KafkaBroker`; `compat` = FastStream's headers on every output.
+async fn framework_relay(args: &Args, compat: bool) {
     let broker = KafkaBroker::new(&bootstrap());
     let client = broker.client().await.unwrap();
     let app = FastStream::new(broker)
         .with_routes(routes![handle_msg])
+        .compat_headers(compat)
         .topic_prefix(args.prefix.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async {

@@ -439,3 +439,35 @@ async fn the_orders_example_bills_an_order() {
     );
     terminate(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_headers_can_be_turned_off() {
+    let prefix = unique_prefix("bare");
+    let client = raw_client().await;
+    let running = start(app(routes![echo_meta], &prefix).compat_headers(false)).await;
+    produce(
+        &client,
+        &format!("{prefix}meta"),
+        0,
+        vec![
+            record(None, b"plain", &[]),
+            record(None, b"traced", &[("correlation_id", "cid-2")]),
+        ],
+    )
+    .await;
+    let out = read(&client, &format!("{prefix}meta-out"), 2).await;
+    let recs: Vec<_> = out.values().flatten().collect();
+    let names = |i: usize| recs[i].record.headers.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(0),
+        ["x-handled"],
+        "no content-type, no generated correlation id"
+    );
+    assert_eq!(
+        names(1),
+        ["correlation_id", "x-handled"],
+        "an incoming correlation id is passed on"
+    );
+    assert_eq!(recs[1].record.headers["correlation_id"], b"cid-2");
+    running.stop().await.unwrap();
+}

@@ -172,7 +172,7 @@ impl KafkaBrokerBuilder {
     }
 
     /// Bytes of messages that may wait in each target partition's produce queue (default
-    /// 16 MiB); beyond that publishing waits.
+    /// 4 MiB); beyond that publishing waits.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.config.max_queued_bytes =
             bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
@@ -297,7 +297,7 @@ impl KafkaBroker {
                     partitions: 1,
                     replication_factor: 1,
                 },
-                max_queued_bytes: 16 * 1024 * 1024,
+                max_queued_bytes: 4 * 1024 * 1024,
                 max_in_flight: 10_000,
                 group: GroupDefaults {
                     session_timeout: Duration::from_secs(10),

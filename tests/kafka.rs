@@ -349,7 +349,8 @@ async fn publish_api_sets_key_headers_and_partition() {
             .unwrap()
             .key("k")
             .header("x-h", "v")
-            .partition(2),
+            .partition(2)
+            .timestamp(1_700_000_000_123),
         )
         .await
         .unwrap();
@@ -360,6 +361,11 @@ async fn publish_api_sets_key_headers_and_partition() {
     assert_eq!(last.key.as_deref(), Some(&b"k"[..]));
     assert_eq!(last.headers["x-h"], b"v");
     assert_eq!(last.headers["content-type"], b"application/json");
+    assert_eq!(
+        last.timestamp.timestamp_millis(),
+        1_700_000_000_123,
+        "the timestamp round-trips"
+    );
     assert_eq!(out.values().map(Vec::len).sum::<usize>(), 2);
 }
 
@@ -469,5 +475,31 @@ async fn compat_headers_can_be_turned_off() {
         "an incoming correlation id is passed on"
     );
     assert_eq!(recs[1].record.headers["correlation_id"], b"cid-2");
+    running.stop().await.unwrap();
+}
+
+#[subscriber("stamped", auto_offset_reset = "earliest")]
+#[publisher("stamped-out")]
+async fn stamped(_body: String, ts: faststream::Timestamp, offset: faststream::Offset) -> String {
+    format!("{}@{}", ts.0.unwrap_or(-1), offset.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_see_record_timestamps_and_offsets() {
+    let prefix = unique_prefix("stamped");
+    let client = raw_client().await;
+    let mut r = record(None, b"x", &[]);
+    r.timestamp = chrono::DateTime::from_timestamp_millis(1_650_000_000_456).unwrap();
+    produce(
+        &client,
+        &format!("{prefix}stamped"),
+        0,
+        vec![record(None, b"first", &[]), r],
+    )
+    .await;
+    let running = start(app(routes![stamped], &prefix)).await;
+    let out = read(&client, &format!("{prefix}stamped-out"), 2).await;
+    let got: Vec<String> = out.values().flatten().map(text).collect();
+    assert_eq!(got[1], "1650000000456@1");
     running.stop().await.unwrap();
 }

@@ -46,6 +46,7 @@ pub struct Context {
     state: Arc<StateMap>,
     publisher: Publisher,
     acker: Option<Acker>,
+    correlation_id: Option<bytes::Bytes>,
 }
 
 impl Context {
@@ -55,14 +56,21 @@ impl Context {
             state,
             publisher,
             acker: None,
+            correlation_id: None,
         }
     }
 
-    pub(crate) fn with_acker(&self, acker: Acker) -> Self {
+    /// The context of one handler run: its acker (manual ack) and correlation id.
+    pub(crate) fn for_attempt(
+        &self,
+        acker: Option<Acker>,
+        correlation_id: Option<bytes::Bytes>,
+    ) -> Self {
         Self {
             state: self.state.clone(),
             publisher: self.publisher.clone(),
-            acker: Some(acker),
+            acker,
+            correlation_id,
         }
     }
 
@@ -132,15 +140,18 @@ impl Key {
     }
 }
 
-/// The correlation id: the incoming `correlation_id` header, which every message published while
-/// handling this one carries too.
+/// The correlation id: the incoming `correlation_id` header (or, when absent, the one generated
+/// for this message), which every message published while handling it carries too.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorrelationId(pub String);
 
 impl FromMessage for CorrelationId {
-    fn from_message(msg: &Message, _: &Context) -> Result<Self, DecodeError> {
-        // The pipeline assigns one to every message that arrives without it.
-        Ok(CorrelationId(msg.correlation_id().unwrap_or("").to_owned()))
+    fn from_message(msg: &Message, ctx: &Context) -> Result<Self, DecodeError> {
+        let id = match &ctx.correlation_id {
+            Some(id) => String::from_utf8_lossy(id).into_owned(),
+            None => msg.correlation_id().unwrap_or("").to_owned(),
+        };
+        Ok(CorrelationId(id))
     }
 }
 

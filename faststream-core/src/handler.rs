@@ -201,23 +201,20 @@ impl Pipeline {
     /// Handles `msg` with `route`: decode, call, encode, address the reply to every publisher
     /// topic; on failure, retry and dead-letter per the route's [`FailurePolicy`]. Every failure
     /// is logged with topic, partition, offset and handler.
-    pub async fn handle(&self, route: &RouteDef, mut msg: Message) -> Outcome {
+    pub async fn handle(&self, route: &RouteDef, msg: Message) -> Outcome {
         let policy = self.policy(route);
+        // The message stays as received; a generated id travels in the handler's context.
         let correlation_id = match msg.headers.get(header::CORRELATION_ID) {
             Some(id) => Some(id.clone()),
-            None if self.compat_headers => {
-                let id = bytes::Bytes::from(new_correlation_id());
-                msg.headers.insert(header::CORRELATION_ID, id.clone());
-                Some(id)
-            }
+            None if self.compat_headers => Some(bytes::Bytes::from(new_correlation_id())),
             None => None,
         };
         let mut attempts = 0;
         let (error, action) = loop {
             attempts += 1;
-            let err = match self.attempt(route, policy, &msg).await {
+            let err = match self.attempt(route, policy, &msg, &correlation_id).await {
                 Attempt::Ok(reply, acked) => {
-                    let outputs = self.address(route, reply, &msg, correlation_id);
+                    let outputs = self.address(route, reply, &msg, correlation_id.clone());
                     return if acked {
                         Outcome::Done(outputs)
                     } else {
@@ -292,7 +289,13 @@ impl Pipeline {
     }
 
     /// Runs the handler once: size check, timeout, panic capture, manual ack.
-    async fn attempt(&self, route: &RouteDef, policy: &FailurePolicy, msg: &Message) -> Attempt {
+    async fn attempt(
+        &self,
+        route: &RouteDef,
+        policy: &FailurePolicy,
+        msg: &Message,
+        correlation_id: &Option<bytes::Bytes>,
+    ) -> Attempt {
         if let (Some(max), Some(payload)) = (policy.max_message_bytes, &msg.payload) {
             if payload.len() > max {
                 return Attempt::Err(HandlerError::Decode(DecodeError::new(
@@ -305,10 +308,7 @@ impl Pipeline {
             }
         }
         let acker = (policy.ack == AckMode::Manual).then(Acker::new);
-        let ctx = match &acker {
-            Some(a) => self.ctx.with_acker(a.clone()),
-            None => self.ctx.clone(),
-        };
+        let ctx = self.ctx.for_attempt(acker.clone(), correlation_id.clone());
         let call = CatchUnwind((route.handler)(msg.clone(), ctx));
         let result = match policy.timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -352,17 +352,25 @@ impl Pipeline {
                 .map(|t| self.topic_name(t))
                 .collect(),
         };
-        topics
-            .into_iter()
-            .map(|topic| OutgoingMessage {
+        let mut outputs = Vec::with_capacity(topics.len());
+        let last = topics.len().saturating_sub(1);
+        for (i, topic) in topics.into_iter().enumerate() {
+            // The last output takes the headers instead of a copy.
+            let headers = if i == last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            outputs.push(OutgoingMessage {
                 topic,
                 partition: body.meta.partition,
                 key: key.clone(),
-                headers: headers.clone(),
+                headers,
                 payload: Some(body.payload.clone()),
                 timestamp: None,
-            })
-            .collect()
+            });
+        }
+        outputs
     }
 }
 

@@ -366,3 +366,25 @@ async fn an_unacked_message_holds_back_the_commit_and_is_redelivered() {
     );
     assert_eq!(calls_of("manual:forget"), 2, "unacked: redelivered");
 }
+
+#[subscriber("only", auto_offset_reset = "earliest", on_failure = "stop", retry = 0)]
+async fn only_partition(_body: String) -> Result<(), Failure> {
+    Err(Failure::stop("cannot go on"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_consumers_all_stopped_exits_with_an_error() {
+    let prefix = unique_prefix("only");
+    let client = raw_client().await;
+    let topic = format!("{prefix}only");
+    create_topic(&client, &topic, 1).await;
+    produce(&client, &topic, 0, vec![record(None, b"x", &[])]).await;
+    let res = tokio::time::timeout(
+        TIMEOUT,
+        app(routes![only_partition], &prefix).run_until(std::future::pending()),
+    )
+    .await
+    .expect("the service ends by itself");
+    let err = res.unwrap_err().to_string();
+    assert!(err.contains("every partition consumer stopped"), "{err}");
+}

@@ -487,6 +487,11 @@ impl KafkaBroker {
             }
         }
         self.shared.producers.flush().await;
+        if !shutdown.is_triggered() {
+            // Every consumer ended on its own (each logged why, e.g. `on_failure = "stop"`):
+            // exiting successfully would hide it.
+            return Err(KafkaError::ConsumersStopped);
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -33,6 +33,9 @@ pub enum KafkaError {
         /// The client's error.
         source: rskafka::client::error::Error,
     },
+    /// Every partition consumer stopped before shutdown was requested (see the error logs).
+    #[error("every partition consumer stopped (see the error log: a failure policy with on_failure = \"stop\", or a topic that cannot be published to); the service has nothing left to do")]
+    ConsumersStopped,
     /// The broker handle was shut down.
     #[error("the producer was shut down")]
     Closed,

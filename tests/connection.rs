@@ -66,55 +66,6 @@ impl Proxy {
     }
 }
 
-/// A broker of this test's own, listening on a free port and advertising the proxy's.
-/// Killed when dropped.
-struct OwnBroker(#[allow(dead_code)] tokio::process::Child);
-
-impl OwnBroker {
-    async fn start(advertised_port: u16) -> (OwnBroker, String) {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new(root.join("scripts/kafka-dev"))
-            .arg("install")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised_port}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        for _ in 0..200 {
-            if TcpStream::connect(&addr).await.is_ok() {
-                return (OwnBroker(child), addr);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the test's own broker did not start");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_and_resumes_after_losing_the_broker() {
     init_logs();
@@ -124,7 +75,7 @@ async fn reconnects_and_resumes_after_losing_the_broker() {
         .local_addr()
         .unwrap()
         .port();
-    let (_broker, broker_addr) = OwnBroker::start(proxy_port).await;
+    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
     let proxy = Proxy::start_on(proxy_port, broker_addr).await;
     let bootstrap = format!("127.0.0.1:{}", proxy.port);
     let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])

@@ -503,3 +503,33 @@ async fn handlers_see_record_timestamps_and_offsets() {
     assert_eq!(got[1], "1650000000456@1");
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_example_relays_100k_messages() {
+    const N: usize = 100_000;
+    // Its own broker: the example's topic names and group are fixed.
+    let (_broker, addr) = OwnBroker::start(None).await;
+    let client = rskafka::client::ClientBuilder::new(vec![addr.clone()])
+        .build()
+        .await
+        .unwrap();
+    create_topic(&client, "in_topic", 1).await;
+    let hello = spawn_example("hello", "", &[("KAFKA_BOOTSTRAP", addr.as_str())]).await;
+    let input: Vec<_> = (0..N)
+        .map(|i| {
+            record(
+                None,
+                format!(r#"{{"user": "u{i}", "user_id": {i}}}"#).as_bytes(),
+                &[],
+            )
+        })
+        .collect();
+    produce(&client, "in_topic", 0, input).await;
+    let out = read(&client, "out-topic", N).await;
+    let got: Vec<String> = out.values().flatten().map(text).collect();
+    assert_eq!(got.len(), N);
+    for (i, line) in got.iter().enumerate() {
+        assert_eq!(line, &format!("User: {i} - u{i} registered"));
+    }
+    terminate(hello).await;
+}

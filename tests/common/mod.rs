@@ -290,3 +290,55 @@ pub async fn terminate(mut child: tokio::process::Child) {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// A broker of the test's own (killed when dropped), listening on a free port and advertising
+/// `advertised_port` (a proxy's) or its own. For tests that need fixed topic names or to cut
+/// the connection.
+pub struct OwnBroker(#[allow(dead_code)] tokio::process::Child);
+
+impl OwnBroker {
+    /// Starts it and returns it with its listening address.
+    pub async fn start(advertised_port: Option<u16>) -> (OwnBroker, String) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(root.join("scripts/kafka-dev"))
+            .arg("install")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let advertised = advertised_port.unwrap_or(port);
+        let child = tokio::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return (OwnBroker(child), addr);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the test's own broker did not start");
+    }
+}

@@ -533,3 +533,24 @@ async fn the_hello_example_relays_100k_messages() {
     }
     terminate(hello).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_a_partition_that_does_not_exist_is_an_error() {
+    let prefix = unique_prefix("nopart");
+    let client = raw_client().await;
+    let topic = format!("{prefix}t");
+    create_topic(&client, &topic, 2).await;
+    let broker = KafkaBroker::new(&bootstrap());
+    let err = tokio::time::timeout(
+        TIMEOUT,
+        broker.send_message(faststream::OutgoingMessage::new(&topic, "x").partition(5)),
+    )
+    .await
+    .expect("fails instead of hanging")
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("partition 5") && err.contains("2 partition(s)"),
+        "{err}"
+    );
+}

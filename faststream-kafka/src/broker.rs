@@ -338,9 +338,7 @@ impl KafkaBroker {
         let ack = acks.pop().ok_or(KafkaError::Closed)?;
         match ack.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(faststream_core::Error::transport(KafkaError::Unsupported(
-                format!("publish to {topic:?} failed: {reason}"),
-            ))),
+            Ok(Err(reason)) => Err(KafkaError::Publish { topic, reason }.into()),
             Err(_) => Err(KafkaError::Closed.into()),
         }
     }
@@ -407,7 +405,7 @@ impl KafkaBroker {
                     let partitions: Vec<i32> = match sub.assigned_partitions() {
                         Some(list) => {
                             if let Some(bad) = list.iter().find(|p| **p >= count) {
-                                return Err(KafkaError::Unsupported(format!(
+                                return Err(KafkaError::InvalidPartition(format!(
                                     "{} ({}) asks for partition {bad} of topic {topic:?}, which has {count} partition(s)",
                                     route.name(),
                                     route.location()

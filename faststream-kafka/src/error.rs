@@ -22,9 +22,18 @@ pub enum KafkaError {
         /// The missing topics.
         topics: Vec<String>,
     },
-    /// A feature the routes ask for is not available on this transport yet.
+    /// A route or message asks for something the cluster does not have (a partition number
+    /// beyond the topic's partitions).
     #[error("{0}")]
-    Unsupported(String),
+    InvalidPartition(String),
+    /// A published message was not delivered.
+    #[error("publish to {topic:?} failed: {reason}")]
+    Publish {
+        /// Target topic.
+        topic: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An error from the Kafka client.
     #[error("Kafka client error on {context}: {source}")]
     Client {

@@ -93,7 +93,16 @@ impl Producers {
         let mut sticky: Vec<(String, i32)> = Vec::new();
         for msg in msgs {
             let partition = match msg.partition {
-                Some(p) => p,
+                Some(p) => {
+                    let count = self.partition_count(client, &msg.topic).await?;
+                    if !(0..count).contains(&p) {
+                        return Err(KafkaError::InvalidPartition(format!(
+                            "partition {p} of topic {:?}, which has {count} partition(s)",
+                            msg.topic
+                        )));
+                    }
+                    p
+                }
                 None => {
                     let count = self.partition_count(client, &msg.topic).await?;
                     match &msg.key {
@@ -179,7 +188,9 @@ impl Producers {
         partition: i32,
     ) -> Result<Queue, KafkaError> {
         let index = usize::try_from(partition).map_err(|_| {
-            KafkaError::Unsupported(format!("invalid partition {partition} for topic {topic:?}"))
+            KafkaError::InvalidPartition(format!(
+                "invalid partition {partition} for topic {topic:?}"
+            ))
         })?;
         let mut queues = lock(&self.queues);
         let slots = match queues.get_mut(topic) {

@@ -344,17 +344,21 @@ impl Pipeline {
             headers.insert(header::CORRELATION_ID, id);
         }
         let key = body.meta.key.or_else(|| msg.key.clone());
-        let topics = match self.index(route) {
-            Some(i) => self.outputs[i].clone(),
-            None => route
-                .publishers()
-                .iter()
-                .map(|t| self.topic_name(t))
-                .collect(),
+        let computed;
+        let topics: &[String] = match self.index(route) {
+            Some(i) => &self.outputs[i],
+            None => {
+                computed = route
+                    .publishers()
+                    .iter()
+                    .map(|t| self.topic_name(t))
+                    .collect::<Vec<_>>();
+                &computed
+            }
         };
         let mut outputs = Vec::with_capacity(topics.len());
         let last = topics.len().saturating_sub(1);
-        for (i, topic) in topics.into_iter().enumerate() {
+        for (i, topic) in topics.iter().cloned().enumerate() {
             // The last output takes the headers instead of a copy.
             let headers = if i == last {
                 std::mem::take(&mut headers)

@@ -24,31 +24,30 @@ impl AttrKind {
     }
 
     /// The options this attribute accepts, in the order the error message lists them.
-    fn valid_keys(self) -> &'static [&'static str] {
+    fn valid_keys(self) -> Vec<&'static str> {
         match self {
-            AttrKind::Subscriber => &[
-                "group_id",
-                "auto_offset_reset",
-                "partitions",
-                "assignor",
-                "session_timeout_ms",
-                "heartbeat_interval_ms",
-                "rebalance_timeout_ms",
-                "commit_interval_ms",
-                "retry",
-                "retry_backoff_ms",
-                "retry_max_backoff_ms",
-                "dlq",
-                "on_failure",
-                "timeout_ms",
-                "max_message_bytes",
-                "ack",
-                "crate",
-            ],
-            AttrKind::Publisher => &[],
+            AttrKind::Subscriber => CONSUMER_KEYS
+                .iter()
+                .chain(POLICY_KEYS)
+                .chain(&["crate"])
+                .copied()
+                .collect(),
+            AttrKind::Publisher => Vec::new(),
         }
     }
 }
+
+/// Consumer options of one `#[subscriber]`.
+const CONSUMER_KEYS: &[&str] = &[
+    "group_id",
+    "auto_offset_reset",
+    "partitions",
+    "assignor",
+    "session_timeout_ms",
+    "heartbeat_interval_ms",
+    "rebalance_timeout_ms",
+    "commit_interval_ms",
+];
 
 /// Collects errors so every one of them is reported.
 #[derive(Default)]

@@ -8,6 +8,8 @@
 //! - the message model: [`Message`], [`OutgoingMessage`], [`Headers`];
 //! - routes: [`RouteDef`] (what `#[subscriber]` emits), the registry and startup validation;
 //! - the handler pipeline ([`Pipeline`]): decode, call, encode, outcome;
+//! - the failure policy ([`FailurePolicy`]): retries, dead-letter topics, [`Failure`] kinds,
+//!   ack modes ([`AckMode`], [`Acker`]);
 //! - extractors ([`Key`], [`Headers`], [`State`], ...) and codecs ([`Json`], text, bytes);
 //! - the app lifecycle ([`FastStream`]) and the transport seam ([`Transport`]);
 //! - the in-memory [`testing::TestBroker`].

@@ -8,8 +8,12 @@
 //! partition, Kafka's murmur2 partitioner for keyed messages). On shutdown it stops fetching,
 //! finishes the message in hand, waits for the acks of everything it produced and flushes.
 //!
-//! Not yet here: consumer groups and offset commits (a `group_id` is refused at startup), TLS
-//! and SASL settings.
+//! Routes with a `group_id` join that consumer group (Kafka's classic group protocol, spoken with
+//! the `kafka-protocol` crate since rskafka has no groups): partitions are assigned by the group,
+//! consumers start from committed offsets, and done offsets are committed periodically, on
+//! revoke and on shutdown (at-least-once by default).
+//!
+//! Not yet here: TLS and SASL settings.
 
 mod broker;
 mod consume;

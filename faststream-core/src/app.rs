@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::extract::{Context, StateMap};
 use crate::handler::{Pipeline, Ready};
 use crate::policy::FailurePolicy;
-use crate::route::{registered_routes, validate, RouteDef};
+use crate::route::{resolve_routes, RouteDef};
 use crate::transport::{Publisher, Shutdown, Transport};
 use crate::{Error, Result};
 
@@ -97,9 +97,7 @@ impl<T: Transport> FastStream<T> {
 
     /// The routes this app will run, validated against its state.
     pub fn routes(&self) -> Result<Vec<&'static RouteDef>> {
-        let routes = self.routes.clone().unwrap_or_else(registered_routes);
-        validate(&routes, &self.state).map_err(Error::InvalidRoutes)?;
-        Ok(routes)
+        resolve_routes(self.routes.clone(), &self.state)
     }
 
     /// Runs until SIGINT (Ctrl-C) or SIGTERM, then stops gracefully.

@@ -92,25 +92,18 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline over validated `routes`.
     pub fn new(routes: Vec<&'static RouteDef>, ctx: Context) -> Self {
-        let defaults = FailurePolicy::default();
-        let policies = routes
-            .iter()
-            .map(|r| r.policy().resolve(&defaults, str::to_owned))
-            .collect();
-        let outputs = routes
-            .iter()
-            .map(|r| r.publishers().iter().map(|t| t.to_string()).collect())
-            .collect();
-        Self {
+        let mut pipeline = Self {
             routes,
-            defaults,
-            policies,
-            outputs,
+            defaults: FailurePolicy::default(),
+            policies: Vec::new(),
+            outputs: Vec::new(),
             ctx,
             prefix: String::new(),
             ready: tokio::sync::watch::Sender::new(false),
             compat_headers: true,
-        }
+        };
+        pipeline.resolve_routes();
+        pipeline
     }
 
     /// Whether outputs carry FastStream's `content-type` and `correlation_id` headers (default
@@ -140,18 +133,19 @@ impl Pipeline {
     /// consumer group ids.
     pub fn with_topic_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
-        self.resolve_policies();
+        self.resolve_routes();
         self
     }
 
     /// The failure policy of routes that do not override it.
     pub fn with_failure_policy(mut self, defaults: FailurePolicy) -> Self {
         self.defaults = defaults;
-        self.resolve_policies();
+        self.resolve_routes();
         self
     }
 
-    fn resolve_policies(&mut self) {
+    /// Each route's effective policy and prefixed output topics, computed once.
+    fn resolve_routes(&mut self) {
         let prefix = self.prefix.clone();
         self.outputs = self
             .routes
@@ -202,7 +196,8 @@ impl Pipeline {
     /// topic; on failure, retry and dead-letter per the route's [`FailurePolicy`]. Every failure
     /// is logged with topic, partition, offset and handler.
     pub async fn handle(&self, route: &RouteDef, msg: Message) -> Outcome {
-        let policy = self.policy(route);
+        let index = self.index(route);
+        let policy = index.map_or(&self.defaults, |i| &self.policies[i]);
         // The message stays as received; a generated id travels in the handler's context.
         let correlation_id = match msg.headers.get(header::CORRELATION_ID) {
             Some(id) => Some(id.clone()),
@@ -214,7 +209,7 @@ impl Pipeline {
             attempts += 1;
             let err = match self.attempt(route, policy, &msg, &correlation_id).await {
                 Attempt::Ok(reply, acked) => {
-                    let outputs = self.address(route, reply, &msg, correlation_id.clone());
+                    let outputs = self.address(route, index, reply, &msg, correlation_id.clone());
                     return if acked {
                         Outcome::Done(outputs)
                     } else {
@@ -329,6 +324,7 @@ impl Pipeline {
     fn address(
         &self,
         route: &RouteDef,
+        index: Option<usize>,
         reply: Reply,
         msg: &Message,
         correlation_id: Option<bytes::Bytes>,
@@ -345,7 +341,7 @@ impl Pipeline {
         }
         let key = body.meta.key.or_else(|| msg.key.clone());
         let computed;
-        let topics: &[String] = match self.index(route) {
+        let topics: &[String] = match index {
             Some(i) => &self.outputs[i],
             None => {
                 computed = route

@@ -254,6 +254,17 @@ pub struct RouteRef(pub &'static RouteDef);
 
 inventory::collect!(RouteRef);
 
+/// The routes an app or test broker runs: `explicit` ones, or every registered one, validated
+/// against the state it was given.
+pub(crate) fn resolve_routes(
+    explicit: Option<Vec<&'static RouteDef>>,
+    state: &StateMap,
+) -> crate::Result<Vec<&'static RouteDef>> {
+    let routes = explicit.unwrap_or_else(registered_routes);
+    validate(&routes, state).map_err(crate::Error::InvalidRoutes)?;
+    Ok(routes)
+}
+
 /// Every route registered with `#[subscriber]` in the binary, sorted by handler path.
 pub fn registered_routes() -> Vec<&'static RouteDef> {
     let mut routes: Vec<&'static RouteDef> = inventory::iter::<RouteRef>().map(|r| r.0).collect();

@@ -30,7 +30,7 @@ use crate::extract::{Context, StateMap};
 use crate::handler::{new_correlation_id, Outcome, Pipeline};
 use crate::message::{header, Message, OutgoingMessage};
 use crate::policy::FailurePolicy;
-use crate::route::{registered_routes, validate, RouteDef};
+use crate::route::{resolve_routes, RouteDef};
 use crate::transport::{BoxFuture, Publish, Publisher};
 use crate::{Error, Result};
 
@@ -102,8 +102,7 @@ impl TestBrokerBuilder {
 
     /// Validates the routes as the app does at startup and builds the broker.
     pub fn build(self) -> Result<TestBroker> {
-        let routes = self.routes.unwrap_or_else(registered_routes);
-        validate(&routes, &self.state).map_err(Error::InvalidRoutes)?;
+        let routes = resolve_routes(self.routes, &self.state)?;
         let state = Arc::new(self.state);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let publisher = Publisher::new(Arc::new(Sink(weak.clone())));

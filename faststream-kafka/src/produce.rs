@@ -90,35 +90,30 @@ impl Producers {
             sizes: Vec<usize>,
         }
         let mut groups: Vec<Group> = Vec::new();
-        let mut sticky: Vec<(String, i32)> = Vec::new();
+        // Per topic of this call: its partition count (looked up once) and the partition its
+        // keyless messages stick to.
+        let mut topics: Vec<(String, i32, i32)> = Vec::new();
         for msg in msgs {
-            let partition = match msg.partition {
-                Some(p) => {
-                    let count = self.partition_count(client, &msg.topic).await?;
-                    if !(0..count).contains(&p) {
-                        return Err(KafkaError::InvalidPartition(format!(
-                            "partition {p} of topic {:?}, which has {count} partition(s)",
-                            msg.topic
-                        )));
-                    }
-                    p
-                }
+            let (count, sticky) = match topics.iter().find(|(t, _, _)| *t == msg.topic) {
+                Some((_, count, sticky)) => (*count, *sticky),
                 None => {
                     let count = self.partition_count(client, &msg.topic).await?;
-                    match &msg.key {
-                        Some(key) => partition_for_key(key, count),
-                        None => match sticky.iter().find(|(t, _)| *t == msg.topic) {
-                            Some((_, p)) => *p,
-                            None => {
-                                let p = (self.round_robin.fetch_add(1, Ordering::Relaxed)
-                                    % count as usize)
-                                    as i32;
-                                sticky.push((msg.topic.clone(), p));
-                                p
-                            }
-                        },
-                    }
+                    let sticky =
+                        (self.round_robin.fetch_add(1, Ordering::Relaxed) % count as usize) as i32;
+                    topics.push((msg.topic.clone(), count, sticky));
+                    (count, sticky)
                 }
+            };
+            let partition = match (msg.partition, &msg.key) {
+                (Some(p), _) if (0..count).contains(&p) => p,
+                (Some(p), _) => {
+                    return Err(KafkaError::InvalidPartition(format!(
+                        "partition {p} of topic {:?}, which has {count} partition(s)",
+                        msg.topic
+                    )))
+                }
+                (None, Some(key)) => partition_for_key(key, count),
+                (None, None) => sticky,
             };
             let size = msg.approximate_size() + RECORD_OVERHEAD;
             match groups

@@ -132,6 +132,7 @@ async fn the_handler_chooses_the_outcome() {
                 Outcome::Skipped { .. } => "skipped",
                 Outcome::Stopped { .. } => "stopped",
                 Outcome::Unacked(_) => "unacked",
+                Outcome::Interrupted { .. } => "interrupted",
             };
             (kind.to_owned(), attempts)
         })

@@ -135,7 +135,7 @@ impl<T: Transport> FastStream<T> {
             () = signal => {}
         }
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down");
-        trigger.trigger();
+        trigger.trigger_by(tokio::time::Instant::now() + self.shutdown_timeout);
         match tokio::time::timeout(self.shutdown_timeout, serve).await {
             Ok(res) => res,
             Err(_) => Err(Error::ShutdownTimeout(self.shutdown_timeout)),

@@ -12,7 +12,7 @@ use crate::message::{header, Message, OutgoingMessage};
 use crate::outcome::Reply;
 use crate::policy::{dlq_header, AckMode, Acker, FailureAction, FailurePolicy};
 use crate::route::RouteDef;
-use crate::transport::BoxFuture;
+use crate::transport::{BoxFuture, Shutdown};
 
 /// What a generated handler returns.
 pub type HandlerResult = Result<Reply, HandlerError>;
@@ -45,6 +45,14 @@ pub enum Outcome {
         /// How many times the handler ran.
         attempts: u32,
     },
+    /// It failed and was waiting to be retried when the consumer was told to stop (shutdown or
+    /// a revoked partition): it is not done, so it is consumed again later.
+    Interrupted {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+    },
     /// It failed and the partition's consumer must stop without counting it as done.
     Stopped {
         /// The last error.
@@ -61,6 +69,7 @@ impl Outcome {
             Outcome::Done(_) | Outcome::Unacked(_) => None,
             Outcome::DeadLettered { error, .. }
             | Outcome::Skipped { error, .. }
+            | Outcome::Interrupted { error, .. }
             | Outcome::Stopped { error, .. } => Some(error),
         }
     }
@@ -70,7 +79,9 @@ impl Outcome {
         match self {
             Outcome::Done(out) | Outcome::Unacked(out) => out,
             Outcome::DeadLettered { dlq, .. } => vec![dlq],
-            Outcome::Skipped { .. } | Outcome::Stopped { .. } => Vec::new(),
+            Outcome::Skipped { .. } | Outcome::Interrupted { .. } | Outcome::Stopped { .. } => {
+                Vec::new()
+            }
         }
     }
 }
@@ -196,6 +207,18 @@ impl Pipeline {
     /// topic; on failure, retry and dead-letter per the route's [`FailurePolicy`]. Every failure
     /// is logged with topic, partition, offset and handler.
     pub async fn handle(&self, route: &RouteDef, msg: Message) -> Outcome {
+        self.handle_until(route, msg, None).await
+    }
+
+    /// [`Pipeline::handle`], except that a retry backoff ends early when `interrupt` fires
+    /// (shutdown, or the partition was revoked): the message is then [`Outcome::Interrupted`],
+    /// not done. A handler already running is never interrupted.
+    pub async fn handle_until(
+        &self,
+        route: &RouteDef,
+        msg: Message,
+        interrupt: Option<&Shutdown>,
+    ) -> Outcome {
         let index = self.index(route);
         let policy = index.map_or(&self.defaults, |i| &self.policies[i]);
         // The message stays as received; a generated id travels in the handler's context.
@@ -236,8 +259,25 @@ impl Pipeline {
                     retry_in = ?wait,
                     "message failed; retrying"
                 );
-                tokio::time::sleep(wait).await;
-                continue;
+                let Some(stop) = interrupt else {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                };
+                let mut stop = stop.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    () = stop.wait() => {
+                        tracing::warn!(
+                            handler = route.name(),
+                            topic = &*msg.topic,
+                            partition = msg.partition,
+                            offset = msg.offset,
+                            attempts,
+                            "retry backoff interrupted by shutdown or revoke; the message is not done and will be consumed again"
+                        );
+                        return Outcome::Interrupted { error: err, attempts };
+                    }
+                }
             }
             break (err, action);
         };

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::codec::IntoPayload;
 use crate::handler::Pipeline;
@@ -59,34 +60,48 @@ impl Publisher {
 }
 
 /// Fires once when the app should stop. Clones observe the same signal.
+///
+/// A trigger may carry a deadline: the moment by which the app wants everything stopped (its
+/// shutdown timeout). Transports bound their own draining by it, so they still commit what is
+/// done and leave their groups before the app gives up on them.
 #[derive(Clone, Debug)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown(watch::Receiver<Option<Option<Instant>>>);
 
 /// Triggers a [`Shutdown`].
 #[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
+pub struct ShutdownTrigger(watch::Sender<Option<Option<Instant>>>);
 
 impl Shutdown {
     /// A signal and its trigger.
     pub fn new() -> (ShutdownTrigger, Shutdown) {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(None);
         (ShutdownTrigger(tx), Shutdown(rx))
     }
 
     /// Whether shutdown was requested.
     pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
+        self.0.borrow().is_some()
+    }
+
+    /// The deadline the trigger gave, if any (only meaningful once triggered).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.0.borrow().flatten()
     }
 
     /// Resolves when shutdown is requested (or the trigger is dropped).
     pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let _ = self.0.wait_for(|stop| stop.is_some()).await;
     }
 }
 
 impl ShutdownTrigger {
-    /// Requests shutdown.
+    /// Requests shutdown, without a deadline.
     pub fn trigger(&self) {
-        let _ = self.0.send(true);
+        self.0.send_if_modified(|s| s.is_none() && s.replace(None).is_none());
+    }
+
+    /// Requests shutdown, to be completed by `deadline`.
+    pub fn trigger_by(&self, deadline: Instant) {
+        self.0.send_if_modified(|s| s.is_none() && s.replace(Some(deadline)).is_none());
     }
 }

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faststream_core::{
-    Assignor, BoxFuture, IntoPayload, OutgoingMessage, Pipeline, Publish, Shutdown, SubscriberDef,
-    Transport,
+    Assignor, BoxFuture, IntoPayload, OffsetReset, OutgoingMessage, Pipeline, Publish, RouteDef,
+    Shutdown, SubscriberDef, Transport,
 };
 use rskafka::client::partition::Compression;
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 use tokio::sync::{OnceCell, Semaphore};
+use tokio::task::JoinSet;
 
-use crate::consume::PartitionConsumer;
+use crate::consume::{PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::group::{GroupRunner, GroupSettings, GroupTopic};
 use crate::produce::Producers;
@@ -47,6 +48,9 @@ pub(crate) struct Config {
     pub(crate) max_queued_bytes: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) group: GroupDefaults,
+    pub(crate) group_instance_id: Option<String>,
+    pub(crate) metadata_max_age: Duration,
+    pub(crate) manual_ack_warning: Duration,
     pub(crate) hooks: RebalanceHooks,
 }
 
@@ -217,6 +221,33 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// Static group membership (Kafka's `group.instance.id`, KIP-345) for every consumer group
+    /// of this service: a restart within the session timeout gets its partitions back without
+    /// a rebalance, and the member does not leave its groups on shutdown. Each running instance
+    /// needs its own id (for example the pod name); two instances with one id fence each other,
+    /// and the fenced one stops with an error. Default: none (dynamic membership).
+    pub fn group_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.config.group_instance_id = Some(id.into()).filter(|id| !id.is_empty());
+        self
+    }
+
+    /// How often topic metadata is refreshed (Java's `metadata.max.age.ms`, default 5 min):
+    /// partitions added to a subscribed topic are then consumed (a group rebalances; a
+    /// subscriber without a group starts reading them from their beginning), and keys are
+    /// partitioned with the new count.
+    pub fn metadata_max_age(mut self, age: Duration) -> Self {
+        self.config.metadata_max_age = age.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long a message of an `ack = "manual"` route may stay neither acked nor nacked before
+    /// a warning names it (default 60 s): such a message holds back every later commit of its
+    /// partition.
+    pub fn manual_ack_warning(mut self, after: Duration) -> Self {
+        self.config.manual_ack_warning = after;
+        self
+    }
+
     /// Calls `hook(group, partitions)` each time this service is assigned partitions in a
     /// consumer group, after their consumers started.
     pub fn on_partitions_assigned(
@@ -306,6 +337,9 @@ impl KafkaBroker {
                     commit_interval: Duration::from_secs(1),
                     assignor: Assignor::Range,
                 },
+                group_instance_id: None,
+                metadata_max_age: Duration::from_secs(300),
+                manual_ack_warning: Duration::from_secs(60),
                 hooks: RebalanceHooks::default(),
             },
         }
@@ -381,9 +415,40 @@ impl KafkaBroker {
                 return Err(KafkaError::MissingTopics { topics: missing });
             }
         }
-        let mut consumers = tokio::task::JoinSet::new();
+        // Stops every consumer: the app's shutdown (forwarded with its deadline), or the first
+        // consumer that stops on its own (nothing may sit unread while the service looks alive).
+        let (stop_all, inner) = Shutdown::new();
+        let rt = Arc::new(Runtime {
+            client: client.clone(),
+            producers: self.shared.producers.clone(),
+            pipeline: pipeline.clone(),
+            config: config.clone(),
+        });
+        let mut consumers = JoinSet::new();
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+        let spawn_partition = |consumers: &mut JoinSet<_>,
+                                   sub: &Ungrouped,
+                                   partition: i32,
+                                   reset: OffsetReset| {
+            consumers.spawn(
+                PartitionConsumer {
+                    rt: rt.clone(),
+                    route: sub.route,
+                    topic: sub.topic.clone(),
+                    partition,
+                    reset,
+                    start: None,
+                    group: None,
+                    shutdown: inner.clone(),
+                    ready: ready_tx.clone(),
+                }
+                .run(),
+            );
+        };
         let mut groups: BTreeMap<&str, Vec<(GroupTopic, &SubscriberDef)>> = BTreeMap::new();
+        // Subscriptions to every partition of a topic without a group: they follow new
+        // partitions found by the metadata refresh.
+        let mut ungrouped = Vec::new();
         for route in pipeline.routes() {
             for sub in route.subscribers() {
                 for topic in sub.topics() {
@@ -402,7 +467,13 @@ impl KafkaBroker {
                         groups.entry(group).or_default().push((entry, sub));
                         continue;
                     }
-                    let partitions: Vec<i32> = match sub.assigned_partitions() {
+                    let entry = Ungrouped {
+                        route,
+                        topic: Arc::from(topic.as_str()),
+                        reset: sub.offset_reset(),
+                        partitions: count,
+                    };
+                    match sub.assigned_partitions() {
                         Some(list) => {
                             if let Some(bad) = list.iter().find(|p| **p >= count) {
                                 return Err(KafkaError::InvalidPartition(format!(
@@ -411,31 +482,16 @@ impl KafkaBroker {
                                     route.location()
                                 )));
                             }
-                            list.to_vec()
-                        }
-                        None => (0..count).collect(),
-                    };
-                    let topic: Arc<str> = Arc::from(topic);
-                    for partition in partitions {
-                        consumers.spawn(
-                            PartitionConsumer {
-                                client: client.clone(),
-                                producers: self.shared.producers.clone(),
-                                pipeline: pipeline.clone(),
-                                route,
-                                topic: topic.clone(),
-                                partition,
-                                reset: sub.offset_reset(),
-                                start: None,
-                                progress: None,
-                                commit_now: None,
-                                held: None,
-                                config: config.clone(),
-                                shutdown: shutdown.clone(),
-                                ready: ready_tx.clone(),
+                            for partition in list {
+                                spawn_partition(&mut consumers, &entry, *partition, entry.reset);
                             }
-                            .run(),
-                        );
+                        }
+                        None => {
+                            for partition in 0..count {
+                                spawn_partition(&mut consumers, &entry, partition, entry.reset);
+                            }
+                            ungrouped.push(entry);
+                        }
                     }
                 }
             }
@@ -447,11 +503,8 @@ impl KafkaBroker {
                     group: pipeline.topic_name(group),
                     topics: subs.into_iter().map(|(t, _)| t).collect(),
                     settings,
-                    client: client.clone(),
-                    producers: self.shared.producers.clone(),
-                    pipeline: pipeline.clone(),
-                    config: config.clone(),
-                    shutdown: shutdown.clone(),
+                    rt: rt.clone(),
+                    shutdown: inner.clone(),
                     ready: ready_tx.clone(),
                 }
                 .run(),
@@ -464,7 +517,6 @@ impl KafkaBroker {
                 .partition_count(&client, &topic)
                 .await?;
         }
-        drop(ready_tx);
         // Ready once every consumer knows where it starts.
         let mut waiting = consumers.len();
         let mut stop = shutdown.clone();
@@ -479,20 +531,61 @@ impl KafkaBroker {
         }
         tracing::info!(consumers = consumers.len(), "ready");
         pipeline.mark_ready();
-        while let Some(res) = consumers.join_next().await {
-            if let Err(e) = res {
-                tracing::error!(error = %e, "a partition consumer crashed");
+        let mut refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + config.metadata_max_age,
+            config.metadata_max_age,
+        );
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                () = stop.wait(), if !inner.is_triggered() => match shutdown.deadline() {
+                    Some(deadline) => stop_all.trigger_by(deadline),
+                    None => stop_all.trigger(),
+                },
+                joined = consumers.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => {
+                        failure.get_or_insert(e);
+                        stop_all.trigger();
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "a consumer task crashed; stopping");
+                        failure.get_or_insert(KafkaError::Crashed(e.to_string()));
+                        stop_all.trigger();
+                    }
+                },
+                _ = refresh.tick(), if !inner.is_triggered() => {
+                    let names: Vec<String> = ungrouped.iter().map(|u| u.topic.to_string()).collect();
+                    let counts = self.shared.producers.lookup_partitions(&client, &names).await;
+                    for sub in &mut ungrouped {
+                        let Some(&now) = counts.get(&*sub.topic) else { continue };
+                        for partition in sub.partitions..now {
+                            tracing::info!(topic = &*sub.topic, partition, handler = sub.route.name(), "new partition: consuming it from its beginning");
+                            spawn_partition(&mut consumers, sub, partition, OffsetReset::Earliest);
+                        }
+                        sub.partitions = sub.partitions.max(now);
+                    }
+                }
             }
         }
         self.shared.producers.flush().await;
-        if !shutdown.is_triggered() {
-            // Every consumer ended on its own (each logged why, e.g. `on_failure = "stop"`):
-            // exiting successfully would hide it.
-            return Err(KafkaError::ConsumersStopped);
+        if let Some(e) = failure {
+            return Err(e);
         }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A subscription without a consumer group to every partition of a topic.
+struct Ungrouped {
+    route: &'static RouteDef,
+    topic: Arc<str>,
+    reset: OffsetReset,
+    /// Partitions consumed so far.
+    partitions: i32,
 }
 
 impl Publish for KafkaBroker {

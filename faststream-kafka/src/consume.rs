@@ -1,13 +1,13 @@
 //! The per-partition loop: fetch, handle, produce outputs, track what is done.
 //!
 //! One task per (route, topic, partition). A fetch task keeps the next batch ready while the
-//! current one is handled; messages are handled strictly in offset order; the outputs of a
-//! fetched batch are queued to the producers together and their acks tracked, with at most
-//! `max_in_flight` messages awaiting acks (beyond that the loop waits: backpressure). A message
-//! is done when the handler finished and every output of its batch was acknowledged.
+//! current one is handled; messages are handled strictly in offset order. Each message's
+//! outputs are queued to the producers as soon as its handler returns (so they keep their order
+//! per target partition, and the producers' byte budget bounds memory), and the message is done
+//! once the broker acknowledged all of them; done messages move the partition's position one by
+//! one. At most `max_in_flight` messages await acks (beyond that the loop waits: backpressure).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,48 +19,74 @@ use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Config;
+use crate::error::KafkaError;
+use crate::offsets::{OffsetTracker, Position};
 use crate::produce::{Ack, Producers};
 
-pub(crate) struct PartitionConsumer {
+/// What every consumer of one service shares.
+#[derive(Debug)]
+pub(crate) struct Runtime {
     pub(crate) client: Arc<Client>,
     pub(crate) producers: Arc<Producers>,
     pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) config: Arc<Config>,
+}
+
+/// A consumer's link to its consumer group: where it reports its position, and how it asks
+/// for an immediate commit (`ack = "first"`).
+#[derive(Debug)]
+pub(crate) struct GroupLink {
+    pub(crate) position: Position,
+    pub(crate) commit_now: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+pub(crate) struct PartitionConsumer {
+    pub(crate) rt: Arc<Runtime>,
     pub(crate) route: &'static RouteDef,
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
     pub(crate) reset: OffsetReset,
     /// Where to start (a committed offset); `None` applies `reset`.
     pub(crate) start: Option<i64>,
-    /// Where the done offset is published (the next offset to commit), for consumer groups.
-    pub(crate) progress: Option<Arc<AtomicI64>>,
-    /// Asks the group runner for an immediate commit (for `ack = "first"`).
-    pub(crate) commit_now: Option<mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
-    /// The first message of a manual-ack route that was not acknowledged.
-    pub(crate) held: Option<i64>,
-    pub(crate) config: Arc<Config>,
+    /// Set in a consumer group; without one nothing is committed.
+    pub(crate) group: Option<GroupLink>,
     pub(crate) shutdown: Shutdown,
     /// Told once the start offset is known.
     pub(crate) ready: mpsc::UnboundedSender<()>,
 }
 
+/// Messages whose outputs await the broker's acks, in offset order.
+type InFlight = VecDeque<(i64, Vec<Ack>)>;
+
 impl PartitionConsumer {
-    pub(crate) async fn run(mut self) {
+    /// Consumes until shutdown (`Ok`), or until the partition cannot go on (`Err`: the failure
+    /// policy said stop, or an output was not delivered). The message it stopped at is not done.
+    pub(crate) async fn run(self) -> Result<(), KafkaError> {
         let topic = &*self.topic;
         let partition = self.partition;
         let Some(pc) = self.partition_client().await else {
-            return;
+            return Ok(());
         };
         let pc = Arc::new(pc);
         let start = match self.start {
             Some(offset) => offset,
             None => match resolve_offset(&pc, self.reset, &self.shutdown, topic).await {
                 Some(offset) => offset,
-                None => return,
+                None => return Ok(()),
             },
         };
+        let config = &self.rt.config;
+        // Without a group the position is only used to report where a stopped consumer ended.
+        let position = self
+            .group
+            .as_ref()
+            .map_or_else(|| Position::new(None), |g| g.position.clone());
+        let mut tracker = OffsetTracker::new(position.clone(), config.manual_ack_warning);
+        // Committed even if nothing arrives: a restart resumes here, not at `reset` again.
+        tracker.start(start);
         tracing::debug!(
             topic,
             partition,
@@ -76,24 +102,31 @@ impl PartitionConsumer {
             start,
             tx,
             self.shutdown.clone(),
-            self.config.clone(),
+            config.clone(),
             self.reset,
         ));
-        // Fetched batches whose outputs await acks: (last offset, messages, acks).
-        let mut inflight: VecDeque<(i64, usize, Vec<Ack>)> = VecDeque::new();
-        let mut inflight_msgs = 0;
+        let mut inflight = InFlight::new();
         let mut shutdown = self.shutdown.clone();
-        let ack_first = self.pipeline.policy(self.route).ack == AckMode::First;
-        loop {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let ack_first = self.rt.pipeline.policy(self.route).ack == AckMode::First;
+        let mut stopped = None;
+        'fetched: loop {
             let batch = tokio::select! {
                 biased;
                 () = shutdown.wait() => break,
-                // Acks completing move the done offset even when no new messages arrive.
-                () = settle_front(&mut inflight), if !inflight.is_empty() => {
-                    if let Some((offset, n, _)) = inflight.pop_front() {
-                        inflight_msgs -= n;
-                        self.done(offset);
+                // Acks completing move the position even when no new messages arrive.
+                res = settle_front(&mut inflight), if !inflight.is_empty() => {
+                    match res {
+                        Ok(offset) => tracker.done(offset),
+                        Err(e) => {
+                            stopped = Some(e);
+                            break;
+                        }
                     }
+                    continue;
+                }
+                _ = ticker.tick() => {
+                    self.warn_overdue(&mut tracker);
                     continue;
                 }
                 batch = rx.recv() => match batch {
@@ -104,97 +137,107 @@ impl PartitionConsumer {
             if ack_first {
                 // At-most-once: commit past the whole batch before handling it.
                 if let Some(last) = batch.last() {
-                    self.done(last.offset);
+                    tracker.done(last.offset);
                     self.commit_now().await;
                 }
             }
-            let mut outputs = Vec::new();
-            let mut last = None;
-            let mut handled = 0;
-            let mut stop = false;
             for record in batch {
                 if self.shutdown.is_triggered() {
-                    break;
+                    break 'fetched;
                 }
                 let offset = record.offset;
                 let msg = to_message(&self.topic, partition, record);
-                let outcome = self.pipeline.handle(self.route, msg).await;
-                match outcome {
+                let outcome = self
+                    .rt
+                    .pipeline
+                    .handle_until(self.route, msg, Some(&self.shutdown))
+                    .await;
+                match &outcome {
                     // Logged by the pipeline; not done, so consumed again after a restart.
-                    Outcome::Stopped { .. } => {
-                        stop = true;
-                        break;
+                    Outcome::Stopped { error, .. } => {
+                        stopped = Some(format!("the failure policy stopped it: {error}"));
+                        break 'fetched;
                     }
-                    // Manual ack: published, but its offset holds back later commits.
-                    Outcome::Unacked(_) => {
-                        self.held.get_or_insert(offset);
-                    }
+                    Outcome::Interrupted { .. } => break 'fetched,
+                    Outcome::Unacked(_) => tracker.hold(offset),
                     _ => {}
                 }
-                outputs.extend(outcome.into_outputs());
-                last = Some(offset);
-                handled += 1;
-            }
-            let Some(last) = last else { break };
-            let acks = match self.producers.enqueue(&self.client, outputs).await {
-                Ok(acks) => acks,
-                Err(e) => {
-                    // Not marked done: these messages are consumed again after a restart or
-                    // rebalance. This partition stops here rather than skip them.
-                    tracing::error!(
-                        topic, partition, offset = last, error = %e,
-                        "cannot queue the outputs; stopping this partition's consumer"
-                    );
-                    break;
+                let outputs = outcome.into_outputs();
+                if outputs.is_empty() && inflight.is_empty() {
+                    tracker.done(offset);
+                    continue;
                 }
-            };
-            inflight.push_back((last, handled, acks));
-            inflight_msgs += handled;
-            if stop {
-                tracing::error!(
-                    topic,
-                    partition,
-                    offset = last + 1,
-                    handler = self.route.name(),
-                    "partition consumer stopped by the failure policy (on_failure = \"stop\")"
-                );
-                break;
-            }
-            while inflight_msgs > self.config.max_in_flight {
-                settle_front(&mut inflight).await;
-                let Some((offset, n, _)) = inflight.pop_front() else {
-                    break;
+                let acks = match self.rt.producers.enqueue(&self.rt.client, outputs).await {
+                    Ok(acks) => acks,
+                    Err(e) => {
+                        stopped = Some(format!("its outputs cannot be queued: {e}"));
+                        break 'fetched;
+                    }
                 };
-                inflight_msgs -= n;
-                self.done(offset);
+                inflight.push_back((offset, acks));
+                if let Err(e) = settle_ready(&mut inflight, &tracker) {
+                    stopped = Some(e);
+                    break 'fetched;
+                }
+                while inflight.len() > config.max_in_flight {
+                    match settle_front(&mut inflight).await {
+                        Ok(offset) => tracker.done(offset),
+                        Err(e) => {
+                            stopped = Some(e);
+                            break 'fetched;
+                        }
+                    }
+                }
             }
         }
         fetcher.abort();
         // Graceful stop: the message being handled finished; wait for the outputs' acks.
         while !inflight.is_empty() {
-            settle_front(&mut inflight).await;
-            if let Some((offset, _, _)) = inflight.pop_front() {
-                self.done(offset);
+            match settle_front(&mut inflight).await {
+                Ok(offset) => tracker.done(offset),
+                Err(e) => {
+                    stopped.get_or_insert(e);
+                    break;
+                }
             }
         }
         tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
+        match stopped {
+            None => Ok(()),
+            Some(reason) => {
+                let offset = position.get().unwrap_or(start);
+                let err = KafkaError::PartitionStopped {
+                    handler: self.route.name().to_owned(),
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    reason,
+                };
+                tracing::error!(error = %err, "partition consumer stopped");
+                Err(err)
+            }
+        }
     }
 
-    /// Every message up to `offset` is done: the next offset to commit is `offset + 1`, unless
-    /// an unacknowledged message (manual ack) holds it back.
-    fn done(&self, offset: i64) {
-        if let Some(progress) = &self.progress {
-            let next = self.held.map_or(offset + 1, |h| h.min(offset + 1));
-            // Never backwards: with `ack = "first"` the offset was already moved past the batch.
-            progress.fetch_max(next, Ordering::AcqRel);
+    /// Reports a manual-ack message that has held back the partition's commits for too long.
+    fn warn_overdue(&self, tracker: &mut OffsetTracker) {
+        if let Some((offset, age)) = tracker.overdue() {
+            tracing::warn!(
+                topic = &*self.topic,
+                partition = self.partition,
+                offset,
+                handler = self.route.name(),
+                held_for = ?age,
+                "a manual-ack message was neither acked nor nacked: no later offset of this partition can be committed until it is consumed again (restart or rebalance)"
+            );
         }
     }
 
     /// Asks the group to commit the done offsets now, and waits for it.
     async fn commit_now(&self) {
-        if let Some(tx) = &self.commit_now {
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            if tx.send(done_tx).await.is_ok() {
+        if let Some(group) = &self.group {
+            let (done_tx, done_rx) = oneshot::channel();
+            if group.commit_now.send(done_tx).await.is_ok() {
                 let _ = done_rx.await;
             }
         }
@@ -203,7 +246,7 @@ impl PartitionConsumer {
     async fn partition_client(&self) -> Option<PartitionClient> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let attempt = self.client.partition_client(
+            let attempt = self.rt.client.partition_client(
                 self.topic.to_string(),
                 self.partition,
                 UnknownTopicHandling::Retry,
@@ -225,25 +268,49 @@ impl PartitionConsumer {
     }
 }
 
-/// Waits until every output of the oldest in-flight batch was acknowledged (or abandoned, which
-/// only happens when the producers shut down). Cancellation-safe: finished acks are removed.
-async fn settle_front(inflight: &mut VecDeque<(i64, usize, Vec<Ack>)>) {
-    let Some((offset, _, acks)) = inflight.front_mut() else {
-        return;
+/// Waits until every output of the oldest in-flight message was acknowledged, removes it and
+/// returns its offset; an output that was not delivered is an error (the message is not done).
+/// Cancellation-safe: finished acks are removed.
+async fn settle_front(inflight: &mut InFlight) -> Result<i64, String> {
+    let Some((offset, acks)) = inflight.front_mut() else {
+        return Err("nothing in flight".into());
     };
+    let offset = *offset;
     while let Some(ack) = acks.last_mut() {
         let result = ack.await;
         acks.pop();
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                tracing::error!(offset = *offset, reason, "output was not delivered")
+        check_ack(offset, result)?;
+    }
+    inflight.pop_front();
+    Ok(offset)
+}
+
+/// Removes the messages at the front whose outputs are all acknowledged, without waiting.
+fn settle_ready(inflight: &mut InFlight, tracker: &OffsetTracker) -> Result<(), String> {
+    while let Some((offset, acks)) = inflight.front_mut() {
+        while let Some(ack) = acks.last_mut() {
+            match ack.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
+                Ok(result) => check_ack::<()>(*offset, Ok(result))?,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    check_ack::<()>(*offset, Err(()))?;
+                }
             }
-            Err(_) => tracing::error!(
-                offset = *offset,
-                "output was abandoned before the broker acknowledged it"
-            ),
+            acks.pop();
         }
+        tracker.done(*offset);
+        inflight.pop_front();
+    }
+    Ok(())
+}
+
+fn check_ack<E>(offset: i64, result: Result<Result<(), String>, E>) -> Result<(), String> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(format!("an output of offset {offset} was not delivered: {reason}")),
+        Err(_) => Err(format!(
+            "an output of offset {offset} was abandoned before the broker acknowledged it"
+        )),
     }
 }
 

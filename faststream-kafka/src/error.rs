@@ -42,9 +42,36 @@ pub enum KafkaError {
         /// The client's error.
         source: rskafka::client::error::Error,
     },
-    /// Every partition consumer stopped before shutdown was requested (see the error logs).
-    #[error("every partition consumer stopped (see the error log: a failure policy with on_failure = \"stop\", or a topic that cannot be published to); the service has nothing left to do")]
-    ConsumersStopped,
+    /// A partition consumer stopped on its own (a failure policy with `on_failure = "stop"`, an
+    /// output that could not be delivered): the service stops rather than leave the partition
+    /// unread. The message at `offset` was not committed; it is consumed again after a restart.
+    #[error("the consumer of {topic}[{partition}] for handler {handler} stopped at offset {offset}: {reason}; the service stops so that a restart (or another instance) resumes there")]
+    PartitionStopped {
+        /// The handler's path.
+        handler: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The first offset not done.
+        offset: i64,
+        /// Why it stopped.
+        reason: String,
+    },
+    /// Another instance joined the group with this service's `group_instance_id`.
+    #[error("fenced from group {group:?}: another instance uses group_instance_id {instance_id:?}; each instance needs its own")]
+    Fenced {
+        /// The group.
+        group: String,
+        /// The static member id.
+        instance_id: String,
+    },
+    /// A consumer task panicked outside any handler (a bug: please report it).
+    #[error("a consumer task crashed: {0}")]
+    Crashed(String),
+    /// The cluster lacks something a setting needs.
+    #[error("{0}")]
+    Unsupported(String),
     /// The broker handle was shut down.
     #[error("the producer was shut down")]
     Closed,

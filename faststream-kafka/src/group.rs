@@ -1,21 +1,28 @@
-//! Consumer groups on Kafka's classic group protocol, with the standard `consumer` protocol type
-//! so members of other client libraries can share a group with ours.
+//! A consumer-group member on Kafka's classic group protocol, with the standard `consumer`
+//! protocol type so members of other client libraries can share a group with ours.
 //!
-//! One [`GroupRunner`] per group id: find the coordinator, join (the leader computes the
-//! assignment with the range or round-robin assignor), sync, fetch committed offsets, run one
-//! partition consumer per assigned partition, heartbeat, commit done offsets periodically. On a
-//! rebalance, an unknown member, an illegal generation or a coordinator move: stop the partition
-//! consumers (each finishes the message in hand and waits for its outputs' acks), commit what is
-//! done, rejoin. On shutdown: the same, then LeaveGroup.
+//! One [`GroupRunner`] per group id. Each generation: find the coordinator, join (the leader
+//! assigns partitions with the range or round-robin assignor), sync, fetch committed offsets,
+//! start one partition consumer per assigned partition, commit their positions periodically.
+//!
+//! Heartbeats run in a task of their own, on their own connection, for as long as the member
+//! holds partitions: while handlers run, while revoked partitions drain, during commits and
+//! hooks. A heartbeat that cannot reach the coordinator finds it again and keeps the member's
+//! generation and partitions; only the coordinator's word (a rebalance, an unknown member, an
+//! illegal generation) ends a generation, as in the Java client.
+//!
+//! Ending a generation (rebalance, shutdown, or a partition consumer that stopped on its own):
+//! the consumers stop fetching, finish the message in hand and wait for its outputs' acks,
+//! within the rebalance timeout (or the shutdown deadline); then the positions are committed.
+//! A consumer still busy past that bound is abandoned without committing its message, and the
+//! handler is named in the log with the setting to raise.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use faststream_core::{Assignor, OffsetReset, Pipeline, RouteDef, Shutdown};
+use faststream_core::{Assignor, OffsetReset, RouteDef, Shutdown, ShutdownTrigger};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedPartitions;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -31,12 +38,15 @@ use kafka_protocol::messages::{
     SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use rskafka::client::Client;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
+use crate::assign::{assign, encode_assignment};
 use crate::broker::Config;
-use crate::consume::PartitionConsumer;
-use crate::produce::Producers;
+use crate::consume::{GroupLink, PartitionConsumer, Runtime};
+use crate::error::KafkaError;
+use crate::offsets::Position;
 use crate::protocol::{decode_versioned, encode_versioned, Conn, ConnError};
 
 /// Group timings and assignor, resolved from route options and broker defaults.
@@ -62,160 +72,165 @@ pub(crate) struct GroupRunner {
     pub(crate) group: String,
     pub(crate) topics: Vec<GroupTopic>,
     pub(crate) settings: GroupSettings,
-    pub(crate) client: Arc<Client>,
-    pub(crate) producers: Arc<Producers>,
-    pub(crate) pipeline: Arc<Pipeline>,
-    pub(crate) config: Arc<Config>,
+    pub(crate) rt: Arc<Runtime>,
     pub(crate) shutdown: Shutdown,
     pub(crate) ready: mpsc::UnboundedSender<()>,
+}
+
+/// Who this member is in the group.
+#[derive(Debug, Clone)]
+struct Member {
+    group: String,
+    member_id: String,
+    /// Static membership (KIP-345): a restart with the same id within the session timeout
+    /// gets its partitions back without a rebalance.
+    instance_id: Option<String>,
+    generation: i32,
 }
 
 /// Why a generation ended.
 enum Ended {
     Shutdown,
     Rejoin { reset_member: bool },
+    /// A partition consumer stopped on its own, or the member was fenced for good.
+    Failed(KafkaError),
 }
 
-/// A member's partitions in one generation.
-struct Generation {
-    id: i32,
-    member_id: String,
-    assigned: Vec<(String, i32)>,
+/// What the heartbeat task reports.
+enum Beat {
+    Rebalance,
+    Fenced(ResponseError),
 }
 
+/// A generation's partition consumers.
 struct Running {
-    stop: faststream_core::ShutdownTrigger,
-    tasks: tokio::task::JoinSet<()>,
-    commit_requests: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
-    progress: Vec<((String, i32), Arc<AtomicI64>)>,
-    committed: HashMap<(String, i32), i64>,
+    stop: ShutdownTrigger,
+    tasks: JoinSet<Result<(), KafkaError>>,
+    /// Which partition each consumer task serves, by task id.
+    serving: HashMap<tokio::task::Id, (String, i32, &'static str)>,
+    commit_requests: mpsc::Receiver<oneshot::Sender<()>>,
+    positions: Vec<((String, i32), Position)>,
+}
+
+/// The answer to an OffsetCommit.
+enum Commit {
+    Done,
+    /// Not this time (coordinator moved or unreachable); the next commit retries.
+    Later(String),
+    /// The generation is over.
+    Rejoin { reset_member: bool, reason: String },
 }
 
 impl GroupRunner {
-    pub(crate) async fn run(self) {
-        let mut member_id = String::new();
+    /// Serves the group until shutdown (`Ok`) or until one of its partition consumers stopped
+    /// on its own (`Err`, after committing what is done and leaving the group).
+    pub(crate) async fn run(self) -> Result<(), KafkaError> {
+        let config = self.rt.config.clone();
+        let mut member = Member {
+            group: self.group.clone(),
+            member_id: String::new(),
+            instance_id: config.group_instance_id.clone(),
+            generation: -1,
+        };
+        let mut conn: Option<Conn> = None;
         let mut ready_sent = false;
         let mut backoff = Duration::from_millis(200);
         let mut shutdown = self.shutdown.clone();
-        while !self.shutdown.is_triggered() {
-            let mut conn = tokio::select! {
-                c = self.coordinator() => match c {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(group = self.group, error = %e, retry_in = ?backoff, "cannot reach the group coordinator; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff) => {},
-                            () = shutdown.wait() => break,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                },
-                () = shutdown.wait() => break,
+        // Partition counts when the member started: partitions beyond them appeared while it
+        // ran, and are read from their beginning when nothing was committed for them.
+        let initial = self.partition_counts().await;
+        let result = loop {
+            if self.shutdown.is_triggered() {
+                break Ok(());
+            }
+            let joined = tokio::select! {
+                j = self.join(&mut conn, &mut member) => j,
+                () = shutdown.wait() => break Ok(()),
             };
-            let generation = tokio::select! {
-                g = self.join(&mut conn, &mut member_id) => g,
-                () = shutdown.wait() => break,
-            };
-            let generation = match generation {
-                Ok(g) => g,
+            let (assigned, counts) = match joined {
+                Ok(j) => j,
                 Err(JoinError::Rejoin { reset_member }) => {
                     if reset_member {
-                        member_id.clear();
+                        member.member_id.clear();
                     }
                     continue;
                 }
                 Err(JoinError::Failed(e)) => {
                     tracing::warn!(group = self.group, error = %e, retry_in = ?backoff, "joining the group failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    conn = None;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {},
+                        () = shutdown.wait() => break Ok(()),
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
+                Err(JoinError::Fatal(e)) => break Err(e),
             };
             backoff = Duration::from_millis(200);
             tracing::info!(
                 group = self.group,
-                generation = generation.id,
-                member = generation.member_id,
-                partitions = ?generation.assigned,
+                generation = member.generation,
+                member = member.member_id,
+                partitions = ?assigned,
                 "assigned"
             );
-            let running = match self.start(&mut conn, &generation).await {
+            // Heartbeats start before anything else can take time.
+            let (beat_tx, beat_rx) = mpsc::unbounded_channel();
+            let heartbeat = tokio::spawn(heartbeat_loop(
+                config.clone(),
+                member.clone(),
+                self.settings,
+                beat_tx,
+            ));
+            let running = match self.start(&mut conn, &assigned, &initial).await {
                 Ok(r) => r,
                 Err(e) => {
+                    heartbeat.abort();
+                    conn = None;
                     tracing::warn!(group = self.group, error = %e, "fetching committed offsets failed; rejoining");
                     continue;
                 }
             };
-            if let Some(hook) = &self.config.hooks.assigned {
-                hook(&self.group, &generation.assigned);
+            if let Some(hook) = &config.hooks.assigned {
+                hook(&self.group, &assigned);
             }
             if !ready_sent {
                 let _ = self.ready.send(());
                 ready_sent = true;
             }
-            let ended = self.serve_generation(&mut conn, &generation, running).await;
-            if let Some(hook) = &self.config.hooks.revoked {
-                hook(&self.group, &generation.assigned);
+            let ended = self
+                .serve_generation(&mut conn, &member, &counts, running, beat_rx)
+                .await;
+            heartbeat.abort();
+            if let Some(hook) = &config.hooks.revoked {
+                hook(&self.group, &assigned);
             }
             match ended {
-                Ended::Shutdown => {
-                    self.leave(&mut conn, &generation.member_id).await;
-                    return;
-                }
+                Ended::Shutdown => break Ok(()),
+                Ended::Failed(e) => break Err(e),
                 Ended::Rejoin { reset_member } => {
                     if reset_member {
-                        member_id.clear();
+                        member.member_id.clear();
                     }
                 }
             }
-        }
+        };
         if !ready_sent {
             let _ = self.ready.send(());
         }
+        if !member.member_id.is_empty() {
+            self.leave(&mut conn, &member).await;
+        }
+        result
     }
 
-    /// Finds the coordinator through any bootstrap broker and connects to it.
-    async fn coordinator(&self) -> Result<Conn, ConnError> {
-        let timeout = self.config.request_timeout.min(Duration::from_secs(10));
-        let mut last = None;
-        for addr in &self.config.brokers {
-            let mut conn = match Conn::connect(addr, &self.config.client_id, timeout).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
-            let version = conn.version::<FindCoordinatorRequest>(4)?;
-            let mut req = FindCoordinatorRequest::default();
-            let key = StrBytes::from_string(self.group.clone());
-            if version >= 4 {
-                req.coordinator_keys = vec![key];
-            } else {
-                req.key = key;
-            }
-            let resp = conn.send(&req, version).await?;
-            let (code, host, port) = match resp.coordinators.first() {
-                Some(c) if version >= 4 => (c.error_code, c.host.to_string(), c.port),
-                _ => (resp.error_code, resp.host.to_string(), resp.port),
-            };
-            if let Some(err) = ResponseError::try_from_code(code) {
-                return Err(ConnError::Protocol {
-                    addr: addr.clone(),
-                    reason: format!("FindCoordinator for group {:?}: {err}", self.group),
-                });
-            }
-            let coord = format!("{host}:{port}");
-            if coord == *addr {
-                return Ok(conn);
-            }
-            return Conn::connect(&coord, &self.config.client_id, timeout).await;
+    /// A usable connection to the coordinator: the current one, or a new one.
+    async fn conn<'c>(&self, conn: &'c mut Option<Conn>) -> Result<&'c mut Conn, ConnError> {
+        if conn.as_ref().is_none_or(Conn::is_broken) {
+            *conn = Some(find_coordinator(&self.rt.config, &self.group).await?);
         }
-        Err(last.unwrap_or(ConnError::Protocol {
-            addr: String::new(),
-            reason: "no bootstrap address".into(),
-        }))
+        Ok(conn.as_mut().expect("just connected"))
     }
 
     fn topic_names(&self) -> Vec<String> {
@@ -223,7 +238,21 @@ impl GroupRunner {
         set.into_iter().map(str::to_owned).collect()
     }
 
-    async fn join(&self, conn: &mut Conn, member_id: &mut String) -> Result<Generation, JoinError> {
+    /// Current partition counts of the subscribed topics (fresh metadata).
+    async fn partition_counts(&self) -> BTreeMap<String, i32> {
+        self.rt
+            .producers
+            .lookup_partitions(&self.rt.client, &self.topic_names())
+            .await
+    }
+
+    /// Joins and syncs; returns this member's partitions and the subscribed topics' partition
+    /// counts the assignment was made with.
+    async fn join(
+        &self,
+        conn: &mut Option<Conn>,
+        member: &mut Member,
+    ) -> Result<(Vec<(String, i32)>, BTreeMap<String, i32>), JoinError> {
         let s = self.settings;
         let subscription = {
             let mut sub = ConsumerProtocolSubscription::default();
@@ -234,13 +263,26 @@ impl GroupRunner {
                 .collect();
             encode_versioned(&sub, 0)
         };
+        // The coordinator holds JoinGroup until every member rejoined, up to the largest
+        // rebalance timeout in the group (ours, or a longer one of another member: Java's
+        // default is 5 minutes). Wait for ours plus a margin; a longer wait shows up as a
+        // timeout and a retry, which the coordinator answers from its state.
+        let join_timeout = s.rebalance_timeout + self.rt.config.request_timeout;
+        let conn = self.conn(conn).await?;
         let version = conn.version::<JoinGroupRequest>(9)?;
+        if member.instance_id.is_some() && version < 5 {
+            return Err(JoinError::Fatal(KafkaError::Unsupported(format!(
+                "group_instance_id needs JoinGroup v5 or later; the coordinator {} offers v{version}",
+                conn.addr()
+            ))));
+        }
         for _attempt in 0..2 {
             let mut req = JoinGroupRequest::default();
-            req.group_id = GroupId(StrBytes::from_string(self.group.clone()));
+            req.group_id = group_id(&self.group);
             req.session_timeout_ms = ms(s.session_timeout);
             req.rebalance_timeout_ms = ms(s.rebalance_timeout);
-            req.member_id = StrBytes::from_string(member_id.clone());
+            req.member_id = StrBytes::from_string(member.member_id.clone());
+            req.group_instance_id = member.instance_id.clone().map(StrBytes::from_string);
             req.protocol_type = StrBytes::from_static_str("consumer");
             // Both assignors, the preferred one first: the coordinator picks one every member
             // supports, so members of other client libraries can join.
@@ -257,22 +299,22 @@ impl GroupRunner {
                     protocol
                 })
                 .collect();
-            // The coordinator holds JoinGroup until the rebalance completes.
-            let resp = conn.send(&req, version).await?;
+            let resp = conn.send_within(&req, version, join_timeout).await?;
             match ResponseError::try_from_code(resp.error_code) {
                 None => {}
                 Some(ResponseError::MemberIdRequired) => {
-                    *member_id = resp.member_id.to_string();
+                    member.member_id = resp.member_id.to_string();
                     continue;
                 }
-                Some(e) => return Err(rejoin_or_fail(e, "JoinGroup")),
+                Some(e) => return Err(self.rejoin_or_fail(e, "JoinGroup", member)),
             }
-            *member_id = resp.member_id.to_string();
-            let generation = resp.generation_id;
+            member.member_id = resp.member_id.to_string();
+            member.generation = resp.generation_id;
             let protocol_name = resp
                 .protocol_name
                 .as_ref()
                 .map_or(s.assignor.protocol_name().to_owned(), |p| p.to_string());
+            let counts = self.partition_counts().await;
             let assignments = if resp.leader == resp.member_id {
                 let members: Vec<(String, Vec<String>)> = resp
                     .members
@@ -285,15 +327,16 @@ impl GroupRunner {
                         (m.member_id.to_string(), topics)
                     })
                     .collect();
-                self.leader_assign(&members, &protocol_name).await?
+                self.leader_assign(&members, &protocol_name, &counts).await
             } else {
                 Vec::new()
             };
             let sync_version = conn.version::<SyncGroupRequest>(5)?;
             let mut sync = SyncGroupRequest::default();
-            sync.group_id = GroupId(StrBytes::from_string(self.group.clone()));
-            sync.generation_id = generation;
-            sync.member_id = StrBytes::from_string(member_id.clone());
+            sync.group_id = group_id(&self.group);
+            sync.generation_id = member.generation;
+            sync.member_id = StrBytes::from_string(member.member_id.clone());
+            sync.group_instance_id = member.instance_id.clone().map(StrBytes::from_string);
             sync.protocol_type = Some(StrBytes::from_static_str("consumer"));
             sync.protocol_name = Some(StrBytes::from_string(protocol_name));
             sync.assignments = assignments
@@ -305,9 +348,9 @@ impl GroupRunner {
                     a
                 })
                 .collect();
-            let resp = conn.send(&sync, sync_version).await?;
+            let resp = conn.send_within(&sync, sync_version, join_timeout).await?;
             if let Some(e) = ResponseError::try_from_code(resp.error_code) {
-                return Err(rejoin_or_fail(e, "SyncGroup"));
+                return Err(self.rejoin_or_fail(e, "SyncGroup", member));
             }
             let mut assigned = Vec::new();
             if let Some(a) = decode_versioned::<ConsumerProtocolAssignment>(resp.assignment) {
@@ -318,53 +361,80 @@ impl GroupRunner {
                 }
             }
             assigned.sort();
-            return Ok(Generation {
-                id: generation,
-                member_id: member_id.clone(),
-                assigned,
-            });
+            return Ok((assigned, counts));
         }
         Err(JoinError::Failed(
             "the coordinator kept asking for a member id".into(),
         ))
     }
 
+    fn rejoin_or_fail(&self, e: ResponseError, what: &str, member: &Member) -> JoinError {
+        match e {
+            ResponseError::RebalanceInProgress => JoinError::Rejoin {
+                reset_member: false,
+            },
+            ResponseError::UnknownMemberId | ResponseError::IllegalGeneration => {
+                JoinError::Rejoin { reset_member: true }
+            }
+            ResponseError::FencedInstanceId => JoinError::Fatal(fenced(member)),
+            other => JoinError::Failed(format!("{what}: {other}")),
+        }
+    }
+
     /// The leader's assignment: partitions of every subscribed topic spread over the members.
+    /// Topics without metadata (another member's subscription this cluster does not have, or a
+    /// lookup that failed) are left out, so they cannot block the group.
     async fn leader_assign(
         &self,
         members: &[(String, Vec<String>)],
         protocol: &str,
-    ) -> Result<Vec<(String, Vec<(String, i32)>)>, JoinError> {
-        let topics: BTreeSet<&str> = members
+        ours: &BTreeMap<String, i32>,
+    ) -> Vec<(String, Vec<(String, i32)>)> {
+        let topics: Vec<String> = members
             .iter()
-            .flat_map(|(_, t)| t.iter().map(String::as_str))
+            .flat_map(|(_, t)| t.iter().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|t| !ours.contains_key(t))
             .collect();
-        let mut partitions = BTreeMap::new();
-        for topic in topics {
-            let n = self
+        let mut partitions = ours.clone();
+        partitions.extend(
+            self.rt
                 .producers
-                .partition_count(&self.client, topic)
-                .await
-                .map_err(|e| JoinError::Failed(e.to_string()))?;
-            partitions.insert(topic.to_owned(), n);
+                .lookup_partitions(&self.rt.client, &topics)
+                .await,
+        );
+        for topic in topics.iter().filter(|t| !partitions.contains_key(*t)) {
+            tracing::warn!(
+                group = self.group,
+                topic,
+                "a member subscribes to a topic without metadata; it is not assigned"
+            );
         }
         let assignor = if protocol == "roundrobin" {
             Assignor::RoundRobin
         } else {
             Assignor::Range
         };
-        Ok(assign(assignor, members, &partitions))
+        assign(assignor, members, &partitions)
     }
 
     /// Fetches committed offsets and starts one consumer per assigned partition.
-    async fn start(&self, conn: &mut Conn, generation: &Generation) -> Result<Running, ConnError> {
-        let committed = self.fetch_offsets(conn, &generation.assigned).await?;
+    async fn start(
+        &self,
+        conn: &mut Option<Conn>,
+        assigned: &[(String, i32)],
+        initial: &BTreeMap<String, i32>,
+    ) -> Result<Running, ConnError> {
+        let conn = self.conn(conn).await?;
+        let committed = self.fetch_offsets(conn, assigned).await?;
         let (stop, gen_shutdown) = Shutdown::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut progress = Vec::new();
+        let mut tasks = JoinSet::new();
+        let mut serving = HashMap::new();
+        let mut positions = Vec::new();
         let (ready_tx, _ready_rx) = mpsc::unbounded_channel();
         let (commit_tx, commit_rx) = mpsc::channel(64);
-        for (topic, partition) in &generation.assigned {
+        for (topic, partition) in assigned {
             let Some(sub) = self.topics.iter().find(|t| t.topic == *topic) else {
                 continue;
             };
@@ -372,159 +442,234 @@ impl GroupRunner {
                 .get(&(topic.clone(), *partition))
                 .copied()
                 .filter(|o| *o >= 0);
-            let done = Arc::new(AtomicI64::new(start.unwrap_or(-1)));
-            progress.push(((topic.clone(), *partition), done.clone()));
-            tasks.spawn(
+            // A partition that appeared while the service ran is read from its beginning:
+            // `latest` would skip what was written to it before this member noticed it.
+            let is_new = initial.get(topic).is_some_and(|n| *partition >= *n);
+            let reset = if is_new && start.is_none() {
+                OffsetReset::Earliest
+            } else {
+                sub.reset
+            };
+            let position = Position::new(start);
+            positions.push(((topic.clone(), *partition), position.clone()));
+            let handle = tasks.spawn(
                 PartitionConsumer {
-                    client: self.client.clone(),
-                    producers: self.producers.clone(),
-                    pipeline: self.pipeline.clone(),
+                    rt: self.rt.clone(),
                     route: sub.route,
                     topic: Arc::from(topic.as_str()),
                     partition: *partition,
-                    reset: sub.reset,
+                    reset,
                     start,
-                    progress: Some(done),
-                    commit_now: Some(commit_tx.clone()),
-                    held: None,
-                    config: self.config.clone(),
+                    group: Some(GroupLink {
+                        position,
+                        commit_now: commit_tx.clone(),
+                    }),
                     shutdown: gen_shutdown.clone(),
                     ready: ready_tx.clone(),
                 }
                 .run(),
             );
+            serving.insert(handle.id(), (topic.clone(), *partition, sub.route.name()));
         }
         Ok(Running {
             stop,
             tasks,
+            serving,
             commit_requests: commit_rx,
-            progress,
-            committed: committed.into_iter().filter(|(_, o)| *o >= 0).collect(),
+            positions,
         })
     }
 
     async fn serve_generation(
         &self,
-        conn: &mut Conn,
-        generation: &Generation,
+        conn: &mut Option<Conn>,
+        member: &Member,
+        counts: &BTreeMap<String, i32>,
         mut running: Running,
+        mut beats: mpsc::UnboundedReceiver<Beat>,
     ) -> Ended {
-        let mut heartbeat = tokio::time::interval(self.settings.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commit = tokio::time::interval(self.settings.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let refresh_every = self.rt.config.metadata_max_age;
+        let mut refresh = tokio::time::interval_at(Instant::now() + refresh_every, refresh_every);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
         let ended = loop {
             tokio::select! {
                 () = shutdown.wait() => break Ended::Shutdown,
-                _ = heartbeat.tick() => {
-                    match self.heartbeat(conn, generation).await {
-                        Ok(()) => {}
-                        Err(HeartbeatEnd::Rebalance) => {
-                            tracing::info!(group = self.group, generation = generation.id, "rebalance: revoking partitions");
-                            break Ended::Rejoin { reset_member: false };
-                        }
-                        Err(HeartbeatEnd::Fenced(e)) => {
-                            tracing::warn!(group = self.group, generation = generation.id, error = %e, "no longer a member: rejoining");
-                            break Ended::Rejoin { reset_member: true };
-                        }
-                        Err(HeartbeatEnd::Failed(e)) => {
-                            tracing::warn!(group = self.group, error = %e, "heartbeat failed: finding the coordinator again");
-                            break Ended::Rejoin { reset_member: false };
-                        }
+                beat = beats.recv() => match beat {
+                    Some(Beat::Rebalance) => {
+                        tracing::info!(group = self.group, generation = member.generation, "rebalance: revoking partitions");
+                        break Ended::Rejoin { reset_member: false };
+                    }
+                    Some(Beat::Fenced(ResponseError::FencedInstanceId)) => break Ended::Failed(fenced(member)),
+                    Some(Beat::Fenced(e)) => {
+                        tracing::warn!(group = self.group, generation = member.generation, error = %e, "no longer a member: rejoining");
+                        break Ended::Rejoin { reset_member: true };
+                    }
+                    None => break Ended::Rejoin { reset_member: false },
+                },
+                Some(joined) = running.tasks.join_next_with_id() => {
+                    if let Some(e) = consumer_failure(&mut running, joined) {
+                        break Ended::Failed(e);
                     }
                 }
                 _ = commit.tick() => {
-                    if let Err(e) = self.commit(conn, generation, &mut running).await {
-                        tracing::warn!(group = self.group, error = %e, "offset commit failed");
+                    if let Some(end) = self.commit(conn, member, &running).await {
+                        break end;
                     }
                 }
                 Some(reply) = running.commit_requests.recv() => {
-                    if let Err(e) = self.commit(conn, generation, &mut running).await {
-                        tracing::warn!(group = self.group, error = %e, "offset commit failed");
-                    }
+                    let end = self.commit(conn, member, &running).await;
                     let _ = reply.send(());
+                    if let Some(end) = end {
+                        break end;
+                    }
+                }
+                _ = refresh.tick() => {
+                    let now = self.partition_counts().await;
+                    let changed: Vec<_> = now
+                        .iter()
+                        .filter(|(t, n)| counts.get(*t).is_some_and(|old| old != *n))
+                        .collect();
+                    if !changed.is_empty() {
+                        tracing::info!(group = self.group, partitions = ?changed, "partition count changed: rejoining");
+                        break Ended::Rejoin { reset_member: false };
+                    }
                 }
             }
         };
-        // Revoke: stop fetching, finish the message in hand, wait for acks, commit.
+        // Revoke: stop fetching, finish the message in hand, wait for acks; heartbeats go on.
         running.stop.trigger();
+        let limit = self.drain_limit(&ended);
+        let deadline = Instant::now() + limit;
+        let mut failure = None;
         loop {
             tokio::select! {
-                joined = running.tasks.join_next() => if joined.is_none() { break },
+                joined = running.tasks.join_next_with_id() => match joined {
+                    None => break,
+                    Some(joined) => {
+                        if let Some(e) = consumer_failure(&mut running, joined) {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                },
                 // A consumer of an `ack = "first"` route may be waiting for its commit.
                 Some(reply) = running.commit_requests.recv() => {
-                    let _ = self.commit(conn, generation, &mut running).await;
+                    let _ = self.commit(conn, member, &running).await;
                     let _ = reply.send(());
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    for (topic, partition, handler) in running.serving.values() {
+                        tracing::error!(
+                            group = self.group,
+                            topic,
+                            partition,
+                            handler,
+                            limit = ?limit,
+                            "the handler did not finish within the rebalance timeout (or the shutdown deadline); abandoning it: its message is not committed and will be consumed again. Raise rebalance_timeout_ms (or the shutdown timeout) above the handler's longest run"
+                        );
+                    }
+                    running.tasks.abort_all();
+                    while running.tasks.join_next().await.is_some() {}
+                    break;
                 }
             }
         }
-        if let Err(e) = self.commit(conn, generation, &mut running).await {
-            tracing::warn!(group = self.group, error = %e, "final offset commit failed; those messages will be redelivered");
+        match self.commit(conn, member, &running).await {
+            None => {}
+            Some(_) => tracing::warn!(
+                group = self.group,
+                "final offset commit failed; messages since the last commit will be consumed again"
+            ),
         }
-        ended
-    }
-
-    async fn heartbeat(
-        &self,
-        conn: &mut Conn,
-        generation: &Generation,
-    ) -> Result<(), HeartbeatEnd> {
-        let version = conn
-            .version::<HeartbeatRequest>(4)
-            .map_err(|e| HeartbeatEnd::Failed(e.to_string()))?;
-        let mut req = HeartbeatRequest::default();
-        req.group_id = GroupId(StrBytes::from_string(self.group.clone()));
-        req.generation_id = generation.id;
-        req.member_id = StrBytes::from_string(generation.member_id.clone());
-        let resp = conn
-            .send(&req, version)
-            .await
-            .map_err(|e| HeartbeatEnd::Failed(e.to_string()))?;
-        match ResponseError::try_from_code(resp.error_code) {
-            None => Ok(()),
-            Some(ResponseError::RebalanceInProgress) => Err(HeartbeatEnd::Rebalance),
-            Some(
-                e @ (ResponseError::UnknownMemberId
-                | ResponseError::IllegalGeneration
-                | ResponseError::FencedInstanceId),
-            ) => Err(HeartbeatEnd::Fenced(e.to_string())),
-            Some(e) => Err(HeartbeatEnd::Failed(e.to_string())),
+        match (ended, failure) {
+            (Ended::Failed(e), _) => Ended::Failed(e),
+            (_, Some(e)) => Ended::Failed(e),
+            (ended, None) => ended,
         }
     }
 
-    /// Commits every partition whose done offset moved since the last commit.
+    /// How long revoked partitions may take to drain: within the rebalance timeout (the
+    /// coordinator expels a member that rejoins later), or before the app's shutdown deadline
+    /// (leaving time to commit and leave the group).
+    fn drain_limit(&self, ended: &Ended) -> Duration {
+        let s = self.settings;
+        let rebalance = s
+            .rebalance_timeout
+            .saturating_sub(s.heartbeat_interval)
+            .saturating_sub(Duration::from_secs(1))
+            .max(s.rebalance_timeout / 2);
+        match (ended, self.shutdown.deadline()) {
+            (Ended::Shutdown, Some(deadline)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Keep a share for the final commit and LeaveGroup.
+                left.saturating_sub((left / 5).min(Duration::from_secs(2)))
+                    .min(rebalance)
+            }
+            _ => rebalance,
+        }
+    }
+
+    /// Commits every partition's position. Returns how the generation ends, if the coordinator
+    /// says it is over.
     async fn commit(
         &self,
-        conn: &mut Conn,
-        generation: &Generation,
-        running: &mut Running,
-    ) -> Result<(), ConnError> {
-        let mut by_topic: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
-        for ((topic, partition), done) in &running.progress {
-            let offset = done.load(Ordering::Acquire);
-            if offset < 0 || running.committed.get(&(topic.clone(), *partition)) == Some(&offset) {
-                continue;
+        conn: &mut Option<Conn>,
+        member: &Member,
+        running: &Running,
+    ) -> Option<Ended> {
+        match self.try_commit(conn, member, running).await {
+            Ok(Commit::Done) => None,
+            Ok(Commit::Later(reason)) => {
+                tracing::warn!(group = self.group, reason, "offset commit failed; retrying at the next commit");
+                None
             }
-            by_topic
-                .entry(topic.clone())
-                .or_default()
-                .push((*partition, offset));
+            Ok(Commit::Rejoin {
+                reset_member,
+                reason,
+            }) => {
+                tracing::warn!(group = self.group, reason, "offset commit refused: rejoining");
+                Some(Ended::Rejoin { reset_member })
+            }
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "offset commit failed; finding the coordinator again");
+                *conn = None;
+                None
+            }
+        }
+    }
+
+    /// Commits the position of every partition that has one, also when unchanged (so the
+    /// broker's offset retention never drops a quiet group's offsets).
+    async fn try_commit(
+        &self,
+        conn: &mut Option<Conn>,
+        member: &Member,
+        running: &Running,
+    ) -> Result<Commit, ConnError> {
+        let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+        for ((topic, partition), position) in &running.positions {
+            if let Some(offset) = position.get() {
+                by_topic.entry(topic).or_default().push((*partition, offset));
+            }
         }
         if by_topic.is_empty() {
-            return Ok(());
+            return Ok(Commit::Done);
         }
+        let conn = self.conn(conn).await?;
         let version = conn.version::<OffsetCommitRequest>(8)?;
         let mut req = OffsetCommitRequest::default();
-        req.group_id = GroupId(StrBytes::from_string(self.group.clone()));
-        req.generation_id_or_member_epoch = generation.id;
-        req.member_id = StrBytes::from_string(generation.member_id.clone());
+        req.group_id = group_id(&self.group);
+        req.generation_id_or_member_epoch = member.generation;
+        req.member_id = StrBytes::from_string(member.member_id.clone());
+        req.group_instance_id = member.instance_id.clone().map(StrBytes::from_string);
         req.retention_time_ms = -1;
         req.topics = by_topic
             .iter()
             .map(|(topic, parts)| {
                 let mut t = OffsetCommitRequestTopic::default();
-                t.name = TopicName(StrBytes::from_string(topic.clone()));
+                t.name = TopicName(StrBytes::from_string((*topic).to_owned()));
                 t.partitions = parts
                     .iter()
                     .map(|(p, o)| {
@@ -540,31 +685,50 @@ impl GroupRunner {
             .collect();
         let resp = conn.send(&req, version).await?;
         let mut failed = Vec::new();
+        let mut verdict = Commit::Done;
         for t in &resp.topics {
             for p in &t.partitions {
-                let key = (t.name.0.to_string(), p.partition_index);
-                match ResponseError::try_from_code(p.error_code) {
-                    None => {
-                        if let Some((_, o)) = by_topic
-                            .get(&key.0)
-                            .and_then(|ps| ps.iter().find(|(pi, _)| *pi == key.1))
-                        {
-                            running.committed.insert(key, *o);
-                        }
-                    }
-                    Some(e) => failed.push(format!("{}[{}]: {e}", key.0, key.1)),
+                let Some(e) = ResponseError::try_from_code(p.error_code) else {
+                    continue;
+                };
+                failed.push(format!("{}[{}]: {e}", t.name.0, p.partition_index));
+                verdict = match e {
+                    ResponseError::RebalanceInProgress => Commit::Rejoin {
+                        reset_member: false,
+                        reason: String::new(),
+                    },
+                    ResponseError::UnknownMemberId
+                    | ResponseError::IllegalGeneration
+                    | ResponseError::FencedInstanceId => Commit::Rejoin {
+                        reset_member: true,
+                        reason: String::new(),
+                    },
+                    _ => match verdict {
+                        Commit::Done => Commit::Later(String::new()),
+                        other => other,
+                    },
+                };
+                if matches!(
+                    e,
+                    ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+                ) {
+                    // Find the coordinator again before the next commit.
+                    conn.mark_broken();
                 }
             }
         }
-        if failed.is_empty() {
-            tracing::debug!(group = self.group, offsets = ?by_topic, "committed");
-            Ok(())
-        } else {
-            Err(ConnError::Protocol {
-                addr: conn.addr().to_owned(),
-                reason: format!("OffsetCommit refused: {}", failed.join(", ")),
-            })
-        }
+        let reason = failed.join(", ");
+        Ok(match verdict {
+            Commit::Done => {
+                tracing::debug!(group = self.group, offsets = ?by_topic, "committed");
+                Commit::Done
+            }
+            Commit::Later(_) => Commit::Later(reason),
+            Commit::Rejoin { reset_member, .. } => Commit::Rejoin {
+                reset_member,
+                reason,
+            },
+        })
     }
 
     async fn fetch_offsets(
@@ -647,21 +811,33 @@ impl GroupRunner {
         Ok(out)
     }
 
-    async fn leave(&self, conn: &mut Conn, member_id: &str) {
+    async fn leave(&self, conn: &mut Option<Conn>, member: &Member) {
+        if member.instance_id.is_some() {
+            // A static member keeps its place: a restart within the session timeout gets its
+            // partitions back without a rebalance (as the Java client does on close).
+            return;
+        }
+        let Ok(conn) = self.conn(conn).await else {
+            return;
+        };
         let Ok(version) = conn.version::<LeaveGroupRequest>(5) else {
             return;
         };
         let mut req = LeaveGroupRequest::default();
-        req.group_id = GroupId(StrBytes::from_string(self.group.clone()));
+        req.group_id = group_id(&self.group);
         if version >= 3 {
             let mut m = MemberIdentity::default();
-            m.member_id = StrBytes::from_string(member_id.to_owned());
+            m.member_id = StrBytes::from_string(member.member_id.clone());
             req.members = vec![m];
         } else {
-            req.member_id = StrBytes::from_string(member_id.to_owned());
+            req.member_id = StrBytes::from_string(member.member_id.clone());
         }
         match conn.send(&req, version).await {
-            Ok(_) => tracing::info!(group = self.group, member = member_id, "left the group"),
+            Ok(_) => tracing::info!(
+                group = self.group,
+                member = member.member_id,
+                "left the group"
+            ),
             Err(e) => {
                 tracing::warn!(group = self.group, error = %e, "LeaveGroup failed; the coordinator will expire the member")
             }
@@ -669,9 +845,172 @@ impl GroupRunner {
     }
 }
 
+/// Takes a finished partition consumer off the books; returns its error if it stopped on its
+/// own (or crashed).
+fn consumer_failure(
+    running: &mut Running,
+    joined: Result<(tokio::task::Id, Result<(), KafkaError>), tokio::task::JoinError>,
+) -> Option<KafkaError> {
+    let (id, result) = match joined {
+        Ok((id, result)) => (id, result),
+        Err(e) if e.is_cancelled() => {
+            running.serving.remove(&e.id());
+            return None;
+        }
+        Err(e) => {
+            let (topic, partition, handler) = running.serving.remove(&e.id())?;
+            return Some(KafkaError::PartitionStopped {
+                handler: handler.to_owned(),
+                topic,
+                partition,
+                offset: -1,
+                reason: format!("its task crashed: {e}"),
+            });
+        }
+    };
+    running.serving.remove(&id);
+    result.err()
+}
+
+fn fenced(member: &Member) -> KafkaError {
+    KafkaError::Fenced {
+        group: member.group.clone(),
+        instance_id: member.instance_id.clone().unwrap_or_default(),
+    }
+}
+
+/// Heartbeats every `heartbeat_interval` on a connection of its own, until aborted or the
+/// coordinator says the member is gone. Reports the first rebalance and keeps heartbeating
+/// through it (the session stays alive while revoked partitions drain). A coordinator that
+/// cannot be reached or moved is found again; the member keeps its generation meanwhile.
+async fn heartbeat_loop(
+    config: Arc<Config>,
+    member: Member,
+    settings: GroupSettings,
+    beats: mpsc::UnboundedSender<Beat>,
+) {
+    let group = member.group.as_str();
+    let mut conn: Option<Conn> = None;
+    let mut rebalance_reported = false;
+    let mut last_ok = Instant::now();
+    let mut ticker = tokio::time::interval_at(
+        Instant::now() + settings.heartbeat_interval,
+        settings.heartbeat_interval,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if conn.as_ref().is_none_or(Conn::is_broken) {
+            match find_coordinator(&config, group).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(group, error = %e, since_last_heartbeat = ?last_ok.elapsed(), "cannot reach the group coordinator; keeping the partitions and retrying");
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        match heartbeat(c, &member).await {
+            Ok(None) => last_ok = Instant::now(),
+            Ok(Some(ResponseError::RebalanceInProgress)) => {
+                last_ok = Instant::now();
+                if !rebalance_reported {
+                    rebalance_reported = true;
+                    let _ = beats.send(Beat::Rebalance);
+                }
+            }
+            Ok(Some(
+                e @ (ResponseError::UnknownMemberId
+                | ResponseError::IllegalGeneration
+                | ResponseError::FencedInstanceId),
+            )) => {
+                let _ = beats.send(Beat::Fenced(e));
+                return;
+            }
+            Ok(Some(e)) => {
+                // NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE and the like: find it again.
+                tracing::warn!(group, error = %e, "heartbeat refused; finding the coordinator again (partitions kept)");
+                conn = None;
+            }
+            Err(e) => {
+                tracing::warn!(group, error = %e, since_last_heartbeat = ?last_ok.elapsed(), "heartbeat failed; finding the coordinator again (partitions kept)");
+                conn = None;
+            }
+        }
+    }
+}
+
+/// One heartbeat: the coordinator's error, if any.
+async fn heartbeat(conn: &mut Conn, member: &Member) -> Result<Option<ResponseError>, ConnError> {
+    let version = conn.version::<HeartbeatRequest>(4)?;
+    let mut req = HeartbeatRequest::default();
+    req.group_id = group_id(&member.group);
+    req.generation_id = member.generation;
+    req.member_id = StrBytes::from_string(member.member_id.clone());
+    req.group_instance_id = member.instance_id.clone().map(StrBytes::from_string);
+    let resp = conn.send(&req, version).await?;
+    Ok(ResponseError::try_from_code(resp.error_code))
+}
+
+/// Finds the group's coordinator through any bootstrap broker and connects to it.
+async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnError> {
+    let timeout = config.request_timeout.min(Duration::from_secs(10));
+    let mut last = None;
+    for addr in &config.brokers {
+        let mut conn = match Conn::connect(addr, &config.client_id, timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let version = conn.version::<FindCoordinatorRequest>(4)?;
+        let mut req = FindCoordinatorRequest::default();
+        let key = StrBytes::from_string(group.to_owned());
+        if version >= 4 {
+            req.coordinator_keys = vec![key];
+        } else {
+            req.key = key;
+        }
+        let resp = match conn.send(&req, version).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let (code, host, port) = match resp.coordinators.first() {
+            Some(c) if version >= 4 => (c.error_code, c.host.to_string(), c.port),
+            _ => (resp.error_code, resp.host.to_string(), resp.port),
+        };
+        if let Some(err) = ResponseError::try_from_code(code) {
+            last = Some(ConnError::Protocol {
+                addr: addr.clone(),
+                reason: format!("FindCoordinator for group {group:?}: {err}"),
+            });
+            continue;
+        }
+        let coord = format!("{host}:{port}");
+        if coord == *addr {
+            return Ok(conn);
+        }
+        return Conn::connect(&coord, &config.client_id, timeout).await;
+    }
+    Err(last.unwrap_or(ConnError::Protocol {
+        addr: String::new(),
+        reason: "no bootstrap address".into(),
+    }))
+}
+
+fn group_id(group: &str) -> GroupId {
+    GroupId(StrBytes::from_string(group.to_owned()))
+}
+
 enum JoinError {
     Rejoin { reset_member: bool },
     Failed(String),
+    /// The member cannot go on (fenced by another instance with its `group_instance_id`).
+    Fatal(KafkaError),
 }
 
 impl From<ConnError> for JoinError {
@@ -680,163 +1019,7 @@ impl From<ConnError> for JoinError {
     }
 }
 
-fn rejoin_or_fail(e: ResponseError, what: &str) -> JoinError {
-    match e {
-        ResponseError::RebalanceInProgress => JoinError::Rejoin {
-            reset_member: false,
-        },
-        ResponseError::UnknownMemberId | ResponseError::IllegalGeneration => {
-            JoinError::Rejoin { reset_member: true }
-        }
-        other => JoinError::Failed(format!("{what}: {other}")),
-    }
-}
-
-enum HeartbeatEnd {
-    Rebalance,
-    Fenced(String),
-    Failed(String),
-}
-
 fn ms(d: Duration) -> i32 {
     d.as_millis().min(i32::MAX as u128) as i32
 }
 
-fn encode_assignment(parts: &[(String, i32)]) -> bytes::Bytes {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in parts {
-        by_topic.entry(t).or_default().push(*p);
-    }
-    let mut a = ConsumerProtocolAssignment::default();
-    a.assigned_partitions = by_topic
-        .into_iter()
-        .map(|(t, ps)| {
-            let mut tp = AssignedPartitions::default();
-            tp.topic = TopicName(StrBytes::from_string(t.to_owned()));
-            tp.partitions = ps;
-            tp
-        })
-        .collect();
-    encode_versioned(&a, 0)
-}
-
-/// Spreads the partitions of each member's subscribed topics over the members, as Kafka's
-/// `range` and `roundrobin` assignors do. Every member appears in the result, possibly empty.
-pub(crate) fn assign(
-    assignor: Assignor,
-    members: &[(String, Vec<String>)],
-    partitions: &BTreeMap<String, i32>,
-) -> Vec<(String, Vec<(String, i32)>)> {
-    let mut sorted: Vec<&(String, Vec<String>)> = members.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: BTreeMap<&str, Vec<(String, i32)>> = sorted
-        .iter()
-        .map(|(m, _)| (m.as_str(), Vec::new()))
-        .collect();
-    match assignor {
-        Assignor::Range => {
-            for (topic, n) in partitions {
-                let subs: Vec<&str> = sorted
-                    .iter()
-                    .filter(|(_, ts)| ts.contains(topic))
-                    .map(|(m, _)| m.as_str())
-                    .collect();
-                if subs.is_empty() {
-                    continue;
-                }
-                let per = *n as usize / subs.len();
-                let extra = *n as usize % subs.len();
-                let mut next = 0;
-                for (i, m) in subs.iter().enumerate() {
-                    let count = per + usize::from(i < extra);
-                    for p in next..next + count {
-                        out.get_mut(m).unwrap().push((topic.clone(), p as i32));
-                    }
-                    next += count;
-                }
-            }
-        }
-        Assignor::RoundRobin => {
-            let mut i = 0;
-            for (topic, n) in partitions {
-                for p in 0..*n {
-                    // The next member (in turn) subscribed to this topic.
-                    for _ in 0..sorted.len() {
-                        let (m, ts) = sorted[i % sorted.len()];
-                        i += 1;
-                        if ts.contains(topic) {
-                            out.get_mut(m.as_str()).unwrap().push((topic.clone(), p));
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out.into_iter().map(|(m, ps)| (m.to_owned(), ps)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn members(list: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
-        list.iter()
-            .map(|(m, ts)| (m.to_string(), ts.iter().map(|t| t.to_string()).collect()))
-            .collect()
-    }
-
-    fn parts(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
-        list.iter().map(|(t, n)| (t.to_string(), *n)).collect()
-    }
-
-    #[test]
-    fn range_gives_consecutive_ranges_per_topic() {
-        let out = assign(
-            Assignor::Range,
-            &members(&[("b", &["t"]), ("a", &["t"])]),
-            &parts(&[("t", 5)]),
-        );
-        assert_eq!(out[0].0, "a");
-        assert_eq!(
-            out[0].1,
-            [("t".into(), 0), ("t".into(), 1), ("t".into(), 2)]
-        );
-        assert_eq!(out[1].1, [("t".into(), 3), ("t".into(), 4)]);
-    }
-
-    #[test]
-    fn round_robin_deals_partitions_in_turn() {
-        let out = assign(
-            Assignor::RoundRobin,
-            &members(&[("a", &["t", "u"]), ("b", &["t", "u"])]),
-            &parts(&[("t", 3), ("u", 1)]),
-        );
-        assert_eq!(out[0].1, [("t".into(), 0), ("t".into(), 2)]);
-        assert_eq!(out[1].1, [("t".into(), 1), ("u".into(), 0)]);
-    }
-
-    #[test]
-    fn members_only_get_topics_they_subscribe_to() {
-        for assignor in [Assignor::Range, Assignor::RoundRobin] {
-            let out = assign(
-                assignor,
-                &members(&[("a", &["t"]), ("b", &["u"]), ("c", &[])]),
-                &parts(&[("t", 2), ("u", 2)]),
-            );
-            assert!(out[0].1.iter().all(|(t, _)| t == "t"));
-            assert!(out[1].1.iter().all(|(t, _)| t == "u"));
-            assert!(out[2].1.is_empty(), "{assignor:?}");
-            let total: usize = out.iter().map(|(_, p)| p.len()).sum();
-            assert_eq!(total, 4);
-        }
-    }
-
-    #[test]
-    fn assignment_encoding_round_trips() {
-        let bytes = encode_assignment(&[("t".into(), 1), ("t".into(), 0), ("u".into(), 2)]);
-        let a: ConsumerProtocolAssignment = decode_versioned(bytes).unwrap();
-        assert_eq!(a.assigned_partitions.len(), 2);
-        assert_eq!(a.assigned_partitions[0].partitions, [1, 0]);
-    }
-}

@@ -15,10 +15,12 @@
 //!
 //! Not yet here: TLS and SASL settings.
 
+mod assign;
 mod broker;
 mod consume;
 mod error;
 mod group;
+mod offsets;
 mod produce;
 mod protocol;
 

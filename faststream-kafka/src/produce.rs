@@ -56,7 +56,9 @@ struct Queue {
 #[derive(Debug)]
 pub(crate) struct Producers {
     config: Arc<Config>,
-    partitions: Mutex<HashMap<String, i32>>,
+    /// Partition counts by topic, with when they were looked up (refreshed after
+    /// `metadata_max_age`, so keys are partitioned with a count that follows the cluster's).
+    partitions: Mutex<HashMap<String, (i32, tokio::time::Instant)>>,
     queues: Mutex<HashMap<String, Vec<Option<Queue>>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     round_robin: AtomicUsize,
@@ -162,18 +164,62 @@ impl Producers {
         Ok(acks)
     }
 
-    /// Number of partitions of `topic`, from metadata (cached); creates the topic if allowed.
+    /// Number of partitions of `topic`, from metadata (cached for `metadata_max_age`); creates
+    /// the topic if allowed.
     pub(crate) async fn partition_count(
         &self,
         client: &Arc<Client>,
         topic: &str,
     ) -> Result<i32, KafkaError> {
-        if let Some(n) = lock(&self.partitions).get(topic) {
-            return Ok(*n);
+        let cached = lock(&self.partitions).get(topic).copied();
+        if let Some((n, at)) = cached {
+            if at.elapsed() < self.config.metadata_max_age {
+                return Ok(n);
+            }
         }
-        let n = crate::broker::ensure_topic(client, &self.config, topic).await?;
-        lock(&self.partitions).insert(topic.to_owned(), n);
+        let n = match crate::broker::ensure_topic(client, &self.config, topic).await {
+            Ok(n) => n,
+            Err(e) => match cached {
+                // A refresh that fails keeps the last known count.
+                Some((n, _)) => {
+                    tracing::warn!(topic, error = %e, "metadata refresh failed; keeping the last partition count");
+                    n
+                }
+                None => return Err(e),
+            },
+        };
+        if cached.is_some_and(|(old, _)| old != n) {
+            tracing::info!(topic, partitions = n, "partition count changed");
+        }
+        lock(&self.partitions).insert(topic.to_owned(), (n, tokio::time::Instant::now()));
         Ok(n)
+    }
+
+    /// Current partition counts of those `topics` that exist (fresh metadata, nothing created;
+    /// a failed lookup is logged and yields nothing).
+    pub(crate) async fn lookup_partitions(
+        &self,
+        client: &Arc<Client>,
+        topics: &[String],
+    ) -> std::collections::BTreeMap<String, i32> {
+        let listed = match client.list_topics().await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(?topics, error = %e, "metadata lookup failed");
+                return Default::default();
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let found: std::collections::BTreeMap<String, i32> = listed
+            .into_iter()
+            .filter(|t| topics.contains(&t.name) && !t.partitions.is_empty())
+            .map(|t| (t.name, t.partitions.len() as i32))
+            .collect();
+        let mut cache = lock(&self.partitions);
+        for (topic, n) in &found {
+            cache.insert(topic.clone(), (*n, now));
+        }
+        found
     }
 
     fn queue(

@@ -39,6 +39,9 @@ pub(crate) struct Conn {
     correlation: i32,
     versions: Vec<(i16, i16, i16)>,
     timeout: Duration,
+    /// Set when a request timed out or failed on the wire: the stream may hold a stale response
+    /// (or half a frame), so the connection is never used again.
+    broken: bool,
 }
 
 impl Conn {
@@ -67,6 +70,7 @@ impl Conn {
             correlation: 0,
             versions: Vec::new(),
             timeout,
+            broken: false,
         };
         let resp: ApiVersionsResponse = conn.send(&ApiVersionsRequest::default(), 0).await?;
         if resp.error_code != 0 {
@@ -114,19 +118,52 @@ impl Conn {
         }
     }
 
-    /// Sends `req` at `version` and reads its response.
+    /// Whether an earlier request failed on the wire; such a connection must be replaced.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Marks the connection as not to be used again (the broker said it is the wrong one).
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Sends `req` at `version` and reads its response, within the connection's timeout.
     pub(crate) async fn send<R: Request + Sync>(
         &mut self,
         req: &R,
         version: i16,
     ) -> Result<R::Response, ConnError> {
-        match tokio::time::timeout(self.timeout, self.roundtrip(req, version)).await {
+        self.send_within(req, version, self.timeout).await
+    }
+
+    /// Sends `req` and reads its response within `timeout` (for requests the broker may hold,
+    /// such as JoinGroup). Any failure breaks the connection for good.
+    pub(crate) async fn send_within<R: Request + Sync>(
+        &mut self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, ConnError> {
+        if self.broken {
+            return Err(ConnError::Io {
+                addr: self.addr.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "connection dropped after an earlier failure",
+                ),
+            });
+        }
+        let res = match tokio::time::timeout(timeout, self.roundtrip(req, version)).await {
             Ok(res) => res,
             Err(_) => Err(ConnError::Timeout {
                 addr: self.addr.clone(),
-                timeout: self.timeout,
+                timeout,
             }),
-        }
+        };
+        // After any failure the stream's position is unknown (a late response, half a frame).
+        self.broken |= res.is_err();
+        res
     }
 
     async fn roundtrip<R: Request + Sync>(

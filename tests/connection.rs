@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, routes, subscriber, FastStream};
+use faststream::{publisher, routes, subscriber, FastStream, Topic};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
@@ -132,4 +132,163 @@ async fn reconnects_and_resumes_after_losing_the_broker() {
             && l.contains("fetch failed")),
         "each failure is logged:\n{logs}"
     );
+}
+
+#[subscriber(
+    "gflow",
+    group_id = "gflow",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 10000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+#[publisher("gflow-out")]
+async fn group_flow(n: u64) -> String {
+    format!("got {n}")
+}
+
+/// Losing the coordinator connection (and every other) for less than the session timeout does
+/// not end the membership: no partition is revoked, nothing is repeated, consumption resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_coordinator_connection_keeps_the_partitions() {
+    init_logs();
+    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
+    let proxy = Proxy::start_on(proxy_port, broker_addr).await;
+    let bootstrap = format!("127.0.0.1:{}", proxy.port);
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    create_topic(&client, "gflow", 1).await;
+    static REVOKED: AtomicUsize = AtomicUsize::new(0);
+    let app = FastStream::new(
+        KafkaBroker::builder(&bootstrap)
+            .request_timeout(Duration::from_secs(2))
+            .on_partitions_revoked(|_, _| {
+                REVOKED.fetch_add(1, Ordering::SeqCst);
+            })
+            .build(),
+    )
+    .with_routes(routes![group_flow]);
+    let running = start(app).await;
+    let batch = |r: std::ops::Range<u64>| {
+        r.map(|n| record(None, n.to_string().as_bytes(), &[]))
+            .collect()
+    };
+    produce(&client, "gflow", 0, batch(0..50)).await;
+    read(&client, "gflow-out", 50).await;
+    // Heartbeats and commits fail for 4 s, within the 10 s session.
+    proxy.set_up(false);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.set_up(true);
+    produce(&client, "gflow", 0, batch(50..100)).await;
+    let out = read(&client, "gflow-out", 100).await;
+    let got: Vec<String> = out.values().flatten().map(text).collect();
+    let want: Vec<String> = (0..100).map(|n| format!("got {n}")).collect();
+    assert_eq!(got, want, "nothing lost, nothing repeated");
+    assert_eq!(
+        REVOKED.load(Ordering::SeqCst),
+        0,
+        "no partition was revoked"
+    );
+    running.stop().await.unwrap();
+    assert_eq!(
+        REVOKED.load(Ordering::SeqCst),
+        1,
+        "revoked once, on shutdown"
+    );
+    assert!(logs().contains("heartbeat failed; finding the coordinator again (partitions kept)"));
+}
+
+static GROWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[subscriber("grow", auto_offset_reset = "earliest")]
+async fn grow(body: String, topic: Topic) {
+    if &*topic.0 == "grow" {
+        GROWN.lock().unwrap().push(body);
+    }
+}
+
+/// The broker comes back (memory storage: topics gone) and the topic returns with more
+/// partitions: the metadata refresh finds them and they are consumed without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_that_appear_while_running_are_consumed() {
+    init_logs();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (broker, addr) = OwnBroker::start_on(port, None).await;
+    let client = rskafka::client::ClientBuilder::new(vec![addr.clone()])
+        .build()
+        .await
+        .unwrap();
+    create_topic(&client, "grow", 1).await;
+    let app = FastStream::new(
+        KafkaBroker::builder(&addr)
+            .request_timeout(Duration::from_secs(2))
+            .metadata_max_age(Duration::from_secs(1))
+            .build(),
+    )
+    .with_routes(routes![grow]);
+    let running = start(app).await;
+    produce(&client, "grow", 0, vec![record(None, b"before", &[])]).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while GROWN.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.stop().await;
+    let (_broker, _) = OwnBroker::start_on(port, None).await;
+    let client = rskafka::client::ClientBuilder::new(vec![addr.clone()])
+        .build()
+        .await
+        .unwrap();
+    // The consumer's own requests may have the broker create it first (with its default
+    // partition count); either way it comes back with more than one partition.
+    let _ = client
+        .controller_client()
+        .unwrap()
+        .create_topic("grow", 3, 1, 5_000)
+        .await;
+    let partitions = loop {
+        let topics = client.list_topics().await.unwrap();
+        if let Some(t) = topics.iter().find(|t| t.name == "grow") {
+            break t.partitions.len() as i32;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(partitions > 1, "{partitions}");
+    for p in 1..partitions {
+        produce(
+            &client,
+            "grow",
+            p,
+            vec![record(None, format!("new{p}").as_bytes(), &[])],
+        )
+        .await;
+    }
+    let want = partitions as usize; // "before" and one per new partition
+    while GROWN.lock().unwrap().len() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new partitions not consumed: {:?}",
+            GROWN.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop().await.unwrap();
+    let mut got = GROWN.lock().unwrap().clone();
+    got.sort();
+    let mut expected: Vec<String> = (1..partitions).map(|p| format!("new{p}")).collect();
+    expected.push("before".into());
+    expected.sort();
+    assert_eq!(got, expected);
 }

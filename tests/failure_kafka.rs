@@ -224,8 +224,12 @@ async fn on_failure_stop_halts_the_partition_without_committing_the_message() {
     .await;
     let running = start(app(routes![halt], &prefix)).await;
     read(&client, &format!("{prefix}halt-out"), 1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    running.stop().await.unwrap();
+    // The service stops by itself, naming where.
+    let err = running.finished().await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{topic}[0]")) && err.contains("stopped at offset 1"),
+        "{err}"
+    );
     assert_eq!(calls_of("halt:poison"), 1);
     assert_eq!(
         calls_of("halt:after"),
@@ -242,7 +246,10 @@ async fn on_failure_stop_halts_the_partition_without_committing_the_message() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    running.stop().await.unwrap();
+    assert!(
+        running.finished().await.is_err(),
+        "stops again at the poison message"
+    );
     assert_eq!(
         calls_of("halt:first"),
         1,
@@ -288,7 +295,8 @@ async fn ack_first_commits_before_handling() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    running.stop().await.unwrap();
+    // `on_failure = "stop"` ends the service (after committing what ack = "first" acked).
+    assert!(running.finished().await.is_err());
     produce(&client, &topic, 0, vec![record(None, b"two", &[])]).await;
     let running = start(app(routes![at_most_once], &prefix)).await;
     while calls_of("atmost:two") < 1 {
@@ -373,7 +381,7 @@ async fn only_partition(_body: String) -> Result<(), Failure> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_whose_consumers_all_stopped_exits_with_an_error() {
+async fn a_stopped_partition_consumer_stops_the_service_with_an_error() {
     let prefix = unique_prefix("only");
     let client = raw_client().await;
     let topic = format!("{prefix}only");
@@ -386,5 +394,11 @@ async fn a_service_whose_consumers_all_stopped_exits_with_an_error() {
     .await
     .expect("the service ends by itself");
     let err = res.unwrap_err().to_string();
-    assert!(err.contains("every partition consumer stopped"), "{err}");
+    assert!(
+        err.contains(&format!("{topic}[0]"))
+            && err.contains("failure_kafka::only_partition")
+            && err.contains("stopped at offset 0")
+            && err.contains("cannot go on"),
+        "{err}"
+    );
 }

@@ -182,7 +182,7 @@ async fn a_killed_member_loses_nothing() {
     // Every input gets at least one output; the survivor takes over w1's partitions once the
     // coordinator expires w1's session.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let out = loop {
+    let (out, records) = loop {
         let total: usize = {
             let mut n = 0;
             for p in 0..1 {
@@ -198,9 +198,10 @@ async fn a_killed_member_loses_nothing() {
             }
             n
         };
-        let out = outputs(&read(&client, &output, total).await);
+        let records = read(&client, &output, total).await;
+        let out = outputs(&records);
         if (0..N).all(|n| out.contains_key(&n)) {
-            break out;
+            break (out, records);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -216,6 +217,31 @@ async fn a_killed_member_loses_nothing() {
     );
     assert_eq!(lost, 0);
     assert!(out.values().flatten().any(|(w, _)| w == "w2"));
+    // What a crash repeats is what the killed member finished since its last commit: every
+    // repeated input's first output was written within one commit interval (200 ms, plus the
+    // time an ack and a commit round trip take) of the killed member's last output.
+    let w1_outputs: Vec<(u64, i64)> = records
+        .values()
+        .flatten()
+        .filter_map(|r| {
+            let t = text(r);
+            let mut parts = t.split(':');
+            let n: u64 = parts.next()?.parse().ok()?;
+            (parts.next()? == "w1").then(|| (n, r.record.timestamp.timestamp_millis()))
+        })
+        .collect();
+    let last = w1_outputs.iter().map(|(_, t)| *t).max().unwrap();
+    let repeated: Vec<(u64, i64)> = w1_outputs
+        .iter()
+        .filter(|(n, _)| out[n].len() > 1)
+        .map(|(n, t)| (*n, last - t))
+        .collect();
+    let oldest = repeated.iter().map(|(_, age)| *age).max().unwrap_or(0);
+    println!("repeated inputs were finished at most {oldest} ms before the kill");
+    assert!(
+        oldest <= 200 + 500,
+        "a repeated input was finished {oldest} ms before the kill: {repeated:?}"
+    );
     // Graceful stop of the survivor.
     terminate(w2).await;
 }

@@ -97,11 +97,13 @@ impl Shutdown {
 impl ShutdownTrigger {
     /// Requests shutdown, without a deadline.
     pub fn trigger(&self) {
-        self.0.send_if_modified(|s| s.is_none() && s.replace(None).is_none());
+        self.0
+            .send_if_modified(|s| s.is_none() && s.replace(None).is_none());
     }
 
     /// Requests shutdown, to be completed by `deadline`.
     pub fn trigger_by(&self, deadline: Instant) {
-        self.0.send_if_modified(|s| s.is_none() && s.replace(Some(deadline)).is_none());
+        self.0
+            .send_if_modified(|s| s.is_none() && s.replace(Some(deadline)).is_none());
     }
 }

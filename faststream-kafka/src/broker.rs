@@ -426,25 +426,23 @@ impl KafkaBroker {
         });
         let mut consumers = JoinSet::new();
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
-        let spawn_partition = |consumers: &mut JoinSet<_>,
-                                   sub: &Ungrouped,
-                                   partition: i32,
-                                   reset: OffsetReset| {
-            consumers.spawn(
-                PartitionConsumer {
-                    rt: rt.clone(),
-                    route: sub.route,
-                    topic: sub.topic.clone(),
-                    partition,
-                    reset,
-                    start: None,
-                    group: None,
-                    shutdown: inner.clone(),
-                    ready: ready_tx.clone(),
-                }
-                .run(),
-            );
-        };
+        let spawn_partition =
+            |consumers: &mut JoinSet<_>, sub: &Ungrouped, partition: i32, reset: OffsetReset| {
+                consumers.spawn(
+                    PartitionConsumer {
+                        rt: rt.clone(),
+                        route: sub.route,
+                        topic: sub.topic.clone(),
+                        partition,
+                        reset,
+                        start: None,
+                        group: None,
+                        shutdown: inner.clone(),
+                        ready: ready_tx.clone(),
+                    }
+                    .run(),
+                );
+            };
         let mut groups: BTreeMap<&str, Vec<(GroupTopic, &SubscriberDef)>> = BTreeMap::new();
         // Subscriptions to every partition of a topic without a group: they follow new
         // partitions found by the metadata refresh.

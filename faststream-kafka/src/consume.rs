@@ -58,6 +58,17 @@ pub(crate) struct PartitionConsumer {
     pub(crate) ready: mpsc::UnboundedSender<()>,
 }
 
+/// Aborts a task when dropped, so a consumer that is itself aborted (a drain past its bound)
+/// leaves nothing behind.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Messages whose outputs await the broker's acks, in offset order.
 type InFlight = VecDeque<(i64, Vec<Ack>)>;
 
@@ -97,14 +108,14 @@ impl PartitionConsumer {
         let _ = self.ready.send(());
 
         let (tx, mut rx) = mpsc::channel(2);
-        let fetcher = tokio::spawn(fetch_loop(
+        let fetcher = AbortOnDrop(tokio::spawn(fetch_loop(
             pc.clone(),
             start,
             tx,
             self.shutdown.clone(),
             config.clone(),
             self.reset,
-        ));
+        )));
         let mut inflight = InFlight::new();
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -155,7 +166,7 @@ impl PartitionConsumer {
                 match &outcome {
                     // Logged by the pipeline; not done, so consumed again after a restart.
                     Outcome::Stopped { error, .. } => {
-                        stopped = Some(format!("the failure policy stopped it: {error}"));
+                        stopped = Some((offset, format!("the failure policy stopped it: {error}")));
                         break 'fetched;
                     }
                     Outcome::Interrupted { .. } => break 'fetched,
@@ -170,7 +181,7 @@ impl PartitionConsumer {
                 let acks = match self.rt.producers.enqueue(&self.rt.client, outputs).await {
                     Ok(acks) => acks,
                     Err(e) => {
-                        stopped = Some(format!("its outputs cannot be queued: {e}"));
+                        stopped = Some((offset, format!("its outputs cannot be queued: {e}")));
                         break 'fetched;
                     }
                 };
@@ -190,7 +201,7 @@ impl PartitionConsumer {
                 }
             }
         }
-        fetcher.abort();
+        drop(fetcher);
         // Graceful stop: the message being handled finished; wait for the outputs' acks.
         while !inflight.is_empty() {
             match settle_front(&mut inflight).await {
@@ -204,8 +215,7 @@ impl PartitionConsumer {
         tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
         match stopped {
             None => Ok(()),
-            Some(reason) => {
-                let offset = position.get().unwrap_or(start);
+            Some((offset, reason)) => {
                 let err = KafkaError::PartitionStopped {
                     handler: self.route.name().to_owned(),
                     topic: topic.to_owned(),
@@ -271,9 +281,9 @@ impl PartitionConsumer {
 /// Waits until every output of the oldest in-flight message was acknowledged, removes it and
 /// returns its offset; an output that was not delivered is an error (the message is not done).
 /// Cancellation-safe: finished acks are removed.
-async fn settle_front(inflight: &mut InFlight) -> Result<i64, String> {
+async fn settle_front(inflight: &mut InFlight) -> Result<i64, (i64, String)> {
     let Some((offset, acks)) = inflight.front_mut() else {
-        return Err("nothing in flight".into());
+        return Err((-1, "nothing in flight".into()));
     };
     let offset = *offset;
     while let Some(ack) = acks.last_mut() {
@@ -286,7 +296,7 @@ async fn settle_front(inflight: &mut InFlight) -> Result<i64, String> {
 }
 
 /// Removes the messages at the front whose outputs are all acknowledged, without waiting.
-fn settle_ready(inflight: &mut InFlight, tracker: &OffsetTracker) -> Result<(), String> {
+fn settle_ready(inflight: &mut InFlight, tracker: &OffsetTracker) -> Result<(), (i64, String)> {
     while let Some((offset, acks)) = inflight.front_mut() {
         while let Some(ack) = acks.last_mut() {
             match ack.try_recv() {
@@ -304,12 +314,13 @@ fn settle_ready(inflight: &mut InFlight, tracker: &OffsetTracker) -> Result<(), 
     Ok(())
 }
 
-fn check_ack<E>(offset: i64, result: Result<Result<(), String>, E>) -> Result<(), String> {
+fn check_ack<E>(offset: i64, result: Result<Result<(), String>, E>) -> Result<(), (i64, String)> {
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(reason)) => Err(format!("an output of offset {offset} was not delivered: {reason}")),
-        Err(_) => Err(format!(
-            "an output of offset {offset} was abandoned before the broker acknowledged it"
+        Ok(Err(reason)) => Err((offset, format!("an output was not delivered: {reason}"))),
+        Err(_) => Err((
+            offset,
+            "an output was abandoned before the broker acknowledged it".into(),
         )),
     }
 }

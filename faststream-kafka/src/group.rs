@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use crate::assign::{assign, encode_assignment};
 use crate::broker::Config;
-use crate::consume::{GroupLink, PartitionConsumer, Runtime};
+use crate::consume::{AbortOnDrop, GroupLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::offsets::Position;
 use crate::protocol::{decode_versioned, encode_versioned, Conn, ConnError};
@@ -91,7 +91,9 @@ struct Member {
 /// Why a generation ended.
 enum Ended {
     Shutdown,
-    Rejoin { reset_member: bool },
+    Rejoin {
+        reset_member: bool,
+    },
     /// A partition consumer stopped on its own, or the member was fenced for good.
     Failed(KafkaError),
 }
@@ -118,7 +120,10 @@ enum Commit {
     /// Not this time (coordinator moved or unreachable); the next commit retries.
     Later(String),
     /// The generation is over.
-    Rejoin { reset_member: bool, reason: String },
+    Rejoin {
+        reset_member: bool,
+        reason: String,
+    },
 }
 
 impl GroupRunner {
@@ -177,16 +182,16 @@ impl GroupRunner {
             );
             // Heartbeats start before anything else can take time.
             let (beat_tx, beat_rx) = mpsc::unbounded_channel();
-            let heartbeat = tokio::spawn(heartbeat_loop(
+            let heartbeat = AbortOnDrop(tokio::spawn(heartbeat_loop(
                 config.clone(),
                 member.clone(),
                 self.settings,
                 beat_tx,
-            ));
+            )));
             let running = match self.start(&mut conn, &assigned, &initial).await {
                 Ok(r) => r,
                 Err(e) => {
-                    heartbeat.abort();
+                    drop(heartbeat);
                     conn = None;
                     tracing::warn!(group = self.group, error = %e, "fetching committed offsets failed; rejoining");
                     continue;
@@ -202,7 +207,7 @@ impl GroupRunner {
             let ended = self
                 .serve_generation(&mut conn, &member, &counts, running, beat_rx)
                 .await;
-            heartbeat.abort();
+            drop(heartbeat);
             if let Some(hook) = &config.hooks.revoked {
                 hook(&self.group, &assigned);
             }
@@ -622,14 +627,22 @@ impl GroupRunner {
         match self.try_commit(conn, member, running).await {
             Ok(Commit::Done) => None,
             Ok(Commit::Later(reason)) => {
-                tracing::warn!(group = self.group, reason, "offset commit failed; retrying at the next commit");
+                tracing::warn!(
+                    group = self.group,
+                    reason,
+                    "offset commit failed; retrying at the next commit"
+                );
                 None
             }
             Ok(Commit::Rejoin {
                 reset_member,
                 reason,
             }) => {
-                tracing::warn!(group = self.group, reason, "offset commit refused: rejoining");
+                tracing::warn!(
+                    group = self.group,
+                    reason,
+                    "offset commit refused: rejoining"
+                );
                 Some(Ended::Rejoin { reset_member })
             }
             Err(e) => {
@@ -651,7 +664,10 @@ impl GroupRunner {
         let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
         for ((topic, partition), position) in &running.positions {
             if let Some(offset) = position.get() {
-                by_topic.entry(topic).or_default().push((*partition, offset));
+                by_topic
+                    .entry(topic)
+                    .or_default()
+                    .push((*partition, offset));
             }
         }
         if by_topic.is_empty() {
@@ -1007,7 +1023,9 @@ fn group_id(group: &str) -> GroupId {
 }
 
 enum JoinError {
-    Rejoin { reset_member: bool },
+    Rejoin {
+        reset_member: bool,
+    },
     Failed(String),
     /// The member cannot go on (fenced by another instance with its `group_instance_id`).
     Fatal(KafkaError),
@@ -1022,4 +1040,3 @@ impl From<ConnError> for JoinError {
 fn ms(d: Duration) -> i32 {
     d.as_millis().min(i32::MAX as u128) as i32
 }
-

@@ -159,6 +159,25 @@ pub struct RunningApp {
 }
 
 impl RunningApp {
+    /// Waits (within the timeout) for the app to end by itself.
+    pub async fn finished(self) -> faststream::Result<()> {
+        tokio::time::timeout(TIMEOUT, self.task)
+            .await
+            .expect("the app ends by itself within the timeout")
+            .expect("the app task does not panic")
+    }
+
+    /// Ends the app abruptly, as a crash would: no revoke, no final commit, no LeaveGroup.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Whether the app has ended (by itself).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     pub async fn stop(mut self) -> faststream::Result<()> {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(TIMEOUT, self.task)
@@ -299,6 +318,21 @@ pub struct OwnBroker(#[allow(dead_code)] tokio::process::Child);
 impl OwnBroker {
     /// Starts it and returns it with its listening address.
     pub async fn start(advertised_port: Option<u16>) -> (OwnBroker, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port, advertised_port).await
+    }
+
+    /// Kills it and waits until it is gone (memory storage: everything it held is lost).
+    pub async fn stop(mut self) {
+        let _ = self.0.kill().await;
+    }
+
+    /// Starts it on `port` (to restart a broker where clients expect it).
+    pub async fn start_on(port: u16, advertised_port: Option<u16>) -> (OwnBroker, String) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new(root.join("scripts/kafka-dev"))
             .arg("install")
@@ -310,11 +344,6 @@ impl OwnBroker {
             String::from_utf8_lossy(&out.stderr)
         );
         let bin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let advertised = advertised_port.unwrap_or(port);
         let child = tokio::process::Command::new(bin)
             .args([

@@ -182,6 +182,8 @@ async fn a_cut_coordinator_connection_keeps_the_partitions() {
     };
     produce(&client, "gflow", 0, batch(0..50)).await;
     read(&client, "gflow-out", 50).await;
+    // A few heartbeats on their connection first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // Heartbeats and commits fail for 4 s, within the 10 s session.
     proxy.set_up(false);
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -202,7 +204,11 @@ async fn a_cut_coordinator_connection_keeps_the_partitions() {
         1,
         "revoked once, on shutdown"
     );
-    assert!(logs().contains("heartbeat failed; finding the coordinator again (partitions kept)"));
+    let logs = logs();
+    assert!(
+        logs.contains("heartbeat failed; finding the coordinator again (partitions kept)"),
+        "{logs}"
+    );
 }
 
 static GROWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());

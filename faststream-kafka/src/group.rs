@@ -112,6 +112,9 @@ struct Running {
     serving: HashMap<tokio::task::Id, (String, i32, &'static str)>,
     commit_requests: mpsc::Receiver<oneshot::Sender<()>>,
     positions: Vec<((String, i32), Position)>,
+    /// Each consumer says when it knows its start position.
+    started: mpsc::UnboundedReceiver<()>,
+    starting: usize,
 }
 
 /// The answer to an OffsetCommit.
@@ -200,12 +203,15 @@ impl GroupRunner {
             if let Some(hook) = &config.hooks.assigned {
                 hook(&self.group, &assigned);
             }
-            if !ready_sent {
-                let _ = self.ready.send(());
-                ready_sent = true;
-            }
             let ended = self
-                .serve_generation(&mut conn, &member, &counts, running, beat_rx)
+                .serve_generation(
+                    &mut conn,
+                    &member,
+                    &counts,
+                    running,
+                    beat_rx,
+                    &mut ready_sent,
+                )
                 .await;
             drop(heartbeat);
             if let Some(hook) = &config.hooks.revoked {
@@ -437,7 +443,7 @@ impl GroupRunner {
         let mut tasks = JoinSet::new();
         let mut serving = HashMap::new();
         let mut positions = Vec::new();
-        let (ready_tx, _ready_rx) = mpsc::unbounded_channel();
+        let (ready_tx, started) = mpsc::unbounded_channel();
         let (commit_tx, commit_rx) = mpsc::channel(64);
         for (topic, partition) in assigned {
             let Some(sub) = self.topics.iter().find(|t| t.topic == *topic) else {
@@ -481,7 +487,9 @@ impl GroupRunner {
             tasks,
             serving,
             commit_requests: commit_rx,
+            starting: positions.len(),
             positions,
+            started,
         })
     }
 
@@ -492,7 +500,13 @@ impl GroupRunner {
         counts: &BTreeMap<String, i32>,
         mut running: Running,
         mut beats: mpsc::UnboundedReceiver<Beat>,
+        ready_sent: &mut bool,
     ) -> Ended {
+        // The service is ready once the first generation's consumers know where they start.
+        if running.starting == 0 && !*ready_sent {
+            let _ = self.ready.send(());
+            *ready_sent = true;
+        }
         let mut commit = tokio::time::interval(self.settings.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let refresh_every = self.rt.config.metadata_max_age;
@@ -502,6 +516,13 @@ impl GroupRunner {
         let ended = loop {
             tokio::select! {
                 () = shutdown.wait() => break Ended::Shutdown,
+                Some(()) = running.started.recv(), if running.starting > 0 => {
+                    running.starting -= 1;
+                    if running.starting == 0 && !*ready_sent {
+                        let _ = self.ready.send(());
+                        *ready_sent = true;
+                    }
+                }
                 beat = beats.recv() => match beat {
                     Some(Beat::Rebalance) => {
                         tracing::info!(group = self.group, generation = member.generation, "rebalance: revoking partitions");

@@ -157,9 +157,19 @@ impl GroupRunner {
             };
             let (assigned, counts) = match joined {
                 Ok(j) => j,
-                Err(JoinError::Rejoin { reset_member }) => {
+                Err(JoinError::Rejoin {
+                    reset_member,
+                    reason,
+                }) => {
+                    tracing::debug!(group = self.group, reason, "joining again");
                     if reset_member {
                         member.member_id.clear();
+                    }
+                    // The coordinator asked for it; a short pause keeps a confused one from
+                    // being flooded.
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {},
+                        () = shutdown.wait() => break Ok(()),
                     }
                     continue;
                 }
@@ -380,12 +390,17 @@ impl GroupRunner {
     }
 
     fn rejoin_or_fail(&self, e: ResponseError, what: &str, member: &Member) -> JoinError {
+        let reason = format!("{what}: {e}");
         match e {
             ResponseError::RebalanceInProgress => JoinError::Rejoin {
                 reset_member: false,
+                reason,
             },
             ResponseError::UnknownMemberId | ResponseError::IllegalGeneration => {
-                JoinError::Rejoin { reset_member: true }
+                JoinError::Rejoin {
+                    reset_member: true,
+                    reason,
+                }
             }
             ResponseError::FencedInstanceId => JoinError::Fatal(fenced(member)),
             other => JoinError::Failed(format!("{what}: {other}")),
@@ -1046,6 +1061,7 @@ fn group_id(group: &str) -> GroupId {
 enum JoinError {
     Rejoin {
         reset_member: bool,
+        reason: String,
     },
     Failed(String),
     /// The member cannot go on (fenced by another instance with its `group_instance_id`).

@@ -211,19 +211,40 @@ async fn a_cut_coordinator_connection_keeps_the_partitions() {
     );
 }
 
-static GROWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static GROWN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
 #[subscriber("grow", auto_offset_reset = "earliest")]
 async fn grow(body: String, topic: Topic) {
-    if &*topic.0 == "grow" {
-        GROWN.lock().unwrap().push(body);
-    }
+    GROWN.lock().unwrap().push((topic.0.to_string(), body));
+}
+
+#[subscriber(
+    "ggrow",
+    group_id = "ggrow",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 4000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+async fn group_grow(body: String, topic: Topic) {
+    GROWN.lock().unwrap().push((topic.0.to_string(), body));
+}
+
+fn grown(topic: &str) -> Vec<String> {
+    let mut got: Vec<String> = GROWN
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, b)| b.clone())
+        .collect();
+    got.sort();
+    got
 }
 
 /// The broker comes back (memory storage: topics gone) and the topic returns with more
 /// partitions: the metadata refresh finds them and they are consumed without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_that_appear_while_running_are_consumed() {
+async fn consumes_partitions_that_appear(topic: &str, route: &'static faststream::RouteDef) {
     init_logs();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -235,18 +256,18 @@ async fn partitions_that_appear_while_running_are_consumed() {
         .build()
         .await
         .unwrap();
-    create_topic(&client, "grow", 1).await;
+    create_topic(&client, topic, 1).await;
     let app = FastStream::new(
         KafkaBroker::builder(&addr)
             .request_timeout(Duration::from_secs(2))
             .metadata_max_age(Duration::from_secs(1))
             .build(),
     )
-    .with_routes(routes![grow]);
+    .with_routes(vec![route]);
     let running = start(app).await;
-    produce(&client, "grow", 0, vec![record(None, b"before", &[])]).await;
+    produce(&client, topic, 0, vec![record(None, b"before", &[])]).await;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while GROWN.lock().unwrap().is_empty() {
+    while grown(topic).is_empty() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -261,11 +282,11 @@ async fn partitions_that_appear_while_running_are_consumed() {
     let _ = client
         .controller_client()
         .unwrap()
-        .create_topic("grow", 3, 1, 5_000)
+        .create_topic(topic, 3, 1, 5_000)
         .await;
     let partitions = loop {
         let topics = client.list_topics().await.unwrap();
-        if let Some(t) = topics.iter().find(|t| t.name == "grow") {
+        if let Some(t) = topics.iter().find(|t| t.name == topic) {
             break t.partitions.len() as i32;
         }
         assert!(tokio::time::Instant::now() < deadline);
@@ -273,28 +294,29 @@ async fn partitions_that_appear_while_running_are_consumed() {
     };
     assert!(partitions > 1, "{partitions}");
     for p in 1..partitions {
-        produce(
-            &client,
-            "grow",
-            p,
-            vec![record(None, format!("new{p}").as_bytes(), &[])],
-        )
-        .await;
+        produce(&client, topic, p, vec![record(None, format!("new{p}").as_bytes(), &[])]).await;
     }
-    let want = partitions as usize; // "before" and one per new partition
-    while GROWN.lock().unwrap().len() < want {
+    let mut expected: Vec<String> = (1..partitions).map(|p| format!("new{p}")).collect();
+    expected.push("before".into());
+    expected.sort();
+    while grown(topic) != expected {
         assert!(
             tokio::time::Instant::now() < deadline,
             "new partitions not consumed: {:?}",
-            GROWN.lock().unwrap()
+            grown(topic)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.stop().await.unwrap();
-    let mut got = GROWN.lock().unwrap().clone();
-    got.sort();
-    let mut expected: Vec<String> = (1..partitions).map(|p| format!("new{p}")).collect();
-    expected.push("before".into());
-    expected.sort();
-    assert_eq!(got, expected);
+    assert_eq!(grown(topic), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_that_appear_while_running_are_consumed() {
+    consumes_partitions_that_appear("grow", routes![grow][0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_that_appear_while_running_are_consumed_by_a_group() {
+    consumes_partitions_that_appear("ggrow", routes![group_grow][0]).await;
 }

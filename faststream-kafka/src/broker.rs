@@ -515,20 +515,17 @@ impl KafkaBroker {
                 .partition_count(&client, &topic)
                 .await?;
         }
-        // Ready once every consumer knows where it starts.
+        // Ready once every consumer knows where it starts (checked in the loop below, which
+        // also sees a consumer that fails before it gets there).
         let mut waiting = consumers.len();
         let mut stop = shutdown.clone();
-        while waiting > 0 {
-            tokio::select! {
-                r = ready_rx.recv() => match r {
-                    Some(()) => waiting -= 1,
-                    None => break,
-                },
-                () = stop.wait() => break,
-            }
+        let announce = |consumers: usize| {
+            tracing::info!(consumers, "ready");
+            pipeline.mark_ready();
+        };
+        if waiting == 0 {
+            announce(0);
         }
-        tracing::info!(consumers = consumers.len(), "ready");
-        pipeline.mark_ready();
         let mut refresh = tokio::time::interval_at(
             tokio::time::Instant::now() + config.metadata_max_age,
             config.metadata_max_age,
@@ -537,6 +534,12 @@ impl KafkaBroker {
         let mut failure = None;
         loop {
             tokio::select! {
+                Some(()) = ready_rx.recv(), if waiting > 0 => {
+                    waiting -= 1;
+                    if waiting == 0 {
+                        announce(consumers.len());
+                    }
+                }
                 () = stop.wait(), if !inner.is_triggered() => match shutdown.deadline() {
                     Some(deadline) => stop_all.trigger_by(deadline),
                     None => stop_all.trigger(),

@@ -13,6 +13,12 @@
 //! consumers start from committed offsets, and done offsets are committed periodically, on
 //! revoke and on shutdown (at-least-once by default).
 //!
+//! Modules, following one message: `consume` (the per-partition loop), `offsets` (where a
+//! partition stands: the position a group commits), `produce` (batching producers, the
+//! partitioner), `group` (membership: join, heartbeat task, commits, bounded drains), `assign`
+//! (the leader's range and round-robin assignors), `protocol` (the raw connection for the group
+//! APIs), `broker` (settings and startup).
+//!
 //! Not yet here: TLS and SASL settings.
 
 mod assign;

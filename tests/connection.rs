@@ -294,7 +294,13 @@ async fn consumes_partitions_that_appear(topic: &str, route: &'static faststream
     };
     assert!(partitions > 1, "{partitions}");
     for p in 1..partitions {
-        produce(&client, topic, p, vec![record(None, format!("new{p}").as_bytes(), &[])]).await;
+        produce(
+            &client,
+            topic,
+            p,
+            vec![record(None, format!("new{p}").as_bytes(), &[])],
+        )
+        .await;
     }
     let mut expected: Vec<String> = (1..partitions).map(|p| format!("new{p}")).collect();
     expected.push("before".into());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use faststream_core::{
-    AckMode, Headers, Message, OffsetReset, Outcome, Pipeline, RouteDef, Shutdown,
+    AckMode, Headers, Message, OffsetReset, Outcome, OutgoingMessage, Pipeline, RouteDef, Shutdown,
 };
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
@@ -69,8 +69,75 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Messages whose outputs await the broker's acks, in offset order.
-type InFlight = VecDeque<(i64, Vec<Ack>)>;
+/// Handled messages whose outputs await the broker's acks, in offset order: (last offset,
+/// messages, acks) per queued chunk.
+#[derive(Debug, Default)]
+struct InFlight {
+    queue: VecDeque<(i64, usize, Vec<Ack>)>,
+    messages: usize,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn push_back(&mut self, entry: (i64, usize, Vec<Ack>)) {
+        self.messages += entry.1;
+        self.queue.push_back(entry);
+    }
+
+    fn front_mut(&mut self) -> Option<&mut (i64, usize, Vec<Ack>)> {
+        self.queue.front_mut()
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, n, _)) = self.queue.pop_front() {
+            self.messages -= n;
+        }
+    }
+}
+
+/// Outputs of consecutive handled messages are queued together, a few at a time (fewer,
+/// larger queue operations), but never held for long: when the chunk is full, when the fetched
+/// batch ends, or when the next handler takes longer than [`CHUNK_WAIT`].
+#[derive(Debug, Default)]
+struct Chunk {
+    /// First and last offset of its messages.
+    span: Option<(i64, i64)>,
+    messages: usize,
+    bytes: usize,
+    outputs: Vec<OutgoingMessage>,
+}
+
+const CHUNK_MESSAGES: usize = 128;
+const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_WAIT: Duration = Duration::from_millis(2);
+
+impl Chunk {
+    fn is_empty(&self) -> bool {
+        self.span.is_none()
+    }
+
+    /// Adds a message's outputs; true when the chunk should be queued now.
+    fn push(&mut self, offset: i64, outputs: Vec<OutgoingMessage>) -> bool {
+        self.span = Some(
+            self.span
+                .map_or((offset, offset), |(first, _)| (first, offset)),
+        );
+        self.messages += 1;
+        self.bytes += outputs
+            .iter()
+            .map(OutgoingMessage::approximate_size)
+            .sum::<usize>();
+        if self.outputs.is_empty() {
+            self.outputs = outputs;
+        } else {
+            self.outputs.extend(outputs);
+        }
+        self.messages >= CHUNK_MESSAGES || self.bytes >= CHUNK_BYTES
+    }
+}
 
 impl PartitionConsumer {
     /// Consumes until shutdown (`Ok`), or until the partition cannot go on (`Err`: the failure
@@ -116,7 +183,8 @@ impl PartitionConsumer {
             config.clone(),
             self.reset,
         )));
-        let mut inflight = InFlight::new();
+        let mut inflight = InFlight::default();
+        let mut chunk = Chunk::default();
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let ack_first = self.rt.pipeline.policy(self.route).ack == AckMode::First;
@@ -158,11 +226,27 @@ impl PartitionConsumer {
                 }
                 let offset = record.offset;
                 let msg = to_message(&self.topic, partition, record);
-                let outcome = self
+                let handling = self
                     .rt
                     .pipeline
-                    .handle_until(self.route, msg, Some(&self.shutdown))
-                    .await;
+                    .handle_until(self.route, msg, Some(&self.shutdown));
+                let outcome = if chunk.is_empty() {
+                    handling.await
+                } else {
+                    // Outputs of earlier messages wait for this handler only briefly.
+                    tokio::pin!(handling);
+                    tokio::select! {
+                        biased;
+                        outcome = &mut handling => outcome,
+                        () = tokio::time::sleep(CHUNK_WAIT) => {
+                            if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                                stopped = Some(e);
+                                break 'fetched;
+                            }
+                            handling.await
+                        }
+                    }
+                };
                 match &outcome {
                     // Logged by the pipeline; not done, so consumed again after a restart.
                     Outcome::Stopped { error, .. } => {
@@ -174,32 +258,34 @@ impl PartitionConsumer {
                     _ => {}
                 }
                 let outputs = outcome.into_outputs();
-                if outputs.is_empty() && inflight.is_empty() {
+                if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
                     tracker.done(offset);
                     continue;
                 }
-                let acks = match self.rt.producers.enqueue(&self.rt.client, outputs).await {
-                    Ok(acks) => acks,
-                    Err(e) => {
-                        stopped = Some((offset, format!("its outputs cannot be queued: {e}")));
+                if chunk.push(offset, outputs) {
+                    if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                        stopped = Some(e);
                         break 'fetched;
                     }
-                };
-                inflight.push_back((offset, acks));
-                if let Err(e) = settle_ready(&mut inflight, &tracker) {
+                }
+                if let Err(e) = self.settle(&mut inflight, &tracker).await {
                     stopped = Some(e);
                     break 'fetched;
                 }
-                while inflight.len() > config.max_in_flight {
-                    match settle_front(&mut inflight).await {
-                        Ok(offset) => tracker.done(offset),
-                        Err(e) => {
-                            stopped = Some(e);
-                            break 'fetched;
-                        }
-                    }
-                }
             }
+            // The fetched batch is done: queue what it left.
+            if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                stopped = Some(e);
+                break;
+            }
+            if let Err(e) = self.settle(&mut inflight, &tracker).await {
+                stopped = Some(e);
+                break;
+            }
+        }
+        // Messages handled before the stop are done once their outputs are acknowledged.
+        if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+            stopped.get_or_insert(e);
         }
         drop(fetcher);
         // Graceful stop: the message being handled finished; wait for the outputs' acks.
@@ -227,6 +313,40 @@ impl PartitionConsumer {
                 Err(err)
             }
         }
+    }
+
+    /// Queues the chunk's outputs; its messages are done once the broker acknowledged them.
+    async fn flush(&self, chunk: &mut Chunk, inflight: &mut InFlight) -> Result<(), (i64, String)> {
+        let Some((first, last)) = chunk.span.take() else {
+            return Ok(());
+        };
+        let outputs = std::mem::take(&mut chunk.outputs);
+        let messages = std::mem::take(&mut chunk.messages);
+        chunk.bytes = 0;
+        let acks = if outputs.is_empty() {
+            Vec::new()
+        } else {
+            self.rt
+                .producers
+                .enqueue(&self.rt.client, outputs)
+                .await
+                .map_err(|e| (first, format!("outputs cannot be queued: {e}")))?
+        };
+        inflight.push_back((last, messages, acks));
+        Ok(())
+    }
+
+    /// Marks done what was acknowledged; waits while too many messages await acks.
+    async fn settle(
+        &self,
+        inflight: &mut InFlight,
+        tracker: &OffsetTracker,
+    ) -> Result<(), (i64, String)> {
+        settle_ready(inflight, tracker)?;
+        while inflight.messages > self.rt.config.max_in_flight {
+            tracker.done(settle_front(inflight).await?);
+        }
+        Ok(())
     }
 
     /// Reports a manual-ack message that has held back the partition's commits for too long.
@@ -282,7 +402,7 @@ impl PartitionConsumer {
 /// returns its offset; an output that was not delivered is an error (the message is not done).
 /// Cancellation-safe: finished acks are removed.
 async fn settle_front(inflight: &mut InFlight) -> Result<i64, (i64, String)> {
-    let Some((offset, acks)) = inflight.front_mut() else {
+    let Some((offset, _, acks)) = inflight.front_mut() else {
         return Err((-1, "nothing in flight".into()));
     };
     let offset = *offset;
@@ -297,7 +417,7 @@ async fn settle_front(inflight: &mut InFlight) -> Result<i64, (i64, String)> {
 
 /// Removes the messages at the front whose outputs are all acknowledged, without waiting.
 fn settle_ready(inflight: &mut InFlight, tracker: &OffsetTracker) -> Result<(), (i64, String)> {
-    while let Some((offset, acks)) = inflight.front_mut() {
+    while let Some((offset, _, acks)) = inflight.front_mut() {
         while let Some(ack) = acks.last_mut() {
             match ack.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => return Ok(()),

@@ -66,22 +66,28 @@ impl Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnects_and_resumes_after_losing_the_broker() {
+/// A broker of the test's own behind a proxy it advertises (so every connection goes through
+/// the proxy), its bootstrap address, and a plain client.
+async fn broker_behind_proxy() -> (OwnBroker, Proxy, String, rskafka::client::Client) {
     init_logs();
-    // A free port for the proxy, which the broker advertises.
     let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
+    let (broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
     let proxy = Proxy::start_on(proxy_port, broker_addr).await;
     let bootstrap = format!("127.0.0.1:{}", proxy.port);
     let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
         .build()
         .await
         .unwrap();
+    (broker, proxy, bootstrap, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_and_resumes_after_losing_the_broker() {
+    let (_broker, proxy, bootstrap, client) = broker_behind_proxy().await;
     create_topic(&client, "flow", 1).await;
     let app = FastStream::new(
         KafkaBroker::builder(&bootstrap)
@@ -151,19 +157,7 @@ async fn group_flow(n: u64) -> String {
 /// not end the membership: no partition is revoked, nothing is repeated, consumption resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_coordinator_connection_keeps_the_partitions() {
-    init_logs();
-    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
-    let proxy = Proxy::start_on(proxy_port, broker_addr).await;
-    let bootstrap = format!("127.0.0.1:{}", proxy.port);
-    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
-        .build()
-        .await
-        .unwrap();
+    let (_broker, proxy, bootstrap, client) = broker_behind_proxy().await;
     create_topic(&client, "gflow", 1).await;
     static REVOKED: AtomicUsize = AtomicUsize::new(0);
     let app = FastStream::new(

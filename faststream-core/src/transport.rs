@@ -67,6 +67,8 @@ impl Publisher {
 #[derive(Clone, Debug)]
 pub struct Shutdown(watch::Receiver<Option<Option<Instant>>>);
 
+// The watched state: `None` until triggered, then `Some(deadline)`.
+
 /// Triggers a [`Shutdown`].
 #[derive(Debug)]
 pub struct ShutdownTrigger(watch::Sender<Option<Option<Instant>>>);
@@ -97,13 +99,22 @@ impl Shutdown {
 impl ShutdownTrigger {
     /// Requests shutdown, without a deadline.
     pub fn trigger(&self) {
-        self.0
-            .send_if_modified(|s| s.is_none() && s.replace(None).is_none());
+        self.fire(None);
     }
 
     /// Requests shutdown, to be completed by `deadline`.
     pub fn trigger_by(&self, deadline: Instant) {
-        self.0
-            .send_if_modified(|s| s.is_none() && s.replace(Some(deadline)).is_none());
+        self.fire(Some(deadline));
+    }
+
+    /// The first request wins; later ones change nothing.
+    fn fire(&self, deadline: Option<Instant>) {
+        self.0.send_if_modified(|state| {
+            let first = state.is_none();
+            if first {
+                *state = Some(deadline);
+            }
+            first
+        });
     }
 }

@@ -557,7 +557,7 @@ impl KafkaBroker {
                         stop_all.trigger();
                     }
                 },
-                _ = refresh.tick(), if !inner.is_triggered() => {
+                _ = refresh.tick(), if !ungrouped.is_empty() && !inner.is_triggered() => {
                     let names: Vec<String> = ungrouped.iter().map(|u| u.topic.to_string()).collect();
                     let counts = self.shared.producers.lookup_partitions(&client, &names).await;
                     for sub in &mut ungrouped {

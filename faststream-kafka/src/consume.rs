@@ -1,13 +1,15 @@
 //! The per-partition loop: fetch, handle, produce outputs, track what is done.
 //!
 //! One task per (route, topic, partition). A fetch task keeps the next batch ready while the
-//! current one is handled; messages are handled strictly in offset order. Each message's
-//! outputs are queued to the producers as soon as its handler returns (so they keep their order
-//! per target partition, and the producers' byte budget bounds memory), and the message is done
-//! once the broker acknowledged all of them; done messages move the partition's position one by
-//! one. At most `max_in_flight` messages await acks (beyond that the loop waits: backpressure).
+//! current one is handled; messages are handled strictly in offset order. Outputs are queued
+//! to the producers in small chunks as handlers return (so they keep their order per target
+//! partition, and the producers' byte budget bounds memory; see [`Chunk`]), and a message is
+//! done once the broker acknowledged every output of its chunk; done chunks move the partition's
+//! position. At most `max_in_flight` messages await acks (beyond that the loop waits:
+//! backpressure).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,11 +71,19 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Handled messages whose outputs await the broker's acks, in offset order: (last offset,
-/// messages, acks) per queued chunk.
+/// A queued chunk: its messages' offsets and the acks of their outputs.
+#[derive(Debug)]
+struct Queued {
+    first: i64,
+    last: i64,
+    messages: usize,
+    acks: Vec<Ack>,
+}
+
+/// Queued chunks awaiting the broker's acks, in offset order.
 #[derive(Debug, Default)]
 struct InFlight {
-    queue: VecDeque<(i64, usize, Vec<Ack>)>,
+    queue: VecDeque<Queued>,
     messages: usize,
 }
 
@@ -82,19 +92,9 @@ impl InFlight {
         self.queue.is_empty()
     }
 
-    fn push_back(&mut self, entry: (i64, usize, Vec<Ack>)) {
-        self.messages += entry.1;
-        self.queue.push_back(entry);
-    }
-
-    fn front_mut(&mut self) -> Option<&mut (i64, usize, Vec<Ack>)> {
-        self.queue.front_mut()
-    }
-
-    fn pop_front(&mut self) {
-        if let Some((_, n, _)) = self.queue.pop_front() {
-            self.messages -= n;
-        }
+    fn push_back(&mut self, queued: Queued) {
+        self.messages += queued.messages;
+        self.queue.push_back(queued);
     }
 }
 
@@ -162,7 +162,7 @@ impl PartitionConsumer {
             .group
             .as_ref()
             .map_or_else(|| Position::new(None), |g| g.position.clone());
-        let mut tracker = OffsetTracker::new(position.clone(), config.manual_ack_warning);
+        let mut tracker = OffsetTracker::new(position, config.manual_ack_warning);
         // Committed even if nothing arrives: a restart resumes here, not at `reset` again.
         tracker.start(start);
         tracing::debug!(
@@ -332,7 +332,12 @@ impl PartitionConsumer {
                 .await
                 .map_err(|e| (first, format!("outputs cannot be queued: {e}")))?
         };
-        inflight.push_back((last, messages, acks));
+        inflight.push_back(Queued {
+            first,
+            last,
+            messages,
+            acks,
+        });
         Ok(())
     }
 
@@ -398,51 +403,48 @@ impl PartitionConsumer {
     }
 }
 
-/// Waits until every output of the oldest in-flight message was acknowledged, removes it and
-/// returns its offset; an output that was not delivered is an error (the message is not done).
-/// Cancellation-safe: finished acks are removed.
+/// Waits until every output of the oldest queued chunk was acknowledged, removes it and
+/// returns its last offset. An output that was not delivered is an error naming the chunk's
+/// first offset (nothing from there on is done). Cancellation-safe: finished acks are removed.
 async fn settle_front(inflight: &mut InFlight) -> Result<i64, (i64, String)> {
-    let Some((offset, _, acks)) = inflight.front_mut() else {
+    let Some(front) = inflight.queue.front_mut() else {
         return Err((-1, "nothing in flight".into()));
     };
-    let offset = *offset;
-    while let Some(ack) = acks.last_mut() {
+    while let Some(ack) = front.acks.last_mut() {
         let result = ack.await;
-        acks.pop();
-        check_ack(offset, result)?;
+        front.acks.pop();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err((
+                    front.first,
+                    format!("an output was not delivered: {reason}"),
+                ))
+            }
+            Err(_) => {
+                return Err((
+                    front.first,
+                    "an output was abandoned before the broker acknowledged it".into(),
+                ))
+            }
+        }
     }
-    inflight.pop_front();
-    Ok(offset)
+    let last = front.last;
+    inflight.messages -= front.messages;
+    inflight.queue.pop_front();
+    Ok(last)
 }
 
-/// Removes the messages at the front whose outputs are all acknowledged, without waiting.
+/// Marks done the chunks at the front whose outputs are all acknowledged, without waiting.
 fn settle_ready(inflight: &mut InFlight, tracker: &OffsetTracker) -> Result<(), (i64, String)> {
-    while let Some((offset, _, acks)) = inflight.front_mut() {
-        while let Some(ack) = acks.last_mut() {
-            match ack.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
-                Ok(result) => check_ack::<()>(*offset, Ok(result))?,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    check_ack::<()>(*offset, Err(()))?;
-                }
-            }
-            acks.pop();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while !inflight.is_empty() {
+        match std::pin::pin!(settle_front(inflight)).poll(&mut cx) {
+            std::task::Poll::Ready(last) => tracker.done(last?),
+            std::task::Poll::Pending => break,
         }
-        tracker.done(*offset);
-        inflight.pop_front();
     }
     Ok(())
-}
-
-fn check_ack<E>(offset: i64, result: Result<Result<(), String>, E>) -> Result<(), (i64, String)> {
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(reason)) => Err((offset, format!("an output was not delivered: {reason}"))),
-        Err(_) => Err((
-            offset,
-            "an output was abandoned before the broker acknowledged it".into(),
-        )),
-    }
 }
 
 fn to_message(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Message {

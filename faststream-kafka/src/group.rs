@@ -117,18 +117,6 @@ struct Running {
     starting: usize,
 }
 
-/// The answer to an OffsetCommit.
-enum Commit {
-    Done,
-    /// Not this time (coordinator moved or unreachable); the next commit retries.
-    Later(String),
-    /// The generation is over.
-    Rejoin {
-        reset_member: bool,
-        reason: String,
-    },
-}
-
 impl GroupRunner {
     /// Serves the group until shutdown (`Ok`) or until one of its partition consumers stopped
     /// on its own (`Err`, after committing what is done and leaving the group).
@@ -517,11 +505,7 @@ impl GroupRunner {
         mut beats: mpsc::UnboundedReceiver<Beat>,
         ready_sent: &mut bool,
     ) -> Ended {
-        // The service is ready once the first generation's consumers know where they start.
-        if running.starting == 0 && !*ready_sent {
-            let _ = self.ready.send(());
-            *ready_sent = true;
-        }
+        self.announce_ready(&running, ready_sent);
         let mut commit = tokio::time::interval(self.settings.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let refresh_every = self.rt.config.metadata_max_age;
@@ -533,10 +517,7 @@ impl GroupRunner {
                 () = shutdown.wait() => break Ended::Shutdown,
                 Some(()) = running.started.recv(), if running.starting > 0 => {
                     running.starting -= 1;
-                    if running.starting == 0 && !*ready_sent {
-                        let _ = self.ready.send(());
-                        *ready_sent = true;
-                    }
+                    self.announce_ready(&running, ready_sent);
                 }
                 beat = beats.recv() => match beat {
                     Some(Beat::Rebalance) => {
@@ -631,6 +612,14 @@ impl GroupRunner {
         }
     }
 
+    /// The service is ready once the first generation's consumers know where they start.
+    fn announce_ready(&self, running: &Running, ready_sent: &mut bool) {
+        if running.starting == 0 && !*ready_sent {
+            let _ = self.ready.send(());
+            *ready_sent = true;
+        }
+    }
+
     /// How long revoked partitions may take to drain: within the rebalance timeout (the
     /// coordinator expels a member that rejoins later), or before the app's shutdown deadline
     /// (leaving time to commit and leave the group).
@@ -660,43 +649,59 @@ impl GroupRunner {
         member: &Member,
         running: &Running,
     ) -> Option<Ended> {
-        match self.try_commit(conn, member, running).await {
-            Ok(Commit::Done) => None,
-            Ok(Commit::Later(reason)) => {
-                tracing::warn!(
-                    group = self.group,
-                    reason,
-                    "offset commit failed; retrying at the next commit"
-                );
-                None
-            }
-            Ok(Commit::Rejoin {
-                reset_member,
-                reason,
-            }) => {
-                tracing::warn!(
-                    group = self.group,
-                    reason,
-                    "offset commit refused: rejoining"
-                );
-                Some(Ended::Rejoin { reset_member })
-            }
+        let refused = match self.try_commit(conn, member, running).await {
+            Ok(refused) => refused,
             Err(e) => {
                 tracing::warn!(group = self.group, error = %e, "offset commit failed; finding the coordinator again");
                 *conn = None;
-                None
+                return None;
             }
+        };
+        if refused.is_empty() {
+            return None;
         }
+        let reason = refused
+            .iter()
+            .map(|(partition, e)| format!("{partition}: {e}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reset_member = refused.iter().any(|(_, e)| {
+            matches!(
+                e,
+                ResponseError::UnknownMemberId
+                    | ResponseError::IllegalGeneration
+                    | ResponseError::FencedInstanceId
+            )
+        });
+        if reset_member
+            || refused
+                .iter()
+                .any(|(_, e)| *e == ResponseError::RebalanceInProgress)
+        {
+            tracing::warn!(
+                group = self.group,
+                reason,
+                "offset commit refused: rejoining"
+            );
+            return Some(Ended::Rejoin { reset_member });
+        }
+        tracing::warn!(
+            group = self.group,
+            reason,
+            "offset commit failed; retrying at the next commit"
+        );
+        None
     }
 
     /// Commits the position of every partition that has one, also when unchanged (so the
-    /// broker's offset retention never drops a quiet group's offsets).
+    /// broker's offset retention never drops a quiet group's offsets). Returns the partitions
+    /// the coordinator refused, with why.
     async fn try_commit(
         &self,
         conn: &mut Option<Conn>,
         member: &Member,
         running: &Running,
-    ) -> Result<Commit, ConnError> {
+    ) -> Result<Vec<(String, ResponseError)>, ConnError> {
         let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
         for ((topic, partition), position) in &running.positions {
             if let Some(offset) = position.get() {
@@ -707,7 +712,7 @@ impl GroupRunner {
             }
         }
         if by_topic.is_empty() {
-            return Ok(Commit::Done);
+            return Ok(Vec::new());
         }
         let conn = self.conn(conn).await?;
         let version = conn.version::<OffsetCommitRequest>(8)?;
@@ -736,51 +741,25 @@ impl GroupRunner {
             })
             .collect();
         let resp = conn.send(&req, version).await?;
-        let mut failed = Vec::new();
-        let mut verdict = Commit::Done;
+        let mut refused = Vec::new();
         for t in &resp.topics {
             for p in &t.partitions {
-                let Some(e) = ResponseError::try_from_code(p.error_code) else {
-                    continue;
-                };
-                failed.push(format!("{}[{}]: {e}", t.name.0, p.partition_index));
-                verdict = match e {
-                    ResponseError::RebalanceInProgress => Commit::Rejoin {
-                        reset_member: false,
-                        reason: String::new(),
-                    },
-                    ResponseError::UnknownMemberId
-                    | ResponseError::IllegalGeneration
-                    | ResponseError::FencedInstanceId => Commit::Rejoin {
-                        reset_member: true,
-                        reason: String::new(),
-                    },
-                    _ => match verdict {
-                        Commit::Done => Commit::Later(String::new()),
-                        other => other,
-                    },
-                };
-                if matches!(
-                    e,
-                    ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
-                ) {
-                    // Find the coordinator again before the next commit.
-                    conn.mark_broken();
+                if let Some(e) = ResponseError::try_from_code(p.error_code) {
+                    if matches!(
+                        e,
+                        ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+                    ) {
+                        // Find the coordinator again before the next commit.
+                        conn.mark_broken();
+                    }
+                    refused.push((format!("{}[{}]", t.name.0, p.partition_index), e));
                 }
             }
         }
-        let reason = failed.join(", ");
-        Ok(match verdict {
-            Commit::Done => {
-                tracing::debug!(group = self.group, offsets = ?by_topic, "committed");
-                Commit::Done
-            }
-            Commit::Later(_) => Commit::Later(reason),
-            Commit::Rejoin { reset_member, .. } => Commit::Rejoin {
-                reset_member,
-                reason,
-            },
-        })
+        if refused.is_empty() {
+            tracing::debug!(group = self.group, offsets = ?by_topic, "committed");
+        }
+        Ok(refused)
     }
 
     async fn fetch_offsets(

@@ -108,6 +108,14 @@ pub enum HandlerError {
     /// The handler returned a [`Failure`](crate::Failure) choosing what happens next.
     #[error("handler failed: {0}")]
     Rejected(crate::policy::Failure),
+    /// The transport could not read the record (a corrupt or unsupported record batch); the
+    /// handler never ran.
+    #[error("cannot read the record: {0}")]
+    Fetch(String),
+    /// An output of the message was refused for good by the broker (or not delivered within
+    /// the delivery timeout); the handler ran, its outputs are incomplete.
+    #[error("an output was not delivered: {0}")]
+    Publish(String),
 }
 
 impl HandlerError {
@@ -129,6 +137,8 @@ impl HandlerError {
             HandlerError::Timeout(_) => "timeout",
             HandlerError::Nacked => "nack",
             HandlerError::Rejected(_) => "rejected",
+            HandlerError::Fetch(_) => "fetch",
+            HandlerError::Publish(_) => "publish",
         }
     }
 }

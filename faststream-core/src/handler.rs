@@ -281,6 +281,39 @@ impl Pipeline {
             }
             break (err, action);
         };
+        self.conclude(route, policy, &msg, error, attempts, action)
+    }
+
+    /// Applies `route`'s failure policy to a message that failed outside its handler: a record
+    /// the transport could not read ([`HandlerError::Fetch`]), or an output the broker refused
+    /// ([`HandlerError::Publish`]). Not retried here (the transport retried what could succeed):
+    /// dead-lettered where the route has a dead-letter topic, else skipped or stopped as its
+    /// policy says. Logged like handler failures.
+    pub fn fail(&self, route: &RouteDef, msg: &Message, error: HandlerError) -> Outcome {
+        let policy = self
+            .index(route)
+            .map_or(&self.defaults, |i| &self.policies[i]);
+        let attempts = u32::from(matches!(error, HandlerError::Publish(_)));
+        self.conclude(
+            route,
+            policy,
+            msg,
+            error,
+            attempts,
+            FailureAction::DeadLetter,
+        )
+    }
+
+    /// The outcome of a failed message, logged.
+    fn conclude(
+        &self,
+        route: &RouteDef,
+        policy: &FailurePolicy,
+        msg: &Message,
+        error: HandlerError,
+        attempts: u32,
+        action: FailureAction,
+    ) -> Outcome {
         let action = match (action, &policy.dlq) {
             (FailureAction::Retry | FailureAction::DeadLetter, Some(_)) => {
                 FailureAction::DeadLetter
@@ -291,7 +324,7 @@ impl Pipeline {
         let outcome = match action {
             FailureAction::DeadLetter => {
                 let topic = policy.dlq.clone().unwrap_or_default();
-                let dlq = dead_letter(route, &msg, &error, attempts, topic);
+                let dlq = dead_letter(route, msg, &error, attempts, topic);
                 Outcome::DeadLettered {
                     error,
                     attempts,

@@ -23,9 +23,13 @@ pub mod dlq_header {
     pub const ORIGINAL_TOPIC: &str = "x-faststream-original-topic";
     /// Its partition.
     pub const ORIGINAL_PARTITION: &str = "x-faststream-original-partition";
-    /// Its offset.
+    /// Its offset (the first offset, when a whole range of records could not be read).
     pub const ORIGINAL_OFFSET: &str = "x-faststream-original-offset";
-    /// The kind of failure: `decode`, `handler`, `panic`, `timeout`, `nack`, `encode`, `rejected`.
+    /// The last offset of a range of records that could not be read (kind `fetch`); the
+    /// payload is then the raw record batch.
+    pub const ORIGINAL_LAST_OFFSET: &str = "x-faststream-original-last-offset";
+    /// The kind of failure: `decode`, `handler`, `panic`, `timeout`, `nack`, `encode`,
+    /// `rejected`, `fetch` (unreadable record batch), `publish` (an output was refused).
     pub const ERROR_KIND: &str = "x-faststream-error-kind";
     /// The error message.
     pub const ERROR: &str = "x-faststream-error";

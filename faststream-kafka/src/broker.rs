@@ -39,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) client_id: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    pub(crate) delivery_timeout: Duration,
     pub(crate) linger: Duration,
     pub(crate) max_batch_bytes: usize,
     pub(crate) compression: Compression,
@@ -135,6 +136,16 @@ impl KafkaBrokerBuilder {
     /// retries of a request. A broker that goes away mid-run is thus reported, never a silent hang.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
+        self
+    }
+
+    /// How long an output may take to be delivered, retries included (default 120 s, as Kafka's
+    /// `delivery.timeout.ms`). Retriable produce errors (leader moved, broker unreachable) are
+    /// retried within it; past it, and at once for errors retrying cannot fix (record too large,
+    /// not authorized, invalid record), the output fails: `publish` returns the error, and a
+    /// handler's input goes through its failure policy with the error kind `publish`.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.config.delivery_timeout = timeout;
         self
     }
 
@@ -319,6 +330,7 @@ impl KafkaBroker {
                 client_id: "faststream-rs".into(),
                 connect_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(30),
+                delivery_timeout: Duration::from_secs(120),
                 linger: Duration::from_millis(5),
                 max_batch_bytes: 1024 * 1024,
                 compression: Compression::NoCompression,
@@ -368,11 +380,18 @@ impl KafkaBroker {
     pub async fn send_message(&self, msg: OutgoingMessage) -> faststream_core::Result<()> {
         let client = self.client().await?;
         let topic = msg.topic.clone();
-        let mut acks = self.shared.producers.enqueue(&client, vec![msg]).await?;
-        let ack = acks.pop().ok_or(KafkaError::Closed)?;
+        let mut queued = self.shared.producers.enqueue(&client, vec![msg]).await?;
+        if let Some((_, reason)) = queued.refused.pop() {
+            return Err(KafkaError::Publish { topic, reason }.into());
+        }
+        let (_, ack) = queued.groups.pop().ok_or(KafkaError::Closed)?;
         match ack.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(KafkaError::Publish { topic, reason }.into()),
+            Ok(Err(mut failed)) => Err(KafkaError::Publish {
+                topic,
+                reason: failed.pop().map(|(_, r)| r).unwrap_or_default(),
+            }
+            .into()),
             Err(_) => Err(KafkaError::Closed.into()),
         }
     }

@@ -7,26 +7,30 @@
 //! done once the broker acknowledged every output of its chunk; done chunks move the partition's
 //! position. At most `max_in_flight` messages await acks (beyond that the loop waits:
 //! backpressure).
+//!
+//! Below the handler nothing loops on poison: a record batch that cannot be read and a message
+//! whose output the broker refused go through the route's failure policy like a handler
+//! failure (kinds `fetch` and `publish`); a dead-letter copy that cannot be written stops the
+//! partition, so nothing is lost.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use faststream_core::{
-    AckMode, Headers, Message, OffsetReset, Outcome, OutgoingMessage, Pipeline, RouteDef, Shutdown,
+    dlq_header, AckMode, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage, Pipeline,
+    RouteDef, Shutdown,
 };
-use rskafka::client::error::{Error as ClientError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Config;
 use crate::error::KafkaError;
+use crate::fetch::{FetchError, PartitionReader};
 use crate::offsets::{OffsetTracker, Position};
 use crate::produce::{Ack, Producers};
+use crate::records::Fetched;
 
 /// What every consumer of one service shares.
 #[derive(Debug)]
@@ -77,7 +81,20 @@ struct Queued {
     first: i64,
     last: i64,
     messages: usize,
-    acks: Vec<Ack>,
+    /// Per output: the offset of the message it came from, and whether it is a dead-letter copy.
+    owners: Vec<(i64, bool)>,
+    /// Per target partition: indices into `owners`, and the ack.
+    acks: Vec<(Vec<u32>, Ack)>,
+    /// Outputs not delivered so far: index into `owners`, why.
+    failed: Vec<(u32, String)>,
+}
+
+/// A chunk whose outputs are all settled.
+#[derive(Debug)]
+struct Settled {
+    last: i64,
+    /// Messages with an output that was not delivered: offset, why (first failure per message).
+    failed: Vec<(i64, String)>,
 }
 
 /// Queued chunks awaiting the broker's acks, in offset order.
@@ -108,6 +125,8 @@ struct Chunk {
     messages: usize,
     bytes: usize,
     outputs: Vec<OutgoingMessage>,
+    /// Per output: its message's offset, and whether it is a dead-letter copy.
+    owners: Vec<(i64, bool)>,
 }
 
 const CHUNK_MESSAGES: usize = 128;
@@ -120,7 +139,9 @@ impl Chunk {
     }
 
     /// Adds a message's outputs; true when the chunk should be queued now.
-    fn push(&mut self, offset: i64, outputs: Vec<OutgoingMessage>) -> bool {
+    fn push(&mut self, offset: i64, outputs: Vec<OutgoingMessage>, dead_letter: bool) -> bool {
+        self.owners
+            .extend(std::iter::repeat_n((offset, dead_letter), outputs.len()));
         self.span = Some(
             self.span
                 .map_or((offset, offset), |(first, _)| (first, offset)),
@@ -141,22 +162,23 @@ impl Chunk {
 
 impl PartitionConsumer {
     /// Consumes until shutdown (`Ok`), or until the partition cannot go on (`Err`: the failure
-    /// policy said stop, or an output was not delivered). The message it stopped at is not done.
+    /// policy said stop, an output or its dead-letter copy was not delivered, the broker refused
+    /// the fetch for good). The message it stopped at is not done.
     pub(crate) async fn run(self) -> Result<(), KafkaError> {
         let topic = &*self.topic;
         let partition = self.partition;
-        let Some(pc) = self.partition_client().await else {
-            return Ok(());
-        };
-        let pc = Arc::new(pc);
+        let config = &self.rt.config;
+        let mut reader = PartitionReader::new(config.clone(), self.topic.clone(), partition);
         let start = match self.start {
             Some(offset) => offset,
-            None => match resolve_offset(&pc, self.reset, &self.shutdown, topic).await {
-                Some(offset) => offset,
-                None => return Ok(()),
+            None => match resolve_offset(&mut reader, self.reset, &self.shutdown, topic, partition)
+                .await
+            {
+                Ok(Some(offset)) => offset,
+                Ok(None) => return Ok(()),
+                Err(reason) => return Err(self.stopped(-1, reason)),
             },
         };
-        let config = &self.rt.config;
         // Without a group the position is only used to report where a stopped consumer ended.
         let position = self
             .group
@@ -176,11 +198,10 @@ impl PartitionConsumer {
 
         let (tx, mut rx) = mpsc::channel(2);
         let fetcher = AbortOnDrop(tokio::spawn(fetch_loop(
-            pc.clone(),
+            reader,
             start,
             tx,
             self.shutdown.clone(),
-            config.clone(),
             self.reset,
         )));
         let mut inflight = InFlight::default();
@@ -195,12 +216,9 @@ impl PartitionConsumer {
                 () = shutdown.wait() => break,
                 // Acks completing move the position even when no new messages arrive.
                 res = settle_front(&mut inflight), if !inflight.is_empty() => {
-                    match res {
-                        Ok(offset) => tracker.done(offset),
-                        Err(e) => {
-                            stopped = Some(e);
-                            break;
-                        }
+                    if let Err(e) = self.finish(res, &tracker).await {
+                        stopped = Some(e);
+                        break;
                     }
                     continue;
                 }
@@ -209,43 +227,57 @@ impl PartitionConsumer {
                     continue;
                 }
                 batch = rx.recv() => match batch {
-                    Some(b) => b,
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => {
+                        stopped = Some(e);
+                        break;
+                    }
                     None => break,
                 },
             };
             if ack_first {
                 // At-most-once: commit past the whole batch before handling it.
                 if let Some(last) = batch.last() {
-                    tracker.done(last.offset);
+                    tracker.done(last.last_offset());
                     self.commit_now().await;
                 }
             }
-            for record in batch {
+            for item in batch {
                 if self.shutdown.is_triggered() {
                     break 'fetched;
                 }
-                let offset = record.offset;
-                let msg = to_message(&self.topic, partition, record);
-                let handling = self
-                    .rt
-                    .pipeline
-                    .handle_until(self.route, msg, Some(&self.shutdown));
-                let outcome = if chunk.is_empty() {
-                    handling.await
-                } else {
-                    // Outputs of earlier messages wait for this handler only briefly.
-                    tokio::pin!(handling);
-                    tokio::select! {
-                        biased;
-                        outcome = &mut handling => outcome,
-                        () = tokio::time::sleep(CHUNK_WAIT) => {
-                            if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
-                                stopped = Some(e);
-                                break 'fetched;
-                            }
+                let (offset, outcome) = match item {
+                    Fetched::Record(msg) => {
+                        let offset = msg.offset;
+                        let handling =
+                            self.rt
+                                .pipeline
+                                .handle_until(self.route, msg, Some(&self.shutdown));
+                        let outcome = if chunk.is_empty() {
                             handling.await
-                        }
+                        } else {
+                            // Outputs of earlier messages wait for this handler only briefly.
+                            tokio::pin!(handling);
+                            tokio::select! {
+                                biased;
+                                outcome = &mut handling => outcome,
+                                () = tokio::time::sleep(CHUNK_WAIT) => {
+                                    if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                                        stopped = Some(e);
+                                        break 'fetched;
+                                    }
+                                    handling.await
+                                }
+                            }
+                        };
+                        (offset, outcome)
                     }
+                    Fetched::Unreadable {
+                        first,
+                        last,
+                        raw,
+                        reason,
+                    } => (last, self.unreadable(first, last, raw, &reason)),
                 };
                 match &outcome {
                     // Logged by the pipeline; not done, so consumed again after a restart.
@@ -257,12 +289,13 @@ impl PartitionConsumer {
                     Outcome::Unacked(_) => tracker.hold(offset),
                     _ => {}
                 }
+                let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
                 let outputs = outcome.into_outputs();
                 if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
                     tracker.done(offset);
                     continue;
                 }
-                if chunk.push(offset, outputs) {
+                if chunk.push(offset, outputs, dead_letter) {
                     if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
                         stopped = Some(e);
                         break 'fetched;
@@ -290,29 +323,42 @@ impl PartitionConsumer {
         drop(fetcher);
         // Graceful stop: the message being handled finished; wait for the outputs' acks.
         while !inflight.is_empty() {
-            match settle_front(&mut inflight).await {
-                Ok(offset) => tracker.done(offset),
-                Err(e) => {
-                    stopped.get_or_insert(e);
-                    break;
-                }
+            let res = settle_front(&mut inflight).await;
+            if let Err(e) = self.finish(res, &tracker).await {
+                stopped.get_or_insert(e);
+                break;
             }
         }
         tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
         match stopped {
             None => Ok(()),
-            Some((offset, reason)) => {
-                let err = KafkaError::PartitionStopped {
-                    handler: self.route.name().to_owned(),
-                    topic: topic.to_owned(),
-                    partition,
-                    offset,
-                    reason,
-                };
-                tracing::error!(error = %err, "partition consumer stopped");
-                Err(err)
-            }
+            Some((offset, reason)) => Err(self.stopped(offset, reason)),
         }
+    }
+
+    fn stopped(&self, offset: i64, reason: String) -> KafkaError {
+        let err = KafkaError::PartitionStopped {
+            handler: self.route.name().to_owned(),
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            offset,
+            reason,
+        };
+        tracing::error!(error = %err, "partition consumer stopped");
+        err
+    }
+
+    /// Records `first..=last` could not be read: the failure policy decides (the dead-letter
+    /// copy carries the raw batch and both offsets).
+    fn unreadable(&self, first: i64, last: i64, raw: bytes::Bytes, reason: &str) -> Outcome {
+        let mut msg = Message::new(self.topic.clone(), raw).at(self.partition, first);
+        msg.headers
+            .insert(dlq_header::ORIGINAL_LAST_OFFSET, last.to_string());
+        let error = HandlerError::Fetch(format!(
+            "offsets {first}..={last} of {}[{}]: {reason}",
+            self.topic, self.partition
+        ));
+        self.rt.pipeline.fail(self.route, &msg, error)
     }
 
     /// Queues the chunk's outputs; its messages are done once the broker acknowledged them.
@@ -321,10 +367,11 @@ impl PartitionConsumer {
             return Ok(());
         };
         let outputs = std::mem::take(&mut chunk.outputs);
+        let owners = std::mem::take(&mut chunk.owners);
         let messages = std::mem::take(&mut chunk.messages);
         chunk.bytes = 0;
-        let acks = if outputs.is_empty() {
-            Vec::new()
+        let queued = if outputs.is_empty() {
+            Default::default()
         } else {
             self.rt
                 .producers
@@ -336,7 +383,9 @@ impl PartitionConsumer {
             first,
             last,
             messages,
-            acks,
+            owners,
+            acks: queued.groups,
+            failed: queued.refused,
         });
         Ok(())
     }
@@ -347,11 +396,114 @@ impl PartitionConsumer {
         inflight: &mut InFlight,
         tracker: &OffsetTracker,
     ) -> Result<(), (i64, String)> {
-        settle_ready(inflight, tracker)?;
+        while let Some(res) = settle_ready(inflight) {
+            self.finish(res, tracker).await?;
+        }
         while inflight.messages > self.rt.config.max_in_flight {
-            tracker.done(settle_front(inflight).await?);
+            let res = settle_front(inflight).await;
+            self.finish(res, tracker).await?;
         }
         Ok(())
+    }
+
+    /// A chunk is settled: messages whose outputs were not delivered go through the failure
+    /// policy (kind `publish`), then the chunk is done.
+    async fn finish(
+        &self,
+        settled: Result<Settled, (i64, String)>,
+        tracker: &OffsetTracker,
+    ) -> Result<(), (i64, String)> {
+        let settled = settled?;
+        if !settled.failed.is_empty() {
+            self.fail_outputs(settled.failed).await?;
+        }
+        tracker.done(settled.last);
+        Ok(())
+    }
+
+    /// Each message is read again from the partition (the consumer keeps no copy of messages
+    /// awaiting acks) and handed to the failure policy; a dead-letter copy is awaited here.
+    async fn fail_outputs(&self, failed: Vec<(i64, String)>) -> Result<(), (i64, String)> {
+        let mut reader =
+            PartitionReader::new(self.rt.config.clone(), self.topic.clone(), self.partition);
+        for (offset, reason) in failed {
+            let msg = self.read_again(&mut reader, offset).await?;
+            let outcome = self
+                .rt
+                .pipeline
+                .fail(self.route, &msg, HandlerError::Publish(reason));
+            match outcome {
+                Outcome::Stopped { error, .. } => {
+                    return Err((offset, format!("the failure policy stopped it: {error}")))
+                }
+                Outcome::DeadLettered { dlq, .. } => {
+                    let topic = dlq.topic.clone();
+                    let queued = self
+                        .rt
+                        .producers
+                        .enqueue(&self.rt.client, vec![dlq])
+                        .await
+                        .map_err(|e| (offset, format!("dead-letter copy cannot be queued: {e}")))?;
+                    let mut failure = queued.refused.into_iter().next().map(|(_, r)| r);
+                    for (_, ack) in queued.groups {
+                        match ack.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(f)) => failure = f.into_iter().next().map(|(_, r)| r),
+                            Err(_) => {
+                                failure = Some("abandoned before the broker acknowledged it".into())
+                            }
+                        }
+                    }
+                    if let Some(why) = failure {
+                        return Err((
+                            offset,
+                            format!("an output was not delivered, and neither was its dead-letter copy to {topic:?}: {why}"),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_again(
+        &self,
+        reader: &mut PartitionReader,
+        offset: i64,
+    ) -> Result<Message, (i64, String)> {
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..10 {
+            match reader.fetch(offset).await {
+                Ok(fetch) => {
+                    let found = fetch.decoded.items.into_iter().find_map(|i| match i {
+                        Fetched::Record(m) if m.offset == offset => Some(m),
+                        _ => None,
+                    });
+                    return found.ok_or_else(|| {
+                        (
+                            offset,
+                            "an output was not delivered, and the message is no longer readable to dead-letter it".into(),
+                        )
+                    });
+                }
+                Err(FetchError::Retriable(e)) => {
+                    tracing::warn!(topic = &*self.topic, partition = self.partition, offset, error = %e, "reading a message again failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err((
+                    offset,
+                    format!(
+                        "an output was not delivered, and the message cannot be read again: {e}"
+                    ),
+                )),
+            }
+        }
+        Err((
+            offset,
+            "an output was not delivered, and the message cannot be read again".into(),
+        ))
     }
 
     /// Reports a manual-ack message that has held back the partition's commits for too long.
@@ -377,50 +529,25 @@ impl PartitionConsumer {
             }
         }
     }
-
-    async fn partition_client(&self) -> Option<PartitionClient> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let attempt = self.rt.client.partition_client(
-                self.topic.to_string(),
-                self.partition,
-                UnknownTopicHandling::Retry,
-            );
-            let mut shutdown = self.shutdown.clone();
-            tokio::select! {
-                res = attempt => match res {
-                    Ok(pc) => return Some(pc),
-                    Err(e) => tracing::warn!(
-                        topic = &*self.topic, partition = self.partition, error = %e,
-                        "cannot reach partition leader; retrying"
-                    ),
-                },
-                () = shutdown.wait() => return None,
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    }
 }
 
-/// Waits until every output of the oldest queued chunk was acknowledged, removes it and
-/// returns its last offset. An output that was not delivered is an error naming the chunk's
-/// first offset (nothing from there on is done). Cancellation-safe: finished acks are removed.
-async fn settle_front(inflight: &mut InFlight) -> Result<i64, (i64, String)> {
+/// Waits until every output of the oldest queued chunk was settled (acknowledged or refused),
+/// and removes it. An abandoned ack (the producer went away) is an error naming the chunk's
+/// first offset (nothing from there on is done). Cancellation-safe: settled acks are removed.
+async fn settle_front(inflight: &mut InFlight) -> Result<Settled, (i64, String)> {
     let Some(front) = inflight.queue.front_mut() else {
         return Err((-1, "nothing in flight".into()));
     };
-    while let Some(ack) = front.acks.last_mut() {
+    while let Some((_, ack)) = front.acks.last_mut() {
         let result = ack.await;
-        front.acks.pop();
+        let (indices, _) = front.acks.pop().expect("awaited above");
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err((
-                    front.first,
-                    format!("an output was not delivered: {reason}"),
-                ))
-            }
+            Ok(Err(failed)) => front.failed.extend(
+                failed
+                    .into_iter()
+                    .map(|(i, reason)| (indices[i as usize], reason)),
+            ),
             Err(_) => {
                 return Err((
                     front.first,
@@ -429,68 +556,64 @@ async fn settle_front(inflight: &mut InFlight) -> Result<i64, (i64, String)> {
             }
         }
     }
-    let last = front.last;
+    let front = inflight.queue.pop_front().expect("checked above");
     inflight.messages -= front.messages;
-    inflight.queue.pop_front();
-    Ok(last)
-}
-
-/// Marks done the chunks at the front whose outputs are all acknowledged, without waiting.
-fn settle_ready(inflight: &mut InFlight, tracker: &OffsetTracker) -> Result<(), (i64, String)> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    while !inflight.is_empty() {
-        match std::pin::pin!(settle_front(inflight)).poll(&mut cx) {
-            std::task::Poll::Ready(last) => tracker.done(last?),
-            std::task::Poll::Pending => break,
+    let mut failed: Vec<(i64, String)> = Vec::new();
+    let mut by_output = front.failed;
+    by_output.sort_by_key(|(i, _)| *i);
+    for (i, reason) in by_output {
+        let (offset, dead_letter) = front.owners[i as usize];
+        if dead_letter {
+            return Err((
+                offset,
+                format!("its dead-letter copy was not delivered: {reason}"),
+            ));
+        }
+        if failed.last().is_none_or(|(o, _)| *o != offset) {
+            failed.push((offset, reason));
         }
     }
-    Ok(())
+    Ok(Settled {
+        last: front.last,
+        failed,
+    })
 }
 
-fn to_message(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Message {
-    let rec = r.record;
-    let headers: Headers = rec
-        .headers
-        .into_iter()
-        .map(|(k, v)| (k, Bytes::from(v)))
-        .collect();
-    let mut msg = Message::new(topic.clone(), Bytes::new()).at(partition, r.offset);
-    msg.key = rec.key.map(Bytes::from);
-    msg.headers = headers;
-    msg.timestamp = Some(rec.timestamp.timestamp_millis());
-    msg.payload = rec.value.map(Bytes::from);
-    msg
+/// The front chunk, if all its outputs are already settled (without waiting).
+fn settle_ready(inflight: &mut InFlight) -> Option<Result<Settled, (i64, String)>> {
+    if inflight.is_empty() {
+        return None;
+    }
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(settle_front(inflight)).poll(&mut cx) {
+        std::task::Poll::Ready(res) => Some(res),
+        std::task::Poll::Pending => None,
+    }
 }
 
-/// Where to start: the oldest kept record, or the high watermark.
-///
-/// The high watermark is read from a fetch response rather than ListOffsets(latest), which some
-/// Kafka-compatible brokers answer wrongly after multi-record batches.
+/// Where to start: the oldest kept record, or the end of the log. `Err` when the broker
+/// refuses for good (not authorized), `Ok(None)` on shutdown.
 async fn resolve_offset(
-    pc: &PartitionClient,
+    reader: &mut PartitionReader,
     reset: OffsetReset,
     shutdown: &Shutdown,
     topic: &str,
-) -> Option<i64> {
+    partition: i32,
+) -> Result<Option<i64>, String> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = async {
-            let earliest = pc.get_offset(OffsetAt::Earliest).await?;
-            match reset {
-                OffsetReset::Earliest => Ok::<_, ClientError>(earliest),
-                OffsetReset::Latest => Ok(pc.fetch_records(earliest, 1..2, 10).await?.1),
-            }
-        };
         let mut stop = shutdown.clone();
+        let earliest = reset == OffsetReset::Earliest;
         tokio::select! {
-            res = attempt => match res {
-                Ok(offset) => return Some(offset),
+            res = reader.offset(earliest) => match res {
+                Ok(offset) => return Ok(Some(offset)),
+                Err(FetchError::Fatal(e)) => return Err(format!("cannot read the start offset: {e}")),
                 Err(e) => tracing::warn!(
-                    topic, partition = pc.partition(), error = %e,
+                    topic, partition, error = %e,
                     "cannot read the start offset; retrying"
                 ),
             },
-            () = stop.wait() => return None,
+            () = stop.wait() => return Ok(None),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -500,89 +623,89 @@ async fn resolve_offset(
 /// How often each partition logs its lag (at debug level).
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// What the fetch task hands the consumer: items in offset order, or why it cannot go on.
+type FetchedBatch = Result<Vec<Fetched>, (i64, String)>;
+
 async fn fetch_loop(
-    pc: Arc<PartitionClient>,
+    mut reader: PartitionReader,
     mut offset: i64,
-    tx: mpsc::Sender<Vec<RecordAndOffset>>,
+    tx: mpsc::Sender<FetchedBatch>,
     mut shutdown: Shutdown,
-    config: Arc<Config>,
     reset: OffsetReset,
 ) {
-    let topic = pc.topic().to_owned();
-    let partition = pc.partition();
-    let max_wait_ms = config.fetch_max_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let (topic, partition) = reader.id();
     let mut backoff = Duration::from_millis(100);
     let mut lag_logged = Instant::now();
     loop {
         let started = Instant::now();
-        // The client retries lost connections internally; bound each fetch so an unreachable
-        // broker shows up in our logs with topic, partition and offset.
-        let limit = config.request_timeout + config.fetch_max_wait;
-        let fetch = tokio::time::timeout(
-            limit,
-            pc.fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms),
-        );
         let res = tokio::select! {
-            res = fetch => match res {
-                Ok(res) => res,
-                Err(_) => {
-                    tracing::warn!(topic, partition, offset, timeout = ?limit, "fetch failed: no answer from the broker; retrying");
-                    continue;
-                }
-            },
+            res = reader.fetch(offset) => res,
             () = shutdown.wait() => return,
         };
         match res {
-            Ok((mut records, high_watermark)) => {
+            Ok(fetch) => {
                 backoff = Duration::from_millis(100);
-                // The high watermark comes from the fetch response (ListOffsets(latest) is
-                // wrong on some Kafka-compatible brokers).
-                if lag_logged.elapsed() >= LAG_LOG_INTERVAL {
+                if lag_logged.elapsed() >= LAG_LOG_INTERVAL && fetch.end >= 0 {
                     lag_logged = Instant::now();
                     tracing::debug!(
-                        topic,
+                        topic = &*topic,
                         partition,
                         next_offset = offset,
-                        high_watermark,
-                        lag = high_watermark - offset,
+                        end = fetch.end,
+                        lag = fetch.end - offset,
                         "lag"
                     );
                 }
-                // Compressed batches may start before the requested offset.
-                records.retain(|r| r.offset >= offset);
-                match records.last() {
-                    Some(last) => {
-                        offset = last.offset + 1;
-                        if tx.send(records).await.is_err() {
-                            return;
-                        }
-                    }
-                    // A broker that answers an empty fetch at once must not make us spin.
-                    None if started.elapsed() < Duration::from_millis(5) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
-                    None => {}
+                let decoded = fetch.decoded;
+                for (at, value) in &decoded.bad_timestamps {
+                    tracing::warn!(
+                        topic = &*topic,
+                        partition,
+                        offset = at,
+                        timestamp = value,
+                        "record timestamp is not a plausible time in milliseconds (a producer bug?); the message is delivered without a timestamp"
+                    );
                 }
+                let next = decoded.next.unwrap_or(offset).max(offset);
+                let empty = decoded.items.is_empty();
+                if !empty && tx.send(Ok(decoded.items)).await.is_err() {
+                    return;
+                }
+                if empty && next == offset && started.elapsed() < Duration::from_millis(5) {
+                    // A broker that answers an empty fetch at once must not make us spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                offset = next;
             }
-            Err(ClientError::ServerError {
-                protocol_error: ProtocolError::OffsetOutOfRange,
-                ..
-            }) => {
+            Err(FetchError::OffsetOutOfRange) => {
                 tracing::warn!(
-                    topic,
+                    topic = &*topic,
                     partition,
                     offset,
                     ?reset,
                     "offset out of range; resetting"
                 );
-                match resolve_offset(&pc, reset, &shutdown, &topic).await {
-                    Some(o) => offset = o,
-                    None => return,
+                match resolve_offset(&mut reader, reset, &shutdown, &topic, partition).await {
+                    Ok(Some(o)) => offset = o,
+                    Ok(None) => return,
+                    Err(reason) => {
+                        let _ = tx.send(Err((offset, reason))).await;
+                        return;
+                    }
                 }
             }
-            Err(e) => {
-                tracing::warn!(topic, partition, offset, error = %e, retry_in = ?backoff, "fetch failed; retrying");
-                tokio::time::sleep(backoff).await;
+            Err(FetchError::Fatal(e)) => {
+                let _ = tx
+                    .send(Err((offset, format!("the broker refused the fetch: {e}"))))
+                    .await;
+                return;
+            }
+            Err(FetchError::Retriable(e)) => {
+                tracing::warn!(topic = &*topic, partition, offset, error = %e, retry_in = ?backoff, "fetch failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.wait() => return,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

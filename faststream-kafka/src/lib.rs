@@ -25,10 +25,12 @@ mod assign;
 mod broker;
 mod consume;
 mod error;
+mod fetch;
 mod group;
 mod offsets;
 mod produce;
 mod protocol;
+mod records;
 
 pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics, RebalanceHook};
 pub use error::KafkaError;

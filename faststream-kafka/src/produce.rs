@@ -32,15 +32,32 @@ pub(crate) const LARGE_REQUEST: usize = 96 * 1024;
 /// Per-record framing overhead added to the payload sizes when sizing a request.
 const RECORD_OVERHEAD: usize = 24;
 
-/// Resolves when the broker acknowledged a group of messages, or with why it never will be.
-pub(crate) type Ack = oneshot::Receiver<Result<(), String>>;
+/// How a group of messages ended: all delivered, or these (indices into the group) were not,
+/// with why (refused for good by the broker, or not delivered within the delivery timeout).
+pub(crate) type Delivery = Result<(), Vec<(u32, String)>>;
+
+/// Resolves when the broker acknowledged a group of messages, or with which it never will.
+pub(crate) type Ack = oneshot::Receiver<Delivery>;
+
+/// What [`Producers::enqueue`] did with a list of messages.
+#[derive(Debug, Default)]
+pub(crate) struct Enqueued {
+    /// One per target partition: the indices (into the list) of its messages, and their ack.
+    pub(crate) groups: Vec<(Vec<u32>, Ack)>,
+    /// Messages that cannot be addressed (a partition the topic does not have, a topic that
+    /// does not exist and may not be created): index and why. Nothing else of the list is
+    /// affected.
+    pub(crate) refused: Vec<(u32, String)>,
+}
 
 /// Messages for one partition, acknowledged together.
 struct Pending {
     msgs: Vec<OutgoingMessage>,
     sizes: Vec<usize>,
     size: usize,
-    ack: oneshot::Sender<Result<(), String>>,
+    ack: oneshot::Sender<Delivery>,
+    /// When it was queued: retriable failures are retried until `delivery_timeout` after.
+    queued_at: tokio::time::Instant,
     /// Its share of the partition's queue budget, returned when it is dropped (after the ack).
     _budget: OwnedSemaphorePermit,
 }
@@ -76,7 +93,8 @@ impl Producers {
     }
 
     /// Queues `msgs`, grouped by target partition; returns one ack per group, resolving once the
-    /// broker has the whole group. Waits when a partition's queue is full (backpressure).
+    /// broker has the whole group (or with the messages it refused). Waits when a partition's
+    /// queue is full (backpressure). A message that cannot be addressed is refused alone.
     ///
     /// Partitions: explicit, else murmur2 of the key, else one partition per call and topic
     /// (round-robin across calls: "sticky", so keyless messages batch well).
@@ -84,35 +102,56 @@ impl Producers {
         &self,
         client: &Arc<Client>,
         msgs: Vec<OutgoingMessage>,
-    ) -> Result<Vec<Ack>, KafkaError> {
+    ) -> Result<Enqueued, KafkaError> {
         struct Group {
             topic: String,
             partition: i32,
             msgs: Vec<OutgoingMessage>,
             sizes: Vec<usize>,
+            indices: Vec<u32>,
         }
+        let mut out = Enqueued::default();
         let mut groups: Vec<Group> = Vec::new();
-        // Per topic of this call: its partition count (looked up once) and the partition its
-        // keyless messages stick to.
-        let mut topics: Vec<(String, i32, i32)> = Vec::new();
-        for msg in msgs {
-            let (count, sticky) = match topics.iter().find(|(t, _, _)| *t == msg.topic) {
-                Some((_, count, sticky)) => (*count, *sticky),
+        /// A topic's partition count (`Err`: why it cannot be written) and the partition its
+        /// keyless messages stick to in this call.
+        type Known = Result<(i32, i32), String>;
+        let mut topics: Vec<(String, Known)> = Vec::new();
+        for (index, msg) in msgs.into_iter().enumerate() {
+            let index = index as u32;
+            let known = match topics.iter().find(|(t, _)| *t == msg.topic) {
+                Some((_, known)) => known.clone(),
                 None => {
-                    let count = self.partition_count(client, &msg.topic).await?;
-                    let sticky =
-                        (self.round_robin.fetch_add(1, Ordering::Relaxed) % count as usize) as i32;
-                    topics.push((msg.topic.clone(), count, sticky));
-                    (count, sticky)
+                    let known =
+                        self.partition_count_within(client, &msg.topic)
+                            .await
+                            .map(|count| {
+                                let sticky = (self.round_robin.fetch_add(1, Ordering::Relaxed)
+                                    % count as usize)
+                                    as i32;
+                                (count, sticky)
+                            });
+                    topics.push((msg.topic.clone(), known.clone()));
+                    known
+                }
+            };
+            let (count, sticky) = match known {
+                Ok(known) => known,
+                Err(reason) => {
+                    out.refused.push((index, reason));
+                    continue;
                 }
             };
             let partition = match (msg.partition, &msg.key) {
                 (Some(p), _) if (0..count).contains(&p) => p,
                 (Some(p), _) => {
-                    return Err(KafkaError::InvalidPartition(format!(
-                        "partition {p} of topic {:?}, which has {count} partition(s)",
-                        msg.topic
-                    )))
+                    out.refused.push((
+                        index,
+                        format!(
+                            "partition {p} of topic {:?}, which has {count} partition(s)",
+                            msg.topic
+                        ),
+                    ));
+                    continue;
                 }
                 (None, Some(key)) => partition_for_key(key, count),
                 (None, None) => sticky,
@@ -125,21 +164,24 @@ impl Producers {
                 Some(g) => {
                     g.msgs.push(msg);
                     g.sizes.push(size);
+                    g.indices.push(index);
                 }
                 None => groups.push(Group {
                     topic: msg.topic.clone(),
                     partition,
                     msgs: vec![msg],
                     sizes: vec![size],
+                    indices: vec![index],
                 }),
             }
         }
-        let mut acks = Vec::with_capacity(groups.len());
+        out.groups.reserve(groups.len());
         for Group {
             topic,
             partition,
             msgs,
             sizes,
+            indices,
         } in groups
         {
             let queue = self.queue(client, &topic, partition)?;
@@ -156,12 +198,41 @@ impl Producers {
                 sizes,
                 size,
                 ack: tx,
+                queued_at: tokio::time::Instant::now(),
                 _budget: budget,
             };
             queue.tx.send(pending).map_err(|_| KafkaError::Closed)?;
-            acks.push(rx);
+            out.groups.push((indices, rx));
         }
-        Ok(acks)
+        Ok(out)
+    }
+
+    /// [`Producers::partition_count`], retrying a metadata lookup that fails (the cluster is
+    /// unreachable) until the delivery timeout; `Err` says why the topic cannot be written.
+    async fn partition_count_within(
+        &self,
+        client: &Arc<Client>,
+        topic: &str,
+    ) -> Result<i32, String> {
+        let deadline = tokio::time::Instant::now() + self.config.delivery_timeout;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.partition_count(client, topic).await {
+                Ok(n) => return Ok(n),
+                Err(e @ KafkaError::MissingTopics { .. }) => return Err(e.to_string()),
+                Err(e) if tokio::time::Instant::now() + backoff >= deadline => {
+                    return Err(format!(
+                        "no metadata of topic {topic:?} within the delivery timeout ({:?}): {e}",
+                        self.config.delivery_timeout
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, retry_in = ?backoff, "metadata lookup failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Number of partitions of `topic`, from metadata (cached for `metadata_max_age`); creates
@@ -361,8 +432,44 @@ fn to_record(msg: &OutgoingMessage, now: chrono::DateTime<Utc>) -> Record {
     }
 }
 
-/// Sends a batch in request-sized pieces, each retried with backoff until the broker takes it,
-/// resolving each group's ack once all its messages are in.
+/// Whether a produce error can succeed on retry, as Kafka's Java producer classifies it.
+enum Refusal {
+    /// Transient: retried until the delivery timeout.
+    Retriable,
+    /// The request (or one of its records) is too large: split, or refuse a single record.
+    TooLarge,
+    /// Retrying cannot help.
+    Permanent,
+}
+
+fn classify(e: &rskafka::client::error::Error) -> Refusal {
+    use rskafka::client::error::{Error as E, ProtocolError as P};
+    match e {
+        E::ServerError { protocol_error, .. } => match protocol_error {
+            P::MessageTooLarge | P::RecordListTooLarge => Refusal::TooLarge,
+            P::InvalidTopicException
+            | P::TopicAuthorizationFailed
+            | P::ClusterAuthorizationFailed
+            | P::TransactionalIdAuthorizationFailed
+            | P::InvalidRecord
+            | P::InvalidTimestamp
+            | P::InvalidRequiredAcks
+            | P::UnsupportedForMessageFormat
+            | P::UnsupportedVersion
+            | P::UnsupportedCompressionType
+            | P::PolicyViolation
+            | P::InvalidRequest
+            | P::SaslAuthenticationFailed => Refusal::Permanent,
+            _ => Refusal::Retriable,
+        },
+        _ => Refusal::Retriable,
+    }
+}
+
+/// Sends a batch in request-sized pieces, resolving each group's ack once all its messages
+/// are in, or with the ones that were refused. Retriable errors are retried with backoff until
+/// `delivery_timeout` after the oldest group was queued; a request refused as too large is
+/// split until the record that is too large stands alone.
 async fn send(
     pc: &PartitionClient,
     config: &Config,
@@ -373,14 +480,26 @@ async fn send(
     let mut msgs = Vec::new();
     let mut sizes = Vec::new();
     let mut ends = Vec::with_capacity(batch.len());
+    let deadline = batch
+        .iter()
+        .map(|p| p.queued_at)
+        .min()
+        .map(|t| t + config.delivery_timeout);
     for p in batch {
         msgs.extend(p.msgs);
         sizes.extend(p.sizes);
         ends.push((msgs.len(), p.ack, p._budget));
     }
-    let mut ends = ends.into_iter().peekable();
+    let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
+    // Refused records: index into `msgs`, reason.
+    let mut refused: Vec<(usize, String)> = Vec::new();
     let now = Utc::now();
-    for range in plan_requests(&sizes, config.max_batch_bytes) {
+    let mut todo: std::collections::VecDeque<std::ops::Range<usize>> =
+        plan_requests(&sizes, config.max_batch_bytes).into();
+    let mut ends = ends.into_iter().peekable();
+    // Where the next group to resolve starts.
+    let mut group_start = 0;
+    while let Some(range) = todo.pop_front() {
         let mut backoff = Duration::from_millis(100);
         loop {
             let records: Vec<Record> = msgs[range.clone()]
@@ -389,28 +508,68 @@ async fn send(
                 .collect();
             let limit = config.request_timeout;
             let attempt = tokio::time::timeout(limit, pc.produce(records, config.compression));
-            let result = match attempt.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer from the broker within {limit:?}")),
+            let (kind, error) = match attempt.await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => (classify(&e), e.to_string()),
+                Err(_) => (
+                    Refusal::Retriable,
+                    format!("no answer from the broker within {limit:?}"),
+                ),
             };
-            match result {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::error!(
+            match kind {
+                Refusal::TooLarge if range.len() > 1 => {
+                    // Split, as the Java producer does: the parts are sent in order.
+                    let mid = range.start + range.len() / 2;
+                    todo.push_front(mid..range.end);
+                    todo.push_front(range.start..mid);
+                    break;
+                }
+                Refusal::Retriable if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(
                         topic,
                         partition,
                         records = range.len(),
-                        error = %e,
+                        error = %error,
                         retry_in = ?backoff,
                         "produce failed; retrying"
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                kind => {
+                    let reason = match kind {
+                        Refusal::Retriable => format!(
+                            "not delivered within the delivery timeout ({:?}): {error}",
+                            config.delivery_timeout
+                        ),
+                        _ => format!("refused by the broker: {error}"),
+                    };
+                    tracing::error!(
+                        topic,
+                        partition,
+                        records = range.len(),
+                        error = %reason,
+                        "produce failed for good"
+                    );
+                    refused.extend(range.clone().map(|i| (i, reason.clone())));
+                    break;
+                }
             }
         }
-        while let Some((_, ack, _budget)) = ends.next_if(|(end, _, _)| *end <= range.end) {
-            let _ = ack.send(Ok(()));
+        // Everything before the next range was sent or refused: resolve those groups.
+        let done = todo.front().map_or(msgs.len(), |r| r.start);
+        while let Some((end, ack, _budget)) = ends.next_if(|(end, _, _)| *end <= done) {
+            let failed: Vec<(u32, String)> = refused
+                .iter()
+                .filter(|(i, _)| (group_start..end).contains(i))
+                .map(|(i, reason)| ((i - group_start) as u32, reason.clone()))
+                .collect();
+            let _ = ack.send(if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(failed)
+            });
+            group_start = end;
         }
     }
 }

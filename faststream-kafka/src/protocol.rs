@@ -14,6 +14,9 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, Req
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Largest response accepted (a fetch grown for one very large record batch fits).
+const MAX_RESPONSE: i32 = 300 * 1024 * 1024;
+
 /// A failure talking to one broker.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnError {
@@ -193,7 +196,7 @@ impl Conn {
         };
         self.stream.write_all(&buf).await.map_err(io)?;
         let len = self.stream.read_i32().await.map_err(io)?;
-        if !(0..=64 * 1024 * 1024).contains(&len) {
+        if !(0..=MAX_RESPONSE).contains(&len) {
             return Err(self.protocol(format!("implausible response length {len}")));
         }
         let mut body = vec![0u8; len as usize];

@@ -16,6 +16,8 @@ use rskafka::record::{Record, RecordAndOffset};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod wire;
+
 /// Every wait in these tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -1,0 +1,301 @@
+//! Kafka's wire protocol spoken by the tests themselves (with the `kafka-protocol` crate, not the
+//! code under test): record batches as other clients write them (odd ones included), a raw
+//! produce, and a proxy that can answer requests in the broker's place.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    ProducerId, RequestHeader, ResponseHeader, TopicName, TransactionalId,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A record as a plain producer writes it.
+pub fn plain(value: &str) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: Default::default(),
+    }
+}
+
+/// Encodes `records` as one uncompressed batch (offsets counted from 0).
+pub fn batch(records: &[Record]) -> BytesMut {
+    let mut records = records.to_vec();
+    for (i, r) in records.iter_mut().enumerate() {
+        r.offset = i as i64;
+    }
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf
+}
+
+/// Records of a transaction of `producer_id`, with sequence numbers from `first_sequence`.
+pub fn transactional(producer_id: i64, first_sequence: i32, values: &[&str]) -> Vec<Record> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: true,
+            producer_id,
+            producer_epoch: 0,
+            sequence: first_sequence + i as i32,
+            ..plain(v)
+        })
+        .collect()
+}
+
+/// The marker ending a transaction of `producer_id` (commit or abort); `sequence` follows the
+/// producer's last record (the local broker checks sequences of every batch).
+pub fn marker(producer_id: i64, sequence: i32, commit: bool) -> Vec<Record> {
+    let mut key = BytesMut::new();
+    key.put_i16(0);
+    key.put_i16(i16::from(commit));
+    let mut value = BytesMut::new();
+    value.put_i16(0);
+    value.put_i32(0);
+    vec![Record {
+        control: true,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        sequence,
+        ..transactional(producer_id, 0, &[""])[0].clone()
+    }]
+}
+
+/// A producer id from `broker` (InitProducerId, as an idempotent or transactional producer
+/// starts), with its epoch.
+pub async fn init_producer_id(broker: &str, transactional_id: Option<&str>) -> (i64, i16) {
+    let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id =
+        transactional_id.map(|t| TransactionalId(StrBytes::from_string(t.to_owned())));
+    req.transaction_timeout_ms = 60_000;
+    req.producer_id = ProducerId(-1);
+    req.producer_epoch = -1;
+    let version = 4;
+    let frame = request_frame(&req, ApiKey::InitProducerId, version, 1);
+    conn.write_all(&frame).await.unwrap();
+    let mut body = read_frame(&mut conn).await.expect("InitProducerId answer");
+    let _ = ResponseHeader::decode(&mut body, InitProducerIdResponse::header_version(version));
+    let resp = InitProducerIdResponse::decode(&mut body, version).expect("decode answer");
+    assert_eq!(resp.error_code, 0, "InitProducerId refused");
+    (resp.producer_id.0, resp.producer_epoch)
+}
+
+/// Sends `batches` to partition 0 of `topic` in one Produce request per batch, directly to
+/// `broker` (the partition's leader); returns each answer's error code.
+pub async fn produce_raw(broker: &str, topic: &str, batches: Vec<BytesMut>) -> Vec<i16> {
+    let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+    let mut codes = Vec::new();
+    for (i, records) in batches.into_iter().enumerate() {
+        let mut part = PartitionProduceData::default();
+        part.index = 0;
+        part.records = Some(records.freeze());
+        let mut t = TopicProduceData::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+        t.partition_data = vec![part];
+        let mut req = ProduceRequest::default();
+        req.acks = -1;
+        req.timeout_ms = 10_000;
+        req.topic_data = vec![t];
+        let version = 7;
+        let frame = request_frame(&req, ApiKey::Produce, version, i as i32);
+        conn.write_all(&frame).await.unwrap();
+        let mut body = read_frame(&mut conn).await.expect("produce answer");
+        let _ = ResponseHeader::decode(&mut body, ProduceResponse::header_version(version));
+        let resp = ProduceResponse::decode(&mut body, version).expect("decode produce answer");
+        codes.push(resp.responses[0].partition_responses[0].error_code);
+    }
+    codes
+}
+
+fn request_frame<R: Encodable + HeaderVersion>(
+    req: &R,
+    key: ApiKey,
+    version: i16,
+    correlation: i32,
+) -> BytesMut {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation;
+    header.client_id = Some(StrBytes::from_static_str("tests"));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, R::header_version(version)).unwrap();
+    req.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf
+}
+
+async fn read_frame(conn: &mut (impl AsyncReadExt + Unpin)) -> Option<Bytes> {
+    let len = conn.read_i32().await.ok()?;
+    let mut body = vec![0u8; len as usize];
+    conn.read_exact(&mut body).await.ok()?;
+    Some(Bytes::from(body))
+}
+
+/// What the proxy does with a Produce request for a topic: pass it on, or answer it with this
+/// error code without forwarding it.
+pub type ProduceRule = Arc<dyn Fn(&str, usize) -> Option<i16> + Send + Sync>;
+
+/// A proxy in front of one broker that understands request framing: it answers Produce
+/// requests the rule refuses (by topic and record-batch size) itself, and passes everything
+/// else through. Refusing is how a test makes a broker reject an output for good (the local
+/// broker enforces no size limit and no ACLs).
+#[derive(Clone)]
+pub struct KafkaProxy {
+    pub port: u16,
+    rule: Arc<Mutex<ProduceRule>>,
+}
+
+impl KafkaProxy {
+    /// Listens on `port`, forwarding to `broker`.
+    pub async fn start_on(port: u16, broker: String) -> KafkaProxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let pass: ProduceRule = Arc::new(|_, _| None);
+        let proxy = KafkaProxy {
+            port,
+            rule: Arc::new(Mutex::new(pass)),
+        };
+        let rule = proxy.rule.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = TcpStream::connect(&broker).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, upstream, rule.clone()));
+            }
+        });
+        proxy
+    }
+
+    /// Sets the rule for Produce requests (topic, bytes of its records) -> error code.
+    pub fn refuse_produce(
+        &self,
+        rule: impl Fn(&str, usize) -> Option<i16> + Send + Sync + 'static,
+    ) {
+        *self.rule.lock().unwrap() = Arc::new(rule);
+    }
+
+    /// Passes every request on again.
+    pub fn pass_all(&self) {
+        self.refuse_produce(|_, _| None);
+    }
+}
+
+async fn relay(client: TcpStream, upstream: TcpStream, rule: Arc<Mutex<ProduceRule>>) {
+    let (mut client_rx, client_tx) = client.into_split();
+    let (upstream_rx, mut upstream_tx) = upstream.into_split();
+    let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
+    // Answers from the broker go back frame by frame (so our own answers never interleave).
+    let back = {
+        let client_tx = client_tx.clone();
+        let mut upstream_rx = upstream_rx;
+        tokio::spawn(async move {
+            while let Some(frame) = read_frame(&mut upstream_rx).await {
+                let mut out = BytesMut::with_capacity(frame.len() + 4);
+                out.put_i32(frame.len() as i32);
+                out.put_slice(&frame);
+                if client_tx.lock().await.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    while let Some(frame) = read_frame(&mut client_rx).await {
+        if let Some(answer) = refusal(&frame, &rule) {
+            if client_tx.lock().await.write_all(&answer).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        let mut out = BytesMut::with_capacity(frame.len() + 4);
+        out.put_i32(frame.len() as i32);
+        out.put_slice(&frame);
+        if upstream_tx.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    back.abort();
+}
+
+/// The proxy's own answer to a Produce request its rule refuses.
+fn refusal(frame: &Bytes, rule: &Mutex<ProduceRule>) -> Option<BytesMut> {
+    let mut peek = frame.clone();
+    if peek.remaining() < 4 || peek.get_i16() != ApiKey::Produce as i16 {
+        return None;
+    }
+    let version = peek.get_i16();
+    let mut body = frame.clone();
+    let header = RequestHeader::decode(&mut body, ProduceRequest::header_version(version)).ok()?;
+    let req = ProduceRequest::decode(&mut body, version).ok()?;
+    let rule = rule.lock().unwrap().clone();
+    let mut code = None;
+    for t in &req.topic_data {
+        for p in &t.partition_data {
+            let size = p.records.as_ref().map_or(0, Bytes::len);
+            code = code.or(rule(&t.name, size));
+        }
+    }
+    let code = code?;
+    let mut resp = ProduceResponse::default();
+    resp.responses = req
+        .topic_data
+        .iter()
+        .map(|t| {
+            let mut tr = TopicProduceResponse::default();
+            tr.name = t.name.clone();
+            tr.partition_responses = t
+                .partition_data
+                .iter()
+                .map(|p| {
+                    let mut pr = PartitionProduceResponse::default();
+                    pr.index = p.index;
+                    pr.error_code = code;
+                    pr.base_offset = -1;
+                    pr
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    let mut rh = ResponseHeader::default();
+    rh.correlation_id = header.correlation_id;
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    rh.encode(&mut buf, ProduceResponse::header_version(version))
+        .ok()?;
+    resp.encode(&mut buf, version).ok()?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Some(buf)
+}

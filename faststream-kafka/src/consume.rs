@@ -278,6 +278,7 @@ impl PartitionConsumer {
                         raw,
                         reason,
                     } => (last, self.unreadable(first, last, raw, &reason)),
+                    Fetched::Passed { last } => (last, Outcome::Done(Vec::new())),
                 };
                 match &outcome {
                     // Logged by the pipeline; not done, so consumed again after a restart.
@@ -492,12 +493,14 @@ impl PartitionConsumer {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => return Err((
-                    offset,
-                    format!(
+                Err(e) => {
+                    return Err((
+                        offset,
+                        format!(
                         "an output was not delivered, and the message cannot be read again: {e}"
                     ),
-                )),
+                    ))
+                }
             }
         }
         Err((

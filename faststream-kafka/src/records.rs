@@ -31,6 +31,11 @@ pub(crate) enum Fetched {
         raw: Bytes,
         reason: String,
     },
+    /// Offsets up to `last` hold nothing to deliver (transaction markers, aborted
+    /// transactions): done as they are, so the committed position reaches the log's end.
+    Passed {
+        last: i64,
+    },
 }
 
 impl Fetched {
@@ -38,7 +43,7 @@ impl Fetched {
     pub(crate) fn last_offset(&self) -> i64 {
         match self {
             Fetched::Record(m) => m.offset,
-            Fetched::Unreadable { last, .. } => *last,
+            Fetched::Unreadable { last, .. } | Fetched::Passed { last } => *last,
         }
     }
 }
@@ -139,6 +144,13 @@ pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
                 .filter(|o| *o >= batch.base_offset)
                 .map_or(batch.base_offset.max(src.from), |o| o + 1);
             out.items.push(unreadable(first, last, raw, &reason));
+        }
+    }
+    // Whole batches after the last item held nothing to deliver: pass over them.
+    if let Some(next) = out.next {
+        let covered = out.items.last().map_or(src.from, |i| i.last_offset() + 1);
+        if next > covered {
+            out.items.push(Fetched::Passed { last: next - 1 });
         }
     }
     out
@@ -504,7 +516,7 @@ mod tests {
             .iter()
             .filter_map(|i| match i {
                 Fetched::Record(m) => Some(m.offset),
-                Fetched::Unreadable { .. } => None,
+                _ => None,
             })
             .collect()
     }
@@ -657,7 +669,7 @@ mod tests {
             records: vec![b""],
         });
         let d = run(data.freeze(), 9, &[]);
-        assert!(d.items.is_empty());
+        assert!(matches!(d.items[..], [Fetched::Passed { last: 9 }]));
         assert_eq!(d.next, Some(10));
     }
 

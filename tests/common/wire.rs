@@ -2,14 +2,18 @@
 //! code under test): record batches as other clients write them (odd ones included), a raw
 //! produce, and a proxy that can answer requests in the broker's place.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestHeader, ResponseHeader, TopicName, TransactionalId,
+    ApiKey, FetchResponse, GroupId, InitProducerIdRequest, InitProducerIdResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, ProducerId,
+    RequestHeader, ResponseHeader, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::{
@@ -109,6 +113,30 @@ pub async fn init_producer_id(broker: &str, transactional_id: Option<&str>) -> (
     (resp.producer_id.0, resp.producer_epoch)
 }
 
+/// The offset `group` committed for partition 0 of `topic` (-1: none), asked of `broker` (the
+/// single local broker is every group's coordinator).
+pub async fn committed(broker: &str, group: &str, topic: &str) -> i64 {
+    let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+    let mut t = OffsetFetchRequestTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partition_indexes = vec![0];
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    req.topics = Some(vec![t]);
+    let version = 7;
+    let frame = request_frame(&req, ApiKey::OffsetFetch, version, 1);
+    conn.write_all(&frame).await.unwrap();
+    let mut body = read_frame(&mut conn).await.expect("OffsetFetch answer");
+    let _ = ResponseHeader::decode(&mut body, OffsetFetchResponse::header_version(version));
+    let resp = OffsetFetchResponse::decode(&mut body, version).expect("decode answer");
+    resp.topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.committed_offset)
+        .next()
+        .unwrap_or(-1)
+}
+
 /// Sends `batches` to partition 0 of `topic` in one Produce request per batch, directly to
 /// `broker` (the partition's leader); returns each answer's error code.
 pub async fn produce_raw(broker: &str, topic: &str, batches: Vec<BytesMut>) -> Vec<i16> {
@@ -175,7 +203,11 @@ pub type ProduceRule = Arc<dyn Fn(&str, usize) -> Option<i16> + Send + Sync>;
 pub struct KafkaProxy {
     pub port: u16,
     rule: Arc<Mutex<ProduceRule>>,
+    aborted: Aborted,
 }
+
+/// Aborted transactions the proxy adds to Fetch answers: topic, producer id, first offset.
+type Aborted = Arc<Mutex<Vec<(String, i64, i64)>>>;
 
 impl KafkaProxy {
     /// Listens on `port`, forwarding to `broker`.
@@ -185,17 +217,28 @@ impl KafkaProxy {
         let proxy = KafkaProxy {
             port,
             rule: Arc::new(Mutex::new(pass)),
+            aborted: Arc::default(),
         };
-        let rule = proxy.rule.clone();
+        let (rule, aborted) = (proxy.rule.clone(), proxy.aborted.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = TcpStream::connect(&broker).await else {
                     continue;
                 };
-                tokio::spawn(relay(client, upstream, rule.clone()));
+                tokio::spawn(relay(client, upstream, rule.clone(), aborted.clone()));
             }
         });
         proxy
+    }
+
+    /// Reports a transaction of `producer_id` starting at `first_offset` of `topic` as aborted
+    /// in every Fetch answer from now on, as a Kafka broker does for `read_committed` consumers
+    /// (the local broker keeps no such list: it always answers with none).
+    pub fn report_aborted(&self, topic: &str, producer_id: i64, first_offset: i64) {
+        self.aborted
+            .lock()
+            .unwrap()
+            .push((topic.to_owned(), producer_id, first_offset));
     }
 
     /// Sets the rule for Produce requests (topic, bytes of its records) -> error code.
@@ -212,16 +255,25 @@ impl KafkaProxy {
     }
 }
 
-async fn relay(client: TcpStream, upstream: TcpStream, rule: Arc<Mutex<ProduceRule>>) {
+async fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    rule: Arc<Mutex<ProduceRule>>,
+    aborted: Aborted,
+) {
     let (mut client_rx, client_tx) = client.into_split();
     let (upstream_rx, mut upstream_tx) = upstream.into_split();
     let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
+    // Fetch requests passed on, by correlation id, with their version.
+    let fetches: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
     // Answers from the broker go back frame by frame (so our own answers never interleave).
     let back = {
         let client_tx = client_tx.clone();
+        let fetches = fetches.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
+                let frame = add_aborted(frame, &fetches, &aborted);
                 let mut out = BytesMut::with_capacity(frame.len() + 4);
                 out.put_i32(frame.len() as i32);
                 out.put_slice(&frame);
@@ -238,6 +290,11 @@ async fn relay(client: TcpStream, upstream: TcpStream, rule: Arc<Mutex<ProduceRu
             }
             continue;
         }
+        let mut peek = frame.clone();
+        if peek.remaining() >= 8 && peek.get_i16() == ApiKey::Fetch as i16 {
+            let version = peek.get_i16();
+            fetches.lock().unwrap().insert(peek.get_i32(), version);
+        }
         let mut out = BytesMut::with_capacity(frame.len() + 4);
         out.put_i32(frame.len() as i32);
         out.put_slice(&frame);
@@ -246,6 +303,41 @@ async fn relay(client: TcpStream, upstream: TcpStream, rule: Arc<Mutex<ProduceRu
         }
     }
     back.abort();
+}
+
+/// A Fetch answer with the reported aborted transactions of its topics added.
+fn add_aborted(frame: Bytes, fetches: &Mutex<HashMap<i32, i16>>, aborted: &Aborted) -> Bytes {
+    let correlation = frame.clone().get_i32();
+    let Some(version) = fetches.lock().unwrap().remove(&correlation) else {
+        return frame;
+    };
+    let aborted = aborted.lock().unwrap().clone();
+    if aborted.is_empty() {
+        return frame;
+    }
+    let mut body = frame.clone();
+    let hv = FetchResponse::header_version(version);
+    let (Ok(header), Ok(mut resp)) = (
+        ResponseHeader::decode(&mut body, hv),
+        FetchResponse::decode(&mut body, version),
+    ) else {
+        return frame;
+    };
+    for t in &mut resp.responses {
+        for p in &mut t.partitions {
+            let list = p.aborted_transactions.get_or_insert_with(Vec::new);
+            for (_, producer, first) in aborted.iter().filter(|(topic, _, _)| *t.topic == **topic) {
+                let mut a = AbortedTransaction::default();
+                a.producer_id = ProducerId(*producer);
+                a.first_offset = *first;
+                list.push(a);
+            }
+        }
+    }
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, hv).unwrap();
+    resp.encode(&mut buf, version).unwrap();
+    buf.freeze()
 }
 
 /// The proxy's own answer to a Produce request its rule refuses.

@@ -1,0 +1,471 @@
+//! Nothing on the wire wedges a partition: batches other clients write (every codec, odd
+//! timestamps, transactions), batches nobody can read, records larger than the fetch size, and
+//! outputs the broker refuses. Real broker, exact counts, bounded waits; the test binary is
+//! built with the library's default features only.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::wire::*;
+use common::*;
+use faststream::kafka::{KafkaBroker, KafkaError};
+use faststream::{publisher, routes, subscriber, FastStream, Response, RouteDef, Topic};
+
+/// (topic, body) of every message a handler finished.
+static SEEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn seen(topic: &Topic, body: &str) {
+    SEEN.lock()
+        .unwrap()
+        .push((topic.0.to_string(), body.to_owned()));
+}
+
+/// Bodies finished from `topic`, in order.
+fn bodies(topic: &str) -> Vec<String> {
+    SEEN.lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+async fn wait_for(topic: &str, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let got = bodies(topic);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic}: {} of {n} handled: {got:?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn app_on(
+    bootstrap: &str,
+    routes: Vec<&'static RouteDef>,
+    prefix: &str,
+    broker: impl FnOnce(faststream::kafka::KafkaBrokerBuilder) -> faststream::kafka::KafkaBrokerBuilder,
+) -> FastStream<KafkaBroker> {
+    init_logs();
+    FastStream::new(broker(KafkaBroker::builder(bootstrap)).build())
+        .with_routes(routes)
+        .topic_prefix(prefix)
+}
+
+fn header(r: &rskafka::record::RecordAndOffset, name: &str) -> String {
+    String::from_utf8(r.record.headers.get(name).cloned().unwrap_or_default()).unwrap()
+}
+
+/// A broker of the test's own behind a [`KafkaProxy`] it advertises, so every connection of
+/// the service goes through the proxy; returns the broker's own address too.
+async fn broker_behind_kafka_proxy() -> (OwnBroker, KafkaProxy, String, String) {
+    init_logs();
+    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
+    let proxy = KafkaProxy::start_on(proxy_port, broker_addr.clone()).await;
+    (
+        broker,
+        proxy,
+        format!("127.0.0.1:{proxy_port}"),
+        broker_addr,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every codec other clients write.
+
+#[subscriber("codec-gzip", auto_offset_reset = "earliest")]
+async fn gzip_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+#[subscriber("codec-snappy", auto_offset_reset = "earliest")]
+async fn snappy_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+#[subscriber("codec-lz4", auto_offset_reset = "earliest")]
+async fn lz4_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+#[subscriber("codec-zstd", auto_offset_reset = "earliest")]
+async fn zstd_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_another_client_writes_is_handled() {
+    let prefix = unique_prefix("codecs");
+    let client = raw_client().await;
+    let codecs = ["gzip", "snappy", "lz4", "zstd"];
+    for codec in codecs {
+        create_topic(&client, &format!("{prefix}codec-{codec}"), 1).await;
+    }
+    let running = start(app_on(
+        &bootstrap(),
+        routes![gzip_in, snappy_in, lz4_in, zstd_in],
+        &prefix,
+        |b| b,
+    ))
+    .await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(root.join(".dev/venv/bin/python"))
+        .arg(root.join("tests/interop/produce_compressed.py"))
+        .args([&bootstrap(), &prefix, "100"])
+        .output();
+    let out = tokio::time::timeout(TIMEOUT, out)
+        .await
+        .expect("aiokafka producer finishes")
+        .expect("python from scripts/kafka-dev's venv runs");
+    assert!(
+        out.status.success(),
+        "aiokafka producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for codec in codecs {
+        let got = wait_for(&format!("{prefix}codec-{codec}"), 100).await;
+        let want: Vec<String> = (0..100).map(|i| format!("{codec}-{i}")).collect();
+        assert_eq!(got, want, "{codec}: every record, in order, once");
+    }
+    running.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches nobody can read, and records with odd fields.
+
+#[subscriber("unreadable", auto_offset_reset = "earliest", dlq = "unreadable.dlq")]
+async fn unreadable_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_batch_is_dead_lettered_with_its_offsets_and_the_rest_handled() {
+    let prefix = unique_prefix("corrupt");
+    let client = raw_client().await;
+    let topic = format!("{prefix}unreadable");
+    create_topic(&client, &topic, 1).await;
+    // One record per batch: the local broker stores each record of a batch as a batch of its
+    // own, so a corrupt batch of one record is what reaches the consumer as sent.
+    let mut corrupt = batch(&[plain("lost")]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff; // the checksum no longer matches
+    let raw = corrupt.clone();
+    let codes = produce_raw(
+        &bootstrap(),
+        &topic,
+        vec![batch(&[plain("before")]), corrupt, batch(&[plain("after")])],
+    )
+    .await;
+    assert_eq!(codes, vec![0, 0, 0], "the broker stores the batches");
+
+    let running = start(app_on(&bootstrap(), routes![unreadable_in], &prefix, |b| b)).await;
+    assert_eq!(wait_for(&topic, 2).await, vec!["before", "after"]);
+    let dlq = read(&client, &format!("{topic}.dlq"), 1).await;
+    let dead = &dlq[&0][0];
+    assert_eq!(header(dead, "x-faststream-error-kind"), "fetch");
+    assert_eq!(header(dead, "x-faststream-original-offset"), "1");
+    assert_eq!(header(dead, "x-faststream-original-last-offset"), "1");
+    let error = header(dead, "x-faststream-error");
+    assert!(
+        error.contains("offsets 1..=1") && error.contains("checksum"),
+        "{error}"
+    );
+    let payload = dead.record.value.clone().unwrap_or_default();
+    // Base offset and leader epoch are the broker's; the rest is the batch as written.
+    assert_eq!(
+        payload.get(16..),
+        raw.get(16..),
+        "the dead-letter copy carries the raw batch"
+    );
+    running.stop().await.unwrap();
+    assert_eq!(
+        bodies(&topic),
+        vec!["before", "after"],
+        "nothing handled twice"
+    );
+}
+
+#[subscriber("stamps", auto_offset_reset = "earliest")]
+async fn stamps_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_nanosecond_timestamp_is_handled_and_reported() {
+    let prefix = unique_prefix("stamps");
+    let client = raw_client().await;
+    let topic = format!("{prefix}stamps");
+    create_topic(&client, &topic, 1).await;
+    let mut odd = plain("odd");
+    odd.timestamp = 1_700_000_000_000_000_000; // nanoseconds, not milliseconds
+    let codes = produce_raw(
+        &bootstrap(),
+        &topic,
+        vec![batch(&[plain("a")]), batch(&[odd]), batch(&[plain("b")])],
+    )
+    .await;
+    assert_eq!(codes, vec![0, 0, 0]);
+    let running = start(app_on(&bootstrap(), routes![stamps_in], &prefix, |b| b)).await;
+    assert_eq!(wait_for(&topic, 3).await, vec!["a", "odd", "b"]);
+    running.stop().await.unwrap();
+    let logs = logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&topic) && l.contains("timestamp is not a plausible time"))
+        .expect("the odd timestamp is reported");
+    assert!(line.contains("offset=1"), "{line}");
+}
+
+#[subscriber("huge", auto_offset_reset = "earliest")]
+async fn huge_in(body: String, topic: Topic) {
+    seen(&topic, &body.len().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_the_fetch_size_is_handled() {
+    let prefix = unique_prefix("huge");
+    let client = raw_client().await;
+    let topic = format!("{prefix}huge");
+    create_topic(&client, &topic, 1).await;
+    let big = "x".repeat(3 * 1024 * 1024);
+    produce(
+        &client,
+        &topic,
+        0,
+        vec![
+            record(None, b"small", &[]),
+            record(None, big.as_bytes(), &[]),
+        ],
+    )
+    .await;
+    produce(&client, &topic, 0, vec![record(None, b"tail", &[])]).await;
+    let running = start(app_on(&bootstrap(), routes![huge_in], &prefix, |b| {
+        b.fetch_max_bytes(1024 * 1024)
+    }))
+    .await;
+    assert_eq!(
+        wait_for(&topic, 3).await,
+        vec!["5".to_owned(), big.len().to_string(), "4".to_owned()]
+    );
+    running.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions.
+
+#[subscriber("txn", auto_offset_reset = "earliest", group_id = "txn")]
+async fn txn_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_committed_transactions_are_handled_and_the_position_reaches_the_end() {
+    let prefix = unique_prefix("txn");
+    let (_broker, proxy, bootstrap, broker_addr) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let topic = format!("{prefix}txn");
+    create_topic(&client, &topic, 1).await;
+    let (pid, _) = init_producer_id(&broker_addr, None).await;
+    // Offsets: 0 plain, 1-2 aborted, 3 abort marker, 4 committed, 5 commit marker.
+    let codes = produce_raw(
+        &broker_addr,
+        &topic,
+        vec![
+            batch(&[plain("plain")]),
+            batch(&transactional(pid, 0, &["aborted-1", "aborted-2"])),
+            batch(&marker(pid, 2, false)),
+            batch(&transactional(pid, 3, &["committed"])),
+            batch(&marker(pid, 4, true)),
+        ],
+    )
+    .await;
+    assert_eq!(codes, vec![0; 5]);
+    proxy.report_aborted(&topic, pid, 1);
+
+    let running = start(app_on(&bootstrap, routes![txn_in], &prefix, |b| {
+        b.session_timeout(Duration::from_secs(2))
+    }))
+    .await;
+    assert_eq!(wait_for(&topic, 2).await, vec!["plain", "committed"]);
+    let group = format!("{prefix}txn");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while committed(&broker_addr, &group, &topic).await != 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the committed position passes the last transaction marker (lag 0)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop().await.unwrap();
+    assert_eq!(bodies(&topic), vec!["plain", "committed"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs the broker refuses.
+
+#[subscriber("relay", auto_offset_reset = "earliest", dlq = "relay.dlq")]
+#[publisher("relay-out")]
+async fn relay(body: String, topic: Topic) -> String {
+    seen(&topic, &body);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_refused_for_good_dead_letters_its_input_and_the_neighbours_go_on() {
+    let prefix = unique_prefix("refused");
+    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let topic = format!("{prefix}relay");
+    let out = format!("{prefix}relay-out");
+    for t in [&topic, &out, &format!("{topic}.dlq")] {
+        create_topic(&client, t, 1).await;
+    }
+    // Like a broker with message.max.bytes of 10 KB: larger requests to the output topic are
+    // refused with MESSAGE_TOO_LARGE.
+    let limited = out.clone();
+    proxy.refuse_produce(move |t, bytes| (t == limited && bytes > 10_000).then_some(10));
+    let big = "B".repeat(20_000);
+    let mut inputs = vec![record(None, b"a", &[]), record(None, big.as_bytes(), &[])];
+    inputs.push(record(None, b"b", &[]));
+    produce(&client, &topic, 0, inputs).await;
+
+    let running = start(app_on(&bootstrap, routes![relay], &prefix, |b| b)).await;
+    let relayed = read(&client, &out, 2).await;
+    let relayed: Vec<String> = relayed.values().flatten().map(text).collect();
+    assert_eq!(
+        relayed,
+        vec!["a", "b"],
+        "the neighbours of the refused output are relayed"
+    );
+    let dlq = read(&client, &format!("{topic}.dlq"), 1).await;
+    let dead = &dlq[&0][0];
+    assert_eq!(text(dead), big, "the input whose output was refused");
+    assert_eq!(header(dead, "x-faststream-error-kind"), "publish");
+    assert_eq!(header(dead, "x-faststream-original-offset"), "1");
+    let error = header(dead, "x-faststream-error");
+    assert!(error.contains("MessageTooLarge"), "{error}");
+    running.stop().await.expect("a clean shutdown");
+}
+
+#[subscriber("aimed", auto_offset_reset = "earliest", dlq = "aimed.dlq")]
+#[publisher("aimed-out")]
+async fn aimed(body: String) -> Response<String> {
+    let partition = if body == "nowhere" { 7 } else { 0 };
+    Response::new(body).partition(partition)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_to_a_missing_partition_dead_letters_only_its_input() {
+    let prefix = unique_prefix("aimed");
+    let client = raw_client().await;
+    let topic = format!("{prefix}aimed");
+    let out = format!("{prefix}aimed-out");
+    for t in [&topic, &out, &format!("{topic}.dlq")] {
+        create_topic(&client, t, 1).await;
+    }
+    produce(
+        &client,
+        &topic,
+        0,
+        ["a", "nowhere", "b"]
+            .iter()
+            .map(|v| record(None, v.as_bytes(), &[]))
+            .collect(),
+    )
+    .await;
+    let running = start(app_on(&bootstrap(), routes![aimed], &prefix, |b| b)).await;
+    let relayed = read(&client, &out, 2).await;
+    let relayed: Vec<String> = relayed.values().flatten().map(text).collect();
+    assert_eq!(relayed, vec!["a", "b"]);
+    let dlq = read(&client, &format!("{topic}.dlq"), 1).await;
+    let dead = &dlq[&0][0];
+    assert_eq!(text(dead), "nowhere");
+    assert_eq!(header(dead, "x-faststream-error-kind"), "publish");
+    let error = header(dead, "x-faststream-error");
+    assert!(error.contains("partition 7"), "{error}");
+    running.stop().await.expect("a clean shutdown");
+}
+
+#[subscriber(
+    "guarded",
+    auto_offset_reset = "earliest",
+    group_id = "guarded",
+    dlq = "guarded.dlq"
+)]
+#[publisher("guarded-out")]
+async fn guarded(body: String, topic: Topic) -> String {
+    seen(&topic, &body);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_dead_letter_topic_stops_the_partition_and_loses_nothing() {
+    let prefix = unique_prefix("guarded");
+    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let topic = format!("{prefix}guarded");
+    let out = format!("{prefix}guarded-out");
+    let dlq = format!("{topic}.dlq");
+    for t in [&topic, &out, &dlq] {
+        create_topic(&client, t, 1).await;
+    }
+    // Not authorized to write the output topic, nor the dead-letter topic.
+    let (o, d) = (out.clone(), dlq.clone());
+    proxy.refuse_produce(move |t, _| (t == o || t == d).then_some(29));
+    produce(&client, &topic, 0, vec![record(None, b"precious", &[])]).await;
+
+    let settings =
+        |b: faststream::kafka::KafkaBrokerBuilder| b.session_timeout(Duration::from_secs(2));
+    let running = start(app_on(&bootstrap, routes![guarded], &prefix, settings)).await;
+    let ended = tokio::time::timeout(TIMEOUT, running.finished())
+        .await
+        .expect("the service stops on its own");
+    let err = ended.expect_err("the service reports why it stopped");
+    let text_err = err.to_string();
+    assert!(
+        text_err.contains("offset 0") && text_err.contains("dead-letter copy"),
+        "{text_err}"
+    );
+    let faststream::Error::Transport(source) = &err else {
+        panic!("a transport error: {err:?}");
+    };
+    assert!(
+        matches!(
+            source.downcast_ref::<KafkaError>(),
+            Some(KafkaError::PartitionStopped { offset: 0, .. })
+        ),
+        "{err:?}"
+    );
+
+    // Fixed (write access granted): a restart handles the message and relays it.
+    proxy.pass_all();
+    let running = start(app_on(&bootstrap, routes![guarded], &prefix, settings)).await;
+    let relayed = read(&client, &out, 1).await;
+    assert_eq!(
+        relayed[&0].iter().map(text).collect::<Vec<_>>(),
+        vec!["precious"]
+    );
+    running.stop().await.unwrap();
+}

@@ -469,3 +469,70 @@ async fn an_unwritable_dead_letter_topic_stops_the_partition_and_loses_nothing()
     );
     running.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Topics: checked at startup, never created by a typo.
+
+#[subscriber("typo", auto_offset_reset = "earliest", retry = 0, dlq = "typo.dlq")]
+async fn typo(body: String, publisher: faststream::Publisher) -> Result<(), String> {
+    publisher
+        .publish(body, "no-such-topic")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_an_unknown_topic_fails_instead_of_creating_it() {
+    let prefix = unique_prefix("typo");
+    let client = raw_client().await;
+    let topic = format!("{prefix}typo");
+    create_topic(&client, &topic, 1).await;
+    produce(&client, &topic, 0, vec![record(None, b"lost?", &[])]).await;
+    let running = start(app_on(&bootstrap(), routes![typo], &prefix, |b| b)).await;
+    let dlq = read(&client, &format!("{topic}.dlq"), 1).await;
+    let error = header(&dlq[&0][0], "x-faststream-error");
+    assert!(
+        error.contains("no-such-topic") && error.contains("do not exist"),
+        "the handler got the publish error: {error}"
+    );
+    running.stop().await.unwrap();
+    let topics = client.list_topics().await.unwrap();
+    assert!(
+        !topics.iter().any(|t| t.name == "no-such-topic"),
+        "no topic was created by the typo"
+    );
+}
+
+#[subscriber("checked", dlq = "checked.dlq")]
+#[publisher("checked-out")]
+async fn checked(body: String) -> String {
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_checks_dead_letter_topics_and_prefixed_names() {
+    let prefix = unique_prefix("checked");
+    let client = raw_client().await;
+    create_topic(&client, &format!("{prefix}checked"), 1).await;
+    create_topic(&client, &format!("{prefix}checked-out"), 1).await;
+    let run = |app: FastStream<KafkaBroker>| async move {
+        tokio::time::timeout(TIMEOUT, app.run_until(std::future::pending()))
+            .await
+            .expect("startup fails fast")
+            .expect_err("startup fails")
+            .to_string()
+    };
+    let fail = |b: faststream::kafka::KafkaBrokerBuilder| {
+        b.missing_topics(faststream::kafka::MissingTopics::Fail)
+    };
+    let err = run(app_on(&bootstrap(), routes![checked], &prefix, fail)).await;
+    assert!(
+        err.contains(&format!("{prefix}checked.dlq")) && err.contains("do not exist"),
+        "{err}"
+    );
+    let err = run(app_on(&bootstrap(), routes![checked], "team a/", |b| b)).await;
+    assert!(
+        err.contains("\"team a/checked\"") && err.contains("' '"),
+        "{err}"
+    );
+}

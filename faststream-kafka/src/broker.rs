@@ -20,17 +20,73 @@ use crate::group::{GroupRunner, GroupSettings, GroupTopic};
 use crate::produce::Producers;
 
 /// What to do about a topic that does not exist.
+///
+/// "Declared" topics are the ones the routes name: subscribed, `#[publisher]` and dead-letter
+/// topics. They are checked (and created, if the policy says so) at startup, before anything
+/// is consumed. A topic only named at run time (`Publisher::publish`, `send_message`) is
+/// created only under [`MissingTopics::Create`]: otherwise a typo fails that publish (the
+/// handler gets the error) instead of creating a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MissingTopics {
-    /// Fail at startup (or on publish), naming the topics.
+    /// Create nothing: a missing declared topic fails startup, naming every missing topic; a
+    /// publish to a missing topic fails. What production clusters usually want.
     Fail,
-    /// Create it.
+    /// Create missing declared topics at startup (logged as a warning); a publish to any other
+    /// missing topic fails. The default, with 1 partition and replication factor 1.
+    CreateDeclared {
+        /// Partitions of a created topic.
+        partitions: i32,
+        /// Replication factor of a created topic.
+        replication_factor: i16,
+    },
+    /// Create any missing topic, also one first named by a publish at run time.
     Create {
         /// Partitions of a created topic.
         partitions: i32,
         /// Replication factor of a created topic.
         replication_factor: i16,
     },
+}
+
+impl MissingTopics {
+    /// How to create `topic`, if this policy creates it.
+    fn creates(self, declared: bool) -> Option<(i32, i16)> {
+        match self {
+            MissingTopics::Create {
+                partitions,
+                replication_factor,
+            } => Some((partitions, replication_factor)),
+            MissingTopics::CreateDeclared {
+                partitions,
+                replication_factor,
+            } if declared => Some((partitions, replication_factor)),
+            _ => None,
+        }
+    }
+}
+
+/// Why `name` cannot be a Kafka topic name (the broker's rules: 1 to 249 characters of ASCII
+/// letters, digits, `.`, `_` and `-`, and not `.` or `..`).
+pub(crate) fn invalid_topic_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a topic name cannot be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Some(format!("{name:?} cannot be a topic name"));
+    }
+    if name.len() > 249 {
+        return Some(format!(
+            "topic name {name:?} is {} characters long; Kafka allows at most 249",
+            name.len()
+        ));
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(|c| {
+            format!(
+                "topic name {name:?} contains {c:?}; Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -179,8 +235,10 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// Whether missing topics are created or an error (default: created with 1 partition,
-    /// replication factor 1, which suits development; production clusters usually want `Fail`).
+    /// Whether missing topics are created or an error (default:
+    /// [`MissingTopics::CreateDeclared`] with 1 partition, replication factor 1: topics the
+    /// routes name are created at startup, which suits development; a publish to an unknown
+    /// topic fails. Production clusters usually want [`MissingTopics::Fail`]).
     pub fn missing_topics(mut self, policy: MissingTopics) -> Self {
         self.config.missing_topics = policy;
         self
@@ -336,7 +394,7 @@ impl KafkaBroker {
                 compression: Compression::NoCompression,
                 fetch_max_bytes: 1024 * 1024,
                 fetch_max_wait: Duration::from_millis(500),
-                missing_topics: MissingTopics::Create {
+                missing_topics: MissingTopics::CreateDeclared {
                     partitions: 1,
                     replication_factor: 1,
                 },
@@ -409,7 +467,8 @@ impl KafkaBroker {
     ) -> Result<(), KafkaError> {
         let client = self.client().await?;
         let config = &self.shared.config;
-        // Every topic the routes touch must exist (or be created) before anything starts.
+        // Every topic the routes touch must be valid and exist (or be created) before anything
+        // starts: subscribed, published and dead-letter topics, with the prefix applied.
         let mut topics: Vec<String> = pipeline
             .routes()
             .iter()
@@ -418,11 +477,18 @@ impl KafkaBroker {
                     .iter()
                     .flat_map(|s| s.topics().iter().copied())
                     .chain(r.publishers().iter().copied())
+                    .map(|t| pipeline.topic_name(t))
+                    .chain(pipeline.policy(r).dlq.clone())
             })
-            .map(|t| pipeline.topic_name(t))
             .collect();
         topics.sort_unstable();
         topics.dedup();
+        for topic in &topics {
+            if let Some(reason) = invalid_topic_name(topic) {
+                return Err(KafkaError::InvalidTopic(reason));
+            }
+        }
+        self.shared.producers.declare(&topics);
         if config.missing_topics == MissingTopics::Fail {
             let existing: Vec<String> = list_topics(&client).await?;
             let missing: Vec<String> = topics
@@ -527,12 +593,14 @@ impl KafkaBroker {
                 .run(),
             );
         }
-        for topic in pipeline.routes().iter().flat_map(|r| r.publishers()) {
-            let topic = pipeline.topic_name(topic);
-            self.shared
-                .producers
-                .partition_count(&client, &topic)
-                .await?;
+        for route in pipeline.routes() {
+            let outputs = route.publishers().iter().map(|t| pipeline.topic_name(t));
+            for topic in outputs.chain(pipeline.policy(route).dlq.clone()) {
+                self.shared
+                    .producers
+                    .partition_count(&client, &topic)
+                    .await?;
+            }
         }
         // Ready once every consumer knows where it starts (checked in the loop below, which
         // also sees a consumer that fails before it gets there).
@@ -671,6 +739,7 @@ pub(crate) async fn ensure_topic(
     client: &Client,
     config: &Config,
     topic: &str,
+    declared: bool,
 ) -> Result<i32, KafkaError> {
     let find = |topics: Vec<rskafka::topic::Topic>| {
         topics
@@ -685,15 +754,14 @@ pub(crate) async fn ensure_topic(
     if let Some(n) = find(client.list_topics().await.map_err(err)?) {
         return Ok(n);
     }
-    let MissingTopics::Create {
-        partitions,
-        replication_factor,
-    } = config.missing_topics
-    else {
+    let Some((partitions, replication_factor)) = config.missing_topics.creates(declared) else {
         return Err(KafkaError::MissingTopics {
             topics: vec![topic.to_owned()],
         });
     };
+    if let Some(reason) = invalid_topic_name(topic) {
+        return Err(KafkaError::InvalidTopic(reason));
+    }
     let controller = client.controller_client().map_err(err)?;
     match controller
         .create_topic(topic, partitions, replication_factor, 5_000)

@@ -17,11 +17,14 @@ pub enum KafkaError {
         reason: String,
     },
     /// Subscribed or published topics are missing and topic creation is off.
-    #[error("topic(s) {topics:?} do not exist and missing topics are configured as an error; create them or use `missing_topics(MissingTopics::Create {{ .. }})`")]
+    #[error("topic(s) {topics:?} do not exist and the missing-topics policy does not create them; create them, or see `KafkaBrokerBuilder::missing_topics`")]
     MissingTopics {
         /// The missing topics.
         topics: Vec<String>,
     },
+    /// A topic name Kafka does not accept (after the topic prefix was applied).
+    #[error("{0}")]
+    InvalidTopic(String),
     /// A route or message asks for something the cluster does not have (a partition number
     /// beyond the topic's partitions).
     #[error("{0}")]

@@ -77,6 +77,8 @@ pub(crate) struct Producers {
     /// `metadata_max_age`, so keys are partitioned with a count that follows the cluster's).
     partitions: Mutex<HashMap<String, (i32, tokio::time::Instant)>>,
     queues: Mutex<HashMap<String, Vec<Option<Queue>>>>,
+    /// Topics the routes name (created under `MissingTopics::CreateDeclared`).
+    declared: Mutex<std::collections::HashSet<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     round_robin: AtomicUsize,
 }
@@ -87,6 +89,7 @@ impl Producers {
             config,
             partitions: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
+            declared: Mutex::default(),
             tasks: Mutex::new(Vec::new()),
             round_robin: AtomicUsize::new(0),
         }
@@ -219,7 +222,9 @@ impl Producers {
         loop {
             match self.partition_count(client, topic).await {
                 Ok(n) => return Ok(n),
-                Err(e @ KafkaError::MissingTopics { .. }) => return Err(e.to_string()),
+                Err(e @ (KafkaError::MissingTopics { .. } | KafkaError::InvalidTopic(_))) => {
+                    return Err(e.to_string())
+                }
                 Err(e) if tokio::time::Instant::now() + backoff >= deadline => {
                     return Err(format!(
                         "no metadata of topic {topic:?} within the delivery timeout ({:?}): {e}",
@@ -248,7 +253,8 @@ impl Producers {
                 return Ok(n);
             }
         }
-        let n = match crate::broker::ensure_topic(client, &self.config, topic).await {
+        let declared = lock(&self.declared).contains(topic);
+        let n = match crate::broker::ensure_topic(client, &self.config, topic, declared).await {
             Ok(n) => n,
             Err(e) => match cached {
                 // A refresh that fails keeps the last known count.
@@ -264,6 +270,11 @@ impl Producers {
         }
         lock(&self.partitions).insert(topic.to_owned(), (n, tokio::time::Instant::now()));
         Ok(n)
+    }
+
+    /// Records the topics the routes name.
+    pub(crate) fn declare(&self, topics: &[String]) {
+        lock(&self.declared).extend(topics.iter().cloned());
     }
 
     /// Current partition counts of those `topics` that exist (fresh metadata, nothing created;

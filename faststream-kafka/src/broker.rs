@@ -18,6 +18,8 @@ use crate::consume::{PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::group::{GroupRunner, GroupSettings, GroupTopic};
 use crate::produce::Producers;
+use crate::protocol::Conn;
+use crate::security::Security;
 
 /// What to do about a topic that does not exist.
 ///
@@ -93,6 +95,7 @@ pub(crate) fn invalid_topic_name(name: &str) -> Option<String> {
 pub(crate) struct Config {
     pub(crate) brokers: Vec<String>,
     pub(crate) client_id: String,
+    pub(crate) security: Security,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) delivery_timeout: Duration,
@@ -178,6 +181,14 @@ impl KafkaBrokerBuilder {
     /// Client id sent to the brokers (default `faststream-rs`).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.config.client_id = id.into();
+        self
+    }
+
+    /// How to connect: TLS, SASL, both or neither (default plaintext). Applies to every
+    /// connection (data, partition leaders, group coordinator). See [`Security::from_env`] for
+    /// configuration by environment variables.
+    pub fn security(mut self, security: Security) -> Self {
+        self.config.security = security;
         self
     }
 
@@ -386,6 +397,7 @@ impl KafkaBroker {
             config: Config {
                 brokers,
                 client_id: "faststream-rs".into(),
+                security: Security::default(),
                 connect_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(30),
                 delivery_timeout: Duration::from_secs(120),
@@ -692,6 +704,22 @@ impl Transport for KafkaBroker {
     }
 }
 
+/// Connects to a bootstrap broker (TLS and SASL included); the first success wins, else the
+/// most telling failure (a TLS or login failure over an unreachable address).
+async fn probe(config: &Config) -> Result<(), crate::protocol::ConnError> {
+    let mut last = None;
+    for addr in &config.brokers {
+        match Conn::connect(addr, config, config.connect_timeout).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(crate::protocol::ConnError::Setup(
+        "no bootstrap address given".into(),
+    )))
+}
+
 async fn connect(config: &Config) -> Result<Arc<Client>, KafkaError> {
     let brokers = config.brokers.join(",");
     let fail = |reason: String| KafkaError::Connect {
@@ -709,10 +737,19 @@ async fn connect(config: &Config) -> Result<Arc<Client>, KafkaError> {
         base: 2.0,
         deadline: Some(config.request_timeout),
     };
-    let build = ClientBuilder::new(config.brokers.clone())
+    // Our own connection first: a TLS or SASL failure is reported precisely and at once
+    // (the client library would retry it until the deadline and then say less).
+    probe(config).await.map_err(|e| fail(e.to_string()))?;
+    let mut builder = ClientBuilder::new(config.brokers.clone())
         .client_id(config.client_id.as_str())
-        .backoff_config(backoff)
-        .build();
+        .backoff_config(backoff);
+    if let Some(tls) = config.security.tls() {
+        builder = builder.tls_config(tls.client_config()?);
+    }
+    if let Some(sasl) = config.security.sasl() {
+        builder = builder.sasl_config(sasl.for_client());
+    }
+    let build = builder.build();
     match tokio::time::timeout(config.connect_timeout, build).await {
         Ok(Ok(client)) => {
             tracing::info!(brokers, "connected");

@@ -22,6 +22,10 @@ pub enum KafkaError {
         /// The missing topics.
         topics: Vec<String>,
     },
+    /// TLS or SASL settings that cannot be used (a missing file, a bad certificate, an
+    /// unknown mechanism).
+    #[error("security settings: {0}")]
+    Security(String),
     /// A topic name Kafka does not accept (after the topic prefix was applied).
     #[error("{0}")]
     InvalidTopic(String),

@@ -284,7 +284,7 @@ async fn leader(config: &Config, topic: &str, partition: i32) -> Result<Conn, Fe
     let timeout = config.connect_timeout.min(config.request_timeout);
     let mut last = None;
     for addr in &config.brokers {
-        let mut conn = match Conn::connect(addr, &config.client_id, timeout).await {
+        let mut conn = match Conn::connect(addr, config, timeout).await {
             Ok(c) => c,
             Err(e) => {
                 last = Some(FetchError::from(e));
@@ -328,7 +328,7 @@ async fn leader(config: &Config, topic: &str, partition: i32) -> Result<Conn, Fe
         if leader == *addr {
             return Ok(conn);
         }
-        return Conn::connect(&leader, &config.client_id, timeout)
+        return Conn::connect(&leader, config, timeout)
             .await
             .map_err(Into::into);
     }

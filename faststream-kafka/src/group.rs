@@ -988,7 +988,7 @@ async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnErro
     let timeout = config.request_timeout.min(Duration::from_secs(10));
     let mut last = None;
     for addr in &config.brokers {
-        let mut conn = match Conn::connect(addr, &config.client_id, timeout).await {
+        let mut conn = match Conn::connect(addr, config, timeout).await {
             Ok(c) => c,
             Err(e) => {
                 last = Some(e);
@@ -1025,7 +1025,7 @@ async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnErro
         if coord == *addr {
             return Ok(conn);
         }
-        return Conn::connect(&coord, &config.client_id, timeout).await;
+        return Conn::connect(&coord, config, timeout).await;
     }
     Err(last.unwrap_or(ConnError::Protocol {
         addr: String::new(),

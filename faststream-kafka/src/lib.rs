@@ -31,8 +31,10 @@ mod offsets;
 mod produce;
 mod protocol;
 mod records;
+mod security;
 
 pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics, RebalanceHook};
 pub use error::KafkaError;
 pub use produce::partition_for_key;
 pub use rskafka::client::partition::Compression;
+pub use security::{BoxError, Sasl, Security, SecurityProtocol, Tls, TokenCallback};

@@ -9,10 +9,17 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::broker::Config;
+
+/// A byte stream to a broker: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 
 /// Largest response accepted (a fetch grown for one very large record batch fits).
 const MAX_RESPONSE: i32 = 300 * 1024 * 1024;
@@ -31,13 +38,31 @@ pub(crate) enum ConnError {
     Unsupported { addr: String, api: ApiKey },
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
+    /// TLS failed: untrusted certificate, wrong name, not a TLS listener, ...
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    /// SASL authentication failed (wrong credentials, mechanism not offered).
+    #[error("authentication with {addr} failed: {reason}")]
+    Auth { addr: String, reason: String },
+    /// The settings themselves are unusable (bad certificate files, ...).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ConnError {
+    /// Whether retrying cannot help (credentials, certificates, settings).
+    pub(crate) fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ConnError::Tls { .. } | ConnError::Auth { .. } | ConnError::Setup(_)
+        )
+    }
 }
 
 /// One connection with negotiated API versions.
-#[derive(Debug)]
 pub(crate) struct Conn {
     addr: String,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     client_id: StrBytes,
     correlation: i32,
     versions: Vec<(i16, i16, i16)>,
@@ -47,29 +72,62 @@ pub(crate) struct Conn {
     broken: bool,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("addr", &self.addr)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Conn {
-    /// Connects and negotiates versions.
+    /// Connects (TLS if configured), negotiates versions and authenticates (SASL if
+    /// configured), all within `timeout`.
     pub(crate) async fn connect(
         addr: &str,
-        client_id: &str,
+        config: &Config,
         timeout: Duration,
     ) -> Result<Self, ConnError> {
+        match tokio::time::timeout(timeout, Self::open(addr, config, timeout)).await {
+            Ok(res) => res,
+            Err(_) => Err(ConnError::Timeout {
+                addr: addr.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    async fn open(addr: &str, config: &Config, timeout: Duration) -> Result<Self, ConnError> {
         let io = |source| ConnError::Io {
             addr: addr.to_owned(),
             source,
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnError::Timeout {
-                addr: addr.to_owned(),
-                timeout,
-            })?
-            .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let security = &config.security;
+        let stream: Box<dyn Io> = match security.tls() {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let setup = |e: crate::KafkaError| ConnError::Setup(e.to_string());
+                let client = tls.client_config().map_err(setup)?;
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = tls.name_for(host).map_err(setup)?;
+                let stream = tokio_rustls::TlsConnector::from(client)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| ConnError::Tls {
+                        addr: addr.to_owned(),
+                        reason: tls_reason(&e),
+                    })?;
+                Box::new(stream)
+            }
+        };
         let mut conn = Conn {
             addr: addr.to_owned(),
             stream,
-            client_id: StrBytes::from_string(client_id.to_owned()),
+            client_id: StrBytes::from_string(config.client_id.clone()),
             correlation: 0,
             versions: Vec::new(),
             timeout,
@@ -84,7 +142,63 @@ impl Conn {
             .iter()
             .map(|k| (k.api_key, k.min_version, k.max_version))
             .collect();
+        if let Some(sasl) = security.sasl() {
+            conn.authenticate(sasl).await?;
+        }
         Ok(conn)
+    }
+
+    /// SaslHandshake, then the mechanism's exchange in SaslAuthenticate requests.
+    async fn authenticate(&mut self, sasl: &crate::Sasl) -> Result<(), ConnError> {
+        let auth = |addr: &str, reason: String| ConnError::Auth {
+            addr: addr.to_owned(),
+            reason: format!("{}: {reason}", sasl.who()),
+        };
+        let version = self.version::<SaslHandshakeRequest>(1)?;
+        let mut req = SaslHandshakeRequest::default();
+        req.mechanism = StrBytes::from_static_str(sasl.mechanism());
+        let resp = self.send(&req, version).await?;
+        if resp.error_code != 0 {
+            let offered: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(auth(
+                &self.addr,
+                format!(
+                    "the broker does not offer {}; it offers {offered:?}",
+                    sasl.mechanism()
+                ),
+            ));
+        }
+        let version = self.version::<SaslAuthenticateRequest>(2)?;
+        let mut session = sasl.session().await.map_err(|r| auth(&self.addr, r))?;
+        let mut received: Option<Vec<u8>> = None;
+        loop {
+            let mut out = std::io::Cursor::new(Vec::new());
+            let state = session
+                .step(received.as_deref(), &mut out)
+                .map_err(|e| auth(&self.addr, format!("the exchange failed: {e}")))?;
+            if state.has_sent_message() {
+                let mut req = SaslAuthenticateRequest::default();
+                req.auth_bytes = Bytes::from(out.into_inner());
+                let resp = self.send(&req, version).await?;
+                if resp.error_code != 0 {
+                    let message = resp
+                        .error_message
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    return Err(auth(
+                        &self.addr,
+                        format!(
+                            "the broker refused the login (error code {}): {message}",
+                            resp.error_code
+                        ),
+                    ));
+                }
+                received = Some(resp.auth_bytes.to_vec());
+            }
+            if state.is_finished() {
+                return Ok(());
+            }
+        }
     }
 
     pub(crate) fn addr(&self) -> &str {
@@ -197,7 +311,13 @@ impl Conn {
         self.stream.write_all(&buf).await.map_err(io)?;
         let len = self.stream.read_i32().await.map_err(io)?;
         if !(0..=MAX_RESPONSE).contains(&len) {
-            return Err(self.protocol(format!("implausible response length {len}")));
+            // TLS records start with 0x14..0x17 0x03: a TLS listener answering plaintext.
+            let hint = if (0x1403_0000..0x1804_0000).contains(&len) {
+                " (this looks like a TLS listener: use security protocol SSL or SASL_SSL)"
+            } else {
+                ""
+            };
+            return Err(self.protocol(format!("implausible response length {len}{hint}")));
         }
         let mut body = vec![0u8; len as usize];
         self.stream.read_exact(&mut body).await.map_err(io)?;
@@ -232,4 +352,28 @@ pub(crate) fn decode_versioned<T: Decodable + Message>(mut bytes: Bytes) -> Opti
     }
     let version = bytes.get_i16().min(T::VERSIONS.max);
     T::decode(&mut bytes, version).ok()
+}
+
+/// What a failed TLS handshake means, in the words of Kafka users.
+fn tls_reason(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error as TlsError};
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<TlsError>());
+    match inner {
+        Some(TlsError::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "the broker's certificate is not trusted (unknown issuer): give its CA with Tls::ca_file or KAFKA_SSL_CA_LOCATION".into()
+        }
+        Some(TlsError::InvalidCertificate(CertificateError::NotValidForName))
+        | Some(TlsError::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
+            format!("the broker's certificate does not name the host connected to ({e}); connect by a name it lists, or set Tls::server_name")
+        }
+        Some(TlsError::InvalidCertificate(c)) => format!("the broker's certificate is not valid: {c:?}"),
+        Some(TlsError::InvalidMessage(_)) | Some(TlsError::InappropriateMessage { .. }) => format!(
+            "the answer is not TLS ({e}): is this a plaintext listener? (use PLAINTEXT or SASL_PLAINTEXT)"
+        ),
+        Some(other) => other.to_string(),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => format!(
+            "the broker closed the connection during the handshake ({e}): a plaintext listener, or it wants a client certificate"
+        ),
+        None => e.to_string(),
+    }
 }

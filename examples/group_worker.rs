@@ -35,10 +35,9 @@ async fn main() -> faststream::Result<()> {
         )
         .with_ansi(false)
         .init();
-    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());
     let name = std::env::var("WORKER_NAME").unwrap_or_else(|_| std::process::id().to_string());
     let prefix = std::env::var("TOPIC_PREFIX").unwrap_or_default();
-    FastStream::new(KafkaBroker::new(&bootstrap))
+    FastStream::new(KafkaBroker::from_env()?)
         .with_state(Worker(name))
         .topic_prefix(prefix)
         .run()

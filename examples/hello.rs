@@ -6,6 +6,9 @@
 //! ```sh
 //! scripts/demo                                  # local broker, this service, sample messages
 //! KAFKA_BOOTSTRAP=broker:9092 cargo run --example hello
+//! # a secured cluster, configured by the environment only:
+//! KAFKA_BOOTSTRAP=broker:9093 KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_MECHANISM=SCRAM-SHA-512 \
+//!   KAFKA_SASL_USERNAME=svc KAFKA_SASL_PASSWORD=... cargo run --example hello
 //! ```
 
 use faststream::kafka::KafkaBroker;
@@ -25,7 +28,8 @@ async fn main() -> faststream::Result<()> {
                 .unwrap_or_else(|_| "info,rskafka=warn".into()),
         )
         .init();
-    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());
-    let broker = KafkaBroker::new(&bootstrap);
+    // KAFKA_BOOTSTRAP, and KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_* for a
+    // secured cluster.
+    let broker = KafkaBroker::from_env()?;
     FastStream::new(broker).run().await
 }

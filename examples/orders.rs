@@ -84,10 +84,9 @@ async fn main() -> faststream::Result<()> {
                 .unwrap_or_else(|_| "info,rskafka=warn".into()),
         )
         .init();
-    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());
     // Namespaces the topics and group (the tests run it that way).
     let prefix = std::env::var("TOPIC_PREFIX").unwrap_or_default();
-    FastStream::new(KafkaBroker::new(&bootstrap))
+    FastStream::new(KafkaBroker::from_env()?)
         .topic_prefix(prefix)
         .with_state(Billing {
             next_invoice: Arc::new(AtomicU64::new(1000)),

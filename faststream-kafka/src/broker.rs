@@ -381,6 +381,21 @@ pub struct KafkaBroker {
 }
 
 impl KafkaBroker {
+    /// A builder configured from the environment: `KAFKA_BOOTSTRAP` (default
+    /// `localhost:9092`) and the security settings of [`Security::from_env`]
+    /// (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`). A service binary built on it
+    /// is pointed at any cluster without code changes.
+    pub fn builder_from_env() -> Result<KafkaBrokerBuilder, KafkaError> {
+        let bootstrap =
+            std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());
+        Ok(Self::builder(&bootstrap).security(Security::from_env()?))
+    }
+
+    /// [`KafkaBroker::builder_from_env`] with default settings otherwise.
+    pub fn from_env() -> Result<Self, KafkaError> {
+        Ok(Self::builder_from_env()?.build())
+    }
+
     /// A broker handle for `"host:port"` or `"host:port,host:port"`, with default settings.
     pub fn new(bootstrap: &str) -> Self {
         Self::builder(bootstrap).build()

@@ -16,6 +16,7 @@ use rskafka::record::{Record, RecordAndOffset};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod secure;
 pub mod wire;
 
 /// Every wait in these tests is bounded by this.

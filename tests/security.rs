@@ -458,7 +458,7 @@ async fn startup_error(bootstrap: &str, security: Security) -> String {
             .build(),
     )
     .with_routes(routes![relay])
-    .topic_prefix(&unique_prefix("fail"));
+    .topic_prefix(unique_prefix("fail"));
     let run = app.run_until(std::future::pending());
     tokio::time::timeout(timeout + Duration::from_secs(5), run)
         .await
@@ -535,7 +535,7 @@ async fn each_connection_failure_is_named_at_startup() {
                 .build(),
         )
         .with_routes(routes![relay])
-        .topic_prefix(&unique_prefix("named")),
+        .topic_prefix(unique_prefix("named")),
     )
     .await;
     running.stop().await.unwrap();

@@ -89,7 +89,11 @@ impl Conn {
         config: &Config,
         timeout: Duration,
     ) -> Result<Self, ConnError> {
-        match tokio::time::timeout(timeout, Self::open(addr, config, timeout)).await {
+        // The TLS handshake has its own bound inside (to say what did not answer); this one
+        // ends the whole connect a little later.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let whole = timeout + Duration::from_millis(200);
+        match tokio::time::timeout(whole, Self::open(addr, config, timeout, deadline)).await {
             Ok(res) => res,
             Err(_) => Err(ConnError::Timeout {
                 addr: addr.to_owned(),
@@ -98,7 +102,12 @@ impl Conn {
         }
     }
 
-    async fn open(addr: &str, config: &Config, timeout: Duration) -> Result<Self, ConnError> {
+    async fn open(
+        addr: &str,
+        config: &Config,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self, ConnError> {
         let io = |source| ConnError::Io {
             addr: addr.to_owned(),
             source,
@@ -114,13 +123,19 @@ impl Conn {
                 let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let name = tls.name_for(host).map_err(setup)?;
-                let stream = tokio_rustls::TlsConnector::from(client)
-                    .connect(name, tcp)
+                let handshake = tokio_rustls::TlsConnector::from(client).connect(name, tcp);
+                let tls_error = |reason| ConnError::Tls {
+                    addr: addr.to_owned(),
+                    reason,
+                };
+                let stream = tokio::time::timeout_at(deadline, handshake)
                     .await
-                    .map_err(|e| ConnError::Tls {
-                        addr: addr.to_owned(),
-                        reason: tls_reason(&e),
-                    })?;
+                    .map_err(|_| {
+                        tls_error(format!(
+                            "no answer to the TLS handshake within {timeout:?}: is this a plaintext listener? (use PLAINTEXT or SASL_PLAINTEXT)"
+                        ))
+                    })?
+                    .map_err(|e| tls_error(tls_reason(&e)))?;
                 Box::new(stream)
             }
         };
@@ -304,9 +319,20 @@ impl Conn {
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
         let addr = self.addr.clone();
-        let io = |source| ConnError::Io {
-            addr: addr.clone(),
-            source,
+        let io = |source: std::io::Error| match source
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            // A TLS failure after the handshake (TLS 1.3 reports a refused client
+            // certificate on the first read).
+            Some(_) => ConnError::Tls {
+                addr: addr.clone(),
+                reason: tls_reason(&source),
+            },
+            None => ConnError::Io {
+                addr: addr.clone(),
+                source,
+            },
         };
         self.stream.write_all(&buf).await.map_err(io)?;
         let len = self.stream.read_i32().await.map_err(io)?;
@@ -356,7 +382,7 @@ pub(crate) fn decode_versioned<T: Decodable + Message>(mut bytes: Bytes) -> Opti
 
 /// What a failed TLS handshake means, in the words of Kafka users.
 fn tls_reason(e: &std::io::Error) -> String {
-    use rustls::{CertificateError, Error as TlsError};
+    use rustls::{AlertDescription, CertificateError, Error as TlsError};
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<TlsError>());
     match inner {
         Some(TlsError::InvalidCertificate(CertificateError::UnknownIssuer)) => {
@@ -367,6 +393,15 @@ fn tls_reason(e: &std::io::Error) -> String {
             format!("the broker's certificate does not name the host connected to ({e}); connect by a name it lists, or set Tls::server_name")
         }
         Some(TlsError::InvalidCertificate(c)) => format!("the broker's certificate is not valid: {c:?}"),
+        Some(TlsError::AlertReceived(AlertDescription::CertificateRequired)) => {
+            "the broker requires a client certificate (mTLS): set Tls::client_cert_pem or KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION".into()
+        }
+        Some(TlsError::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired,
+        )) => format!("the broker refused our client certificate ({e})"),
         Some(TlsError::InvalidMessage(_)) | Some(TlsError::InappropriateMessage { .. }) => format!(
             "the answer is not TLS ({e}): is this a plaintext listener? (use PLAINTEXT or SASL_PLAINTEXT)"
         ),

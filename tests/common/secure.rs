@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use rsasl::callback::{Context, Request, SessionCallback, SessionData};
+use rsasl::mechanisms::oauthbearer::properties::{OAuthBearerError, OAuthBearerValidate};
 use rsasl::mechanisms::scram::properties::ScramStoredPassword;
 use rsasl::prelude::{Mechname, SASLConfig, SASLServer, SessionError};
 use rsasl::property::{AuthId, OAuthBearerToken, Password};
@@ -187,10 +188,29 @@ async fn authenticate(
     logins: &Logins,
 ) -> Result<bool, BoxErr> {
     let mut session = None;
+    // After SaslHandshake v0, tokens travel as bare length-prefixed frames (the framing of
+    // Kafka before 1.0, which some clients still use on their first connection).
+    let mut legacy = false;
     loop {
         let Some(frame) = read_frame(client).await else {
             return Ok(false);
         };
+        if legacy {
+            let Some(s) = session.as_mut() else {
+                return Ok(false);
+            };
+            let mut out = std::io::Cursor::new(Vec::new());
+            match step(s, &frame, &mut out) {
+                Some(false) => return Ok(false),
+                verdict => {
+                    write_frame(client, out.get_ref()).await?;
+                    if verdict == Some(true) {
+                        return Ok(true);
+                    }
+                    continue;
+                }
+            }
+        }
         let mut peek = frame.clone();
         let (key, version) = (peek.get_i16(), peek.get_i16());
         match ApiKey::try_from(key) {
@@ -222,6 +242,7 @@ async fn authenticate(
                     resp.error_code = 33; // UNSUPPORTED_SASL_MECHANISM
                 }
                 let refused = resp.error_code != 0;
+                legacy = version == 0;
                 write_frame(client, &answer(&header, &resp, version)).await?;
                 if refused {
                     return Ok(false);
@@ -238,16 +259,8 @@ async fn authenticate(
                     return Ok(false);
                 };
                 let mut out = std::io::Cursor::new(Vec::new());
-                let step = s.step(Some(&req.auth_bytes), &mut out);
+                let outcome = step(s, &req.auth_bytes, &mut out);
                 let mut resp = SaslAuthenticateResponse::default();
-                let outcome = match step {
-                    Ok(state) if state.is_finished() => match s.validation() {
-                        Some(true) => Some(true),
-                        _ => Some(false),
-                    },
-                    Ok(_) => None,
-                    Err(_) => Some(false),
-                };
                 if outcome == Some(false) {
                     resp.error_code = 58; // SASL_AUTHENTICATION_FAILED
                     resp.error_message = Some(StrBytes::from_static_str(
@@ -265,6 +278,20 @@ async fn authenticate(
             // Anything else before a login: refused by closing, as brokers do.
             _ => return Ok(false),
         }
+    }
+}
+
+/// One step of the server's side: `Some(verdict)` once the exchange ended, `None` while it
+/// goes on.
+fn step(
+    session: &mut rsasl::prelude::Session<Accepted>,
+    input: &[u8],
+    out: &mut std::io::Cursor<Vec<u8>>,
+) -> Option<bool> {
+    match session.step(Some(input), out) {
+        Ok(state) if state.is_finished() => Some(session.validation() == Some(true)),
+        Ok(_) => None,
+        Err(_) => Some(false),
     }
 }
 
@@ -334,6 +361,14 @@ const SALT: &[u8] = b"faststream-test-salt";
 const ITERATIONS: u32 = 4096;
 
 impl Users {
+    /// Whether the OAUTHBEARER token presented (`auth=Bearer <token>`) is one we accept.
+    fn token_known(&self, context: &Context<'_>) -> bool {
+        context
+            .get_ref::<OAuthBearerToken>()
+            .map(|t| t.strip_prefix("Bearer ").unwrap_or(t))
+            .is_some_and(|t| self.0.tokens.iter().any(|ok| ok == t))
+    }
+
     fn password(&self, user: &str) -> Option<&str> {
         self.0
             .users
@@ -368,6 +403,16 @@ impl SessionCallback for Users {
         request: &mut Request<'_>,
     ) -> Result<(), SessionError> {
         let mech = session.mechanism().mechanism.as_str();
+        if request.is::<OAuthBearerValidate>() {
+            let known = self.token_known(context);
+            let verdict = if known {
+                Ok(())
+            } else {
+                Err(OAuthBearerError::new("invalid_token", None, None))
+            };
+            request.satisfy::<OAuthBearerValidate>(&verdict)?;
+            return Ok(());
+        }
         if let Some(password) = context.get_ref::<AuthId>().and_then(|u| self.password(u)) {
             let (stored, server) = match mech {
                 "SCRAM-SHA-256" => scram_keys::<sha2::Sha256>(password),
@@ -397,9 +442,7 @@ impl SessionCallback for Users {
             m if m.starts_with("SCRAM-") => context
                 .get_ref::<AuthId>()
                 .is_some_and(|u| self.password(u).is_some()),
-            "OAUTHBEARER" => context
-                .get_ref::<OAuthBearerToken>()
-                .is_some_and(|t| self.0.tokens.iter().any(|ok| ok == t)),
+            "OAUTHBEARER" => self.token_known(context),
             _ => false,
         };
         validate.with::<Accepted, _>(|| Ok(ok))?;

@@ -203,6 +203,11 @@ pub struct FailurePolicy {
     pub max_message_bytes: Option<usize>,
     /// When a message counts as acknowledged.
     pub ack: AckMode,
+    /// Messages of one partition handled at once (default 1: one at a time, in offset order).
+    /// Above 1, messages with the same key are still handled one at a time in offset order;
+    /// different keys, and keyless messages, run in parallel. The committed position only
+    /// passes a contiguous run of finished messages.
+    pub concurrency: u32,
 }
 
 impl Default for FailurePolicy {
@@ -214,6 +219,7 @@ impl Default for FailurePolicy {
             timeout: None,
             max_message_bytes: None,
             ack: AckMode::AfterProcessing,
+            concurrency: 1,
         }
     }
 }
@@ -229,6 +235,7 @@ pub struct PolicyDef {
     timeout_ms: Option<u32>,
     max_message_bytes: Option<u32>,
     ack: Option<AckMode>,
+    concurrency: Option<u32>,
 }
 
 impl PolicyDef {
@@ -243,6 +250,7 @@ impl PolicyDef {
             timeout_ms: None,
             max_message_bytes: None,
             ack: None,
+            concurrency: None,
         }
     }
 
@@ -294,6 +302,12 @@ impl PolicyDef {
         self
     }
 
+    /// Messages of one partition handled at once.
+    pub const fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+
     /// The route's dead-letter topic, if it names one.
     pub fn dlq_topic(&self) -> Option<&'static str> {
         self.dlq
@@ -332,6 +346,10 @@ impl PolicyDef {
         if let Some(a) = self.ack {
             p.ack = a;
         }
+        if let Some(n) = self.concurrency {
+            p.concurrency = n;
+        }
+        p.concurrency = p.concurrency.max(1);
         p
     }
 }

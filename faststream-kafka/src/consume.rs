@@ -89,6 +89,18 @@ struct Queued {
     failed: Vec<(u32, String)>,
 }
 
+/// One message's outputs, settled (concurrent consumption).
+#[derive(Debug)]
+struct Settled1 {
+    offset: i64,
+    /// `Err`: an output was not delivered.
+    result: Result<(), String>,
+    /// The output was the message's dead-letter copy.
+    dead_letter: bool,
+    /// The message awaits its manual ack: not done even now.
+    unacked: bool,
+}
+
 /// A chunk whose outputs are all settled.
 #[derive(Debug)]
 struct Settled {
@@ -210,111 +222,120 @@ impl PartitionConsumer {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let ack_first = self.rt.pipeline.policy(self.route).ack == AckMode::First;
         let mut stopped = None;
-        'fetched: loop {
-            let batch = tokio::select! {
-                biased;
-                () = shutdown.wait() => break,
-                // Acks completing move the position even when no new messages arrive.
-                res = settle_front(&mut inflight), if !inflight.is_empty() => {
-                    if let Err(e) = self.finish(res, &tracker).await {
-                        stopped = Some(e);
-                        break;
+        let concurrency = self.rt.pipeline.policy(self.route).concurrency as usize;
+        if concurrency > 1 {
+            stopped = self
+                .run_concurrently(concurrency, &mut rx, &mut tracker, ack_first)
+                .await;
+        } else {
+            'fetched: loop {
+                let batch = tokio::select! {
+                    biased;
+                    () = shutdown.wait() => break,
+                    // Acks completing move the position even when no new messages arrive.
+                    res = settle_front(&mut inflight), if !inflight.is_empty() => {
+                        if let Err(e) = self.finish(res, &tracker).await {
+                            stopped = Some(e);
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                _ = ticker.tick() => {
-                    self.warn_overdue(&mut tracker);
-                    continue;
-                }
-                batch = rx.recv() => match batch {
-                    Some(Ok(b)) => b,
-                    Some(Err(e)) => {
-                        stopped = Some(e);
-                        break;
+                    _ = ticker.tick() => {
+                        self.warn_overdue(&mut tracker);
+                        continue;
                     }
-                    None => break,
-                },
-            };
-            if ack_first {
-                // At-most-once: commit past the whole batch before handling it.
-                if let Some(last) = batch.last() {
-                    tracker.done(last.last_offset());
-                    self.commit_now().await;
-                }
-            }
-            for item in batch {
-                if self.shutdown.is_triggered() {
-                    break 'fetched;
-                }
-                let (offset, outcome) = match item {
-                    Fetched::Record(msg) => {
-                        let offset = msg.offset;
-                        let handling =
-                            self.rt
-                                .pipeline
-                                .handle_until(self.route, msg, Some(&self.shutdown));
-                        let outcome = if chunk.is_empty() {
-                            handling.await
-                        } else {
-                            // Outputs of earlier messages wait for this handler only briefly.
-                            tokio::pin!(handling);
-                            tokio::select! {
-                                biased;
-                                outcome = &mut handling => outcome,
-                                () = tokio::time::sleep(CHUNK_WAIT) => {
-                                    if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
-                                        stopped = Some(e);
-                                        break 'fetched;
-                                    }
-                                    handling.await
-                                }
-                            }
-                        };
-                        (offset, outcome)
-                    }
-                    Fetched::Unreadable {
-                        first,
-                        last,
-                        raw,
-                        reason,
-                    } => (last, self.unreadable(first, last, raw, &reason)),
-                    Fetched::Passed { last } => (last, Outcome::Done(Vec::new())),
+                    batch = rx.recv() => match batch {
+                        Some(Ok(b)) => b,
+                        Some(Err(e)) => {
+                            stopped = Some(e);
+                            break;
+                        }
+                        None => break,
+                    },
                 };
-                match &outcome {
-                    // Logged by the pipeline; not done, so consumed again after a restart.
-                    Outcome::Stopped { error, .. } => {
-                        stopped = Some((offset, format!("the failure policy stopped it: {error}")));
+                if ack_first {
+                    // At-most-once: commit past the whole batch before handling it.
+                    if let Some(last) = batch.last() {
+                        tracker.done(last.last_offset());
+                        self.commit_now().await;
+                    }
+                }
+                for item in batch {
+                    if self.shutdown.is_triggered() {
                         break 'fetched;
                     }
-                    Outcome::Interrupted { .. } => break 'fetched,
-                    Outcome::Unacked(_) => tracker.hold(offset),
-                    _ => {}
-                }
-                let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
-                let outputs = outcome.into_outputs();
-                if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
-                    tracker.done(offset);
-                    continue;
-                }
-                if chunk.push(offset, outputs, dead_letter) {
-                    if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                    let (offset, outcome) = match item {
+                        Fetched::Record(msg) => {
+                            let offset = msg.offset;
+                            let handling = self.rt.pipeline.handle_until(
+                                self.route,
+                                msg,
+                                Some(&self.shutdown),
+                            );
+                            let outcome = if chunk.is_empty() {
+                                handling.await
+                            } else {
+                                // Outputs of earlier messages wait for this handler only briefly.
+                                tokio::pin!(handling);
+                                tokio::select! {
+                                    biased;
+                                    outcome = &mut handling => outcome,
+                                    () = tokio::time::sleep(CHUNK_WAIT) => {
+                                        if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                                            stopped = Some(e);
+                                            break 'fetched;
+                                        }
+                                        handling.await
+                                    }
+                                }
+                            };
+                            (offset, outcome)
+                        }
+                        Fetched::Unreadable {
+                            first,
+                            last,
+                            raw,
+                            reason,
+                        } => (last, self.unreadable(first, last, raw, &reason)),
+                        Fetched::Passed { last } => (last, Outcome::Done(Vec::new())),
+                    };
+                    match &outcome {
+                        // Logged by the pipeline; not done, so consumed again after a restart.
+                        Outcome::Stopped { error, .. } => {
+                            stopped =
+                                Some((offset, format!("the failure policy stopped it: {error}")));
+                            break 'fetched;
+                        }
+                        Outcome::Interrupted { .. } => break 'fetched,
+                        Outcome::Unacked(_) => tracker.hold(offset),
+                        _ => {}
+                    }
+                    let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
+                    let outputs = outcome.into_outputs();
+                    if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
+                        tracker.done(offset);
+                        continue;
+                    }
+                    if chunk.push(offset, outputs, dead_letter) {
+                        if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                            stopped = Some(e);
+                            break 'fetched;
+                        }
+                    }
+                    if let Err(e) = self.settle(&mut inflight, &tracker).await {
                         stopped = Some(e);
                         break 'fetched;
                     }
+                }
+                // The fetched batch is done: queue what it left.
+                if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+                    stopped = Some(e);
+                    break;
                 }
                 if let Err(e) = self.settle(&mut inflight, &tracker).await {
                     stopped = Some(e);
-                    break 'fetched;
+                    break;
                 }
-            }
-            // The fetched batch is done: queue what it left.
-            if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
-                stopped = Some(e);
-                break;
-            }
-            if let Err(e) = self.settle(&mut inflight, &tracker).await {
-                stopped = Some(e);
-                break;
             }
         }
         // Messages handled before the stop are done once their outputs are acknowledged.
@@ -335,6 +356,241 @@ impl PartitionConsumer {
             None => Ok(()),
             Some((offset, reason)) => Err(self.stopped(offset, reason)),
         }
+    }
+
+    /// `concurrency > 1`: up to `concurrency` messages of the partition handled at once, one
+    /// at a time per key (keyless messages in parallel). Each message's outputs are queued as
+    /// its handler returns (so outputs of one key keep their order); the position moves past
+    /// the contiguous run of messages whose outputs were acknowledged. Returns why it stopped
+    /// on its own, if it did; on shutdown, handlers in hand finish and their outputs are
+    /// awaited first.
+    async fn run_concurrently(
+        &self,
+        concurrency: usize,
+        rx: &mut mpsc::Receiver<FetchedBatch>,
+        tracker: &mut OffsetTracker,
+        ack_first: bool,
+    ) -> Option<(i64, String)> {
+        use std::collections::{BTreeMap, HashMap};
+        use tokio::task::JoinSet;
+
+        /// What a handler task hands back.
+        type Handled = (i64, Option<bytes::Bytes>, Outcome);
+        let mut shutdown = self.shutdown.clone();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        // Offsets not done yet (first -> last of the item), and the offset after the last item.
+        let mut pending: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut end: Option<i64> = None;
+        // Messages ready to run (their key is free), and per busy key those waiting behind it.
+        let mut ready: VecDeque<Message> = VecDeque::new();
+        let mut waiting: HashMap<bytes::Bytes, VecDeque<Message>> = HashMap::new();
+        let mut buffered = 0usize;
+        let mut running: JoinSet<Handled> = JoinSet::new();
+        let mut acking: JoinSet<Settled1> = JoinSet::new();
+        let mut stopped: Option<(i64, String)> = None;
+        let mut stopping = false;
+        /// Done up to the first offset not done.
+        fn advance(tracker: &OffsetTracker, pending: &BTreeMap<i64, i64>, end: Option<i64>) {
+            if let Some(next) = pending.keys().next().copied().or(end) {
+                tracker.done(next - 1);
+            }
+        }
+        loop {
+            while !stopping
+                && running.len() < concurrency
+                && acking.len() < self.rt.config.max_in_flight
+            {
+                let Some(msg) = ready.pop_front() else { break };
+                buffered -= 1;
+                let (pipeline, route, stop) =
+                    (self.rt.pipeline.clone(), self.route, self.shutdown.clone());
+                let (offset, key) = (msg.offset, msg.key.clone());
+                running.spawn(async move {
+                    (
+                        offset,
+                        key,
+                        pipeline.handle_until(route, msg, Some(&stop)).await,
+                    )
+                });
+            }
+            if stopping && running.is_empty() && acking.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.wait(), if !stopping => stopping = true,
+                Some(joined) = running.join_next(), if !running.is_empty() => {
+                    let (offset, key, outcome) = match joined {
+                        Ok(handled) => handled,
+                        Err(e) => {
+                            stopped.get_or_insert((pending.keys().next().copied().unwrap_or(-1), format!("a handler task failed: {e}")));
+                            stopping = true;
+                            continue;
+                        }
+                    };
+                    // The key's next message may run now.
+                    if let Some(key) = key {
+                        match waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                            Some(next) => ready.push_back(next),
+                            None => {
+                                waiting.remove(&key);
+                            }
+                        }
+                    }
+                    match &outcome {
+                        Outcome::Stopped { error, .. } => {
+                            stopped.get_or_insert((offset, format!("the failure policy stopped it: {error}")));
+                            stopping = true;
+                            continue;
+                        }
+                        Outcome::Interrupted { .. } => {
+                            stopping = true;
+                            continue;
+                        }
+                        Outcome::Unacked(_) => tracker.hold(offset),
+                        _ => {}
+                    }
+                    let unacked = matches!(outcome, Outcome::Unacked(_));
+                    let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
+                    if let Err(e) = self.queue_outputs(offset, outcome.into_outputs(), dead_letter, unacked, &mut acking).await {
+                        stopped.get_or_insert(e);
+                        stopping = true;
+                    }
+                }
+                Some(joined) = acking.join_next(), if !acking.is_empty() => {
+                    let Settled1 { offset, result, dead_letter, unacked } = match joined {
+                        Ok(acked) => acked,
+                        Err(e) => {
+                            stopped.get_or_insert((pending.keys().next().copied().unwrap_or(-1), format!("an ack task failed: {e}")));
+                            stopping = true;
+                            continue;
+                        }
+                    };
+                    if let (Err(reason), true) = (&result, dead_letter) {
+                        stopped.get_or_insert((offset, format!("its dead-letter copy was not delivered: {reason}")));
+                        stopping = true;
+                        continue;
+                    }
+                    if let Err(reason) = result {
+                        if let Err(e) = self.fail_outputs(vec![(offset, reason)]).await {
+                            stopped.get_or_insert(e);
+                            stopping = true;
+                            continue;
+                        }
+                    }
+                    if !unacked {
+                        // (A manual-ack message stays held until acked.)
+                        pending.remove(&offset);
+                        advance(tracker, &pending, end);
+                    }
+                }
+                _ = ticker.tick() => self.warn_overdue(tracker),
+                batch = rx.recv(), if !stopping && buffered < concurrency => {
+                    let batch = match batch {
+                        Some(Ok(b)) => b,
+                        Some(Err(e)) => {
+                            stopped.get_or_insert(e);
+                            stopping = true;
+                            continue;
+                        }
+                        None => {
+                            stopping = true;
+                            continue;
+                        }
+                    };
+                    if ack_first {
+                        if let Some(last) = batch.last() {
+                            tracker.done(last.last_offset());
+                            self.commit_now().await;
+                        }
+                    }
+                    for item in batch {
+                        end = Some(item.last_offset() + 1);
+                        match item {
+                            Fetched::Record(msg) => {
+                                pending.insert(msg.offset, msg.offset);
+                                buffered += 1;
+                                match &msg.key {
+                                    Some(key) => match waiting.get_mut(key) {
+                                        // The key is busy: wait behind it.
+                                        Some(queue) => queue.push_back(msg),
+                                        None => {
+                                            waiting.insert(key.clone(), VecDeque::new());
+                                            ready.push_back(msg);
+                                        }
+                                    },
+                                    None => ready.push_back(msg),
+                                }
+                            }
+                            Fetched::Unreadable { first, last, raw, reason } => {
+                                pending.insert(first, last);
+                                let outcome = self.unreadable(first, last, raw, &reason);
+                                if let Outcome::Stopped { error, .. } = &outcome {
+                                    stopped.get_or_insert((first, format!("the failure policy stopped it: {error}")));
+                                    stopping = true;
+                                    break;
+                                }
+                                let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
+                                if let Err(e) = self.queue_outputs(first, outcome.into_outputs(), dead_letter, false, &mut acking).await {
+                                    stopped.get_or_insert(e);
+                                    stopping = true;
+                                    break;
+                                }
+                            }
+                            Fetched::Passed { .. } => {}
+                        }
+                    }
+                    advance(tracker, &pending, end);
+                }
+            }
+        }
+        stopped
+    }
+
+    /// Queues one message's outputs; its ack task reports when they are settled. A message
+    /// without outputs is settled at once (unless it awaits a manual ack).
+    async fn queue_outputs(
+        &self,
+        offset: i64,
+        outputs: Vec<OutgoingMessage>,
+        dead_letter: bool,
+        unacked: bool,
+        acking: &mut tokio::task::JoinSet<Settled1>,
+    ) -> Result<(), (i64, String)> {
+        if unacked && outputs.is_empty() {
+            return Ok(());
+        }
+        let queued = if outputs.is_empty() {
+            Default::default()
+        } else {
+            self.rt
+                .producers
+                .enqueue(&self.rt.client, outputs)
+                .await
+                .map_err(|e| (offset, format!("outputs cannot be queued: {e}")))?
+        };
+        acking.spawn(async move {
+            let mut failure = queued.refused.into_iter().next().map(|(_, r)| r);
+            for (_, ack) in queued.groups {
+                match ack.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(failed)) => {
+                        failure = failure.or(failed.into_iter().next().map(|(_, r)| r))
+                    }
+                    Err(_) => {
+                        failure =
+                            failure.or(Some("abandoned before the broker acknowledged it".into()))
+                    }
+                }
+            }
+            Settled1 {
+                offset,
+                result: failure.map_or(Ok(()), Err),
+                dead_letter,
+                unacked,
+            }
+        });
+        Ok(())
     }
 
     fn stopped(&self, offset: i64, reason: String) -> KafkaError {

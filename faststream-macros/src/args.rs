@@ -108,6 +108,7 @@ const POLICY_KEYS: &[&str] = &[
     "timeout_ms",
     "max_message_bytes",
     "ack",
+    "concurrency",
 ];
 
 /// One item of an attribute's argument list: a topic literal or `key = value`.
@@ -372,9 +373,11 @@ fn policy_value(
     };
     match key {
         "retry" => int(true),
-        "retry_backoff_ms" | "retry_max_backoff_ms" | "timeout_ms" | "max_message_bytes" => {
-            int(false)
-        }
+        "retry_backoff_ms"
+        | "retry_max_backoff_ms"
+        | "timeout_ms"
+        | "max_message_bytes"
+        | "concurrency" => int(false),
         "dlq" => {
             let lit = string()?;
             if let Some(problem) = topic_problem(&lit.value()) {

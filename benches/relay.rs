@@ -13,6 +13,10 @@
 //! - `framework-bare`: the same with `compat_headers(false)` (no FastStream headers);
 //! - `pipeline`: the framework's handler pipeline alone, in memory (no network).
 //!
+//! - `io-seq` and `io-par`: an I/O-bound handler (waits 5 ms, then answers) over keyed input
+//!   (1000 keys), one message at a time per partition and with `concurrency = 100`, on N / 50
+//!   messages (at least 3000).
+//!
 //! A relay's clock runs from its start until the output topic holds all N messages (read from
 //! the fetch high watermarks), and the output count is checked to be exactly N.
 
@@ -32,6 +36,27 @@ use serde::Deserialize;
 #[publisher("out-topic")]
 async fn handle_msg(user: String, user_id: i64) -> String {
     format!("User: {user_id} - {user} registered")
+}
+
+/// The I/O-bound handler: a 5 ms wait (a database, an API), one message at a time.
+#[subscriber("in_topic", auto_offset_reset = "earliest")]
+#[publisher("out-topic")]
+async fn io_seq(user: String, user_id: i64) -> String {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    format!("User: {user_id} - {user} registered")
+}
+
+/// The same with `concurrency = 100`.
+#[subscriber("in_topic", auto_offset_reset = "earliest", concurrency = 100)]
+#[publisher("out-topic")]
+async fn io_par(user: String, user_id: i64) -> String {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    format!("User: {user_id} - {user} registered")
+}
+
+/// Messages of the I/O-bound rows.
+fn io_messages(args: &Args) -> usize {
+    (args.messages / 50).max(3000)
 }
 
 #[derive(Debug, Clone)]
@@ -127,14 +152,20 @@ async fn parent(args: Args) {
         "framework-bare",
         "pipeline",
         "test-broker",
+        "io-seq",
+        "io-par",
     ] {
         if args.only.as_deref().is_some_and(|o| o != kind) {
             continue;
         }
         let prefix = format!("bench{stamp}-{kind}.");
-        if kind == "raw" || kind.starts_with("framework") {
+        if kind == "raw" || kind.starts_with("framework") || kind.starts_with("io-") {
             let t = Instant::now();
-            prefill(&client, &prefix, &args).await;
+            let mut fill = args.clone();
+            if kind.starts_with("io-") {
+                fill.messages = io_messages(&args);
+            }
+            prefill(&client, &prefix, &fill, kind.starts_with("io-")).await;
             println!(
                 "  {kind}: pre-filled {}in_topic in {:.1?}",
                 prefix,
@@ -173,7 +204,15 @@ async fn parent(args: Args) {
         "{:<12} {:>12} {:>16} {:>14}",
         "", "msgs/s", "CPU s / 100k", "peak RSS MiB"
     );
+    let io_n = io_messages(&args) as f64;
     for (kind, f) in &results {
+        if *kind == "io-seq" {
+            println!(
+                "I/O-bound handler (5 ms wait), {io_n} messages over {} partitions, 1000 keys:",
+                args.partitions
+            );
+        }
+        let n = if kind.starts_with("io-") { io_n } else { n };
         println!(
             "{:<12} {:>12.0} {:>16.3} {:>14.1}",
             kind,
@@ -182,13 +221,22 @@ async fn parent(args: Args) {
             f.peak_rss_kib as f64 / 1024.0
         );
     }
+    let find = |k: &str| results.iter().find(|(kind, _)| *kind == k).map(|(_, f)| *f);
+    if let (Some(seq), Some(par)) = (find("io-seq"), find("io-par")) {
+        println!(
+            "{:<12} {:>12.2} {:>16.2} {:>14.2}",
+            "par / seq",
+            seq.seconds / par.seconds,
+            par.cpu_seconds / seq.cpu_seconds,
+            par.peak_rss_kib as f64 / seq.peak_rss_kib as f64
+        );
+    }
     if args.only.is_none() || args.only.as_deref() == Some("sizing") {
         request_sizing(&client, stamp).await;
     }
-    if results.len() < 2 {
+    let Some(raw) = find("raw") else {
         return;
-    }
-    let raw = results[0].1;
+    };
     for (kind, fw) in results.iter().filter(|(k, _)| k.starts_with("framework")) {
         println!(
             "{:<12} {:>12.2} {:>16.2} {:>14.2}",
@@ -266,7 +314,7 @@ async fn request_sizing(client: &Client, stamp: u128) {
     );
 }
 
-async fn prefill(client: &Client, prefix: &str, args: &Args) {
+async fn prefill(client: &Client, prefix: &str, args: &Args, keyed: bool) {
     for topic in ["in_topic", "out-topic"] {
         client
             .controller_client()
@@ -285,7 +333,7 @@ async fn prefill(client: &Client, prefix: &str, args: &Args) {
                 let records = chunk
                     .iter()
                     .map(|i| Record {
-                        key: None,
+                        key: keyed.then(|| format!("k{}", i % 1000).into_bytes()),
                         value: Some(format!(r#"{{"user":"user{i}","user_id":{i}}}"#).into_bytes()),
                         headers: Default::default(),
                         timestamp: chrono::Utc::now(),
@@ -316,6 +364,11 @@ async fn child(kind: &str, args: &Args) {
         "framework-bare" => framework_relay(args, false).await,
         "pipeline" => pipeline_only(args).await,
         "test-broker" => test_broker(args).await,
+        "io-seq" | "io-par" => {
+            let mut io = args.clone();
+            io.messages = io_messages(args);
+            io_relay(&io, kind == "io-par").await
+        }
         other => panic!("unknown child {other}"),
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -427,6 +480,27 @@ async fn framework_relay(args: &Args, compat: bool) {
     let app = FastStream::new(broker)
         .with_routes(routes![handle_msg])
         .compat_headers(compat)
+        .topic_prefix(args.prefix.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    wait_for_output(&client, &format!("{}out-topic", args.prefix), args).await;
+    let _ = tx.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// The I/O-bound handler on `KafkaBroker`, sequential or with `concurrency = 100`.
+async fn io_relay(args: &Args, parallel: bool) {
+    let broker = KafkaBroker::new(&bootstrap());
+    let client = broker.client().await.unwrap();
+    let routes = if parallel {
+        routes![io_par]
+    } else {
+        routes![io_seq]
+    };
+    let app = FastStream::new(broker)
+        .with_routes(routes)
         .topic_prefix(args.prefix.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async {

@@ -256,12 +256,7 @@ async fn an_aiokafka_member_shares_our_group() {
     create_topic(&client, &output, 1).await;
     let ours = start(app(routes![job], &prefix).with_state(Instance("rust"))).await;
 
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run the tests through scripts/kafka-dev, which installs aiokafka",
-        python.display()
-    );
+    let python = python();
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/aiokafka_member.py");
     let mut member = tokio::process::Command::new(python)

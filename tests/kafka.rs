@@ -1,5 +1,5 @@
 //! Real-broker tests of the Kafka transport: each on its own topics (unique prefix), each
-//! bounded in time. Run through `scripts/kafka-dev run -- cargo test`; without a broker they fail.
+//! bounded in time. `cargo test` starts a local broker for them (or uses `KAFKA_BOOTSTRAP`).
 
 mod common;
 

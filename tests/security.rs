@@ -41,7 +41,7 @@ fn logins(mechanisms: &[&'static str]) -> Logins {
 /// The independent check: aiokafka produces and consumes through the front.
 async fn aiokafka(bootstrap: &str, args: &[&str]) -> Result<(), String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new(root.join(".dev/venv/bin/python"))
+    let out = tokio::process::Command::new(python())
         .arg(root.join("tests/interop/secure_client.py"))
         .arg(bootstrap)
         .arg(unique_prefix("aio").replace('.', "-") + "check")

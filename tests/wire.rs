@@ -122,7 +122,7 @@ async fn every_codec_another_client_writes_is_handled() {
     ))
     .await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new(root.join(".dev/venv/bin/python"))
+    let out = tokio::process::Command::new(python())
         .arg(root.join("tests/interop/produce_compressed.py"))
         .args([&bootstrap(), &prefix, "100"])
         .output();

@@ -22,12 +22,72 @@ pub mod wire;
 /// Every wait in these tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The broker under test. CI always has one (scripts/kafka-dev starts it): a missing address
-/// fails the test instead of skipping it.
+/// The broker under test: `KAFKA_BOOTSTRAP` if set (`scripts/kafka-dev run -- cargo test`, or
+/// a cluster of your own), else a local broker this test binary starts on first use (installed
+/// by `scripts/kafka-dev install`) and that stops when the binary exits. Never skipped: a
+/// broker that cannot be started fails the test.
 pub fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").expect(
-        "KAFKA_BOOTSTRAP is not set: run the real-broker tests as `scripts/kafka-dev run -- cargo test`",
-    )
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(addr) if !addr.is_empty() => addr,
+        _ => start_local_broker(),
+    })
+    .clone()
+}
+
+/// Runs `scripts/kafka-dev install` (once per test binary) and returns the broker binary's path.
+fn install() -> String {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(root.join("scripts/kafka-dev"))
+            .arg("install")
+            .output()
+            .expect("run scripts/kafka-dev install");
+        assert!(
+            out.status.success(),
+            "scripts/kafka-dev install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+    .clone()
+}
+
+/// The Python of `.dev/venv` (aiokafka and cramjam installed), for the interoperability tests.
+pub fn python() -> std::path::PathBuf {
+    install();
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/venv/bin/python")
+}
+
+/// Starts a broker on a free loopback port, watched by a shell that stops it as soon as this
+/// test process is gone (statics are never dropped, so no destructor would).
+fn start_local_broker() -> String {
+    let bin = install();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let watch = format!(
+        "\"$0\" broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} --storage-engine memory://tansu/ >/dev/null 2>&1 & b=$!; \
+         trap 'kill $b 2>/dev/null' EXIT; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done",
+        parent = std::process::id()
+    );
+    std::process::Command::new("bash")
+        .args(["-c", &watch, &bin])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the local broker");
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return addr;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the local test broker did not start on {addr}");
 }
 
 /// A topic prefix no other test (or earlier run) uses.
@@ -336,17 +396,7 @@ impl OwnBroker {
 
     /// Starts it on `port` (to restart a broker where clients expect it).
     pub async fn start_on(port: u16, advertised_port: Option<u16>) -> (OwnBroker, String) {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new(root.join("scripts/kafka-dev"))
-            .arg("install")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let bin = install();
         let advertised = advertised_port.unwrap_or(port);
         let child = tokio::process::Command::new(bin)
             .args([

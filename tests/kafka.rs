@@ -583,3 +583,45 @@ async fn compressed_produce_requests_round_trip() {
     assert_eq!(got.len(), 500);
     running.stop().await.unwrap();
 }
+
+#[subscriber("traced", auto_offset_reset = "earliest")]
+async fn traced(body: String) {
+    tracing::warn!(body = body.as_str(), "inside the handler");
+}
+
+/// Log lines written in a handler carry the message's context (the `message` span).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_logs_carry_the_message_context() {
+    let prefix = unique_prefix("traced");
+    let client = raw_client().await;
+    let topic = format!("{prefix}traced");
+    create_topic(&client, &topic, 1).await;
+    produce(&client, &topic, 0, vec![record(Some("k-7"), b"hi", &[])]).await;
+    let running = start(app(routes![traced], &prefix)).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let line = loop {
+        let logs = logs();
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains("inside the handler") && l.contains(&topic))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no handler log line"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    running.stop().await.unwrap();
+    for field in [
+        "message{",
+        "handler=\"kafka::traced\"",
+        "partition=0",
+        "offset=0",
+        "key=k-7",
+        "correlation_id=",
+    ] {
+        assert!(line.contains(field), "{field} missing in: {line}");
+    }
+}

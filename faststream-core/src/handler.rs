@@ -74,6 +74,18 @@ impl Outcome {
         }
     }
 
+    /// A short name of the outcome, as logs and metrics write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Done(_) => "ok",
+            Outcome::Unacked(_) => "unacked",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Interrupted { .. } => "interrupted",
+            Outcome::Stopped { .. } => "stopped",
+        }
+    }
+
     /// The messages to publish: outputs, or the dead-letter copy.
     pub fn into_outputs(self) -> Vec<OutgoingMessage> {
         match self {
@@ -213,11 +225,47 @@ impl Pipeline {
     /// [`Pipeline::handle`], except that a retry backoff ends early when `interrupt` fires
     /// (shutdown, or the partition was revoked): the message is then [`Outcome::Interrupted`],
     /// not done. A handler already running is never interrupted.
+    ///
+    /// Runs inside a `message` span (info level) with the handler, topic, partition, offset,
+    /// key and correlation id, and the outcome once known: log lines written in the handler carry
+    /// the message's context.
     pub async fn handle_until(
         &self,
         route: &RouteDef,
         msg: Message,
         interrupt: Option<&Shutdown>,
+    ) -> Outcome {
+        use tracing::field::{display, Empty};
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "message",
+            handler = route.name(),
+            topic = &*msg.topic,
+            partition = msg.partition,
+            offset = msg.offset,
+            key = Empty,
+            correlation_id = Empty,
+            outcome = Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(key) = &msg.key {
+                span.record("key", display(String::from_utf8_lossy(key)));
+            }
+        }
+        let outcome = self
+            .handle_in_span(route, msg, interrupt, &span)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome.name());
+        outcome
+    }
+
+    async fn handle_in_span(
+        &self,
+        route: &RouteDef,
+        msg: Message,
+        interrupt: Option<&Shutdown>,
+        span: &tracing::Span,
     ) -> Outcome {
         let index = self.index(route);
         let policy = index.map_or(&self.defaults, |i| &self.policies[i]);
@@ -227,6 +275,12 @@ impl Pipeline {
             None if self.compat_headers => Some(bytes::Bytes::from(new_correlation_id())),
             None => None,
         };
+        if let (Some(id), false) = (&correlation_id, span.is_disabled()) {
+            span.record(
+                "correlation_id",
+                tracing::field::display(String::from_utf8_lossy(id)),
+            );
+        }
         let mut attempts = 0;
         let (error, action) = loop {
             attempts += 1;

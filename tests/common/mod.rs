@@ -75,11 +75,14 @@ fn start_local_broker() -> String {
          while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done",
         parent = std::process::id()
     );
-    std::process::Command::new("bash")
+    let watcher = std::process::Command::new("bash")
         .args(["-c", &watch, &bin])
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("start the local broker");
+    // Kept for the life of the process; it ends (and stops the broker) when this process does.
+    static WATCHER: OnceLock<Mutex<std::process::Child>> = OnceLock::new();
+    let _ = WATCHER.set(Mutex::new(watcher));
     let addr = format!("127.0.0.1:{port}");
     for _ in 0..200 {
         if std::net::TcpStream::connect(&addr).is_ok() {

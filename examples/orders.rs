@@ -88,9 +88,21 @@ async fn main() -> faststream::Result<()> {
     let prefix = std::env::var("TOPIC_PREFIX").unwrap_or_default();
     FastStream::new(KafkaBroker::from_env()?)
         .topic_prefix(prefix)
-        .with_state(Billing {
-            next_invoice: Arc::new(AtomicU64::new(1000)),
-            tax_percent: 20,
+        // State built before anything is consumed (where a database pool would be opened).
+        .on_startup(|ctx| async move {
+            let tax_percent = match std::env::var("TAX_PERCENT") {
+                Ok(v) => v.parse().map_err(|e| format!("TAX_PERCENT={v:?}: {e}"))?,
+                Err(_) => 20,
+            };
+            ctx.provide(Billing {
+                next_invoice: Arc::new(AtomicU64::new(1000)),
+                tax_percent,
+            });
+            Ok::<_, String>(())
+        })
+        .after_shutdown(|_| async {
+            tracing::info!("billing closed");
+            Ok::<_, String>(())
         })
         .run()
         .await

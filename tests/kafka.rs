@@ -625,3 +625,155 @@ async fn handler_logs_carry_the_message_context() {
         assert!(line.contains(field), "{field} missing in: {line}");
     }
 }
+
+#[subscriber("rpc", auto_offset_reset = "earliest")]
+async fn rpc(body: String) -> String {
+    format!("pong {body}")
+}
+
+#[subscriber("quiet-rpc", auto_offset_reset = "earliest", no_reply = true)]
+#[publisher("quiet-rpc-out")]
+async fn quiet_rpc(body: String) -> String {
+    format!("pong {body}")
+}
+
+/// FastStream's request/reply: a message with `reply_to` gets the return value there, with its
+/// `correlation_id`; `no_reply = true` ignores `reply_to`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_reply_to_gets_the_answer_there() {
+    let prefix = unique_prefix("rpc");
+    let client = raw_client().await;
+    let replies = format!("{prefix}replies");
+    for t in ["rpc", "quiet-rpc", "quiet-rpc-out", "replies"] {
+        create_topic(&client, &format!("{prefix}{t}"), 1).await;
+    }
+    let ask = |body: &str, id: &str| {
+        record(
+            None,
+            body.as_bytes(),
+            &[("reply_to", replies.as_str()), ("correlation_id", id)],
+        )
+    };
+    produce(
+        &client,
+        &format!("{prefix}rpc"),
+        0,
+        vec![ask("ping", "c-1")],
+    )
+    .await;
+    let running = start(app(routes![rpc, quiet_rpc], &prefix)).await;
+    let got = read(&client, &replies, 1).await;
+    let answer = &got[&0][0];
+    assert_eq!(text(answer), "pong ping");
+    assert_eq!(
+        answer
+            .record
+            .headers
+            .get("correlation_id")
+            .map(Vec::as_slice),
+        Some(&b"c-1"[..])
+    );
+    // The opted-out route answers only on its publisher topic.
+    produce(
+        &client,
+        &format!("{prefix}quiet-rpc"),
+        0,
+        vec![ask("hush", "c-2")],
+    )
+    .await;
+    read(&client, &format!("{prefix}quiet-rpc-out"), 1).await;
+    produce(
+        &client,
+        &format!("{prefix}rpc"),
+        0,
+        vec![ask("again", "c-3")],
+    )
+    .await;
+    let got = read(&client, &replies, 2).await;
+    let bodies: Vec<String> = got.values().flatten().map(text).collect();
+    assert_eq!(
+        bodies,
+        vec!["pong ping", "pong again"],
+        "no reply from no_reply"
+    );
+    running.stop().await.unwrap();
+}
+
+static LIFE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn life_event(e: impl Into<String>) {
+    LIFE.lock().unwrap().push(e.into());
+}
+
+#[derive(Clone)]
+struct Greeting(String);
+
+#[subscriber("life", auto_offset_reset = "earliest")]
+async fn life(body: String, greeting: State<Greeting>) {
+    life_event(format!("handled {} {body}", greeting.0 .0));
+}
+
+/// Lifespan hooks run in FastStream's order; a startup hook provides state handlers use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifespan_hooks_run_in_order_and_provide_state() {
+    let prefix = unique_prefix("life");
+    let client = raw_client().await;
+    let topic = format!("{prefix}life");
+    create_topic(&client, &topic, 1).await;
+    let announce = topic.clone();
+    let service = app(routes![life], &prefix)
+        .on_startup(|ctx| async move {
+            life_event("on_startup");
+            ctx.provide(Greeting("hi".into()));
+            Ok::<_, String>(())
+        })
+        .after_startup(|ctx| async move {
+            life_event("after_startup");
+            ctx.publisher().publish("from-hook", &announce).await
+        })
+        .on_shutdown(|_| async {
+            life_event("on_shutdown");
+            Ok::<_, String>(())
+        })
+        .after_shutdown(|_| async {
+            life_event("after_shutdown");
+            Ok::<_, String>(())
+        });
+    let running = start(service).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !LIFE
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.starts_with("handled"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hook's message was handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await.unwrap();
+    assert_eq!(
+        *LIFE.lock().unwrap(),
+        vec![
+            "on_startup",
+            "after_startup",
+            "handled hi from-hook",
+            "on_shutdown",
+            "after_shutdown"
+        ]
+    );
+
+    // A failing startup hook stops the startup with its error.
+    let err = app(routes![life], &prefix)
+        .on_startup(|_| async { Err::<(), _>("database unreachable") })
+        .run_until(std::future::pending())
+        .await
+        .expect_err("startup fails");
+    let text = err.to_string();
+    assert!(
+        text.contains("on_startup") && text.contains("database unreachable"),
+        "{text}"
+    );
+}

@@ -8,8 +8,88 @@ use crate::extract::{Context, StateMap};
 use crate::handler::{Pipeline, Ready};
 use crate::policy::FailurePolicy;
 use crate::route::{resolve_routes, RouteDef};
+use crate::transport::BoxFuture;
 use crate::transport::{Publisher, Shutdown, Transport};
 use crate::{Error, Result};
+
+/// What a lifespan hook gets: the app's state (startup hooks may add to it: handlers then
+/// extract it as `State<T>`) and a publisher.
+#[derive(Clone, Debug)]
+pub struct AppContext {
+    state: Arc<std::sync::Mutex<StateMap>>,
+    publisher: Publisher,
+}
+
+impl AppContext {
+    /// Provides `value` to handlers as `State<S>` (in `on_startup` hooks; later it is too
+    /// late: the handlers' state is fixed when consuming starts).
+    pub fn provide<S: Clone + Send + Sync + 'static>(&self, value: S) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(value);
+    }
+
+    /// A copy of the state value of type `S`, if there is one.
+    pub fn get<S: Clone + Send + Sync + 'static>(&self) -> Option<S> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get::<S>()
+            .cloned()
+    }
+
+    /// Publishes through the app's transport (for example a message announcing the service).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+}
+
+type Hook = Box<dyn FnOnce(AppContext) -> BoxFuture<'static, Result<(), String>> + Send>;
+
+/// Lifespan hooks, by stage, in registration order.
+#[derive(Default)]
+struct Hooks {
+    on_startup: Vec<Hook>,
+    after_startup: Vec<Hook>,
+    on_shutdown: Vec<Hook>,
+    after_shutdown: Vec<Hook>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("on_startup", &self.on_startup.len())
+            .field("after_startup", &self.after_startup.len())
+            .field("on_shutdown", &self.on_shutdown.len())
+            .field("after_shutdown", &self.after_shutdown.len())
+            .finish()
+    }
+}
+
+fn hook<F, Fut, E>(f: F) -> Hook
+where
+    F: FnOnce(AppContext) -> Fut + Send + 'static,
+    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    Box::new(move |ctx| {
+        let fut = f(ctx);
+        Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+    })
+}
+
+/// Runs the hooks of one stage in order; the first failure ends the stage.
+async fn run_hooks(stage: &'static str, hooks: Vec<Hook>, ctx: &AppContext) -> Result<()> {
+    for (i, hook) in hooks.into_iter().enumerate() {
+        hook(ctx.clone()).await.map_err(|reason| Error::Hook {
+            stage,
+            index: i + 1,
+            reason,
+        })?;
+    }
+    Ok(())
+}
 
 /// A service: a transport plus the routes and state its handlers run with.
 ///
@@ -29,6 +109,7 @@ pub struct FastStream<T> {
     ready: tokio::sync::watch::Sender<bool>,
     policy: FailurePolicy,
     compat_headers: bool,
+    hooks: Hooks,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -43,7 +124,57 @@ impl<T: Transport> FastStream<T> {
             ready: tokio::sync::watch::Sender::new(false),
             policy: FailurePolicy::default(),
             compat_headers: true,
+            hooks: Hooks::default(),
         }
+    }
+
+    /// Runs `hook` before anything is consumed (after the routes were found, before they are
+    /// checked against the state): open a database pool, warm a cache, and provide them to
+    /// handlers with [`AppContext::provide`]. Hooks run in registration order; an error stops the
+    /// startup ([`Error::Hook`]) and nothing is consumed.
+    pub fn on_startup<F, Fut, E>(mut self, hook_fn: F) -> Self
+    where
+        F: FnOnce(AppContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.hooks.on_startup.push(hook(hook_fn));
+        self
+    }
+
+    /// Runs `hook` once every subscription is consumed (the app is ready); an error stops the
+    /// app gracefully and is returned.
+    pub fn after_startup<F, Fut, E>(mut self, hook_fn: F) -> Self
+    where
+        F: FnOnce(AppContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.hooks.after_startup.push(hook(hook_fn));
+        self
+    }
+
+    /// Runs `hook` when the stop signal came, before consuming stops (handlers still run).
+    pub fn on_shutdown<F, Fut, E>(mut self, hook_fn: F) -> Self
+    where
+        F: FnOnce(AppContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.hooks.on_shutdown.push(hook(hook_fn));
+        self
+    }
+
+    /// Runs `hook` after consuming stopped and every output was flushed (close pools here).
+    /// It also runs when the transport stopped on its own with an error.
+    pub fn after_shutdown<F, Fut, E>(mut self, hook_fn: F) -> Self
+    where
+        F: FnOnce(AppContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.hooks.after_shutdown.push(hook(hook_fn));
+        self
     }
 
     /// Adds shared state, available to handlers as `State<S>` (one value per type).
@@ -108,7 +239,25 @@ impl<T: Transport> FastStream<T> {
     /// Runs until `signal` resolves, then stops gracefully: stop fetching, finish in-flight
     /// messages, flush producers, within the shutdown timeout.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<()> {
-        let routes = self.routes()?;
+        let Self {
+            transport,
+            routes,
+            state,
+            shutdown_timeout,
+            topic_prefix,
+            ready,
+            policy,
+            compat_headers,
+            hooks,
+        } = self;
+        let publisher = Publisher::new(transport.clone());
+        let app_ctx = AppContext {
+            state: Arc::new(std::sync::Mutex::new(state)),
+            publisher: publisher.clone(),
+        };
+        run_hooks("on_startup", hooks.on_startup, &app_ctx).await?;
+        let state = std::mem::take(&mut *app_ctx.state.lock().unwrap_or_else(|e| e.into_inner()));
+        let routes = resolve_routes(routes, &state)?;
         for route in &routes {
             tracing::info!(
                 handler = route.name(),
@@ -117,28 +266,52 @@ impl<T: Transport> FastStream<T> {
                 "route"
             );
         }
-        let publisher = Publisher::new(self.transport.clone());
-        let ctx = Context::new(Arc::new(self.state), publisher);
+        let state = Arc::new(state);
+        // Hooks after startup read the same state handlers see.
+        *app_ctx.state.lock().unwrap_or_else(|e| e.into_inner()) = (*state).clone();
+        let ctx = Context::new(state, publisher);
+        let mut is_ready = Ready::from_sender(&ready);
         let pipeline = Arc::new(
             Pipeline::new(routes, ctx)
-                .with_failure_policy(self.policy)
-                .with_compat_headers(self.compat_headers)
-                .with_topic_prefix(self.topic_prefix)
-                .with_ready(self.ready),
+                .with_failure_policy(policy)
+                .with_compat_headers(compat_headers)
+                .with_topic_prefix(topic_prefix)
+                .with_ready(ready),
         );
         let (trigger, shutdown) = Shutdown::new();
-        let transport = self.transport.clone();
         let serve = transport.serve(pipeline, shutdown);
         tokio::pin!(serve);
-        tokio::select! {
-            res = &mut serve => return res,
-            () = signal => {}
+        tokio::pin!(signal);
+        let mut after_startup = Some(hooks.after_startup);
+        let mut failed = None;
+        loop {
+            tokio::select! {
+                res = &mut serve => {
+                    run_hooks("after_shutdown", hooks.after_shutdown, &app_ctx).await?;
+                    return res;
+                }
+                () = &mut signal => break,
+                true = is_ready.wait(), if after_startup.is_some() => {
+                    let hooks = after_startup.take().unwrap_or_default();
+                    if let Err(e) = run_hooks("after_startup", hooks, &app_ctx).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
         }
-        tracing::info!(timeout = ?self.shutdown_timeout, "shutting down");
-        trigger.trigger_by(tokio::time::Instant::now() + self.shutdown_timeout);
-        match tokio::time::timeout(self.shutdown_timeout, serve).await {
+        tracing::info!(timeout = ?shutdown_timeout, "shutting down");
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        let on_shutdown = run_hooks("on_shutdown", hooks.on_shutdown, &app_ctx).await;
+        trigger.trigger_by(deadline);
+        let stopped = match tokio::time::timeout_at(deadline, serve).await {
             Ok(res) => res,
-            Err(_) => Err(Error::ShutdownTimeout(self.shutdown_timeout)),
+            Err(_) => Err(Error::ShutdownTimeout(shutdown_timeout)),
+        };
+        let after = run_hooks("after_shutdown", hooks.after_shutdown, &app_ctx).await;
+        match failed {
+            Some(e) => Err(e),
+            None => stopped.and(on_shutdown).and(after),
         }
     }
 }

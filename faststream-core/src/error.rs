@@ -29,6 +29,17 @@ pub enum Error {
     #[error("graceful shutdown did not finish within {0:?}; in-flight messages were abandoned (they will be redelivered)")]
     ShutdownTimeout(std::time::Duration),
 
+    /// A lifespan hook failed (`on_startup` failures stop the startup).
+    #[error("the {stage} hook #{index} failed: {reason}")]
+    Hook {
+        /// `on_startup`, `after_startup`, `on_shutdown` or `after_shutdown`.
+        stage: &'static str,
+        /// Which hook of that stage, from 1, in registration order.
+        index: usize,
+        /// Its error.
+        reason: String,
+    },
+
     /// The in-memory test broker found a publish loop.
     #[error("publishing to {topic:?} nested {depth} levels deep: a route publishes to a topic it (indirectly) consumes")]
     PublishLoop {

@@ -286,7 +286,8 @@ impl Pipeline {
             attempts += 1;
             let err = match self.attempt(route, policy, &msg, &correlation_id).await {
                 Attempt::Ok(reply, acked) => {
-                    let outputs = self.address(route, index, reply, &msg, correlation_id.clone());
+                    let outputs =
+                        self.address(route, index, policy, reply, &msg, correlation_id.clone());
                     return if acked {
                         Outcome::Done(outputs)
                     } else {
@@ -447,17 +448,42 @@ impl Pipeline {
         }
     }
 
-    /// Addresses a reply to every publisher topic of `route`.
+    /// Addresses a reply to every publisher topic of `route`, and to the message's `reply_to`
+    /// topic if it names one (FastStream's request/reply; `no_reply` turns it off). A requester
+    /// gets an empty reply when the handler returned nothing.
     fn address(
         &self,
         route: &RouteDef,
         index: Option<usize>,
+        policy: &FailurePolicy,
         reply: Reply,
         msg: &Message,
         correlation_id: Option<bytes::Bytes>,
     ) -> Vec<OutgoingMessage> {
+        let reply_to = match policy.no_reply {
+            true => None,
+            false => msg
+                .headers
+                .get_str(header::REPLY_TO)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+        };
         let Some(body) = reply.into_body() else {
-            return Vec::new();
+            let Some(topic) = reply_to else {
+                return Vec::new();
+            };
+            let mut headers = crate::message::Headers::new();
+            if let Some(id) = correlation_id {
+                headers.insert(header::CORRELATION_ID, id);
+            }
+            return vec![OutgoingMessage {
+                topic,
+                partition: None,
+                key: msg.key.clone(),
+                headers,
+                payload: Some(bytes::Bytes::new()),
+                timestamp: None,
+            }];
         };
         let mut headers = body.meta.headers;
         if let (Some(ct), true) = (body.content_type, self.compat_headers) {
@@ -479,6 +505,23 @@ impl Pipeline {
                 &computed
             }
         };
+        let with_reply;
+        let topics = match reply_to {
+            None => topics,
+            Some(reply_to) => {
+                with_reply = topics
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(reply_to))
+                    .collect::<Vec<_>>();
+                &with_reply[..]
+            }
+        };
+        let replies_from = if topics.len() > route.publishers().len() {
+            route.publishers().len()
+        } else {
+            usize::MAX
+        };
         let mut outputs = Vec::with_capacity(topics.len());
         let last = topics.len().saturating_sub(1);
         for (i, topic) in topics.iter().cloned().enumerate() {
@@ -490,7 +533,8 @@ impl Pipeline {
             };
             outputs.push(OutgoingMessage {
                 topic,
-                partition: body.meta.partition,
+                // The requester's reply topic: its own partitioning.
+                partition: body.meta.partition.filter(|_| i < replies_from),
                 key: key.clone(),
                 headers,
                 payload: Some(body.payload.clone()),

@@ -26,7 +26,7 @@ mod route;
 pub mod testing;
 mod transport;
 
-pub use app::{termination_signal, FastStream};
+pub use app::{termination_signal, AppContext, FastStream};
 pub use codec::{decode_json, decode_raw, decode_text, IntoPayload, Json};
 pub use error::{DecodeError, Error, HandlerError, Result};
 pub use extract::{

@@ -208,6 +208,9 @@ pub struct FailurePolicy {
     /// different keys, and keyless messages, run in parallel. The committed position only
     /// passes a contiguous run of finished messages.
     pub concurrency: u32,
+    /// Whether a `reply_to` header on an incoming message is ignored (by default the return
+    /// value is also published there, as FastStream does).
+    pub no_reply: bool,
 }
 
 impl Default for FailurePolicy {
@@ -220,6 +223,7 @@ impl Default for FailurePolicy {
             max_message_bytes: None,
             ack: AckMode::AfterProcessing,
             concurrency: 1,
+            no_reply: false,
         }
     }
 }
@@ -236,6 +240,7 @@ pub struct PolicyDef {
     max_message_bytes: Option<u32>,
     ack: Option<AckMode>,
     concurrency: Option<u32>,
+    no_reply: Option<bool>,
 }
 
 impl PolicyDef {
@@ -251,6 +256,7 @@ impl PolicyDef {
             max_message_bytes: None,
             ack: None,
             concurrency: None,
+            no_reply: None,
         }
     }
 
@@ -308,6 +314,12 @@ impl PolicyDef {
         self
     }
 
+    /// Whether `reply_to` is ignored.
+    pub const fn no_reply(mut self, on: bool) -> Self {
+        self.no_reply = Some(on);
+        self
+    }
+
     /// The route's dead-letter topic, if it names one.
     pub fn dlq_topic(&self) -> Option<&'static str> {
         self.dlq
@@ -350,6 +362,9 @@ impl PolicyDef {
             p.concurrency = n;
         }
         p.concurrency = p.concurrency.max(1);
+        if let Some(on) = self.no_reply {
+            p.no_reply = on;
+        }
         p
     }
 }

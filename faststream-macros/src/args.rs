@@ -109,6 +109,7 @@ const POLICY_KEYS: &[&str] = &[
     "max_message_bytes",
     "ack",
     "concurrency",
+    "no_reply",
 ];
 
 /// One item of an attribute's argument list: a topic literal or `key = value`.
@@ -398,6 +399,16 @@ fn policy_value(
                 )),
             }
         }
+        "no_reply" => match value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Bool(b),
+                ..
+            }) => Ok(quote!(#b)),
+            _ => Err(syn::Error::new(
+                span,
+                "option `no_reply` expects `true` or `false`",
+            )),
+        },
         "ack" => {
             let lit = string()?;
             match lit.value().as_str() {

@@ -12,4 +12,7 @@ async fn zero(_user: String) {}
 #[subscriber("in4", concurrency = "many")]
 async fn words(_user: String) {}
 
+#[subscriber("in5", no_reply = "yes")]
+async fn reply(_user: String) {}
+
 fn main() {}

@@ -777,3 +777,101 @@ async fn lifespan_hooks_run_in_order_and_provide_state() {
         "{text}"
     );
 }
+
+/// Request/reply from Rust: `KafkaBroker::request` gets the answer of a service's handler (the
+/// `rpc` route above), and a clear error when nobody answers in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_gets_the_reply_of_a_service() {
+    let prefix = unique_prefix("request");
+    let client = raw_client().await;
+    create_topic(&client, &format!("{prefix}rpc"), 1).await;
+    create_topic(&client, &format!("{prefix}nobody"), 1).await;
+    let running = start(app(routes![rpc], &prefix)).await;
+    let requester = KafkaBroker::builder(&bootstrap())
+        .reply_topic(format!("{prefix}my-replies"))
+        .build();
+    let reply = requester
+        .request("ping", &format!("{prefix}rpc"), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(reply.text(), Some("pong ping"));
+    let second = requester
+        .request("again", &format!("{prefix}rpc"), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(second.text(), Some("pong again"));
+    let err = requester
+        .request(
+            "hello?",
+            &format!("{prefix}nobody"),
+            Duration::from_millis(500),
+        )
+        .await
+        .expect_err("nobody answers")
+        .to_string();
+    assert!(err.contains("no reply") && err.contains("nobody"), "{err}");
+    running.stop().await.unwrap();
+}
+
+/// Request/reply across languages: Python FastStream asks our service (publishing with
+/// `reply_to`), and our `request` asks a Python FastStream service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_works_with_python_faststream() {
+    use tokio::io::AsyncBufReadExt;
+    let prefix = unique_prefix("pyrpc");
+    let client = raw_client().await;
+    for t in ["rpc", "py-replies", "py-rpc"] {
+        create_topic(&client, &format!("{prefix}{t}"), 1).await;
+    }
+    let running = start(app(routes![rpc], &prefix)).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/faststream_rpc.py");
+    let asked = tokio::process::Command::new(python())
+        .arg(&script)
+        .args([bootstrap(), "ask".into()])
+        .args([format!("{prefix}rpc"), format!("{prefix}py-replies")])
+        .output();
+    let asked = tokio::time::timeout(TIMEOUT, asked)
+        .await
+        .expect("the Python requester finishes")
+        .unwrap();
+    assert!(
+        asked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&asked.stdout);
+    assert!(
+        stdout.lines().any(|l| l.trim() == "py-1 pong ping"),
+        "the Python requester got our reply with its correlation id: {stdout}"
+    );
+
+    let mut server = tokio::process::Command::new(python())
+        .arg(&script)
+        .args([bootstrap(), "serve".into(), format!("{prefix}py-rpc")])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("ready") {
+                return;
+            }
+        }
+        panic!("the Python service exited before it was ready");
+    })
+    .await
+    .expect("the Python service gets ready");
+    let requester = KafkaBroker::builder(&bootstrap())
+        .reply_topic(format!("{prefix}rs-replies"))
+        .build();
+    let reply = requester
+        .request("hi", &format!("{prefix}py-rpc"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(reply.text(), Some("py hi"));
+    let _ = server.kill().await;
+    running.stop().await.unwrap();
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faststream_core::{
-    Assignor, BoxFuture, IntoPayload, OffsetReset, OutgoingMessage, Pipeline, Publish, RouteDef,
-    Shutdown, SubscriberDef, Transport,
+    Assignor, BoxFuture, IntoPayload, Message, OffsetReset, OutgoingMessage, Pipeline, Publish,
+    RouteDef, Shutdown, SubscriberDef, Transport,
 };
 use rskafka::client::partition::Compression;
 use rskafka::client::{Client, ClientBuilder};
@@ -112,6 +112,7 @@ pub(crate) struct Config {
     pub(crate) metadata_max_age: Duration,
     pub(crate) manual_ack_warning: Duration,
     pub(crate) hooks: RebalanceHooks,
+    pub(crate) reply_topic: Option<String>,
 }
 
 /// Called with the group id and the partitions, after partitions are assigned (and their
@@ -213,6 +214,14 @@ impl KafkaBrokerBuilder {
     /// handler's input goes through its failure policy with the error kind `publish`.
     pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
         self.config.delivery_timeout = timeout;
+        self
+    }
+
+    /// The topic [`KafkaBroker::request`] asks for replies on (default `"<client_id>.replies"`;
+    /// created on first use unless missing topics are an error). Instances may share it: each
+    /// takes only the replies to its own requests.
+    pub fn reply_topic(mut self, topic: impl Into<String>) -> Self {
+        self.config.reply_topic = Some(topic.into());
         self
     }
 
@@ -356,6 +365,7 @@ impl KafkaBrokerBuilder {
                 producers: Arc::new(Producers::new(config.clone())),
                 config,
                 client: OnceCell::new(),
+                replies: OnceCell::new(),
             }),
         }
     }
@@ -366,6 +376,7 @@ struct Shared {
     config: Arc<Config>,
     client: OnceCell<Arc<Client>>,
     producers: Arc<Producers>,
+    replies: OnceCell<crate::request::Replies>,
 }
 
 /// A Kafka cluster, by bootstrap address. Cheap to clone; clones share connections and producers.
@@ -438,6 +449,7 @@ impl KafkaBroker {
                 metadata_max_age: Duration::from_secs(300),
                 manual_ack_warning: Duration::from_secs(60),
                 hooks: RebalanceHooks::default(),
+                reply_topic: None,
             },
         }
     }
@@ -449,6 +461,72 @@ impl KafkaBroker {
             .get_or_try_init(|| connect(&self.shared.config))
             .await
             .cloned()
+    }
+
+    /// Sends `value` to `topic` as a request (FastStream's RPC: `reply_to` and `correlation_id`
+    /// headers) and waits up to `timeout` for the reply, which a faststream service (Rust or
+    /// Python) publishes to this handle's reply topic (see
+    /// [`KafkaBrokerBuilder::reply_topic`]).
+    pub async fn request(
+        &self,
+        value: impl IntoPayload,
+        topic: &str,
+        timeout: Duration,
+    ) -> faststream_core::Result<Message> {
+        self.request_message(OutgoingMessage::encode(topic, value)?, timeout)
+            .await
+    }
+
+    /// [`KafkaBroker::request`] with a fully specified message (its `correlation_id` header is
+    /// kept if set).
+    pub async fn request_message(
+        &self,
+        mut msg: OutgoingMessage,
+        timeout: Duration,
+    ) -> faststream_core::Result<Message> {
+        let replies = self.replies().await?;
+        let (id, reply) = replies.register(&mut msg);
+        let topic = msg.topic.clone();
+        if let Err(e) = self.send_message(msg).await {
+            replies.forget(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(reply)) => Ok(reply),
+            _ => {
+                replies.forget(&id);
+                Err(KafkaError::NoReply {
+                    topic,
+                    reply_topic: replies.topic().to_owned(),
+                    timeout,
+                }
+                .into())
+            }
+        }
+    }
+
+    async fn replies(&self) -> Result<&crate::request::Replies, KafkaError> {
+        self.shared
+            .replies
+            .get_or_try_init(|| async {
+                let config = &self.shared.config;
+                let topic = config
+                    .reply_topic
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.replies", config.client_id));
+                if let Some(reason) = invalid_topic_name(&topic) {
+                    return Err(KafkaError::InvalidTopic(reason));
+                }
+                let client = self.client().await?;
+                self.shared.producers.declare(std::slice::from_ref(&topic));
+                let partitions = self
+                    .shared
+                    .producers
+                    .partition_count(&client, &topic)
+                    .await?;
+                crate::request::Replies::start(config.clone(), topic, partitions).await
+            })
+            .await
     }
 
     /// Publishes `value` (text, bytes, or `Json(..)`) to `topic`; resolves once acknowledged.

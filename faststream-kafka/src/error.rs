@@ -26,6 +26,18 @@ pub enum KafkaError {
     /// unknown mechanism).
     #[error("security settings: {0}")]
     Security(String),
+    /// A request got no reply in time.
+    #[error(
+        "no reply to the request sent to {topic:?} arrived on {reply_topic:?} within {timeout:?}"
+    )]
+    NoReply {
+        /// Where the request went.
+        topic: String,
+        /// Where the reply was awaited.
+        reply_topic: String,
+        /// How long it was awaited.
+        timeout: Duration,
+    },
     /// A topic name Kafka does not accept (after the topic prefix was applied).
     #[error("{0}")]
     InvalidTopic(String),

@@ -31,6 +31,7 @@ mod offsets;
 mod produce;
 mod protocol;
 mod records;
+mod request;
 mod security;
 
 pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics, RebalanceHook};

@@ -875,3 +875,73 @@ async fn request_reply_works_with_python_faststream() {
     let _ = server.kill().await;
     running.stop().await.unwrap();
 }
+
+/// Refuses messages carrying `x-blocked`; stamps every published message.
+struct Audit;
+
+impl faststream::Middleware for Audit {
+    fn before<'a>(
+        &'a self,
+        msg: &'a faststream::Message,
+    ) -> faststream::BoxFuture<'a, Result<(), faststream::Failure>> {
+        let blocked = msg.headers.get("x-blocked").is_some();
+        Box::pin(async move {
+            match blocked {
+                true => Err(faststream::Failure::dead_letter("blocked by policy")),
+                false => Ok(()),
+            }
+        })
+    }
+
+    fn publish(&self, out: &mut faststream::OutgoingMessage) {
+        out.headers.insert("x-audited", "yes");
+    }
+}
+
+#[subscriber("mw", auto_offset_reset = "earliest", dlq = "mw.dlq")]
+#[publisher("mw-out")]
+async fn audited(body: String) -> String {
+    body.to_uppercase()
+}
+
+/// A middleware sees every message before its handler (and may refuse it: the failure policy
+/// applies) and every message published (here: a header the next service sees).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_refuses_messages_and_stamps_outputs() {
+    let prefix = unique_prefix("mw");
+    let client = raw_client().await;
+    for t in ["mw", "mw-out", "mw.dlq"] {
+        create_topic(&client, &format!("{prefix}{t}"), 1).await;
+    }
+    produce(
+        &client,
+        &format!("{prefix}mw"),
+        0,
+        vec![
+            record(None, b"a", &[]),
+            record(None, b"b", &[("x-blocked", "1")]),
+            record(None, b"c", &[]),
+        ],
+    )
+    .await;
+    let running = start(app(routes![audited], &prefix).middleware(Audit)).await;
+    let out = read(&client, &format!("{prefix}mw-out"), 2).await;
+    let got: Vec<String> = out.values().flatten().map(text).collect();
+    assert_eq!(got, vec!["A", "C"]);
+    for r in out.values().flatten() {
+        assert_eq!(
+            r.record.headers.get("x-audited").map(Vec::as_slice),
+            Some(&b"yes"[..])
+        );
+    }
+    let dlq = read(&client, &format!("{prefix}mw.dlq"), 1).await;
+    let dead = &dlq[&0][0];
+    assert_eq!(text(dead), "b");
+    let error = String::from_utf8(dead.record.headers["x-faststream-error"].clone()).unwrap();
+    assert!(error.contains("blocked by policy"), "{error}");
+    assert_eq!(
+        dead.record.headers.get("x-audited").map(Vec::as_slice),
+        Some(&b"yes"[..])
+    );
+    running.stop().await.unwrap();
+}

@@ -110,6 +110,7 @@ pub struct FastStream<T> {
     policy: FailurePolicy,
     compat_headers: bool,
     hooks: Hooks,
+    middlewares: crate::middleware::Middlewares,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -125,7 +126,15 @@ impl<T: Transport> FastStream<T> {
             policy: FailurePolicy::default(),
             compat_headers: true,
             hooks: Hooks::default(),
+            middlewares: Default::default(),
         }
+    }
+
+    /// Runs `middleware` around every message's handling and every publish (see
+    /// [`crate::Middleware`]); middlewares run in registration order (`after` in reverse).
+    pub fn middleware(mut self, middleware: impl crate::Middleware) -> Self {
+        self.middlewares.0.push(Arc::new(middleware));
+        self
     }
 
     /// Runs `hook` before anything is consumed (after the routes were found, before they are
@@ -249,8 +258,16 @@ impl<T: Transport> FastStream<T> {
             policy,
             compat_headers,
             hooks,
+            middlewares,
         } = self;
-        let publisher = Publisher::new(transport.clone());
+        let publisher = if middlewares.is_empty() {
+            Publisher::new(transport.clone())
+        } else {
+            Publisher::new(Arc::new(crate::middleware::PublishThrough {
+                inner: transport.clone(),
+                middlewares: middlewares.clone(),
+            }))
+        };
         let app_ctx = AppContext {
             state: Arc::new(std::sync::Mutex::new(state)),
             publisher: publisher.clone(),
@@ -276,6 +293,7 @@ impl<T: Transport> FastStream<T> {
                 .with_failure_policy(policy)
                 .with_compat_headers(compat_headers)
                 .with_topic_prefix(topic_prefix)
+                .with_middlewares(middlewares)
                 .with_ready(ready),
         );
         let (trigger, shutdown) = Shutdown::new();

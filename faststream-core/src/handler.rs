@@ -110,6 +110,7 @@ pub struct Pipeline {
     prefix: String,
     ready: tokio::sync::watch::Sender<bool>,
     compat_headers: bool,
+    middlewares: crate::middleware::Middlewares,
 }
 
 impl Pipeline {
@@ -124,6 +125,7 @@ impl Pipeline {
             prefix: String::new(),
             ready: tokio::sync::watch::Sender::new(false),
             compat_headers: true,
+            middlewares: Default::default(),
         };
         pipeline.resolve_routes();
         pipeline
@@ -134,6 +136,12 @@ impl Pipeline {
     /// incoming `correlation_id` is still passed on.
     pub fn with_compat_headers(mut self, on: bool) -> Self {
         self.compat_headers = on;
+        self
+    }
+
+    /// Runs `middlewares` around every message (see [`crate::Middleware`]).
+    pub(crate) fn with_middlewares(mut self, middlewares: crate::middleware::Middlewares) -> Self {
+        self.middlewares = middlewares;
         self
     }
 
@@ -261,6 +269,36 @@ impl Pipeline {
     }
 
     async fn handle_in_span(
+        &self,
+        route: &RouteDef,
+        msg: Message,
+        interrupt: Option<&Shutdown>,
+        span: &tracing::Span,
+    ) -> Outcome {
+        if self.middlewares.is_empty() {
+            return self.handle_inner(route, msg, interrupt, span).await;
+        }
+        if let Err(refused) = self.middlewares.before(&msg).await {
+            let policy = self.policy(route);
+            let action = refused.action();
+            let mut outcome = self.conclude(
+                route,
+                policy,
+                &msg,
+                HandlerError::Rejected(refused),
+                0,
+                action,
+            );
+            self.middlewares.after(&msg, &mut outcome);
+            return outcome;
+        }
+        let seen = msg.clone();
+        let mut outcome = self.handle_inner(route, msg, interrupt, span).await;
+        self.middlewares.after(&seen, &mut outcome);
+        outcome
+    }
+
+    async fn handle_inner(
         &self,
         route: &RouteDef,
         msg: Message,

@@ -20,6 +20,7 @@ mod error;
 mod extract;
 mod handler;
 mod message;
+mod middleware;
 mod outcome;
 mod policy;
 mod route;
@@ -35,6 +36,7 @@ pub use extract::{
 };
 pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
 pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
+pub use middleware::Middleware;
 pub use outcome::{Reply, Response, ResponseMeta};
 pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,

@@ -1,0 +1,118 @@
+//! Middleware: code that runs around every message's handling and every publish, registered
+//! once on the app (`FastStream::middleware`) instead of written into each handler.
+//!
+//! A middleware sees the message before its handler runs (and may refuse it: the refusal is a
+//! [`Failure`] handled by the route's failure policy, so a refused message is skipped,
+//! dead-lettered or stops the partition as the failure says), sees the outcome after, and may
+//! change every outgoing message: returned outputs, dead-letter copies and `Publisher`
+//! publishes. With none registered, nothing runs and nothing is allocated.
+
+use std::sync::Arc;
+
+use crate::handler::Outcome;
+use crate::message::{Message, OutgoingMessage};
+use crate::policy::Failure;
+use crate::transport::{BoxFuture, Publish};
+use crate::Result;
+
+/// Runs around message handling and publishing. Every method has a default that does nothing,
+/// so a middleware implements only what it needs.
+///
+/// ```
+/// use faststream_core::{Failure, Message, Middleware, OutgoingMessage, BoxFuture};
+///
+/// /// Refuses messages without a tenant header; stamps every output with this service's name.
+/// struct Tenancy;
+///
+/// impl Middleware for Tenancy {
+///     fn before<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
+///         let ok = msg.headers.get("x-tenant").is_some();
+///         Box::pin(async move {
+///             if ok { Ok(()) } else { Err(Failure::dead_letter("no x-tenant header")) }
+///         })
+///     }
+///
+///     fn publish(&self, out: &mut OutgoingMessage) {
+///         out.headers.insert("x-produced-by", "billing");
+///     }
+/// }
+/// ```
+pub trait Middleware: Send + Sync + 'static {
+    /// Before the handler: `Err` refuses the message (the handler does not run; the failure
+    /// policy applies to the `Failure`, error kind `rejected`).
+    fn before<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = msg;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// After the handler (and retries), with the outcome; outputs are not yet published.
+    fn after(&self, msg: &Message, outcome: &Outcome) {
+        let _ = (msg, outcome);
+    }
+
+    /// On every message about to be published (returned outputs, dead-letter copies, and
+    /// `Publisher` publishes): add headers, change the key.
+    fn publish(&self, out: &mut OutgoingMessage) {
+        let _ = out;
+    }
+}
+
+/// The registered middlewares, in registration order (`before` and `publish` run in that
+/// order, `after` in reverse, as layers do).
+#[derive(Clone, Default)]
+pub(crate) struct Middlewares(pub(crate) Vec<Arc<dyn Middleware>>);
+
+impl std::fmt::Debug for Middlewares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Middlewares({})", self.0.len())
+    }
+}
+
+impl Middlewares {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) async fn before(&self, msg: &Message) -> Result<(), Failure> {
+        for m in &self.0 {
+            m.before(msg).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn after(&self, msg: &Message, outcome: &mut Outcome) {
+        for m in self.0.iter().rev() {
+            m.after(msg, outcome);
+        }
+        let outputs = match outcome {
+            Outcome::Done(out) | Outcome::Unacked(out) => out,
+            Outcome::DeadLettered { dlq, .. } => {
+                self.publish(dlq);
+                return;
+            }
+            _ => return,
+        };
+        for out in outputs {
+            self.publish(out);
+        }
+    }
+
+    pub(crate) fn publish(&self, out: &mut OutgoingMessage) {
+        for m in &self.0 {
+            m.publish(out);
+        }
+    }
+}
+
+/// A `Publish` sink that passes every message through the middlewares first.
+pub(crate) struct PublishThrough {
+    pub(crate) inner: Arc<dyn Publish>,
+    pub(crate) middlewares: Middlewares,
+}
+
+impl Publish for PublishThrough {
+    fn send(&self, mut msg: OutgoingMessage) -> BoxFuture<'_, crate::Result<()>> {
+        self.middlewares.publish(&mut msg);
+        self.inner.send(msg)
+    }
+}

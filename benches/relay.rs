@@ -8,7 +8,10 @@
 //! Pre-fills one input topic per relay with N seed-shaped JSON messages over P partitions, then
 //! runs, each in a child process of its own (so CPU time and peak RSS are that relay's alone):
 //! - `raw`: a relay written directly on rskafka (fetch each partition, parse, format, produce
-//!   each fetched batch with a bounded window of requests in flight);
+//!   each fetched batch with a bounded window of requests in flight), writing no headers;
+//! - `raw-headers`: the same, writing FastStream's two headers (`content-type`, and a
+//!   `correlation_id` of the same length as the framework's): byte-for-byte the framework's
+//!   output, so `framework / raw-headers` compares the same work (and `bare / raw` too);
 //! - `framework`: the seed handler (`#[subscriber]` + `#[publisher]`) on `KafkaBroker`;
 //! - `framework-bare`: the same with `compat_headers(false)` (no FastStream headers);
 //! - `pipeline`: the framework's handler pipeline alone, in memory (no network).
@@ -17,8 +20,11 @@
 //!   (1000 keys), one message at a time per partition and with `concurrency = 100`, on N / 50
 //!   messages (at least 3000).
 //!
-//! A relay's clock runs from its start until the output topic holds all N messages (read from
-//! the fetch high watermarks), and the output count is checked to be exactly N.
+//! The parent process times each relay child from its start until the output topic holds all
+//! N messages (it polls the fetch high watermarks itself, so the polling costs the measured
+//! process nothing), checks the count is exactly N, then stops the child, which reports its CPU
+//! time and peak RSS. With `KAFKA_BROKER_PID` set (`scripts/kafka-dev run` sets it), the broker's
+//! own CPU per message during each row is printed too: the broker shares the machine's cores.
 
 use std::collections::VecDeque;
 use std::process::Command;
@@ -118,6 +124,8 @@ struct Figures {
     seconds: f64,
     cpu_seconds: f64,
     peak_rss_kib: u64,
+    /// The broker's CPU time during the row (when its pid is known).
+    broker_cpu_seconds: Option<f64>,
 }
 
 fn main() {
@@ -148,6 +156,7 @@ async fn parent(args: Args) {
     let mut results = Vec::new();
     for kind in [
         "raw",
+        "raw-headers",
         "framework",
         "framework-bare",
         "pipeline",
@@ -159,12 +168,13 @@ async fn parent(args: Args) {
             continue;
         }
         let prefix = format!("bench{stamp}-{kind}.");
-        if kind == "raw" || kind.starts_with("framework") || kind.starts_with("io-") {
+        let networked = kind.starts_with("raw") || kind.starts_with("framework") || kind.starts_with("io-");
+        let mut fill = args.clone();
+        if kind.starts_with("io-") {
+            fill.messages = io_messages(&args);
+        }
+        if networked {
             let t = Instant::now();
-            let mut fill = args.clone();
-            if kind.starts_with("io-") {
-                fill.messages = io_messages(&args);
-            }
             prefill(&client, &prefix, &fill, kind.starts_with("io-")).await;
             println!(
                 "  {kind}: pre-filled {}in_topic in {:.1?}",
@@ -172,12 +182,27 @@ async fn parent(args: Args) {
                 t.elapsed()
             );
         }
-        let out = Command::new(std::env::current_exe().unwrap())
+        let broker0 = broker_cpu_seconds();
+        let started = Instant::now();
+        let child = Command::new(std::env::current_exe().unwrap())
             .args(["--child", kind, "--prefix", &prefix])
             .args(["--messages", &args.messages.to_string()])
             .args(["--partitions", &args.partitions.to_string()])
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("run child");
+        let mut seconds = None;
+        if networked {
+            wait_for_output(&client, &format!("{prefix}out-topic"), &fill).await;
+            seconds = Some(started.elapsed().as_secs_f64());
+            // Done: the child reports its figures when told to stop.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let broker = broker_cpu_seconds().zip(broker0).map(|(b1, b0)| b1 - b0);
+        let out = child.wait_with_output().expect("child output");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -192,17 +217,18 @@ async fn parent(args: Args) {
         results.push((
             kind,
             Figures {
-                seconds: f[0],
+                seconds: seconds.unwrap_or(f[0]),
                 cpu_seconds: f[1],
                 peak_rss_kib: f[2] as u64,
+                broker_cpu_seconds: broker.filter(|_| networked),
             },
         ));
     }
     let n = args.messages as f64;
     println!();
     println!(
-        "{:<12} {:>12} {:>16} {:>14}",
-        "", "msgs/s", "CPU s / 100k", "peak RSS MiB"
+        "{:<14} {:>12} {:>16} {:>14} {:>20}",
+        "", "msgs/s", "CPU s / 100k", "peak RSS MiB", "broker CPU s / 100k"
     );
     let io_n = io_messages(&args) as f64;
     for (kind, f) in &results {
@@ -213,18 +239,22 @@ async fn parent(args: Args) {
             );
         }
         let n = if kind.starts_with("io-") { io_n } else { n };
+        let broker = f
+            .broker_cpu_seconds
+            .map_or("n/a".to_owned(), |b| format!("{:.3}", b / n * 100_000.0));
         println!(
-            "{:<12} {:>12.0} {:>16.3} {:>14.1}",
+            "{:<14} {:>12.0} {:>16.3} {:>14.1} {:>20}",
             kind,
             n / f.seconds,
             f.cpu_seconds / n * 100_000.0,
-            f.peak_rss_kib as f64 / 1024.0
+            f.peak_rss_kib as f64 / 1024.0,
+            broker
         );
     }
     let find = |k: &str| results.iter().find(|(kind, _)| *kind == k).map(|(_, f)| *f);
     if let (Some(seq), Some(par)) = (find("io-seq"), find("io-par")) {
         println!(
-            "{:<12} {:>12.2} {:>16.2} {:>14.2}",
+            "{:<14} {:>12.2} {:>16.2} {:>14.2}",
             "par / seq",
             seq.seconds / par.seconds,
             par.cpu_seconds / seq.cpu_seconds,
@@ -234,17 +264,21 @@ async fn parent(args: Args) {
     if args.only.is_none() || args.only.as_deref() == Some("sizing") {
         request_sizing(&client, stamp).await;
     }
-    let Some(raw) = find("raw") else {
-        return;
-    };
-    for (kind, fw) in results.iter().filter(|(k, _)| k.starts_with("framework")) {
-        println!(
-            "{:<12} {:>12.2} {:>16.2} {:>14.2}",
-            format!("{} / raw", if *kind == "framework" { "fw" } else { "bare" }),
-            raw.seconds / fw.seconds,
-            fw.cpu_seconds / raw.cpu_seconds,
-            fw.peak_rss_kib as f64 / raw.peak_rss_kib as f64
-        );
+    // The same work side by side: headers against headers, none against none.
+    for (fw, base, label) in [
+        ("framework", "raw-headers", "fw / raw-hdr"),
+        ("framework-bare", "raw", "bare / raw"),
+        ("framework", "raw", "fw / raw"),
+    ] {
+        if let (Some(fw), Some(base)) = (find(fw), find(base)) {
+            println!(
+                "{:<14} {:>12.2} {:>16.2} {:>14.2}",
+                label,
+                base.seconds / fw.seconds,
+                fw.cpu_seconds / base.cpu_seconds,
+                fw.peak_rss_kib as f64 / base.peak_rss_kib as f64
+            );
+        }
     }
     println!("(throughput ratio: higher is better; CPU and RSS ratios: lower is better)");
 }
@@ -358,21 +392,37 @@ async fn partition(client: &Client, topic: &str, p: i32) -> PartitionClient {
 async fn child(kind: &str, args: &Args) {
     let cpu0 = cpu_seconds();
     let started = Instant::now();
+    let relay = async {
+        match kind {
+            "raw" => raw_relay(args, false).await,
+            "raw-headers" => raw_relay(args, true).await,
+            "framework" => framework_relay(args, true).await,
+            "framework-bare" => framework_relay(args, false).await,
+            "io-seq" | "io-par" => {
+                let mut io = args.clone();
+                io.messages = io_messages(args);
+                io_relay(&io, kind == "io-par").await
+            }
+            other => panic!("unknown child {other}"),
+        }
+    };
     match kind {
-        "raw" => raw_relay(args).await,
-        "framework" => framework_relay(args, true).await,
-        "framework-bare" => framework_relay(args, false).await,
         "pipeline" => pipeline_only(args).await,
         "test-broker" => test_broker(args).await,
-        "io-seq" | "io-par" => {
-            let mut io = args.clone();
-            io.messages = io_messages(args);
-            io_relay(&io, kind == "io-par").await
+        // A relay runs until the parent saw all its output and tells it to stop.
+        _ => {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+            tokio::select! {
+                () = relay => {}
+                _ = term.recv() => {}
+            }
         }
-        other => panic!("unknown child {other}"),
     }
     let seconds = started.elapsed().as_secs_f64();
     println!("{seconds} {} {}", cpu_seconds() - cpu0, peak_rss_kib());
+    // Exit without a graceful shutdown: it is not part of what is measured.
+    std::process::exit(0);
 }
 
 /// Waits until the output topic holds exactly `n` messages (sum of high watermarks).
@@ -403,7 +453,7 @@ async fn wait_for_output(client: &Client, topic: &str, args: &Args) {
     }
 }
 
-async fn raw_relay(args: &Args) {
+async fn raw_relay(args: &Args, headers: bool) {
     let client = Arc::new(ClientBuilder::new(vec![bootstrap()]).build().await.unwrap());
     let per_partition = args.messages / args.partitions as usize;
     let mut tasks = tokio::task::JoinSet::new();
@@ -442,14 +492,26 @@ async fn raw_relay(args: &Args) {
                     .map(|r| {
                         let s: Seed =
                             serde_json::from_slice(r.record.value.as_deref().unwrap()).unwrap();
-                        Record {
+                        let mut record = Record {
                             key: None,
                             value: Some(
                                 format!("User: {} - {} registered", s.user_id, s.user).into_bytes(),
                             ),
                             headers: Default::default(),
                             timestamp: chrono::Utc::now(),
+                        };
+                        if headers {
+                            // What the framework writes: its content type, and a correlation id
+                            // in its format (a UUID's 36 characters).
+                            record
+                                .headers
+                                .insert("content-type".into(), b"text/plain".to_vec());
+                            record.headers.insert(
+                                "correlation_id".into(),
+                                format!("{:08x}-0000-4000-8000-{:012x}", p, r.offset).into_bytes(),
+                            );
                         }
+                        record
                     })
                     .collect();
                 let output = output.clone();
@@ -469,31 +531,23 @@ async fn raw_relay(args: &Args) {
             fetcher.abort();
         });
     }
-    wait_for_output(&client, &format!("{}out-topic", args.prefix), args).await;
     while tasks.join_next().await.is_some() {}
+    std::future::pending::<()>().await;
 }
 
 /// The seed handler on `KafkaBroker`; `compat` = FastStream's headers on every output.
 async fn framework_relay(args: &Args, compat: bool) {
     let broker = KafkaBroker::new(&bootstrap());
-    let client = broker.client().await.unwrap();
     let app = FastStream::new(broker)
         .with_routes(routes![handle_msg])
         .compat_headers(compat)
         .topic_prefix(args.prefix.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(app.run_until(async {
-        let _ = rx.await;
-    }));
-    wait_for_output(&client, &format!("{}out-topic", args.prefix), args).await;
-    let _ = tx.send(());
-    running.await.unwrap().unwrap();
+    app.run_until(std::future::pending()).await.unwrap();
 }
 
 /// The I/O-bound handler on `KafkaBroker`, sequential or with `concurrency = 100`.
 async fn io_relay(args: &Args, parallel: bool) {
     let broker = KafkaBroker::new(&bootstrap());
-    let client = broker.client().await.unwrap();
     let routes = if parallel {
         routes![io_par]
     } else {
@@ -502,13 +556,7 @@ async fn io_relay(args: &Args, parallel: bool) {
     let app = FastStream::new(broker)
         .with_routes(routes)
         .topic_prefix(args.prefix.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(app.run_until(async {
-        let _ = rx.await;
-    }));
-    wait_for_output(&client, &format!("{}out-topic", args.prefix), args).await;
-    let _ = tx.send(());
-    running.await.unwrap().unwrap();
+    app.run_until(std::future::pending()).await.unwrap();
 }
 
 /// The handler pipeline alone: decode, call, encode, address the outputs; no broker at all.
@@ -560,13 +608,24 @@ async fn test_broker(args: &Args) {
 
 /// User + system CPU time of this process, from /proc.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    process_cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// The broker's CPU time so far, if `KAFKA_BROKER_PID` names it.
+fn broker_cpu_seconds() -> Option<f64> {
+    let pid = std::env::var("KAFKA_BROKER_PID").ok()?;
+    process_cpu_seconds(&pid)
+}
+
+/// User + system CPU seconds of process `pid` (or `self`), from /proc.
+fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which is in parentheses).
     let rest = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok())?
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok())?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
 /// Peak resident set size of this process (KiB), from /proc.

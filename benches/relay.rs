@@ -168,7 +168,8 @@ async fn parent(args: Args) {
             continue;
         }
         let prefix = format!("bench{stamp}-{kind}.");
-        let networked = kind.starts_with("raw") || kind.starts_with("framework") || kind.starts_with("io-");
+        let networked =
+            kind.starts_with("raw") || kind.starts_with("framework") || kind.starts_with("io-");
         let mut fill = args.clone();
         if kind.starts_with("io-") {
             fill.messages = io_messages(&args);

@@ -945,3 +945,77 @@ async fn middleware_refuses_messages_and_stamps_outputs() {
     );
     running.stop().await.unwrap();
 }
+
+#[subscriber("probed", group_id = "probed", auto_offset_reset = "earliest")]
+async fn probed(_body: String) {}
+
+/// HTTP status of `GET url`, asked with Python's standard HTTP client; `None` if nothing answers.
+async fn http_status(url: String) -> Option<u16> {
+    let script = "import sys, urllib.request, urllib.error\n\
+        try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n\
+        except urllib.error.HTTPError as e:\n    print(e.code)\n\
+        except Exception:\n    print(0)";
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &url])
+        .output()
+        .await
+        .ok()?;
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (code != 0).then_some(code)
+}
+
+static STOPPING_READY: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+
+/// The probes: not ready until the group assigned the partitions, ready then, not ready as soon
+/// as shutdown begins; live throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_follow_the_app() {
+    let prefix = unique_prefix("probed");
+    let client = raw_client().await;
+    create_topic(&client, &format!("{prefix}probed"), 1).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready_url = format!("{base}/health/ready");
+    let during = ready_url.clone();
+    let service = app(routes![probed], &prefix)
+        .health(([127, 0, 0, 1], port).into())
+        .on_shutdown(move |_| async move {
+            *STOPPING_READY.lock().unwrap() = http_status(during).await;
+            Ok::<_, String>(())
+        });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(service.run_until(async {
+        let _ = stopped.await;
+    }));
+    // The first answer comes before the group assigned anything.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let first = loop {
+        if let Some(code) = http_status(ready_url.clone()).await {
+            break code;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the probes answer");
+    };
+    assert_eq!(first, 503, "not ready before the partitions are assigned");
+    assert_eq!(http_status(format!("{base}/health/live")).await, Some(200));
+    assert_eq!(http_status(format!("{base}/nothing")).await, Some(404));
+    while http_status(ready_url.clone()).await != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline, "ready in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        *STOPPING_READY.lock().unwrap(),
+        Some(503),
+        "not ready once shutdown began"
+    );
+    assert_eq!(
+        http_status(ready_url).await,
+        None,
+        "the probes stop with the app"
+    );
+}

@@ -111,6 +111,7 @@ pub struct FastStream<T> {
     compat_headers: bool,
     hooks: Hooks,
     middlewares: crate::middleware::Middlewares,
+    health: Option<std::net::SocketAddr>,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -127,7 +128,17 @@ impl<T: Transport> FastStream<T> {
             compat_headers: true,
             hooks: Hooks::default(),
             middlewares: Default::default(),
+            health: None,
         }
+    }
+
+    /// Serves health probes on `addr` (for example `0.0.0.0:8080`): `GET /health/live` (200
+    /// while the app runs) and `GET /health/ready` (200 once every subscription is consumed; 503
+    /// before, and from the moment shutdown begins, so a load balancer stops sending work first).
+    /// In-process, [`FastStream::ready`] gives the same readiness.
+    pub fn health(mut self, addr: std::net::SocketAddr) -> Self {
+        self.health = Some(addr);
+        self
     }
 
     /// Runs `middleware` around every message's handling and every publish (see
@@ -259,7 +270,21 @@ impl<T: Transport> FastStream<T> {
             compat_headers,
             hooks,
             middlewares,
+            health,
         } = self;
+        let probes = Arc::new(crate::health::Health::default());
+        let _probes_task = match health {
+            Some(addr) => Some(AbortOnDrop(
+                crate::health::serve(addr, probes.clone())
+                    .await
+                    .map_err(|e| Error::Hook {
+                        stage: "health",
+                        index: 1,
+                        reason: format!("cannot serve health probes on {addr}: {e}"),
+                    })?,
+            )),
+            None => None,
+        };
         let publisher = if middlewares.is_empty() {
             Publisher::new(transport.clone())
         } else {
@@ -310,6 +335,7 @@ impl<T: Transport> FastStream<T> {
                 }
                 () = &mut signal => break,
                 true = is_ready.wait(), if after_startup.is_some() => {
+                    probes.ready.store(true, std::sync::atomic::Ordering::SeqCst);
                     let hooks = after_startup.take().unwrap_or_default();
                     if let Err(e) = run_hooks("after_startup", hooks, &app_ctx).await {
                         failed = Some(e);
@@ -318,6 +344,9 @@ impl<T: Transport> FastStream<T> {
                 }
             }
         }
+        probes
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(timeout = ?shutdown_timeout, "shutting down");
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
         let on_shutdown = run_hooks("on_shutdown", hooks.on_shutdown, &app_ctx).await;
@@ -355,5 +384,14 @@ pub async fn termination_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

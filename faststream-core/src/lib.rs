@@ -19,6 +19,7 @@ mod codec;
 mod error;
 mod extract;
 mod handler;
+mod health;
 mod message;
 mod middleware;
 mod outcome;

@@ -70,11 +70,7 @@ impl Proxy {
 /// the proxy), its bootstrap address, and a plain client.
 async fn broker_behind_proxy() -> (OwnBroker, Proxy, String, rskafka::client::Client) {
     init_logs();
-    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let proxy_port = free_port();
     let (broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
     let proxy = Proxy::start_on(proxy_port, broker_addr).await;
     let bootstrap = format!("127.0.0.1:{}", proxy.port);
@@ -240,11 +236,7 @@ fn grown(topic: &str) -> Vec<String> {
 /// partitions: the metadata refresh finds them and they are consumed without a restart.
 async fn consumes_partitions_that_appear(topic: &str, route: &'static faststream::RouteDef) {
     init_logs();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let (broker, addr) = OwnBroker::start_on(port, None).await;
     let client = rskafka::client::ClientBuilder::new(vec![addr.clone()])
         .build()

@@ -258,11 +258,7 @@ async fn bad_messages_are_logged_and_good_ones_still_processed() {
 async fn broker_down_at_startup_is_a_clear_error_within_the_timeout() {
     init_logs();
     // A port nothing listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let broker = KafkaBroker::builder(&format!("127.0.0.1:{port}"))
         .connect_timeout(Duration::from_secs(2))
         .build();
@@ -973,11 +969,7 @@ async fn health_probes_follow_the_app() {
     let prefix = unique_prefix("probed");
     let client = raw_client().await;
     create_topic(&client, &format!("{prefix}probed"), 1).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let ready_url = format!("{base}/health/ready");
     let during = ready_url.clone();

@@ -20,14 +20,18 @@ use faststream::{publisher, routes, subscriber, FastStream, State, Topic};
 /// A broker of the test's own behind a secured front; returns both and the front's address.
 async fn secured(config: FrontConfig) -> (OwnBroker, SecureFront, String) {
     init_logs();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let (broker, broker_addr) = OwnBroker::start(Some(port)).await;
     let front = SecureFront::start_on(port, broker_addr, config).await;
     (broker, front, format!("127.0.0.1:{port}"))
+}
+
+/// A front that only terminates TLS (requiring a client certificate with `client_auth`).
+fn tls_only(pki: &Pki, client_auth: bool) -> FrontConfig {
+    FrontConfig {
+        tls: Some(pki.server_config(client_auth)),
+        sasl: None,
+    }
 }
 
 fn logins(mechanisms: &[&'static str]) -> Logins {
@@ -78,18 +82,10 @@ async fn the_secured_front_works_for_an_independent_client() {
     let cert = write_pem(&dir, "client.pem", &pki.client_cert_pem);
     let key = write_pem(&dir, "client.key", &pki.client_key_pem);
 
-    let (_b, _f, tls_only) = secured(FrontConfig {
-        tls: Some(pki.server_config(false)),
-        sasl: None,
-    })
-    .await;
-    aiokafka(&tls_only, &["SSL", "--ca", &ca]).await.unwrap();
+    let (_b, _f, tls_port) = secured(tls_only(&pki, false)).await;
+    aiokafka(&tls_port, &["SSL", "--ca", &ca]).await.unwrap();
 
-    let (_b, _f, mtls) = secured(FrontConfig {
-        tls: Some(pki.server_config(true)),
-        sasl: None,
-    })
-    .await;
+    let (_b, _f, mtls) = secured(tls_only(&pki, true)).await;
     aiokafka(&mtls, &["SSL", "--ca", &ca, "--cert", &cert, "--key", &key])
         .await
         .unwrap();
@@ -305,10 +301,7 @@ async fn relays_over_sasl_plaintext_with_plain_and_scram_sha_256() {
 async fn relays_over_tls_and_mtls() {
     let pki = Pki::new();
     relay_through(
-        FrontConfig {
-            tls: Some(pki.server_config(false)),
-            sasl: None,
-        },
+        tls_only(&pki, false),
         Some((&pki, false)),
         None,
         Security::ssl(Tls::ca_pem(pki.ca_pem.as_bytes()).unwrap()),
@@ -323,10 +316,7 @@ async fn relays_over_tls_and_mtls() {
         )
         .unwrap();
     relay_through(
-        FrontConfig {
-            tls: Some(pki.server_config(true)),
-            sasl: None,
-        },
+        tls_only(&pki, true),
         Some((&pki, true)),
         None,
         Security::ssl(tls),
@@ -512,11 +502,7 @@ async fn each_connection_failure_is_named_at_startup() {
     assert!(err.contains("not trusted"), "untrusted certificate: {err}");
 
     let other = Pki::for_names(vec!["kafka.example.com".into()]);
-    let (_b2, _f2, misnamed) = secured(FrontConfig {
-        tls: Some(other.server_config(false)),
-        sasl: None,
-    })
-    .await;
+    let (_b2, _f2, misnamed) = secured(tls_only(&other, false)).await;
     let err = startup_error(
         &misnamed,
         Security::ssl(Tls::ca_pem(other.ca_pem.as_bytes()).unwrap()),
@@ -547,22 +533,14 @@ async fn each_connection_failure_is_named_at_startup() {
         "TLS to a plaintext port: {err}"
     );
 
-    let (_b4, _f4, tls_port) = secured(FrontConfig {
-        tls: Some(pki.server_config(false)),
-        sasl: None,
-    })
-    .await;
+    let (_b4, _f4, tls_port) = secured(tls_only(&pki, false)).await;
     let err = startup_error(&tls_port, Security::plaintext()).await;
     assert!(
         err.contains("TLS listener"),
         "plaintext to a TLS port: {err}"
     );
 
-    let (_b5, _f5, mtls) = secured(FrontConfig {
-        tls: Some(pki.server_config(true)),
-        sasl: None,
-    })
-    .await;
+    let (_b5, _f5, mtls) = secured(tls_only(&pki, true)).await;
     let err = startup_error(&mtls, Security::ssl(ca())).await;
     assert!(
         err.contains("client certificate"),

@@ -68,11 +68,7 @@ fn header(r: &rskafka::record::RecordAndOffset, name: &str) -> String {
 /// the service goes through the proxy; returns the broker's own address too.
 async fn broker_behind_kafka_proxy() -> (OwnBroker, KafkaProxy, String, String) {
     init_logs();
-    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let proxy_port = free_port();
     let (broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
     let proxy = KafkaProxy::start_on(proxy_port, broker_addr.clone()).await;
     (

@@ -560,15 +560,7 @@ impl PartitionConsumer {
         if unacked && outputs.is_empty() {
             return Ok(());
         }
-        let queued = if outputs.is_empty() {
-            Default::default()
-        } else {
-            self.rt
-                .producers
-                .enqueue(&self.rt.client, outputs)
-                .await
-                .map_err(|e| (offset, format!("outputs cannot be queued: {e}")))?
-        };
+        let queued = self.enqueue(offset, outputs).await?;
         acking.spawn(async move {
             let mut failure = queued.refused.into_iter().next().map(|(_, r)| r);
             for (_, ack) in queued.groups {
@@ -618,6 +610,22 @@ impl PartitionConsumer {
         self.rt.pipeline.fail(self.route, &msg, error)
     }
 
+    /// Queues outputs of the message(s) from `offset` on (nothing for none).
+    async fn enqueue(
+        &self,
+        offset: i64,
+        outputs: Vec<OutgoingMessage>,
+    ) -> Result<crate::produce::Enqueued, (i64, String)> {
+        if outputs.is_empty() {
+            return Ok(Default::default());
+        }
+        self.rt
+            .producers
+            .enqueue(&self.rt.client, outputs)
+            .await
+            .map_err(|e| (offset, format!("outputs cannot be queued: {e}")))
+    }
+
     /// Queues the chunk's outputs; its messages are done once the broker acknowledged them.
     async fn flush(&self, chunk: &mut Chunk, inflight: &mut InFlight) -> Result<(), (i64, String)> {
         let Some((first, last)) = chunk.span.take() else {
@@ -627,15 +635,7 @@ impl PartitionConsumer {
         let owners = std::mem::take(&mut chunk.owners);
         let messages = std::mem::take(&mut chunk.messages);
         chunk.bytes = 0;
-        let queued = if outputs.is_empty() {
-            Default::default()
-        } else {
-            self.rt
-                .producers
-                .enqueue(&self.rt.client, outputs)
-                .await
-                .map_err(|e| (first, format!("outputs cannot be queued: {e}")))?
-        };
+        let queued = self.enqueue(first, outputs).await?;
         inflight.push_back(Queued {
             first,
             last,

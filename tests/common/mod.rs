@@ -64,11 +64,7 @@ pub fn python() -> std::path::PathBuf {
 /// test process is gone (statics are never dropped, so no destructor would).
 fn start_local_broker() -> String {
     let bin = install();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let watch = format!(
         "\"$0\" broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} --storage-engine memory://tansu/ >/dev/null 2>&1 & b=$!; \
          trap 'kill $b 2>/dev/null' EXIT; \
@@ -91,6 +87,15 @@ fn start_local_broker() -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the local test broker did not start on {addr}");
+}
+
+/// A loopback port nothing listens on now (bound, noted, closed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A topic prefix no other test (or earlier run) uses.

@@ -398,3 +398,58 @@ async fn a_test_broker_can_run_every_registered_route() {
         Some(r#"["chain-a","4"]"#)
     );
 }
+
+#[subscriber("fan-in")]
+#[publisher("fan-mid")]
+async fn fan_first(s: String) -> String {
+    tokio::task::yield_now().await;
+    s
+}
+
+#[subscriber("fan-mid")]
+#[publisher("fan-out")]
+async fn fan_second(s: String) -> String {
+    tokio::task::yield_now().await;
+    s
+}
+
+/// Publish chains are counted per chain: many concurrent publishes are no "publish loop".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_not_a_loop() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![fan_first, fan_second])
+        .build()
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let broker = broker.clone();
+        tasks.spawn(async move { broker.publish(i.to_string(), "fan-in").await });
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.unwrap().unwrap();
+    }
+    assert_eq!(broker.published("fan-out").len(), 64);
+}
+
+struct Stamp;
+
+impl faststream::Middleware for Stamp {
+    fn publish(&self, out: &mut faststream::OutgoingMessage) {
+        out.headers.insert("x-stamp", "1");
+    }
+}
+
+/// The test broker runs middlewares like the app does.
+#[tokio::test]
+async fn middlewares_run_in_the_test_broker() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![fan_first])
+        .middleware(Stamp)
+        .build()
+        .unwrap();
+    broker.publish("a", "fan-in").await.unwrap();
+    assert_eq!(
+        broker.published("fan-mid")[0].headers.get_str("x-stamp"),
+        Some("1")
+    );
+}

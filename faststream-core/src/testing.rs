@@ -19,7 +19,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::de::DeserializeOwned;
@@ -70,7 +69,12 @@ struct Log {
 struct Inner {
     pipeline: Pipeline,
     log: Mutex<Log>,
-    depth: AtomicUsize,
+}
+
+tokio::task_local! {
+    /// How deep the publish being delivered is nested in the chain that started it (handlers
+    /// publishing what handlers publish). Per chain, so concurrent publishes do not add up.
+    static DEPTH: usize;
 }
 
 /// Builds a [`TestBroker`] with state and an explicit route list.
@@ -79,6 +83,7 @@ pub struct TestBrokerBuilder {
     routes: Option<Vec<&'static RouteDef>>,
     state: StateMap,
     policy: Option<FailurePolicy>,
+    middlewares: crate::middleware::Middlewares,
 }
 
 impl TestBrokerBuilder {
@@ -100,20 +105,34 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// Runs `middleware` around every handling and publish, as `FastStream::middleware`.
+    pub fn middleware(mut self, middleware: impl crate::Middleware) -> Self {
+        self.middlewares.0.push(Arc::new(middleware));
+        self
+    }
+
     /// Validates the routes as the app does at startup and builds the broker.
     pub fn build(self) -> Result<TestBroker> {
         let routes = resolve_routes(self.routes, &self.state)?;
         let state = Arc::new(self.state);
+        let middlewares = self.middlewares;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let publisher = Publisher::new(Arc::new(Sink(weak.clone())));
-            let mut pipeline = Pipeline::new(routes, Context::new(state, publisher));
+            let sink: Arc<dyn Publish> = Arc::new(Sink(weak.clone()));
+            let publisher = match middlewares.is_empty() {
+                true => Publisher::new(sink),
+                false => Publisher::new(Arc::new(crate::middleware::PublishThrough {
+                    inner: sink,
+                    middlewares: middlewares.clone(),
+                })),
+            };
+            let mut pipeline =
+                Pipeline::new(routes, Context::new(state, publisher)).with_middlewares(middlewares);
             if let Some(policy) = self.policy {
                 pipeline = pipeline.with_failure_policy(policy);
             }
             Inner {
                 pipeline,
                 log: Mutex::new(Log::default()),
-                depth: AtomicUsize::new(0),
             }
         });
         Ok(TestBroker { inner })
@@ -193,10 +212,10 @@ impl TestBroker {
 impl Inner {
     fn deliver(self: Arc<Self>, out: OutgoingMessage) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let depth = self.depth.fetch_add(1, Ordering::SeqCst);
-            let result = self.clone().deliver_at_depth(out, depth).await;
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-            result
+            let depth = DEPTH.try_with(|d| *d).unwrap_or(0);
+            DEPTH
+                .scope(depth + 1, self.clone().deliver_at_depth(out, depth))
+                .await
         })
     }
 

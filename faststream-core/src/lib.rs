@@ -43,8 +43,8 @@ pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,
 };
 pub use route::{
-    registered_routes, validate, Assignor, OffsetReset, RouteDef, RouteProblem, StateReq,
-    SubscriberDef,
+    registered_routes, validate, Assignor, GroupTimings, OffsetReset, RouteDef, RouteProblem,
+    StateReq, SubscriberDef,
 };
 pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
 

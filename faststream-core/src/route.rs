@@ -39,6 +39,31 @@ impl Assignor {
     }
 }
 
+/// Consumer-group timings of a subscriber, in milliseconds, each if set on the route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupTimings {
+    /// `session_timeout_ms`.
+    pub session_timeout_ms: Option<u32>,
+    /// `heartbeat_interval_ms`.
+    pub heartbeat_interval_ms: Option<u32>,
+    /// `rebalance_timeout_ms`.
+    pub rebalance_timeout_ms: Option<u32>,
+    /// `commit_interval_ms`.
+    pub commit_interval_ms: Option<u32>,
+}
+
+impl GroupTimings {
+    /// Each timing set here, else the one of `other`.
+    pub fn or(self, other: GroupTimings) -> GroupTimings {
+        GroupTimings {
+            session_timeout_ms: self.session_timeout_ms.or(other.session_timeout_ms),
+            heartbeat_interval_ms: self.heartbeat_interval_ms.or(other.heartbeat_interval_ms),
+            rebalance_timeout_ms: self.rebalance_timeout_ms.or(other.rebalance_timeout_ms),
+            commit_interval_ms: self.commit_interval_ms.or(other.commit_interval_ms),
+        }
+    }
+}
+
 /// One `#[subscriber(...)]`: topics and consumer options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscriberDef {
@@ -115,15 +140,14 @@ impl SubscriberDef {
         self.assignor
     }
 
-    /// `(session timeout, heartbeat interval, rebalance timeout, commit interval)` in
-    /// milliseconds, each if set on the route.
-    pub fn group_timings(&self) -> [Option<u32>; 4] {
-        [
-            self.session_timeout_ms,
-            self.heartbeat_interval_ms,
-            self.rebalance_timeout_ms,
-            self.commit_interval_ms,
-        ]
+    /// The consumer-group timings the route sets (each `None` where it keeps the default).
+    pub fn group_timings(&self) -> GroupTimings {
+        GroupTimings {
+            session_timeout_ms: self.session_timeout_ms,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            rebalance_timeout_ms: self.rebalance_timeout_ms,
+            commit_interval_ms: self.commit_interval_ms,
+        }
     }
 
     /// Sets the consumer group.

@@ -25,7 +25,7 @@ use faststream_core::{
 use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::Config;
+use crate::config::Config;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
 use crate::offsets::{OffsetTracker, Position};

@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::broker::Config;
+use crate::config::Config;
 use crate::protocol::{Conn, ConnError};
 use crate::records::{self, Aborted, Decoded, Source};
 

@@ -43,21 +43,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::assign::{assign, encode_assignment};
-use crate::broker::Config;
+use crate::config::{Config, GroupSettings};
 use crate::consume::{AbortOnDrop, GroupLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::offsets::Position;
 use crate::protocol::{decode_versioned, encode_versioned, Conn, ConnError};
-
-/// Group timings and assignor, resolved from route options and broker defaults.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GroupSettings {
-    pub(crate) session_timeout: Duration,
-    pub(crate) heartbeat_interval: Duration,
-    pub(crate) rebalance_timeout: Duration,
-    pub(crate) commit_interval: Duration,
-    pub(crate) assignor: Assignor,
-}
 
 /// One subscription served by a group member.
 #[derive(Debug, Clone)]

@@ -2,27 +2,30 @@
 //! [rskafka](https://docs.rs/rskafka): pure Rust, no librdkafka.
 //!
 //! [`KafkaBroker`] implements the core's `Transport`: at startup it connects (bounded by the
-//! connect timeout), makes sure every subscribed and published topic exists, and starts one
-//! consumer per subscribed partition. Each consumer fetches, runs messages through the handler
-//! pipeline in offset order, and queues the outputs to batching producers (one per target
-//! partition, Kafka's murmur2 partitioner for keyed messages). On shutdown it stops fetching,
-//! finishes the message in hand, waits for the acks of everything it produced and flushes.
+//! connect timeout, TLS and SASL as [`Security`] says), makes sure every subscribed, published
+//! and dead-letter topic exists, and starts one consumer per subscribed partition. Each consumer
+//! fetches with its own requests and record-batch decoder, runs messages through the handler
+//! pipeline (in offset order, or key-ordered with `concurrency`), and queues the outputs to
+//! batching producers (rskafka, one per target partition, Kafka's murmur2 partitioner for keyed
+//! messages). On shutdown it stops fetching, finishes the messages in hand, waits for the acks of
+//! everything it produced and flushes.
 //!
 //! Routes with a `group_id` join that consumer group (Kafka's classic group protocol, spoken with
 //! the `kafka-protocol` crate since rskafka has no groups): partitions are assigned by the group,
 //! consumers start from committed offsets, and done offsets are committed periodically, on
 //! revoke and on shutdown (at-least-once by default).
 //!
-//! Modules, following one message: `consume` (the per-partition loop), `offsets` (where a
-//! partition stands: the position a group commits), `produce` (batching producers, the
-//! partitioner), `group` (membership: join, heartbeat task, commits, bounded drains), `assign`
-//! (the leader's range and round-robin assignors), `protocol` (the raw connection for the group
-//! APIs), `broker` (settings and startup).
-//!
-//! Not yet here: TLS and SASL settings.
+//! Modules, bottom up (each depends only on the ones above it): `config` (settings), `security`
+//! (TLS, SASL), `protocol` (one raw connection: framing, versions, TLS, SASL), `topics` (names,
+//! existence, creation), `records` (record-batch decoding: codecs, transactions), `fetch` (one
+//! partition's Fetch/ListOffsets), `offsets` (where a partition stands), `produce` (batching
+//! producers, the partitioner, produce errors), `consume` (the per-partition loop), `assign`
+//! (the leader's assignors), `group` (membership: join, heartbeat task, commits, bounded drains),
+//! `request` (request/reply), `broker` (the builder, startup, the transport).
 
 mod assign;
 mod broker;
+mod config;
 mod consume;
 mod error;
 mod fetch;
@@ -33,8 +36,10 @@ mod protocol;
 mod records;
 mod request;
 mod security;
+mod topics;
 
-pub use broker::{KafkaBroker, KafkaBrokerBuilder, MissingTopics, RebalanceHook};
+pub use broker::{KafkaBroker, KafkaBrokerBuilder};
+pub use config::{MissingTopics, RebalanceHook};
 pub use error::KafkaError;
 pub use produce::partition_for_key;
 pub use rskafka::client::partition::Compression;

@@ -22,7 +22,7 @@ use rskafka::client::Client;
 use rskafka::record::Record;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::broker::Config;
+use crate::config::Config;
 use crate::error::KafkaError;
 
 /// Requests up to this size are sent as they are.
@@ -254,7 +254,7 @@ impl Producers {
             }
         }
         let declared = lock(&self.declared).contains(topic);
-        let n = match crate::broker::ensure_topic(client, &self.config, topic, declared).await {
+        let n = match crate::topics::ensure_topic(client, &self.config, topic, declared).await {
             Ok(n) => n,
             Err(e) => match cached {
                 // A refresh that fails keeps the last known count.

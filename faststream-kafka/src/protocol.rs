@@ -15,7 +15,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, Req
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::broker::Config;
+use crate::config::Config;
 
 /// A byte stream to a broker: TCP, or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use faststream_core::{header, Message, OutgoingMessage};
 use tokio::sync::oneshot;
 
-use crate::broker::Config;
+use crate::config::Config;
 use crate::consume::AbortOnDrop;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};

@@ -1,0 +1,145 @@
+//! The transport's settings, as the builder collects them: connection, producing, consuming,
+//! consumer-group defaults and the missing-topics policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faststream_core::{Assignor, GroupTimings, SubscriberDef};
+use rskafka::client::partition::Compression;
+
+use crate::security::Security;
+
+/// What to do about a topic that does not exist.
+///
+/// "Declared" topics are the ones the routes name: subscribed, `#[publisher]` and dead-letter
+/// topics. They are checked (and created, if the policy says so) at startup, before anything
+/// is consumed. A topic only named at run time (`Publisher::publish`, `send_message`) is
+/// created only under [`MissingTopics::Create`]: otherwise a typo fails that publish (the
+/// handler gets the error) instead of creating a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingTopics {
+    /// Create nothing: a missing declared topic fails startup, naming every missing topic; a
+    /// publish to a missing topic fails. What production clusters usually want.
+    Fail,
+    /// Create missing declared topics at startup (logged as a warning); a publish to any other
+    /// missing topic fails. The default, with 1 partition and replication factor 1.
+    CreateDeclared {
+        /// Partitions of a created topic.
+        partitions: i32,
+        /// Replication factor of a created topic.
+        replication_factor: i16,
+    },
+    /// Create any missing topic, also one first named by a publish at run time.
+    Create {
+        /// Partitions of a created topic.
+        partitions: i32,
+        /// Replication factor of a created topic.
+        replication_factor: i16,
+    },
+}
+
+impl MissingTopics {
+    /// How to create `topic`, if this policy creates it.
+    pub(crate) fn creates(self, declared: bool) -> Option<(i32, i16)> {
+        match self {
+            MissingTopics::Create {
+                partitions,
+                replication_factor,
+            } => Some((partitions, replication_factor)),
+            MissingTopics::CreateDeclared {
+                partitions,
+                replication_factor,
+            } if declared => Some((partitions, replication_factor)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) brokers: Vec<String>,
+    pub(crate) client_id: String,
+    pub(crate) security: Security,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) delivery_timeout: Duration,
+    pub(crate) linger: Duration,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) compression: Compression,
+    pub(crate) fetch_max_bytes: i32,
+    pub(crate) fetch_max_wait: Duration,
+    pub(crate) missing_topics: MissingTopics,
+    pub(crate) max_queued_bytes: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) group: GroupDefaults,
+    pub(crate) group_instance_id: Option<String>,
+    pub(crate) metadata_max_age: Duration,
+    pub(crate) manual_ack_warning: Duration,
+    pub(crate) hooks: RebalanceHooks,
+    pub(crate) reply_topic: Option<String>,
+}
+
+/// Called with the group id and the partitions, after partitions are assigned (and their
+/// consumers started) or revoked (and their done offsets committed).
+pub type RebalanceHook = Arc<dyn Fn(&str, &[(String, i32)]) + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub(crate) struct RebalanceHooks {
+    pub(crate) assigned: Option<RebalanceHook>,
+    pub(crate) revoked: Option<RebalanceHook>,
+}
+
+impl std::fmt::Debug for RebalanceHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RebalanceHooks")
+            .field("assigned", &self.assigned.is_some())
+            .field("revoked", &self.revoked.is_some())
+            .finish()
+    }
+}
+
+/// Consumer-group settings for routes that do not set their own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupDefaults {
+    pub(crate) session_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) rebalance_timeout: Duration,
+    pub(crate) commit_interval: Duration,
+    pub(crate) assignor: Assignor,
+}
+
+impl GroupDefaults {
+    /// Route options override the defaults; where routes of one group disagree, the first
+    /// route (by handler path) that sets an option wins.
+    pub(crate) fn resolve<'a>(
+        &self,
+        subs: impl Iterator<Item = &'a SubscriberDef>,
+    ) -> GroupSettings {
+        let mut timings = GroupTimings::default();
+        let mut assignor = None;
+        for sub in subs {
+            timings = timings.or(sub.group_timings());
+            assignor = assignor.or(sub.group_assignor());
+        }
+        let pick = |ms: Option<u32>, default: Duration| {
+            ms.map_or(default, |ms| Duration::from_millis(ms.into()))
+        };
+        GroupSettings {
+            session_timeout: pick(timings.session_timeout_ms, self.session_timeout),
+            heartbeat_interval: pick(timings.heartbeat_interval_ms, self.heartbeat_interval),
+            rebalance_timeout: pick(timings.rebalance_timeout_ms, self.rebalance_timeout),
+            commit_interval: pick(timings.commit_interval_ms, self.commit_interval),
+            assignor: assignor.unwrap_or(self.assignor),
+        }
+    }
+}
+
+/// Group timings and assignor, resolved from route options and broker defaults.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupSettings {
+    pub(crate) session_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) rebalance_timeout: Duration,
+    pub(crate) commit_interval: Duration,
+    pub(crate) assignor: Assignor,
+}

@@ -1,0 +1,96 @@
+//! Topic names and existence: Kafka's naming rule, listing, and creation under the
+//! missing-topics policy.
+
+use std::time::Duration;
+
+use rskafka::client::Client;
+
+use crate::config::Config;
+use crate::error::KafkaError;
+
+/// Why `name` cannot be a Kafka topic name (the broker's rules: 1 to 249 characters of ASCII
+/// letters, digits, `.`, `_` and `-`, and not `.` or `..`).
+pub(crate) fn invalid_topic_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a topic name cannot be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Some(format!("{name:?} cannot be a topic name"));
+    }
+    if name.len() > 249 {
+        return Some(format!(
+            "topic name {name:?} is {} characters long; Kafka allows at most 249",
+            name.len()
+        ));
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(|c| {
+            format!(
+                "topic name {name:?} contains {c:?}; Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        })
+}
+
+pub(crate) async fn list_topics(client: &Client) -> Result<Vec<String>, KafkaError> {
+    client
+        .list_topics()
+        .await
+        .map(|ts| ts.into_iter().map(|t| t.name).collect())
+        .map_err(|source| KafkaError::Client {
+            context: "listing topics".into(),
+            source,
+        })
+}
+
+/// The partition count of `topic`, creating the topic if it is missing and the policy allows.
+pub(crate) async fn ensure_topic(
+    client: &Client,
+    config: &Config,
+    topic: &str,
+    declared: bool,
+) -> Result<i32, KafkaError> {
+    let find = |topics: Vec<rskafka::topic::Topic>| {
+        topics
+            .into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.partitions.len() as i32)
+    };
+    let err = |source| KafkaError::Client {
+        context: format!("metadata of topic {topic:?}"),
+        source,
+    };
+    if let Some(n) = find(client.list_topics().await.map_err(err)?) {
+        return Ok(n);
+    }
+    let Some((partitions, replication_factor)) = config.missing_topics.creates(declared) else {
+        return Err(KafkaError::MissingTopics {
+            topics: vec![topic.to_owned()],
+        });
+    };
+    if let Some(reason) = invalid_topic_name(topic) {
+        return Err(KafkaError::InvalidTopic(reason));
+    }
+    let controller = client.controller_client().map_err(err)?;
+    match controller
+        .create_topic(topic, partitions, replication_factor, 5_000)
+        .await
+    {
+        Ok(()) => tracing::warn!(topic, partitions, "topic did not exist; created it"),
+        // Someone else may have created it meanwhile.
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "create topic failed; checking whether it exists")
+        }
+    }
+    for _ in 0..50 {
+        if let Some(n) = find(client.list_topics().await.map_err(err)?) {
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(KafkaError::MissingTopics {
+        topics: vec![topic.to_owned()],
+    })
+}

@@ -15,8 +15,8 @@
 //! consumers start from committed offsets, and done offsets are committed periodically, on
 //! revoke and on shutdown (at-least-once by default).
 //!
-//! Modules, bottom up (each depends only on the ones above it): `config` (settings), `security`
-//! (TLS, SASL), `protocol` (one raw connection: framing, versions, TLS, SASL), `topics` (names,
+//! Modules, bottom up (each depends only on the ones before it, and `error`): `security` (TLS,
+//! SASL), `config` (settings), `protocol` (one raw connection: framing, versions, TLS, SASL), `topics` (names,
 //! existence, creation), `records` (record-batch decoding: codecs, transactions), `fetch` (one
 //! partition's Fetch/ListOffsets), `offsets` (where a partition stands), `produce` (batching
 //! producers, the partitioner, produce errors), `consume` (the per-partition loop), `assign`

@@ -418,3 +418,56 @@ async fn rebalance_hooks_see_assignments_and_revocations() {
         "every assignment ends in a revocation: {events:#?}"
     );
 }
+
+#[subscriber(
+    "ghostly",
+    group_id = "ghostly",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 3000,
+    heartbeat_interval_ms = 300
+)]
+#[publisher("ghostly-out")]
+async fn ghostly(body: String) -> String {
+    body
+}
+
+/// Another client's member in our group, subscribed to a topic the cluster does not have: the
+/// leader assigns it nothing (and creates nothing), and our member goes on consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_member_subscribed_to_a_missing_topic_does_not_block_the_group() {
+    let prefix = unique_prefix("ghostly");
+    let client = raw_client().await;
+    let topic = format!("{prefix}ghostly");
+    create_topic(&client, &topic, 2).await;
+    create_topic(&client, &format!("{prefix}ghostly-out"), 1).await;
+    let ours = start(app(routes![ghostly], &prefix)).await;
+    let ghost = format!("{prefix}nowhere");
+    let foreign =
+        common::wire::ForeignMember::join(&bootstrap(), &format!("{prefix}ghostly"), &[&ghost])
+            .await;
+    assert!(
+        foreign.assigned.iter().all(|(_, parts)| parts.is_empty()),
+        "nothing to assign for a missing topic: {:?}",
+        foreign.assigned
+    );
+    for p in 0..2 {
+        produce(
+            &client,
+            &topic,
+            p,
+            (0..10)
+                .map(|i| record(None, format!("{p}-{i}").as_bytes(), &[]))
+                .collect(),
+        )
+        .await;
+    }
+    let out = read(&client, &format!("{prefix}ghostly-out"), 20).await;
+    assert_eq!(out.values().flatten().count(), 20);
+    let topics = client.list_topics().await.unwrap();
+    assert!(
+        !topics.iter().any(|t| t.name == ghost),
+        "the missing topic was not created"
+    );
+    drop(foreign);
+    ours.stop().await.unwrap();
+}

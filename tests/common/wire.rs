@@ -391,3 +391,118 @@ fn refusal(frame: &Bytes, rule: &Mutex<ProduceRule>) -> Option<BytesMut> {
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Some(buf)
 }
+
+/// A consumer-group member written with the protocol crate alone, as another client library's
+/// member would be: it joins `group` subscribed to `topics` (which may not exist), syncs, then
+/// heartbeats until dropped (and leaves the group then).
+pub struct ForeignMember {
+    /// The topics and partitions the group's leader gave it.
+    pub assigned: Vec<(String, Vec<i32>)>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ForeignMember {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+impl ForeignMember {
+    pub async fn join(broker: &str, group: &str, topics: &[&str]) -> ForeignMember {
+        use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+        use kafka_protocol::messages::{
+            ConsumerProtocolAssignment, ConsumerProtocolSubscription, HeartbeatRequest,
+            HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, SyncGroupRequest,
+            SyncGroupResponse,
+        };
+        let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+        let mut sub = ConsumerProtocolSubscription::default();
+        sub.topics = topics
+            .iter()
+            .map(|t| StrBytes::from_string((*t).to_owned()))
+            .collect();
+        let mut metadata = BytesMut::new();
+        metadata.put_i16(1);
+        sub.encode(&mut metadata, 1).unwrap();
+        let group_id = GroupId(StrBytes::from_string(group.to_owned()));
+        let mut member_id = StrBytes::default();
+        let mut correlation = 0;
+        let joined = loop {
+            let mut protocol = JoinGroupRequestProtocol::default();
+            protocol.name = StrBytes::from_static_str("range");
+            protocol.metadata = metadata.clone().freeze();
+            let mut req = JoinGroupRequest::default();
+            req.group_id = group_id.clone();
+            req.session_timeout_ms = 6_000;
+            req.rebalance_timeout_ms = 10_000;
+            req.member_id = member_id.clone();
+            req.protocol_type = StrBytes::from_static_str("consumer");
+            req.protocols = vec![protocol];
+            correlation += 1;
+            let resp: JoinGroupResponse =
+                roundtrip(&mut conn, &req, ApiKey::JoinGroup, 5, correlation).await;
+            match resp.error_code {
+                0 => break resp,
+                79 => member_id = resp.member_id, // MEMBER_ID_REQUIRED: join again with it
+                code => panic!("JoinGroup refused with error code {code}"),
+            }
+        };
+        let mut sync = SyncGroupRequest::default();
+        sync.group_id = group_id.clone();
+        sync.generation_id = joined.generation_id;
+        sync.member_id = joined.member_id.clone();
+        correlation += 1;
+        let synced: SyncGroupResponse =
+            roundtrip(&mut conn, &sync, ApiKey::SyncGroup, 3, correlation).await;
+        assert_eq!(synced.error_code, 0, "SyncGroup refused");
+        let mut bytes = synced.assignment.clone();
+        let assigned = if bytes.remaining() >= 2 {
+            let version = bytes.get_i16();
+            let a = ConsumerProtocolAssignment::decode(&mut bytes, version.min(1)).unwrap();
+            a.assigned_partitions
+                .iter()
+                .map(|t| (t.topic.to_string(), t.partitions.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (generation, member) = (joined.generation_id, joined.member_id.clone());
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let mut hb = HeartbeatRequest::default();
+                hb.group_id = group_id.clone();
+                hb.generation_id = generation;
+                hb.member_id = member.clone();
+                correlation += 1;
+                let _: HeartbeatResponse =
+                    roundtrip(&mut conn, &hb, ApiKey::Heartbeat, 3, correlation).await;
+            }
+        });
+        ForeignMember {
+            assigned,
+            heartbeat,
+        }
+    }
+}
+
+async fn roundtrip<R, S>(
+    conn: &mut TcpStream,
+    req: &R,
+    key: ApiKey,
+    version: i16,
+    correlation: i32,
+) -> S
+where
+    R: Encodable + HeaderVersion + Sync,
+    S: Decodable + HeaderVersion,
+{
+    let frame = request_frame(req, key, version, correlation);
+    conn.write_all(&frame).await.unwrap();
+    let mut body = tokio::time::timeout(std::time::Duration::from_secs(60), read_frame(conn))
+        .await
+        .expect("the coordinator answers")
+        .expect("an answer");
+    let _ = ResponseHeader::decode(&mut body, S::header_version(version));
+    S::decode(&mut body, version).expect("decode the answer")
+}

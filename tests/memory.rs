@@ -8,7 +8,7 @@ use common::*;
 use faststream::{publisher, routes, subscriber};
 
 const OUTPUT: usize = 1024 * 1024;
-const INPUTS: usize = 300;
+const INPUTS: usize = 1_500;
 
 #[subscriber("big", auto_offset_reset = "earliest")]
 #[publisher("big-out")]
@@ -57,7 +57,7 @@ async fn outputs_of_one_fetch_do_not_all_sit_in_memory() {
         )
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 5;
     loop {
         let (_, high_watermark) = pc.fetch_records(0, 1..2, 100).await.unwrap();
         if high_watermark as usize >= INPUTS {
@@ -77,7 +77,7 @@ async fn outputs_of_one_fetch_do_not_all_sit_in_memory() {
         OUTPUT >> 20,
         grown >> 20
     );
-    // The outputs total 300 MiB; the default budget is 4 MiB queued per target partition plus
+    // The outputs total 1.5 GiB; the default budget is 4 MiB queued per target partition plus
     // the request in flight and the client's copies of it.
     assert!(
         grown < 96 * 1024 * 1024,

@@ -879,6 +879,11 @@ async fn resolve_offset(
     }
 }
 
+/// Pauses between fetches a broker answered at once with nothing, growing while a partition
+/// stays quiet.
+const IDLE_MIN: Duration = Duration::from_millis(20);
+const IDLE_MAX: Duration = Duration::from_millis(100);
+
 /// How often each partition logs its lag (at debug level).
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -895,6 +900,7 @@ async fn fetch_loop(
     let (topic, partition) = reader.id();
     let mut backoff = Duration::from_millis(100);
     let mut lag_logged = Instant::now();
+    let mut idle = IDLE_MIN;
     loop {
         let started = Instant::now();
         let res = tokio::select! {
@@ -931,8 +937,13 @@ async fn fetch_loop(
                     return;
                 }
                 if empty && next == offset && started.elapsed() < Duration::from_millis(5) {
-                    // A broker that answers an empty fetch at once must not make us spin.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // A broker that answers an empty fetch at once (not waiting `fetch_max_wait`
+                    // for data) must not make us spin: wait, longer while the partition stays
+                    // quiet (at most IDLE_MAX, the extra latency of the first new message).
+                    tokio::time::sleep(idle).await;
+                    idle = (idle * 2).min(IDLE_MAX);
+                } else if !empty {
+                    idle = IDLE_MIN;
                 }
                 offset = next;
             }

@@ -13,6 +13,10 @@
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/secure.rs"]
 mod secure;
+// The Kafka framing the front shares with the tests' proxy.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/wire.rs"]
+mod wire;
 
 use secure::{FrontConfig, Logins, Pki, SecureFront};
 

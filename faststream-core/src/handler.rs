@@ -657,7 +657,9 @@ impl Future for CatchUnwind {
 
 /// A random UUID (version 4 layout), without pulling in a UUID crate: a random per-thread
 /// base mixed with a counter, hex-encoded by hand (this runs once per message).
-pub(crate) fn new_correlation_id() -> String {
+/// A new correlation id: a random UUID (version 4) as text, what the pipeline gives messages
+/// that arrive without one.
+pub fn new_correlation_id() -> String {
     thread_local! {
         static STATE: std::cell::Cell<(u64, u64)> = std::cell::Cell::new({
             let seed = std::collections::hash_map::RandomState::new();

@@ -35,7 +35,7 @@ pub use extract::{
     Context, CorrelationId, FromHeader, FromMessage, Key, Offset, Partition, State, StateMap,
     Timestamp, Topic,
 };
-pub use handler::{HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
+pub use handler::{new_correlation_id, HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
 pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
 pub use middleware::Middleware;
 pub use outcome::{Reply, Response, ResponseMeta};

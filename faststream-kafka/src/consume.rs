@@ -91,7 +91,7 @@ struct Queued {
 
 /// One message's outputs, settled (concurrent consumption).
 #[derive(Debug)]
-struct Settled1 {
+struct MessageSettled {
     offset: i64,
     /// `Err`: an output was not delivered.
     result: Result<(), String>,
@@ -386,7 +386,7 @@ impl PartitionConsumer {
         let mut waiting: HashMap<bytes::Bytes, VecDeque<Message>> = HashMap::new();
         let mut buffered = 0usize;
         let mut running: JoinSet<Handled> = JoinSet::new();
-        let mut acking: JoinSet<Settled1> = JoinSet::new();
+        let mut acking: JoinSet<MessageSettled> = JoinSet::new();
         let mut stopped: Option<(i64, String)> = None;
         let mut stopping = false;
         /// Done up to the first offset not done.
@@ -452,13 +452,21 @@ impl PartitionConsumer {
                     }
                     let unacked = matches!(outcome, Outcome::Unacked(_));
                     let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
-                    if let Err(e) = self.queue_outputs(offset, outcome.into_outputs(), dead_letter, unacked, &mut acking).await {
-                        stopped.get_or_insert(e);
-                        stopping = true;
+                    match self.queue_outputs(offset, outcome.into_outputs(), dead_letter, unacked, &mut acking).await {
+                        // Nothing to publish: done now (a manual-ack message stays held).
+                        Ok(false) if !unacked => {
+                            pending.remove(&offset);
+                            advance(tracker, &pending, end);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            stopped.get_or_insert(e);
+                            stopping = true;
+                        }
                     }
                 }
                 Some(joined) = acking.join_next(), if !acking.is_empty() => {
-                    let Settled1 { offset, result, dead_letter, unacked } = match joined {
+                    let MessageSettled { offset, result, dead_letter, unacked } = match joined {
                         Ok(acked) => acked,
                         Err(e) => {
                             stopped.get_or_insert((pending.keys().next().copied().unwrap_or(-1), format!("an ack task failed: {e}")));
@@ -531,10 +539,16 @@ impl PartitionConsumer {
                                     break;
                                 }
                                 let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
-                                if let Err(e) = self.queue_outputs(first, outcome.into_outputs(), dead_letter, false, &mut acking).await {
-                                    stopped.get_or_insert(e);
-                                    stopping = true;
-                                    break;
+                                match self.queue_outputs(first, outcome.into_outputs(), dead_letter, false, &mut acking).await {
+                                    Ok(false) => {
+                                        pending.remove(&first);
+                                    }
+                                    Ok(true) => {}
+                                    Err(e) => {
+                                        stopped.get_or_insert(e);
+                                        stopping = true;
+                                        break;
+                                    }
                                 }
                             }
                             Fetched::Passed { .. } => {}
@@ -547,42 +561,29 @@ impl PartitionConsumer {
         stopped
     }
 
-    /// Queues one message's outputs; its ack task reports when they are settled. A message
-    /// without outputs is settled at once (unless it awaits a manual ack).
+    /// Queues one message's outputs; its ack task reports when they are settled. `false`: there
+    /// was nothing to queue (no task: the caller settles the message at once).
     async fn queue_outputs(
         &self,
         offset: i64,
         outputs: Vec<OutgoingMessage>,
         dead_letter: bool,
         unacked: bool,
-        acking: &mut tokio::task::JoinSet<Settled1>,
-    ) -> Result<(), (i64, String)> {
-        if unacked && outputs.is_empty() {
-            return Ok(());
+        acking: &mut tokio::task::JoinSet<MessageSettled>,
+    ) -> Result<bool, (i64, String)> {
+        if outputs.is_empty() {
+            return Ok(false);
         }
         let queued = self.enqueue(offset, outputs).await?;
         acking.spawn(async move {
-            let mut failure = queued.refused.into_iter().next().map(|(_, r)| r);
-            for (_, ack) in queued.groups {
-                match ack.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(failed)) => {
-                        failure = failure.or(failed.into_iter().next().map(|(_, r)| r))
-                    }
-                    Err(_) => {
-                        failure =
-                            failure.or(Some("abandoned before the broker acknowledged it".into()))
-                    }
-                }
-            }
-            Settled1 {
+            MessageSettled {
                 offset,
-                result: failure.map_or(Ok(()), Err),
+                result: queued.delivered().await,
                 dead_letter,
                 unacked,
             }
         });
-        Ok(())
+        Ok(true)
     }
 
     fn stopped(&self, offset: i64, reason: String) -> KafkaError {
@@ -701,17 +702,7 @@ impl PartitionConsumer {
                         .enqueue(&self.rt.client, vec![dlq])
                         .await
                         .map_err(|e| (offset, format!("dead-letter copy cannot be queued: {e}")))?;
-                    let mut failure = queued.refused.into_iter().next().map(|(_, r)| r);
-                    for (_, ack) in queued.groups {
-                        match ack.await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(f)) => failure = f.into_iter().next().map(|(_, r)| r),
-                            Err(_) => {
-                                failure = Some("abandoned before the broker acknowledged it".into())
-                            }
-                        }
-                    }
-                    if let Some(why) = failure {
+                    if let Err(why) = queued.delivered().await {
                         return Err((
                             offset,
                             format!("an output was not delivered, and neither was its dead-letter copy to {topic:?}: {why}"),

@@ -7,7 +7,6 @@
 //! position; anything else (authorization, an unsupported version) stops the partition.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -19,7 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::config::Config;
-use crate::protocol::{Conn, ConnError};
+use crate::protocol::{ms, Conn, ConnError};
 use crate::records::{self, Aborted, Decoded, Source};
 
 /// Why a request about one partition failed.
@@ -333,8 +332,4 @@ async fn leader(config: &Config, topic: &str, partition: i32) -> Result<Conn, Fe
             .map_err(Into::into);
     }
     Err(last.unwrap_or_else(|| FetchError::Fatal("no bootstrap address".into())))
-}
-
-fn ms(d: Duration) -> i32 {
-    d.as_millis().min(i32::MAX as u128) as i32
 }

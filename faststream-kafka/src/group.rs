@@ -47,7 +47,7 @@ use crate::config::{Config, GroupSettings};
 use crate::consume::{AbortOnDrop, GroupLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::offsets::Position;
-use crate::protocol::{decode_versioned, encode_versioned, Conn, ConnError};
+use crate::protocol::{decode_versioned, encode_versioned, ms, Conn, ConnError};
 
 /// One subscription served by a group member.
 #[derive(Debug, Clone)]
@@ -1041,8 +1041,4 @@ impl From<ConnError> for JoinError {
     fn from(e: ConnError) -> Self {
         JoinError::Failed(e.to_string())
     }
-}
-
-fn ms(d: Duration) -> i32 {
-    d.as_millis().min(i32::MAX as u128) as i32
 }

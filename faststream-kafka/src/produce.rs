@@ -50,6 +50,23 @@ pub(crate) struct Enqueued {
     pub(crate) refused: Vec<(u32, String)>,
 }
 
+impl Enqueued {
+    /// Waits until every message was settled; `Err` with the first reason one was not
+    /// delivered (refused, or abandoned before the broker acknowledged it).
+    pub(crate) async fn delivered(self) -> Result<(), String> {
+        let mut failure = self.refused.into_iter().next().map(|(_, r)| r);
+        for (_, ack) in self.groups {
+            let reason = match ack.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(failed)) => failed.into_iter().next().map(|(_, r)| r),
+                Err(_) => Some("abandoned before the broker acknowledged it".into()),
+            };
+            failure = failure.or(reason);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
 /// Messages for one partition, acknowledged together.
 struct Pending {
     msgs: Vec<OutgoingMessage>,
@@ -351,7 +368,8 @@ impl Producers {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, also after a panic elsewhere (the data stays usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -412,3 +412,8 @@ fn tls_reason(e: &std::io::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// A duration as a protocol field in milliseconds (saturating).
+pub(crate) fn ms(d: Duration) -> i32 {
+    d.as_millis().min(i32::MAX as u128) as i32
+}

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::consume::AbortOnDrop;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
+use crate::produce::lock;
 use crate::records::Fetched;
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
@@ -63,7 +64,7 @@ impl Replies {
             .headers
             .get_str(header::CORRELATION_ID)
             .map(str::to_owned)
-            .unwrap_or_else(new_id);
+            .unwrap_or_else(faststream_core::new_correlation_id);
         msg.headers.insert(header::CORRELATION_ID, id.clone());
         msg.headers.insert(header::REPLY_TO, self.topic.clone());
         let (tx, rx) = oneshot::channel();
@@ -143,19 +144,4 @@ async fn read_replies(mut reader: PartitionReader, mut offset: i64, waiters: Wai
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A random correlation id (hex of 128 bits from the std hasher's random keys).
-fn new_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let part = || {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0);
-        h.finish()
-    };
-    format!("{:016x}{:016x}", part(), part())
 }

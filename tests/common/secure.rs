@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
@@ -22,8 +22,10 @@ use rsasl::mechanisms::scram::properties::ScramStoredPassword;
 use rsasl::prelude::{Mechname, SASLConfig, SASLServer, SessionError};
 use rsasl::property::{AuthId, OAuthBearerToken, Password};
 use rsasl::validate::{Validate, Validation, ValidationError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::wire::{read_frame, write_frame};
 
 /// A throwaway CA and a server certificate it signed for `127.0.0.1` and `localhost`, plus a
 /// client certificate for mTLS; all PEM.
@@ -328,23 +330,6 @@ fn answer<R: Encodable + HeaderVersion>(req: &RequestHeader, resp: &R, version: 
     header.encode(&mut buf, R::header_version(version)).unwrap();
     resp.encode(&mut buf, version).unwrap();
     buf.freeze()
-}
-
-async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> Option<Bytes> {
-    let len = io.read_i32().await.ok()?;
-    if !(0..=100 * 1024 * 1024).contains(&len) {
-        return None;
-    }
-    let mut body = vec![0u8; len as usize];
-    io.read_exact(&mut body).await.ok()?;
-    Some(Bytes::from(body))
-}
-
-async fn write_frame(io: &mut (impl AsyncWrite + Unpin), frame: &[u8]) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(frame.len() + 4);
-    out.put_i32(frame.len() as i32);
-    out.put_slice(frame);
-    io.write_all(&out).await
 }
 
 /// The login's verdict.

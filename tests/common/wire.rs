@@ -184,11 +184,27 @@ fn request_frame<R: Encodable + HeaderVersion>(
     buf
 }
 
-async fn read_frame(conn: &mut (impl AsyncReadExt + Unpin)) -> Option<Bytes> {
+/// One length-prefixed Kafka frame (request or answer), without its length; `None` at the end
+/// of the stream or for an implausible length.
+pub async fn read_frame(conn: &mut (impl AsyncReadExt + Unpin)) -> Option<Bytes> {
     let len = conn.read_i32().await.ok()?;
+    if !(0..=100 * 1024 * 1024).contains(&len) {
+        return None;
+    }
     let mut body = vec![0u8; len as usize];
     conn.read_exact(&mut body).await.ok()?;
     Some(Bytes::from(body))
+}
+
+/// Writes `frame` with its length prefix, in one write (so frames never interleave).
+pub async fn write_frame(
+    io: &mut (impl AsyncWriteExt + Unpin),
+    frame: &[u8],
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(frame.len() + 4);
+    out.put_i32(frame.len() as i32);
+    out.put_slice(frame);
+    io.write_all(&out).await
 }
 
 /// What the proxy does with a Produce request for a topic: pass it on, or answer it with this
@@ -274,10 +290,10 @@ async fn relay(
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
                 let frame = add_aborted(frame, &fetches, &aborted);
-                let mut out = BytesMut::with_capacity(frame.len() + 4);
-                out.put_i32(frame.len() as i32);
-                out.put_slice(&frame);
-                if client_tx.lock().await.write_all(&out).await.is_err() {
+                if write_frame(&mut *client_tx.lock().await, &frame)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -295,10 +311,7 @@ async fn relay(
             let version = peek.get_i16();
             fetches.lock().unwrap().insert(peek.get_i32(), version);
         }
-        let mut out = BytesMut::with_capacity(frame.len() + 4);
-        out.put_i32(frame.len() as i32);
-        out.put_slice(&frame);
-        if upstream_tx.write_all(&out).await.is_err() {
+        if write_frame(&mut upstream_tx, &frame).await.is_err() {
             break;
         }
     }

@@ -11,7 +11,7 @@ use crate::extract::Context;
 use crate::message::{header, Message, OutgoingMessage};
 use crate::outcome::Reply;
 use crate::policy::{dlq_header, AckMode, Acker, FailureAction, FailurePolicy};
-use crate::route::RouteDef;
+use crate::route::{RouteDef, RouteHandler};
 use crate::transport::{BoxFuture, Shutdown};
 
 /// What a generated handler returns.
@@ -19,6 +19,59 @@ pub type HandlerResult = Result<Reply, HandlerError>;
 
 /// The type-erased handler the macros generate for each route.
 pub type HandlerFn = fn(Message, Context) -> BoxFuture<'static, HandlerResult>;
+
+/// The type-erased handler the macros generate for a `batch = true` route.
+pub type BatchHandlerFn = fn(Vec<Message>, Context) -> BoxFuture<'static, BatchResult>;
+
+/// What a generated batch handler returns.
+#[derive(Debug)]
+pub struct BatchResult {
+    /// Messages that could not be decoded (index in the batch it was given, why); the handler
+    /// ran without them.
+    pub undecodable: Vec<(usize, HandlerError)>,
+    /// One reply per message to publish, or why the batch failed. `Ok` and empty without a
+    /// call when no message could be decoded.
+    pub replies: Result<Vec<Reply>, HandlerError>,
+}
+
+/// Decodes each message of a batch with `decode`: the values, and the messages that failed
+/// (index, error). Used by generated batch handlers.
+pub fn decode_batch<T>(
+    msgs: &[Message],
+    decode: impl Fn(&Message) -> Result<T, HandlerError>,
+) -> (Vec<T>, Vec<(usize, HandlerError)>) {
+    let mut values = Vec::with_capacity(msgs.len());
+    let mut failed = Vec::new();
+    for (i, msg) in msgs.iter().enumerate() {
+        match decode(msg) {
+            Ok(v) => values.push(v),
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    (values, failed)
+}
+
+/// The result of handling one batch (after any retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// What the handler returned, addressed to the publisher topics (nothing if it failed).
+    pub outputs: Vec<OutgoingMessage>,
+    /// The messages that were not handled as part of a successful batch, each with its own
+    /// outcome, in offset order: undecodable or refused ones, or every message of a batch that
+    /// failed (dead-lettered one by one with the batch's error, skipped, stopped, or
+    /// interrupted while waiting for a retry).
+    pub failed: Vec<(i64, Outcome)>,
+}
+
+impl BatchOutcome {
+    /// A batch of one as the outcome of its message.
+    fn into_single(mut self) -> Outcome {
+        match self.failed.pop() {
+            Some((_, failed)) => failed,
+            None => Outcome::Done(self.outputs),
+        }
+    }
+}
 
 /// The result of handling one message (after any retries).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +296,21 @@ impl Pipeline {
         msg: Message,
         interrupt: Option<&Shutdown>,
     ) -> Outcome {
+        if route.batch().is_some() {
+            return self
+                .handle_batch(route, vec![msg], interrupt)
+                .await
+                .into_single();
+        }
+        self.handle_one(route, msg, interrupt).await
+    }
+
+    async fn handle_one(
+        &self,
+        route: &RouteDef,
+        msg: Message,
+        interrupt: Option<&Shutdown>,
+    ) -> Outcome {
         use tracing::field::{display, Empty};
         use tracing::Instrument;
         let span = tracing::info_span!(
@@ -377,6 +445,271 @@ impl Pipeline {
         self.conclude(route, policy, &msg, error, attempts, action)
     }
 
+    /// Handles `msgs` (consecutive messages of one partition) with a `batch = true` route: each
+    /// is decoded on its own (one that cannot be is dead-lettered alone and left out), the
+    /// handler runs once for the rest, and each returned element is published as its own
+    /// message. A failed batch is retried as a whole per the route's policy; when retries run
+    /// out, each of its messages goes through the failure policy with the batch's error.
+    /// `interrupt` ends a retry backoff early, as in [`Pipeline::handle_until`].
+    ///
+    /// Middlewares see each message (`before` may refuse one, which is left out of the batch);
+    /// `after` sees each batched message as done with no outputs of its own, and `publish`
+    /// every output. A route without `batch` handles the messages one at a time. Runs inside a
+    /// `batch` span (info level) with the handler, topic, partition, offsets and size.
+    pub async fn handle_batch(
+        &self,
+        route: &RouteDef,
+        msgs: Vec<Message>,
+        interrupt: Option<&Shutdown>,
+    ) -> BatchOutcome {
+        use tracing::Instrument;
+        let RouteHandler::Batch(handler, _) = route.handler else {
+            let mut outcome = BatchOutcome {
+                outputs: Vec::new(),
+                failed: Vec::new(),
+            };
+            for msg in msgs {
+                let offset = msg.offset;
+                match self.handle_one(route, msg, interrupt).await {
+                    Outcome::Done(out) => outcome.outputs.extend(out),
+                    failed => outcome.failed.push((offset, failed)),
+                }
+            }
+            return outcome;
+        };
+        let Some(first) = msgs.first() else {
+            return BatchOutcome {
+                outputs: Vec::new(),
+                failed: Vec::new(),
+            };
+        };
+        let span = tracing::info_span!(
+            "batch",
+            handler = route.name(),
+            topic = &*first.topic,
+            partition = first.partition,
+            first_offset = first.offset,
+            last_offset = msgs.last().map_or(first.offset, |m| m.offset),
+            size = msgs.len(),
+            failed = tracing::field::Empty,
+        );
+        let outcome = self
+            .run_batch(route, handler, msgs, interrupt)
+            .instrument(span.clone())
+            .await;
+        span.record("failed", outcome.failed.len());
+        outcome
+    }
+
+    async fn run_batch(
+        &self,
+        route: &RouteDef,
+        handler: BatchHandlerFn,
+        mut msgs: Vec<Message>,
+        interrupt: Option<&Shutdown>,
+    ) -> BatchOutcome {
+        let index = self.index(route);
+        let policy = index.map_or(&self.defaults, |i| &self.policies[i]);
+        let mut failed: Vec<(i64, Outcome)> = Vec::new();
+        let mut fail = |pipeline: &Self, msg: &Message, error, attempts, action| {
+            let mut outcome = pipeline.conclude(route, policy, msg, error, attempts, action);
+            if !pipeline.middlewares.is_empty() {
+                pipeline.middlewares.after(msg, &mut outcome);
+            }
+            failed.push((msg.offset, outcome));
+        };
+        if !self.middlewares.is_empty() {
+            let mut kept = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                match self.middlewares.before(&msg).await {
+                    Ok(()) => kept.push(msg),
+                    Err(refused) => {
+                        let action = refused.action();
+                        fail(self, &msg, HandlerError::Rejected(refused), 0, action);
+                    }
+                }
+            }
+            msgs = kept;
+        }
+        if let Some(max) = policy.max_message_bytes {
+            let (fits, too_large): (Vec<_>, Vec<_>) = msgs
+                .into_iter()
+                .partition(|m| m.payload.as_ref().is_none_or(|p| p.len() <= max));
+            for msg in too_large {
+                let error = HandlerError::Decode(DecodeError::new(
+                    "the message",
+                    format!(
+                        "payload of {} bytes exceeds max_message_bytes ({max})",
+                        msg.payload.as_ref().map_or(0, |p| p.len())
+                    ),
+                ));
+                fail(self, &msg, error, 0, FailureAction::DeadLetter);
+            }
+            msgs = fits;
+        }
+        // Outputs of a batch carry the correlation id of its first message (or a new one).
+        let correlation_id = match msgs.first().and_then(|m| m.headers.get(header::CORRELATION_ID)) {
+            Some(id) => Some(id.clone()),
+            None if self.compat_headers => Some(bytes::Bytes::from(new_correlation_id())),
+            None => None,
+        };
+        let mut attempts = 0;
+        let result = loop {
+            if msgs.is_empty() {
+                break Ok(Vec::new());
+            }
+            attempts += 1;
+            let ctx = self.ctx.for_attempt(None, correlation_id.clone());
+            let result = call_limited(handler(msgs.clone(), ctx), policy.timeout).await;
+            let replies = match result {
+                Ok(BatchResult {
+                    mut undecodable,
+                    replies,
+                }) => {
+                    // Highest index first, so the others stay valid while removing.
+                    undecodable.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+                    for (i, error) in undecodable {
+                        if i < msgs.len() {
+                            let msg = msgs.remove(i);
+                            fail(self, &msg, error, attempts, FailureAction::DeadLetter);
+                        }
+                    }
+                    replies
+                }
+                Err(e) => Err(e),
+            };
+            let err = match replies {
+                Ok(replies) => break Ok(replies),
+                Err(e) => e,
+            };
+            let action = match &err {
+                HandlerError::Decode(_) | HandlerError::Encode(_) => FailureAction::DeadLetter,
+                HandlerError::Rejected(f) => f.action(),
+                _ => FailureAction::Retry,
+            };
+            if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
+                let wait = policy.retry.backoff(attempts);
+                tracing::warn!(
+                    handler = route.name(),
+                    topic = &*msgs[0].topic,
+                    partition = msgs[0].partition,
+                    first_offset = msgs[0].offset,
+                    size = msgs.len(),
+                    attempt = attempts,
+                    kind = err.kind(),
+                    error = %err,
+                    retry_in = ?wait,
+                    "batch failed; retrying"
+                );
+                let interrupted = match interrupt {
+                    None => {
+                        tokio::time::sleep(wait).await;
+                        false
+                    }
+                    Some(stop) => {
+                        let mut stop = stop.clone();
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => false,
+                            () = stop.wait() => true,
+                        }
+                    }
+                };
+                if interrupted {
+                    tracing::warn!(
+                        handler = route.name(),
+                        topic = &*msgs[0].topic,
+                        partition = msgs[0].partition,
+                        first_offset = msgs[0].offset,
+                        attempts,
+                        "batch retry backoff interrupted by shutdown or revoke; its messages are not done and will be consumed again"
+                    );
+                    for msg in &msgs {
+                        let error = err.clone();
+                        failed.push((msg.offset, Outcome::Interrupted { error, attempts }));
+                    }
+                    failed.sort_by_key(|(offset, _)| *offset);
+                    return BatchOutcome {
+                        outputs: Vec::new(),
+                        failed,
+                    };
+                }
+                continue;
+            }
+            break Err((err, action));
+        };
+        let mut outputs = Vec::new();
+        match result {
+            Ok(replies) => {
+                outputs = self.address_batch(route, index, replies, correlation_id);
+                if !self.middlewares.is_empty() {
+                    for msg in &msgs {
+                        self.middlewares.after(msg, &mut Outcome::Done(Vec::new()));
+                    }
+                    for out in &mut outputs {
+                        self.middlewares.publish(out);
+                    }
+                }
+            }
+            Err((error, action)) => {
+                for msg in &msgs {
+                    fail(self, msg, error.clone(), attempts, action);
+                }
+            }
+        }
+        failed.sort_by_key(|(offset, _)| *offset);
+        BatchOutcome { outputs, failed }
+    }
+
+    /// A batch's replies, each addressed to every publisher topic of `route` (in reply order,
+    /// then topic order). The key is the one a `Response` set, else none.
+    fn address_batch(
+        &self,
+        route: &RouteDef,
+        index: Option<usize>,
+        replies: Vec<Reply>,
+        correlation_id: Option<bytes::Bytes>,
+    ) -> Vec<OutgoingMessage> {
+        let topics = self.output_topics(route, index);
+        let mut outputs = Vec::with_capacity(replies.len() * topics.len());
+        for reply in replies {
+            let Some(body) = reply.into_body() else {
+                continue;
+            };
+            let mut headers = body.meta.headers;
+            if let (Some(ct), true) = (body.content_type, self.compat_headers) {
+                headers.insert(header::CONTENT_TYPE, ct);
+            }
+            if let Some(id) = &correlation_id {
+                headers.insert(header::CORRELATION_ID, id.clone());
+            }
+            for topic in topics.iter() {
+                outputs.push(OutgoingMessage {
+                    topic: topic.clone(),
+                    partition: body.meta.partition,
+                    key: body.meta.key.clone(),
+                    headers: headers.clone(),
+                    payload: Some(body.payload.clone()),
+                    timestamp: None,
+                });
+            }
+        }
+        outputs
+    }
+
+    /// The prefixed publisher topics of `route`.
+    fn output_topics(&self, route: &RouteDef, index: Option<usize>) -> std::borrow::Cow<'_, [String]> {
+        match index {
+            Some(i) => std::borrow::Cow::Borrowed(&self.outputs[i]),
+            None => std::borrow::Cow::Owned(
+                route
+                    .publishers()
+                    .iter()
+                    .map(|t| self.topic_name(t))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Applies `route`'s failure policy to a message that failed outside its handler: a record
     /// the transport could not read ([`HandlerError::Fetch`]), or an output the broker refused
     /// ([`HandlerError::Publish`]). Not retried here (the transport retried what could succeed):
@@ -470,14 +803,12 @@ impl Pipeline {
         }
         let acker = (policy.ack == AckMode::Manual).then(Acker::new);
         let ctx = self.ctx.for_attempt(acker.clone(), correlation_id.clone());
-        let call = CatchUnwind((route.handler)(msg.clone(), ctx));
-        let result = match policy.timeout {
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(r) => r,
-                Err(_) => Err(HandlerError::Timeout(limit)),
-            },
-            None => call.await,
+        let RouteHandler::One(handler) = route.handler else {
+            unreachable!("batch routes are handled by handle_batch");
         };
+        let result = call_limited(handler(msg.clone(), ctx), policy.timeout)
+            .await
+            .and_then(|r| r);
         match (result, acker.as_ref().map(Acker::state)) {
             (Err(e), _) => Attempt::Err(e),
             (Ok(_), Some(Some(false))) => Attempt::Err(HandlerError::Nacked),
@@ -531,18 +862,8 @@ impl Pipeline {
             headers.insert(header::CORRELATION_ID, id);
         }
         let key = body.meta.key.or_else(|| msg.key.clone());
-        let computed;
-        let topics: &[String] = match index {
-            Some(i) => &self.outputs[i],
-            None => {
-                computed = route
-                    .publishers()
-                    .iter()
-                    .map(|t| self.topic_name(t))
-                    .collect::<Vec<_>>();
-                &computed
-            }
-        };
+        let own = self.output_topics(route, index);
+        let topics: &[String] = &own;
         let with_reply;
         let topics = match reply_to {
             None => topics,
@@ -633,16 +954,31 @@ impl Ready {
     }
 }
 
+/// Runs a generated handler's future within the route's time limit, a panic caught as
+/// [`HandlerError::Panic`].
+async fn call_limited<T>(
+    call: BoxFuture<'static, T>,
+    limit: Option<std::time::Duration>,
+) -> Result<T, HandlerError> {
+    let call = CatchUnwind(call);
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(HandlerError::Timeout(limit))),
+        None => call.await,
+    }
+}
+
 /// Turns a panic while polling the handler into [`HandlerError::Panic`].
-struct CatchUnwind(BoxFuture<'static, HandlerResult>);
+struct CatchUnwind<T>(BoxFuture<'static, T>);
 
-impl Future for CatchUnwind {
-    type Output = HandlerResult;
+impl<T> Future for CatchUnwind<T> {
+    type Output = Result<T, HandlerError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<HandlerResult> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let fut = &mut self.0;
         match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(poll) => poll,
+            Ok(poll) => poll.map(Ok),
             Err(panic) => {
                 let msg = panic
                     .downcast_ref::<&str>()

@@ -35,7 +35,10 @@ pub use extract::{
     Context, CorrelationId, FromHeader, FromMessage, Key, Offset, Partition, State, StateMap,
     Timestamp, Topic,
 };
-pub use handler::{new_correlation_id, HandlerFn, HandlerResult, Outcome, Pipeline, Ready};
+pub use handler::{
+    new_correlation_id, BatchHandlerFn, BatchOutcome, BatchResult, HandlerFn, HandlerResult,
+    Outcome, Pipeline, Ready,
+};
 pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
 pub use middleware::Middleware;
 pub use outcome::{Reply, Response, ResponseMeta};
@@ -43,7 +46,7 @@ pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,
 };
 pub use route::{
-    registered_routes, validate, Assignor, GroupTimings, OffsetReset, RouteDef, RouteProblem,
+    registered_routes, validate, Assignor, BatchDef, GroupTimings, OffsetReset, RouteDef, RouteProblem,
     StateReq, SubscriberDef,
 };
 pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
@@ -54,11 +57,14 @@ pub mod __private {
     pub use crate::codec::{decode_json, decode_raw, decode_text};
     pub use crate::error::HandlerError;
     pub use crate::extract::{Context, FromHeader, FromMessage};
-    pub use crate::handler::HandlerResult;
+    pub use crate::handler::{decode_batch, BatchResult, HandlerResult};
     pub use crate::message::Message;
     pub use crate::outcome::Reply;
     pub use crate::policy::{AckMode, FailureAction, PolicyDef};
-    pub use crate::route::{Assignor, OffsetReset, RouteDef, RouteRef, StateReq, SubscriberDef};
+    pub use crate::route::{
+        Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq,
+        SubscriberDef,
+    };
     pub use crate::transport::BoxFuture;
     pub use inventory;
     pub use serde;

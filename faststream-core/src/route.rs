@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::extract::StateMap;
-use crate::handler::HandlerFn;
+use crate::handler::{BatchHandlerFn, HandlerFn};
 use crate::policy::PolicyDef;
 
 /// Where a consumer with no committed offset starts reading.
@@ -197,6 +197,45 @@ impl StateReq {
     }
 }
 
+/// How a `batch = true` route collects its batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchDef {
+    max_records: u32,
+    timeout_ms: u32,
+}
+
+impl BatchDef {
+    /// Batches of at most `max_records` messages, each delivered at most `timeout_ms` after its
+    /// first message arrived.
+    pub const fn new(max_records: u32, timeout_ms: u32) -> Self {
+        Self {
+            max_records,
+            timeout_ms,
+        }
+    }
+
+    /// The most messages in one batch (`max_records`, default 500).
+    pub fn max_records(&self) -> usize {
+        self.max_records.max(1) as usize
+    }
+
+    /// How long a batch waits to fill up after its first message (`batch_timeout_ms`,
+    /// default 200 ms).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.into())
+    }
+}
+
+/// The generated function a route calls: one message at a time, or batches.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum RouteHandler {
+    /// `fn(Message) -> reply`.
+    One(HandlerFn),
+    /// `fn(Vec<Message>) -> replies`, with the batch settings.
+    Batch(BatchHandlerFn, BatchDef),
+}
+
 /// One handler function with everything its attributes said: a route.
 #[derive(Debug)]
 pub struct RouteDef {
@@ -207,7 +246,7 @@ pub struct RouteDef {
     publishers: &'static [&'static str],
     states: &'static [fn() -> StateReq],
     policy: PolicyDef,
-    pub(crate) handler: HandlerFn,
+    pub(crate) handler: RouteHandler,
 }
 
 impl RouteDef {
@@ -221,7 +260,7 @@ impl RouteDef {
         publishers: &'static [&'static str],
         states: &'static [fn() -> StateReq],
         policy: PolicyDef,
-        handler: HandlerFn,
+        handler: RouteHandler,
     ) -> Self {
         Self {
             name,
@@ -232,6 +271,14 @@ impl RouteDef {
             states,
             policy,
             handler,
+        }
+    }
+
+    /// The batch settings of a `batch = true` route (its handler takes a `Vec` of messages).
+    pub fn batch(&self) -> Option<BatchDef> {
+        match self.handler {
+            RouteHandler::One(_) => None,
+            RouteHandler::Batch(_, def) => Some(def),
         }
     }
 

@@ -174,6 +174,22 @@ impl TestBroker {
         self.inner.clone().deliver(msg).await
     }
 
+    /// Publishes each value to `topic` and delivers them together, as if they arrived in one
+    /// fetch: a `batch = true` route receives them in batches of up to its `max_records`, other
+    /// routes one at a time. Each message gets its own [`Delivery`]; a batch's outputs are in
+    /// the outcome of its last message.
+    pub async fn publish_batch<V: IntoPayload>(
+        &self,
+        values: impl IntoIterator<Item = V>,
+        topic: &str,
+    ) -> Result<()> {
+        let outs = values
+            .into_iter()
+            .map(|v| OutgoingMessage::encode(topic, v))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.clone().deliver_many(outs).await
+    }
+
     /// Every message published to `topic` so far, in order.
     pub fn published(&self, topic: &str) -> Vec<Message> {
         self.log().topics.get(topic).cloned().unwrap_or_default()
@@ -219,11 +235,100 @@ impl Inner {
         })
     }
 
-    async fn deliver_at_depth(
-        self: Arc<Self>,
-        mut out: OutgoingMessage,
-        depth: usize,
-    ) -> Result<()> {
+    async fn deliver_at_depth(self: Arc<Self>, out: OutgoingMessage, depth: usize) -> Result<()> {
+        let msg = self.store(out, depth)?;
+        for route in self.routes_of(&msg.topic) {
+            self.clone().run(route, vec![msg.clone()]).await?;
+        }
+        Ok(())
+    }
+
+    /// Several messages to one topic, handed to batch routes together.
+    fn deliver_many(self: Arc<Self>, outs: Vec<OutgoingMessage>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let depth = DEPTH.try_with(|d| *d).unwrap_or(0);
+            DEPTH
+                .scope(depth + 1, async move {
+                    let Some(topic) = outs.first().map(|o| o.topic.clone()) else {
+                        return Ok(());
+                    };
+                    let msgs = outs
+                        .into_iter()
+                        .map(|out| self.store(out, depth))
+                        .collect::<Result<Vec<_>>>()?;
+                    for route in self.routes_of(&topic) {
+                        let size = route.batch().map_or(1, |b| b.max_records());
+                        for batch in msgs.chunks(size) {
+                            self.clone().run(route, batch.to_vec()).await?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+        })
+    }
+
+    /// The routes subscribed to `topic`.
+    fn routes_of(&self, topic: &str) -> Vec<&'static RouteDef> {
+        self.pipeline
+            .routes()
+            .iter()
+            .copied()
+            .filter(|r| r.subscribers().iter().any(|s| s.topics().contains(&topic)))
+            .collect()
+    }
+
+    /// Runs `route` on `msgs` (one message, or a batch for a batch route), records the
+    /// deliveries and delivers what it published.
+    async fn run(self: Arc<Self>, route: &'static RouteDef, msgs: Vec<Message>) -> Result<()> {
+        let mut deliveries = Vec::with_capacity(msgs.len());
+        let mut outputs = Vec::new();
+        if route.batch().is_some() {
+            let outcome = self.pipeline.handle_batch(route, msgs.clone(), None).await;
+            // The last message that was part of the batch carries its outputs.
+            let last = msgs
+                .iter()
+                .rev()
+                .map(|m| m.offset)
+                .find(|o| outcome.failed.iter().all(|(f, _)| f != o));
+            let mut failed = outcome.failed.into_iter().peekable();
+            let mut batch_outputs = Some(outcome.outputs);
+            for msg in msgs {
+                let outcome = match failed.next_if(|(offset, _)| *offset == msg.offset) {
+                    Some((_, failed)) => failed,
+                    None if Some(msg.offset) == last => {
+                        Outcome::Done(batch_outputs.take().unwrap_or_default())
+                    }
+                    None => Outcome::Done(Vec::new()),
+                };
+                deliveries.push((msg, outcome));
+            }
+        } else {
+            for msg in msgs {
+                let outcome = self.pipeline.handle(route, msg.clone()).await;
+                deliveries.push((msg, outcome));
+            }
+        }
+        for (msg, outcome) in deliveries {
+            outputs.extend(outcome.clone().into_outputs());
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .deliveries
+                .push(Delivery {
+                    handler: route.name(),
+                    message: msg,
+                    outcome,
+                });
+        }
+        for out in outputs {
+            self.clone().deliver(out).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends a published message to its topic's log.
+    fn store(&self, mut out: OutgoingMessage, depth: usize) -> Result<Message> {
         // Like a real publisher, every message gets a correlation id.
         if out.headers.get(header::CORRELATION_ID).is_none() {
             out.headers
@@ -257,34 +362,7 @@ impl Inner {
             entries.push(msg.clone());
             msg
         };
-        let routes: Vec<&'static RouteDef> = self
-            .pipeline
-            .routes()
-            .iter()
-            .copied()
-            .filter(|r| {
-                r.subscribers()
-                    .iter()
-                    .any(|s| s.topics().contains(&&*msg.topic))
-            })
-            .collect();
-        for route in routes {
-            let outcome = self.pipeline.handle(route, msg.clone()).await;
-            let outputs = outcome.clone().into_outputs();
-            self.log
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .deliveries
-                .push(Delivery {
-                    handler: route.name(),
-                    message: msg.clone(),
-                    outcome,
-                });
-            for out in outputs {
-                self.clone().deliver(out).await?;
-            }
-        }
-        Ok(())
+        Ok(msg)
     }
 }
 

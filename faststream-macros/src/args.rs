@@ -29,6 +29,7 @@ impl AttrKind {
             AttrKind::Subscriber => CONSUMER_KEYS
                 .iter()
                 .chain(POLICY_KEYS)
+                .chain(BATCH_KEYS)
                 .chain(&["crate"])
                 .copied()
                 .collect(),
@@ -48,6 +49,18 @@ const CONSUMER_KEYS: &[&str] = &[
     "rebalance_timeout_ms",
     "commit_interval_ms",
 ];
+
+/// Batch options: route-wide, like the failure-policy options.
+const BATCH_KEYS: &[&str] = &["batch", "max_records", "batch_timeout_ms"];
+
+/// `batch = true` and its settings, with the spans errors point at.
+#[derive(Default)]
+pub(crate) struct BatchArgs {
+    /// Where `batch = ...` was written, and its value.
+    pub(crate) on: Option<(Span, bool)>,
+    pub(crate) max_records: Option<syn::LitInt>,
+    pub(crate) timeout_ms: Option<syn::LitInt>,
+}
 
 /// Collects errors so every one of them is reported.
 #[derive(Default)]
@@ -96,6 +109,7 @@ pub(crate) struct RouteArgs {
     pub(crate) krate: Option<syn::Path>,
     /// Route-wide failure-policy options: `(name, method tokens)`, each set once per handler.
     pub(crate) policy: Vec<(String, TokenStream)>,
+    pub(crate) batch: BatchArgs,
 }
 
 /// Failure-policy options: route-wide, written in any of the handler's `#[subscriber]`s.
@@ -276,12 +290,53 @@ fn apply_option(
                 syn::Error::new(lit.span(), "`crate` expects a path such as \"faststream\"")
             })?);
         }
+        "batch" => {
+            if route.batch.on.is_some() {
+                return Err(set_twice(span, name));
+            }
+            let on = match value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Bool(b),
+                    ..
+                }) => b.value,
+                _ => {
+                    return Err(syn::Error::new(
+                        span,
+                        "option `batch` expects `true` or `false`",
+                    ))
+                }
+            };
+            route.batch.on = Some((span, on));
+        }
+        "max_records" | "batch_timeout_ms" => {
+            let slot = match name {
+                "max_records" => &mut route.batch.max_records,
+                _ => &mut route.batch.timeout_ms,
+            };
+            if slot.is_some() {
+                return Err(set_twice(span, name));
+            }
+            match value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(i),
+                    ..
+                }) if i
+                    .base10_parse::<u32>()
+                    .is_ok_and(|v| v > 0 && v <= i32::MAX as u32) =>
+                {
+                    *slot = Some(i.clone());
+                }
+                _ => {
+                    return Err(syn::Error::new(
+                        span,
+                        format!("option `{name}` expects a positive whole number"),
+                    ))
+                }
+            }
+        }
         key if POLICY_KEYS.contains(&key) => {
             if route.policy.iter().any(|(n, _)| n == key) {
-                return Err(syn::Error::new(
-                    span,
-                    format!("`{key}` is set twice for this handler: failure-policy options apply to the whole handler"),
-                ));
+                return Err(set_twice(span, key));
             }
             let tokens = policy_value(key, value, span, &string)?;
             route.policy.push((key.to_owned(), tokens));
@@ -347,6 +402,13 @@ fn apply_option(
         }
     }
     Ok(())
+}
+
+fn set_twice(span: Span, key: &str) -> syn::Error {
+    syn::Error::new(
+        span,
+        format!("`{key}` is set twice for this handler: it applies to the whole handler"),
+    )
 }
 
 /// The builder-call argument for a failure-policy option, with `__fs` standing for the

@@ -45,6 +45,7 @@ pub(crate) fn expand(
         publishers: Vec::new(),
         krate: None,
         policy: Vec::new(),
+        batch: Default::default(),
     };
     args::parse_into(kind, Span::call_site(), attr, &mut route, &mut errors);
 
@@ -93,7 +94,11 @@ pub(crate) fn expand(
             "#[publisher] needs a #[subscriber] on the same function: it publishes what that handler returns",
         );
     }
-    let shape = signature::return_shape(&sig.output);
+    let batch = route.batch.on.is_some_and(|(_, on)| on);
+    let shape = match batch {
+        true => signature::batch_return_shape(&sig.output),
+        false => signature::return_shape(&sig.output),
+    };
     if !route.publishers.is_empty() && !shape.publishes() {
         let span = match &sig.output {
             syn::ReturnType::Default => sig.ident.span(),
@@ -118,9 +123,73 @@ pub(crate) fn expand(
             }
         }
     }
+    if batch {
+        check_batch(&route, &sig.ident, &arguments, &mut errors);
+    } else {
+        for lit in [&route.batch.max_records, &route.batch.timeout_ms]
+            .into_iter()
+            .flatten()
+        {
+            errors.error(
+                lit.span(),
+                "this option sets up batches: it needs `batch = true` on the handler",
+            );
+        }
+    }
     errors.finish()?;
 
     Ok(generate(func, &route, &arguments, &shape, &consumed))
+}
+
+/// A batch handler takes one `Vec<T>` body and no per-message extractor; it runs one batch at a
+/// time per partition and cannot be acknowledged by hand.
+fn check_batch(route: &RouteArgs, ident: &syn::Ident, arguments: &[signature::Arg], errors: &mut Errors) {
+    let bodies: Vec<_> = arguments
+        .iter()
+        .filter(|a| matches!(a.kind, ArgKind::Body))
+        .collect();
+    match bodies[..] {
+        [] => errors.error(
+            ident.span(),
+            "a batch handler takes its messages as a `Vec<T>` argument (`Vec<Message>` for the messages as received)",
+        ),
+        [body] if signature::batch_element(&body.ty).is_none() => errors.error(
+            body.span,
+            "a batch handler takes its messages as one `Vec<T>` argument, each element decoded from one message",
+        ),
+        [_] => {}
+        [_, second, ..] => errors.error(
+            second.span,
+            "a batch handler takes one body argument, a `Vec<T>`: put the fields in the element type",
+        ),
+    }
+    for arg in arguments {
+        let name = match &arg.kind {
+            ArgKind::Header(_) => Some("#[header]".to_owned()),
+            ArgKind::Context => signature::per_message_extractor(&arg.ty).map(|n| format!("`{n}`")),
+            ArgKind::Body => None,
+        };
+        if let Some(name) = name {
+            errors.error(
+                arg.span,
+                format!(
+                    "{name} is one message's, and a batch handler gets many: take `Vec<Message>` to see each message's key, headers and offset"
+                ),
+            );
+        }
+    }
+    for (key, tokens) in &route.policy {
+        let problem = match key.as_str() {
+            "concurrency" => "`concurrency` does not apply to batch handlers: each partition hands over one batch at a time",
+            "ack" if tokens.to_string().contains("Manual") => {
+                "`ack = \"manual\"` is not supported for batch handlers: a batch is acknowledged once handled (or use ack = \"first\")"
+            }
+            "no_reply" => "`no_reply` does not apply to batch handlers: they never answer `reply_to`",
+            _ => continue,
+        };
+        let span = route.batch.on.map_or_else(Span::call_site, |(span, _)| span);
+        errors.error(span, problem);
+    }
 }
 
 fn generate(
@@ -174,10 +243,42 @@ fn generate(
             let __Body { #(#names,)* } = #fs::decode_json::<__Body>(&__msg, #what)?;
         });
     }
+    let batch = route.batch.on.is_some_and(|(_, on)| on);
+    let mut batch_body = None;
     for (i, arg) in arguments.iter().enumerate() {
         let var = format_ident!("__arg{}", i);
         let ty = &arg.ty;
         let span = arg.span;
+        if let (true, ArgKind::Body, Some(elem)) =
+            (batch, &arg.kind, signature::batch_element(ty))
+        {
+            let what = LitStr::new(&quote!(#elem).to_string(), span);
+            let decode = if signature::is_message(elem) {
+                quote!(::core::result::Result::Ok(::core::clone::Clone::clone(__msg)))
+            } else {
+                match signature::body_codec(elem) {
+                    BodyCodec::Text => quote!(#fs::decode_text(__msg)),
+                    BodyCodec::Raw => {
+                        quote!(#fs::decode_raw(__msg).map(::std::convert::From::from))
+                    }
+                    BodyCodec::Json => quote!(#fs::decode_json::<#elem>(__msg, #what)),
+                }
+            };
+            batch_body = Some(quote_spanned! {span=>
+                let (#var, __undecodable) = #fs::decode_batch(
+                    &__msgs,
+                    |__msg: &#fs::Message| -> ::core::result::Result<#elem, #fs::HandlerError> { #decode },
+                );
+                if #var.is_empty() {
+                    return #fs::BatchResult {
+                        undecodable: __undecodable,
+                        replies: ::core::result::Result::Ok(::std::vec::Vec::new()),
+                    };
+                }
+            });
+            call_args.push(quote!(#var));
+            continue;
+        }
         match &arg.kind {
             ArgKind::Context => {
                 if let Some(inner) = signature::state_inner(ty) {
@@ -216,7 +317,49 @@ fn generate(
         }
     }
 
-    let encode = encode(shape, quote!(__ret), &fs);
+    let handler = match batch_body {
+        Some(body) => {
+            let encode = encode_batch(shape, quote!(__ret), &fs);
+            let max = route.batch.max_records.as_ref().map_or(quote!(500), |l| quote!(#l));
+            let ms = route.batch.timeout_ms.as_ref().map_or(quote!(200), |l| quote!(#l));
+            quote! {
+                fn __handler(
+                    __msgs: ::std::vec::Vec<#fs::Message>,
+                    __ctx: #fs::Context,
+                ) -> #fs::BoxFuture<'static, #fs::BatchResult> {
+                    ::std::boxed::Box::pin(async move {
+                        #body
+                        let __replies = async move {
+                            // Extractors other than the body see the batch's first message.
+                            let __msg = &__msgs[0];
+                            #(#decls)*
+                            let __ret = #ident(#(#call_args),*).await;
+                            #encode
+                        }
+                        .await;
+                        #fs::BatchResult { undecodable: __undecodable, replies: __replies }
+                    })
+                }
+                #fs::RouteHandler::Batch(__handler, #fs::BatchDef::new(#max, #ms))
+            }
+        }
+        None => {
+            let encode = encode(shape, quote!(__ret), &fs);
+            quote! {
+                fn __handler(
+                    __msg: #fs::Message,
+                    __ctx: #fs::Context,
+                ) -> #fs::BoxFuture<'static, #fs::HandlerResult> {
+                    ::std::boxed::Box::pin(async move {
+                        #(#decls)*
+                        let __ret = #ident(#(#call_args),*).await;
+                        #encode
+                    })
+                }
+                #fs::RouteHandler::One(__handler)
+            }
+        }
+    };
     let subscribers = route.subscribers.iter().map(|s| {
         let topics = &s.topics;
         let mut def = quote!(#fs::SubscriberDef::new(&[#(#topics),*]));
@@ -265,17 +408,6 @@ fn generate(
             #(#[allow(unused_imports)] use #consumed as _;)*
             #body_struct
 
-            fn __handler(
-                __msg: #fs::Message,
-                __ctx: #fs::Context,
-            ) -> #fs::BoxFuture<'static, #fs::HandlerResult> {
-                ::std::boxed::Box::pin(async move {
-                    #(#decls)*
-                    let __ret = #ident(#(#call_args),*).await;
-                    #encode
-                })
-            }
-
             #fs::RouteDef::__new(
                 ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                 ::core::file!(),
@@ -284,7 +416,7 @@ fn generate(
                 &[#(#publishers),*],
                 &[#(#states),*],
                 #policy,
-                __handler,
+                { #handler },
             )
         };
 
@@ -335,12 +467,54 @@ fn encode(shape: &Shape, value: TokenStream, fs: &TokenStream) -> TokenStream {
                 }
             }
         }
+        // Only batch handlers return lists, and `encode_batch` takes them apart.
+        Shape::List(_) => unreachable!("a list is encoded by encode_batch"),
         Shape::Response(inner) => {
             let inner = encode(inner, quote!(__v), fs);
             quote! {{
                 let (__v, __meta) = #value.into_parts();
                 (#inner).map(|__r| __r.with_meta(__meta))
             }}
+        }
+    }
+}
+
+/// The expression turning a batch handler's return value into
+/// `Result<Vec<Reply>, HandlerError>`: a list gives one reply per element, anything else one.
+fn encode_batch(shape: &Shape, value: TokenStream, fs: &TokenStream) -> TokenStream {
+    match shape {
+        Shape::Unit => {
+            quote!({ let _ = #value; ::core::result::Result::Ok(::std::vec::Vec::new()) })
+        }
+        Shape::List(inner) => {
+            let inner = encode(inner, quote!(__v), fs);
+            quote! {
+                ::core::iter::Iterator::collect::<::core::result::Result<::std::vec::Vec<#fs::Reply>, #fs::HandlerError>>(
+                    ::core::iter::Iterator::map(::core::iter::IntoIterator::into_iter(#value), |__v| #inner),
+                )
+            }
+        }
+        Shape::Option(inner) => {
+            let inner = encode_batch(inner, quote!(__v), fs);
+            quote! {
+                match #value {
+                    ::core::option::Option::Some(__v) => #inner,
+                    ::core::option::Option::None => ::core::result::Result::Ok(::std::vec::Vec::new()),
+                }
+            }
+        }
+        Shape::Result(inner) => {
+            let inner = encode_batch(inner, quote!(__v), fs);
+            quote! {
+                match #value {
+                    ::core::result::Result::Ok(__v) => #inner,
+                    ::core::result::Result::Err(__e) => ::core::result::Result::Err(#fs::HandlerError::from_handler(__e)),
+                }
+            }
+        }
+        single => {
+            let single = encode(single, value, fs);
+            quote!((#single).map(|__r| ::std::vec![__r]))
         }
     }
 }

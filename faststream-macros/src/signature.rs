@@ -172,6 +172,8 @@ pub(crate) enum Shape {
     Option(Box<Shape>),
     Result(Box<Shape>),
     Response(Box<Shape>),
+    /// A batch handler's `Vec<T>`: each element is its own message.
+    List(Box<Shape>),
 }
 
 impl Shape {
@@ -180,7 +182,9 @@ impl Shape {
         match self {
             Shape::Unit => false,
             Shape::Text | Shape::Raw | Shape::Json(_) => true,
-            Shape::Option(s) | Shape::Result(s) | Shape::Response(s) => s.publishes(),
+            Shape::Option(s) | Shape::Result(s) | Shape::Response(s) | Shape::List(s) => {
+                s.publishes()
+            }
         }
     }
 }
@@ -190,6 +194,51 @@ pub(crate) fn return_shape(ret: &ReturnType) -> Shape {
         ReturnType::Default => Shape::Unit,
         ReturnType::Type(_, ty) => type_shape(ty),
     }
+}
+
+/// How a batch handler's return value is published: as [`return_shape`], except that a
+/// `Vec<T>` (not `Vec<u8>`), also inside `Option` or `Result`, is a list of messages.
+pub(crate) fn batch_return_shape(ret: &ReturnType) -> Shape {
+    match ret {
+        ReturnType::Default => Shape::Unit,
+        ReturnType::Type(_, ty) => batch_type_shape(ty),
+    }
+}
+
+fn batch_type_shape(ty: &Type) -> Shape {
+    if let Type::Paren(p) = ty {
+        return batch_type_shape(&p.elem);
+    }
+    let inner = first_generic(ty);
+    match (last_ident(ty).as_deref(), inner) {
+        (Some("Vec"), Some(t)) if !is_ident(t, "u8") => Shape::List(Box::new(type_shape(t))),
+        (Some("Option"), Some(t)) => Shape::Option(Box::new(batch_type_shape(t))),
+        (Some("Result"), Some(t)) => Shape::Result(Box::new(batch_type_shape(t))),
+        _ => type_shape(ty),
+    }
+}
+
+/// The element type of a batch handler's `Vec<T>` argument.
+pub(crate) fn batch_element(ty: &Type) -> Option<&Type> {
+    match (last_ident(ty).as_deref(), first_generic(ty)) {
+        (Some("Vec"), Some(t)) if !is_ident(t, "u8") => Some(t),
+        _ => None,
+    }
+}
+
+/// Whether the type is written as the framework's `Message`.
+pub(crate) fn is_message(ty: &Type) -> bool {
+    last_ident(ty).as_deref() == Some("Message")
+}
+
+/// The per-message extractor a type names, if any (not available to batch handlers).
+pub(crate) fn per_message_extractor(ty: &Type) -> Option<String> {
+    last_ident(ty).filter(|name| {
+        matches!(
+            name.as_str(),
+            "Key" | "Headers" | "Topic" | "Partition" | "Offset" | "Timestamp" | "Message" | "Acker"
+        )
+    })
 }
 
 fn type_shape(ty: &Type) -> Shape {

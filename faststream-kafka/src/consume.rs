@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faststream_core::{
-    dlq_header, AckMode, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage, Pipeline,
+    dlq_header, AckMode, BatchDef, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage, Pipeline,
     RouteDef, Shutdown,
 };
 use rskafka::client::Client;
@@ -81,12 +81,20 @@ struct Queued {
     first: i64,
     last: i64,
     messages: usize,
-    /// Per output: the offset of the message it came from, and whether it is a dead-letter copy.
-    owners: Vec<(i64, bool)>,
+    owners: Vec<Owner>,
     /// Per target partition: indices into `owners`, and the ack.
     acks: Vec<(Vec<u32>, Ack)>,
     /// Outputs not delivered so far: index into `owners`, why.
     failed: Vec<(u32, String)>,
+}
+
+/// Where an output came from: the offsets of its message (a batch's first and last), and
+/// whether it is a dead-letter copy.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    first: i64,
+    last: i64,
+    dead_letter: bool,
 }
 
 /// One message's outputs, settled (concurrent consumption).
@@ -105,8 +113,9 @@ struct MessageSettled {
 #[derive(Debug)]
 struct Settled {
     last: i64,
-    /// Messages with an output that was not delivered: offset, why (first failure per message).
-    failed: Vec<(i64, String)>,
+    /// Messages (or batches) with an output that was not delivered: first and last offset,
+    /// why (first failure per message).
+    failed: Vec<(i64, i64, String)>,
 }
 
 /// Queued chunks awaiting the broker's acks, in offset order.
@@ -137,8 +146,7 @@ struct Chunk {
     messages: usize,
     bytes: usize,
     outputs: Vec<OutgoingMessage>,
-    /// Per output: its message's offset, and whether it is a dead-letter copy.
-    owners: Vec<(i64, bool)>,
+    owners: Vec<Owner>,
 }
 
 const CHUNK_MESSAGES: usize = 128;
@@ -150,15 +158,26 @@ impl Chunk {
         self.span.is_none()
     }
 
-    /// Adds a message's outputs; true when the chunk should be queued now.
-    fn push(&mut self, offset: i64, outputs: Vec<OutgoingMessage>, dead_letter: bool) -> bool {
+    /// Adds the outputs of `count` messages from `first` to `offset` (one message: both its
+    /// offset); true when the chunk should be queued now.
+    fn push(
+        &mut self,
+        (first, offset, count): (i64, i64, usize),
+        outputs: Vec<OutgoingMessage>,
+        dead_letter: bool,
+    ) -> bool {
+        let owner = Owner {
+            first,
+            last: offset,
+            dead_letter,
+        };
         self.owners
-            .extend(std::iter::repeat_n((offset, dead_letter), outputs.len()));
+            .extend(std::iter::repeat_n(owner, outputs.len()));
         self.span = Some(
             self.span
                 .map_or((offset, offset), |(first, _)| (first, offset)),
         );
-        self.messages += 1;
+        self.messages += count;
         self.bytes += outputs
             .iter()
             .map(OutgoingMessage::approximate_size)
@@ -223,7 +242,18 @@ impl PartitionConsumer {
         let ack_first = self.rt.pipeline.policy(self.route).ack == AckMode::First;
         let mut stopped = None;
         let concurrency = self.rt.pipeline.policy(self.route).concurrency as usize;
-        if concurrency > 1 {
+        if let Some(batch) = self.route.batch() {
+            stopped = self
+                .run_batches(
+                    batch,
+                    &mut rx,
+                    &mut tracker,
+                    ack_first,
+                    &mut chunk,
+                    &mut inflight,
+                )
+                .await;
+        } else if concurrency > 1 {
             stopped = self
                 .run_concurrently(concurrency, &mut rx, &mut tracker, ack_first)
                 .await;
@@ -316,7 +346,7 @@ impl PartitionConsumer {
                         tracker.done(offset);
                         continue;
                     }
-                    if chunk.push(offset, outputs, dead_letter) {
+                    if chunk.push((offset, offset, 1), outputs, dead_letter) {
                         if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
                             stopped = Some(e);
                             break 'fetched;
@@ -356,6 +386,161 @@ impl PartitionConsumer {
             None => Ok(()),
             Some((offset, reason)) => Err(self.stopped(offset, reason)),
         }
+    }
+
+    /// A batch route: fetched messages are collected into batches of at most `max_records`,
+    /// each handed over once full or `batch_timeout` after its first message arrived (a record
+    /// batch that cannot be read, and transaction markers, pass in offset order). The position
+    /// moves past a batch once its outputs (and its failed messages' dead-letter copies) are
+    /// acknowledged. Returns why it stopped on its own, if it did.
+    async fn run_batches(
+        &self,
+        def: BatchDef,
+        rx: &mut mpsc::Receiver<FetchedBatch>,
+        tracker: &mut OffsetTracker,
+        ack_first: bool,
+        chunk: &mut Chunk,
+        inflight: &mut InFlight,
+    ) -> Option<(i64, String)> {
+        let mut shutdown = self.shutdown.clone();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let max = def.max_records();
+        // Fetched items not handed over yet, each with when it arrived; how many are records.
+        let mut buffer: VecDeque<(tokio::time::Instant, Fetched)> = VecDeque::new();
+        let mut records = 0usize;
+        loop {
+            // The oldest waiting message's batch is due at this time.
+            let due = buffer
+                .iter()
+                .find(|(_, item)| matches!(item, Fetched::Record(_)))
+                .map(|(arrived, _)| *arrived + def.timeout());
+            let now = tokio::time::Instant::now();
+            if !buffer.is_empty() && (records >= max || due.is_none_or(|due| due <= now)) {
+                let mut items = Vec::new();
+                let mut taken = 0;
+                while let Some((_, item)) = buffer.front() {
+                    if matches!(item, Fetched::Record(_)) {
+                        if taken == max {
+                            break;
+                        }
+                        taken += 1;
+                    }
+                    items.push(buffer.pop_front().expect("peeked").1);
+                }
+                records -= taken;
+                match self.handle_batch(items, chunk, inflight, tracker).await {
+                    Ok(true) => continue,
+                    Ok(false) => return None,
+                    Err(e) => return Some(e),
+                }
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => return None,
+                res = settle_front(inflight), if !inflight.is_empty() => {
+                    if let Err(e) = self.finish(res, tracker).await {
+                        return Some(e);
+                    }
+                }
+                _ = ticker.tick() => self.warn_overdue(tracker),
+                () = tokio::time::sleep_until(due.unwrap_or(now)), if due.is_some() => {}
+                batch = rx.recv(), if records < max => match batch {
+                    Some(Ok(batch)) => {
+                        if ack_first {
+                            // At-most-once: commit past the whole fetch before handling it.
+                            if let Some(last) = batch.last() {
+                                tracker.done(last.last_offset());
+                                self.commit_now().await;
+                            }
+                        }
+                        let arrived = tokio::time::Instant::now();
+                        records += batch.iter().filter(|i| matches!(i, Fetched::Record(_))).count();
+                        buffer.extend(batch.into_iter().map(|item| (arrived, item)));
+                    }
+                    Some(Err(e)) => return Some(e),
+                    None => return None,
+                },
+            }
+        }
+    }
+
+    /// Handles one batch's items (records, unreadable batches, markers, in offset order) and
+    /// queues what they publish. `Ok(false)`: a retry backoff was interrupted (shutdown or
+    /// revoke), nothing of the batch is done.
+    async fn handle_batch(
+        &self,
+        items: Vec<Fetched>,
+        chunk: &mut Chunk,
+        inflight: &mut InFlight,
+        tracker: &OffsetTracker,
+    ) -> Result<bool, (i64, String)> {
+        let Some(end) = items.last().map(Fetched::last_offset) else {
+            return Ok(true);
+        };
+        // ((first offset, last offset, messages), outputs, dead-letter copy), queued in offset
+        // order once everything is handled, so no position passes a message not handled yet.
+        type Entry = ((i64, i64, usize), Vec<OutgoingMessage>, bool);
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut msgs = Vec::new();
+        for item in items {
+            match item {
+                Fetched::Record(msg) => msgs.push(msg),
+                Fetched::Unreadable {
+                    first,
+                    last,
+                    raw,
+                    reason,
+                } => {
+                    let outcome = self.unreadable(first, last, raw, &reason);
+                    if let Outcome::Stopped { error, .. } = &outcome {
+                        return Err((first, format!("the failure policy stopped it: {error}")));
+                    }
+                    let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
+                    entries.push(((first, last, 1), outcome.into_outputs(), dead_letter));
+                }
+                Fetched::Passed { .. } => {}
+            }
+        }
+        if let (Some(first), Some(last), count) = (
+            msgs.first().map(|m| m.offset),
+            msgs.last().map(|m| m.offset),
+            msgs.len(),
+        ) {
+            let outcome = self
+                .rt
+                .pipeline
+                .handle_batch(self.route, msgs, Some(&self.shutdown))
+                .await;
+            let batched = count - outcome.failed.len();
+            for (offset, failed) in outcome.failed {
+                match failed {
+                    Outcome::Stopped { error, .. } => {
+                        return Err((offset, format!("the failure policy stopped it: {error}")))
+                    }
+                    Outcome::Interrupted { .. } => return Ok(false),
+                    failed => {
+                        let dead_letter = matches!(failed, Outcome::DeadLettered { .. });
+                        entries.push(((offset, offset, 1), failed.into_outputs(), dead_letter));
+                    }
+                }
+            }
+            // A failed output of the batch fails each of its messages.
+            entries.push(((first, last, batched), outcome.outputs, false));
+        }
+        entries.sort_by_key(|((_, last, _), _, _)| *last);
+        entries.push(((end, end, 0), Vec::new(), false));
+        for (span, outputs, dead_letter) in entries {
+            if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
+                tracker.done(span.1);
+                continue;
+            }
+            if chunk.push(span, outputs, dead_letter) {
+                self.flush(chunk, inflight).await?;
+            }
+        }
+        self.flush(chunk, inflight).await?;
+        self.settle(inflight, tracker).await?;
+        Ok(true)
     }
 
     /// `concurrency > 1`: up to `concurrency` messages of the partition handled at once, one
@@ -480,7 +665,7 @@ impl PartitionConsumer {
                         continue;
                     }
                     if let Err(reason) = result {
-                        if let Err(e) = self.fail_outputs(vec![(offset, reason)]).await {
+                        if let Err(e) = self.fail_outputs(vec![(offset, offset, reason)]).await {
                             stopped.get_or_insert(e);
                             stopping = true;
                             continue;
@@ -680,62 +865,82 @@ impl PartitionConsumer {
     }
 
     /// Each message is read again from the partition (the consumer keeps no copy of messages
-    /// awaiting acks) and handed to the failure policy; a dead-letter copy is awaited here.
-    async fn fail_outputs(&self, failed: Vec<(i64, String)>) -> Result<(), (i64, String)> {
+    /// awaiting acks) and handed to the failure policy; a dead-letter copy is awaited here. A
+    /// batch's output that failed fails every message of the batch.
+    async fn fail_outputs(&self, failed: Vec<(i64, i64, String)>) -> Result<(), (i64, String)> {
         let mut reader =
             PartitionReader::new(self.rt.config.clone(), self.topic.clone(), self.partition);
-        for (offset, reason) in failed {
-            let msg = self.read_again(&mut reader, offset).await?;
-            let outcome = self
-                .rt
-                .pipeline
-                .fail(self.route, &msg, HandlerError::Publish(reason));
-            match outcome {
-                Outcome::Stopped { error, .. } => {
-                    return Err((offset, format!("the failure policy stopped it: {error}")))
-                }
-                Outcome::DeadLettered { dlq, .. } => {
-                    let topic = dlq.topic.clone();
-                    let queued = self
-                        .rt
-                        .producers
-                        .enqueue(&self.rt.client, vec![dlq])
-                        .await
-                        .map_err(|e| (offset, format!("dead-letter copy cannot be queued: {e}")))?;
-                    if let Err(why) = queued.delivered().await {
-                        return Err((
-                            offset,
-                            format!("an output was not delivered, and neither was its dead-letter copy to {topic:?}: {why}"),
-                        ));
-                    }
-                }
-                _ => {}
+        for (first, last, reason) in failed {
+            for msg in self.read_again(&mut reader, first, last).await? {
+                self.fail_output(msg, reason.clone()).await?;
             }
         }
         Ok(())
     }
 
+    /// One message whose output was not delivered, through the failure policy.
+    async fn fail_output(&self, msg: Message, reason: String) -> Result<(), (i64, String)> {
+        let offset = msg.offset;
+        let outcome = self
+            .rt
+            .pipeline
+            .fail(self.route, &msg, HandlerError::Publish(reason));
+        match outcome {
+            Outcome::Stopped { error, .. } => {
+                Err((offset, format!("the failure policy stopped it: {error}")))
+            }
+            Outcome::DeadLettered { dlq, .. } => {
+                let topic = dlq.topic.clone();
+                let queued = self
+                    .rt
+                    .producers
+                    .enqueue(&self.rt.client, vec![dlq])
+                    .await
+                    .map_err(|e| (offset, format!("dead-letter copy cannot be queued: {e}")))?;
+                queued.delivered().await.map_err(|why| {
+                    (
+                        offset,
+                        format!("an output was not delivered, and neither was its dead-letter copy to {topic:?}: {why}"),
+                    )
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The messages at offsets `first..=last`, read from the partition again.
     async fn read_again(
         &self,
         reader: &mut PartitionReader,
-        offset: i64,
-    ) -> Result<Message, (i64, String)> {
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<Message>, (i64, String)> {
         let mut backoff = Duration::from_millis(100);
-        for _ in 0..10 {
+        let mut found = Vec::new();
+        let mut offset = first;
+        let mut failures = 0;
+        loop {
             match reader.fetch(offset).await {
                 Ok(fetch) => {
-                    let found = fetch.decoded.items.into_iter().find_map(|i| match i {
-                        Fetched::Record(m) if m.offset == offset => Some(m),
+                    let next = fetch.decoded.next.unwrap_or(offset);
+                    found.extend(fetch.decoded.items.into_iter().filter_map(|i| match i {
+                        Fetched::Record(m) if (offset..=last).contains(&m.offset) => Some(m),
                         _ => None,
-                    });
-                    return found.ok_or_else(|| {
-                        (
-                            offset,
+                    }));
+                    if next > offset && next <= last {
+                        offset = next;
+                        continue;
+                    }
+                    if found.is_empty() {
+                        return Err((
+                            first,
                             "an output was not delivered, and the message is no longer readable to dead-letter it".into(),
-                        )
-                    });
+                        ));
+                    }
+                    return Ok(found);
                 }
-                Err(FetchError::Retriable(e)) => {
+                Err(FetchError::Retriable(e)) if failures < 10 => {
+                    failures += 1;
                     tracing::warn!(topic = &*self.topic, partition = self.partition, offset, error = %e, "reading a message again failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -744,16 +949,12 @@ impl PartitionConsumer {
                     return Err((
                         offset,
                         format!(
-                        "an output was not delivered, and the message cannot be read again: {e}"
-                    ),
+                            "an output was not delivered, and the message cannot be read again: {e}"
+                        ),
                     ))
                 }
             }
         }
-        Err((
-            offset,
-            "an output was not delivered, and the message cannot be read again".into(),
-        ))
     }
 
     /// Reports a manual-ack message that has held back the partition's commits for too long.
@@ -808,19 +1009,19 @@ async fn settle_front(inflight: &mut InFlight) -> Result<Settled, (i64, String)>
     }
     let front = inflight.queue.pop_front().expect("checked above");
     inflight.messages -= front.messages;
-    let mut failed: Vec<(i64, String)> = Vec::new();
+    let mut failed: Vec<(i64, i64, String)> = Vec::new();
     let mut by_output = front.failed;
     by_output.sort_by_key(|(i, _)| *i);
     for (i, reason) in by_output {
-        let (offset, dead_letter) = front.owners[i as usize];
-        if dead_letter {
+        let owner = front.owners[i as usize];
+        if owner.dead_letter {
             return Err((
-                offset,
+                owner.last,
                 format!("its dead-letter copy was not delivered: {reason}"),
             ));
         }
-        if failed.last().is_none_or(|(o, _)| *o != offset) {
-            failed.push((offset, reason));
+        if failed.last().is_none_or(|(_, o, _)| *o != owner.last) {
+            failed.push((owner.first, owner.last, reason));
         }
     }
     Ok(Settled {

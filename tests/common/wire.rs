@@ -116,10 +116,15 @@ pub async fn init_producer_id(broker: &str, transactional_id: Option<&str>) -> (
 /// The offset `group` committed for partition 0 of `topic` (-1: none), asked of `broker` (the
 /// single local broker is every group's coordinator).
 pub async fn committed(broker: &str, group: &str, topic: &str) -> i64 {
+    committed_partition(broker, group, topic, 0).await
+}
+
+/// The offset `group` committed for `partition` of `topic` (-1: none).
+pub async fn committed_partition(broker: &str, group: &str, topic: &str, partition: i32) -> i64 {
     let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
     let mut t = OffsetFetchRequestTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_owned()));
-    t.partition_indexes = vec![0];
+    t.partition_indexes = vec![partition];
     let mut req = OffsetFetchRequest::default();
     req.group_id = GroupId(StrBytes::from_string(group.to_owned()));
     req.topics = Some(vec![t]);

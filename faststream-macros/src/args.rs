@@ -103,6 +103,7 @@ pub(crate) struct SubscriberArgs {
 }
 
 /// Everything the attributes on one function say.
+#[derive(Default)]
 pub(crate) struct RouteArgs {
     pub(crate) subscribers: Vec<SubscriberArgs>,
     pub(crate) publishers: Vec<LitStr>,
@@ -535,12 +536,7 @@ mod tests {
     use quote::quote;
 
     fn parse(kind: AttrKind, tokens: TokenStream) -> (RouteArgs, syn::Result<()>) {
-        let mut route = RouteArgs {
-            subscribers: vec![],
-            publishers: vec![],
-            krate: None,
-            policy: vec![],
-        };
+        let mut route = RouteArgs::default();
         let mut errors = Errors::default();
         parse_into(kind, Span::call_site(), tokens, &mut route, &mut errors);
         (route, errors.finish())

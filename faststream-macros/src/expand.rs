@@ -40,13 +40,7 @@ pub(crate) fn expand(
     func: &mut ItemFn,
 ) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
-    let mut route = RouteArgs {
-        subscribers: Vec::new(),
-        publishers: Vec::new(),
-        krate: None,
-        policy: Vec::new(),
-        batch: Default::default(),
-    };
+    let mut route = RouteArgs::default();
     args::parse_into(kind, Span::call_site(), attr, &mut route, &mut errors);
 
     // Take the other route attributes off the function, in source order.

@@ -4,35 +4,6 @@ async fn pay(payment: Payment, acker: Acker) -> Result<(), Failure> {
 #[doc(hidden)]
 #[allow(non_upper_case_globals)]
 static __faststream_route_pay: ::faststream::__private::RouteDef = {
-    fn __handler(
-        __msg: ::faststream::__private::Message,
-        __ctx: ::faststream::__private::Context,
-    ) -> ::faststream::__private::BoxFuture<
-        'static,
-        ::faststream::__private::HandlerResult,
-    > {
-        ::std::boxed::Box::pin(async move {
-            let __arg0 = ::faststream::__private::decode_json::<
-                Payment,
-            >(&__msg, "Payment")?;
-            let __arg1 = <Acker as ::faststream::__private::FromMessage>::from_message(
-                &__msg,
-                &__ctx,
-            )?;
-            let __ret = pay(__arg0, __arg1).await;
-            match __ret {
-                ::core::result::Result::Ok(__v) => {
-                    let _ = __v;
-                    ::core::result::Result::Ok(::faststream::__private::Reply::none())
-                }
-                ::core::result::Result::Err(__e) => {
-                    ::core::result::Result::Err(
-                        ::faststream::__private::HandlerError::from_handler(__e),
-                    )
-                }
-            }
-        })
-    }
     ::faststream::__private::RouteDef::__new(
         ::core::concat!(::core::module_path!(), "::", ::core::stringify!(pay)),
         ::core::file!(),
@@ -48,7 +19,40 @@ static __faststream_route_pay: ::faststream::__private::RouteDef = {
             .dlq("payments.dlq")
             .ack(::faststream::__private::AckMode::Manual)
             .timeout_ms(2000),
-        __handler,
+        {
+            fn __handler(
+                __msg: ::faststream::__private::Message,
+                __ctx: ::faststream::__private::Context,
+            ) -> ::faststream::__private::BoxFuture<
+                'static,
+                ::faststream::__private::HandlerResult,
+            > {
+                ::std::boxed::Box::pin(async move {
+                    let __arg0 = ::faststream::__private::decode_json::<
+                        Payment,
+                    >(&__msg, "Payment")?;
+                    let __arg1 = <Acker as ::faststream::__private::FromMessage>::from_message(
+                        &__msg,
+                        &__ctx,
+                    )?;
+                    let __ret = pay(__arg0, __arg1).await;
+                    match __ret {
+                        ::core::result::Result::Ok(__v) => {
+                            let _ = __v;
+                            ::core::result::Result::Ok(
+                                ::faststream::__private::Reply::none(),
+                            )
+                        }
+                        ::core::result::Result::Err(__e) => {
+                            ::core::result::Result::Err(
+                                ::faststream::__private::HandlerError::from_handler(__e),
+                            )
+                        }
+                    }
+                })
+            }
+            ::faststream::__private::RouteHandler::One(__handler)
+        },
     )
 };
 ::faststream::__private::inventory::submit! {

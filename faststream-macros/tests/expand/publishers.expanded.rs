@@ -8,19 +8,6 @@ pub static __faststream_route_fan_out: ::faststream::__private::RouteDef = {
     use subscriber as _;
     #[allow(unused_imports)]
     use publisher as _;
-    fn __handler(
-        __msg: ::faststream::__private::Message,
-        __ctx: ::faststream::__private::Context,
-    ) -> ::faststream::__private::BoxFuture<
-        'static,
-        ::faststream::__private::HandlerResult,
-    > {
-        ::std::boxed::Box::pin(async move {
-            let __arg0: String = ::faststream::__private::decode_text(&__msg)?;
-            let __ret = fan_out(__arg0).await;
-            ::core::result::Result::Ok(::faststream::__private::Reply::text(__ret))
-        })
-    }
     ::faststream::__private::RouteDef::__new(
         ::core::concat!(::core::module_path!(), "::", ::core::stringify!(fan_out)),
         ::core::file!(),
@@ -29,7 +16,24 @@ pub static __faststream_route_fan_out: ::faststream::__private::RouteDef = {
         &["a", "b"],
         &[],
         ::faststream::__private::PolicyDef::new(),
-        __handler,
+        {
+            fn __handler(
+                __msg: ::faststream::__private::Message,
+                __ctx: ::faststream::__private::Context,
+            ) -> ::faststream::__private::BoxFuture<
+                'static,
+                ::faststream::__private::HandlerResult,
+            > {
+                ::std::boxed::Box::pin(async move {
+                    let __arg0: String = ::faststream::__private::decode_text(&__msg)?;
+                    let __ret = fan_out(__arg0).await;
+                    ::core::result::Result::Ok(
+                        ::faststream::__private::Reply::text(__ret),
+                    )
+                })
+            }
+            ::faststream::__private::RouteHandler::One(__handler)
+        },
     )
 };
 ::faststream::__private::inventory::submit! {

@@ -13,21 +13,6 @@ static __faststream_route_handle_msg: ::faststream::__private::RouteDef = {
         user: String,
         user_id: i64,
     }
-    fn __handler(
-        __msg: ::faststream::__private::Message,
-        __ctx: ::faststream::__private::Context,
-    ) -> ::faststream::__private::BoxFuture<
-        'static,
-        ::faststream::__private::HandlerResult,
-    > {
-        ::std::boxed::Box::pin(async move {
-            let __Body { user, user_id } = ::faststream::__private::decode_json::<
-                __Body,
-            >(&__msg, "a JSON object with fields `user`, `user_id`")?;
-            let __ret = handle_msg(user, user_id).await;
-            ::core::result::Result::Ok(::faststream::__private::Reply::text(__ret))
-        })
-    }
     ::faststream::__private::RouteDef::__new(
         ::core::concat!(::core::module_path!(), "::", ::core::stringify!(handle_msg)),
         ::core::file!(),
@@ -36,7 +21,26 @@ static __faststream_route_handle_msg: ::faststream::__private::RouteDef = {
         &["out-topic"],
         &[],
         ::faststream::__private::PolicyDef::new(),
-        __handler,
+        {
+            fn __handler(
+                __msg: ::faststream::__private::Message,
+                __ctx: ::faststream::__private::Context,
+            ) -> ::faststream::__private::BoxFuture<
+                'static,
+                ::faststream::__private::HandlerResult,
+            > {
+                ::std::boxed::Box::pin(async move {
+                    let __Body { user, user_id } = ::faststream::__private::decode_json::<
+                        __Body,
+                    >(&__msg, "a JSON object with fields `user`, `user_id`")?;
+                    let __ret = handle_msg(user, user_id).await;
+                    ::core::result::Result::Ok(
+                        ::faststream::__private::Reply::text(__ret),
+                    )
+                })
+            }
+            ::faststream::__private::RouteHandler::One(__handler)
+        },
     )
 };
 ::faststream::__private::inventory::submit! {

@@ -4,29 +4,6 @@ async fn on_order(order: Order) -> Result<(), BillingError> {
 #[doc(hidden)]
 #[allow(non_upper_case_globals)]
 static __faststream_route_on_order: ::faststream::__private::RouteDef = {
-    fn __handler(
-        __msg: ::faststream::__private::Message,
-        __ctx: ::faststream::__private::Context,
-    ) -> ::faststream::__private::BoxFuture<
-        'static,
-        ::faststream::__private::HandlerResult,
-    > {
-        ::std::boxed::Box::pin(async move {
-            let __arg0 = ::faststream::__private::decode_json::<Order>(&__msg, "Order")?;
-            let __ret = on_order(__arg0).await;
-            match __ret {
-                ::core::result::Result::Ok(__v) => {
-                    let _ = __v;
-                    ::core::result::Result::Ok(::faststream::__private::Reply::none())
-                }
-                ::core::result::Result::Err(__e) => {
-                    ::core::result::Result::Err(
-                        ::faststream::__private::HandlerError::from_handler(__e),
-                    )
-                }
-            }
-        })
-    }
     ::faststream::__private::RouteDef::__new(
         ::core::concat!(::core::module_path!(), "::", ::core::stringify!(on_order)),
         ::core::file!(),
@@ -39,7 +16,36 @@ static __faststream_route_on_order: ::faststream::__private::RouteDef = {
         &[],
         &[],
         ::faststream::__private::PolicyDef::new(),
-        __handler,
+        {
+            fn __handler(
+                __msg: ::faststream::__private::Message,
+                __ctx: ::faststream::__private::Context,
+            ) -> ::faststream::__private::BoxFuture<
+                'static,
+                ::faststream::__private::HandlerResult,
+            > {
+                ::std::boxed::Box::pin(async move {
+                    let __arg0 = ::faststream::__private::decode_json::<
+                        Order,
+                    >(&__msg, "Order")?;
+                    let __ret = on_order(__arg0).await;
+                    match __ret {
+                        ::core::result::Result::Ok(__v) => {
+                            let _ = __v;
+                            ::core::result::Result::Ok(
+                                ::faststream::__private::Reply::none(),
+                            )
+                        }
+                        ::core::result::Result::Err(__e) => {
+                            ::core::result::Result::Err(
+                                ::faststream::__private::HandlerError::from_handler(__e),
+                            )
+                        }
+                    }
+                })
+            }
+            ::faststream::__private::RouteHandler::One(__handler)
+        },
     )
 };
 ::faststream::__private::inventory::submit! {

@@ -14,6 +14,8 @@
 //!   output, so `framework / raw-headers` compares the same work (and `bare / raw` too);
 //! - `framework`: the seed handler (`#[subscriber]` + `#[publisher]`) on `KafkaBroker`;
 //! - `framework-bare`: the same with `compat_headers(false)` (no FastStream headers);
+//! - `framework-batch`: the seed handler as a batch handler (`batch = true`,
+//!   `max_records = 500`, `batch_timeout_ms = 0`), same output as `framework`;
 //! - `pipeline`: the framework's handler pipeline alone, in memory (no network).
 //!
 //! - `io-seq` and `io-par`: an I/O-bound handler (waits 5 ms, then answers) over keyed input
@@ -42,6 +44,29 @@ use serde::Deserialize;
 #[publisher("out-topic")]
 async fn handle_msg(user: String, user_id: i64) -> String {
     format!("User: {user_id} - {user} registered")
+}
+
+/// The seed message as one element of a batch.
+#[derive(Deserialize)]
+struct Registration {
+    user: String,
+    user_id: i64,
+}
+
+/// The seed handler as a batch handler: up to 500 messages at once, one output each.
+#[subscriber(
+    "in_topic",
+    auto_offset_reset = "earliest",
+    batch = true,
+    max_records = 500,
+    batch_timeout_ms = 0
+)]
+#[publisher("out-topic")]
+async fn handle_batch(users: Vec<Registration>) -> Vec<String> {
+    users
+        .into_iter()
+        .map(|u| format!("User: {} - {} registered", u.user_id, u.user))
+        .collect()
 }
 
 /// The I/O-bound handler: a 5 ms wait (a database, an API), one message at a time.
@@ -159,6 +184,7 @@ async fn parent(args: Args) {
         "raw-headers",
         "framework",
         "framework-bare",
+        "framework-batch",
         "pipeline",
         "test-broker",
         "io-seq",
@@ -228,7 +254,7 @@ async fn parent(args: Args) {
     let n = args.messages as f64;
     println!();
     println!(
-        "{:<14} {:>12} {:>16} {:>14} {:>20}",
+        "{:<16} {:>12} {:>16} {:>14} {:>20}",
         "", "msgs/s", "CPU s / 100k", "peak RSS MiB", "broker CPU s / 100k"
     );
     let io_n = io_messages(&args) as f64;
@@ -244,7 +270,7 @@ async fn parent(args: Args) {
             .broker_cpu_seconds
             .map_or("n/a".to_owned(), |b| format!("{:.3}", b / n * 100_000.0));
         println!(
-            "{:<14} {:>12.0} {:>16.3} {:>14.1} {:>20}",
+            "{:<16} {:>12.0} {:>16.3} {:>14.1} {:>20}",
             kind,
             n / f.seconds,
             f.cpu_seconds / n * 100_000.0,
@@ -255,7 +281,7 @@ async fn parent(args: Args) {
     let find = |k: &str| results.iter().find(|(kind, _)| *kind == k).map(|(_, f)| *f);
     if let (Some(seq), Some(par)) = (find("io-seq"), find("io-par")) {
         println!(
-            "{:<14} {:>12.2} {:>16.2} {:>14.2}",
+            "{:<16} {:>12.2} {:>16.2} {:>14.2}",
             "par / seq",
             seq.seconds / par.seconds,
             par.cpu_seconds / seq.cpu_seconds,
@@ -270,10 +296,12 @@ async fn parent(args: Args) {
         ("framework", "raw-headers", "fw / raw-hdr"),
         ("framework-bare", "raw", "bare / raw"),
         ("framework", "raw", "fw / raw"),
+        ("framework-batch", "raw-headers", "batch / raw-hdr"),
+        ("framework-batch", "framework", "batch / fw"),
     ] {
         if let (Some(fw), Some(base)) = (find(fw), find(base)) {
             println!(
-                "{:<14} {:>12.2} {:>16.2} {:>14.2}",
+                "{:<16} {:>12.2} {:>16.2} {:>14.2}",
                 label,
                 base.seconds / fw.seconds,
                 fw.cpu_seconds / base.cpu_seconds,
@@ -399,6 +427,7 @@ async fn child(kind: &str, args: &Args) {
             "raw-headers" => raw_relay(args, true).await,
             "framework" => framework_relay(args, true).await,
             "framework-bare" => framework_relay(args, false).await,
+            "framework-batch" => batch_relay(args).await,
             "io-seq" | "io-par" => {
                 let mut io = args.clone();
                 io.messages = io_messages(args);
@@ -542,6 +571,14 @@ async fn framework_relay(args: &Args, compat: bool) {
     let app = FastStream::new(broker)
         .with_routes(routes![handle_msg])
         .compat_headers(compat)
+        .topic_prefix(args.prefix.clone());
+    app.run_until(std::future::pending()).await.unwrap();
+}
+
+/// The seed handler as a batch handler on `KafkaBroker`, with FastStream's headers.
+async fn batch_relay(args: &Args) {
+    let app = FastStream::new(KafkaBroker::new(&bootstrap()))
+        .with_routes(routes![handle_batch])
         .topic_prefix(args.prefix.clone());
     app.run_until(std::future::pending()).await.unwrap();
 }

@@ -174,9 +174,7 @@ async fn a_failing_batch_is_retried_then_dead_lettered_message_by_message() {
     let copies = &dlq[&0];
     let offsets: Vec<String> = copies
         .iter()
-        .map(|r| {
-            String::from_utf8(r.record.headers[dlq_header::ORIGINAL_OFFSET].clone()).unwrap()
-        })
+        .map(|r| String::from_utf8(r.record.headers[dlq_header::ORIGINAL_OFFSET].clone()).unwrap())
         .collect();
     // Every message dead-lettered once, in offset order: the undecodable one on its own
     // (kind `decode`), the batch's nine with the batch's error.
@@ -218,14 +216,23 @@ async fn a_batch_waits_for_more_messages_up_to_its_timeout() {
     let topic = format!("{prefix}fill");
     create_topic(&client, &topic, 1).await;
     let running = start(app(routes![fill], &prefix)).await;
-    let three = (0..3).map(|i| record(None, format!("a{i}").as_bytes(), &[])).collect();
+    let three = (0..3)
+        .map(|i| record(None, format!("a{i}").as_bytes(), &[]))
+        .collect();
     produce(&client, &topic, 0, three).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let two = (0..2).map(|i| record(None, format!("b{i}").as_bytes(), &[])).collect();
+    let two = (0..2)
+        .map(|i| record(None, format!("b{i}").as_bytes(), &[]))
+        .collect();
     produce(&client, &topic, 0, two).await;
-    wait_for("the batch is handed over", || !FILLED.lock().unwrap().is_empty()).await;
+    wait_for("the batch is handed over", || {
+        !FILLED.lock().unwrap().is_empty()
+    })
+    .await;
     // Then a full batch goes at once, without waiting for the timeout.
-    let full = (0..50).map(|i| record(None, format!("c{i}").as_bytes(), &[])).collect();
+    let full = (0..50)
+        .map(|i| record(None, format!("c{i}").as_bytes(), &[]))
+        .collect();
     produce(&client, &topic, 0, full).await;
     wait_for("the full batch", || FILLED.lock().unwrap().len() == 2).await;
     running.stop().await.unwrap();

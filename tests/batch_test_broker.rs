@@ -19,7 +19,8 @@ struct Seen(std::sync::Arc<Mutex<Vec<Vec<u32>>>>);
 #[subscriber("orders", batch = true, max_records = 3)]
 #[publisher("order-totals")]
 async fn totals(orders: Vec<Order>, seen: State<Seen>) -> Vec<String> {
-    seen.0 .0
+    seen.0
+         .0
         .lock()
         .unwrap()
         .push(orders.iter().map(|o| o.id).collect());
@@ -50,7 +51,10 @@ async fn batches_are_cut_at_max_records_and_each_element_is_published() {
         .iter()
         .map(|m| m.text().unwrap().to_owned())
         .collect();
-    assert_eq!(out, ["1:10", "2:20", "3:30", "4:40", "5:50", "6:60", "7:70"]);
+    assert_eq!(
+        out,
+        ["1:10", "2:20", "3:30", "4:40", "5:50", "6:60", "7:70"]
+    );
     // One delivery per message; a batch's outputs ride on its last message.
     let received = broker.received("totals");
     assert_eq!(received.len(), 7);
@@ -102,8 +106,14 @@ async fn an_undecodable_message_is_dead_lettered_alone_and_the_rest_is_delivered
     let dlq = broker.published("orders-dq-dlq");
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].payload.as_deref(), Some(&br#"{"id": "two"}"#[..]));
-    assert_eq!(dlq[0].headers.get_str(dlq_header::ERROR_KIND), Some("decode"));
-    assert_eq!(dlq[0].headers.get_str(dlq_header::ORIGINAL_OFFSET), Some("1"));
+    assert_eq!(
+        dlq[0].headers.get_str(dlq_header::ERROR_KIND),
+        Some("decode")
+    );
+    assert_eq!(
+        dlq[0].headers.get_str(dlq_header::ORIGINAL_OFFSET),
+        Some("1")
+    );
     let error = dlq[0].headers.get_str(dlq_header::ERROR).unwrap();
     assert!(error.contains("Order"), "{error}");
 }

@@ -548,7 +548,10 @@ impl Pipeline {
             msgs = fits;
         }
         // Outputs of a batch carry the correlation id of its first message (or a new one).
-        let correlation_id = match msgs.first().and_then(|m| m.headers.get(header::CORRELATION_ID)) {
+        let correlation_id = match msgs
+            .first()
+            .and_then(|m| m.headers.get(header::CORRELATION_ID))
+        {
             Some(id) => Some(id.clone()),
             None if self.compat_headers => Some(bytes::Bytes::from(new_correlation_id())),
             None => None,
@@ -697,7 +700,11 @@ impl Pipeline {
     }
 
     /// The prefixed publisher topics of `route`.
-    fn output_topics(&self, route: &RouteDef, index: Option<usize>) -> std::borrow::Cow<'_, [String]> {
+    fn output_topics(
+        &self,
+        route: &RouteDef,
+        index: Option<usize>,
+    ) -> std::borrow::Cow<'_, [String]> {
         match index {
             Some(i) => std::borrow::Cow::Borrowed(&self.outputs[i]),
             None => std::borrow::Cow::Owned(

@@ -46,8 +46,8 @@ pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,
 };
 pub use route::{
-    registered_routes, validate, Assignor, BatchDef, GroupTimings, OffsetReset, RouteDef, RouteProblem,
-    StateReq, SubscriberDef,
+    registered_routes, validate, Assignor, BatchDef, GroupTimings, OffsetReset, RouteDef,
+    RouteProblem, StateReq, SubscriberDef,
 };
 pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
 
@@ -62,8 +62,7 @@ pub mod __private {
     pub use crate::outcome::Reply;
     pub use crate::policy::{AckMode, FailureAction, PolicyDef};
     pub use crate::route::{
-        Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq,
-        SubscriberDef,
+        Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq, SubscriberDef,
     };
     pub use crate::transport::BoxFuture;
     pub use inventory;

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faststream_core::{
-    dlq_header, AckMode, BatchDef, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage, Pipeline,
-    RouteDef, Shutdown,
+    dlq_header, AckMode, BatchDef, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage,
+    Pipeline, RouteDef, Shutdown,
 };
 use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot};

@@ -321,16 +321,19 @@ fn apply_option(
                 syn::Expr::Lit(syn::ExprLit {
                     lit: syn::Lit::Int(i),
                     ..
-                }) if i
-                    .base10_parse::<u32>()
-                    .is_ok_and(|v| v > 0 && v <= i32::MAX as u32) =>
+                }) if i.base10_parse::<u32>().is_ok_and(|v| {
+                    v <= i32::MAX as u32 && (v > 0 || name == "batch_timeout_ms")
+                }) =>
                 {
                     *slot = Some(i.clone());
                 }
                 _ => {
                     return Err(syn::Error::new(
                         span,
-                        format!("option `{name}` expects a positive whole number"),
+                        match name {
+                            "max_records" => "option `max_records` expects a positive whole number",
+                            _ => "option `batch_timeout_ms` expects a whole number of milliseconds",
+                        },
                     ))
                 }
             }

@@ -137,7 +137,12 @@ pub(crate) fn expand(
 
 /// A batch handler takes one `Vec<T>` body and no per-message extractor; it runs one batch at a
 /// time per partition and cannot be acknowledged by hand.
-fn check_batch(route: &RouteArgs, ident: &syn::Ident, arguments: &[signature::Arg], errors: &mut Errors) {
+fn check_batch(
+    route: &RouteArgs,
+    ident: &syn::Ident,
+    arguments: &[signature::Arg],
+    errors: &mut Errors,
+) {
     let bodies: Vec<_> = arguments
         .iter()
         .filter(|a| matches!(a.kind, ArgKind::Body))
@@ -181,7 +186,10 @@ fn check_batch(route: &RouteArgs, ident: &syn::Ident, arguments: &[signature::Ar
             "no_reply" => "`no_reply` does not apply to batch handlers: they never answer `reply_to`",
             _ => continue,
         };
-        let span = route.batch.on.map_or_else(Span::call_site, |(span, _)| span);
+        let span = route
+            .batch
+            .on
+            .map_or_else(Span::call_site, |(span, _)| span);
         errors.error(span, problem);
     }
 }
@@ -243,12 +251,13 @@ fn generate(
         let var = format_ident!("__arg{}", i);
         let ty = &arg.ty;
         let span = arg.span;
-        if let (true, ArgKind::Body, Some(elem)) =
-            (batch, &arg.kind, signature::batch_element(ty))
+        if let (true, ArgKind::Body, Some(elem)) = (batch, &arg.kind, signature::batch_element(ty))
         {
             let what = LitStr::new(&quote!(#elem).to_string(), span);
             let decode = if signature::is_message(elem) {
-                quote!(::core::result::Result::Ok(::core::clone::Clone::clone(__msg)))
+                quote!(::core::result::Result::Ok(::core::clone::Clone::clone(
+                    __msg
+                )))
             } else {
                 match signature::body_codec(elem) {
                     BodyCodec::Text => quote!(#fs::decode_text(__msg)),
@@ -314,8 +323,16 @@ fn generate(
     let handler = match batch_body {
         Some(body) => {
             let encode = encode_batch(shape, quote!(__ret), &fs);
-            let max = route.batch.max_records.as_ref().map_or(quote!(500), |l| quote!(#l));
-            let ms = route.batch.timeout_ms.as_ref().map_or(quote!(200), |l| quote!(#l));
+            let max = route
+                .batch
+                .max_records
+                .as_ref()
+                .map_or(quote!(500), |l| quote!(#l));
+            let ms = route
+                .batch
+                .timeout_ms
+                .as_ref()
+                .map_or(quote!(200), |l| quote!(#l));
             quote! {
                 fn __handler(
                     __msgs: ::std::vec::Vec<#fs::Message>,

@@ -236,7 +236,14 @@ pub(crate) fn per_message_extractor(ty: &Type) -> Option<String> {
     last_ident(ty).filter(|name| {
         matches!(
             name.as_str(),
-            "Key" | "Headers" | "Topic" | "Partition" | "Offset" | "Timestamp" | "Message" | "Acker"
+            "Key"
+                | "Headers"
+                | "Topic"
+                | "Partition"
+                | "Offset"
+                | "Timestamp"
+                | "Message"
+                | "Acker"
         )
     })
 }

@@ -238,3 +238,70 @@ async fn a_batch_waits_for_more_messages_up_to_its_timeout() {
     running.stop().await.unwrap();
     assert_eq!(*FILLED.lock().unwrap(), [5, 50]);
 }
+
+static STORED: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+
+#[subscriber(
+    "crash",
+    group_id = "crash-group",
+    auto_offset_reset = "earliest",
+    batch = true,
+    max_records = 50
+)]
+#[publisher("crash-out")]
+async fn store(msgs: Vec<Message>) -> Vec<String> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    STORED.lock().unwrap().extend(msgs.iter().map(|m| m.offset));
+    msgs.iter()
+        .map(|m| m.text().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_batches_loses_nothing() {
+    let prefix = unique_prefix("crash");
+    let client = raw_client().await;
+    let topic = format!("{prefix}crash");
+    create_topic(&client, &topic, 1).await;
+    create_topic(&client, &format!("{prefix}crash-out"), 1).await;
+    let records = (0..2000)
+        .map(|i| record(None, format!("m{i}").as_bytes(), &[]))
+        .collect();
+    produce(&client, &topic, 0, records).await;
+    let make = || {
+        let broker = faststream::kafka::KafkaBroker::builder(&bootstrap())
+            .session_timeout(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_millis(300))
+            .commit_interval(Duration::from_millis(100))
+            .build();
+        faststream::FastStream::new(broker)
+            .with_routes(routes![store])
+            .topic_prefix(&prefix)
+    };
+    init_logs();
+    let first = start(make()).await;
+    wait_for("some batches stored", || {
+        STORED.lock().unwrap().len() >= 500
+    })
+    .await;
+    first.crash().await;
+    let second = start(make()).await;
+    wait_for("every offset stored", || {
+        let stored = STORED.lock().unwrap();
+        (0..2000).all(|o| stored.contains(&o))
+    })
+    .await;
+    second.stop().await.unwrap();
+    // Outputs may repeat (at-least-once); every input's output is there.
+    let out_topic = format!("{prefix}crash-out");
+    let mut want = 2000;
+    loop {
+        let out = read(&client, &out_topic, want).await;
+        let distinct: std::collections::BTreeSet<String> =
+            out.values().flatten().map(text).collect();
+        if distinct.len() == 2000 {
+            break;
+        }
+        want += 2000 - distinct.len();
+    }
+}

@@ -112,6 +112,8 @@ pub struct FastStream<T> {
     hooks: Hooks,
     middlewares: crate::middleware::Middlewares,
     health: Option<std::net::SocketAddr>,
+    /// Whether `/metrics` is served beside the probes.
+    metrics: bool,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -129,7 +131,20 @@ impl<T: Transport> FastStream<T> {
             hooks: Hooks::default(),
             middlewares: Default::default(),
             health: None,
+            metrics: false,
         }
+    }
+
+    /// Serves Prometheus metrics at `GET /metrics` on `addr`, beside the health probes of
+    /// [`FastStream::health`] (one address for scrapes and probes). Installs the process-wide
+    /// Prometheus recorder of the `metrics` facade on first use; the run fails at startup if
+    /// another recorder was installed first. The metrics are listed in the README's
+    /// Operating section.
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus(mut self, addr: std::net::SocketAddr) -> Self {
+        self.health = Some(addr);
+        self.metrics = true;
+        self
     }
 
     /// Serves health probes on `addr` (for example `0.0.0.0:8080`): `GET /health/live` (200
@@ -271,11 +286,21 @@ impl<T: Transport> FastStream<T> {
             hooks,
             middlewares,
             health,
+            metrics,
         } = self;
         let probes = Arc::new(crate::health::Health::default());
+        let render = match metrics {
+            #[cfg(feature = "prometheus")]
+            true => Some(crate::health::prometheus().map_err(|reason| Error::Hook {
+                stage: "metrics",
+                index: 1,
+                reason,
+            })?),
+            _ => None,
+        };
         let _probes_task = match health {
             Some(addr) => Some(AbortOnDrop(
-                crate::health::serve(addr, probes.clone())
+                crate::health::serve(addr, probes.clone(), render)
                     .await
                     .map_err(|e| Error::Hook {
                         stage: "health",

@@ -409,6 +409,7 @@ impl Pipeline {
             };
             if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
                 let wait = policy.retry.backoff(attempts);
+                count_retry(route, &msg.topic);
                 tracing::warn!(
                     handler = route.name(),
                     topic = &*msg.topic,
@@ -592,6 +593,7 @@ impl Pipeline {
             };
             if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
                 let wait = policy.retry.backoff(attempts);
+                count_retry(route, &msgs[0].topic);
                 tracing::warn!(
                     handler = route.name(),
                     topic = &*msgs[0].topic,
@@ -960,6 +962,16 @@ impl Ready {
         self.0.wait_for(|r| *r).await.is_ok()
     }
 }
+
+/// Counts a retry (of one message, or one batch) in `faststream_retries_total`.
+#[cfg(feature = "metrics")]
+fn count_retry(route: &RouteDef, topic: &str) {
+    metrics::counter!("faststream_retries_total", "topic" => topic.to_owned(), "handler" => route.name())
+        .increment(1);
+}
+
+#[cfg(not(feature = "metrics"))]
+fn count_retry(_: &RouteDef, _: &str) {}
 
 /// Runs a generated handler's future within the route's time limit, a panic caught as
 /// [`HandlerError::Panic`].

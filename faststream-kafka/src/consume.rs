@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
+use crate::metrics::{Lag, PartitionMetrics};
 use crate::offsets::{OffsetTracker, Position};
 use crate::produce::{Ack, Producers};
 use crate::records::Fetched;
@@ -227,6 +228,7 @@ impl PartitionConsumer {
         );
         let _ = self.ready.send(());
 
+        let metrics = PartitionMetrics::new(self.route.name(), topic, partition);
         let (tx, mut rx) = mpsc::channel(2);
         let fetcher = AbortOnDrop(tokio::spawn(fetch_loop(
             reader,
@@ -234,6 +236,7 @@ impl PartitionConsumer {
             tx,
             self.shutdown.clone(),
             self.reset,
+            metrics.lag(),
         )));
         let mut inflight = InFlight::default();
         let mut chunk = Chunk::default();
@@ -249,13 +252,13 @@ impl PartitionConsumer {
                     &mut rx,
                     &mut tracker,
                     ack_first,
-                    &mut chunk,
-                    &mut inflight,
+                    (&mut chunk, &mut inflight),
+                    &metrics,
                 )
                 .await;
         } else if concurrency > 1 {
             stopped = self
-                .run_concurrently(concurrency, &mut rx, &mut tracker, ack_first)
+                .run_concurrently(concurrency, &mut rx, &mut tracker, ack_first, &metrics)
                 .await;
         } else {
             'fetched: loop {
@@ -271,6 +274,7 @@ impl PartitionConsumer {
                         continue;
                     }
                     _ = ticker.tick() => {
+                        metrics.in_flight(inflight.messages);
                         self.warn_overdue(&mut tracker);
                         continue;
                     }
@@ -297,6 +301,8 @@ impl PartitionConsumer {
                     let (offset, outcome) = match item {
                         Fetched::Record(msg) => {
                             let offset = msg.offset;
+                            metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
+                            let started = Instant::now();
                             let handling = self.rt.pipeline.handle_until(
                                 self.route,
                                 msg,
@@ -319,6 +325,8 @@ impl PartitionConsumer {
                                     }
                                 }
                             };
+                            metrics.duration(started.elapsed());
+                            metrics.outcome(&outcome, 1);
                             (offset, outcome)
                         }
                         Fetched::Unreadable {
@@ -326,7 +334,11 @@ impl PartitionConsumer {
                             last,
                             raw,
                             reason,
-                        } => (last, self.unreadable(first, last, raw, &reason)),
+                        } => {
+                            let outcome = self.unreadable(first, last, raw, &reason);
+                            metrics.outcome(&outcome, 1);
+                            (last, outcome)
+                        }
                         Fetched::Passed { last } => (last, Outcome::Done(Vec::new())),
                     };
                     match &outcome {
@@ -399,8 +411,8 @@ impl PartitionConsumer {
         rx: &mut mpsc::Receiver<FetchedBatch>,
         tracker: &mut OffsetTracker,
         ack_first: bool,
-        chunk: &mut Chunk,
-        inflight: &mut InFlight,
+        (chunk, inflight): (&mut Chunk, &mut InFlight),
+        metrics: &PartitionMetrics,
     ) -> Option<(i64, String)> {
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -428,7 +440,10 @@ impl PartitionConsumer {
                     items.push(buffer.pop_front().expect("peeked").1);
                 }
                 records -= taken;
-                match self.handle_batch(items, chunk, inflight, tracker).await {
+                match self
+                    .handle_batch(items, (chunk, inflight), tracker, metrics)
+                    .await
+                {
                     Ok(true) => continue,
                     Ok(false) => return None,
                     Err(e) => return Some(e),
@@ -442,7 +457,10 @@ impl PartitionConsumer {
                         return Some(e);
                     }
                 }
-                _ = ticker.tick() => self.warn_overdue(tracker),
+                _ = ticker.tick() => {
+                    metrics.in_flight(inflight.messages);
+                    self.warn_overdue(tracker);
+                }
                 () = tokio::time::sleep_until(due.unwrap_or(now)), if due.is_some() => {}
                 batch = rx.recv(), if records < max => match batch {
                     Some(Ok(batch)) => {
@@ -470,9 +488,9 @@ impl PartitionConsumer {
     async fn handle_batch(
         &self,
         items: Vec<Fetched>,
-        chunk: &mut Chunk,
-        inflight: &mut InFlight,
+        (chunk, inflight): (&mut Chunk, &mut InFlight),
         tracker: &OffsetTracker,
+        metrics: &PartitionMetrics,
     ) -> Result<bool, (i64, String)> {
         let Some(end) = items.last().map(Fetched::last_offset) else {
             return Ok(true);
@@ -484,7 +502,10 @@ impl PartitionConsumer {
         let mut msgs = Vec::new();
         for item in items {
             match item {
-                Fetched::Record(msg) => msgs.push(msg),
+                Fetched::Record(msg) => {
+                    metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
+                    msgs.push(msg);
+                }
                 Fetched::Unreadable {
                     first,
                     last,
@@ -492,6 +513,7 @@ impl PartitionConsumer {
                     reason,
                 } => {
                     let outcome = self.unreadable(first, last, raw, &reason);
+                    metrics.outcome(&outcome, 1);
                     if let Outcome::Stopped { error, .. } = &outcome {
                         return Err((first, format!("the failure policy stopped it: {error}")));
                     }
@@ -506,13 +528,17 @@ impl PartitionConsumer {
             msgs.last().map(|m| m.offset),
             msgs.len(),
         ) {
+            let started = Instant::now();
             let outcome = self
                 .rt
                 .pipeline
                 .handle_batch(self.route, msgs, Some(&self.shutdown))
                 .await;
+            metrics.duration(started.elapsed());
             let batched = count - outcome.failed.len();
+            metrics.outcome(&Outcome::Done(Vec::new()), batched as u64);
             for (offset, failed) in outcome.failed {
+                metrics.outcome(&failed, 1);
                 match failed {
                     Outcome::Stopped { error, .. } => {
                         return Err((offset, format!("the failure policy stopped it: {error}")))
@@ -555,12 +581,13 @@ impl PartitionConsumer {
         rx: &mut mpsc::Receiver<FetchedBatch>,
         tracker: &mut OffsetTracker,
         ack_first: bool,
+        metrics: &PartitionMetrics,
     ) -> Option<(i64, String)> {
         use std::collections::{BTreeMap, HashMap};
         use tokio::task::JoinSet;
 
-        /// What a handler task hands back.
-        type Handled = (i64, Option<bytes::Bytes>, Outcome);
+        /// What a handler task hands back: offset, key, outcome, how long it took.
+        type Handled = (i64, Option<bytes::Bytes>, Outcome, Duration);
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         // Offsets not done yet (first -> last of the item), and the offset after the last item.
@@ -591,11 +618,9 @@ impl PartitionConsumer {
                     (self.rt.pipeline.clone(), self.route, self.shutdown.clone());
                 let (offset, key) = (msg.offset, msg.key.clone());
                 running.spawn(async move {
-                    (
-                        offset,
-                        key,
-                        pipeline.handle_until(route, msg, Some(&stop)).await,
-                    )
+                    let started = Instant::now();
+                    let outcome = pipeline.handle_until(route, msg, Some(&stop)).await;
+                    (offset, key, outcome, started.elapsed())
                 });
             }
             if stopping && running.is_empty() && acking.is_empty() {
@@ -605,7 +630,7 @@ impl PartitionConsumer {
                 biased;
                 () = shutdown.wait(), if !stopping => stopping = true,
                 Some(joined) = running.join_next(), if !running.is_empty() => {
-                    let (offset, key, outcome) = match joined {
+                    let (offset, key, outcome, took) = match joined {
                         Ok(handled) => handled,
                         Err(e) => {
                             stopped.get_or_insert((pending.keys().next().copied().unwrap_or(-1), format!("a handler task failed: {e}")));
@@ -613,6 +638,8 @@ impl PartitionConsumer {
                             continue;
                         }
                     };
+                    metrics.duration(took);
+                    metrics.outcome(&outcome, 1);
                     // The key's next message may run now.
                     if let Some(key) = key {
                         match waiting.get_mut(&key).and_then(VecDeque::pop_front) {
@@ -677,7 +704,10 @@ impl PartitionConsumer {
                         advance(tracker, &pending, end);
                     }
                 }
-                _ = ticker.tick() => self.warn_overdue(tracker),
+                _ = ticker.tick() => {
+                    metrics.in_flight(pending.len());
+                    self.warn_overdue(tracker);
+                }
                 batch = rx.recv(), if !stopping && buffered < concurrency => {
                     let batch = match batch {
                         Some(Ok(b)) => b,
@@ -701,6 +731,7 @@ impl PartitionConsumer {
                         end = Some(item.last_offset() + 1);
                         match item {
                             Fetched::Record(msg) => {
+                                metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
                                 pending.insert(msg.offset, msg.offset);
                                 buffered += 1;
                                 match &msg.key {
@@ -718,6 +749,7 @@ impl PartitionConsumer {
                             Fetched::Unreadable { first, last, raw, reason } => {
                                 pending.insert(first, last);
                                 let outcome = self.unreadable(first, last, raw, &reason);
+                                metrics.outcome(&outcome, 1);
                                 if let Outcome::Stopped { error, .. } = &outcome {
                                     stopped.get_or_insert((first, format!("the failure policy stopped it: {error}")));
                                     stopping = true;
@@ -1088,6 +1120,7 @@ async fn fetch_loop(
     tx: mpsc::Sender<FetchedBatch>,
     mut shutdown: Shutdown,
     reset: OffsetReset,
+    lag: Lag,
 ) {
     let (topic, partition) = reader.id();
     let mut backoff = Duration::from_millis(100);
@@ -1102,6 +1135,9 @@ async fn fetch_loop(
         match res {
             Ok(fetch) => {
                 backoff = Duration::from_millis(100);
+                if fetch.end >= 0 {
+                    lag.set(fetch.end - fetch.decoded.next.unwrap_or(offset).max(offset));
+                }
                 if lag_logged.elapsed() >= LAG_LOG_INTERVAL && fetch.end >= 0 {
                     lag_logged = Instant::now();
                     tracing::debug!(

@@ -188,6 +188,7 @@ impl GroupRunner {
                     continue;
                 }
             };
+            crate::metrics::assigned(&self.group, assigned.len());
             if let Some(hook) = &config.hooks.assigned {
                 hook(&self.group, &assigned);
             }
@@ -202,6 +203,7 @@ impl GroupRunner {
                 )
                 .await;
             drop(heartbeat);
+            crate::metrics::assigned(&self.group, 0);
             if let Some(hook) = &config.hooks.revoked {
                 hook(&self.group, &assigned);
             }
@@ -743,6 +745,14 @@ impl GroupRunner {
                         conn.mark_broken();
                     }
                     refused.push((format!("{}[{}]", t.name.0, p.partition_index), e));
+                }
+            }
+        }
+        for (topic, parts) in &by_topic {
+            for (partition, offset) in parts {
+                let name = format!("{topic}[{partition}]");
+                if !refused.iter().any(|(n, _)| *n == name) {
+                    crate::metrics::committed(&self.group, topic, *partition, *offset);
                 }
             }
         }

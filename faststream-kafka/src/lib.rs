@@ -30,6 +30,7 @@ mod consume;
 mod error;
 mod fetch;
 mod group;
+mod metrics;
 mod offsets;
 mod produce;
 mod protocol;

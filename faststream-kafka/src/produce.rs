@@ -351,6 +351,7 @@ impl Producers {
             topic.to_owned(),
             partition,
             rx,
+            budget.clone(),
         ));
         lock(&self.tasks).push(task);
         let queue = Queue { tx, budget };
@@ -379,7 +380,10 @@ async fn run_partition_producer(
     topic: String,
     partition: i32,
     mut rx: mpsc::UnboundedReceiver<Pending>,
+    budget: Arc<Semaphore>,
 ) {
+    let metrics = crate::metrics::ProducerMetrics::new(&topic, partition);
+    let queued = || config.max_queued_bytes - budget.available_permits().min(config.max_queued_bytes);
     let pc = loop {
         match client
             .partition_client(topic.clone(), partition, UnknownTopicHandling::Retry)
@@ -417,7 +421,9 @@ async fn run_partition_producer(
                 }
             }
         }
-        send(&pc, &config, &topic, partition, batch).await;
+        metrics.queued(queued());
+        send(&pc, &config, (&topic, partition), batch, &metrics).await;
+        metrics.queued(queued());
     }
 }
 
@@ -502,9 +508,9 @@ fn classify(e: &rskafka::client::error::Error) -> Refusal {
 async fn send(
     pc: &PartitionClient,
     config: &Config,
-    topic: &str,
-    partition: i32,
+    (topic, partition): (&str, i32),
     batch: Vec<Pending>,
+    metrics: &crate::metrics::ProducerMetrics,
 ) {
     let mut msgs = Vec::new();
     let mut sizes = Vec::new();
@@ -538,7 +544,10 @@ async fn send(
             let limit = config.request_timeout;
             let attempt = tokio::time::timeout(limit, pc.produce(records, config.compression));
             let (kind, error) = match attempt.await {
-                Ok(Ok(_)) => break,
+                Ok(Ok(_)) => {
+                    metrics.published(range.len());
+                    break;
+                }
                 Ok(Err(e)) => (classify(&e), e.to_string()),
                 Err(_) => (
                     Refusal::Retriable,
@@ -580,6 +589,7 @@ async fn send(
                         error = %reason,
                         "produce failed for good"
                     );
+                    metrics.failed(range.len());
                     refused.extend(range.clone().map(|i| (i, reason.clone())));
                     break;
                 }

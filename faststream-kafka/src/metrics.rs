@@ -1,0 +1,229 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`): what
+//! the consumers, groups and producers do, recorded by whatever recorder the application
+//! installed (`FastStream::prometheus` installs a Prometheus one). Without the feature every
+//! method here is empty and compiles away.
+//!
+//! Handles are registered once per partition consumer and producer, so the per-message cost
+//! is an atomic add (or nothing, when no recorder is installed).
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `faststream_received_messages_total` | counter | `topic`, `partition`, `handler` |
+//! | `faststream_received_messages_size_bytes` | histogram | `topic`, `handler` |
+//! | `faststream_processed_messages_total` | counter | `topic`, `handler`, `outcome` |
+//! | `faststream_processed_messages_errors_total` | counter | `topic`, `handler`, `kind` |
+//! | `faststream_processed_messages_duration_seconds` | histogram | `topic`, `handler` |
+//! | `faststream_in_flight_messages` | gauge | `topic`, `partition`, `handler` |
+//! | `faststream_consumer_lag_messages` | gauge | `topic`, `partition`, `handler` |
+//! | `faststream_committed_offset` | gauge | `group`, `topic`, `partition` |
+//! | `faststream_assigned_partitions` | gauge | `group` |
+//! | `faststream_published_messages_total` | counter | `topic` |
+//! | `faststream_published_messages_errors_total` | counter | `topic` |
+//! | `faststream_producer_queued_bytes` | gauge | `topic`, `partition` |
+
+#[cfg(feature = "metrics")]
+pub(crate) use on::*;
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) use off::*;
+
+#[cfg(feature = "metrics")]
+mod on {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use faststream_core::Outcome;
+    use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+    /// One partition consumer's handles.
+    #[derive(Debug)]
+    pub(crate) struct PartitionMetrics {
+        handler: &'static str,
+        topic: String,
+        received: Counter,
+        size: Histogram,
+        duration: Histogram,
+        in_flight: Gauge,
+        lag: Gauge,
+        /// Per outcome name and per error kind, registered on first use.
+        outcomes: Mutex<Vec<(&'static str, Counter)>>,
+        errors: Mutex<Vec<(&'static str, Counter)>>,
+    }
+
+    impl PartitionMetrics {
+        pub(crate) fn new(handler: &'static str, topic: &str, partition: i32) -> Self {
+            let (t, p) = (topic.to_owned(), partition.to_string());
+            Self {
+                handler,
+                topic: t.clone(),
+                received: counter!("faststream_received_messages_total", "topic" => t.clone(), "partition" => p.clone(), "handler" => handler),
+                size: histogram!("faststream_received_messages_size_bytes", "topic" => t.clone(), "handler" => handler),
+                duration: histogram!("faststream_processed_messages_duration_seconds", "topic" => t.clone(), "handler" => handler),
+                in_flight: gauge!("faststream_in_flight_messages", "topic" => t.clone(), "partition" => p.clone(), "handler" => handler),
+                lag: gauge!("faststream_consumer_lag_messages", "topic" => t, "partition" => p, "handler" => handler),
+                outcomes: Mutex::new(Vec::new()),
+                errors: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// A message arrived with `bytes` of payload.
+        pub(crate) fn received(&self, bytes: usize) {
+            self.received.increment(1);
+            self.size.record(bytes as f64);
+        }
+
+        /// How long one handling (one message, or one batch) took.
+        pub(crate) fn duration(&self, took: Duration) {
+            self.duration.record(took.as_secs_f64());
+        }
+
+        /// `n` messages ended with `outcome`.
+        pub(crate) fn outcome(&self, outcome: &Outcome, n: u64) {
+            let name = outcome.name();
+            self.labelled(&self.outcomes, "outcome", name).increment(n);
+            if let Some(error) = outcome.error() {
+                self.labelled(&self.errors, "kind", error.kind())
+                    .increment(n);
+            }
+        }
+
+        fn labelled(
+            &self,
+            cache: &Mutex<Vec<(&'static str, Counter)>>,
+            label: &'static str,
+            value: &'static str,
+        ) -> Counter {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, c)) = cache.iter().find(|(v, _)| *v == value) {
+                return c.clone();
+            }
+            let name = match label {
+                "outcome" => "faststream_processed_messages_total",
+                _ => "faststream_processed_messages_errors_total",
+            };
+            let c = counter!(name, "topic" => self.topic.clone(), "handler" => self.handler, label => value);
+            cache.push((value, c.clone()));
+            c
+        }
+
+        /// Messages handed to the handler whose outputs are not yet acknowledged.
+        pub(crate) fn in_flight(&self, n: usize) {
+            self.in_flight.set(n as f64);
+        }
+
+        /// The lag gauge, for the fetch task.
+        pub(crate) fn lag(&self) -> Lag {
+            Lag(self.lag.clone())
+        }
+    }
+
+    /// Messages between the consumer's position and the partition's end.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Lag(Gauge);
+
+    impl Lag {
+        pub(crate) fn set(&self, lag: i64) {
+            self.0.set(lag.max(0) as f64);
+        }
+    }
+
+    /// A group committed `offset` for a partition.
+    pub(crate) fn committed(group: &str, topic: &str, partition: i32, offset: i64) {
+        gauge!("faststream_committed_offset", "group" => group.to_owned(), "topic" => topic.to_owned(), "partition" => partition.to_string())
+            .set(offset as f64);
+    }
+
+    /// A group member holds `n` partitions.
+    pub(crate) fn assigned(group: &str, n: usize) {
+        gauge!("faststream_assigned_partitions", "group" => group.to_owned()).set(n as f64);
+    }
+
+    /// One partition producer's handles.
+    #[derive(Debug)]
+    pub(crate) struct ProducerMetrics {
+        published: Counter,
+        failed: Counter,
+        queued: Gauge,
+    }
+
+    impl ProducerMetrics {
+        pub(crate) fn new(topic: &str, partition: i32) -> Self {
+            Self {
+                published: counter!("faststream_published_messages_total", "topic" => topic.to_owned()),
+                failed: counter!("faststream_published_messages_errors_total", "topic" => topic.to_owned()),
+                queued: gauge!("faststream_producer_queued_bytes", "topic" => topic.to_owned(), "partition" => partition.to_string()),
+            }
+        }
+
+        pub(crate) fn published(&self, n: usize) {
+            self.published.increment(n as u64);
+        }
+
+        pub(crate) fn failed(&self, n: usize) {
+            self.failed.increment(n as u64);
+        }
+
+        pub(crate) fn queued(&self, bytes: usize) {
+            self.queued.set(bytes as f64);
+        }
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod off {
+    use std::time::Duration;
+
+    use faststream_core::Outcome;
+
+    #[derive(Debug)]
+    pub(crate) struct PartitionMetrics;
+
+    impl PartitionMetrics {
+        #[inline]
+        pub(crate) fn new(_: &'static str, _: &str, _: i32) -> Self {
+            Self
+        }
+        #[inline]
+        pub(crate) fn received(&self, _: usize) {}
+        #[inline]
+        pub(crate) fn duration(&self, _: Duration) {}
+        #[inline]
+        pub(crate) fn outcome(&self, _: &Outcome, _: u64) {}
+        #[inline]
+        pub(crate) fn in_flight(&self, _: usize) {}
+        #[inline]
+        pub(crate) fn lag(&self) -> Lag {
+            Lag
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub(crate) struct Lag;
+
+    impl Lag {
+        #[inline]
+        pub(crate) fn set(&self, _: i64) {}
+    }
+
+    #[inline]
+    pub(crate) fn committed(_: &str, _: &str, _: i32, _: i64) {}
+
+    #[inline]
+    pub(crate) fn assigned(_: &str, _: usize) {}
+
+    #[derive(Debug)]
+    pub(crate) struct ProducerMetrics;
+
+    impl ProducerMetrics {
+        #[inline]
+        pub(crate) fn new(_: &str, _: i32) -> Self {
+            Self
+        }
+        #[inline]
+        pub(crate) fn published(&self, _: usize) {}
+        #[inline]
+        pub(crate) fn failed(&self, _: usize) {}
+        #[inline]
+        pub(crate) fn queued(&self, _: usize) {}
+    }
+}

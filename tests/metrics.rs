@@ -1,0 +1,187 @@
+//! Prometheus metrics (feature `prometheus`) against the real broker: after a relay with decode
+//! failures, a retried failure and dead letters, the `/metrics` page scraped with a real HTTP
+//! client (Python's) shows the exact counts, and the lag, duration, committed-offset and
+//! assignment series. Run with `cargo test --features prometheus --test metrics`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use faststream::{publisher, routes, subscriber, Failure};
+
+#[derive(serde::Deserialize)]
+struct Order {
+    id: i64,
+}
+
+#[subscriber(
+    "orders",
+    group_id = "metered",
+    auto_offset_reset = "earliest",
+    retry = 1,
+    retry_backoff_ms = 10,
+    dlq = "orders-dlq"
+)]
+#[publisher("orders-out")]
+async fn metered(order: Order) -> Result<String, Failure> {
+    if order.id == 13 {
+        return Err(Failure::retry("order 13 is cursed"));
+    }
+    Ok(format!("order {}", order.id))
+}
+
+/// The body of `GET url`, fetched with Python's standard HTTP client.
+async fn http_get(url: &str) -> String {
+    let script = "import sys, urllib.request\n\
+        print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end='')";
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, url])
+        .output()
+        .await
+        .expect("run python3");
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of the series `name{labels}` (labels in any order), if the page has it.
+fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (series, v) = line.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            return None;
+        }
+        let inner = rest.strip_suffix('}')?;
+        let have: Vec<(&str, &str)> = inner
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        let matches = have.len() == labels.len() && labels.iter().all(|l| have.contains(l));
+        matches.then(|| v.parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_page_counts_what_happened() {
+    let prefix = unique_prefix("metered");
+    let client = raw_client().await;
+    let input = format!("{prefix}orders");
+    create_topic(&client, &input, 1).await;
+    // 20 orders: two undecodable, one that fails until dead-lettered, 17 relayed.
+    let mut records: Vec<_> = (0..20)
+        .map(|i| record(None, format!(r#"{{"id": {i}}}"#).as_bytes(), &[]))
+        .collect();
+    records[4] = record(None, b"{not json", &[]);
+    records[9] = record(None, br#"{"id": "nine"}"#, &[]);
+    produce(&client, &input, 0, records).await;
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let running =
+        start(app(routes![metered], &prefix).prometheus(([127, 0, 0, 1], port).into())).await;
+    let out = read(&client, &format!("{prefix}orders-out"), 17).await;
+    assert_eq!(out[&0].len(), 17);
+    read(&client, &format!("{prefix}orders-dlq"), 3).await;
+
+    let handler = "metrics::metered";
+    let group = format!("{prefix}metered");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    // Counters move as acks arrive and the group commits: wait for the final picture.
+    let page = loop {
+        let page = http_get(&format!("{base}/metrics")).await;
+        let committed = value(
+            &page,
+            "faststream_committed_offset",
+            &[("group", &group), ("topic", &input), ("partition", "0")],
+        );
+        if committed == Some(20.0) {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the committed offset reaches 20:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    running.stop().await.unwrap();
+
+    let t = input.as_str();
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        value(&page, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in\n{page}"))
+    };
+    assert_eq!(
+        get(
+            "faststream_received_messages_total",
+            &[("topic", t), ("partition", "0"), ("handler", handler)]
+        ),
+        20.0
+    );
+    let processed = |outcome| {
+        get(
+            "faststream_processed_messages_total",
+            &[("topic", t), ("handler", handler), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(processed("ok"), 17.0);
+    assert_eq!(processed("dead_lettered"), 3.0);
+    let errors = |kind| {
+        get(
+            "faststream_processed_messages_errors_total",
+            &[("topic", t), ("handler", handler), ("kind", kind)],
+        )
+    };
+    assert_eq!(errors("decode"), 2.0);
+    assert_eq!(errors("rejected"), 1.0);
+    assert_eq!(
+        get(
+            "faststream_retries_total",
+            &[("topic", t), ("handler", handler)]
+        ),
+        1.0
+    );
+    let out_topic = format!("{prefix}orders-out");
+    let dlq_topic = format!("{prefix}orders-dlq");
+    assert_eq!(
+        get("faststream_published_messages_total", &[("topic", &out_topic)]),
+        17.0
+    );
+    assert_eq!(
+        get("faststream_published_messages_total", &[("topic", &dlq_topic)]),
+        3.0
+    );
+    assert_eq!(
+        get("faststream_assigned_partitions", &[("group", &group)]),
+        1.0
+    );
+    // Every message handled: the consumer caught up.
+    assert_eq!(
+        get(
+            "faststream_consumer_lag_messages",
+            &[("topic", t), ("partition", "0"), ("handler", handler)]
+        ),
+        0.0
+    );
+    assert_eq!(
+        get(
+            "faststream_processed_messages_duration_seconds_count",
+            &[("topic", t), ("handler", handler)]
+        ),
+        20.0
+    );
+    assert!(
+        page.contains("faststream_processed_messages_duration_seconds_bucket{"),
+        "duration histogram buckets:\n{page}"
+    );
+    assert_eq!(
+        get(
+            "faststream_received_messages_size_bytes_count",
+            &[("topic", t), ("handler", handler)]
+        ),
+        20.0
+    );
+}

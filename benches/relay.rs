@@ -16,6 +16,9 @@
 //! - `framework-bare`: the same with `compat_headers(false)` (no FastStream headers);
 //! - `framework-batch`: the seed handler as a batch handler (`batch = true`,
 //!   `max_records = 500`, `batch_timeout_ms = 0`), same output as `framework`;
+//! - `framework-metrics` (built with `--features prometheus` only): the seed relay with
+//!   `FastStream::prometheus` (the Prometheus recorder installed, `/metrics` served), beside
+//!   `framework`, which then has the metrics compiled in but no recorder;
 //! - `pipeline`: the framework's handler pipeline alone, in memory (no network).
 //!
 //! - `io-seq` and `io-par`: an I/O-bound handler (waits 5 ms, then answers) over keyed input
@@ -179,7 +182,7 @@ async fn parent(args: Args) {
         bootstrap()
     );
     let mut results = Vec::new();
-    for kind in [
+    let mut kinds = vec![
         "raw",
         "raw-headers",
         "framework",
@@ -189,7 +192,11 @@ async fn parent(args: Args) {
         "test-broker",
         "io-seq",
         "io-par",
-    ] {
+    ];
+    if cfg!(feature = "prometheus") {
+        kinds.insert(3, "framework-metrics");
+    }
+    for kind in kinds {
         if args.only.as_deref().is_some_and(|o| o != kind) {
             continue;
         }
@@ -298,6 +305,7 @@ async fn parent(args: Args) {
         ("framework", "raw", "fw / raw"),
         ("framework-batch", "raw-headers", "batch / raw-hdr"),
         ("framework-batch", "framework", "batch / fw"),
+        ("framework-metrics", "framework", "metrics / fw"),
     ] {
         if let (Some(fw), Some(base)) = (find(fw), find(base)) {
             println!(
@@ -428,6 +436,14 @@ async fn child(kind: &str, args: &Args) {
             "framework" => framework_relay(args, true).await,
             "framework-bare" => framework_relay(args, false).await,
             "framework-batch" => batch_relay(args).await,
+            #[cfg(feature = "prometheus")]
+            "framework-metrics" => {
+                let app = FastStream::new(KafkaBroker::new(&bootstrap()))
+                    .with_routes(routes![handle_msg])
+                    .topic_prefix(args.prefix.clone())
+                    .prometheus(([127, 0, 0, 1], 0).into());
+                app.run_until(std::future::pending()).await.unwrap();
+            }
             "io-seq" | "io-par" => {
                 let mut io = args.clone();
                 io.messages = io_messages(args);

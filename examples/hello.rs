@@ -9,6 +9,8 @@
 //! # a secured cluster, configured by the environment only:
 //! KAFKA_BOOTSTRAP=broker:9093 KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_MECHANISM=SCRAM-SHA-512 \
 //!   KAFKA_SASL_USERNAME=svc KAFKA_SASL_PASSWORD=... cargo run --example hello
+//! # Prometheus metrics and health probes on one address:
+//! METRICS_ADDR=127.0.0.1:9000 cargo run --example hello --features prometheus
 //! ```
 
 use faststream::kafka::KafkaBroker;
@@ -31,5 +33,12 @@ async fn main() -> faststream::Result<()> {
     // KAFKA_BOOTSTRAP, and KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_* for a
     // secured cluster.
     let broker = KafkaBroker::from_env()?;
-    FastStream::new(broker).run().await
+    let app = FastStream::new(broker);
+    // With the `prometheus` feature: /metrics, /health/live and /health/ready on METRICS_ADDR.
+    #[cfg(feature = "prometheus")]
+    let app = match std::env::var("METRICS_ADDR") {
+        Ok(addr) => app.prometheus(addr.parse().expect("METRICS_ADDR is an ip:port address")),
+        Err(_) => app,
+    };
+    app.run().await
 }

@@ -40,7 +40,11 @@ async fn http_get(url: &str) -> String {
         .output()
         .await
         .expect("run python3");
-    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -147,11 +151,17 @@ async fn the_metrics_page_counts_what_happened() {
     let out_topic = format!("{prefix}orders-out");
     let dlq_topic = format!("{prefix}orders-dlq");
     assert_eq!(
-        get("faststream_published_messages_total", &[("topic", &out_topic)]),
+        get(
+            "faststream_published_messages_total",
+            &[("topic", &out_topic)]
+        ),
         17.0
     );
     assert_eq!(
-        get("faststream_published_messages_total", &[("topic", &dlq_topic)]),
+        get(
+            "faststream_published_messages_total",
+            &[("topic", &dlq_topic)]
+        ),
         3.0
     );
     assert_eq!(

@@ -33,8 +33,12 @@ pub(crate) async fn serve(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     match metrics {
-        Some(_) => tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics, health probes on /health/live and /health/ready"),
-        None => tracing::info!(addr = %listener.local_addr()?, "health probes on /health/live and /health/ready"),
+        Some(_) => {
+            tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics, health probes on /health/live and /health/ready")
+        }
+        None => {
+            tracing::info!(addr = %listener.local_addr()?, "health probes on /health/live and /health/ready")
+        }
     }
     Ok(tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {

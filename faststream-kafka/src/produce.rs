@@ -383,7 +383,8 @@ async fn run_partition_producer(
     budget: Arc<Semaphore>,
 ) {
     let metrics = crate::metrics::ProducerMetrics::new(&topic, partition);
-    let queued = || config.max_queued_bytes - budget.available_permits().min(config.max_queued_bytes);
+    let queued =
+        || config.max_queued_bytes - budget.available_permits().min(config.max_queued_bytes);
     let pc = loop {
         match client
             .partition_client(topic.clone(), partition, UnknownTopicHandling::Retry)

@@ -327,6 +327,7 @@ impl Pipeline {
             if let Some(key) = &msg.key {
                 span.record("key", display(String::from_utf8_lossy(key)));
             }
+            crate::trace::continue_trace(&span, &msg.headers);
         }
         let outcome = self
             .handle_in_span(route, msg, interrupt, &span)
@@ -494,6 +495,9 @@ impl Pipeline {
             size = msgs.len(),
             failed = tracing::field::Empty,
         );
+        if let Some(traced) = msgs.iter().find(|m| m.headers.get("traceparent").is_some()) {
+            crate::trace::continue_trace(&span, &traced.headers);
+        }
         let outcome = self
             .run_batch(route, handler, msgs, interrupt)
             .instrument(span.clone())
@@ -687,6 +691,7 @@ impl Pipeline {
             if let Some(id) = &correlation_id {
                 headers.insert(header::CORRELATION_ID, id.clone());
             }
+            crate::trace::inject(&tracing::Span::current(), &mut headers);
             for topic in topics.iter() {
                 outputs.push(OutgoingMessage {
                     topic: topic.clone(),
@@ -870,6 +875,7 @@ impl Pipeline {
         if let Some(id) = correlation_id {
             headers.insert(header::CORRELATION_ID, id);
         }
+        crate::trace::inject(&tracing::Span::current(), &mut headers);
         let key = body.meta.key.or_else(|| msg.key.clone());
         let own = self.output_topics(route, index);
         let topics: &[String] = &own;

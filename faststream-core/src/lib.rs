@@ -26,6 +26,7 @@ mod outcome;
 mod policy;
 mod route;
 pub mod testing;
+mod trace;
 mod transport;
 
 pub use app::{termination_signal, AppContext, FastStream};

@@ -50,11 +50,13 @@ impl Publisher {
     /// Publishes `value` (text, bytes, or `Json(..)`) to `topic`, with no key.
     pub async fn publish(&self, value: impl IntoPayload, topic: &str) -> Result<()> {
         let msg = OutgoingMessage::encode(topic, value)?;
-        self.0.send(msg).await
+        self.send(msg).await
     }
 
-    /// Publishes a fully specified message (key, headers, partition).
-    pub async fn send(&self, msg: OutgoingMessage) -> Result<()> {
+    /// Publishes a fully specified message (key, headers, partition). With the `opentelemetry`
+    /// feature it carries the current span's trace context (inside a handler: the message's).
+    pub async fn send(&self, mut msg: OutgoingMessage) -> Result<()> {
+        crate::trace::inject(&tracing::Span::current(), &mut msg.headers);
         self.0.send(msg).await
     }
 }

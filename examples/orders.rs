@@ -6,6 +6,8 @@
 //! # in another shell, with the address it printed:
 //! KAFKA_BOOTSTRAP=127.0.0.1:PORT cargo run --example kafka_cli -- produce orders '{"id": 1, "customer": "ann", "items": [{"sku": "pen", "cents": 150, "qty": 2}]}'
 //! KAFKA_BOOTSTRAP=127.0.0.1:PORT cargo run --example kafka_cli -- consume invoices 1
+//! # its AsyncAPI document, without connecting:
+//! cargo run --example orders -- --asyncapi yaml
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +90,7 @@ async fn main() -> faststream::Result<()> {
     let prefix = std::env::var("TOPIC_PREFIX").unwrap_or_default();
     FastStream::new(KafkaBroker::from_env()?)
         .topic_prefix(prefix)
+        .asyncapi_info("orders", "1.0.0")
         // State built before anything is consumed (where a database pool would be opened).
         .on_startup(|ctx| async move {
             let tax_percent = match std::env::var("TAX_PERCENT") {

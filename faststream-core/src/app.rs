@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::extract::{Context, StateMap};
 use crate::handler::{Pipeline, Ready};
 use crate::policy::FailurePolicy;
-use crate::route::{resolve_routes, RouteDef};
+use crate::route::{registered_routes, resolve_routes, RouteDef};
 use crate::transport::BoxFuture;
 use crate::transport::{Publisher, Shutdown, Transport};
 use crate::{Error, Result};
@@ -109,6 +109,8 @@ pub struct FastStream<T> {
     ready: tokio::sync::watch::Sender<bool>,
     policy: FailurePolicy,
     compat_headers: bool,
+    /// The AsyncAPI document's title and version.
+    info: (String, String),
     hooks: Hooks,
     middlewares: crate::middleware::Middlewares,
     health: Option<std::net::SocketAddr>,
@@ -128,6 +130,7 @@ impl<T: Transport> FastStream<T> {
             ready: tokio::sync::watch::Sender::new(false),
             policy: FailurePolicy::default(),
             compat_headers: true,
+            info: ("FastStream".into(), "0.1.0".into()),
             hooks: Hooks::default(),
             middlewares: Default::default(),
             health: None,
@@ -266,8 +269,49 @@ impl<T: Transport> FastStream<T> {
         resolve_routes(self.routes.clone(), &self.state)
     }
 
+    /// The title and version the AsyncAPI document gives the service (default `FastStream`,
+    /// `0.1.0`, as Python FastStream's).
+    pub fn asyncapi_info(mut self, title: impl Into<String>, version: impl Into<String>) -> Self {
+        self.info = (title.into(), version.into());
+        self
+    }
+
+    /// The AsyncAPI 3.0 document of this app's routes: a channel and an operation per
+    /// subscription (`receive`) and per published topic (`send`), with payload content types
+    /// and, with the `schemars` feature, the JSON Schemas of body and return types that derive
+    /// `schemars::JsonSchema` (see [`crate::asyncapi`]). Topic names carry the topic prefix.
+    pub fn asyncapi(&self) -> crate::asyncapi::AsyncApi {
+        let routes = self.routes.clone().unwrap_or_else(registered_routes);
+        crate::asyncapi::AsyncApi::build(
+            &routes,
+            &self.topic_prefix,
+            (&self.info.0, &self.info.1),
+            self.transport.server(),
+        )
+    }
+
     /// Runs until SIGINT (Ctrl-C) or SIGTERM, then stops gracefully.
+    ///
+    /// Started with `--asyncapi json` or `--asyncapi yaml` on its command line, the process
+    /// instead prints [`FastStream::asyncapi`] in that format and returns without connecting
+    /// (any other argument is left to the application).
     pub async fn run(self) -> Result<()> {
+        let args: Vec<String> = std::env::args().collect();
+        if let Some(i) = args.iter().position(|a| a == "--asyncapi") {
+            let doc = self.asyncapi();
+            match args.get(i + 1).map(String::as_str) {
+                None | Some("json") => println!("{}", doc.to_json()),
+                Some("yaml") => print!("{}", doc.to_yaml()),
+                Some(other) => {
+                    return Err(Error::Hook {
+                        stage: "asyncapi",
+                        index: 1,
+                        reason: format!("--asyncapi takes `json` or `yaml`, not {other:?}"),
+                    })
+                }
+            }
+            return Ok(());
+        }
         self.run_until(termination_signal()).await
     }
 
@@ -283,6 +327,7 @@ impl<T: Transport> FastStream<T> {
             ready,
             policy,
             compat_headers,
+            info: _,
             hooks,
             middlewares,
             health,

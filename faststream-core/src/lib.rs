@@ -15,6 +15,7 @@
 //! - the in-memory [`testing::TestBroker`].
 
 mod app;
+pub mod asyncapi;
 mod codec;
 mod error;
 mod extract;
@@ -47,14 +48,20 @@ pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,
 };
 pub use route::{
-    registered_routes, validate, Assignor, BatchDef, GroupTimings, OffsetReset, RouteDef,
-    RouteProblem, StateReq, SubscriberDef,
+    check_contracts, registered_routes, validate, Assignor, BatchDef, GroupTimings, OffsetReset,
+    RouteDef, RouteProblem, StateReq, SubscriberDef,
 };
 pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
 
 /// Support for macro-generated code. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::__schema_of as schema_of;
+    #[cfg(feature = "schemars")]
+    pub use crate::asyncapi::HasSchema;
+    pub use crate::asyncapi::{
+        object_schema, NoSchema, Payload, RouteSchemas, SchemaGen, SchemaProbe,
+    };
     pub use crate::codec::{decode_json, decode_raw, decode_text};
     pub use crate::error::HandlerError;
     pub use crate::extract::{Context, FromHeader, FromMessage};
@@ -68,4 +75,5 @@ pub mod __private {
     pub use crate::transport::BoxFuture;
     pub use inventory;
     pub use serde;
+    pub use serde_json;
 }

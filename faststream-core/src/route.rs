@@ -4,6 +4,7 @@ use std::any::TypeId;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::asyncapi::{RouteSchemas, SchemaGen, SchemasFn};
 use crate::extract::StateMap;
 use crate::handler::{BatchHandlerFn, HandlerFn};
 use crate::policy::PolicyDef;
@@ -247,6 +248,7 @@ pub struct RouteDef {
     states: &'static [fn() -> StateReq],
     policy: PolicyDef,
     pub(crate) handler: RouteHandler,
+    schemas: Option<SchemasFn>,
 }
 
 impl RouteDef {
@@ -271,7 +273,19 @@ impl RouteDef {
             states,
             policy,
             handler,
+            schemas: None,
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn __with_schemas(mut self, schemas: SchemasFn) -> Self {
+        self.schemas = Some(schemas);
+        self
+    }
+
+    /// What its body and return value look like on the wire (schemas are collected in `gen`).
+    pub fn schemas(&self, gen: &mut SchemaGen) -> RouteSchemas {
+        self.schemas.map(|f| f(gen)).unwrap_or_default()
     }
 
     /// The batch settings of a `batch = true` route (its handler takes a `Vec` of messages).
@@ -367,6 +381,19 @@ pub enum RouteProblem {
         /// The missing state type.
         type_name: &'static str,
     },
+    /// A handler publishes to a topic another handler of the binary subscribes to, and the
+    /// subscriber's body type does not accept what the publisher returns (checked where both
+    /// types have JSON Schemas: the `schemars` feature).
+    ContractMismatch {
+        /// The topic.
+        topic: String,
+        /// The publishing handler, `path (file:line)`.
+        publisher: String,
+        /// The subscribing handler, `path (file:line)`.
+        subscriber: String,
+        /// What disagrees.
+        reason: String,
+    },
     /// A handler publishes to the same topic twice.
     DuplicatePublisher {
         /// The handler, `path (file:line)`.
@@ -393,6 +420,10 @@ impl fmt::Display for RouteProblem {
             RouteProblem::MissingState { handler, type_name } => write!(
                 f,
                 "{handler} needs `State<{type_name}>`, but the app has no such state: add `.with_state(...)` with a value of that type"
+            ),
+            RouteProblem::ContractMismatch { topic, publisher, subscriber, reason } => write!(
+                f,
+                "topic {topic:?}: {publisher} publishes what {subscriber} cannot read: {reason}"
             ),
             RouteProblem::DuplicatePublisher { handler, topic } => {
                 write!(f, "{handler} publishes to {topic:?} twice")
@@ -454,6 +485,39 @@ pub fn validate(routes: &[&'static RouteDef], state: &StateMap) -> Result<(), Ve
             }
         }
     }
+    if let Err(mismatches) = check_contracts(routes) {
+        problems.extend(mismatches);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// Checks the topic contracts between `routes`: wherever one handler publishes to a topic
+/// another subscribes to, the subscriber's body type must accept what the publisher returns
+/// (compared by JSON Schema where both types derive `schemars::JsonSchema`, with the
+/// `schemars` feature; other payloads pass). Runs at startup with the other checks; as a
+/// one-line test of your own:
+///
+/// ```no_run
+/// # fn check() {
+/// faststream_core::check_contracts(&faststream_core::registered_routes()).unwrap();
+/// # }
+/// ```
+pub fn check_contracts(routes: &[&'static RouteDef]) -> Result<(), Vec<RouteProblem>> {
+    let problems: Vec<RouteProblem> = crate::asyncapi::contract_mismatches(routes)
+        .into_iter()
+        .map(
+            |(topic, publisher, subscriber, reason)| RouteProblem::ContractMismatch {
+                topic,
+                publisher: describe(publisher),
+                subscriber: describe(subscriber),
+                reason,
+            },
+        )
+        .collect();
     if problems.is_empty() {
         Ok(())
     } else {

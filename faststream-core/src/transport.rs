@@ -29,6 +29,11 @@ pub trait Transport: Publish {
     /// pipeline and publishes its outputs, until `shutdown` fires; then stops fetching, finishes
     /// in-flight messages, flushes and returns.
     fn serve(&self, pipeline: Arc<Pipeline>, shutdown: Shutdown) -> BoxFuture<'_, Result<()>>;
+
+    /// Where it connects, for the AsyncAPI document's `servers` (none: `localhost:9092`).
+    fn server(&self) -> Option<crate::asyncapi::Server> {
+        None
+    }
 }
 
 /// A cheap handle for publishing from anywhere, including inside handlers (as an extractor).

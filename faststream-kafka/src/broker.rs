@@ -646,6 +646,17 @@ impl Transport for KafkaBroker {
     ) -> BoxFuture<'_, faststream_core::Result<()>> {
         Box::pin(async move { Ok(self.serve_routes(pipeline, shutdown).await?) })
     }
+
+    fn server(&self) -> Option<faststream_core::asyncapi::Server> {
+        let config = &self.shared.config;
+        Some(faststream_core::asyncapi::Server {
+            host: config.brokers.first()?.clone(),
+            protocol: match config.security.tls() {
+                Some(_) => "kafka-secure",
+                None => "kafka",
+            },
+        })
+    }
 }
 
 /// Connects to a bootstrap broker (TLS and SASL included); the first success wins, else the

@@ -371,6 +371,8 @@ fn generate(
             }
         }
     };
+    let body_payload = body_payload(arguments, batch, &fs);
+    let reply_payload = shape_payload(shape, &fs);
     let subscribers = route.subscribers.iter().map(|s| {
         let topics = &s.topics;
         let mut def = quote!(#fs::SubscriberDef::new(&[#(#topics),*]));
@@ -429,11 +431,84 @@ fn generate(
                 #policy,
                 { #handler },
             )
+            .__with_schemas({
+                fn __schemas(__g: &mut #fs::SchemaGen) -> #fs::RouteSchemas {
+                    #fs::RouteSchemas { body: #body_payload, reply: #reply_payload }
+                }
+                __schemas
+            })
         };
 
         #fs::inventory::submit! {
             #fs::RouteRef(&#static_ident)
         }
+    }
+}
+
+/// The `Option<Payload>` expression describing what the handler reads from the body.
+fn body_payload(arguments: &[signature::Arg], batch: bool, fs: &TokenStream) -> TokenStream {
+    let bodies: Vec<_> = arguments
+        .iter()
+        .filter(|a| matches!(a.kind, ArgKind::Body))
+        .collect();
+    let one = |ty: &syn::Type| match signature::body_codec(ty) {
+        BodyCodec::Text => {
+            quote!(::core::option::Option::Some(#fs::Payload::text(::core::any::type_name::<#ty>())))
+        }
+        BodyCodec::Raw => {
+            quote!(::core::option::Option::Some(#fs::Payload::bytes(::core::any::type_name::<#ty>())))
+        }
+        BodyCodec::Json => quote!(::core::option::Option::Some(#fs::Payload::json(
+            ::core::any::type_name::<#ty>(),
+            #fs::schema_of!(__g, #ty),
+        ))),
+    };
+    match &bodies[..] {
+        [] => quote!(::core::option::Option::None),
+        [body] if batch => match signature::batch_element(&body.ty) {
+            Some(elem) if !signature::is_message(elem) => one(elem),
+            _ => quote!(::core::option::Option::None),
+        },
+        [body] => one(&body.ty),
+        several => {
+            let fields = several.iter().map(|b| {
+                let name = b
+                    .name
+                    .as_ref()
+                    .map(|n| n.unraw().to_string())
+                    .unwrap_or_default();
+                let ty = &b.ty;
+                let required = !signature::is_option(ty);
+                quote!((#name, #required, #fs::schema_of!(__g, #ty)))
+            });
+            let names = several
+                .iter()
+                .filter_map(|b| b.name.as_ref().map(|n| n.unraw().to_string()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let what = LitStr::new(&format!("{{{names}}}"), Span::call_site());
+            quote!(::core::option::Option::Some(#fs::Payload::json(
+                #what,
+                #fs::object_schema(&[#(#fields),*]),
+            )))
+        }
+    }
+}
+
+/// The `Option<Payload>` expression describing what a return value of this shape publishes.
+fn shape_payload(shape: &Shape, fs: &TokenStream) -> TokenStream {
+    match shape {
+        Shape::Unit => quote!(::core::option::Option::None),
+        Shape::Text => quote!(::core::option::Option::Some(#fs::Payload::text("String"))),
+        Shape::Raw => quote!(::core::option::Option::Some(#fs::Payload::bytes("bytes"))),
+        Shape::Json(ty) => quote!(::core::option::Option::Some(#fs::Payload::json(
+            ::core::any::type_name::<#ty>(),
+            #fs::schema_of!(__g, #ty),
+        ))),
+        Shape::Option(inner)
+        | Shape::Result(inner)
+        | Shape::Response(inner)
+        | Shape::List(inner) => shape_payload(inner, fs),
     }
 }
 

@@ -226,6 +226,11 @@ pub(crate) fn batch_element(ty: &Type) -> Option<&Type> {
     }
 }
 
+/// Whether the type is written as an `Option` (an optional JSON field).
+pub(crate) fn is_option(ty: &Type) -> bool {
+    last_ident(ty).as_deref() == Some("Option")
+}
+
 /// Whether the type is written as the framework's `Message`.
 pub(crate) fn is_message(ty: &Type) -> bool {
     last_ident(ty).as_deref() == Some("Message")

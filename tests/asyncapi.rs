@@ -1,0 +1,231 @@
+//! AsyncAPI 3.0 documents: the seed service's document has the channels and operations Python
+//! FastStream generates for the same handler, the official parser (`@asyncapi/parser`) accepts
+//! the documents as JSON and YAML, and a service binary prints its document with
+//! `--asyncapi yaml` without connecting.
+
+mod common;
+
+use common::*;
+use faststream::kafka::KafkaBroker;
+use faststream::{publisher, routes, subscriber, FastStream};
+use serde_json::Value;
+
+#[subscriber("in_topic")]
+#[publisher("out-topic")]
+async fn handle_msg(user: String, user_id: i64) -> String {
+    format!("User: {user_id} - {user} registered")
+}
+
+#[derive(serde::Deserialize)]
+struct Reading {
+    #[allow(dead_code)]
+    value: f64,
+}
+
+#[subscriber("readings", group_id = "sink", batch = true)]
+#[publisher("stored")]
+async fn sink(readings: Vec<Reading>) -> Vec<Vec<u8>> {
+    readings.iter().map(|_| b"ok".to_vec()).collect()
+}
+
+fn seed_app() -> FastStream<KafkaBroker> {
+    FastStream::new(KafkaBroker::new("localhost:9092")).with_routes(routes![handle_msg])
+}
+
+/// Runs the official parser on `text`; panics with its diagnostics if it finds an error.
+fn validate(text: &str, ext: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts/kafka-dev"))
+        .arg("asyncapi-parser")
+        .output()
+        .expect("run scripts/kafka-dev asyncapi-parser");
+    assert!(
+        out.status.success(),
+        "installing the parser failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let (node, modules) = (lines.next().unwrap(), lines.next().unwrap());
+    let dir = std::env::temp_dir().join(unique_prefix("asyncapi"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("doc.{ext}"));
+    std::fs::write(&file, text).unwrap();
+    let checked = std::process::Command::new(node)
+        .arg(root.join("tests/interop/asyncapi_validate.cjs"))
+        .arg(&file)
+        .env("NODE_PATH", modules)
+        .output()
+        .expect("run node");
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "the parser refused the document:\n{report}{}\n{text}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(report.lines().any(|l| l == "ok"), "{report}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `(operation id, action, channel address)` of a document, sorted.
+fn operations(doc: &Value) -> Vec<(String, String, String)> {
+    let mut ops: Vec<_> = doc["operations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, op)| {
+            let channel = op["channel"]["$ref"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("#/channels/");
+            (
+                id.clone(),
+                op["action"].as_str().unwrap().to_owned(),
+                doc["channels"][channel]["address"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    ops.sort();
+    ops
+}
+
+#[test]
+fn the_seed_document_has_the_channels_and_operations_faststream_generates() {
+    let ours: Value = serde_json::from_str(&seed_app().asyncapi().to_json()).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop/faststream_asyncapi.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg("localhost:9092")
+        .output()
+        .expect("run the FastStream script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    assert_eq!(ours["asyncapi"], "3.0.0");
+    let channels = |doc: &Value| {
+        let mut c: Vec<(String, String)> = doc["channels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(id, ch)| (id.clone(), ch["address"].as_str().unwrap().to_owned()))
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(channels(&ours), channels(&theirs));
+    assert_eq!(operations(&ours), operations(&theirs));
+    assert_eq!(
+        operations(&ours),
+        [
+            (
+                "in_topic:HandleMsgSubscribe".to_owned(),
+                "receive".to_owned(),
+                "in_topic".to_owned()
+            ),
+            (
+                "out-topic:Publisher".to_owned(),
+                "send".to_owned(),
+                "out-topic".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(ours["servers"], theirs["servers"]);
+    assert_eq!(ours["info"], theirs["info"]);
+    // Messages: the correlation id where FastStream puts it; content types from the handler.
+    let messages = ours["components"]["messages"].as_object().unwrap();
+    let received = &messages["in_topic:HandleMsg:SubscribeMessage"];
+    assert_eq!(
+        received["correlationId"]["location"],
+        "$message.header#/correlation_id"
+    );
+    assert_eq!(received["contentType"], "application/json");
+    assert_eq!(
+        messages["out-topic:Publisher:HandleMsg:Message"]["contentType"],
+        "text/plain"
+    );
+    // The official parser accepts FastStream's document and ours.
+    validate(&serde_json::to_string(&theirs).unwrap(), "json");
+    validate(&seed_app().asyncapi().to_json(), "json");
+}
+
+#[test]
+fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_and_yaml() {
+    let app = FastStream::new(KafkaBroker::new("broker-1:9093"))
+        .with_routes(routes![handle_msg, sink])
+        .topic_prefix("staging.")
+        .asyncapi_info("readings", "2.1.0");
+    let doc = app.asyncapi();
+    let v = doc.as_value();
+    assert_eq!(v["info"]["title"], "readings");
+    assert_eq!(v["servers"]["development"]["host"], "broker-1:9093");
+    let sub = &v["operations"]["staging.readings:SinkSubscribe"];
+    assert_eq!(sub["action"], "receive");
+    assert_eq!(
+        sub["bindings"]["kafka"]["groupId"]["enum"][0],
+        "staging.sink"
+    );
+    // A batch handler's messages are its elements: JSON in, bytes out.
+    let messages = &v["components"]["messages"];
+    assert_eq!(
+        messages["staging.readings:Sink:SubscribeMessage"]["contentType"],
+        "application/json"
+    );
+    assert!(messages["staging.stored:Publisher:Sink:Message"]
+        .get("contentType")
+        .is_none());
+    // YAML reads back as the same document.
+    let yaml = doc.to_yaml();
+    assert!(yaml.starts_with("\"asyncapi\": \"3.0.0\"\n"), "{yaml}");
+    validate(&doc.to_json(), "json");
+    validate(&yaml, "yaml");
+}
+
+#[test]
+fn a_service_prints_its_document_with_the_asyncapi_flag() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/orders");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds it",
+        bin.display()
+    );
+    // Nothing listens there: the flag prints the document without connecting.
+    let out = std::process::Command::new(bin)
+        .args(["--asyncapi", "json"])
+        .env("KAFKA_BOOTSTRAP", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["info"]["title"], "orders");
+    let ops = operations(&doc);
+    let actions: Vec<(&str, &str)> = ops
+        .iter()
+        .map(|(_, action, address)| (action.as_str(), address.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("send", "audit-log"),
+            ("send", "invoices"),
+            ("receive", "orders")
+        ]
+    );
+}

@@ -25,6 +25,8 @@ pub struct SchemaGen {
     gen: schemars::SchemaGenerator,
 }
 
+// Derivable only without the `schemars` feature.
+#[allow(clippy::derivable_impls)]
 impl Default for SchemaGen {
     fn default() -> Self {
         Self {
@@ -411,28 +413,6 @@ fn yaml_child(value: &Value, indent: usize, out: &mut String) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handler_names_are_camel_cased() {
-        assert_eq!(camel("handle_msg"), "HandleMsg");
-        assert_eq!(camel("store"), "Store");
-        assert_eq!(camel("_x__y"), "XY");
-    }
-
-    #[test]
-    fn yaml_writes_nested_values() {
-        let v = json!({"a": {"b": [1, "two", {"c": null}], "e": {}}, "$ref": "x:y"});
-        let got = AsyncApi(v).to_yaml();
-        assert_eq!(
-            got,
-            "\"$ref\": \"x:y\"\n\"a\":\n  \"b\":\n    - 1\n    - \"two\"\n    -\n      \"c\": null\n  \"e\": {}\n"
-        );
-    }
-}
-
 /// A topic both published and subscribed by `routes` whose payloads disagree: the
 /// subscriber's schema does not accept what the publisher's return type produces. Returns
 /// `(topic, publisher, subscriber, why)` per mismatch. Only JSON payloads whose types have
@@ -581,5 +561,27 @@ fn types(schema: &Value) -> Option<Vec<&str>> {
         Value::String(t) => Some(vec![t.as_str()]),
         Value::Array(ts) => Some(ts.iter().filter_map(Value::as_str).collect()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_names_are_camel_cased() {
+        assert_eq!(camel("handle_msg"), "HandleMsg");
+        assert_eq!(camel("store"), "Store");
+        assert_eq!(camel("_x__y"), "XY");
+    }
+
+    #[test]
+    fn yaml_writes_nested_values() {
+        let v = json!({"a": {"b": [1, "two", {"c": null}], "e": {}}, "$ref": "x:y"});
+        let got = AsyncApi(v).to_yaml();
+        assert_eq!(
+            got,
+            "\"$ref\": \"x:y\"\n\"a\":\n  \"b\":\n    - 1\n    - \"two\"\n    -\n      \"c\": null\n  \"e\": {}\n"
+        );
     }
 }

@@ -432,3 +432,38 @@ impl OwnBroker {
         panic!("the test's own broker did not start");
     }
 }
+
+/// Runs the official parser on `text`; panics with its diagnostics if it finds an error.
+pub fn validate_asyncapi(text: &str, ext: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts/kafka-dev"))
+        .arg("asyncapi-parser")
+        .output()
+        .expect("run scripts/kafka-dev asyncapi-parser");
+    assert!(
+        out.status.success(),
+        "installing the parser failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let (node, modules) = (lines.next().unwrap(), lines.next().unwrap());
+    let dir = std::env::temp_dir().join(unique_prefix("asyncapi"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("doc.{ext}"));
+    std::fs::write(&file, text).unwrap();
+    let checked = std::process::Command::new(node)
+        .arg(root.join("tests/interop/asyncapi_validate.cjs"))
+        .arg(&file)
+        .env("NODE_PATH", modules)
+        .output()
+        .expect("run node");
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "the parser refused the document:\n{report}{}\n{text}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(report.lines().any(|l| l == "ok"), "{report}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -11,84 +11,105 @@ static __faststream_route_average: ::faststream::__private::RouteDef = {
     #[allow(unused_imports)]
     use publisher as _;
     ::faststream::__private::RouteDef::__new(
-        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(average)),
-        ::core::file!(),
-        ::core::line!(),
-        &[::faststream::__private::SubscriberDef::new(&["readings"])],
-        &["averages"],
-        &[::faststream::__private::StateReq::of::<Db>],
-        ::faststream::__private::PolicyDef::new().dlq("readings-dlq"),
-        {
-            fn __handler(
-                __msgs: ::std::vec::Vec<::faststream::__private::Message>,
-                __ctx: ::faststream::__private::Context,
-            ) -> ::faststream::__private::BoxFuture<
-                'static,
-                ::faststream::__private::BatchResult,
-            > {
-                ::std::boxed::Box::pin(async move {
-                    let (__arg0, __undecodable) = ::faststream::__private::decode_batch(
-                        &__msgs,
-                        |
-                            __msg: &::faststream::__private::Message,
-                        | -> ::core::result::Result<
-                            Reading,
-                            ::faststream::__private::HandlerError,
-                        > {
-                            ::faststream::__private::decode_json::<
+            ::core::concat!(::core::module_path!(), "::", ::core::stringify!(average)),
+            ::core::file!(),
+            ::core::line!(),
+            &[::faststream::__private::SubscriberDef::new(&["readings"])],
+            &["averages"],
+            &[::faststream::__private::StateReq::of::<Db>],
+            ::faststream::__private::PolicyDef::new().dlq("readings-dlq"),
+            {
+                fn __handler(
+                    __msgs: ::std::vec::Vec<::faststream::__private::Message>,
+                    __ctx: ::faststream::__private::Context,
+                ) -> ::faststream::__private::BoxFuture<
+                    'static,
+                    ::faststream::__private::BatchResult,
+                > {
+                    ::std::boxed::Box::pin(async move {
+                        let (__arg0, __undecodable) = ::faststream::__private::decode_batch(
+                            &__msgs,
+                            |
+                                __msg: &::faststream::__private::Message,
+                            | -> ::core::result::Result<
                                 Reading,
-                            >(__msg, "Reading")
-                        },
-                    );
-                    if __arg0.is_empty() {
-                        return ::faststream::__private::BatchResult {
-                            undecodable: __undecodable,
-                            replies: ::core::result::Result::Ok(::std::vec::Vec::new()),
-                        };
-                    }
-                    let __replies = async move {
-                        let __msg = &__msgs[0];
-                        let __arg1 = <State<
-                            Db,
-                        > as ::faststream::__private::FromMessage>::from_message(
-                            &__msg,
-                            &__ctx,
-                        )?;
-                        let __ret = average(__arg0, __arg1).await;
-                        match __ret {
-                            ::core::result::Result::Ok(__v) => {
-                                ::core::iter::Iterator::collect::<
-                                    ::core::result::Result<
-                                        ::std::vec::Vec<::faststream::__private::Reply>,
-                                        ::faststream::__private::HandlerError,
-                                    >,
-                                >(
-                                    ::core::iter::Iterator::map(
-                                        ::core::iter::IntoIterator::into_iter(__v),
-                                        |__v| ::faststream::__private::Reply::json::<Average>(&__v),
-                                    ),
-                                )
-                            }
-                            ::core::result::Result::Err(__e) => {
-                                ::core::result::Result::Err(
-                                    ::faststream::__private::HandlerError::from_handler(__e),
-                                )
+                                ::faststream::__private::HandlerError,
+                            > {
+                                ::faststream::__private::decode_json::<
+                                    Reading,
+                                >(__msg, "Reading")
+                            },
+                        );
+                        if __arg0.is_empty() {
+                            return ::faststream::__private::BatchResult {
+                                undecodable: __undecodable,
+                                replies: ::core::result::Result::Ok(::std::vec::Vec::new()),
+                            };
+                        }
+                        let __replies = async move {
+                            let __msg = &__msgs[0];
+                            let __arg1 = <State<
+                                Db,
+                            > as ::faststream::__private::FromMessage>::from_message(
+                                &__msg,
+                                &__ctx,
+                            )?;
+                            let __ret = average(__arg0, __arg1).await;
+                            match __ret {
+                                ::core::result::Result::Ok(__v) => {
+                                    ::core::iter::Iterator::collect::<
+                                        ::core::result::Result<
+                                            ::std::vec::Vec<::faststream::__private::Reply>,
+                                            ::faststream::__private::HandlerError,
+                                        >,
+                                    >(
+                                        ::core::iter::Iterator::map(
+                                            ::core::iter::IntoIterator::into_iter(__v),
+                                            |__v| ::faststream::__private::Reply::json::<Average>(&__v),
+                                        ),
+                                    )
+                                }
+                                ::core::result::Result::Err(__e) => {
+                                    ::core::result::Result::Err(
+                                        ::faststream::__private::HandlerError::from_handler(__e),
+                                    )
+                                }
                             }
                         }
-                    }
-                        .await;
-                    ::faststream::__private::BatchResult {
-                        undecodable: __undecodable,
-                        replies: __replies,
-                    }
-                })
+                            .await;
+                        ::faststream::__private::BatchResult {
+                            undecodable: __undecodable,
+                            replies: __replies,
+                        }
+                    })
+                }
+                ::faststream::__private::RouteHandler::Batch(
+                    __handler,
+                    ::faststream::__private::BatchDef::new(100, 50),
+                )
+            },
+        )
+        .__with_schemas({
+            fn __schemas(
+                __g: &mut ::faststream::__private::SchemaGen,
+            ) -> ::faststream::__private::RouteSchemas {
+                ::faststream::__private::RouteSchemas {
+                    body: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::json(
+                            ::core::any::type_name::<Reading>(),
+                            ::faststream::__private::schema_of!(__g, Reading),
+                        ),
+                    ),
+                    reply: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::json(
+                            ::core::any::type_name::<Average>(),
+                            ::faststream::__private::schema_of!(__g, Average),
+                        ),
+                    ),
+                }
             }
-            ::faststream::__private::RouteHandler::Batch(
-                __handler,
-                ::faststream::__private::BatchDef::new(100, 50),
-            )
-        },
-    )
+            __schemas
+        })
 };
 ::faststream::__private::inventory::submit! {
     ::faststream::__private::RouteRef(& __faststream_route_average)

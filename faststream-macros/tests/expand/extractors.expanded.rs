@@ -12,68 +12,88 @@ async fn audit(
 #[allow(non_upper_case_globals)]
 static __faststream_route_audit: ::faststream::__private::RouteDef = {
     ::faststream::__private::RouteDef::__new(
-        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(audit)),
-        ::core::file!(),
-        ::core::line!(),
-        &[::faststream::__private::SubscriberDef::new(&["events"])],
-        &[],
-        &[::faststream::__private::StateReq::of::<AppState>],
-        ::faststream::__private::PolicyDef::new(),
-        {
-            fn __handler(
-                __msg: ::faststream::__private::Message,
-                __ctx: ::faststream::__private::Context,
-            ) -> ::faststream::__private::BoxFuture<
-                'static,
-                ::faststream::__private::HandlerResult,
-            > {
-                ::std::boxed::Box::pin(async move {
-                    let __arg0 = <Key as ::faststream::__private::FromMessage>::from_message(
-                        &__msg,
-                        &__ctx,
-                    )?;
-                    let __arg1 = <Headers as ::faststream::__private::FromMessage>::from_message(
-                        &__msg,
-                        &__ctx,
-                    )?;
-                    let __arg2 = <Option<
-                        String,
-                    > as ::faststream::__private::FromHeader>::from_header(
-                        &__msg,
-                        "x-request-id",
-                    )?;
-                    let __arg3 = <State<
-                        AppState,
-                    > as ::faststream::__private::FromMessage>::from_message(
-                        &__msg,
-                        &__ctx,
-                    )?;
-                    let __arg4 = <Tenant as ::faststream::__private::FromMessage>::from_message(
-                        &__msg,
-                        &__ctx,
-                    )?;
-                    let __arg5: Vec<u8> = ::std::convert::From::from(
-                        ::faststream::__private::decode_raw(&__msg)?,
-                    );
-                    let __ret = audit(__arg0, __arg1, __arg2, __arg3, __arg4, __arg5)
-                        .await;
-                    match __ret {
-                        ::core::option::Option::Some(__v) => {
-                            let (__v, __meta) = __v.into_parts();
-                            (::faststream::__private::Reply::json::<Audit>(&__v))
-                                .map(|__r| __r.with_meta(__meta))
+            ::core::concat!(::core::module_path!(), "::", ::core::stringify!(audit)),
+            ::core::file!(),
+            ::core::line!(),
+            &[::faststream::__private::SubscriberDef::new(&["events"])],
+            &[],
+            &[::faststream::__private::StateReq::of::<AppState>],
+            ::faststream::__private::PolicyDef::new(),
+            {
+                fn __handler(
+                    __msg: ::faststream::__private::Message,
+                    __ctx: ::faststream::__private::Context,
+                ) -> ::faststream::__private::BoxFuture<
+                    'static,
+                    ::faststream::__private::HandlerResult,
+                > {
+                    ::std::boxed::Box::pin(async move {
+                        let __arg0 = <Key as ::faststream::__private::FromMessage>::from_message(
+                            &__msg,
+                            &__ctx,
+                        )?;
+                        let __arg1 = <Headers as ::faststream::__private::FromMessage>::from_message(
+                            &__msg,
+                            &__ctx,
+                        )?;
+                        let __arg2 = <Option<
+                            String,
+                        > as ::faststream::__private::FromHeader>::from_header(
+                            &__msg,
+                            "x-request-id",
+                        )?;
+                        let __arg3 = <State<
+                            AppState,
+                        > as ::faststream::__private::FromMessage>::from_message(
+                            &__msg,
+                            &__ctx,
+                        )?;
+                        let __arg4 = <Tenant as ::faststream::__private::FromMessage>::from_message(
+                            &__msg,
+                            &__ctx,
+                        )?;
+                        let __arg5: Vec<u8> = ::std::convert::From::from(
+                            ::faststream::__private::decode_raw(&__msg)?,
+                        );
+                        let __ret = audit(__arg0, __arg1, __arg2, __arg3, __arg4, __arg5)
+                            .await;
+                        match __ret {
+                            ::core::option::Option::Some(__v) => {
+                                let (__v, __meta) = __v.into_parts();
+                                (::faststream::__private::Reply::json::<Audit>(&__v))
+                                    .map(|__r| __r.with_meta(__meta))
+                            }
+                            ::core::option::Option::None => {
+                                ::core::result::Result::Ok(
+                                    ::faststream::__private::Reply::none(),
+                                )
+                            }
                         }
-                        ::core::option::Option::None => {
-                            ::core::result::Result::Ok(
-                                ::faststream::__private::Reply::none(),
-                            )
-                        }
-                    }
-                })
+                    })
+                }
+                ::faststream::__private::RouteHandler::One(__handler)
+            },
+        )
+        .__with_schemas({
+            fn __schemas(
+                __g: &mut ::faststream::__private::SchemaGen,
+            ) -> ::faststream::__private::RouteSchemas {
+                ::faststream::__private::RouteSchemas {
+                    body: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::bytes(
+                            ::core::any::type_name::<Vec<u8>>(),
+                        ),
+                    ),
+                    reply: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::json(
+                            ::core::any::type_name::<Audit>(),
+                            ::faststream::__private::schema_of!(__g, Audit),
+                        ),
+                    ),
+                }
             }
-            ::faststream::__private::RouteHandler::One(__handler)
-        },
-    )
+            __schemas
+        })
 };
 ::faststream::__private::inventory::submit! {
     ::faststream::__private::RouteRef(& __faststream_route_audit)

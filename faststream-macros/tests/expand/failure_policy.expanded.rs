@@ -5,55 +5,71 @@ async fn pay(payment: Payment, acker: Acker) -> Result<(), Failure> {
 #[allow(non_upper_case_globals)]
 static __faststream_route_pay: ::faststream::__private::RouteDef = {
     ::faststream::__private::RouteDef::__new(
-        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(pay)),
-        ::core::file!(),
-        ::core::line!(),
-        &[
-            ::faststream::__private::SubscriberDef::new(&["payments"])
-                .group_id("billing"),
-        ],
-        &[],
-        &[],
-        ::faststream::__private::PolicyDef::new()
-            .retry(5)
-            .dlq("payments.dlq")
-            .ack(::faststream::__private::AckMode::Manual)
-            .timeout_ms(2000),
-        {
-            fn __handler(
-                __msg: ::faststream::__private::Message,
-                __ctx: ::faststream::__private::Context,
-            ) -> ::faststream::__private::BoxFuture<
-                'static,
-                ::faststream::__private::HandlerResult,
-            > {
-                ::std::boxed::Box::pin(async move {
-                    let __arg0 = ::faststream::__private::decode_json::<
-                        Payment,
-                    >(&__msg, "Payment")?;
-                    let __arg1 = <Acker as ::faststream::__private::FromMessage>::from_message(
-                        &__msg,
-                        &__ctx,
-                    )?;
-                    let __ret = pay(__arg0, __arg1).await;
-                    match __ret {
-                        ::core::result::Result::Ok(__v) => {
-                            let _ = __v;
-                            ::core::result::Result::Ok(
-                                ::faststream::__private::Reply::none(),
-                            )
+            ::core::concat!(::core::module_path!(), "::", ::core::stringify!(pay)),
+            ::core::file!(),
+            ::core::line!(),
+            &[
+                ::faststream::__private::SubscriberDef::new(&["payments"])
+                    .group_id("billing"),
+            ],
+            &[],
+            &[],
+            ::faststream::__private::PolicyDef::new()
+                .retry(5)
+                .dlq("payments.dlq")
+                .ack(::faststream::__private::AckMode::Manual)
+                .timeout_ms(2000),
+            {
+                fn __handler(
+                    __msg: ::faststream::__private::Message,
+                    __ctx: ::faststream::__private::Context,
+                ) -> ::faststream::__private::BoxFuture<
+                    'static,
+                    ::faststream::__private::HandlerResult,
+                > {
+                    ::std::boxed::Box::pin(async move {
+                        let __arg0 = ::faststream::__private::decode_json::<
+                            Payment,
+                        >(&__msg, "Payment")?;
+                        let __arg1 = <Acker as ::faststream::__private::FromMessage>::from_message(
+                            &__msg,
+                            &__ctx,
+                        )?;
+                        let __ret = pay(__arg0, __arg1).await;
+                        match __ret {
+                            ::core::result::Result::Ok(__v) => {
+                                let _ = __v;
+                                ::core::result::Result::Ok(
+                                    ::faststream::__private::Reply::none(),
+                                )
+                            }
+                            ::core::result::Result::Err(__e) => {
+                                ::core::result::Result::Err(
+                                    ::faststream::__private::HandlerError::from_handler(__e),
+                                )
+                            }
                         }
-                        ::core::result::Result::Err(__e) => {
-                            ::core::result::Result::Err(
-                                ::faststream::__private::HandlerError::from_handler(__e),
-                            )
-                        }
-                    }
-                })
+                    })
+                }
+                ::faststream::__private::RouteHandler::One(__handler)
+            },
+        )
+        .__with_schemas({
+            fn __schemas(
+                __g: &mut ::faststream::__private::SchemaGen,
+            ) -> ::faststream::__private::RouteSchemas {
+                ::faststream::__private::RouteSchemas {
+                    body: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::json(
+                            ::core::any::type_name::<Payment>(),
+                            ::faststream::__private::schema_of!(__g, Payment),
+                        ),
+                    ),
+                    reply: ::core::option::Option::None,
+                }
             }
-            ::faststream::__private::RouteHandler::One(__handler)
-        },
-    )
+            __schemas
+        })
 };
 ::faststream::__private::inventory::submit! {
     ::faststream::__private::RouteRef(& __faststream_route_pay)

@@ -14,34 +14,67 @@ static __faststream_route_handle_msg: ::faststream::__private::RouteDef = {
         user_id: i64,
     }
     ::faststream::__private::RouteDef::__new(
-        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(handle_msg)),
-        ::core::file!(),
-        ::core::line!(),
-        &[::faststream::__private::SubscriberDef::new(&["in_topic"])],
-        &["out-topic"],
-        &[],
-        ::faststream::__private::PolicyDef::new(),
-        {
-            fn __handler(
-                __msg: ::faststream::__private::Message,
-                __ctx: ::faststream::__private::Context,
-            ) -> ::faststream::__private::BoxFuture<
-                'static,
-                ::faststream::__private::HandlerResult,
-            > {
-                ::std::boxed::Box::pin(async move {
-                    let __Body { user, user_id } = ::faststream::__private::decode_json::<
-                        __Body,
-                    >(&__msg, "a JSON object with fields `user`, `user_id`")?;
-                    let __ret = handle_msg(user, user_id).await;
-                    ::core::result::Result::Ok(
-                        ::faststream::__private::Reply::text(__ret),
-                    )
-                })
+            ::core::concat!(
+                ::core::module_path!(), "::", ::core::stringify!(handle_msg)
+            ),
+            ::core::file!(),
+            ::core::line!(),
+            &[::faststream::__private::SubscriberDef::new(&["in_topic"])],
+            &["out-topic"],
+            &[],
+            ::faststream::__private::PolicyDef::new(),
+            {
+                fn __handler(
+                    __msg: ::faststream::__private::Message,
+                    __ctx: ::faststream::__private::Context,
+                ) -> ::faststream::__private::BoxFuture<
+                    'static,
+                    ::faststream::__private::HandlerResult,
+                > {
+                    ::std::boxed::Box::pin(async move {
+                        let __Body { user, user_id } = ::faststream::__private::decode_json::<
+                            __Body,
+                        >(&__msg, "a JSON object with fields `user`, `user_id`")?;
+                        let __ret = handle_msg(user, user_id).await;
+                        ::core::result::Result::Ok(
+                            ::faststream::__private::Reply::text(__ret),
+                        )
+                    })
+                }
+                ::faststream::__private::RouteHandler::One(__handler)
+            },
+        )
+        .__with_schemas({
+            fn __schemas(
+                __g: &mut ::faststream::__private::SchemaGen,
+            ) -> ::faststream::__private::RouteSchemas {
+                ::faststream::__private::RouteSchemas {
+                    body: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::json(
+                            "{user, user_id}",
+                            ::faststream::__private::object_schema(
+                                &[
+                                    (
+                                        "user",
+                                        true,
+                                        ::faststream::__private::schema_of!(__g, String),
+                                    ),
+                                    (
+                                        "user_id",
+                                        true,
+                                        ::faststream::__private::schema_of!(__g, i64),
+                                    ),
+                                ],
+                            ),
+                        ),
+                    ),
+                    reply: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::text("String"),
+                    ),
+                }
             }
-            ::faststream::__private::RouteHandler::One(__handler)
-        },
-    )
+            __schemas
+        })
 };
 ::faststream::__private::inventory::submit! {
     ::faststream::__private::RouteRef(& __faststream_route_handle_msg)

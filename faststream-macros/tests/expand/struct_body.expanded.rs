@@ -5,48 +5,64 @@ async fn on_order(order: Order) -> Result<(), BillingError> {
 #[allow(non_upper_case_globals)]
 static __faststream_route_on_order: ::faststream::__private::RouteDef = {
     ::faststream::__private::RouteDef::__new(
-        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(on_order)),
-        ::core::file!(),
-        ::core::line!(),
-        &[
-            ::faststream::__private::SubscriberDef::new(&["orders"])
-                .group_id("billing")
-                .auto_offset_reset(::faststream::__private::OffsetReset::Earliest),
-        ],
-        &[],
-        &[],
-        ::faststream::__private::PolicyDef::new(),
-        {
-            fn __handler(
-                __msg: ::faststream::__private::Message,
-                __ctx: ::faststream::__private::Context,
-            ) -> ::faststream::__private::BoxFuture<
-                'static,
-                ::faststream::__private::HandlerResult,
-            > {
-                ::std::boxed::Box::pin(async move {
-                    let __arg0 = ::faststream::__private::decode_json::<
-                        Order,
-                    >(&__msg, "Order")?;
-                    let __ret = on_order(__arg0).await;
-                    match __ret {
-                        ::core::result::Result::Ok(__v) => {
-                            let _ = __v;
-                            ::core::result::Result::Ok(
-                                ::faststream::__private::Reply::none(),
-                            )
+            ::core::concat!(::core::module_path!(), "::", ::core::stringify!(on_order)),
+            ::core::file!(),
+            ::core::line!(),
+            &[
+                ::faststream::__private::SubscriberDef::new(&["orders"])
+                    .group_id("billing")
+                    .auto_offset_reset(::faststream::__private::OffsetReset::Earliest),
+            ],
+            &[],
+            &[],
+            ::faststream::__private::PolicyDef::new(),
+            {
+                fn __handler(
+                    __msg: ::faststream::__private::Message,
+                    __ctx: ::faststream::__private::Context,
+                ) -> ::faststream::__private::BoxFuture<
+                    'static,
+                    ::faststream::__private::HandlerResult,
+                > {
+                    ::std::boxed::Box::pin(async move {
+                        let __arg0 = ::faststream::__private::decode_json::<
+                            Order,
+                        >(&__msg, "Order")?;
+                        let __ret = on_order(__arg0).await;
+                        match __ret {
+                            ::core::result::Result::Ok(__v) => {
+                                let _ = __v;
+                                ::core::result::Result::Ok(
+                                    ::faststream::__private::Reply::none(),
+                                )
+                            }
+                            ::core::result::Result::Err(__e) => {
+                                ::core::result::Result::Err(
+                                    ::faststream::__private::HandlerError::from_handler(__e),
+                                )
+                            }
                         }
-                        ::core::result::Result::Err(__e) => {
-                            ::core::result::Result::Err(
-                                ::faststream::__private::HandlerError::from_handler(__e),
-                            )
-                        }
-                    }
-                })
+                    })
+                }
+                ::faststream::__private::RouteHandler::One(__handler)
+            },
+        )
+        .__with_schemas({
+            fn __schemas(
+                __g: &mut ::faststream::__private::SchemaGen,
+            ) -> ::faststream::__private::RouteSchemas {
+                ::faststream::__private::RouteSchemas {
+                    body: ::core::option::Option::Some(
+                        ::faststream::__private::Payload::json(
+                            ::core::any::type_name::<Order>(),
+                            ::faststream::__private::schema_of!(__g, Order),
+                        ),
+                    ),
+                    reply: ::core::option::Option::None,
+                }
             }
-            ::faststream::__private::RouteHandler::One(__handler)
-        },
-    )
+            __schemas
+        })
 };
 ::faststream::__private::inventory::submit! {
     ::faststream::__private::RouteRef(& __faststream_route_on_order)

@@ -1,4 +1,5 @@
-//! Trace propagation (feature `opentelemetry`) against the real broker: a message carrying a
+//! Trace propagation (feature `opentelemetry`, the `TraceContext` middleware) against the real
+//! broker: a message carrying a
 //! known `traceparent` is handled in a span of that trace, and what the handler publishes
 //! (its return value and a `Publisher` publish) carries the trace on; a message published by
 //! Python FastStream with its OpenTelemetry middleware is continued the same way. Spans are
@@ -11,7 +12,7 @@ use std::sync::OnceLock;
 
 use common::*;
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, routes, subscriber, FastStream, Publisher};
+use faststream::{publisher, routes, subscriber, FastStream, Publisher, TraceContext};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
@@ -101,7 +102,8 @@ async fn a_trace_continues_through_the_handler_and_its_outputs() {
     .await;
     let app = FastStream::new(KafkaBroker::new(&bootstrap()))
         .with_routes(routes![traced])
-        .topic_prefix(&prefix);
+        .topic_prefix(&prefix)
+        .middleware(TraceContext);
     let running = start(app).await;
     let out = read(&client, &format!("{prefix}traced-out"), 1).await;
     let side_out = read(&client, &side, 1).await;
@@ -164,7 +166,8 @@ async fn a_trace_started_by_python_faststream_continues_here() {
 
     let app = FastStream::new(KafkaBroker::new(&bootstrap()))
         .with_routes(routes![from_python])
-        .topic_prefix(&prefix);
+        .topic_prefix(&prefix)
+        .middleware(TraceContext);
     let running = start(app).await;
     let span = wait_for_span(&topic).await;
     running.stop().await.unwrap();

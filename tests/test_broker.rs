@@ -453,3 +453,74 @@ async fn middlewares_run_in_the_test_broker() {
         Some("1")
     );
 }
+
+/// Appends its name to the `x-trail` header of outputs; a guard refuses messages saying "halt".
+struct Trail(&'static str, bool);
+
+impl faststream::Middleware for Trail {
+    fn before<'a>(
+        &'a self,
+        msg: &'a Message,
+    ) -> faststream::BoxFuture<'a, Result<(), faststream::Failure>> {
+        let halt = self.1 && msg.text() == Some("halt");
+        Box::pin(async move {
+            match halt {
+                true => Err(faststream::Failure::skip(format!("{} refused it", self.0))),
+                false => Ok(()),
+            }
+        })
+    }
+
+    fn publish(&self, out: &mut faststream::OutgoingMessage) {
+        let trail = out.headers.get_str("x-trail").unwrap_or("").to_owned();
+        out.headers.insert("x-trail", format!("{trail}/{}", self.0));
+    }
+}
+
+static GUARD: Trail = Trail("guard", true);
+
+#[subscriber("guarded", middleware = [GUARD])]
+#[publisher("guarded-out")]
+async fn guarded(body: String) -> String {
+    body
+}
+
+#[subscriber("open")]
+#[publisher("open-out")]
+async fn open(body: String) -> String {
+    body
+}
+
+/// A route's own middleware runs inside the app's, and only for that route.
+#[tokio::test]
+async fn a_route_middleware_runs_inside_the_app_ones_and_only_for_its_route() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![guarded, open])
+        .middleware(Trail("app", false))
+        .build()
+        .unwrap();
+    broker.publish("a", "guarded").await.unwrap();
+    broker.publish("b", "open").await.unwrap();
+    broker.publish("halt", "guarded").await.unwrap();
+    broker.publish("halt", "open").await.unwrap();
+    let trail = |topic: &str| -> Vec<String> {
+        broker
+            .published(topic)
+            .iter()
+            .map(|m| m.headers.get_str("x-trail").unwrap_or("").to_owned())
+            .collect()
+    };
+    // `publish` hooks run in order: the app's first, then the route's.
+    assert_eq!(trail("guarded-out"), ["/app/guard"]);
+    // The other route has only the app's middleware, which lets "halt" through; the guard
+    // refused it on its route.
+    assert_eq!(trail("open-out"), ["/app", "/app"]);
+    let refused = broker.errors();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].handler, "test_broker::guarded");
+    assert!(refused[0]
+        .error()
+        .unwrap()
+        .to_string()
+        .contains("guard refused it"));
+}

@@ -327,10 +327,13 @@ impl Pipeline {
             if let Some(key) = &msg.key {
                 span.record("key", display(String::from_utf8_lossy(key)));
             }
-            crate::trace::continue_trace(&span, &msg.headers);
+        }
+        let chain = self.middlewares.chain(route);
+        if let Some(chain) = &chain {
+            chain.on_span(&msg, &span);
         }
         let outcome = self
-            .handle_in_span(route, msg, interrupt, &span)
+            .handle_in_span(route, msg, interrupt, &span, chain.as_ref())
             .instrument(span.clone())
             .await;
         span.record("outcome", outcome.name());
@@ -343,11 +346,12 @@ impl Pipeline {
         msg: Message,
         interrupt: Option<&Shutdown>,
         span: &tracing::Span,
+        chain: Option<&crate::middleware::Chain<'_>>,
     ) -> Outcome {
-        if self.middlewares.is_empty() {
+        let Some(chain) = chain else {
             return self.handle_inner(route, msg, interrupt, span).await;
-        }
-        if let Err(refused) = self.middlewares.before(&msg).await {
+        };
+        if let Err(refused) = chain.before(&msg).await {
             let policy = self.policy(route);
             let action = refused.action();
             let mut outcome = self.conclude(
@@ -358,12 +362,12 @@ impl Pipeline {
                 0,
                 action,
             );
-            self.middlewares.after(&msg, &mut outcome);
+            chain.after(&msg, &mut outcome);
             return outcome;
         }
         let seen = msg.clone();
         let mut outcome = self.handle_inner(route, msg, interrupt, span).await;
-        self.middlewares.after(&seen, &mut outcome);
+        chain.after(&seen, &mut outcome);
         outcome
     }
 
@@ -495,11 +499,12 @@ impl Pipeline {
             size = msgs.len(),
             failed = tracing::field::Empty,
         );
-        if let Some(traced) = msgs.iter().find(|m| m.headers.get("traceparent").is_some()) {
-            crate::trace::continue_trace(&span, &traced.headers);
+        let chain = self.middlewares.chain(route);
+        if let Some(chain) = &chain {
+            chain.on_span(first, &span);
         }
         let outcome = self
-            .run_batch(route, handler, msgs, interrupt)
+            .run_batch(route, handler, msgs, interrupt, chain.as_ref())
             .instrument(span.clone())
             .await;
         span.record("failed", outcome.failed.len());
@@ -512,21 +517,22 @@ impl Pipeline {
         handler: BatchHandlerFn,
         mut msgs: Vec<Message>,
         interrupt: Option<&Shutdown>,
+        chain: Option<&crate::middleware::Chain<'_>>,
     ) -> BatchOutcome {
         let index = self.index(route);
         let policy = index.map_or(&self.defaults, |i| &self.policies[i]);
         let mut failed: Vec<(i64, Outcome)> = Vec::new();
         let mut fail = |pipeline: &Self, msg: &Message, error, attempts, action| {
             let mut outcome = pipeline.conclude(route, policy, msg, error, attempts, action);
-            if !pipeline.middlewares.is_empty() {
-                pipeline.middlewares.after(msg, &mut outcome);
+            if let Some(chain) = chain {
+                chain.after(msg, &mut outcome);
             }
             failed.push((msg.offset, outcome));
         };
-        if !self.middlewares.is_empty() {
+        if let Some(chain) = chain {
             let mut kept = Vec::with_capacity(msgs.len());
             for msg in msgs {
-                match self.middlewares.before(&msg).await {
+                match chain.before(&msg).await {
                     Ok(()) => kept.push(msg),
                     Err(refused) => {
                         let action = refused.action();
@@ -650,12 +656,12 @@ impl Pipeline {
         match result {
             Ok(replies) => {
                 outputs = self.address_batch(route, index, replies, correlation_id);
-                if !self.middlewares.is_empty() {
+                if let Some(chain) = chain {
                     for msg in &msgs {
-                        self.middlewares.after(msg, &mut Outcome::Done(Vec::new()));
+                        chain.after(msg, &mut Outcome::Done(Vec::new()));
                     }
                     for out in &mut outputs {
-                        self.middlewares.publish(out);
+                        chain.publish(out);
                     }
                 }
             }
@@ -691,7 +697,6 @@ impl Pipeline {
             if let Some(id) = &correlation_id {
                 headers.insert(header::CORRELATION_ID, id.clone());
             }
-            crate::trace::inject(&tracing::Span::current(), &mut headers);
             for topic in topics.iter() {
                 outputs.push(OutgoingMessage {
                     topic: topic.clone(),
@@ -875,7 +880,6 @@ impl Pipeline {
         if let Some(id) = correlation_id {
             headers.insert(header::CORRELATION_ID, id);
         }
-        crate::trace::inject(&tracing::Span::current(), &mut headers);
         let key = body.meta.key.or_else(|| msg.key.clone());
         let own = self.output_topics(route, index);
         let topics: &[String] = &own;

@@ -27,6 +27,7 @@ mod outcome;
 mod policy;
 mod route;
 pub mod testing;
+#[cfg(feature = "opentelemetry")]
 mod trace;
 mod transport;
 
@@ -51,6 +52,8 @@ pub use route::{
     check_contracts, registered_routes, validate, Assignor, BatchDef, GroupTimings, OffsetReset,
     RouteDef, RouteProblem, StateReq, SubscriberDef,
 };
+#[cfg(feature = "opentelemetry")]
+pub use trace::TraceContext;
 pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
 
 /// Support for macro-generated code. Not public API.
@@ -67,6 +70,7 @@ pub mod __private {
     pub use crate::extract::{Context, FromHeader, FromMessage};
     pub use crate::handler::{decode_batch, BatchResult, HandlerResult};
     pub use crate::message::Message;
+    pub use crate::middleware::Middleware;
     pub use crate::outcome::Reply;
     pub use crate::policy::{AckMode, FailureAction, PolicyDef};
     pub use crate::route::{

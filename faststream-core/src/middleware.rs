@@ -1,5 +1,6 @@
 //! Middleware: code that runs around every message's handling and every publish, registered
-//! once on the app (`FastStream::middleware`) instead of written into each handler.
+//! once on the app (`FastStream::middleware`), or on one handler (`middleware = [..]` on its
+//! `#[subscriber]`), instead of written into each handler.
 //!
 //! A middleware sees the message before its handler runs (and may refuse it: the refusal is a
 //! [`Failure`] handled by the route's failure policy, so a refused message is skipped,
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use crate::handler::Outcome;
 use crate::message::{Message, OutgoingMessage};
 use crate::policy::Failure;
+use crate::route::RouteDef;
 use crate::transport::{BoxFuture, Publish};
 use crate::Result;
 
@@ -38,6 +40,13 @@ use crate::Result;
 /// }
 /// ```
 pub trait Middleware: Send + Sync + 'static {
+    /// When the message's `message` span (or a batch's `batch` span) is created, before it is
+    /// entered: link it to a trace the message carries (see `TraceContext`, feature
+    /// `opentelemetry`).
+    fn on_span(&self, msg: &Message, span: &tracing::Span) {
+        let _ = (msg, span);
+    }
+
     /// Before the handler: `Err` refuses the message (the handler does not run; the failure
     /// policy applies to the `Failure`, error kind `rejected`).
     fn before<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
@@ -57,8 +66,7 @@ pub trait Middleware: Send + Sync + 'static {
     }
 }
 
-/// The registered middlewares, in registration order (`before` and `publish` run in that
-/// order, `after` in reverse, as layers do).
+/// The app-wide middlewares, in registration order.
 #[derive(Clone, Default)]
 pub(crate) struct Middlewares(pub(crate) Vec<Arc<dyn Middleware>>);
 
@@ -71,6 +79,40 @@ impl std::fmt::Debug for Middlewares {
 impl Middlewares {
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// What runs around `route`'s messages: the app's middlewares, then the route's own;
+    /// `None` when there are none (nothing runs, nothing is allocated).
+    pub(crate) fn chain<'a>(&'a self, route: &'a RouteDef) -> Option<Chain<'a>> {
+        let own = route.middlewares();
+        if self.0.is_empty() && own.is_empty() {
+            return None;
+        }
+        Some(Chain(
+            self.0
+                .iter()
+                .map(|m| &**m as &dyn Middleware)
+                .chain(own.iter().copied())
+                .collect(),
+        ))
+    }
+
+    pub(crate) fn publish(&self, out: &mut OutgoingMessage) {
+        for m in &self.0 {
+            m.publish(out);
+        }
+    }
+}
+
+/// The middlewares of one route, outermost first (`before`, `publish` and `on_span` run in
+/// that order, `after` in reverse, as layers do).
+pub(crate) struct Chain<'a>(Vec<&'a dyn Middleware>);
+
+impl Chain<'_> {
+    pub(crate) fn on_span(&self, msg: &Message, span: &tracing::Span) {
+        for m in &self.0 {
+            m.on_span(msg, span);
+        }
     }
 
     pub(crate) async fn before(&self, msg: &Message) -> Result<(), Failure> {
@@ -101,6 +143,16 @@ impl Middlewares {
         for m in &self.0 {
             m.publish(out);
         }
+    }
+}
+
+/// A route's own middlewares (`middleware = [..]` on its `#[subscriber]`).
+#[derive(Clone, Copy)]
+pub(crate) struct RouteMiddlewares(pub(crate) &'static [&'static dyn Middleware]);
+
+impl std::fmt::Debug for RouteMiddlewares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RouteMiddlewares({})", self.0.len())
     }
 }
 

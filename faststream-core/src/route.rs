@@ -249,6 +249,7 @@ pub struct RouteDef {
     policy: PolicyDef,
     pub(crate) handler: RouteHandler,
     schemas: Option<SchemasFn>,
+    middlewares: crate::middleware::RouteMiddlewares,
 }
 
 impl RouteDef {
@@ -274,7 +275,22 @@ impl RouteDef {
             policy,
             handler,
             schemas: None,
+            middlewares: crate::middleware::RouteMiddlewares(&[]),
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn __with_middlewares(
+        mut self,
+        middlewares: &'static [&'static dyn crate::Middleware],
+    ) -> Self {
+        self.middlewares = crate::middleware::RouteMiddlewares(middlewares);
+        self
+    }
+
+    /// Its own middlewares (inside the app's), in the order its attribute lists them.
+    pub fn middlewares(&self) -> &'static [&'static dyn crate::Middleware] {
+        self.middlewares.0
     }
 
     #[doc(hidden)]

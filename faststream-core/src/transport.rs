@@ -58,10 +58,8 @@ impl Publisher {
         self.send(msg).await
     }
 
-    /// Publishes a fully specified message (key, headers, partition). With the `opentelemetry`
-    /// feature it carries the current span's trace context (inside a handler: the message's).
-    pub async fn send(&self, mut msg: OutgoingMessage) -> Result<()> {
-        crate::trace::inject(&tracing::Span::current(), &mut msg.headers);
+    /// Publishes a fully specified message (key, headers, partition).
+    pub async fn send(&self, msg: OutgoingMessage) -> Result<()> {
         self.0.send(msg).await
     }
 }

@@ -51,7 +51,7 @@ const CONSUMER_KEYS: &[&str] = &[
 ];
 
 /// Batch options: route-wide, like the failure-policy options.
-const BATCH_KEYS: &[&str] = &["batch", "max_records", "batch_timeout_ms"];
+const BATCH_KEYS: &[&str] = &["batch", "max_records", "batch_timeout_ms", "middleware"];
 
 /// `batch = true` and its settings, with the spans errors point at.
 #[derive(Default)]
@@ -111,6 +111,8 @@ pub(crate) struct RouteArgs {
     /// Route-wide failure-policy options: `(name, method tokens)`, each set once per handler.
     pub(crate) policy: Vec<(String, TokenStream)>,
     pub(crate) batch: BatchArgs,
+    /// `middleware = [A, m::B]`: statics or consts implementing `Middleware`.
+    pub(crate) middlewares: Option<Vec<syn::Path>>,
 }
 
 /// Failure-policy options: route-wide, written in any of the handler's `#[subscriber]`s.
@@ -308,6 +310,30 @@ fn apply_option(
                 }
             };
             route.batch.on = Some((span, on));
+        }
+        "middleware" => {
+            if route.middlewares.is_some() {
+                return Err(set_twice(span, name));
+            }
+            let syn::Expr::Array(array) = value else {
+                return Err(syn::Error::new(
+                    span,
+                    "option `middleware` expects a list of statics or consts implementing `Middleware`: middleware = [AUDIT]",
+                ));
+            };
+            let mut paths = Vec::new();
+            for elem in &array.elems {
+                match elem {
+                    syn::Expr::Path(p) if p.qself.is_none() => paths.push(p.path.clone()),
+                    other => {
+                        return Err(syn::Error::new(
+                            syn::spanned::Spanned::span(other),
+                            "a middleware here is the path of a static or const (`static AUDIT: Audit = Audit;`)",
+                        ))
+                    }
+                }
+            }
+            route.middlewares = Some(paths);
         }
         "max_records" | "batch_timeout_ms" => {
             let slot = match name {

@@ -371,6 +371,12 @@ fn generate(
             }
         }
     };
+    let middlewares = route.middlewares.as_ref().map(|paths| {
+        let refs = paths
+            .iter()
+            .map(|p| quote_spanned!(p.span()=> &#p as &'static dyn #fs::Middleware));
+        quote!(.__with_middlewares(&[#(#refs),*]))
+    });
     let body_payload = body_payload(arguments, batch, &fs);
     let reply_payload = shape_payload(shape, &fs);
     let subscribers = route.subscribers.iter().map(|s| {
@@ -431,6 +437,7 @@ fn generate(
                 #policy,
                 { #handler },
             )
+            #middlewares
             .__with_schemas({
                 fn __schemas(__g: &mut #fs::SchemaGen) -> #fs::RouteSchemas {
                     #fs::RouteSchemas { body: #body_payload, reply: #reply_payload }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use faststream::kafka::{partition_for_key, KafkaBroker};
-use faststream::{publisher, routes, subscriber, FastStream, Headers, Key, Response, State};
+use faststream::{
+    publisher, routes, subscriber, Failure, FastStream, Headers, Key, Publisher, Response, State,
+};
 use serde::{Deserialize, Serialize};
 
 // The seed, as written in the README (default auto_offset_reset: latest).
@@ -807,6 +809,53 @@ async fn request_gets_the_reply_of_a_service() {
         .to_string();
     assert!(err.contains("no reply") && err.contains("nobody"), "{err}");
     running.stop().await.unwrap();
+}
+
+static GATEWAY_RPC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Calls the `rpc` service from inside a handler and relays its answer.
+#[subscriber("gateway", auto_offset_reset = "earliest")]
+#[publisher("gateway-out")]
+async fn gateway(body: String, publisher: Publisher) -> Result<String, Failure> {
+    let rpc = GATEWAY_RPC.get().expect("set by the test");
+    let reply = publisher
+        .request(body, rpc, Duration::from_secs(20))
+        .await
+        .map_err(Failure::retry)?;
+    Ok(format!("via gateway: {}", reply.text().unwrap_or_default()))
+}
+
+/// A handler asks another service through its `Publisher` and waits for the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_requests_another_service_through_its_publisher() {
+    let prefix = unique_prefix("gateway");
+    let client = raw_client().await;
+    for t in ["rpc", "gateway", "gateway-out"] {
+        create_topic(&client, &format!("{prefix}{t}"), 1).await;
+    }
+    GATEWAY_RPC.set(format!("{prefix}rpc")).unwrap();
+    let rpc_service = start(app(routes![rpc], &prefix)).await;
+    let gateway_service = start(
+        FastStream::new(
+            KafkaBroker::builder(&bootstrap())
+                .reply_topic(format!("{prefix}gateway-replies"))
+                .build(),
+        )
+        .with_routes(routes![gateway])
+        .topic_prefix(&prefix),
+    )
+    .await;
+    produce(
+        &client,
+        &format!("{prefix}gateway"),
+        0,
+        vec![record(None, b"knock", &[])],
+    )
+    .await;
+    let out = read(&client, &format!("{prefix}gateway-out"), 1).await;
+    assert_eq!(text(&out[&0][0]), "via gateway: pong knock");
+    gateway_service.stop().await.unwrap();
+    rpc_service.stop().await.unwrap();
 }
 
 /// Request/reply across languages: Python FastStream asks our service (publishing with

@@ -524,3 +524,35 @@ async fn a_route_middleware_runs_inside_the_app_ones_and_only_for_its_route() {
         .to_string()
         .contains("guard refused it"));
 }
+
+#[subscriber("tb-rpc")]
+async fn tb_rpc(body: String) -> String {
+    format!("pong {body}")
+}
+
+#[subscriber("tb-gateway")]
+#[publisher("tb-gateway-out")]
+async fn tb_gateway(body: String, publisher: Publisher) -> Result<String, faststream::Failure> {
+    let reply = publisher
+        .request(body, "tb-rpc", std::time::Duration::from_secs(1))
+        .await
+        .map_err(faststream::Failure::retry)?;
+    Ok(format!("via gateway: {}", reply.text().unwrap_or_default()))
+}
+
+/// Request/reply in the test broker: from the test, and from a handler through its `Publisher`.
+#[tokio::test]
+async fn requests_get_their_replies_in_the_test_broker() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![tb_rpc, tb_gateway])
+        .build()
+        .unwrap();
+    let reply = broker.request("ping", "tb-rpc").await.unwrap();
+    assert_eq!(reply.text(), Some("pong ping"));
+    broker.publish("knock", "tb-gateway").await.unwrap();
+    let out = broker.published("tb-gateway-out");
+    assert_eq!(out[0].text(), Some("via gateway: pong knock"));
+    // Nobody subscribes there: a clear error instead of a hang.
+    let err = broker.request("hello?", "nobody").await.unwrap_err();
+    assert!(err.to_string().contains("no reply"), "{err}");
+}

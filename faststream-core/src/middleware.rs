@@ -167,4 +167,13 @@ impl Publish for PublishThrough {
         self.middlewares.publish(&mut msg);
         self.inner.send(msg)
     }
+
+    fn request(
+        &self,
+        mut msg: OutgoingMessage,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'_, crate::Result<Message>> {
+        self.middlewares.publish(&mut msg);
+        self.inner.request(msg, timeout)
+    }
 }

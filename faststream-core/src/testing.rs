@@ -190,6 +190,13 @@ impl TestBroker {
         self.inner.clone().deliver_many(outs).await
     }
 
+    /// Sends `value` to `topic` as a request (with a `reply_to` topic of its own, as
+    /// `Publisher::request` and `KafkaBroker::request` do) and returns the handler's reply.
+    pub async fn request(&self, value: impl IntoPayload, topic: &str) -> Result<Message> {
+        let msg = OutgoingMessage::encode(topic, value)?;
+        self.inner.clone().request(msg).await
+    }
+
     /// Every message published to `topic` so far, in order.
     pub fn published(&self, topic: &str) -> Vec<Message> {
         self.log().topics.get(topic).cloned().unwrap_or_default()
@@ -384,5 +391,46 @@ impl Publish for Sink {
                 None => Ok(()),
             }
         })
+    }
+
+    fn request(
+        &self,
+        msg: OutgoingMessage,
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Message>> {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            match inner {
+                Some(inner) => inner.request(msg).await,
+                None => Err(Error::Transport("the test broker is gone".into())),
+            }
+        })
+    }
+}
+
+impl Inner {
+    /// Delivers `msg` with a `reply_to` topic of its own and returns the first reply published
+    /// there (handlers run to completion during delivery, so it is there or never comes).
+    async fn request(self: Arc<Self>, mut msg: OutgoingMessage) -> Result<Message> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reply_topic = format!("faststream.test-broker.replies.{n}");
+        let topic = msg.topic.clone();
+        msg.headers.insert(header::REPLY_TO, reply_topic.clone());
+        if msg.headers.get(header::CORRELATION_ID).is_none() {
+            msg.headers
+                .insert(header::CORRELATION_ID, new_correlation_id());
+        }
+        self.clone().deliver(msg).await?;
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.topics
+            .get(&reply_topic)
+            .and_then(|replies| replies.first().cloned())
+            .ok_or_else(|| {
+                Error::Transport(
+                    format!("no reply to the request sent to {topic:?}: no handler answered")
+                        .into(),
+                )
+            })
     }
 }

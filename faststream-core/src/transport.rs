@@ -5,13 +5,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::codec::IntoPayload;
 use crate::handler::Pipeline;
-use crate::message::OutgoingMessage;
+use crate::message::{Message, OutgoingMessage};
 use crate::Result;
 
 /// A boxed `Send` future.
@@ -21,6 +22,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Publish: Send + Sync + 'static {
     /// Publishes one message; resolves once the broker acknowledged it.
     fn send(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<()>>;
+
+    /// Publishes `msg` as a request (FastStream's RPC: a `reply_to` header naming where to
+    /// answer, and a `correlation_id`) and waits up to `timeout` for the reply. Transports
+    /// without request/reply keep this default, which refuses.
+    fn request(&self, msg: OutgoingMessage, timeout: Duration) -> BoxFuture<'_, Result<Message>> {
+        let _ = (msg, timeout);
+        Box::pin(async {
+            Err(crate::Error::Transport(
+                "this transport does not support request/reply".into(),
+            ))
+        })
+    }
 }
 
 /// A broker the app runs on: the Kafka transport, or your own.
@@ -61,6 +74,28 @@ impl Publisher {
     /// Publishes a fully specified message (key, headers, partition).
     pub async fn send(&self, msg: OutgoingMessage) -> Result<()> {
         self.0.send(msg).await
+    }
+
+    /// Sends `value` to `topic` as a request and waits up to `timeout` for the reply: another
+    /// service's handler (Rust or Python FastStream) answers to the `reply_to` topic with the
+    /// request's `correlation_id`. From inside a handler this calls another service.
+    pub async fn request(
+        &self,
+        value: impl IntoPayload,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Message> {
+        self.request_message(OutgoingMessage::encode(topic, value)?, timeout)
+            .await
+    }
+
+    /// [`Publisher::request`] with a fully specified message.
+    pub async fn request_message(
+        &self,
+        msg: OutgoingMessage,
+        timeout: Duration,
+    ) -> Result<Message> {
+        self.0.request(msg, timeout).await
     }
 }
 

@@ -636,6 +636,14 @@ impl Publish for KafkaBroker {
     fn send(&self, msg: OutgoingMessage) -> BoxFuture<'_, faststream_core::Result<()>> {
         Box::pin(self.send_message(msg))
     }
+
+    fn request(
+        &self,
+        msg: OutgoingMessage,
+        timeout: Duration,
+    ) -> BoxFuture<'_, faststream_core::Result<Message>> {
+        Box::pin(self.request_message(msg, timeout))
+    }
 }
 
 impl Transport for KafkaBroker {

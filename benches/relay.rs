@@ -616,7 +616,7 @@ async fn io_relay(args: &Args, parallel: bool) {
 /// The handler pipeline alone: decode, call, encode, address the outputs; no broker at all.
 async fn pipeline_only(args: &Args) {
     struct Discard;
-    impl faststream::Publish for Discard {
+    impl faststream::runtime::Publish for Discard {
         fn send(
             &self,
             _: faststream::OutgoingMessage,
@@ -626,11 +626,11 @@ async fn pipeline_only(args: &Args) {
     }
     let routes = routes![handle_msg];
     let route = routes[0];
-    let ctx = faststream::Context::new(
+    let ctx = faststream::runtime::Context::new(
         Default::default(),
         faststream::Publisher::new(Arc::new(Discard)),
     );
-    let pipeline = faststream::Pipeline::new(routes, ctx);
+    let pipeline = faststream::runtime::Pipeline::new(routes, ctx);
     let topic: Arc<str> = Arc::from("in_topic");
     let mut published = 0;
     for i in 0..args.messages {

@@ -1,10 +1,64 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Layout of this crate
+//!
+//! The root holds what a handler author uses: the attributes, [`FastStream`], the extractors,
+//! return types and failures, errors, middleware, [`testing`] and [`kafka`]. Machinery for
+//! writing a transport or driving the pipeline yourself is in [`runtime`]; what the macros'
+//! generated code calls is hidden in `__private` and is not public API.
 
-pub use faststream_core::*;
 pub use faststream_macros::{publisher, routes, subscriber};
+
+// The app and its lifecycle.
+pub use faststream_core::{termination_signal, AppContext, FastStream, Ready};
+
+// Extractors: handler arguments built from the message or the app.
+pub use faststream_core::{
+    Acker, CorrelationId, FromHeader, FromMessage, Headers, Key, Message, Offset, Partition,
+    Publisher, State, Timestamp, Topic,
+};
+
+// What handlers return, and how they fail.
+pub use faststream_core::{Failure, IntoPayload, Json, OutgoingMessage, Response};
+
+// Failure policy and delivery settings (app-wide defaults of the `#[subscriber]` options).
+pub use faststream_core::{AckMode, FailureAction, FailurePolicy, RetryPolicy};
+
+// Errors.
+pub use faststream_core::{DecodeError, Error, HandlerError, Result, RouteProblem};
+
+// Middleware.
+pub use faststream_core::{BoxFuture, Middleware, Outcome};
+
+// Header names and content types shared with Python FastStream; dead-letter headers.
+pub use faststream_core::{content_type, dlq_header, header};
+
+// Route checks for your own tests, and the AsyncAPI document.
+pub use faststream_core::{asyncapi, check_contracts, registered_routes};
+
+pub use faststream_core::testing;
+
+/// W3C trace-context propagation as a middleware (feature `opentelemetry`).
+#[cfg(feature = "opentelemetry")]
+pub use faststream_core::TraceContext;
 
 /// The Kafka transport.
 #[cfg(feature = "kafka")]
 pub mod kafka {
     pub use faststream_kafka::*;
 }
+
+/// For transport authors and integrations that drive the handler pipeline themselves: the
+/// [`Transport`](runtime::Transport) seam, the [`Pipeline`](runtime::Pipeline), route
+/// descriptors and their validation, codecs. A handler author needs none of it.
+pub mod runtime {
+    pub use faststream_core::{
+        decode_json, decode_raw, decode_text, new_correlation_id, validate, Assignor, BatchDef,
+        BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupTimings, HandlerFn, HandlerResult,
+        HeaderName, OffsetReset, Pipeline, PolicyDef, Publish, Reply, ResponseMeta, RouteDef,
+        Shutdown, ShutdownTrigger, StateMap, StateReq, SubscriberDef, Transport,
+    };
+}
+
+#[doc(hidden)]
+pub use faststream_core::__private;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use faststream::kafka::KafkaBroker;
+use faststream::runtime::RouteDef;
 use faststream::{publisher, routes, subscriber, FastStream, Topic};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
@@ -234,7 +235,7 @@ fn grown(topic: &str) -> Vec<String> {
 
 /// The broker comes back (memory storage: topics gone) and the topic returns with more
 /// partitions: the metadata refresh finds them and they are consumed without a restart.
-async fn consumes_partitions_that_appear(topic: &str, route: &'static faststream::RouteDef) {
+async fn consumes_partitions_that_appear(topic: &str, route: &'static RouteDef) {
     init_logs();
     let port = free_port();
     let (broker, addr) = OwnBroker::start_on(port, None).await;

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use faststream::kafka::KafkaBroker;
-use faststream::{routes, subscriber, Failure, FastStream, RouteDef, Topic};
+use faststream::runtime::RouteDef;
+use faststream::{routes, subscriber, Failure, FastStream, Topic};
 
 /// (topic, body) of every message a handler finished, in order.
 static SEEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());

@@ -1,5 +1,6 @@
 //! Startup validation: every problem is reported at once, with handler path and file:line.
 
+use faststream::runtime::RouteDef;
 use faststream::testing::TestBroker;
 use faststream::{routes, subscriber, Error, RouteProblem, State};
 
@@ -24,7 +25,7 @@ async fn no_group(_body: String) {}
 #[subscriber("needs-state")]
 async fn needs_state(_db: State<Db>, _cache: State<Cache>, _body: String) {}
 
-fn problems(routes: Vec<&'static faststream::RouteDef>) -> Vec<RouteProblem> {
+fn problems(routes: Vec<&'static RouteDef>) -> Vec<RouteProblem> {
     match TestBroker::builder().with_routes(routes).build() {
         Err(Error::InvalidRoutes(p)) => p,
         other => panic!("expected invalid routes, got {other:?}"),

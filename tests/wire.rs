@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::wire::*;
 use common::*;
 use faststream::kafka::{KafkaBroker, KafkaError};
-use faststream::{publisher, routes, subscriber, FastStream, Response, RouteDef, Topic};
+use faststream::runtime::RouteDef;
+use faststream::{publisher, routes, subscriber, FastStream, Response, Topic};
 
 /// (topic, body) of every message a handler finished.
 static SEEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());

@@ -11,8 +11,16 @@
 //! - the failure policy ([`FailurePolicy`]): retries, dead-letter topics, [`Failure`] kinds,
 //!   ack modes ([`AckMode`], [`Acker`]);
 //! - extractors ([`Key`], [`Headers`], [`State`], ...) and codecs ([`Json`], text, bytes);
-//! - the app lifecycle ([`FastStream`]) and the transport seam ([`Transport`]);
+//! - the app lifecycle ([`FastStream`]: lifespan hooks, health probes, Prometheus metrics with
+//!   the `prometheus` feature) and the transport seam ([`Transport`]);
+//! - [`Middleware`] (app-wide and per route), and `TraceContext` (W3C trace context in headers,
+//!   feature `opentelemetry`);
+//! - [`asyncapi`]: the AsyncAPI 3.0 document and the payload descriptions (JSON Schemas with
+//!   the `schemars` feature) that the topic-contract check compares;
 //! - the in-memory [`testing::TestBroker`].
+//!
+//! The `faststream` facade re-exports what a handler author needs at its root and the
+//! transport-author items under `faststream::runtime`.
 
 mod app;
 pub mod asyncapi;

@@ -20,7 +20,9 @@
 //! existence, creation), `records` (record-batch decoding: codecs, transactions), `fetch` (one
 //! partition's Fetch/ListOffsets), `offsets` (where a partition stands), `produce` (batching
 //! producers, the partitioner, produce errors), `consume` (the per-partition loop), `assign`
-//! (the leader's assignors), `group` (membership: join, heartbeat task, commits, bounded drains),
+//! (the leader's assignors), `metrics` (what consumers, groups and producers record through the
+//! `metrics` facade, feature `metrics`), `group` (membership: join, heartbeat task, commits,
+//! bounded drains),
 //! `request` (request/reply), `broker` (the builder, startup, the transport).
 
 mod assign;

@@ -628,7 +628,9 @@ pub(crate) fn routes(input: TokenStream) -> TokenStream {
         );
         quote!(&#p)
     });
-    quote!(::std::vec![#(#refs),*] as ::std::vec::Vec<&'static ::faststream::RouteDef>)
+    // No path to the runtime crate here, so `routes!` works wherever the crate was renamed or
+    // re-exported; the element type is inferred where the list is used.
+    quote!(::std::vec![#(#refs),*])
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use faststream::kafka::KafkaBroker;
-use faststream::{FastStream, RouteDef};
+use faststream::runtime::RouteDef;
+use faststream::FastStream;
 use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::{Record, RecordAndOffset};

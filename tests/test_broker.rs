@@ -556,3 +556,72 @@ async fn requests_get_their_replies_in_the_test_broker() {
     let err = broker.request("hello?", "nobody").await.unwrap_err();
     assert!(err.to_string().contains("no reply"), "{err}");
 }
+
+/// Aliases behave like the types they name.
+type Name = String;
+
+#[derive(Debug, Serialize)]
+struct ApiError {
+    code: u16,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "api error {}", self.code)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Serialize)]
+struct Greeting {
+    to: String,
+}
+
+#[subscriber("alias-text", retry = 0)]
+#[publisher("alias-text-out")]
+async fn alias_text(name: Name) -> ApiResult<Name> {
+    match name.as_str() {
+        "bad" => Err(ApiError { code: 400 }),
+        _ => Ok(format!("hi {name}")),
+    }
+}
+
+#[subscriber("alias-json", retry = 0)]
+#[publisher("alias-json-out")]
+async fn alias_json(name: Name) -> ApiResult<Greeting> {
+    match name.as_str() {
+        "bad" => Err(ApiError { code: 422 }),
+        _ => Ok(Greeting { to: name }),
+    }
+}
+
+#[tokio::test]
+async fn aliases_of_string_and_result_behave_like_the_written_types() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![alias_text, alias_json])
+        .build()
+        .unwrap();
+    // A plain-text body (not JSON) for a `Name` argument: decoded as text.
+    broker.publish("ann", "alias-text").await.unwrap();
+    broker.publish("bad", "alias-text").await.unwrap();
+    broker.publish("bob", "alias-json").await.unwrap();
+    broker.publish("bad", "alias-json").await.unwrap();
+    let text = broker.published("alias-text-out");
+    assert_eq!(text.len(), 1, "the Err is not published");
+    assert_eq!(text[0].text(), Some("hi ann"));
+    assert_eq!(text[0].content_type(), Some("text/plain"));
+    let json = broker.published("alias-json-out");
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0].text(), Some(r#"{"to":"bob"}"#));
+    assert_eq!(json[0].content_type(), Some("application/json"));
+    // Each `Err` is a failed message (a handler error), not a success.
+    let errors: Vec<String> = broker
+        .errors()
+        .iter()
+        .map(|d| d.error().unwrap().to_string())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("api error 400"), "{errors:?}");
+    assert!(errors[1].contains("api error 422"), "{errors:?}");
+}

@@ -33,6 +33,7 @@ mod message;
 mod middleware;
 mod outcome;
 mod policy;
+mod probe;
 mod route;
 pub mod testing;
 #[cfg(feature = "opentelemetry")]
@@ -81,6 +82,10 @@ pub mod __private {
     pub use crate::middleware::Middleware;
     pub use crate::outcome::Reply;
     pub use crate::policy::{AckMode, FailureAction, PolicyDef};
+    pub use crate::probe::{
+        BodyProbe, DecodeExact, DecodeJson, EncodeExact, EncodeJson, EncodeOption, EncodeResult,
+        ReplyProbe,
+    };
     pub use crate::route::{
         Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq, SubscriberDef,
     };

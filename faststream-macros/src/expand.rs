@@ -264,7 +264,11 @@ fn generate(
                     BodyCodec::Raw => {
                         quote!(#fs::decode_raw(__msg).map(::std::convert::From::from))
                     }
-                    BodyCodec::Json => quote!(#fs::decode_json::<#elem>(__msg, #what)),
+                    BodyCodec::Json => quote!({
+                        #[allow(unused_imports)]
+                        use #fs::{DecodeExact as _, DecodeJson as _};
+                        (&&#fs::BodyProbe::<#elem>::new()).decode(__msg, #what)
+                    }),
                 }
             };
             batch_body = Some(quote_spanned! {span=>
@@ -311,8 +315,13 @@ fn generate(
                     BodyCodec::Raw => quote_spanned! {span=>
                         let #var: #ty = ::std::convert::From::from(#fs::decode_raw(&__msg)?);
                     },
+                    // By the type, not its spelling: an alias of `String` is still text.
                     BodyCodec::Json => quote_spanned! {span=>
-                        let #var = #fs::decode_json::<#ty>(&__msg, #what)?;
+                        let #var: #ty = {
+                            #[allow(unused_imports)]
+                            use #fs::{DecodeExact as _, DecodeJson as _};
+                            (&&#fs::BodyProbe::<#ty>::new()).decode(&__msg, #what)?
+                        };
                     },
                 });
                 call_args.push(quote!(#var));
@@ -541,7 +550,14 @@ fn encode(shape: &Shape, value: TokenStream, fs: &TokenStream) -> TokenStream {
         Shape::Unit => quote!({ let _ = #value; ::core::result::Result::Ok(#fs::Reply::none()) }),
         Shape::Text => quote!(::core::result::Result::Ok(#fs::Reply::text(#value))),
         Shape::Raw => quote!(::core::result::Result::Ok(#fs::Reply::bytes(#value))),
-        Shape::Json(ty) => quote_spanned!(ty.span()=> #fs::Reply::json::<#ty>(&#value)),
+        // By the type, not its spelling: an alias of `Result` still fails on `Err`.
+        Shape::Json(ty) => quote_spanned! {ty.span()=> {
+            #[allow(unused_imports)]
+            use #fs::{EncodeExact as _, EncodeJson as _, EncodeOption as _, EncodeResult as _};
+            // The value takes the type's span, so a missing `Serialize` points at the type.
+            let __leaf = #value;
+            (&&&#fs::ReplyProbe::<#ty>::new()).encode(__leaf)
+        }},
         Shape::Option(inner) => {
             let inner = encode(inner, quote!(__v), fs);
             quote! {

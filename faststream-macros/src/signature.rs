@@ -1,9 +1,12 @@
 //! Classification of a handler's arguments (context or body) and return type (how to publish).
 //!
-//! The macro only sees syntax, so classification is by the written type: the last path segment
-//! of a framework extractor (`Key`, `Headers`, `State<T>`, ...), an argument attribute
-//! (`#[header("name")]`, `#[context]`, `#[body]`), or else the body. Type aliases are not
-//! resolved; `#[context]`/`#[body]` and the `Json`/`Text` wrappers settle any doubt.
+//! The macro only sees syntax. Extractors are recognised by the written type: the last path
+//! segment of a framework extractor (`Key`, `Headers`, `State<T>`, ...), an argument attribute
+//! (`#[header("name")]`, `#[context]`, `#[body]`), or else the body. The body's codec and the
+//! return value's encoding are chosen from the written type where it is plain (`String`,
+//! `Vec<u8>`, `Result<..>`, ...); anything else goes through the runtime's type probes
+//! (`faststream_core`'s `probe` module), which decide by the type itself, so aliases behave like
+//! the types they name.
 
 use proc_macro2::Span;
 use syn::spanned::Spanned;

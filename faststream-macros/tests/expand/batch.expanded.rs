@@ -35,9 +35,14 @@ static __faststream_route_average: ::faststream::__private::RouteDef = {
                                 Reading,
                                 ::faststream::__private::HandlerError,
                             > {
-                                ::faststream::__private::decode_json::<
-                                    Reading,
-                                >(__msg, "Reading")
+                                {
+                                    #[allow(unused_imports)]
+                                    use ::faststream::__private::{
+                                        DecodeExact as _, DecodeJson as _,
+                                    };
+                                    (&&::faststream::__private::BodyProbe::<Reading>::new())
+                                        .decode(__msg, "Reading")
+                                }
                             },
                         );
                         if __arg0.is_empty() {
@@ -65,7 +70,15 @@ static __faststream_route_average: ::faststream::__private::RouteDef = {
                                     >(
                                         ::core::iter::Iterator::map(
                                             ::core::iter::IntoIterator::into_iter(__v),
-                                            |__v| ::faststream::__private::Reply::json::<Average>(&__v),
+                                            |__v| {
+                                                #[allow(unused_imports)]
+                                                use ::faststream::__private::{
+                                                    EncodeExact as _, EncodeJson as _, EncodeOption as _,
+                                                    EncodeResult as _,
+                                                };
+                                                (&&&::faststream::__private::ReplyProbe::<Average>::new())
+                                                    .encode(__v)
+                                            },
                                         ),
                                     )
                                 }

@@ -60,7 +60,15 @@ static __faststream_route_audit: ::faststream::__private::RouteDef = {
                         match __ret {
                             ::core::option::Option::Some(__v) => {
                                 let (__v, __meta) = __v.into_parts();
-                                (::faststream::__private::Reply::json::<Audit>(&__v))
+                                ({
+                                    #[allow(unused_imports)]
+                                    use ::faststream::__private::{
+                                        EncodeExact as _, EncodeJson as _, EncodeOption as _,
+                                        EncodeResult as _,
+                                    };
+                                    (&&&::faststream::__private::ReplyProbe::<Audit>::new())
+                                        .encode(__v)
+                                })
                                     .map(|__r| __r.with_meta(__meta))
                             }
                             ::core::option::Option::None => {

@@ -28,9 +28,14 @@ static __faststream_route_pay: ::faststream::__private::RouteDef = {
                     ::faststream::__private::HandlerResult,
                 > {
                     ::std::boxed::Box::pin(async move {
-                        let __arg0 = ::faststream::__private::decode_json::<
-                            Payment,
-                        >(&__msg, "Payment")?;
+                        let __arg0: Payment = {
+                            #[allow(unused_imports)]
+                            use ::faststream::__private::{
+                                DecodeExact as _, DecodeJson as _,
+                            };
+                            (&&::faststream::__private::BodyProbe::<Payment>::new())
+                                .decode(&__msg, "Payment")?
+                        };
                         let __arg1 = <Acker as ::faststream::__private::FromMessage>::from_message(
                             &__msg,
                             &__ctx,

@@ -25,9 +25,14 @@ static __faststream_route_on_order: ::faststream::__private::RouteDef = {
                     ::faststream::__private::HandlerResult,
                 > {
                     ::std::boxed::Box::pin(async move {
-                        let __arg0 = ::faststream::__private::decode_json::<
-                            Order,
-                        >(&__msg, "Order")?;
+                        let __arg0: Order = {
+                            #[allow(unused_imports)]
+                            use ::faststream::__private::{
+                                DecodeExact as _, DecodeJson as _,
+                            };
+                            (&&::faststream::__private::BodyProbe::<Order>::new())
+                                .decode(&__msg, "Order")?
+                        };
                         let __ret = on_order(__arg0).await;
                         match __ret {
                             ::core::result::Result::Ok(__v) => {

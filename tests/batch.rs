@@ -37,14 +37,6 @@ fn batches(topic: &str) -> Vec<(i32, Vec<i64>)> {
         .collect()
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[subscriber(
     "bulk",
     group_id = "bulk-group",

@@ -61,14 +61,6 @@ fn keyed(n: usize, keys: usize) -> Vec<rskafka::record::Record> {
         .collect()
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_keep_their_order_while_different_keys_run_in_parallel() {
     let prefix = unique_prefix("par");

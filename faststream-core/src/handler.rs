@@ -426,25 +426,21 @@ impl Pipeline {
                     retry_in = ?wait,
                     "message failed; retrying"
                 );
-                let Some(stop) = interrupt else {
-                    tokio::time::sleep(wait).await;
+                if !backoff(wait, interrupt).await {
                     continue;
-                };
-                let mut stop = stop.clone();
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => continue,
-                    () = stop.wait() => {
-                        tracing::warn!(
-                            handler = route.name(),
-                            topic = &*msg.topic,
-                            partition = msg.partition,
-                            offset = msg.offset,
-                            attempts,
-                            "retry backoff interrupted by shutdown or revoke; the message is not done and will be consumed again"
-                        );
-                        return Outcome::Interrupted { error: err, attempts };
-                    }
                 }
+                tracing::warn!(
+                    handler = route.name(),
+                    topic = &*msg.topic,
+                    partition = msg.partition,
+                    offset = msg.offset,
+                    attempts,
+                    "retry backoff interrupted by shutdown or revoke; the message is not done and will be consumed again"
+                );
+                return Outcome::Interrupted {
+                    error: err,
+                    attempts,
+                };
             }
             break (err, action);
         };
@@ -616,20 +612,7 @@ impl Pipeline {
                     retry_in = ?wait,
                     "batch failed; retrying"
                 );
-                let interrupted = match interrupt {
-                    None => {
-                        tokio::time::sleep(wait).await;
-                        false
-                    }
-                    Some(stop) => {
-                        let mut stop = stop.clone();
-                        tokio::select! {
-                            () = tokio::time::sleep(wait) => false,
-                            () = stop.wait() => true,
-                        }
-                    }
-                };
-                if interrupted {
+                if backoff(wait, interrupt).await {
                     tracing::warn!(
                         handler = route.name(),
                         topic = &*msgs[0].topic,
@@ -970,6 +953,19 @@ impl Ready {
     /// Resolves when ready; returns `false` if the app stopped before getting there.
     pub async fn wait(&mut self) -> bool {
         self.0.wait_for(|r| *r).await.is_ok()
+    }
+}
+
+/// Waits a retry backoff; `true` if `interrupt` fired first (shutdown or revoke).
+async fn backoff(wait: std::time::Duration, interrupt: Option<&Shutdown>) -> bool {
+    let Some(stop) = interrupt else {
+        tokio::time::sleep(wait).await;
+        return false;
+    };
+    let mut stop = stop.clone();
+    tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        () = stop.wait() => true,
     }
 }
 

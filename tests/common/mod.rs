@@ -200,7 +200,10 @@ pub async fn read(
     while total < want {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "read {total} of {want} records from {topic} within {TIMEOUT:?}"
+            "read {total} of {want} records from {topic} within {TIMEOUT:?}; per partition {:?}; \
+             the service's log lines about this test:\n{}",
+            out.iter().map(|(p, r)| (*p, r.len())).collect::<Vec<_>>(),
+            logs_about(topic)
         );
         let mut progressed = false;
         for (p, pc, next) in clients.iter_mut() {
@@ -284,6 +287,15 @@ pub fn app(routes: Vec<&'static RouteDef>, prefix: &str) -> FastStream<KafkaBrok
     FastStream::new(KafkaBroker::new(&bootstrap()))
         .with_routes(routes)
         .topic_prefix(prefix)
+}
+
+/// The last captured log lines naming the test prefix of `topic` (its part before the first
+/// `.`), for a failure message.
+pub fn logs_about(topic: &str) -> String {
+    let prefix = topic.split('.').next().unwrap_or(topic);
+    let all = logs();
+    let lines: Vec<&str> = all.lines().filter(|l| l.contains(prefix)).collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
 }
 
 /// Captured log output of this test binary (every test's, filter by topic prefix).
@@ -467,4 +479,13 @@ pub fn validate_asyncapi(text: &str, ext: &str) {
     );
     assert!(report.lines().any(|l| l == "ok"), "{report}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Waits (polling every 50 ms, at most the timeout) until `done` holds; panics naming `what`.
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -21,8 +21,9 @@
 //! partition's Fetch/ListOffsets), `offsets` (where a partition stands), `produce` (batching
 //! producers, the partitioner, produce errors), `consume` (the per-partition loop), `assign`
 //! (the leader's assignors), `metrics` (what consumers, groups and producers record through the
-//! `metrics` facade, feature `metrics`), `group` (membership: join, heartbeat task, commits,
-//! bounded drains),
+//! `metrics` facade, feature `metrics`), `group` (membership: generations, partition consumers,
+//! bounded drains; `group::coordinator` speaks to the coordinator: join and sync, heartbeats,
+//! offset fetch and commit, leave),
 //! `request` (request/reply), `broker` (the builder, startup, the transport).
 
 mod assign;

@@ -76,8 +76,9 @@ static __faststream_route_average: ::faststream::__private::RouteDef = {
                                                     EncodeExact as _, EncodeJson as _, EncodeOption as _,
                                                     EncodeResult as _,
                                                 };
+                                                let __leaf = __v;
                                                 (&&&::faststream::__private::ReplyProbe::<Average>::new())
-                                                    .encode(__v)
+                                                    .encode(__leaf)
                                             },
                                         ),
                                     )

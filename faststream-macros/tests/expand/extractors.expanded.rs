@@ -66,8 +66,9 @@ static __faststream_route_audit: ::faststream::__private::RouteDef = {
                                         EncodeExact as _, EncodeJson as _, EncodeOption as _,
                                         EncodeResult as _,
                                     };
+                                    let __leaf = __v;
                                     (&&&::faststream::__private::ReplyProbe::<Audit>::new())
-                                        .encode(__v)
+                                        .encode(__leaf)
                                 })
                                     .map(|__r| __r.with_meta(__meta))
                             }

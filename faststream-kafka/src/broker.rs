@@ -8,13 +8,12 @@ use faststream_core::{
     Assignor, BoxFuture, IntoPayload, Message, OffsetReset, OutgoingMessage, Pipeline, Publish,
     RouteDef, Shutdown, SubscriberDef, Transport,
 };
-use rskafka::client::partition::Compression;
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, GroupDefaults, MissingTopics, RebalanceHooks};
+use crate::config::{Compression, Config, GroupDefaults, MissingTopics, RebalanceHooks};
 use crate::consume::{PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::group::{GroupRunner, GroupTopic};
@@ -280,7 +279,7 @@ impl KafkaBroker {
                 delivery_timeout: Duration::from_secs(120),
                 linger: Duration::from_millis(5),
                 max_batch_bytes: 1024 * 1024,
-                compression: Compression::NoCompression,
+                compression: Compression::None,
                 fetch_max_bytes: 1024 * 1024,
                 fetch_max_wait: Duration::from_millis(500),
                 missing_topics: MissingTopics::CreateDeclared {
@@ -305,8 +304,8 @@ impl KafkaBroker {
         }
     }
 
-    /// The connected rskafka client (connects on first use, within the connect timeout).
-    pub async fn client(&self) -> Result<Arc<Client>, KafkaError> {
+    /// The connected client (connects on first use, within the connect timeout).
+    pub(crate) async fn client(&self) -> Result<Arc<Client>, KafkaError> {
         self.shared
             .client
             .get_or_try_init(|| connect(&self.shared.config))

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faststream_core::{Assignor, GroupTimings, SubscriberDef};
-use rskafka::client::partition::Compression;
 
 use crate::security::Security;
 
@@ -142,4 +141,35 @@ pub(crate) struct GroupSettings {
     pub(crate) rebalance_timeout: Duration,
     pub(crate) commit_interval: Duration,
     pub(crate) assignor: Assignor,
+}
+
+/// Compression of produced record batches. The codecs are behind the crate features
+/// `compression-gzip` and `compression-snappy` (both on by default); consumed batches are decoded
+/// whatever their codec (gzip, snappy, lz4, zstd), with or without them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Uncompressed (the default).
+    #[default]
+    None,
+    /// gzip.
+    #[cfg(feature = "compression-gzip")]
+    Gzip,
+    /// snappy.
+    #[cfg(feature = "compression-snappy")]
+    Snappy,
+}
+
+impl Compression {
+    /// The client library's name for it.
+    pub(crate) fn codec(self) -> rskafka::client::partition::Compression {
+        use rskafka::client::partition::Compression as C;
+        match self {
+            Compression::None => C::NoCompression,
+            #[cfg(feature = "compression-gzip")]
+            Compression::Gzip => C::Gzip,
+            #[cfg(feature = "compression-snappy")]
+            Compression::Snappy => C::Snappy,
+        }
+    }
 }

@@ -43,8 +43,7 @@ mod security;
 mod topics;
 
 pub use broker::{KafkaBroker, KafkaBrokerBuilder};
-pub use config::{MissingTopics, RebalanceHook};
+pub use config::{Compression, MissingTopics, RebalanceHook};
 pub use error::KafkaError;
 pub use produce::partition_for_key;
-pub use rskafka::client::partition::Compression;
 pub use security::{BoxError, Sasl, Security, SecurityProtocol, Tls, TokenCallback};

@@ -543,7 +543,8 @@ async fn send(
                 .map(|m| to_record(m, now))
                 .collect();
             let limit = config.request_timeout;
-            let attempt = tokio::time::timeout(limit, pc.produce(records, config.compression));
+            let attempt =
+                tokio::time::timeout(limit, pc.produce(records, config.compression.codec()));
             let (kind, error) = match attempt.await {
                 Ok(Ok(_)) => {
                     metrics.published(range.len());

@@ -407,11 +407,7 @@ impl Pipeline {
                 }
                 Attempt::Err(e) => e,
             };
-            let action = match &err {
-                HandlerError::Decode(_) | HandlerError::Encode(_) => FailureAction::DeadLetter,
-                HandlerError::Rejected(f) => f.action(),
-                _ => FailureAction::Retry,
-            };
+            let action = action_for(&err);
             if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
                 let wait = policy.retry.backoff(attempts);
                 count_retry(route, &msg.topic);
@@ -592,11 +588,7 @@ impl Pipeline {
                 Ok(replies) => break Ok(replies),
                 Err(e) => e,
             };
-            let action = match &err {
-                HandlerError::Decode(_) | HandlerError::Encode(_) => FailureAction::DeadLetter,
-                HandlerError::Rejected(f) => f.action(),
-                _ => FailureAction::Retry,
-            };
+            let action = action_for(&err);
             if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
                 let wait = policy.retry.backoff(attempts);
                 count_retry(route, &msgs[0].topic);
@@ -953,6 +945,16 @@ impl Ready {
     /// Resolves when ready; returns `false` if the app stopped before getting there.
     pub async fn wait(&mut self) -> bool {
         self.0.wait_for(|r| *r).await.is_ok()
+    }
+}
+
+/// What a handler failure asks for: decode and encode failures cannot succeed on retry, a
+/// `Failure` says itself, anything else is retried.
+fn action_for(err: &HandlerError) -> FailureAction {
+    match err {
+        HandlerError::Decode(_) | HandlerError::Encode(_) => FailureAction::DeadLetter,
+        HandlerError::Rejected(f) => f.action(),
+        _ => FailureAction::Retry,
     }
 }
 

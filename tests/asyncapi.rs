@@ -28,6 +28,14 @@ async fn sink(readings: Vec<Reading>) -> Vec<Vec<u8>> {
     readings.iter().map(|_| b"ok".to_vec()).collect()
 }
 
+type Name = String;
+
+#[subscriber("names")]
+#[publisher("greetings")]
+async fn greet(name: Name) -> Name {
+    name
+}
+
 fn seed_app() -> FastStream<KafkaBroker> {
     FastStream::new(KafkaBroker::new("localhost:9092")).with_routes(routes![handle_msg])
 }
@@ -124,7 +132,7 @@ fn the_seed_document_has_the_channels_and_operations_faststream_generates() {
 #[test]
 fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_and_yaml() {
     let app = FastStream::new(KafkaBroker::new("broker-1:9093"))
-        .with_routes(routes![handle_msg, sink])
+        .with_routes(routes![handle_msg, sink, greet])
         .topic_prefix("staging.")
         .asyncapi_info("readings", "2.1.0");
     let doc = app.asyncapi();
@@ -146,6 +154,15 @@ fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_a
     assert!(messages["staging.stored:Publisher:Sink:Message"]
         .get("contentType")
         .is_none());
+    // An alias of `String` is text on both sides, as the runtime reads and writes it.
+    assert_eq!(
+        messages["staging.names:Greet:SubscribeMessage"]["contentType"],
+        "text/plain"
+    );
+    assert_eq!(
+        messages["staging.greetings:Publisher:Greet:Message"]["contentType"],
+        "text/plain"
+    );
     // YAML reads back as the same document.
     let yaml = doc.to_yaml();
     assert!(yaml.starts_with("\"asyncapi\": \"3.0.0\"\n"), "{yaml}");

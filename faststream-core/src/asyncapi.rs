@@ -81,6 +81,22 @@ impl Payload {
         }
     }
 
+    /// What a return type the macro could not classify by its spelling publishes: decided by
+    /// the type (an alias of `String` is text).
+    pub fn reply(
+        kind: crate::probe::ReplyKind,
+        type_name: &'static str,
+        schema: Option<Value>,
+    ) -> Option<Self> {
+        use crate::probe::ReplyKind;
+        match kind {
+            ReplyKind::Nothing => None,
+            ReplyKind::Text => Some(Self::text(type_name)),
+            ReplyKind::Bytes => Some(Self::bytes(type_name)),
+            ReplyKind::Json => Some(Self::json(type_name, schema)),
+        }
+    }
+
     /// JSON, with its schema if known.
     pub fn json(type_name: &'static str, schema: Option<Value>) -> Self {
         Self {

@@ -84,7 +84,7 @@ pub mod __private {
     pub use crate::policy::{AckMode, FailureAction, PolicyDef};
     pub use crate::probe::{
         BodyProbe, DecodeExact, DecodeJson, EncodeExact, EncodeJson, EncodeOption, EncodeResult,
-        ReplyProbe,
+        ReplyKind, ReplyProbe,
     };
     pub use crate::route::{
         Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq, SubscriberDef,

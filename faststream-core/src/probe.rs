@@ -43,11 +43,18 @@ impl<T> Default for BodyProbe<T> {
 pub trait DecodeExact<T> {
     /// Decodes the body as `T`.
     fn decode(&self, msg: &Message, what: &str) -> Result<T, HandlerError>;
+
+    /// How it is read.
+    fn kind(&self) -> ReplyKind;
 }
 
 impl DecodeExact<String> for &BodyProbe<String> {
     fn decode(&self, msg: &Message, _: &str) -> Result<String, HandlerError> {
         decode_text(msg)
+    }
+
+    fn kind(&self) -> ReplyKind {
+        ReplyKind::Text
     }
 }
 
@@ -55,11 +62,19 @@ impl DecodeExact<Bytes> for &BodyProbe<Bytes> {
     fn decode(&self, msg: &Message, _: &str) -> Result<Bytes, HandlerError> {
         decode_raw(msg)
     }
+
+    fn kind(&self) -> ReplyKind {
+        ReplyKind::Bytes
+    }
 }
 
 impl DecodeExact<Vec<u8>> for &BodyProbe<Vec<u8>> {
     fn decode(&self, msg: &Message, _: &str) -> Result<Vec<u8>, HandlerError> {
         decode_raw(msg).map(Vec::from)
+    }
+
+    fn kind(&self) -> ReplyKind {
+        ReplyKind::Bytes
     }
 }
 
@@ -69,6 +84,11 @@ pub trait DecodeJson<T> {
     fn decode(&self, msg: &Message, what: &str) -> Result<T, HandlerError>
     where
         T: DeserializeOwned;
+
+    /// How it is read.
+    fn kind(&self) -> ReplyKind {
+        ReplyKind::Json
+    }
 }
 
 impl<T> DecodeJson<T> for BodyProbe<T> {
@@ -97,10 +117,26 @@ impl<T> Default for ReplyProbe<T> {
     }
 }
 
+/// What a return type publishes, for the AsyncAPI document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// Nothing.
+    Nothing,
+    /// UTF-8 text.
+    Text,
+    /// Raw bytes.
+    Bytes,
+    /// JSON.
+    Json,
+}
+
 /// Exact types: text, bytes, unit, and `Result`/`Option` of those.
 pub trait EncodeExact<T> {
     /// Encodes the value.
     fn encode(&self, value: T) -> Result<Reply, HandlerError>;
+
+    /// What it publishes.
+    fn kind(&self) -> ReplyKind;
 }
 
 /// `Result` of a JSON value: `Err` fails the message.
@@ -110,6 +146,11 @@ pub trait EncodeResult<T, E> {
     where
         T: Serialize,
         E: Display + 'static;
+
+    /// What it publishes.
+    fn kind(&self) -> ReplyKind {
+        ReplyKind::Json
+    }
 }
 
 /// `Option` of a JSON value: `None` publishes nothing.
@@ -118,6 +159,11 @@ pub trait EncodeOption<T> {
     fn encode(&self, value: Option<T>) -> Result<Reply, HandlerError>
     where
         T: Serialize;
+
+    /// What it publishes.
+    fn kind(&self) -> ReplyKind {
+        ReplyKind::Json
+    }
 }
 
 /// Anything else: JSON.
@@ -126,38 +172,54 @@ pub trait EncodeJson<T> {
     fn encode(&self, value: T) -> Result<Reply, HandlerError>
     where
         T: Serialize;
+
+    /// What it publishes.
+    fn kind(&self) -> ReplyKind {
+        ReplyKind::Json
+    }
 }
 
 /// A plain value of an exact type.
 trait Leaf {
+    const KIND: ReplyKind;
     fn reply(self) -> Reply;
 }
 
 impl Leaf for String {
+    const KIND: ReplyKind = ReplyKind::Text;
+
     fn reply(self) -> Reply {
         Reply::text(self)
     }
 }
 
 impl Leaf for &'static str {
+    const KIND: ReplyKind = ReplyKind::Text;
+
     fn reply(self) -> Reply {
         Reply::text(self)
     }
 }
 
 impl Leaf for Bytes {
+    const KIND: ReplyKind = ReplyKind::Bytes;
+
     fn reply(self) -> Reply {
         Reply::bytes(self)
     }
 }
 
 impl Leaf for Vec<u8> {
+    const KIND: ReplyKind = ReplyKind::Bytes;
+
     fn reply(self) -> Reply {
         Reply::bytes(self)
     }
 }
 
 impl Leaf for () {
+    const KIND: ReplyKind = ReplyKind::Nothing;
+
     fn reply(self) -> Reply {
         Reply::none()
     }
@@ -169,17 +231,29 @@ macro_rules! exact {
             fn encode(&self, value: $t) -> Result<Reply, HandlerError> {
                 Ok(value.reply())
             }
+
+            fn kind(&self) -> ReplyKind {
+                <$t as Leaf>::KIND
+            }
         }
 
         impl EncodeExact<Option<$t>> for &&ReplyProbe<Option<$t>> {
             fn encode(&self, value: Option<$t>) -> Result<Reply, HandlerError> {
                 Ok(value.map_or_else(Reply::none, Leaf::reply))
             }
+
+            fn kind(&self) -> ReplyKind {
+                <$t as Leaf>::KIND
+            }
         }
 
         impl<E: Display + 'static> EncodeExact<Result<$t, E>> for &&ReplyProbe<Result<$t, E>> {
             fn encode(&self, value: Result<$t, E>) -> Result<Reply, HandlerError> {
                 value.map(Leaf::reply).map_err(HandlerError::from_handler)
+            }
+
+            fn kind(&self) -> ReplyKind {
+                <$t as Leaf>::KIND
             }
         }
     )*};
@@ -248,6 +322,9 @@ mod tests {
             .encode(Ok("x".to_owned()))
             .unwrap();
         assert_eq!(text_ok, Reply::text("x"));
+        assert_eq!((&&&ReplyProbe::<Res<Name>>::new()).kind(), ReplyKind::Text);
+        assert_eq!((&&&ReplyProbe::<Res<User>>::new()).kind(), ReplyKind::Json);
+        assert_eq!((&&&ReplyProbe::<()>::new()).kind(), ReplyKind::Nothing);
         let none = (&&&ReplyProbe::<Option<User>>::new()).encode(None).unwrap();
         assert_eq!(none, Reply::none());
         let user = (&&&ReplyProbe::<User>::new())

@@ -474,10 +474,16 @@ fn body_payload(arguments: &[signature::Arg], batch: bool, fs: &TokenStream) -> 
         BodyCodec::Raw => {
             quote!(::core::option::Option::Some(#fs::Payload::bytes(::core::any::type_name::<#ty>())))
         }
-        BodyCodec::Json => quote!(::core::option::Option::Some(#fs::Payload::json(
-            ::core::any::type_name::<#ty>(),
-            #fs::schema_of!(__g, #ty),
-        ))),
+        // Decided by the type, as the decoding is: an alias of `String` is read as text.
+        BodyCodec::Json => quote!({
+            #[allow(unused_imports)]
+            use #fs::{DecodeExact as _, DecodeJson as _};
+            #fs::Payload::reply(
+                (&&#fs::BodyProbe::<#ty>::new()).kind(),
+                ::core::any::type_name::<#ty>(),
+                #fs::schema_of!(__g, #ty),
+            )
+        }),
     };
     match &bodies[..] {
         [] => quote!(::core::option::Option::None),
@@ -517,10 +523,16 @@ fn shape_payload(shape: &Shape, fs: &TokenStream) -> TokenStream {
         Shape::Unit => quote!(::core::option::Option::None),
         Shape::Text => quote!(::core::option::Option::Some(#fs::Payload::text("String"))),
         Shape::Raw => quote!(::core::option::Option::Some(#fs::Payload::bytes("bytes"))),
-        Shape::Json(ty) => quote!(::core::option::Option::Some(#fs::Payload::json(
-            ::core::any::type_name::<#ty>(),
-            #fs::schema_of!(__g, #ty),
-        ))),
+        // Decided by the type, as the encoding is: an alias of `String` publishes text.
+        Shape::Json(ty) => quote!({
+            #[allow(unused_imports)]
+            use #fs::{EncodeExact as _, EncodeJson as _, EncodeOption as _, EncodeResult as _};
+            #fs::Payload::reply(
+                (&&&#fs::ReplyProbe::<#ty>::new()).kind(),
+                ::core::any::type_name::<#ty>(),
+                #fs::schema_of!(__g, #ty),
+            )
+        }),
         Shape::Option(inner)
         | Shape::Result(inner)
         | Shape::Response(inner)

@@ -108,18 +108,29 @@ static __faststream_route_average: ::faststream::__private::RouteDef = {
                 __g: &mut ::faststream::__private::SchemaGen,
             ) -> ::faststream::__private::RouteSchemas {
                 ::faststream::__private::RouteSchemas {
-                    body: ::core::option::Option::Some(
-                        ::faststream::__private::Payload::json(
+                    body: {
+                        #[allow(unused_imports)]
+                        use ::faststream::__private::{DecodeExact as _, DecodeJson as _};
+                        ::faststream::__private::Payload::reply(
+                            (&&::faststream::__private::BodyProbe::<Reading>::new())
+                                .kind(),
                             ::core::any::type_name::<Reading>(),
                             ::faststream::__private::schema_of!(__g, Reading),
-                        ),
-                    ),
-                    reply: ::core::option::Option::Some(
-                        ::faststream::__private::Payload::json(
+                        )
+                    },
+                    reply: {
+                        #[allow(unused_imports)]
+                        use ::faststream::__private::{
+                            EncodeExact as _, EncodeJson as _, EncodeOption as _,
+                            EncodeResult as _,
+                        };
+                        ::faststream::__private::Payload::reply(
+                            (&&&::faststream::__private::ReplyProbe::<Average>::new())
+                                .kind(),
                             ::core::any::type_name::<Average>(),
                             ::faststream::__private::schema_of!(__g, Average),
-                        ),
-                    ),
+                        )
+                    },
                 }
             }
             __schemas

@@ -93,12 +93,19 @@ static __faststream_route_audit: ::faststream::__private::RouteDef = {
                             ::core::any::type_name::<Vec<u8>>(),
                         ),
                     ),
-                    reply: ::core::option::Option::Some(
-                        ::faststream::__private::Payload::json(
+                    reply: {
+                        #[allow(unused_imports)]
+                        use ::faststream::__private::{
+                            EncodeExact as _, EncodeJson as _, EncodeOption as _,
+                            EncodeResult as _,
+                        };
+                        ::faststream::__private::Payload::reply(
+                            (&&&::faststream::__private::ReplyProbe::<Audit>::new())
+                                .kind(),
                             ::core::any::type_name::<Audit>(),
                             ::faststream::__private::schema_of!(__g, Audit),
-                        ),
-                    ),
+                        )
+                    },
                 }
             }
             __schemas

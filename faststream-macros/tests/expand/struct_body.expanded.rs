@@ -57,12 +57,16 @@ static __faststream_route_on_order: ::faststream::__private::RouteDef = {
                 __g: &mut ::faststream::__private::SchemaGen,
             ) -> ::faststream::__private::RouteSchemas {
                 ::faststream::__private::RouteSchemas {
-                    body: ::core::option::Option::Some(
-                        ::faststream::__private::Payload::json(
+                    body: {
+                        #[allow(unused_imports)]
+                        use ::faststream::__private::{DecodeExact as _, DecodeJson as _};
+                        ::faststream::__private::Payload::reply(
+                            (&&::faststream::__private::BodyProbe::<Order>::new())
+                                .kind(),
                             ::core::any::type_name::<Order>(),
                             ::faststream::__private::schema_of!(__g, Order),
-                        ),
-                    ),
+                        )
+                    },
                     reply: ::core::option::Option::None,
                 }
             }

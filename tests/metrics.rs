@@ -195,3 +195,116 @@ async fn the_metrics_page_counts_what_happened() {
         20.0
     );
 }
+
+/// Each batch the handler saw: its size, and whether it held the negative id.
+static BATCHES: std::sync::Mutex<Vec<(usize, bool)>> = std::sync::Mutex::new(Vec::new());
+
+#[subscriber(
+    "bulk",
+    auto_offset_reset = "earliest",
+    batch = true,
+    max_records = 10,
+    dlq = "bulk-dlq"
+)]
+async fn bulk(orders: Vec<Order>) -> Result<(), Failure> {
+    BATCHES
+        .lock()
+        .unwrap()
+        .push((orders.len(), orders.iter().any(|o| o.id < 0)));
+    if orders.iter().any(|o| o.id < 0) {
+        return Err(Failure::dead_letter("negative id in the batch"));
+    }
+    Ok(())
+}
+
+/// A batch handler counts each message it received and each outcome, and one duration per
+/// batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_handlers_count_messages_and_batches() {
+    let prefix = unique_prefix("bulkmet");
+    let client = raw_client().await;
+    let input = format!("{prefix}bulk");
+    create_topic(&client, &input, 1).await;
+    // 25 orders in batches of at most 10: the batch holding the negative id is dead-lettered
+    // message by message; one message cannot be decoded (dead-lettered alone).
+    let mut records: Vec<_> = (0..25)
+        .map(|i| record(None, format!(r#"{{"id": {i}}}"#).as_bytes(), &[]))
+        .collect();
+    records[3] = record(None, b"not json", &[]);
+    records[22] = record(None, br#"{"id": -1}"#, &[]);
+    produce(&client, &input, 0, records).await;
+    let port = free_port();
+    let running =
+        start(app(routes![bulk], &prefix).prometheus(([127, 0, 0, 1], port).into())).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    // Every decodable message was in a batch the handler saw.
+    while BATCHES.lock().unwrap().iter().map(|b| b.0).sum::<usize>() < 24 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "all batches handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let batches = BATCHES.lock().unwrap().clone();
+    let failed: usize = batches.iter().filter(|b| b.1).map(|b| b.0).sum();
+    let ok = 24 - failed;
+    read(&client, &format!("{prefix}bulk-dlq"), failed + 1).await;
+    let (t, handler) = (input.as_str(), "metrics::bulk");
+    let page = loop {
+        let page = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+        let seen = value(
+            &page,
+            "faststream_processed_messages_total",
+            &[("topic", t), ("handler", handler), ("outcome", "ok")],
+        );
+        if seen == Some(ok as f64) {
+            break page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ok} ok:\n{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    running.stop().await.unwrap();
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        value(&page, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in\n{page}"))
+    };
+    assert_eq!(
+        get(
+            "faststream_received_messages_total",
+            &[("topic", t), ("partition", "0"), ("handler", handler)]
+        ),
+        25.0
+    );
+    assert_eq!(
+        get(
+            "faststream_processed_messages_total",
+            &[
+                ("topic", t),
+                ("handler", handler),
+                ("outcome", "dead_lettered")
+            ]
+        ),
+        (failed + 1) as f64
+    );
+    assert_eq!(
+        get(
+            "faststream_processed_messages_errors_total",
+            &[("topic", t), ("handler", handler), ("kind", "decode")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "faststream_processed_messages_errors_total",
+            &[("topic", t), ("handler", handler), ("kind", "rejected")]
+        ),
+        failed as f64
+    );
+    // One handler run per batch.
+    assert_eq!(
+        get(
+            "faststream_processed_messages_duration_seconds_count",
+            &[("topic", t), ("handler", handler)]
+        ),
+        batches.len() as f64
+    );
+}

@@ -82,19 +82,13 @@ impl Middlewares {
     }
 
     /// What runs around `route`'s messages: the app's middlewares, then the route's own;
-    /// `None` when there are none (nothing runs, nothing is allocated).
+    /// `None` when there are none (nothing runs). Borrows both lists: nothing is allocated.
     pub(crate) fn chain<'a>(&'a self, route: &'a RouteDef) -> Option<Chain<'a>> {
         let own = route.middlewares();
         if self.0.is_empty() && own.is_empty() {
             return None;
         }
-        Some(Chain(
-            self.0
-                .iter()
-                .map(|m| &**m as &dyn Middleware)
-                .chain(own.iter().copied())
-                .collect(),
-        ))
+        Some(Chain { app: &self.0, own })
     }
 
     pub(crate) fn publish(&self, out: &mut OutgoingMessage) {
@@ -106,24 +100,34 @@ impl Middlewares {
 
 /// The middlewares of one route, outermost first (`before`, `publish` and `on_span` run in
 /// that order, `after` in reverse, as layers do).
-pub(crate) struct Chain<'a>(Vec<&'a dyn Middleware>);
+pub(crate) struct Chain<'a> {
+    app: &'a [Arc<dyn Middleware>],
+    own: &'static [&'static dyn Middleware],
+}
 
 impl Chain<'_> {
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &dyn Middleware> {
+        self.app
+            .iter()
+            .map(|m| &**m as &dyn Middleware)
+            .chain(self.own.iter().copied())
+    }
+
     pub(crate) fn on_span(&self, msg: &Message, span: &tracing::Span) {
-        for m in &self.0 {
+        for m in self.iter() {
             m.on_span(msg, span);
         }
     }
 
     pub(crate) async fn before(&self, msg: &Message) -> Result<(), Failure> {
-        for m in &self.0 {
+        for m in self.iter() {
             m.before(msg).await?;
         }
         Ok(())
     }
 
     pub(crate) fn after(&self, msg: &Message, outcome: &mut Outcome) {
-        for m in self.0.iter().rev() {
+        for m in self.iter().rev() {
             m.after(msg, outcome);
         }
         let outputs = match outcome {
@@ -140,7 +144,7 @@ impl Chain<'_> {
     }
 
     pub(crate) fn publish(&self, out: &mut OutgoingMessage) {
-        for m in &self.0 {
+        for m in self.iter() {
             m.publish(out);
         }
     }

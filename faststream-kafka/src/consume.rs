@@ -288,11 +288,7 @@ impl PartitionConsumer {
                     },
                 };
                 if ack_first {
-                    // At-most-once: commit past the whole batch before handling it.
-                    if let Some(last) = batch.last() {
-                        tracker.done(last.last_offset());
-                        self.commit_now().await;
-                    }
+                    self.commit_before_handling(&tracker, &batch).await;
                 }
                 for item in batch {
                     if self.shutdown.is_triggered() {
@@ -335,8 +331,7 @@ impl PartitionConsumer {
                             raw,
                             reason,
                         } => {
-                            let outcome = self.unreadable(first, last, raw, &reason);
-                            metrics.outcome(&outcome, 1);
+                            let outcome = self.unreadable((first, last), raw, &reason, &metrics);
                             (last, outcome)
                         }
                         Fetched::Passed { last } => (last, Outcome::Done(Vec::new())),
@@ -465,11 +460,7 @@ impl PartitionConsumer {
                 batch = rx.recv(), if records < max => match batch {
                     Some(Ok(batch)) => {
                         if ack_first {
-                            // At-most-once: commit past the whole fetch before handling it.
-                            if let Some(last) = batch.last() {
-                                tracker.done(last.last_offset());
-                                self.commit_now().await;
-                            }
+                            self.commit_before_handling(tracker, &batch).await;
                         }
                         let arrived = tokio::time::Instant::now();
                         records += batch.iter().filter(|i| matches!(i, Fetched::Record(_))).count();
@@ -512,8 +503,7 @@ impl PartitionConsumer {
                     raw,
                     reason,
                 } => {
-                    let outcome = self.unreadable(first, last, raw, &reason);
-                    metrics.outcome(&outcome, 1);
+                    let outcome = self.unreadable((first, last), raw, &reason, metrics);
                     if let Outcome::Stopped { error, .. } = &outcome {
                         return Err((first, format!("the failure policy stopped it: {error}")));
                     }
@@ -722,10 +712,7 @@ impl PartitionConsumer {
                         }
                     };
                     if ack_first {
-                        if let Some(last) = batch.last() {
-                            tracker.done(last.last_offset());
-                            self.commit_now().await;
-                        }
+                        self.commit_before_handling(tracker, &batch).await;
                     }
                     for item in batch {
                         end = Some(item.last_offset() + 1);
@@ -748,8 +735,7 @@ impl PartitionConsumer {
                             }
                             Fetched::Unreadable { first, last, raw, reason } => {
                                 pending.insert(first, last);
-                                let outcome = self.unreadable(first, last, raw, &reason);
-                                metrics.outcome(&outcome, 1);
+                                let outcome = self.unreadable((first, last), raw, &reason, metrics);
                                 if let Outcome::Stopped { error, .. } = &outcome {
                                     stopped.get_or_insert((first, format!("the failure policy stopped it: {error}")));
                                     stopping = true;
@@ -816,8 +802,14 @@ impl PartitionConsumer {
     }
 
     /// Records `first..=last` could not be read: the failure policy decides (the dead-letter
-    /// copy carries the raw batch and both offsets).
-    fn unreadable(&self, first: i64, last: i64, raw: bytes::Bytes, reason: &str) -> Outcome {
+    /// copy carries the raw batch and both offsets); the outcome is counted in `metrics`.
+    fn unreadable(
+        &self,
+        (first, last): (i64, i64),
+        raw: bytes::Bytes,
+        reason: &str,
+        metrics: &PartitionMetrics,
+    ) -> Outcome {
         let mut msg = Message::new(self.topic.clone(), raw).at(self.partition, first);
         msg.headers
             .insert(dlq_header::ORIGINAL_LAST_OFFSET, last.to_string());
@@ -825,7 +817,9 @@ impl PartitionConsumer {
             "offsets {first}..={last} of {}[{}]: {reason}",
             self.topic, self.partition
         ));
-        self.rt.pipeline.fail(self.route, &msg, error)
+        let outcome = self.rt.pipeline.fail(self.route, &msg, error);
+        metrics.outcome(&outcome, 1);
+        outcome
     }
 
     /// Queues outputs of the message(s) from `offset` on (nothing for none).
@@ -1000,6 +994,15 @@ impl PartitionConsumer {
                 held_for = ?age,
                 "a manual-ack message was neither acked nor nacked: no later offset of this partition can be committed until it is consumed again (restart or rebalance)"
             );
+        }
+    }
+
+    /// `ack = "first"` (at-most-once): marks the whole fetched batch done and commits it before
+    /// any of it is handled.
+    async fn commit_before_handling(&self, tracker: &OffsetTracker, batch: &[Fetched]) {
+        if let Some(last) = batch.last() {
+            tracker.done(last.last_offset());
+            self.commit_now().await;
         }
     }
 

@@ -45,7 +45,9 @@ mod on {
         duration: Histogram,
         in_flight: Gauge,
         lag: Gauge,
-        /// Per outcome name and per error kind, registered on first use.
+        /// The common outcome, without the lookup below.
+        ok: Counter,
+        /// Per other outcome name and per error kind, registered on first use.
         outcomes: Mutex<Vec<(&'static str, Counter)>>,
         errors: Mutex<Vec<(&'static str, Counter)>>,
     }
@@ -60,7 +62,8 @@ mod on {
                 size: histogram!("faststream_received_messages_size_bytes", "topic" => t.clone(), "handler" => handler),
                 duration: histogram!("faststream_processed_messages_duration_seconds", "topic" => t.clone(), "handler" => handler),
                 in_flight: gauge!("faststream_in_flight_messages", "topic" => t.clone(), "partition" => p.clone(), "handler" => handler),
-                lag: gauge!("faststream_consumer_lag_messages", "topic" => t, "partition" => p, "handler" => handler),
+                lag: gauge!("faststream_consumer_lag_messages", "topic" => t.clone(), "partition" => p, "handler" => handler),
+                ok: counter!("faststream_processed_messages_total", "topic" => t, "handler" => handler, "outcome" => "ok"),
                 outcomes: Mutex::new(Vec::new()),
                 errors: Mutex::new(Vec::new()),
             }
@@ -79,6 +82,10 @@ mod on {
 
         /// `n` messages ended with `outcome`.
         pub(crate) fn outcome(&self, outcome: &Outcome, n: u64) {
+            if let Outcome::Done(_) = outcome {
+                self.ok.increment(n);
+                return;
+            }
             let name = outcome.name();
             self.labelled(&self.outcomes, "outcome", name).increment(n);
             if let Some(error) = outcome.error() {

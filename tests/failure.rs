@@ -113,9 +113,12 @@ async fn the_handler_chooses_the_outcome() {
         .with_routes(routes![choose])
         .build()
         .unwrap();
-    for action in ["dead", "skip", "stop", "io", "fine"] {
+    for action in ["dead", "skip", "io", "fine"] {
         broker.publish(action, "choose").await.unwrap();
     }
+    // A stop ends the service (see `a_stop_ends_the_service_and_leaves_the_message_not_done`).
+    let stopped = broker.publish("stop", "choose").await.unwrap_err();
+    assert!(stopped.to_string().contains("cannot continue"), "{stopped}");
     let got: Vec<(String, Option<u32>)> = broker
         .received("choose")
         .iter()
@@ -142,9 +145,9 @@ async fn the_handler_chooses_the_outcome() {
         [
             ("dlq".to_owned(), Some(1)),
             ("skipped".to_owned(), Some(1)),
-            ("stopped".to_owned(), Some(1)),
             ("dlq".to_owned(), Some(6)), // `?` on an io::Error retries (5 retries), then dead-letters
             ("done".to_owned(), None),
+            ("stopped".to_owned(), Some(1)),
         ]
     );
     let dlq = broker.published("choose.dlq");
@@ -225,12 +228,18 @@ async fn manual_ack_nack_and_neither() {
         .unwrap();
     broker.publish("ack", "manual").await.unwrap();
     assert_eq!(MANUAL_CALLS.load(Ordering::SeqCst), 1);
+    assert_eq!(broker.committed("manual", "manual", 0), Some(1));
     let started = tokio::time::Instant::now();
     broker.publish("nack", "manual").await.unwrap();
     // A nack redelivers after backoff (100 ms, 200 ms), not in a hot loop, then dead-letters.
     assert_eq!(started.elapsed(), Duration::from_millis(300));
     assert_eq!(MANUAL_CALLS.load(Ordering::SeqCst), 4);
+    assert_eq!(broker.committed("manual", "manual", 0), Some(2), "dead-lettered is done");
     broker.publish("neither", "manual").await.unwrap();
+    broker.publish("ack", "manual").await.unwrap();
+    // Kafka commits are cumulative: the message neither acked nor nacked (offset 2) holds the
+    // partition's commits back, also after a later message was acked, as on Kafka.
+    assert_eq!(broker.committed("manual", "manual", 0), Some(2));
     let outcomes: Vec<Outcome> = broker
         .received("manual")
         .into_iter()
@@ -246,6 +255,56 @@ async fn manual_ack_nack_and_neither() {
         }
     ));
     assert!(matches!(outcomes[2], Outcome::Unacked(_)));
+    assert!(matches!(outcomes[3], Outcome::Done(_)));
+}
+
+static STOPPING_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[subscriber("stopping", on_failure = "stop", retry = 2)]
+#[publisher("stopping-out")]
+async fn stopping(body: String) -> Result<String, Failure> {
+    STOPPING_CALLS.fetch_add(1, Ordering::SeqCst);
+    match body.as_str() {
+        "poison" => Err(Failure::retry("cannot handle it")),
+        _ => Ok(body),
+    }
+}
+
+/// `on_failure = "stop"` stops the service on the test broker as it does on Kafka: the publish
+/// returns the error naming handler, topic, partition and offset, the message is not done, and
+/// nothing is handled after it.
+#[tokio::test(start_paused = true)]
+async fn a_stop_ends_the_service_and_leaves_the_message_not_done() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![stopping])
+        .failure_policy(no_jitter())
+        .build()
+        .unwrap();
+    broker.publish("one", "stopping").await.unwrap();
+    let err = broker.publish("poison", "stopping").await.unwrap_err();
+    match &err {
+        faststream::Error::PartitionStopped {
+            handler,
+            topic,
+            partition,
+            offset,
+            reason,
+        } => {
+            assert!(handler.ends_with("stopping"), "{handler}");
+            assert_eq!((topic.as_str(), *partition, *offset), ("stopping", 0, 1));
+            assert!(reason.contains("cannot handle it"), "{reason}");
+        }
+        other => panic!("expected a stopped partition, got {other:?}"),
+    }
+    // "one", then "poison": one call and two retries.
+    assert_eq!(STOPPING_CALLS.load(Ordering::SeqCst), 4);
+    // The service is down: a later message is stored but not handled.
+    let again = broker.publish("two", "stopping").await.unwrap_err();
+    assert_eq!(again.to_string(), err.to_string());
+    assert_eq!(STOPPING_CALLS.load(Ordering::SeqCst), 4);
+    assert_eq!(broker.published("stopping").len(), 3);
+    assert_eq!(broker.published("stopping-out").len(), 1);
+    assert_eq!(broker.committed("stopping", "stopping", 0), Some(1));
 }
 
 #[derive(Debug, Deserialize)]

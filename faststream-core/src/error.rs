@@ -40,6 +40,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// A partition's consumer stopped (`on_failure = "stop"`), which stops the service; the
+    /// message at `offset` is not done, so a restart consumes it again. Returned by the
+    /// in-memory test broker (the Kafka transport stops with its own error of the same shape).
+    #[error("the consumer of {topic}[{partition}] for handler {handler} stopped at offset {offset}: {reason}")]
+    PartitionStopped {
+        /// The handler's path.
+        handler: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The first offset not done.
+        offset: i64,
+        /// Why it stopped.
+        reason: String,
+    },
+
     /// The in-memory test broker found a publish loop.
     #[error("publishing to {topic:?} nested {depth} levels deep: a route publishes to a topic it (indirectly) consumes")]
     PublishLoop {

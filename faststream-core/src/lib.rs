@@ -13,6 +13,8 @@
 //! - extractors ([`Key`], [`Headers`], [`State`], ...) and codecs ([`Json`], text, bytes);
 //! - the app lifecycle ([`FastStream`]: lifespan hooks, health probes, Prometheus metrics with
 //!   the `prometheus` feature) and the transport seam ([`Transport`]);
+//! - per-partition progress ([`OffsetTracker`]: what an outcome means, what may be committed),
+//!   shared by the transports and the test broker;
 //! - [`Middleware`] (app-wide and per route), and `TraceContext` (W3C trace context in headers,
 //!   feature `opentelemetry`);
 //! - [`asyncapi`]: the AsyncAPI 3.0 document and the payload descriptions (JSON Schemas with
@@ -31,6 +33,7 @@ mod handler;
 mod health;
 mod message;
 mod middleware;
+mod offsets;
 mod outcome;
 mod policy;
 mod probe;
@@ -53,6 +56,7 @@ pub use handler::{
 };
 pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
 pub use middleware::Middleware;
+pub use offsets::{OffsetTracker, Position, Step};
 pub use outcome::{Reply, Response, ResponseMeta};
 pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,

@@ -4,6 +4,13 @@
 //! they publish to the routes subscribed to those topics in turn, so a test can publish and
 //! then look at what each handler received and what landed on each topic.
 //!
+//! Outcomes go through the same per-partition bookkeeping as the Kafka transport
+//! ([`OffsetTracker`](crate::OffsetTracker)): a message a manual-ack handler neither acked nor
+//! nacked holds its partition's commits back ([`TestBroker::committed`] shows what a consumer
+//! group would commit), and `on_failure = "stop"` stops the service: that publish and every
+//! later one return [`Error::PartitionStopped`](crate::Error::PartitionStopped), as the Kafka
+//! service exits with the same reason.
+//!
 //! Retries wait with `tokio::time::sleep`: run such tests on tokio's paused clock
 //! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) and backoffs take no
 //! wall time and are deterministic.
@@ -18,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::de::DeserializeOwned;
@@ -28,6 +35,7 @@ use crate::error::HandlerError;
 use crate::extract::{Context, StateMap};
 use crate::handler::{new_correlation_id, Outcome, Pipeline};
 use crate::message::{header, Message, OutgoingMessage};
+use crate::offsets::{OffsetTracker, Position, Step};
 use crate::policy::FailurePolicy;
 use crate::route::{resolve_routes, RouteDef};
 use crate::transport::{BoxFuture, Publish, Publisher};
@@ -64,6 +72,66 @@ struct Log {
     topics: HashMap<String, Vec<Message>>,
     next_offsets: HashMap<(String, i32), i64>,
     deliveries: Vec<Delivery>,
+    /// Per handler, topic and partition: what its consumer group would commit.
+    progress: HashMap<(&'static str, String, i32), Progress>,
+    /// The stop that ended the service, if one did: handler, topic, partition, offset, reason.
+    stopped: Option<(&'static str, String, i32, i64, String)>,
+}
+
+/// One handler's progress on one partition.
+struct Progress {
+    tracker: OffsetTracker,
+    position: Position,
+    /// Finished offsets after the first one still running (concurrent publishes).
+    finished: BTreeSet<i64>,
+    /// The first offset not finished.
+    next: i64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let position = Position::new(None);
+        // The test broker does not warn about held messages: tests read `committed` instead.
+        let tracker = OffsetTracker::new(position.clone(), std::time::Duration::MAX);
+        tracker.start(0);
+        Self {
+            tracker,
+            position,
+            finished: BTreeSet::new(),
+            next: 0,
+        }
+    }
+
+    /// `offset` is done: the position moves over every finished offset in a row.
+    fn finish(&mut self, offset: i64) {
+        self.finished.insert(offset);
+        while self.finished.remove(&self.next) {
+            self.next += 1;
+        }
+        if self.next > 0 {
+            self.tracker.done(self.next - 1);
+        }
+    }
+}
+
+impl Log {
+    fn progress(&mut self, handler: &'static str, msg: &Message) -> &mut Progress {
+        self.progress
+            .entry((handler, msg.topic.to_string(), msg.partition))
+            .or_insert_with(Progress::new)
+    }
+
+    fn stop_error(&self) -> Option<Error> {
+        self.stopped
+            .as_ref()
+            .map(|(handler, topic, partition, offset, reason)| Error::PartitionStopped {
+                handler: (*handler).to_owned(),
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                reason: reason.clone(),
+            })
+    }
 }
 
 struct Inner {
@@ -217,6 +285,22 @@ impl TestBroker {
             .collect()
     }
 
+    /// The offset a consumer group of `handler` (function name or full path) would commit for
+    /// `topic`'s `partition`: the first message not done. A message a manual-ack handler
+    /// neither acked nor nacked, and one the failure policy stopped at, are not done. `None`
+    /// when the handler never received a message of that partition.
+    pub fn committed(&self, handler: &str, topic: &str, partition: i32) -> Option<i64> {
+        self.log()
+            .progress
+            .iter()
+            .find(|((h, t, p), _)| {
+                (*h == handler || h.rsplit("::").next() == Some(handler))
+                    && t == topic
+                    && *p == partition
+            })
+            .and_then(|(_, progress)| progress.position.get())
+    }
+
     /// The deliveries that failed.
     pub fn errors(&self) -> Vec<Delivery> {
         self.log()
@@ -288,6 +372,10 @@ impl Inner {
     /// Runs `route` on `msgs` (one message, or a batch for a batch route), records the
     /// deliveries and delivers what it published.
     async fn run(self: Arc<Self>, route: &'static RouteDef, msgs: Vec<Message>) -> Result<()> {
+        // A stopped partition stopped the service: nothing is handled any more.
+        if let Some(stopped) = self.lock().stop_error() {
+            return Err(stopped);
+        }
         let mut deliveries = Vec::with_capacity(msgs.len());
         let mut outputs = Vec::new();
         if route.batch().is_some() {
@@ -316,22 +404,53 @@ impl Inner {
                 deliveries.push((msg, outcome));
             }
         }
+        // What the Kafka consumer would do with each outcome, in offset order.
+        let mut done = Vec::with_capacity(deliveries.len());
         for (msg, outcome) in deliveries {
-            outputs.extend(outcome.clone().into_outputs());
-            self.log
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .deliveries
-                .push(Delivery {
-                    handler: route.name(),
-                    message: msg,
-                    outcome,
-                });
+            let mut log = self.lock();
+            let step = log
+                .progress(route.name(), &msg)
+                .tracker
+                .step(msg.offset, outcome.clone());
+            let (topic, partition, offset) = (msg.topic.to_string(), msg.partition, msg.offset);
+            log.deliveries.push(Delivery {
+                handler: route.name(),
+                message: msg,
+                outcome,
+            });
+            match step {
+                Step::Stop(reason) => {
+                    log.stopped = Some((route.name(), topic, partition, offset, reason));
+                    break;
+                }
+                // Not done: consumed again after a restart.
+                Step::Interrupt => {}
+                Step::Publish { outputs: out, held, .. } => {
+                    outputs.extend(out);
+                    if !held {
+                        done.push((topic, partition, offset));
+                    }
+                }
+            }
         }
+        // Outputs of messages before a stop are still published, as on Kafka.
         for out in outputs {
             self.clone().deliver(out).await?;
         }
-        Ok(())
+        let mut log = self.lock();
+        for (topic, partition, offset) in done {
+            if let Some(progress) = log.progress.get_mut(&(route.name(), topic, partition)) {
+                progress.finish(offset);
+            }
+        }
+        match log.stop_error() {
+            Some(stopped) => Err(stopped),
+            None => Ok(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Appends a published message to its topic's log.

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
 use crate::metrics::{Lag, PartitionMetrics};
-use crate::offsets::{OffsetTracker, Position};
+use faststream_core::{OffsetTracker, Position, Step};
 use crate::produce::{Ack, Producers};
 use crate::records::Fetched;
 
@@ -336,19 +336,18 @@ impl PartitionConsumer {
                         }
                         Fetched::Passed { last } => (last, Outcome::Done(Vec::new())),
                     };
-                    match &outcome {
-                        // Logged by the pipeline; not done, so consumed again after a restart.
-                        Outcome::Stopped { error, .. } => {
-                            stopped =
-                                Some((offset, format!("the failure policy stopped it: {error}")));
+                    let (outputs, dead_letter) = match tracker.step(offset, outcome) {
+                        Step::Stop(reason) => {
+                            stopped = Some((offset, reason));
                             break 'fetched;
                         }
-                        Outcome::Interrupted { .. } => break 'fetched,
-                        Outcome::Unacked(_) => tracker.hold(offset),
-                        _ => {}
-                    }
-                    let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
-                    let outputs = outcome.into_outputs();
+                        Step::Interrupt => break 'fetched,
+                        Step::Publish {
+                            outputs,
+                            dead_letter,
+                            ..
+                        } => (outputs, dead_letter),
+                    };
                     if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
                         tracker.done(offset);
                         continue;
@@ -480,7 +479,7 @@ impl PartitionConsumer {
         &self,
         items: Vec<Fetched>,
         (chunk, inflight): (&mut Chunk, &mut InFlight),
-        tracker: &OffsetTracker,
+        tracker: &mut OffsetTracker,
         metrics: &PartitionMetrics,
     ) -> Result<bool, (i64, String)> {
         let Some(end) = items.last().map(Fetched::last_offset) else {
@@ -504,11 +503,15 @@ impl PartitionConsumer {
                     reason,
                 } => {
                     let outcome = self.unreadable((first, last), raw, &reason, metrics);
-                    if let Outcome::Stopped { error, .. } = &outcome {
-                        return Err((first, format!("the failure policy stopped it: {error}")));
+                    match tracker.step(first, outcome) {
+                        Step::Stop(reason) => return Err((first, reason)),
+                        Step::Interrupt => return Ok(false),
+                        Step::Publish {
+                            outputs,
+                            dead_letter,
+                            ..
+                        } => entries.push(((first, last, 1), outputs, dead_letter)),
                     }
-                    let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
-                    entries.push(((first, last, 1), outcome.into_outputs(), dead_letter));
                 }
                 Fetched::Passed { .. } => {}
             }
@@ -529,15 +532,14 @@ impl PartitionConsumer {
             metrics.outcome(&Outcome::Done(Vec::new()), batched as u64);
             for (offset, failed) in outcome.failed {
                 metrics.outcome(&failed, 1);
-                match failed {
-                    Outcome::Stopped { error, .. } => {
-                        return Err((offset, format!("the failure policy stopped it: {error}")))
-                    }
-                    Outcome::Interrupted { .. } => return Ok(false),
-                    failed => {
-                        let dead_letter = matches!(failed, Outcome::DeadLettered { .. });
-                        entries.push(((offset, offset, 1), failed.into_outputs(), dead_letter));
-                    }
+                match tracker.step(offset, failed) {
+                    Step::Stop(reason) => return Err((offset, reason)),
+                    Step::Interrupt => return Ok(false),
+                    Step::Publish {
+                        outputs,
+                        dead_letter,
+                        ..
+                    } => entries.push(((offset, offset, 1), outputs, dead_letter)),
                 }
             }
             // A failed output of the batch fails each of its messages.
@@ -639,22 +641,19 @@ impl PartitionConsumer {
                             }
                         }
                     }
-                    match &outcome {
-                        Outcome::Stopped { error, .. } => {
-                            stopped.get_or_insert((offset, format!("the failure policy stopped it: {error}")));
+                    let (outputs, dead_letter, unacked) = match tracker.step(offset, outcome) {
+                        Step::Stop(reason) => {
+                            stopped.get_or_insert((offset, reason));
                             stopping = true;
                             continue;
                         }
-                        Outcome::Interrupted { .. } => {
+                        Step::Interrupt => {
                             stopping = true;
                             continue;
                         }
-                        Outcome::Unacked(_) => tracker.hold(offset),
-                        _ => {}
-                    }
-                    let unacked = matches!(outcome, Outcome::Unacked(_));
-                    let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
-                    match self.queue_outputs(offset, outcome.into_outputs(), dead_letter, unacked, &mut acking).await {
+                        Step::Publish { outputs, dead_letter, held } => (outputs, dead_letter, held),
+                    };
+                    match self.queue_outputs(offset, outputs, dead_letter, unacked, &mut acking).await {
                         // Nothing to publish: done now (a manual-ack message stays held).
                         Ok(false) if !unacked => {
                             pending.remove(&offset);
@@ -736,13 +735,19 @@ impl PartitionConsumer {
                             Fetched::Unreadable { first, last, raw, reason } => {
                                 pending.insert(first, last);
                                 let outcome = self.unreadable((first, last), raw, &reason, metrics);
-                                if let Outcome::Stopped { error, .. } = &outcome {
-                                    stopped.get_or_insert((first, format!("the failure policy stopped it: {error}")));
-                                    stopping = true;
-                                    break;
-                                }
-                                let dead_letter = matches!(outcome, Outcome::DeadLettered { .. });
-                                match self.queue_outputs(first, outcome.into_outputs(), dead_letter, false, &mut acking).await {
+                                let (outputs, dead_letter) = match tracker.step(first, outcome) {
+                                    Step::Stop(reason) => {
+                                        stopped.get_or_insert((first, reason));
+                                        stopping = true;
+                                        break;
+                                    }
+                                    Step::Interrupt => {
+                                        stopping = true;
+                                        break;
+                                    }
+                                    Step::Publish { outputs, dead_letter, .. } => (outputs, dead_letter),
+                                };
+                                match self.queue_outputs(first, outputs, dead_letter, false, &mut acking).await {
                                     Ok(false) => {
                                         pending.remove(&first);
                                     }

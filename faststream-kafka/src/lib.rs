@@ -18,8 +18,9 @@
 //! Modules, bottom up (each depends only on the ones before it, and `error`): `security` (TLS,
 //! SASL), `config` (settings), `protocol` (one raw connection: framing, versions, TLS, SASL), `topics` (names,
 //! existence, creation), `records` (record-batch decoding: codecs, transactions), `fetch` (one
-//! partition's Fetch/ListOffsets), `offsets` (where a partition stands), `produce` (batching
-//! producers, the partitioner, produce errors), `consume` (the per-partition loop), `assign`
+//! partition's Fetch/ListOffsets), `produce` (batching
+//! producers, the partitioner, produce errors), `consume` (the per-partition loop, with core's
+//! `OffsetTracker` deciding what each outcome means for the partition's position), `assign`
 //! (the leader's assignors), `metrics` (what consumers, groups and producers record through the
 //! `metrics` facade, feature `metrics`), `group` (membership: generations, partition consumers,
 //! bounded drains; `group::coordinator` speaks to the coordinator: join and sync, heartbeats,
@@ -34,7 +35,6 @@ mod error;
 mod fetch;
 mod group;
 mod metrics;
-mod offsets;
 mod produce;
 mod protocol;
 mod records;

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::config::{Config, GroupSettings};
 use crate::consume::{AbortOnDrop, GroupLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
-use crate::offsets::Position;
+use faststream_core::Position;
 use crate::protocol::{ms, Conn, ConnError};
 
 mod coordinator;

@@ -55,8 +55,9 @@ pub mod runtime {
     pub use faststream_core::{
         decode_json, decode_raw, decode_text, new_correlation_id, validate, Assignor, BatchDef,
         BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupTimings, HandlerFn, HandlerResult,
-        HeaderName, OffsetReset, OffsetTracker, Pipeline, Position, PolicyDef, Publish, Reply, ResponseMeta, RouteDef,
-        Shutdown, ShutdownTrigger, StateMap, StateReq, Step, SubscriberDef, Transport,
+        HeaderName, OffsetReset, OffsetTracker, Pipeline, PolicyDef, Position, Publish, Reply,
+        ResponseMeta, RouteDef, Shutdown, ShutdownTrigger, StateMap, StateReq, Step, SubscriberDef,
+        Transport,
     };
 }
 

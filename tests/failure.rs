@@ -234,7 +234,11 @@ async fn manual_ack_nack_and_neither() {
     // A nack redelivers after backoff (100 ms, 200 ms), not in a hot loop, then dead-letters.
     assert_eq!(started.elapsed(), Duration::from_millis(300));
     assert_eq!(MANUAL_CALLS.load(Ordering::SeqCst), 4);
-    assert_eq!(broker.committed("manual", "manual", 0), Some(2), "dead-lettered is done");
+    assert_eq!(
+        broker.committed("manual", "manual", 0),
+        Some(2),
+        "dead-lettered is done"
+    );
     broker.publish("neither", "manual").await.unwrap();
     broker.publish("ack", "manual").await.unwrap();
     // Kafka commits are cumulative: the message neither acked nor nacked (offset 2) holds the

@@ -124,13 +124,15 @@ impl Log {
     fn stop_error(&self) -> Option<Error> {
         self.stopped
             .as_ref()
-            .map(|(handler, topic, partition, offset, reason)| Error::PartitionStopped {
-                handler: (*handler).to_owned(),
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-                reason: reason.clone(),
-            })
+            .map(
+                |(handler, topic, partition, offset, reason)| Error::PartitionStopped {
+                    handler: (*handler).to_owned(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    reason: reason.clone(),
+                },
+            )
     }
 }
 
@@ -425,7 +427,9 @@ impl Inner {
                 }
                 // Not done: consumed again after a restart.
                 Step::Interrupt => {}
-                Step::Publish { outputs: out, held, .. } => {
+                Step::Publish {
+                    outputs: out, held, ..
+                } => {
                     outputs.extend(out);
                     if !held {
                         done.push((topic, partition, offset));

@@ -159,17 +159,3 @@ pub enum Compression {
     #[cfg(feature = "compression-snappy")]
     Snappy,
 }
-
-impl Compression {
-    /// The client library's name for it.
-    pub(crate) fn codec(self) -> rskafka::client::partition::Compression {
-        use rskafka::client::partition::Compression as C;
-        match self {
-            Compression::None => C::NoCompression,
-            #[cfg(feature = "compression-gzip")]
-            Compression::Gzip => C::Gzip,
-            #[cfg(feature = "compression-snappy")]
-            Compression::Snappy => C::Snappy,
-        }
-    }
-}

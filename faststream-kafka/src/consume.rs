@@ -29,9 +29,9 @@ use crate::config::Config;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
 use crate::metrics::{Lag, PartitionMetrics};
-use faststream_core::{OffsetTracker, Position, Step};
 use crate::produce::{Ack, Producers};
 use crate::records::Fetched;
+use faststream_core::{OffsetTracker, Position, Step};
 
 /// What every consumer of one service shares.
 #[derive(Debug)]

@@ -279,7 +279,11 @@ impl PartitionReader {
 }
 
 /// Connects to the leader of `topic`'s `partition`, found through any bootstrap broker.
-async fn leader(config: &Config, topic: &str, partition: i32) -> Result<Conn, FetchError> {
+pub(crate) async fn leader(
+    config: &Config,
+    topic: &str,
+    partition: i32,
+) -> Result<Conn, FetchError> {
     let timeout = config.connect_timeout.min(config.request_timeout);
     let mut last = None;
     for addr in &config.brokers {

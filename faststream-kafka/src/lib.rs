@@ -31,6 +31,7 @@ mod assign;
 mod broker;
 mod config;
 mod consume;
+mod encode;
 mod error;
 mod fetch;
 mod group;

@@ -6,24 +6,35 @@
 //! batching, one request in flight per partition, order kept. The queue in front of each task is
 //! bounded, so a slow broker slows the consumers (backpressure) instead of growing memory.
 //!
-//! Request sizing: rskafka writes a request's length prefix and body in two writes without
-//! TCP_NODELAY, so requests of roughly 7 to 80 KB wait ~40 ms for a delayed ACK. Batches in that
-//! window are held for `linger` to grow past it, and otherwise sent in chunks below it.
+//! Each request's record batch is encoded here ([`crate::encode`]) straight from the outgoing
+//! messages and sent as a Produce request on our own connection to the partition's leader
+//! (found through metadata, found again after any failure). Errors are classified as Kafka's
+//! Java producer does: retriable ones (a moved leader, a lost connection, a timeout) are retried
+//! with backoff until `delivery_timeout`; a batch refused as too large is split; the rest fails
+//! the messages for good. Consuming has its own connections ([`crate::fetch`]).
+//!
+//! Request sizing: requests of roughly 7 to 80 KB can wait ~40 ms for a delayed ACK on some
+//! stacks (Nagle's algorithm against a peer's delayed ACK). Batches in that window are held for
+//! `linger` to grow past it, and otherwise sent in chunks below it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use bytes::BytesMut;
 use faststream_core::OutgoingMessage;
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use rskafka::client::Client;
-use rskafka::record::Record;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::encode::{BatchHeader, Encoder};
 use crate::error::KafkaError;
+use crate::protocol::{ms, Conn, ConnError};
 
 /// Requests up to this size are sent as they are.
 pub(crate) const SMALL_REQUEST: usize = 6 * 1024;
@@ -204,7 +215,7 @@ impl Producers {
             indices,
         } in groups
         {
-            let queue = self.queue(client, &topic, partition)?;
+            let queue = self.queue(&topic, partition)?;
             let size: usize = sizes.iter().sum();
             let permits = size.clamp(1, self.config.max_queued_bytes) as u32;
             let budget = queue
@@ -321,12 +332,7 @@ impl Producers {
         found
     }
 
-    fn queue(
-        &self,
-        client: &Arc<Client>,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Queue, KafkaError> {
+    fn queue(&self, topic: &str, partition: i32) -> Result<Queue, KafkaError> {
         let index = usize::try_from(partition).map_err(|_| {
             KafkaError::InvalidPartition(format!(
                 "invalid partition {partition} for topic {topic:?}"
@@ -346,7 +352,6 @@ impl Producers {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(self.config.max_queued_bytes));
         let task = tokio::spawn(run_partition_producer(
-            client.clone(),
             self.config.clone(),
             topic.to_owned(),
             partition,
@@ -375,7 +380,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn run_partition_producer(
-    client: Arc<Client>,
     config: Arc<Config>,
     topic: String,
     partition: i32,
@@ -385,17 +389,12 @@ async fn run_partition_producer(
     let metrics = crate::metrics::ProducerMetrics::new(&topic, partition);
     let queued =
         || config.max_queued_bytes - budget.available_permits().min(config.max_queued_bytes);
-    let pc = loop {
-        match client
-            .partition_client(topic.clone(), partition, UnknownTopicHandling::Retry)
-            .await
-        {
-            Ok(pc) => break pc,
-            Err(e) => {
-                tracing::warn!(topic, partition, error = %e, "cannot reach partition leader; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
+    let mut writer = Writer {
+        config: config.clone(),
+        topic: topic.clone(),
+        partition,
+        conn: None,
+        encoder: Encoder::default(),
     };
     while let Some(first) = rx.recv().await {
         let mut bytes = first.size;
@@ -423,7 +422,7 @@ async fn run_partition_producer(
             }
         }
         metrics.queued(queued());
-        send(&pc, &config, (&topic, partition), batch, &metrics).await;
+        send(&mut writer, batch, &metrics).await;
         metrics.queued(queued());
     }
 }
@@ -452,22 +451,6 @@ pub(crate) fn plan_requests(sizes: &[usize], max: usize) -> Vec<std::ops::Range<
     ranges
 }
 
-fn to_record(msg: &OutgoingMessage, now: chrono::DateTime<Utc>) -> Record {
-    Record {
-        key: msg.key.as_ref().map(|k| k.to_vec()),
-        value: msg.payload.as_ref().map(|v| v.to_vec()),
-        headers: msg
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.to_vec()))
-            .collect(),
-        timestamp: match msg.timestamp {
-            Some(ms) => Utc.timestamp_millis_opt(ms).single().unwrap_or(now),
-            None => now,
-        },
-    }
-}
-
 /// Whether a produce error can succeed on retry, as Kafka's Java producer classifies it.
 enum Refusal {
     /// Transient: retried until the delivery timeout.
@@ -478,27 +461,129 @@ enum Refusal {
     Permanent,
 }
 
-fn classify(e: &rskafka::client::error::Error) -> Refusal {
-    use rskafka::client::error::{Error as E, ProtocolError as P};
-    match e {
-        E::ServerError { protocol_error, .. } => match protocol_error {
-            P::MessageTooLarge | P::RecordListTooLarge => Refusal::TooLarge,
-            P::InvalidTopicException
-            | P::TopicAuthorizationFailed
-            | P::ClusterAuthorizationFailed
-            | P::TransactionalIdAuthorizationFailed
-            | P::InvalidRecord
-            | P::InvalidTimestamp
-            | P::InvalidRequiredAcks
-            | P::UnsupportedForMessageFormat
-            | P::UnsupportedVersion
-            | P::UnsupportedCompressionType
-            | P::PolicyViolation
-            | P::InvalidRequest
-            | P::SaslAuthenticationFailed => Refusal::Permanent,
-            _ => Refusal::Retriable,
-        },
+/// Classifies a partition's produce error code.
+fn refusal(err: ResponseError) -> Refusal {
+    use ResponseError as E;
+    match err {
+        E::MessageTooLarge | E::RecordListTooLarge => Refusal::TooLarge,
+        E::InvalidTopicException
+        | E::TopicAuthorizationFailed
+        | E::ClusterAuthorizationFailed
+        | E::TransactionalIdAuthorizationFailed
+        | E::InvalidRecord
+        | E::InvalidTimestamp
+        | E::InvalidRequiredAcks
+        | E::UnsupportedForMessageFormat
+        | E::UnsupportedVersion
+        | E::UnsupportedCompressionType
+        | E::PolicyViolation
+        | E::InvalidRequest
+        | E::SaslAuthenticationFailed => Refusal::Permanent,
+        // Moved or unavailable leaders, too few in-sync replicas, timeouts, storage errors,
+        // corrupt in transit, and codes this client does not know.
         _ => Refusal::Retriable,
+    }
+}
+
+/// Writes one partition's record batches to its leader.
+struct Writer {
+    config: Arc<Config>,
+    topic: String,
+    partition: i32,
+    /// The leader's connection: kept while it works, found again after any failure.
+    conn: Option<Conn>,
+    encoder: Encoder,
+}
+
+impl Writer {
+    /// Sends `msgs` as one record batch and waits for the leader's acknowledgement (all
+    /// in-sync replicas, `acks = all`).
+    async fn produce(
+        &mut self,
+        msgs: &[OutgoingMessage],
+        now_ms: i64,
+    ) -> Result<(), (Refusal, String)> {
+        let bound = msgs
+            .iter()
+            .map(|m| m.approximate_size() + RECORD_OVERHEAD)
+            .sum::<usize>();
+        let mut records = BytesMut::with_capacity(bound + crate::encode::BATCH_HEADER);
+        self.encoder
+            .batch(
+                &mut records,
+                msgs,
+                now_ms,
+                self.config.compression,
+                BatchHeader::PLAIN,
+            )
+            .map_err(|e| (Refusal::Permanent, e))?;
+        let res = self.send(records.freeze()).await;
+        if matches!(res, Err((Refusal::Retriable, _))) {
+            // The leader may have moved: look it up again before the retry.
+            self.conn = None;
+        }
+        res
+    }
+
+    async fn send(&mut self, records: bytes::Bytes) -> Result<(), (Refusal, String)> {
+        let what = || format!("partition {} of topic {:?}", self.partition, self.topic);
+        let config = self.config.clone();
+        if self.conn.as_ref().is_some_and(Conn::is_broken) {
+            self.conn = None;
+        }
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let conn = crate::fetch::leader(&config, &self.topic, self.partition)
+                    .await
+                    .map_err(|e| (Refusal::Retriable, format!("finding the leader: {e}")))?;
+                self.conn.insert(conn)
+            }
+        };
+        // Up to v9: later versions add leader hints (v10) and topic ids (v13).
+        let version = conn
+            .version::<ProduceRequest>(9)
+            .map_err(|e| (Refusal::Permanent, e.to_string()))?;
+        let mut data = PartitionProduceData::default();
+        data.index = self.partition;
+        data.records = Some(records);
+        let mut t = TopicProduceData::default();
+        t.name = TopicName(StrBytes::from_string(self.topic.clone()));
+        t.partition_data = vec![data];
+        let mut req = ProduceRequest::default();
+        req.acks = -1;
+        req.timeout_ms = ms(config.request_timeout);
+        req.topic_data = vec![t];
+        let resp = conn
+            .send_within(&req, version, config.request_timeout)
+            .await
+            .map_err(|e| match e {
+                ConnError::Unsupported { .. } => (Refusal::Permanent, e.to_string()),
+                e => (Refusal::Retriable, e.to_string()),
+            })?;
+        let p = resp
+            .responses
+            .iter()
+            .filter(|t| *t.name == *self.topic)
+            .flat_map(|t| &t.partition_responses)
+            .find(|p| p.index == self.partition)
+            .ok_or_else(|| {
+                (
+                    Refusal::Retriable,
+                    format!("{}: not in the produce answer", what()),
+                )
+            })?;
+        match ResponseError::try_from_code(p.error_code) {
+            None => Ok(()),
+            Some(err) => {
+                let detail = p
+                    .error_message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default();
+                Err((refusal(err), format!("{}: {err}{detail}", what())))
+            }
+        }
     }
 }
 
@@ -506,13 +591,9 @@ fn classify(e: &rskafka::client::error::Error) -> Refusal {
 /// are in, or with the ones that were refused. Retriable errors are retried with backoff until
 /// `delivery_timeout` after the oldest group was queued; a request refused as too large is
 /// split until the record that is too large stands alone.
-async fn send(
-    pc: &PartitionClient,
-    config: &Config,
-    (topic, partition): (&str, i32),
-    batch: Vec<Pending>,
-    metrics: &crate::metrics::ProducerMetrics,
-) {
+async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics::ProducerMetrics) {
+    let config = writer.config.clone();
+    let (topic, partition) = (writer.topic.clone(), writer.partition);
     let mut msgs = Vec::new();
     let mut sizes = Vec::new();
     let mut ends = Vec::with_capacity(batch.len());
@@ -529,7 +610,9 @@ async fn send(
     let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
     // Refused records: index into `msgs`, reason.
     let mut refused: Vec<(usize, String)> = Vec::new();
-    let now = Utc::now();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let mut todo: std::collections::VecDeque<std::ops::Range<usize>> =
         plan_requests(&sizes, config.max_batch_bytes).into();
     let mut ends = ends.into_iter().peekable();
@@ -538,23 +621,12 @@ async fn send(
     while let Some(range) = todo.pop_front() {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let records: Vec<Record> = msgs[range.clone()]
-                .iter()
-                .map(|m| to_record(m, now))
-                .collect();
-            let limit = config.request_timeout;
-            let attempt =
-                tokio::time::timeout(limit, pc.produce(records, config.compression.codec()));
-            let (kind, error) = match attempt.await {
-                Ok(Ok(_)) => {
+            let (kind, error) = match writer.produce(&msgs[range.clone()], now).await {
+                Ok(()) => {
                     metrics.published(range.len());
                     break;
                 }
-                Ok(Err(e)) => (classify(&e), e.to_string()),
-                Err(_) => (
-                    Refusal::Retriable,
-                    format!("no answer from the broker within {limit:?}"),
-                ),
+                Err(refused) => refused,
             };
             match kind {
                 Refusal::TooLarge if range.len() > 1 => {

@@ -30,8 +30,8 @@ use tokio::time::Instant;
 use crate::config::{Config, GroupSettings};
 use crate::consume::{AbortOnDrop, GroupLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
-use faststream_core::Position;
 use crate::protocol::{ms, Conn, ConnError};
+use faststream_core::Position;
 
 mod coordinator;
 

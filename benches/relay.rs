@@ -14,6 +14,8 @@
 //!   output, so `framework / raw-headers` compares the same work (and `bare / raw` too);
 //! - `framework`: the seed handler (`#[subscriber]` + `#[publisher]`) on `KafkaBroker`;
 //! - `framework-bare`: the same with `compat_headers(false)` (no FastStream headers);
+//! - `framework-group`: the seed relay in a consumer group, as the seed example runs it (group
+//!   protocol, heartbeats, periodic commits);
 //! - `framework-batch`: the seed handler as a batch handler (`batch = true`,
 //!   `max_records = 500`, `batch_timeout_ms = 0`), same output as `framework`;
 //! - `framework-metrics` (built with `--features prometheus` only): the seed relay with
@@ -43,9 +45,21 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use serde::Deserialize;
 
+/// Every relay (raw and framework alike) runs on mimalloc, as the examples do and the README
+/// recommends for services.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[subscriber("in_topic", auto_offset_reset = "earliest")]
 #[publisher("out-topic")]
 async fn handle_msg(user: String, user_id: i64) -> String {
+    format!("User: {user_id} - {user} registered")
+}
+
+/// The seed handler as the seed example runs it: in a consumer group (offsets committed).
+#[subscriber("in_topic", group_id = "relay", auto_offset_reset = "earliest")]
+#[publisher("out-topic")]
+async fn handle_msg_group(user: String, user_id: i64) -> String {
     format!("User: {user_id} - {user} registered")
 }
 
@@ -187,6 +201,7 @@ async fn parent(args: Args) {
         "raw-headers",
         "framework",
         "framework-bare",
+        "framework-group",
         "framework-batch",
         "pipeline",
         "test-broker",
@@ -303,6 +318,7 @@ async fn parent(args: Args) {
         ("framework", "raw-headers", "fw / raw-hdr"),
         ("framework-bare", "raw", "bare / raw"),
         ("framework", "raw", "fw / raw"),
+        ("framework-group", "framework", "group / fw"),
         ("framework-batch", "raw-headers", "batch / raw-hdr"),
         ("framework-batch", "framework", "batch / fw"),
         ("framework-metrics", "framework", "metrics / fw"),
@@ -436,6 +452,7 @@ async fn child(kind: &str, args: &Args) {
             "framework" => framework_relay(args, true).await,
             "framework-bare" => framework_relay(args, false).await,
             "framework-batch" => batch_relay(args).await,
+            "framework-group" => group_relay(args).await,
             #[cfg(feature = "prometheus")]
             "framework-metrics" => {
                 let app = FastStream::new(KafkaBroker::new(&bootstrap()))
@@ -587,6 +604,15 @@ async fn framework_relay(args: &Args, compat: bool) {
     let app = FastStream::new(broker)
         .with_routes(routes![handle_msg])
         .compat_headers(compat)
+        .topic_prefix(args.prefix.clone());
+    app.run_until(std::future::pending()).await.unwrap();
+}
+
+/// The seed handler in a consumer group (group ids take the topic prefix, so each run has a
+/// new group).
+async fn group_relay(args: &Args) {
+    let app = FastStream::new(KafkaBroker::new(&bootstrap()))
+        .with_routes(routes![handle_msg_group])
         .topic_prefix(args.prefix.clone());
     app.run_until(std::future::pending()).await.unwrap();
 }

@@ -20,6 +20,11 @@ mod wire;
 
 use secure::{FrontConfig, Logins, Pki, SecureFront};
 
+/// A well-kept allocator: a service like this one allocates many small, short-lived
+/// buffers (see the README's performance section); the library sets no allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

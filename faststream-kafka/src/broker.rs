@@ -75,7 +75,8 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// How long a produce batch may wait to grow (default 5 ms; see the crate docs on sizing).
+    /// How long a partition's produce batch may wait to grow while less than 16 KiB is queued
+    /// (default 5 ms, Java's `linger.ms`; zero sends at once).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.config.linger = linger;
         self

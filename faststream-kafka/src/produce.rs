@@ -13,9 +13,11 @@
 //! with backoff until `delivery_timeout`; a batch refused as too large is split; the rest fails
 //! the messages for good. Consuming has its own connections ([`crate::fetch`]).
 //!
-//! Request sizing: requests of roughly 7 to 80 KB can wait ~40 ms for a delayed ACK on some
-//! stacks (Nagle's algorithm against a peer's delayed ACK). Batches in that window are held for
-//! `linger` to grow past it, and otherwise sent in chunks below it.
+//! Request sizing: a partition's task sends what is queued when its previous request was
+//! answered, up to `max_batch_bytes` per request; with less than [`LINGER_FILL`] queued it first
+//! waits up to `linger` for more, as Java's producer does with `batch.size` and `linger.ms`.
+//! Each request goes out in one write on a `TCP_NODELAY` connection, so no request size waits
+//! for a delayed ACK.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,10 +38,9 @@ use crate::encode::{BatchHeader, Encoder};
 use crate::error::KafkaError;
 use crate::protocol::{ms, Conn, ConnError};
 
-/// Requests up to this size are sent as they are.
-pub(crate) const SMALL_REQUEST: usize = 6 * 1024;
-/// Requests from this size on are sent as they are.
-pub(crate) const LARGE_REQUEST: usize = 96 * 1024;
+/// Below this many queued bytes a partition's task waits up to `linger` for more (Java's
+/// `batch.size` default).
+pub(crate) const LINGER_FILL: usize = 16 * 1024;
 /// Per-record framing overhead added to the payload sizes when sizing a request.
 const RECORD_OVERHEAD: usize = 24;
 
@@ -408,10 +409,10 @@ async fn run_partition_producer(
                 Err(_) => break,
             }
         }
-        // In the stall window: give the batch a moment to grow past it.
-        if bytes > SMALL_REQUEST && bytes < LARGE_REQUEST && !config.linger.is_zero() {
+        // Little queued: give the batch a moment to grow.
+        if bytes < LINGER_FILL && !config.linger.is_zero() {
             let deadline = tokio::time::Instant::now() + config.linger;
-            while bytes < LARGE_REQUEST {
+            while bytes < LINGER_FILL {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(p)) => {
                         bytes += p.size;
@@ -427,19 +428,13 @@ async fn run_partition_producer(
     }
 }
 
-/// Splits `sizes` (bytes per record) into request-sized ranges: one per `max` bytes, and below
-/// [`SMALL_REQUEST`] each when the total falls in the stall window.
+/// Splits `sizes` (bytes per record) into ranges of at most `max` bytes each (a record larger
+/// than `max` goes alone).
 pub(crate) fn plan_requests(sizes: &[usize], max: usize) -> Vec<std::ops::Range<usize>> {
-    let total: usize = sizes.iter().sum();
-    let limit = if total > SMALL_REQUEST && total < LARGE_REQUEST {
-        SMALL_REQUEST
-    } else {
-        max
-    };
     let mut ranges = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, size) in sizes.iter().enumerate() {
-        if i > start && bytes + size > limit {
+        if i > start && bytes + size > max {
             ranges.push(start..i);
             (start, bytes) = (i, 0);
         }
@@ -748,18 +743,15 @@ mod tests {
     }
 
     #[test]
-    fn requests_avoid_the_stall_window() {
-        // Small totals go as one request; totals in the window are cut below SMALL_REQUEST.
+    fn requests_are_cut_at_the_maximum_size() {
         assert_eq!(plan_requests(&[100; 10], 1 << 20), vec![0..10]);
-        let ranges = plan_requests(&[1000; 40], 1 << 20);
-        assert!(ranges.len() > 1);
-        assert!(ranges.iter().all(|r| r.len() * 1000 <= SMALL_REQUEST));
-        assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), 40);
-        // Large totals go whole, up to the maximum request size.
-        assert_eq!(plan_requests(&[1000; 200], 1 << 20), vec![0..200]);
+        assert_eq!(plan_requests(&[1000; 40], 1 << 20), vec![0..40]);
         assert_eq!(plan_requests(&[1000; 200], 50_000).len(), 4);
+        assert!(plan_requests(&[1000; 200], 50_000)
+            .iter()
+            .all(|r| r.len() * 1000 <= 50_000));
         // A single record larger than the limit still goes (alone).
-        assert_eq!(plan_requests(&[10_000, 10], 1 << 20), vec![0..1, 1..2]);
+        assert_eq!(plan_requests(&[10_000, 10], 5_000), vec![0..1, 1..2]);
     }
 
     #[test]

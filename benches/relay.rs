@@ -246,7 +246,10 @@ async fn parent(args: Args) {
         let stdout = child.stdout.take().expect("piped");
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = lines_tx.send(line);
             }
         });

@@ -553,35 +553,6 @@ async fn publishing_to_a_partition_that_does_not_exist_is_an_error() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compressed_produce_requests_round_trip() {
-    let prefix = unique_prefix("snappy");
-    let client = raw_client().await;
-    init_logs();
-    let broker = KafkaBroker::builder(&bootstrap())
-        .compression(faststream::kafka::Compression::Snappy)
-        .build();
-    let app = faststream::FastStream::new(broker)
-        .with_routes(routes![handle_msg])
-        .topic_prefix(&prefix);
-    let running = start(app).await;
-    let input: Vec<_> = (0..500)
-        .map(|i| {
-            record(
-                None,
-                format!(r#"{{"user": "u{i}", "user_id": {i}}}"#).as_bytes(),
-                &[],
-            )
-        })
-        .collect();
-    produce(&client, &format!("{prefix}in_topic"), 0, input).await;
-    let out = read(&client, &format!("{prefix}out-topic"), 500).await;
-    let got: Vec<String> = out.values().flatten().map(text).collect();
-    assert_eq!(got[499], "User: 499 - u499 registered");
-    assert_eq!(got.len(), 500);
-    running.stop().await.unwrap();
-}
-
 #[subscriber("traced", auto_offset_reset = "earliest")]
 async fn traced(body: String) {
     tracing::warn!(body = body.as_str(), "inside the handler");

@@ -332,10 +332,12 @@ impl Pipeline {
         if let Some(chain) = &chain {
             chain.on_span(&msg, &span);
         }
-        let outcome = self
-            .handle_in_span(route, msg, interrupt, &span, chain.as_ref())
-            .instrument(span.clone())
-            .await;
+        let handling = self.handle_in_span(route, msg, interrupt, &span, chain.as_ref());
+        // Without a subscriber that wants the span, the future is not wrapped (nor moved again).
+        if span.is_disabled() {
+            return handling.await;
+        }
+        let outcome = handling.instrument(span.clone()).await;
         span.record("outcome", outcome.name());
         outcome
     }
@@ -383,7 +385,7 @@ impl Pipeline {
         // The message stays as received; a generated id travels in the handler's context.
         let correlation_id = match msg.headers.get(header::CORRELATION_ID) {
             Some(id) => Some(id.clone()),
-            None if self.compat_headers => Some(bytes::Bytes::from(new_correlation_id())),
+            None if self.compat_headers => Some(bytes::Bytes::copy_from_slice(&correlation_id())),
             None => None,
         };
         if let (Some(id), false) = (&correlation_id, span.is_disabled()) {
@@ -556,7 +558,7 @@ impl Pipeline {
             .and_then(|m| m.headers.get(header::CORRELATION_ID))
         {
             Some(id) => Some(id.clone()),
-            None if self.compat_headers => Some(bytes::Bytes::from(new_correlation_id())),
+            None if self.compat_headers => Some(bytes::Bytes::copy_from_slice(&correlation_id())),
             None => None,
         };
         let mut attempts = 0;
@@ -1018,11 +1020,16 @@ impl<T> Future for CatchUnwind<T> {
     }
 }
 
-/// A random UUID (version 4 layout), without pulling in a UUID crate: a random per-thread
-/// base mixed with a counter, hex-encoded by hand (this runs once per message).
 /// A new correlation id: a random UUID (version 4) as text, what the pipeline gives messages
 /// that arrive without one.
 pub fn new_correlation_id() -> String {
+    String::from_utf8(correlation_id().to_vec()).expect("hex is ASCII")
+}
+
+/// A random UUID (version 4 layout) as its 36 ASCII bytes, without pulling in a UUID crate: a
+/// random per-thread base mixed with a counter, hex-encoded a byte at a time (this runs once
+/// per message).
+pub(crate) fn correlation_id() -> [u8; 36] {
     thread_local! {
         static STATE: std::cell::Cell<(u64, u64)> = std::cell::Cell::new({
             let seed = std::collections::hash_map::RandomState::new();
@@ -1042,14 +1049,17 @@ pub fn new_correlation_id() -> String {
     let v =
         (u128::from(a) << 64 | u128::from(b)) & !(0xF << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(36);
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out.push(b'-');
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1; // the dash
         }
-        out.push(HEX[((v >> (124 - 4 * i)) & 0xF) as usize]);
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xF)];
+        at += 2;
     }
-    String::from_utf8(out).expect("hex is ASCII")
+    out
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -1070,5 +1080,11 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        for dash in [8, 13, 18, 23] {
+            assert_eq!(&a[dash..dash + 1], "-", "{a}");
+        }
+        assert!(a
+            .bytes()
+            .all(|c| c == b'-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 }

@@ -94,7 +94,10 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// Upper bound of one fetch response per partition (default 1 MiB).
+    /// Upper bound of one fetch response per partition (default 256 KiB; Java's
+    /// `max.partition.fetch.bytes` is 1 MiB). Up to four fetches of a partition are in memory at
+    /// once (one being handled, one waiting, two ahead), and the relay benchmark measured 256 KiB
+    /// at less memory and less CPU per message than 1 MiB. A larger single record is still read.
     pub fn fetch_max_bytes(mut self, bytes: i32) -> Self {
         self.config.fetch_max_bytes = bytes.max(2);
         self
@@ -281,7 +284,7 @@ impl KafkaBroker {
                 linger: Duration::from_millis(5),
                 max_batch_bytes: 1024 * 1024,
                 compression: Compression::None,
-                fetch_max_bytes: 1024 * 1024,
+                fetch_max_bytes: 256 * 1024,
                 fetch_max_wait: Duration::from_millis(500),
                 missing_topics: MissingTopics::CreateDeclared {
                     partitions: 1,

@@ -309,7 +309,13 @@ impl Conn {
         header.request_api_version = version;
         header.correlation_id = self.correlation;
         header.client_id = Some(self.client_id.clone());
-        let mut buf = BytesMut::with_capacity(256);
+        // Sized up front: a produce request carries up to `max_batch_bytes` of records, which
+        // growing the buffer would copy several times.
+        let size = header
+            .compute_size(R::header_version(version))
+            .and_then(|h| req.compute_size(version).map(|b| h + b))
+            .unwrap_or(256);
+        let mut buf = BytesMut::with_capacity(4 + size);
         buf.put_i32(0);
         header
             .encode(&mut buf, R::header_version(version))
@@ -345,9 +351,15 @@ impl Conn {
             };
             return Err(self.protocol(format!("implausible response length {len}{hint}")));
         }
-        let mut body = vec![0u8; len as usize];
-        self.stream.read_exact(&mut body).await.map_err(io)?;
-        let mut body = Bytes::from(body);
+        // Read into uninitialised capacity: a fetch answer can be megabytes, not worth zeroing.
+        let mut body = BytesMut::with_capacity(len as usize);
+        while body.len() < len as usize {
+            let mut part = (&mut self.stream).take((len as usize - body.len()) as u64);
+            if part.read_buf(&mut body).await.map_err(io)? == 0 {
+                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        let mut body = body.freeze();
         let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
             .map_err(|e| self.protocol(format!("decoding response header: {e}")))?;
         if header.correlation_id != self.correlation {

@@ -389,7 +389,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_next_message_processed
         );
         // The message after it is processed.
         broker
-            .publish(if topic == "orders" { good } else { "fine" }, &topic)
+            .publish(if &*topic == "orders" { good } else { "fine" }, &topic)
             .await
             .unwrap();
     }

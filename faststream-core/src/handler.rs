@@ -4,6 +4,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use crate::error::{DecodeError, HandlerError};
@@ -158,7 +159,7 @@ pub struct Pipeline {
     defaults: FailurePolicy,
     policies: Vec<FailurePolicy>,
     /// Each route's publisher topics with the prefix applied (computed once).
-    outputs: Vec<Vec<String>>,
+    outputs: Vec<Vec<Arc<str>>>,
     ctx: Context,
     prefix: String,
     ready: tokio::sync::watch::Sender<bool>,
@@ -237,7 +238,7 @@ impl Pipeline {
             .map(|r| {
                 r.publishers()
                     .iter()
-                    .map(|t| format!("{prefix}{t}"))
+                    .map(|t| Arc::from(format!("{prefix}{t}")))
                     .collect()
             })
             .collect();
@@ -693,14 +694,14 @@ impl Pipeline {
         &self,
         route: &RouteDef,
         index: Option<usize>,
-    ) -> std::borrow::Cow<'_, [String]> {
+    ) -> std::borrow::Cow<'_, [Arc<str>]> {
         match index {
             Some(i) => std::borrow::Cow::Borrowed(&self.outputs[i]),
             None => std::borrow::Cow::Owned(
                 route
                     .publishers()
                     .iter()
-                    .map(|t| self.topic_name(t))
+                    .map(|t| Arc::from(self.topic_name(t)))
                     .collect(),
             ),
         }
@@ -831,7 +832,7 @@ impl Pipeline {
                 .headers
                 .get_str(header::REPLY_TO)
                 .filter(|t| !t.is_empty())
-                .map(str::to_owned),
+                .map(Arc::<str>::from),
         };
         let Some(body) = reply.into_body() else {
             let Some(topic) = reply_to else {
@@ -859,7 +860,7 @@ impl Pipeline {
         }
         let key = body.meta.key.or_else(|| msg.key.clone());
         let own = self.output_topics(route, index);
-        let topics: &[String] = &own;
+        let topics: &[Arc<str>] = &own;
         let with_reply;
         let topics = match reply_to {
             None => topics,
@@ -926,7 +927,7 @@ fn dead_letter(
     headers.insert(dlq_header::ATTEMPTS, attempts.to_string());
     headers.insert(dlq_header::FAILED_AT, now.to_string());
     OutgoingMessage {
-        topic,
+        topic: topic.into(),
         partition: None,
         key: msg.key.clone(),
         headers,

@@ -129,9 +129,9 @@ pub struct Message {
 
 impl Message {
     /// A message on partition 0 at offset 0, for tests and custom transports.
-    pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl AsRef<str>, payload: impl Into<Bytes>) -> Self {
         Self {
-            topic: topic.into(),
+            topic: Arc::from(topic.as_ref()),
             partition: 0,
             offset: 0,
             key: None,
@@ -188,8 +188,8 @@ impl Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutgoingMessage {
-    /// Target topic.
-    pub topic: String,
+    /// Target topic (shared: the outputs of one route share their topic names).
+    pub topic: Arc<str>,
     /// Target partition; `None` lets the transport's partitioner choose (by key hash).
     pub partition: Option<i32>,
     /// Record key.
@@ -204,9 +204,9 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     /// A message with `payload` for `topic`, with no key and no headers.
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl AsRef<str>, payload: impl Into<Bytes>) -> Self {
         Self {
-            topic: topic.into(),
+            topic: Arc::from(topic.as_ref()),
             partition: None,
             key: None,
             headers: Headers::new(),
@@ -218,7 +218,7 @@ impl OutgoingMessage {
     /// A message whose payload is `value` encoded by the codec rules (text, bytes or JSON), with
     /// the matching `content-type` header.
     pub fn encode(
-        topic: impl Into<String>,
+        topic: impl AsRef<str>,
         value: impl crate::codec::IntoPayload,
     ) -> Result<Self, crate::Error> {
         let (payload, content_type) = value.into_payload()?;

@@ -466,7 +466,7 @@ impl Inner {
         }
         if depth >= MAX_DEPTH {
             return Err(Error::PublishLoop {
-                topic: out.topic,
+                topic: out.topic.to_string(),
                 depth,
             });
         }
@@ -475,13 +475,13 @@ impl Inner {
             let partition = out.partition.unwrap_or(0);
             let next = log
                 .next_offsets
-                .entry((out.topic.clone(), partition))
+                .entry((out.topic.to_string(), partition))
                 .or_default();
             let offset = *next;
             *next += 1;
-            let entries = log.topics.entry(out.topic.clone()).or_default();
+            let entries = log.topics.entry(out.topic.to_string()).or_default();
             let msg = Message {
-                topic: out.topic.as_str().into(),
+                topic: out.topic,
                 partition,
                 offset,
                 key: out.key,

@@ -350,7 +350,7 @@ impl KafkaBroker {
             _ => {
                 replies.forget(&id);
                 Err(KafkaError::NoReply {
-                    topic,
+                    topic: topic.to_string(),
                     reply_topic: replies.topic().to_owned(),
                     timeout,
                 }
@@ -396,7 +396,7 @@ impl KafkaBroker {
     /// Publishes a fully specified message; resolves once acknowledged.
     pub async fn send_message(&self, msg: OutgoingMessage) -> faststream_core::Result<()> {
         let client = self.client().await?;
-        let topic = msg.topic.clone();
+        let topic = msg.topic.to_string();
         let mut queued = self.shared.producers.enqueue(&client, vec![msg]).await?;
         if let Some((_, reason)) = queued.refused.pop() {
             return Err(KafkaError::Publish { topic, reason }.into());

@@ -136,7 +136,7 @@ impl Producers {
         msgs: Vec<OutgoingMessage>,
     ) -> Result<Enqueued, KafkaError> {
         struct Group {
-            topic: String,
+            topic: Arc<str>,
             partition: i32,
             msgs: Vec<OutgoingMessage>,
             sizes: Vec<usize>,
@@ -147,7 +147,7 @@ impl Producers {
         /// A topic's partition count (`Err`: why it cannot be written) and the partition its
         /// keyless messages stick to in this call.
         type Known = Result<(i32, i32), String>;
-        let mut topics: Vec<(String, Known)> = Vec::new();
+        let mut topics: Vec<(Arc<str>, Known)> = Vec::new();
         for (index, msg) in msgs.into_iter().enumerate() {
             let index = index as u32;
             let known = match topics.iter().find(|(t, _)| *t == msg.topic) {

@@ -59,7 +59,7 @@ impl Encoder {
         let base_ts = msgs.first().map_or(now_ms, timestamp);
         let max_ts = msgs.iter().map(timestamp).max().unwrap_or(now_ms);
         let start = out.len();
-        out.reserve(BATCH_HEADER + msgs.iter().map(record_bound).sum::<usize>());
+        out.reserve(bound(msgs));
         out.put_i64(0); // base offset: the broker assigns offsets
         out.put_i32(0); // batch length, set below
         out.put_i32(-1); // partition leader epoch
@@ -127,6 +127,11 @@ fn compress(compression: Compression, data: &[u8], out: &mut BytesMut) -> Result
         }
     }
     Ok(())
+}
+
+/// An upper bound of the encoded size of a batch of `msgs` (uncompressed).
+pub(crate) fn bound(msgs: &[OutgoingMessage]) -> usize {
+    BATCH_HEADER + msgs.iter().map(record_bound).sum::<usize>()
 }
 
 /// An upper bound of one record's encoded size.

@@ -148,7 +148,9 @@ impl Producers {
         /// keyless messages stick to in this call.
         type Known = Result<(i32, i32), String>;
         let mut topics: Vec<(Arc<str>, Known)> = Vec::new();
+        let listed = msgs.len();
         for (index, msg) in msgs.into_iter().enumerate() {
+            let count_left = listed - index;
             let index = index as u32;
             let known = match topics.iter().find(|(t, _)| *t == msg.topic) {
                 Some((_, known)) => known.clone(),
@@ -198,13 +200,21 @@ impl Producers {
                     g.sizes.push(size);
                     g.indices.push(index);
                 }
-                None => groups.push(Group {
-                    topic: msg.topic.clone(),
-                    partition,
-                    msgs: vec![msg],
-                    sizes: vec![size],
-                    indices: vec![index],
-                }),
+                None => {
+                    // Most calls address one partition: room for the rest of the list.
+                    let room = count_left.min(1024);
+                    let mut g = Group {
+                        topic: msg.topic.clone(),
+                        partition,
+                        msgs: Vec::with_capacity(room),
+                        sizes: Vec::with_capacity(room),
+                        indices: Vec::with_capacity(room),
+                    };
+                    g.msgs.push(msg);
+                    g.sizes.push(size);
+                    g.indices.push(index);
+                    groups.push(g);
+                }
             }
         }
         out.groups.reserve(groups.len());
@@ -498,11 +508,7 @@ impl Writer {
         msgs: &[OutgoingMessage],
         now_ms: i64,
     ) -> Result<(), (Refusal, String)> {
-        let bound = msgs
-            .iter()
-            .map(|m| m.approximate_size() + RECORD_OVERHEAD)
-            .sum::<usize>();
-        let mut records = BytesMut::with_capacity(bound + crate::encode::BATCH_HEADER);
+        let mut records = BytesMut::with_capacity(crate::encode::bound(msgs));
         self.encoder
             .batch(
                 &mut records,
@@ -589,8 +595,9 @@ impl Writer {
 async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics::ProducerMetrics) {
     let config = writer.config.clone();
     let (topic, partition) = (writer.topic.clone(), writer.partition);
-    let mut msgs = Vec::new();
-    let mut sizes = Vec::new();
+    let total = batch.iter().map(|p| p.msgs.len()).sum();
+    let mut msgs = Vec::with_capacity(total);
+    let mut sizes = Vec::with_capacity(total);
     let mut ends = Vec::with_capacity(batch.len());
     let deadline = batch
         .iter()

@@ -83,6 +83,9 @@ pub(crate) struct Source<'a> {
 /// at the size limit) is left for the next fetch.
 pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
     let mut out = Decoded::default();
+    // Room for records of about 48 bytes with their batch framing, so that the items are not
+    // moved while the vector grows unless a fetch holds smaller ones.
+    out.items.reserve(data.len() / 48);
     let mut aborted = src.aborted.iter().peekable();
     // Producers whose aborted transaction is open at the current batch.
     let mut aborting: HashSet<i64> = HashSet::new();

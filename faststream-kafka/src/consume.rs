@@ -298,7 +298,8 @@ impl PartitionConsumer {
                         Fetched::Record(msg) => {
                             let offset = msg.offset;
                             metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
-                            let started = Instant::now();
+                            // One clock read per message: the chunk deadline and the metric.
+                            let started = tokio::time::Instant::now();
                             let handling = self.rt.pipeline.handle_until(
                                 self.route,
                                 msg,
@@ -312,7 +313,7 @@ impl PartitionConsumer {
                                 tokio::select! {
                                     biased;
                                     outcome = &mut handling => outcome,
-                                    () = tokio::time::sleep(CHUNK_WAIT) => {
+                                    () = tokio::time::sleep_until(started + CHUNK_WAIT) => {
                                         if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
                                             stopped = Some(e);
                                             break 'fetched;
@@ -321,7 +322,7 @@ impl PartitionConsumer {
                                     }
                                 }
                             };
-                            metrics.duration(started.elapsed());
+                            metrics.since(started);
                             metrics.outcome(&outcome, 1);
                             (offset, outcome)
                         }
@@ -521,13 +522,13 @@ impl PartitionConsumer {
             msgs.last().map(|m| m.offset),
             msgs.len(),
         ) {
-            let started = Instant::now();
+            let started = tokio::time::Instant::now();
             let outcome = self
                 .rt
                 .pipeline
                 .handle_batch(self.route, msgs, Some(&self.shutdown))
                 .await;
-            metrics.duration(started.elapsed());
+            metrics.since(started);
             let batched = count - outcome.failed.len();
             metrics.outcome(&Outcome::Done(Vec::new()), batched as u64);
             for (offset, failed) in outcome.failed {

@@ -80,6 +80,11 @@ mod on {
             self.duration.record(took.as_secs_f64());
         }
 
+        /// One handling that began at `started` ended now.
+        pub(crate) fn since(&self, started: tokio::time::Instant) {
+            self.duration(started.elapsed());
+        }
+
         /// `n` messages ended with `outcome`.
         pub(crate) fn outcome(&self, outcome: &Outcome, n: u64) {
             if let Outcome::Done(_) = outcome {
@@ -194,6 +199,8 @@ mod off {
         pub(crate) fn received(&self, _: usize) {}
         #[inline]
         pub(crate) fn duration(&self, _: Duration) {}
+        #[inline]
+        pub(crate) fn since(&self, _: tokio::time::Instant) {}
         #[inline]
         pub(crate) fn outcome(&self, _: &Outcome, _: u64) {}
         #[inline]

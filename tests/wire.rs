@@ -363,6 +363,53 @@ async fn an_output_refused_for_good_dead_letters_its_input_and_the_neighbours_go
     running.stop().await.expect("a clean shutdown");
 }
 
+#[subscriber("moved", auto_offset_reset = "earliest")]
+#[publisher("moved-out")]
+async fn moved(body: String, topic: Topic) -> String {
+    seen(&topic, &body);
+    body
+}
+
+/// A produce refused as retriable (the leader moved: NOT_LEADER_OR_FOLLOWER) is retried after
+/// finding the leader again, until accepted: every output once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_refused_as_retriable_is_retried_until_accepted() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let prefix = unique_prefix("moved");
+    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let topic = format!("{prefix}moved");
+    let out = format!("{prefix}moved-out");
+    for t in [&topic, &out] {
+        create_topic(&client, t, 1).await;
+    }
+    // The first three produce requests to the output topic are answered "not the leader".
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let (o, count) = (out.clone(), refused.clone());
+    proxy.refuse_produce(move |t, _| {
+        (t == o && count.fetch_add(1, Ordering::SeqCst) < 3).then_some(6)
+    });
+    let inputs = (0..50)
+        .map(|i| record(None, format!("m{i}").as_bytes(), &[]))
+        .collect();
+    produce(&client, &topic, 0, inputs).await;
+
+    let running = start(app_on(&bootstrap, routes![moved], &prefix, |b| b)).await;
+    let relayed = read(&client, &out, 50).await;
+    let relayed: Vec<String> = relayed.values().flatten().map(text).collect();
+    let want: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    assert_eq!(relayed, want, "every output once, in order");
+    assert!(refused.load(Ordering::SeqCst) > 3, "the refusals were seen");
+    assert!(
+        logs_about(&out).contains("produce failed; retrying"),
+        "the retries are logged"
+    );
+    running.stop().await.expect("a clean shutdown");
+}
+
 #[subscriber("aimed", auto_offset_reset = "earliest", dlq = "aimed.dlq")]
 #[publisher("aimed-out")]
 async fn aimed(body: String) -> Response<String> {

@@ -333,7 +333,8 @@ impl Pipeline {
         if let Some(chain) = &chain {
             chain.on_span(&msg, &span);
         }
-        let handling = self.handle_in_span(route, msg, interrupt, &span, chain.as_ref());
+        // The message stays here; the layers below borrow it (no copy of it per layer).
+        let handling = self.handle_in_span(route, &msg, interrupt, &span, chain.as_ref());
         // Without a subscriber that wants the span, the future is not wrapped (nor moved again).
         if span.is_disabled() {
             return handling.await;
@@ -346,7 +347,7 @@ impl Pipeline {
     async fn handle_in_span(
         &self,
         route: &RouteDef,
-        msg: Message,
+        msg: &Message,
         interrupt: Option<&Shutdown>,
         span: &tracing::Span,
         chain: Option<&crate::middleware::Chain<'_>>,
@@ -354,30 +355,29 @@ impl Pipeline {
         let Some(chain) = chain else {
             return self.handle_inner(route, msg, interrupt, span).await;
         };
-        if let Err(refused) = chain.before(&msg).await {
+        if let Err(refused) = chain.before(msg).await {
             let policy = self.policy(route);
             let action = refused.action();
             let mut outcome = self.conclude(
                 route,
                 policy,
-                &msg,
+                msg,
                 HandlerError::Rejected(refused),
                 0,
                 action,
             );
-            chain.after(&msg, &mut outcome);
+            chain.after(msg, &mut outcome);
             return outcome;
         }
-        let seen = msg.clone();
         let mut outcome = self.handle_inner(route, msg, interrupt, span).await;
-        chain.after(&seen, &mut outcome);
+        chain.after(msg, &mut outcome);
         outcome
     }
 
     async fn handle_inner(
         &self,
         route: &RouteDef,
-        msg: Message,
+        msg: &Message,
         interrupt: Option<&Shutdown>,
         span: &tracing::Span,
     ) -> Outcome {
@@ -398,10 +398,10 @@ impl Pipeline {
         let mut attempts = 0;
         let (error, action) = loop {
             attempts += 1;
-            let err = match self.attempt(route, policy, &msg, &correlation_id).await {
+            let err = match self.attempt(route, policy, msg, &correlation_id).await {
                 Attempt::Ok(reply, acked) => {
                     let outputs =
-                        self.address(route, index, policy, reply, &msg, correlation_id.clone());
+                        self.address(route, index, policy, reply, msg, correlation_id.clone());
                     return if acked {
                         Outcome::Done(outputs)
                     } else {
@@ -443,7 +443,7 @@ impl Pipeline {
             }
             break (err, action);
         };
-        self.conclude(route, policy, &msg, error, attempts, action)
+        self.conclude(route, policy, msg, error, attempts, action)
     }
 
     /// Handles `msgs` (consecutive messages of one partition) with a `batch = true` route: each

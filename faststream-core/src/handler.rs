@@ -90,7 +90,7 @@ pub enum Outcome {
         /// How many times the handler ran.
         attempts: u32,
         /// The message for the dead-letter topic.
-        dlq: OutgoingMessage,
+        dlq: Box<OutgoingMessage>,
     },
     /// It failed and was logged; it counts as done.
     Skipped {
@@ -144,7 +144,7 @@ impl Outcome {
     pub fn into_outputs(self) -> Vec<OutgoingMessage> {
         match self {
             Outcome::Done(out) | Outcome::Unacked(out) => out,
-            Outcome::DeadLettered { dlq, .. } => vec![dlq],
+            Outcome::DeadLettered { dlq, .. } => vec![*dlq],
             Outcome::Skipped { .. } | Outcome::Interrupted { .. } | Outcome::Stopped { .. } => {
                 Vec::new()
             }
@@ -747,7 +747,7 @@ impl Pipeline {
         let outcome = match action {
             FailureAction::DeadLetter => {
                 let topic = policy.dlq.clone().unwrap_or_default();
-                let dlq = dead_letter(route, msg, &error, attempts, topic);
+                let dlq = Box::new(dead_letter(route, msg, &error, attempts, topic));
                 Outcome::DeadLettered {
                     error,
                     attempts,

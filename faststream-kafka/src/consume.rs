@@ -926,7 +926,7 @@ impl PartitionConsumer {
                 let queued = self
                     .rt
                     .producers
-                    .enqueue(&self.rt.client, vec![dlq])
+                    .enqueue(&self.rt.client, vec![*dlq])
                     .await
                     .map_err(|e| (offset, format!("dead-letter copy cannot be queued: {e}")))?;
                 queued.delivered().await.map_err(|why| {

@@ -25,7 +25,7 @@ pub use faststream_core::{Failure, IntoPayload, Json, OutgoingMessage, Response}
 pub use faststream_core::{AckMode, FailureAction, FailurePolicy, RetryPolicy};
 
 // Errors.
-pub use faststream_core::{DecodeError, Error, HandlerError, Result, RouteProblem};
+pub use faststream_core::{DecodeError, Error, HandlerError, PartitionStop, Result, RouteProblem};
 
 // Middleware.
 pub use faststream_core::{BoxFuture, Middleware, Outcome};

@@ -287,13 +287,13 @@ async fn a_stop_ends_the_service_and_leaves_the_message_not_done() {
     broker.publish("one", "stopping").await.unwrap();
     let err = broker.publish("poison", "stopping").await.unwrap_err();
     match &err {
-        faststream::Error::PartitionStopped {
+        faststream::Error::PartitionStopped(faststream::PartitionStop {
             handler,
             topic,
             partition,
             offset,
             reason,
-        } => {
+        }) => {
             assert!(handler.ends_with("stopping"), "{handler}");
             assert_eq!((topic.as_str(), *partition, *offset), ("stopping", 0, 1));
             assert!(reason.contains("cannot handle it"), "{reason}");

@@ -40,22 +40,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// A partition's consumer stopped (`on_failure = "stop"`), which stops the service; the
-    /// message at `offset` is not done, so a restart consumes it again. Returned by the
-    /// in-memory test broker (the Kafka transport stops with its own error of the same shape).
-    #[error("the consumer of {topic}[{partition}] for handler {handler} stopped at offset {offset}: {reason}")]
-    PartitionStopped {
-        /// The handler's path.
-        handler: String,
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The first offset not done.
-        offset: i64,
-        /// Why it stopped.
-        reason: String,
-    },
+    /// A partition's consumer stopped on its own (`on_failure = "stop"`, an output that could
+    /// not be delivered), which stops the service rather than leave the partition unread; the
+    /// message at the stop's offset is not done, so a restart consumes it again. The Kafka
+    /// transport and the in-memory test broker report it the same way.
+    #[error("{0}")]
+    PartitionStopped(PartitionStop),
 
     /// The in-memory test broker found a publish loop.
     #[error("publishing to {topic:?} nested {depth} levels deep: a route publishes to a topic it (indirectly) consumes")]
@@ -65,6 +55,22 @@ pub enum Error {
         /// Nesting depth reached.
         depth: usize,
     },
+}
+
+/// Where and why a partition's consumer stopped (see [`Error::PartitionStopped`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the consumer of {topic}[{partition}] for handler {handler} stopped at offset {offset}: {reason}; the service stops so that a restart (or another instance) resumes there")]
+pub struct PartitionStop {
+    /// The handler's path.
+    pub handler: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The first offset not done (`-1` when the consumer's task itself failed).
+    pub offset: i64,
+    /// Why it stopped.
+    pub reason: String,
 }
 
 impl Error {

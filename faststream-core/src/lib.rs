@@ -45,7 +45,7 @@ mod transport;
 
 pub use app::{termination_signal, AppContext, FastStream};
 pub use codec::{decode_json, decode_raw, decode_text, IntoPayload, Json};
-pub use error::{DecodeError, Error, HandlerError, Result};
+pub use error::{DecodeError, Error, HandlerError, PartitionStop, Result};
 pub use extract::{
     Context, CorrelationId, FromHeader, FromMessage, Key, Offset, Partition, State, StateMap,
     Timestamp, Topic,

@@ -124,15 +124,15 @@ impl Log {
     fn stop_error(&self) -> Option<Error> {
         self.stopped
             .as_ref()
-            .map(
-                |(handler, topic, partition, offset, reason)| Error::PartitionStopped {
+            .map(|(handler, topic, partition, offset, reason)| {
+                Error::PartitionStopped(crate::PartitionStop {
                     handler: (*handler).to_owned(),
                     topic: topic.clone(),
                     partition: *partition,
                     offset: *offset,
                     reason: reason.clone(),
-                },
-            )
+                })
+            })
     }
 }
 

@@ -31,7 +31,7 @@ use crate::fetch::{FetchError, PartitionReader};
 use crate::metrics::{Lag, PartitionMetrics};
 use crate::produce::{Ack, Producers};
 use crate::records::Fetched;
-use faststream_core::{OffsetTracker, Position, Step};
+use faststream_core::{OffsetTracker, PartitionStop, Position, Step};
 
 /// What every consumer of one service shares.
 #[derive(Debug)]
@@ -796,13 +796,13 @@ impl PartitionConsumer {
     }
 
     fn stopped(&self, offset: i64, reason: String) -> KafkaError {
-        let err = KafkaError::PartitionStopped {
+        let err = KafkaError::PartitionStopped(PartitionStop {
             handler: self.route.name().to_owned(),
             topic: self.topic.to_string(),
             partition: self.partition,
             offset,
             reason,
-        };
+        });
         tracing::error!(error = %err, "partition consumer stopped");
         err
     }

@@ -63,20 +63,9 @@ pub enum KafkaError {
     },
     /// A partition consumer stopped on its own (a failure policy with `on_failure = "stop"`, an
     /// output that could not be delivered): the service stops rather than leave the partition
-    /// unread. The message at `offset` was not committed; it is consumed again after a restart.
-    #[error("the consumer of {topic}[{partition}] for handler {handler} stopped at offset {offset}: {reason}; the service stops so that a restart (or another instance) resumes there")]
-    PartitionStopped {
-        /// The handler's path.
-        handler: String,
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The first offset not done.
-        offset: i64,
-        /// Why it stopped.
-        reason: String,
-    },
+    /// unread. Surfaces as [`faststream_core::Error::PartitionStopped`].
+    #[error("{0}")]
+    PartitionStopped(faststream_core::PartitionStop),
     /// Another instance joined the group with this service's `group_instance_id`.
     #[error("fenced from group {group:?}: another instance uses group_instance_id {instance_id:?}; each instance needs its own")]
     Fenced {
@@ -98,6 +87,10 @@ pub enum KafkaError {
 
 impl From<KafkaError> for faststream_core::Error {
     fn from(e: KafkaError) -> Self {
-        faststream_core::Error::transport(e)
+        match e {
+            // The same error as the in-memory test broker's, whatever the transport.
+            KafkaError::PartitionStopped(stop) => faststream_core::Error::PartitionStopped(stop),
+            e => faststream_core::Error::transport(e),
+        }
     }
 }

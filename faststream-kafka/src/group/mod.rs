@@ -31,7 +31,7 @@ use crate::config::{Config, GroupSettings};
 use crate::consume::{AbortOnDrop, GroupLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::protocol::{ms, Conn, ConnError};
-use faststream_core::Position;
+use faststream_core::{PartitionStop, Position};
 
 mod coordinator;
 
@@ -458,13 +458,13 @@ fn consumer_failure(
         }
         Err(e) => {
             let (topic, partition, handler) = running.serving.remove(&e.id())?;
-            return Some(KafkaError::PartitionStopped {
+            return Some(KafkaError::PartitionStopped(PartitionStop {
                 handler: handler.to_owned(),
                 topic,
                 partition,
                 offset: -1,
                 reason: format!("its task crashed: {e}"),
-            });
+            }));
         }
     };
     running.serving.remove(&id);

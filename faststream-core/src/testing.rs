@@ -74,8 +74,8 @@ struct Log {
     deliveries: Vec<Delivery>,
     /// Per handler, topic and partition: what its consumer group would commit.
     progress: HashMap<(&'static str, String, i32), Progress>,
-    /// The stop that ended the service, if one did: handler, topic, partition, offset, reason.
-    stopped: Option<(&'static str, String, i32, i64, String)>,
+    /// The stop that ended the service, if one did.
+    stopped: Option<crate::PartitionStop>,
 }
 
 /// One handler's progress on one partition.
@@ -122,17 +122,7 @@ impl Log {
     }
 
     fn stop_error(&self) -> Option<Error> {
-        self.stopped
-            .as_ref()
-            .map(|(handler, topic, partition, offset, reason)| {
-                Error::PartitionStopped(crate::PartitionStop {
-                    handler: (*handler).to_owned(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                    reason: reason.clone(),
-                })
-            })
+        self.stopped.clone().map(Error::PartitionStopped)
     }
 }
 
@@ -314,7 +304,7 @@ impl TestBroker {
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
-        self.inner.log.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 }
 
@@ -422,7 +412,13 @@ impl Inner {
             });
             match step {
                 Step::Stop(reason) => {
-                    log.stopped = Some((route.name(), topic, partition, offset, reason));
+                    log.stopped = Some(crate::PartitionStop {
+                        handler: route.name().to_owned(),
+                        topic,
+                        partition,
+                        offset,
+                        reason,
+                    });
                     break;
                 }
                 // Not done: consumed again after a restart.
@@ -471,7 +467,7 @@ impl Inner {
             });
         }
         let msg = {
-            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let mut log = self.lock();
             let partition = out.partition.unwrap_or(0);
             let next = log
                 .next_offsets
@@ -545,7 +541,7 @@ impl Inner {
                 .insert(header::CORRELATION_ID, new_correlation_id());
         }
         self.clone().deliver(msg).await?;
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.lock();
         log.topics
             .get(&reply_topic)
             .and_then(|replies| replies.first().cloned())

@@ -82,7 +82,7 @@ pub(crate) struct PartitionReader {
     config: Arc<Config>,
     topic: Arc<str>,
     partition: i32,
-    conn: Option<Conn>,
+    conn: LeaderConn,
     /// Per-partition fetch size; grows when a single batch does not fit (brokers older than
     /// KIP-74 cut it), back to the configured size after.
     max_bytes: i32,
@@ -98,7 +98,7 @@ impl PartitionReader {
             config,
             topic,
             partition,
-            conn: None,
+            conn: LeaderConn::default(),
             max_bytes,
         }
     }
@@ -112,22 +112,16 @@ impl PartitionReader {
         format!("partition {} of topic {:?}", self.partition, self.topic)
     }
 
-    /// The leader's connection: kept while it works, found again through metadata after any
-    /// failure.
     async fn conn(&mut self) -> Result<&mut Conn, FetchError> {
-        if self.conn.as_ref().is_some_and(Conn::is_broken) {
-            self.conn = None;
-        }
-        if self.conn.is_none() {
-            self.conn = Some(leader(&self.config, &self.topic, self.partition).await?);
-        }
-        Ok(self.conn.as_mut().expect("connected above"))
+        self.conn
+            .get(&self.config, &self.topic, self.partition)
+            .await
     }
 
     /// Drops the connection after an error that says the leader may have moved.
     fn check<T>(&mut self, res: Result<T, FetchError>) -> Result<T, FetchError> {
         if matches!(res, Err(FetchError::Retriable(_))) {
-            self.conn = None;
+            self.conn.forget();
         }
         res
     }
@@ -275,6 +269,34 @@ impl PartitionReader {
             ))),
             end => Ok(end),
         }
+    }
+}
+
+/// A connection to one partition's leader, for reading or writing it: kept while it works,
+/// found again through metadata after any failure.
+#[derive(Debug, Default)]
+pub(crate) struct LeaderConn(Option<Conn>);
+
+impl LeaderConn {
+    /// The connection, (re)connecting to the leader if there is none or it broke.
+    pub(crate) async fn get(
+        &mut self,
+        config: &Config,
+        topic: &str,
+        partition: i32,
+    ) -> Result<&mut Conn, FetchError> {
+        if self.0.as_ref().is_some_and(Conn::is_broken) {
+            self.0 = None;
+        }
+        if self.0.is_none() {
+            self.0 = Some(leader(config, topic, partition).await?);
+        }
+        Ok(self.0.as_mut().expect("connected above"))
+    }
+
+    /// Drops the connection after an error that says the leader may have moved.
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
     }
 }
 

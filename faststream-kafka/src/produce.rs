@@ -36,7 +36,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::config::Config;
 use crate::encode::{BatchHeader, Encoder};
 use crate::error::KafkaError;
-use crate::protocol::{ms, Conn, ConnError};
+use crate::fetch::LeaderConn;
+use crate::protocol::{ms, ConnError};
 
 /// Below this many queued bytes a partition's task waits up to `linger` for more (Java's
 /// `batch.size` default).
@@ -404,7 +405,7 @@ async fn run_partition_producer(
         config: config.clone(),
         topic: topic.clone(),
         partition,
-        conn: None,
+        conn: LeaderConn::default(),
         encoder: Encoder::default(),
     };
     while let Some(first) = rx.recv().await {
@@ -495,8 +496,7 @@ struct Writer {
     config: Arc<Config>,
     topic: String,
     partition: i32,
-    /// The leader's connection: kept while it works, found again after any failure.
-    conn: Option<Conn>,
+    conn: LeaderConn,
     encoder: Encoder,
 }
 
@@ -521,7 +521,7 @@ impl Writer {
         let res = self.send(records.freeze()).await;
         if matches!(res, Err((Refusal::Retriable, _))) {
             // The leader may have moved: look it up again before the retry.
-            self.conn = None;
+            self.conn.forget();
         }
         res
     }
@@ -529,18 +529,11 @@ impl Writer {
     async fn send(&mut self, records: bytes::Bytes) -> Result<(), (Refusal, String)> {
         let what = || format!("partition {} of topic {:?}", self.partition, self.topic);
         let config = self.config.clone();
-        if self.conn.as_ref().is_some_and(Conn::is_broken) {
-            self.conn = None;
-        }
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => {
-                let conn = crate::fetch::leader(&config, &self.topic, self.partition)
-                    .await
-                    .map_err(|e| (Refusal::Retriable, format!("finding the leader: {e}")))?;
-                self.conn.insert(conn)
-            }
-        };
+        let conn = self
+            .conn
+            .get(&config, &self.topic, self.partition)
+            .await
+            .map_err(|e| (Refusal::Retriable, format!("finding the leader: {e}")))?;
         // Up to v9: later versions add leader hints (v10) and topic ids (v13).
         let version = conn
             .version::<ProduceRequest>(9)

@@ -20,6 +20,9 @@ const LOG_OVERHEAD: usize = 12;
 /// Largest plausible record timestamp: the end of year 9999, in milliseconds.
 const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
+/// Most items reserved up front for one fetch (the default 256 KiB fetch of small records).
+const MAX_RESERVED_ITEMS: usize = 8192;
+
 /// One item of a fetched partition, in offset order.
 #[derive(Debug)]
 pub(crate) enum Fetched {
@@ -84,8 +87,9 @@ pub(crate) struct Source<'a> {
 pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
     let mut out = Decoded::default();
     // Room for records of about 48 bytes with their batch framing, so that the items are not
-    // moved while the vector grows unless a fetch holds smaller ones.
-    out.items.reserve(data.len() / 48);
+    // moved while the vector grows unless a fetch holds smaller ones; bounded, since a fetch
+    // grown for one large record may be megabytes of a single record.
+    out.items.reserve((data.len() / 48).min(MAX_RESERVED_ITEMS));
     let mut aborted = src.aborted.iter().peekable();
     // Producers whose aborted transaction is open at the current batch.
     let mut aborting: HashSet<i64> = HashSet::new();

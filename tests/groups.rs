@@ -471,3 +471,174 @@ async fn a_foreign_member_subscribed_to_a_missing_topic_does_not_block_the_group
     drop(foreign);
     ours.stop().await.unwrap();
 }
+
+#[subscriber(
+    "patient",
+    group_id = "patient",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+#[publisher("patient-out")]
+async fn patient(n: u64) -> String {
+    n.to_string()
+}
+
+/// A coordinator that answers late: an offset commit whose answer comes after the request
+/// timeout, and a member stopped while the coordinator holds its JoinGroup. Neither late
+/// answer may be read by the next request on that connection (the connection is dropped
+/// instead): the next commit lands, and the LeaveGroup after the abandoned join is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_coordinator_answers_are_never_read_by_the_next_request() {
+    use common::wire::KafkaProxy;
+    use faststream::kafka::KafkaBroker;
+    use kafka_protocol::messages::ApiKey;
+    init_logs();
+    let prefix = unique_prefix("late");
+    let proxy_port = free_port();
+    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
+    let proxy = KafkaProxy::start_on(proxy_port, broker_addr.clone()).await;
+    let via_proxy = format!("127.0.0.1:{proxy_port}");
+    let client = rskafka::client::ClientBuilder::new(vec![via_proxy.clone()])
+        .build()
+        .await
+        .unwrap();
+    let (input, output) = (format!("{prefix}patient"), format!("{prefix}patient-out"));
+    let group = input.clone();
+    create_topic(&client, &input, 2).await;
+    create_topic(&client, &output, 1).await;
+    let member = || {
+        faststream::FastStream::new(
+            KafkaBroker::builder(&via_proxy)
+                .request_timeout(Duration::from_secs(2))
+                .build(),
+        )
+        .with_routes(routes![patient])
+        .topic_prefix(&prefix)
+    };
+    let a = start(member()).await;
+
+    // 1. The answer to one offset commit comes after the request timeout.
+    proxy.delay_answers(ApiKey::OffsetCommit, 1, Duration::from_secs(4));
+    let inputs = (0..10)
+        .map(|n: u64| record(None, n.to_string().as_bytes(), &[]))
+        .collect();
+    produce(&client, &input, 0, inputs).await;
+    read(&client, &output, 10).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while common::wire::committed(&broker_addr, &group, &input).await != 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commit of offset 10 never landed; log:\n{}",
+            logs_about(&input)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        logs_about(&input).contains("offset commit failed"),
+        "the delayed commit timed out: {}",
+        logs_about(&input)
+    );
+
+    // 2. A second member joins and is stopped while the coordinator's answer to its JoinGroup
+    // is held back for longer than a stopping member waits for its join (its session timeout):
+    // it abandons the join and leaves the group on a fresh connection.
+    let joins_before = proxy.requests(ApiKey::JoinGroup);
+    let (stop_b, stopped) = tokio::sync::oneshot::channel::<()>();
+    let b = tokio::spawn(member().run_until(async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    // b's first JoinGroup is answered "member id required" at once; the coordinator holds its
+    // second until the group has rejoined, and the proxy holds the answer back further.
+    while proxy.requests(ApiKey::JoinGroup) < joins_before + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            logs_about(&input)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.delay_answers(ApiKey::JoinGroup, 100, Duration::from_secs(10));
+    let _ = stop_b.send(());
+    tokio::time::timeout(TIMEOUT, b)
+        .await
+        .expect("the second member stops")
+        .unwrap()
+        .unwrap();
+    proxy.delay_answers(ApiKey::JoinGroup, 0, Duration::ZERO);
+    let log = logs_about(&input);
+    assert_eq!(
+        log.matches("left the group").count(),
+        1,
+        "the stopped member left the group: {log}"
+    );
+    assert!(!log.contains("LeaveGroup failed"), "{log}");
+    // The first member goes on: it takes every partition again.
+    let inputs = (10..20)
+        .map(|n: u64| record(None, n.to_string().as_bytes(), &[]))
+        .collect();
+    produce(&client, &input, 1, inputs).await;
+    read(&client, &output, 20).await;
+    a.stop().await.unwrap();
+    assert!(!logs_about(&input).contains("correlation id"));
+}
+
+#[subscriber(
+    "phoenix",
+    group_id = "phoenix",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+#[publisher("phoenix-out")]
+async fn phoenix(body: String) -> String {
+    body
+}
+
+/// A subscribed topic that disappears (deleted, or lost with a broker) and is created again:
+/// the member notices the loss at a metadata refresh, is assigned nothing meanwhile, looks
+/// the topic up again at the retry backoff, and consumes it again once it is back: no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_topic_created_again_is_consumed_without_a_restart() {
+    let prefix = unique_prefix("phoenix");
+    let client = raw_client().await;
+    let (input, output) = (format!("{prefix}phoenix"), format!("{prefix}phoenix-out"));
+    create_topic(&client, &input, 2).await;
+    create_topic(&client, &output, 1).await;
+    init_logs();
+    let broker = faststream::kafka::KafkaBroker::builder(&bootstrap())
+        .metadata_max_age(Duration::from_secs(3))
+        .build();
+    let service = start(
+        faststream::FastStream::new(broker)
+            .with_routes(routes![phoenix])
+            .topic_prefix(&prefix),
+    )
+    .await;
+    produce(&client, &input, 0, vec![record(None, b"before", &[])]).await;
+    read(&client, &output, 1).await;
+
+    let controller = client.controller_client().unwrap();
+    controller.delete_topic(&input, 5_000).await.unwrap();
+    wait_for("the member notices the topic is gone", || {
+        logs_about(&input).contains("a subscribed topic has no metadata")
+    })
+    .await;
+    create_topic(&client, &input, 2).await;
+    for p in 0..2 {
+        let records = (0..5)
+            .map(|i| record(None, format!("after-{p}-{i}").as_bytes(), &[]))
+            .collect();
+        produce(&client, &input, p, records).await;
+    }
+    let out = read(&client, &output, 11).await;
+    let mut values: Vec<String> = out.values().flatten().map(text).collect();
+    values.sort();
+    assert_eq!(values.len(), 11, "{values:?}");
+    assert_eq!(values[0], "after-0-0");
+    assert_eq!(values[10], "before");
+    service.stop().await.unwrap();
+}

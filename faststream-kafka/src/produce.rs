@@ -324,13 +324,23 @@ impl Producers {
         client: &Arc<Client>,
         topics: &[String],
     ) -> std::collections::BTreeMap<String, i32> {
-        let listed = match client.list_topics().await {
-            Ok(listed) => listed,
+        match self.try_lookup_partitions(client, topics).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(?topics, error = %e, "metadata lookup failed");
-                return Default::default();
+                Default::default()
             }
-        };
+        }
+    }
+
+    /// Like [`Self::lookup_partitions`], but a failed lookup is an error rather than "no
+    /// topics" (for callers that act on a topic's absence).
+    pub(crate) async fn try_lookup_partitions(
+        &self,
+        client: &Arc<Client>,
+        topics: &[String],
+    ) -> Result<std::collections::BTreeMap<String, i32>, rskafka::client::error::Error> {
+        let listed = client.list_topics().await?;
         let now = tokio::time::Instant::now();
         let found: std::collections::BTreeMap<String, i32> = listed
             .into_iter()
@@ -341,7 +351,7 @@ impl Producers {
         for (topic, n) in &found {
             cache.insert(topic.clone(), (*n, now));
         }
-        found
+        Ok(found)
     }
 
     fn queue(&self, topic: &str, partition: i32) -> Result<Queue, KafkaError> {

@@ -67,8 +67,9 @@ pub(crate) struct Conn {
     correlation: i32,
     versions: Vec<(i16, i16, i16)>,
     timeout: Duration,
-    /// Set when a request timed out or failed on the wire: the stream may hold a stale response
-    /// (or half a frame), so the connection is never used again.
+    /// Set while a request is in flight and kept when it timed out, failed on the wire or was
+    /// abandoned: the stream may hold a stale response (or half a frame), so the connection is
+    /// never used again.
     broken: bool,
 }
 
@@ -286,6 +287,10 @@ impl Conn {
                 ),
             });
         }
+        // Broken until the response is read: if this future is dropped half-way (a shutdown,
+        // a `select!` that took another branch), the request's response is still on its way
+        // and the next request would read it as its own.
+        self.broken = true;
         let res = match tokio::time::timeout(timeout, self.roundtrip(req, version)).await {
             Ok(res) => res,
             Err(_) => Err(ConnError::Timeout {
@@ -294,7 +299,7 @@ impl Conn {
             }),
         };
         // After any failure the stream's position is unknown (a late response, half a frame).
-        self.broken |= res.is_err();
+        self.broken = res.is_err();
         res
     }
 

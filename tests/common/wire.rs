@@ -225,7 +225,13 @@ pub struct KafkaProxy {
     pub port: u16,
     rule: Arc<Mutex<ProduceRule>>,
     aborted: Aborted,
+    delays: Delays,
+    /// Requests passed on, by API key.
+    counts: Arc<Mutex<HashMap<i16, usize>>>,
 }
+
+/// Answers the proxy holds back: by API key, how many more answers and for how long.
+type Delays = Arc<Mutex<HashMap<i16, (usize, std::time::Duration)>>>;
 
 /// Aborted transactions the proxy adds to Fetch answers: topic, producer id, first offset.
 type Aborted = Arc<Mutex<Vec<(String, i64, i64)>>>;
@@ -239,14 +245,28 @@ impl KafkaProxy {
             port,
             rule: Arc::new(Mutex::new(pass)),
             aborted: Arc::default(),
+            delays: Arc::default(),
+            counts: Arc::default(),
         };
-        let (rule, aborted) = (proxy.rule.clone(), proxy.aborted.clone());
+        let (rule, aborted, delays, counts) = (
+            proxy.rule.clone(),
+            proxy.aborted.clone(),
+            proxy.delays.clone(),
+            proxy.counts.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = TcpStream::connect(&broker).await else {
                     continue;
                 };
-                tokio::spawn(relay(client, upstream, rule.clone(), aborted.clone()));
+                tokio::spawn(relay(
+                    client,
+                    upstream,
+                    rule.clone(),
+                    aborted.clone(),
+                    delays.clone(),
+                    counts.clone(),
+                ));
             }
         });
         proxy
@@ -270,6 +290,25 @@ impl KafkaProxy {
         *self.rule.lock().unwrap() = Arc::new(rule);
     }
 
+    /// Holds back the broker's next `count` answers to requests of `api` by `delay` each (a
+    /// coordinator or leader that answers late), on whichever connection they come.
+    pub fn delay_answers(&self, api: ApiKey, count: usize, delay: std::time::Duration) {
+        self.delays
+            .lock()
+            .unwrap()
+            .insert(api as i16, (count, delay));
+    }
+
+    /// How many requests of `api` the proxy has passed on.
+    pub fn requests(&self, api: ApiKey) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(&(api as i16))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Passes every request on again.
     pub fn pass_all(&self) {
         self.refuse_produce(|_, _| None);
@@ -281,19 +320,36 @@ async fn relay(
     upstream: TcpStream,
     rule: Arc<Mutex<ProduceRule>>,
     aborted: Aborted,
+    delays: Delays,
+    counts: Arc<Mutex<HashMap<i16, usize>>>,
 ) {
     let (mut client_rx, client_tx) = client.into_split();
     let (upstream_rx, mut upstream_tx) = upstream.into_split();
     let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
     // Fetch requests passed on, by correlation id, with their version.
     let fetches: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
+    // The API key of every request passed on, by correlation id.
+    let apis: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
     // Answers from the broker go back frame by frame (so our own answers never interleave).
     let back = {
         let client_tx = client_tx.clone();
         let fetches = fetches.clone();
+        let apis = apis.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
+                let api = apis.lock().unwrap().remove(&frame.clone().get_i32());
+                let hold = api.and_then(|api| {
+                    let mut delays = delays.lock().unwrap();
+                    let (left, delay) = delays.get_mut(&api)?;
+                    (*left > 0).then(|| {
+                        *left -= 1;
+                        *delay
+                    })
+                });
+                if let Some(delay) = hold {
+                    tokio::time::sleep(delay).await;
+                }
                 let frame = add_aborted(frame, &fetches, &aborted);
                 if write_frame(&mut *client_tx.lock().await, &frame)
                     .await
@@ -312,9 +368,13 @@ async fn relay(
             continue;
         }
         let mut peek = frame.clone();
-        if peek.remaining() >= 8 && peek.get_i16() == ApiKey::Fetch as i16 {
-            let version = peek.get_i16();
-            fetches.lock().unwrap().insert(peek.get_i32(), version);
+        if peek.remaining() >= 8 {
+            let (api, version, correlation) = (peek.get_i16(), peek.get_i16(), peek.get_i32());
+            apis.lock().unwrap().insert(correlation, api);
+            *counts.lock().unwrap().entry(api).or_default() += 1;
+            if api == ApiKey::Fetch as i16 {
+                fetches.lock().unwrap().insert(correlation, version);
+            }
         }
         if write_frame(&mut upstream_tx, &frame).await.is_err() {
             break;

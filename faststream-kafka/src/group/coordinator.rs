@@ -22,13 +22,14 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 impl GroupRunner {
-    /// Joins and syncs; returns this member's partitions and the subscribed topics' partition
-    /// counts the assignment was made with.
+    /// Joins and syncs; returns this member's partitions and the partition counts the
+    /// assignment was made with (see [`Watched`]). `waiting` says which step it is in.
     pub(super) async fn join(
         &self,
         conn: &mut Option<Conn>,
         member: &mut Member,
-    ) -> Result<(Vec<(String, i32)>, BTreeMap<String, i32>), JoinError> {
+        waiting: &Waiting,
+    ) -> Result<(Vec<(String, i32)>, Watched), JoinError> {
         let s = self.settings;
         let subscription = {
             let mut sub = ConsumerProtocolSubscription::default();
@@ -44,6 +45,7 @@ impl GroupRunner {
         // default is 5 minutes). Wait for ours plus a margin; a longer wait shows up as a
         // timeout and a retry, which the coordinator answers from its state.
         let join_timeout = s.rebalance_timeout + self.rt.config.request_timeout;
+        waiting.set(Step::Coordinator);
         let conn = self.conn(conn).await?;
         let version = conn.version::<JoinGroupRequest>(9)?;
         if member.instance_id.is_some() && version < 5 {
@@ -75,6 +77,7 @@ impl GroupRunner {
                     protocol
                 })
                 .collect();
+            waiting.set(Step::Join);
             let resp = conn.send_within(&req, version, join_timeout).await?;
             match ResponseError::try_from_code(resp.error_code) {
                 None => {}
@@ -86,11 +89,28 @@ impl GroupRunner {
             }
             member.member_id = resp.member_id.to_string();
             member.generation = resp.generation_id;
+            tracing::debug!(
+                group = self.group,
+                generation = member.generation,
+                member = member.member_id,
+                leader = %resp.leader,
+                members = resp.members.len(),
+                "joined"
+            );
             let protocol_name = resp
                 .protocol_name
                 .as_ref()
                 .map_or(s.assignor.protocol_name().to_owned(), |p| p.to_string());
+            waiting.set(Step::Metadata);
             let counts = self.partition_counts().await;
+            let mut watched: Watched = self
+                .topic_names()
+                .into_iter()
+                .map(|t| {
+                    let n = counts.get(&t).copied();
+                    (t, n)
+                })
+                .collect();
             let assignments = if resp.leader == resp.member_id {
                 let members: Vec<(String, Vec<String>)> = resp
                     .members
@@ -103,7 +123,16 @@ impl GroupRunner {
                         (m.member_id.to_string(), topics)
                     })
                     .collect();
-                self.leader_assign(&members, &protocol_name, &counts).await
+                let (assignments, partitions) =
+                    self.leader_assign(&members, &protocol_name, &counts).await;
+                // The leader watches every member's topics: one appearing or changing its
+                // partition count means a new assignment.
+                for (_, topics) in &members {
+                    for t in topics {
+                        watched.insert(t.clone(), partitions.get(t).copied());
+                    }
+                }
+                assignments
             } else {
                 Vec::new()
             };
@@ -124,6 +153,7 @@ impl GroupRunner {
                     a
                 })
                 .collect();
+            waiting.set(Step::Sync);
             let resp = conn.send_within(&sync, sync_version, join_timeout).await?;
             if let Some(e) = ResponseError::try_from_code(resp.error_code) {
                 return Err(self.rejoin_or_fail(e, "SyncGroup", member));
@@ -137,7 +167,15 @@ impl GroupRunner {
                 }
             }
             assigned.sort();
-            return Ok((assigned, counts));
+            for (topic, _) in watched.iter().filter(|(_, n)| n.is_none()) {
+                tracing::warn!(
+                    group = self.group,
+                    topic,
+                    retry_in = ?MISSING_TOPIC_RETRY,
+                    "a subscribed topic has no metadata (not created yet, or lost); looking it up again"
+                );
+            }
+            return Ok((assigned, watched));
         }
         Err(JoinError::Failed(
             "the coordinator kept asking for a member id".into(),
@@ -167,15 +205,16 @@ impl GroupRunner {
         }
     }
 
-    /// The leader's assignment: partitions of every subscribed topic spread over the members.
-    /// Topics without metadata (another member's subscription this cluster does not have, or a
-    /// lookup that failed) are left out, so they cannot block the group.
+    /// The leader's assignment: partitions of every subscribed topic spread over the members,
+    /// with the partition counts it used. Topics without metadata (another member's
+    /// subscription this cluster does not have, or a lookup that failed) are left out, so they
+    /// cannot block the group.
     pub(super) async fn leader_assign(
         &self,
         members: &[(String, Vec<String>)],
         protocol: &str,
         ours: &BTreeMap<String, i32>,
-    ) -> Vec<(String, Vec<(String, i32)>)> {
+    ) -> (Vec<(String, Vec<(String, i32)>)>, BTreeMap<String, i32>) {
         let topics: Vec<String> = members
             .iter()
             .flat_map(|(_, t)| t.iter().cloned())
@@ -202,7 +241,7 @@ impl GroupRunner {
         } else {
             Assignor::Range
         };
-        assign(assignor, members, &partitions)
+        (assign(assignor, members, &partitions), partitions)
     }
 
     /// Commits every partition's position. Returns how the generation ends, if the coordinator
@@ -420,8 +459,12 @@ impl GroupRunner {
             // partitions back without a rebalance (as the Java client does on close).
             return;
         }
-        let Ok(conn) = self.conn(conn).await else {
-            return;
+        let conn = match self.conn(conn).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "cannot reach the coordinator to leave the group; it will expire the member");
+                return;
+            }
         };
         let Ok(version) = conn.version::<LeaveGroupRequest>(5) else {
             return;

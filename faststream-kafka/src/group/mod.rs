@@ -18,6 +18,7 @@
 //! handler is named in the log with the setting to raise.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,64 @@ use faststream_core::{PartitionStop, Position};
 mod coordinator;
 
 use coordinator::{find_coordinator, heartbeat_loop, JoinError};
+
+/// How often a topic the group subscribes to but the cluster does not list (not created yet,
+/// or lost with a broker) is looked up again: the Java client's longest retry backoff, so a
+/// topic created a moment later is assigned within about a second, not at the next
+/// `metadata_max_age`.
+const MISSING_TOPIC_RETRY: Duration = Duration::from_secs(1);
+
+/// Pauses between join attempts the coordinator asked for (a rebalance started meanwhile):
+/// the first is short, repeated ones grow so a confused coordinator is not flooded.
+const REJOIN_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// The partition counts an assignment was made with, by topic (`None`: no metadata): the
+/// member's own topics, and as the leader every member's. A change means a new assignment.
+type Watched = BTreeMap<String, Option<i32>>;
+
+/// The step of joining a member is in, for the warning about a rebalance that takes too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Coordinator,
+    Join,
+    Metadata,
+    Sync,
+}
+
+impl Step {
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Coordinator => "finding the group coordinator",
+            Step::Join => "JoinGroup: the coordinator waits for every member to rejoin",
+            Step::Metadata => "topic metadata for the assignment",
+            Step::Sync => "SyncGroup: the leader's assignment",
+        }
+    }
+}
+
+/// Where a join is, readable while the join runs.
+#[derive(Debug)]
+struct Waiting(AtomicU8);
+
+impl Waiting {
+    fn new() -> Self {
+        Waiting(AtomicU8::new(Step::Coordinator as u8))
+    }
+
+    fn set(&self, step: Step) {
+        self.0.store(step as u8, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Step {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Step::Coordinator,
+            1 => Step::Join,
+            2 => Step::Metadata,
+            _ => Step::Sync,
+        }
+    }
+}
 
 /// One subscription served by a group member.
 #[derive(Debug, Clone)]
@@ -110,18 +169,46 @@ impl GroupRunner {
         let mut ready_sent = false;
         let mut backoff = Duration::from_millis(200);
         let mut shutdown = self.shutdown.clone();
-        // Partition counts when the member started: partitions beyond them appeared while it
-        // ran, and are read from their beginning when nothing was committed for them.
-        let initial = self.partition_counts().await;
+        // Partition counts when the member started: partitions beyond them (all of a topic
+        // created since) appeared while it ran, and are read from their beginning when nothing
+        // was committed for them. Unknown if the lookup failed: then nothing counts as new.
+        let initial = self
+            .rt
+            .producers
+            .try_lookup_partitions(&self.rt.client, &self.topic_names())
+            .await
+            .ok();
+        // When the member last stopped consuming (startup, or a generation's end), and when to
+        // warn that it still has no assignment.
+        let mut unassigned_since = Instant::now();
+        let mut next_warning = unassigned_since + self.rebalance_bound();
+        let mut rejoin_pause = REJOIN_PAUSE.0;
         let result = loop {
             if self.shutdown.is_triggered() {
                 break Ok(());
             }
-            let joined = tokio::select! {
-                j = self.join(&mut conn, &mut member) => j,
-                () = shutdown.wait() => break Ok(()),
+            let waiting = Waiting::new();
+            let joined = {
+                let join = self.watched_join(
+                    &mut conn,
+                    &mut member,
+                    &waiting,
+                    unassigned_since,
+                    &mut next_warning,
+                );
+                tokio::pin!(join);
+                tokio::select! {
+                    j = &mut join => Some(j),
+                    () = shutdown.wait() => {
+                        self.finish_join(join).await;
+                        None
+                    }
+                }
             };
-            let (assigned, counts) = match joined {
+            let Some(joined) = joined else {
+                break Ok(());
+            };
+            let (assigned, watched) = match joined {
                 Ok(j) => j,
                 Err(JoinError::Rejoin {
                     reset_member,
@@ -131,12 +218,13 @@ impl GroupRunner {
                     if reset_member {
                         member.member_id.clear();
                     }
-                    // The coordinator asked for it; a short pause keeps a confused one from
-                    // being flooded.
+                    // The coordinator asked for it; a pause that grows while it keeps asking
+                    // keeps a confused one from being flooded.
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(50)) => {},
+                        () = tokio::time::sleep(rejoin_pause) => {},
                         () = shutdown.wait() => break Ok(()),
                     }
+                    rejoin_pause = (rejoin_pause * 2).min(REJOIN_PAUSE.1);
                     continue;
                 }
                 Err(JoinError::Failed(e)) => {
@@ -151,6 +239,7 @@ impl GroupRunner {
                 }
                 Err(JoinError::Fatal(e)) => break Err(e),
             };
+            rejoin_pause = REJOIN_PAUSE.0;
             backoff = Duration::from_millis(200);
             tracing::info!(
                 group = self.group,
@@ -173,6 +262,8 @@ impl GroupRunner {
                     drop(heartbeat);
                     conn = None;
                     tracing::warn!(group = self.group, error = %e, "fetching committed offsets failed; rejoining");
+                    unassigned_since = Instant::now();
+                    next_warning = unassigned_since + self.rebalance_bound();
                     continue;
                 }
             };
@@ -184,13 +275,15 @@ impl GroupRunner {
                 .serve_generation(
                     &mut conn,
                     &member,
-                    &counts,
+                    &watched,
                     running,
                     beat_rx,
                     &mut ready_sent,
                 )
                 .await;
             drop(heartbeat);
+            unassigned_since = Instant::now();
+            next_warning = unassigned_since + self.rebalance_bound();
             crate::metrics::assigned(&self.group, 0);
             if let Some(hook) = &config.hooks.revoked {
                 hook(&self.group, &assigned);
@@ -240,7 +333,7 @@ impl GroupRunner {
         &self,
         conn: &mut Option<Conn>,
         assigned: &[(String, i32)],
-        initial: &BTreeMap<String, i32>,
+        initial: &Option<BTreeMap<String, i32>>,
     ) -> Result<Running, ConnError> {
         let conn = self.conn(conn).await?;
         let committed = self.fetch_offsets(conn, assigned).await?;
@@ -260,7 +353,9 @@ impl GroupRunner {
                 .filter(|o| *o >= 0);
             // A partition that appeared while the service ran is read from its beginning:
             // `latest` would skip what was written to it before this member noticed it.
-            let is_new = initial.get(topic).is_some_and(|n| *partition >= *n);
+            let is_new = initial
+                .as_ref()
+                .is_some_and(|counts| *partition >= counts.get(topic).copied().unwrap_or(0));
             let reset = if is_new && start.is_none() {
                 OffsetReset::Earliest
             } else {
@@ -302,7 +397,7 @@ impl GroupRunner {
         &self,
         conn: &mut Option<Conn>,
         member: &Member,
-        counts: &BTreeMap<String, i32>,
+        watched: &Watched,
         mut running: Running,
         mut beats: mpsc::UnboundedReceiver<Beat>,
         ready_sent: &mut bool,
@@ -310,7 +405,13 @@ impl GroupRunner {
         self.announce_ready(&running, ready_sent);
         let mut commit = tokio::time::interval(self.settings.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let refresh_every = self.rt.config.metadata_max_age;
+        // Metadata is looked up every `metadata_max_age`, and at the retry backoff while a
+        // watched topic has none.
+        let refresh_every = if watched.values().any(Option::is_none) {
+            MISSING_TOPIC_RETRY.min(self.rt.config.metadata_max_age)
+        } else {
+            self.rt.config.metadata_max_age
+        };
         let mut refresh = tokio::time::interval_at(Instant::now() + refresh_every, refresh_every);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
@@ -351,13 +452,8 @@ impl GroupRunner {
                     }
                 }
                 _ = refresh.tick() => {
-                    let now = self.partition_counts().await;
-                    let changed: Vec<_> = now
-                        .iter()
-                        .filter(|(t, n)| counts.get(*t).is_some_and(|old| old != *n))
-                        .collect();
-                    if !changed.is_empty() {
-                        tracing::info!(group = self.group, partitions = ?changed, "partition count changed: rejoining");
+                    if let Some(changed) = self.watched_changes(watched).await {
+                        tracing::info!(group = self.group, generation = member.generation, changed = ?changed, "subscribed topics changed (partitions: before, now): rejoining");
                         break Ended::Rejoin { reset_member: false };
                     }
                 }
@@ -412,6 +508,96 @@ impl GroupRunner {
             (_, Some(e)) => Ended::Failed(e),
             (ended, None) => ended,
         }
+    }
+
+    /// Topics whose partition count differs from the assignment's (appeared, gone, or
+    /// resized), with the count before and now; `None` when nothing changed or the lookup
+    /// failed (a failed lookup is not a vanished topic).
+    async fn watched_changes(
+        &self,
+        watched: &Watched,
+    ) -> Option<Vec<(String, Option<i32>, Option<i32>)>> {
+        let topics: Vec<String> = watched.keys().cloned().collect();
+        let now = match self
+            .rt
+            .producers
+            .try_lookup_partitions(&self.rt.client, &topics)
+            .await
+        {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "metadata refresh failed; keeping the assignment");
+                return None;
+            }
+        };
+        let changed: Vec<_> = watched
+            .iter()
+            .filter(|(t, before)| now.get(*t).copied() != **before)
+            .map(|(t, before)| (t.clone(), *before, now.get(t).copied()))
+            .collect();
+        (!changed.is_empty()).then_some(changed)
+    }
+
+    /// Joins like [`Self::join`], warning while the member has had no assignment for longer
+    /// than a rebalance may take (see [`Self::rebalance_bound`]), naming the step it is in.
+    async fn watched_join(
+        &self,
+        conn: &mut Option<Conn>,
+        member: &mut Member,
+        waiting: &Waiting,
+        unassigned_since: Instant,
+        next_warning: &mut Instant,
+    ) -> Result<(Vec<(String, i32)>, Watched), JoinError> {
+        let (generation, member_id) = (member.generation, member.member_id.clone());
+        let join = self.join(conn, member, waiting);
+        tokio::pin!(join);
+        loop {
+            tokio::select! {
+                joined = &mut join => return joined,
+                () = tokio::time::sleep_until(*next_warning) => {
+                    tracing::warn!(
+                        group = self.group,
+                        generation,
+                        member = member_id,
+                        unassigned_for = ?unassigned_since.elapsed(),
+                        waiting_for = waiting.get().describe(),
+                        "the member has had no assignment for longer than a rebalance may take (rebalance timeout plus session timeout)"
+                    );
+                    *next_warning = Instant::now() + self.rebalance_bound();
+                }
+            }
+        }
+    }
+
+    /// Stopping while a join is in flight: lets it finish (join and sync) before the member
+    /// leaves, within the session timeout and half the shutdown time left. A coordinator
+    /// holds a JoinGroup until the group has rejoined, so this is normally short; leaving
+    /// mid-join instead is what the Java client does, but Tansu 0.6.0 keeps a leader that
+    /// leaves while the group is forming as the group's leader for good, and no member is
+    /// ever assigned again. A join still unfinished at the bound is abandoned (its connection
+    /// is dropped with it, so the LeaveGroup goes out on a fresh one).
+    async fn finish_join<F: std::future::Future>(&self, join: std::pin::Pin<&mut F>) {
+        let left = self
+            .shutdown
+            .deadline()
+            .map_or(self.settings.session_timeout, |d| {
+                d.saturating_duration_since(Instant::now()) / 2
+            });
+        let bound = self.settings.session_timeout.min(left);
+        tracing::debug!(group = self.group, bound = ?bound, "stopping during a join: finishing it before leaving");
+        if tokio::time::timeout(bound, join).await.is_err() {
+            tracing::debug!(
+                group = self.group,
+                "the join did not finish in time; leaving without it"
+            );
+        }
+    }
+
+    /// How long a member may be without an assignment in a healthy group: the coordinator
+    /// waits up to the rebalance timeout for every member to rejoin, and a member that died
+    /// meanwhile is noticed within its session timeout.
+    fn rebalance_bound(&self) -> Duration {
+        self.settings.rebalance_timeout + self.settings.session_timeout
     }
 
     /// The service is ready once the first generation's consumers know where they start.

@@ -74,6 +74,15 @@ pub enum KafkaError {
         /// The static member id.
         instance_id: String,
     },
+    /// The group coordinator refused this member for a reason retrying cannot fix (a setting
+    /// outside the broker's limits, a missing ACL, ...).
+    #[error("consumer group {group:?}: {reason}")]
+    GroupRefused {
+        /// The group.
+        group: String,
+        /// What the coordinator said, and the setting to change.
+        reason: String,
+    },
     /// A consumer task panicked outside any handler (a bug: please report it).
     #[error("a consumer task crashed: {0}")]
     Crashed(String),

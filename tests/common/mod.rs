@@ -23,17 +23,128 @@ pub mod wire;
 /// Every wait in these tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Which broker the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Apache Kafka 4 (the reference): `FASTSTREAM_TEST_BROKER=kafka`.
+    Kafka,
+    /// Tansu 0.6.0, memory storage (the default).
+    Tansu,
+}
+
+/// `FASTSTREAM_TEST_BROKER`: `kafka` or `tansu` (the default). With `KAFKA_BOOTSTRAP` set it
+/// says what that cluster is (`scripts/kafka-dev run` sets both).
+pub fn broker_kind() -> BrokerKind {
+    match std::env::var("FASTSTREAM_TEST_BROKER").as_deref() {
+        Ok("kafka") => BrokerKind::Kafka,
+        Ok("tansu") | Ok("") | Err(_) => BrokerKind::Tansu,
+        Ok(other) => panic!("FASTSTREAM_TEST_BROKER={other}: use kafka or tansu"),
+    }
+}
+
 /// The broker under test: `KAFKA_BOOTSTRAP` if set (`scripts/kafka-dev run -- cargo test`, or
-/// a cluster of your own), else a local broker this test binary starts on first use (installed
-/// by `scripts/kafka-dev install`) and that stops when the binary exits. Never skipped: a
-/// broker that cannot be started fails the test.
+/// a cluster of your own), else a local broker of [`broker_kind`] this test binary starts on
+/// first use (installed by `scripts/kafka-dev`) and that stops when the binary exits. Never
+/// skipped: a broker that cannot be started fails the test.
 pub fn bootstrap() -> String {
     static ADDR: OnceLock<String> = OnceLock::new();
     ADDR.get_or_init(|| match std::env::var("KAFKA_BOOTSTRAP") {
         Ok(addr) if !addr.is_empty() => addr,
-        _ => start_local_broker(),
+        _ => match broker_kind() {
+            BrokerKind::Tansu => start_local_broker(),
+            BrokerKind::Kafka => {
+                // Kept for the life of the process; its watcher ends it with this process.
+                let cluster = KafkaCluster::up(1, None, None);
+                let addr = cluster.bootstrap.clone();
+                std::mem::forget(cluster);
+                addr
+            }
+        },
     })
     .clone()
+}
+
+/// `scripts/kafka-dev` of this checkout.
+fn kafka_dev() -> std::process::Command {
+    std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-dev"),
+    )
+}
+
+/// An Apache Kafka cluster of a test's own (1 or 3 combined nodes on loopback, started by
+/// `scripts/kafka-dev kafka-up`), with control of each node. Dropping it ends every node; so
+/// does the end of the test process, however it ends (a watcher of the script's).
+pub struct KafkaCluster {
+    pub dir: std::path::PathBuf,
+    pub bootstrap: String,
+}
+
+impl KafkaCluster {
+    /// Formats and starts `nodes` nodes, node 1 on `port` if given and advertising
+    /// `advertise` (a proxy's port) instead of its own; waits until every node lists all.
+    pub fn up(nodes: usize, port: Option<u16>, advertise: Option<u16>) -> KafkaCluster {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join(".dev/clusters").join(format!(
+            "test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cmd = kafka_dev();
+        cmd.arg("kafka-up")
+            .arg(&dir)
+            .arg(nodes.to_string())
+            .args(["--owner", &std::process::id().to_string()]);
+        if let Some(p) = port {
+            cmd.args(["--port", &p.to_string()]);
+        }
+        if let Some(p) = advertise {
+            cmd.args(["--advertise", &p.to_string()]);
+        }
+        let out = cmd.output().expect("run scripts/kafka-dev kafka-up");
+        assert!(
+            out.status.success(),
+            "scripts/kafka-dev kafka-up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bootstrap = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .expect("the bootstrap address")
+            .to_owned();
+        KafkaCluster { dir, bootstrap }
+    }
+
+    /// `stop` (SIGTERM: a controlled shutdown), `kill` (SIGKILL), `freeze` (SIGSTOP), `thaw`
+    /// (SIGCONT) or `start` (again, with its data) node `id` (1-based).
+    pub fn node(&self, id: usize, action: &str) {
+        let out = kafka_dev()
+            .arg("kafka-node")
+            .arg(&self.dir)
+            .arg(id.to_string())
+            .arg(action)
+            .output()
+            .expect("run scripts/kafka-dev kafka-node");
+        assert!(
+            out.status.success(),
+            "kafka-node {id} {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The address of node `id`.
+    pub fn addr(&self, id: usize) -> String {
+        self.bootstrap.split(',').nth(id - 1).unwrap().to_owned()
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        let _ = kafka_dev().arg("kafka-down").arg(&self.dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Runs `scripts/kafka-dev install` (once per test binary) and returns the broker binary's path.
@@ -394,29 +505,46 @@ pub async fn terminate(mut child: tokio::process::Child) {
     assert!(exit.success(), "{exit:?}");
 }
 
-/// A broker of the test's own (killed when dropped), listening on a free port and advertising
-/// `advertised_port` (a proxy's) or its own. For tests that need fixed topic names or to cut
-/// the connection.
-pub struct OwnBroker(#[allow(dead_code)] tokio::process::Child);
+/// A broker of the test's own (ended when dropped), listening on a free port and advertising
+/// `advertised_port` (a proxy's) or its own: a Tansu process, or a one-node Kafka cluster when
+/// the suite runs against Kafka. Either way it starts empty. For tests that need fixed topic
+/// names or to cut the connection.
+pub enum OwnBroker {
+    Tansu(#[allow(dead_code)] tokio::process::Child),
+    Kafka(#[allow(dead_code)] KafkaCluster),
+}
 
 impl OwnBroker {
     /// Starts it and returns it with its listening address.
     pub async fn start(advertised_port: Option<u16>) -> (OwnBroker, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         Self::start_on(port, advertised_port).await
     }
 
-    /// Kills it and waits until it is gone (memory storage: everything it held is lost).
-    pub async fn stop(mut self) {
-        let _ = self.0.kill().await;
+    /// Ends it at once and waits until it is gone (everything it held is lost: the next one
+    /// starts empty).
+    pub async fn stop(self) {
+        match self {
+            OwnBroker::Tansu(mut child) => {
+                let _ = child.kill().await;
+            }
+            OwnBroker::Kafka(cluster) => tokio::task::spawn_blocking(move || drop(cluster))
+                .await
+                .unwrap(),
+        }
     }
 
     /// Starts it on `port` (to restart a broker where clients expect it).
     pub async fn start_on(port: u16, advertised_port: Option<u16>) -> (OwnBroker, String) {
+        if broker_kind() == BrokerKind::Kafka {
+            let cluster = tokio::task::spawn_blocking(move || {
+                KafkaCluster::up(1, Some(port), advertised_port)
+            })
+            .await
+            .unwrap();
+            let addr = cluster.addr(1);
+            return (OwnBroker::Kafka(cluster), addr);
+        }
         let bin = install();
         let advertised = advertised_port.unwrap_or(port);
         let child = tokio::process::Command::new(bin)
@@ -438,7 +566,7 @@ impl OwnBroker {
         let addr = format!("127.0.0.1:{port}");
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                return (OwnBroker(child), addr);
+                return (OwnBroker::Tansu(child), addr);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -201,8 +201,32 @@ impl GroupRunner {
                 }
             }
             ResponseError::FencedInstanceId => JoinError::Fatal(fenced(member)),
+            // Errors the Java consumer treats as fatal: the same request would be refused again.
+            ResponseError::InvalidSessionTimeout => self.refused(format!(
+                "{what} refused the session timeout of {:?}: it is outside the broker's \
+                 group.min.session.timeout.ms .. group.max.session.timeout.ms (6 s to 30 min by \
+                 default); set session_timeout_ms (or KafkaBrokerBuilder::session_timeout) within them",
+                self.settings.session_timeout
+            )),
+            ResponseError::GroupAuthorizationFailed => self.refused(format!(
+                "{what}: not authorized for this group (the principal needs READ on the group)"
+            )),
+            ResponseError::InconsistentGroupProtocol => self.refused(format!(
+                "{what}: the group's members use another protocol type or no assignor in common \
+                 with ours (range, roundrobin)"
+            )),
+            ResponseError::InvalidGroupId | ResponseError::GroupMaxSizeReached => {
+                self.refused(format!("{what}: {e}"))
+            }
             other => JoinError::Failed(format!("{what}: {other}")),
         }
+    }
+
+    fn refused(&self, reason: String) -> JoinError {
+        JoinError::Fatal(KafkaError::GroupRefused {
+            group: self.group.clone(),
+            reason,
+        })
     }
 
     /// The leader's assignment: partitions of every subscribed topic spread over the members,

@@ -584,3 +584,20 @@ where
     let _ = ResponseHeader::decode(&mut body, S::header_version(version));
     S::decode(&mut body, version).expect("decode the answer")
 }
+
+/// The leader node of each partition of `topic`, from `broker`'s metadata (-1: none now).
+pub async fn leaders(broker: &str, topic: &str) -> std::collections::BTreeMap<i32, i32> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+    let mut t = MetadataRequestTopic::default();
+    t.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
+    let mut req = MetadataRequest::default();
+    req.topics = Some(vec![t]);
+    let resp: MetadataResponse = roundtrip(&mut conn, &req, ApiKey::Metadata, 9, 1).await;
+    resp.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect()
+}

@@ -1,0 +1,316 @@
+//! Faults of a replicated cluster: a three-node Apache Kafka cluster of the test's own
+//! (`scripts/kafka-dev kafka-up`, replication factor 3, `min.insync.replicas = 2`), whatever
+//! broker the rest of the suite runs against. Inputs are written and outputs read back by an
+//! independent client (rskafka), with exact counts and bounded waits.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use faststream::kafka::KafkaBroker;
+use faststream::{publisher, routes, subscriber, FastStream};
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use tokio::time::Instant;
+
+const PARTITIONS: i32 = 3;
+
+#[subscriber(
+    "relay-in",
+    group_id = "relay",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 500,
+    commit_interval_ms = 200
+)]
+#[publisher("relay-out")]
+async fn relay(n: u64) -> String {
+    n.to_string()
+}
+
+async fn client(cluster: &KafkaCluster) -> Client {
+    ClientBuilder::new(cluster.bootstrap.split(',').map(str::to_owned).collect())
+        .build()
+        .await
+        .expect("connect to the cluster")
+}
+
+/// Creates `topic` with replication factor 3 and waits until every partition has a leader.
+async fn create_replicated(client: &Client, topic: &str, partitions: i32) {
+    client
+        .controller_client()
+        .unwrap()
+        .create_topic(topic, partitions, 3, 10_000)
+        .await
+        .unwrap_or_else(|e| panic!("create {topic}: {e}"));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let topics = client.list_topics().await.unwrap();
+        if topics
+            .iter()
+            .any(|t| t.name == topic && t.partitions.len() as i32 == partitions)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} did not appear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The node leading `partition` of `topic`, from the cluster's metadata.
+async fn leader_of(cluster: &KafkaCluster, topic: &str, partition: i32) -> i32 {
+    common::wire::leaders(&cluster.addr(1), topic).await[&partition]
+}
+
+/// Writes `0..n` spread over the partitions by number.
+async fn produce_numbers(client: &Client, topic: &str, n: u64) {
+    let mut by_p: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+    for k in 0..n {
+        by_p.entry((k % PARTITIONS as u64) as i32)
+            .or_default()
+            .push(record(None, k.to_string().as_bytes(), &[]));
+    }
+    for (p, records) in by_p {
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        for chunk in records.chunks(1000) {
+            pc.produce(chunk.to_vec(), Compression::NoCompression)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Reads a topic's partitions incrementally, riding out leader changes (a failed fetch is
+/// tried again on a fresh partition client).
+struct Reader {
+    topic: String,
+    next: BTreeMap<i32, i64>,
+    /// How often each output value was seen.
+    seen: BTreeMap<u64, usize>,
+}
+
+impl Reader {
+    fn new(topic: &str) -> Self {
+        Reader {
+            topic: topic.to_owned(),
+            next: (0..PARTITIONS).map(|p| (p, 0)).collect(),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    async fn poll(&mut self, client: &Client) {
+        for p in 0..PARTITIONS {
+            let Ok(pc) = client
+                .partition_client(self.topic.as_str(), p, UnknownTopicHandling::Retry)
+                .await
+            else {
+                continue;
+            };
+            loop {
+                let from = self.next[&p];
+                let fetched = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    pc.fetch_records(from, 1..4_000_000, 50),
+                )
+                .await;
+                let Ok(Ok((records, high))) = fetched else {
+                    break;
+                };
+                for r in records.into_iter().filter(|r| r.offset >= from) {
+                    self.next.insert(p, r.offset + 1);
+                    *self.seen.entry(text(&r).parse().unwrap()).or_default() += 1;
+                }
+                if self.next[&p] >= high {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn distinct(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn duplicates(&self) -> usize {
+        self.seen.values().map(|c| c - 1).sum()
+    }
+}
+
+fn relay_app(cluster: &KafkaCluster, prefix: &str) -> FastStream<KafkaBroker> {
+    init_logs();
+    FastStream::new(
+        KafkaBroker::builder(&cluster.bootstrap)
+            .request_timeout(Duration::from_secs(10))
+            .build(),
+    )
+    .with_routes(routes![relay])
+    .topic_prefix(prefix)
+}
+
+/// The leader of the consumed and produced partitions is killed (-9) mid-relay: the service
+/// finds the new leaders (and the coordinator, if it was there), every input gets its output,
+/// and only what was finished since the last commit is repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_relay_loses_nothing() {
+    const N: u64 = 20_000;
+    let cluster = tokio::task::spawn_blocking(|| KafkaCluster::up(3, None, None))
+        .await
+        .unwrap();
+    let client = client(&cluster).await;
+    let prefix = unique_prefix("failover");
+    let (input, output) = (format!("{prefix}relay-in"), format!("{prefix}relay-out"));
+    create_replicated(&client, &input, PARTITIONS).await;
+    create_replicated(&client, &output, PARTITIONS).await;
+    produce_numbers(&client, &input, N).await;
+    let victim = leader_of(&cluster, &input, 0).await;
+
+    let service = start(relay_app(&cluster, &prefix)).await;
+    let mut reader = Reader::new(&output);
+    let deadline = Instant::now() + TIMEOUT;
+    while reader.distinct() < (N / 4) as usize {
+        assert!(Instant::now() < deadline, "the relay did not start");
+        reader.poll(&client).await;
+    }
+    let before = reader.distinct();
+    let killed_at = Instant::now();
+    cluster.node(victim as usize, "kill");
+    // Flow resumes: more outputs than at the kill, then all of them.
+    let mut resumed = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reader.distinct() < N as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} inputs relayed 120 s after node {victim} was killed; log:\n{}",
+            reader.distinct(),
+            logs_about(&input)
+        );
+        reader.poll(&client).await;
+        if resumed.is_none() && reader.distinct() > before + 100 {
+            resumed = Some(killed_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = killed_at.elapsed();
+    service.stop().await.unwrap();
+    reader.poll(&client).await;
+    println!(
+        "leader (node {victim}) killed after {before} of {N} outputs: flow resumed after {:?}, \
+         all relayed {all:?} after the kill, {} duplicate outputs",
+        resumed.unwrap_or(all),
+        reader.duplicates()
+    );
+    assert_eq!(reader.distinct(), N as usize);
+    // A crash of a broker is not a crash of the service: what is repeated is bounded by what
+    // was in flight when the connections broke (a produce retried without idempotence) and
+    // the commits the lost coordinator did not take; far below the relayed total.
+    assert!(
+        reader.duplicates() < (N / 4) as usize,
+        "{} duplicates",
+        reader.duplicates()
+    );
+}
+
+#[subscriber(
+    "statics",
+    group_id = "statics",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 10000,
+    heartbeat_interval_ms = 500,
+    commit_interval_ms = 200
+)]
+#[publisher("statics-out")]
+async fn statics(n: u64) -> String {
+    n.to_string()
+}
+
+/// Static membership (KIP-345): a member with a `group_instance_id` restarted within the
+/// session timeout gets its partitions back, and the other member is not rebalanced (it sees
+/// no revocation and no new assignment). Not checkable on Tansu, which refuses a restarted
+/// static member for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarted_within_its_session_gets_its_partitions_back() {
+    use std::sync::{Arc, Mutex};
+    let cluster = tokio::task::spawn_blocking(|| KafkaCluster::up(3, None, None))
+        .await
+        .unwrap();
+    let client = client(&cluster).await;
+    let prefix = unique_prefix("static");
+    let (input, output) = (format!("{prefix}statics"), format!("{prefix}statics-out"));
+    create_replicated(&client, &input, 4).await;
+    create_replicated(&client, &output, 1).await;
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let member = |name: &'static str| {
+        let (a, r) = (events.clone(), events.clone());
+        init_logs();
+        let broker = KafkaBroker::builder(&cluster.bootstrap)
+            .group_instance_id(format!("{prefix}{name}"))
+            .on_partitions_assigned(move |_, parts| {
+                a.lock().unwrap().push(format!("{name} assigned {parts:?}"))
+            })
+            .on_partitions_revoked(move |_, parts| {
+                r.lock().unwrap().push(format!("{name} revoked {parts:?}"))
+            })
+            .build();
+        FastStream::new(broker)
+            .with_routes(routes![statics])
+            .topic_prefix(&prefix)
+    };
+    let a = start(member("a")).await;
+    let b = start(member("b")).await;
+    // Both hold partitions once the group settled on two members.
+    let assigned = |who: &str| {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with(&format!("{who} assigned")))
+            .last()
+            .cloned()
+    };
+    wait_for("b holds partitions", || {
+        assigned("b").is_some_and(|e| !e.ends_with("[]"))
+    })
+    .await;
+    wait_for("a holds the others", || {
+        events
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|e| e.starts_with("a assigned"))
+            || assigned("a").is_some_and(|e| e.matches('(').count() == 2)
+    })
+    .await;
+    let a_before = assigned("a").unwrap();
+    let b_events = |events: &Vec<String>| {
+        events
+            .iter()
+            .filter(|e| e.starts_with('b'))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let b_before = b_events(&events.lock().unwrap());
+
+    // a restarts within its session timeout: no LeaveGroup, the same instance id.
+    a.stop().await.unwrap();
+    let a = start(member("a")).await;
+    assert_eq!(
+        assigned("a").unwrap(),
+        a_before,
+        "a got its partitions back"
+    );
+    produce_numbers(&client, &input, 400).await;
+    let out = read(&client, &output, 400).await;
+    assert_eq!(out.values().flatten().count(), 400);
+    let b_after = b_events(&events.lock().unwrap());
+    assert_eq!(
+        b_after, b_before,
+        "the other member was not rebalanced while a restarted"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

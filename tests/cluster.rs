@@ -268,8 +268,8 @@ async fn a_static_member_restarted_within_its_session_gets_its_partitions_back()
             .lock()
             .unwrap()
             .iter()
-            .filter(|e| e.starts_with(&format!("{who} assigned")))
-            .last()
+            .rev()
+            .find(|e| e.starts_with(&format!("{who} assigned")))
             .cloned()
     };
     wait_for("b holds partitions", || {

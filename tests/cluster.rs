@@ -314,3 +314,76 @@ async fn a_static_member_restarted_within_its_session_gets_its_partitions_back()
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// The broker coordinating the group is killed (-9): the member finds the new coordinator and
+/// keeps its generation and partitions (no revocation: losing the coordinator is not a
+/// rebalance), and every input is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_coordinator_revokes_nothing_and_loses_nothing() {
+    use std::sync::{Arc, Mutex};
+    const N: u64 = 10_000;
+    let cluster = tokio::task::spawn_blocking(|| KafkaCluster::up(3, None, None))
+        .await
+        .unwrap();
+    let client = client(&cluster).await;
+    let prefix = unique_prefix("coordinator");
+    let (input, output) = (format!("{prefix}relay-in"), format!("{prefix}relay-out"));
+    create_replicated(&client, &input, PARTITIONS).await;
+    create_replicated(&client, &output, PARTITIONS).await;
+    produce_numbers(&client, &input, N).await;
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (a, r) = (events.clone(), events.clone());
+    init_logs();
+    let broker = KafkaBroker::builder(&cluster.bootstrap)
+        .request_timeout(Duration::from_secs(10))
+        .on_partitions_assigned(move |_, parts| {
+            a.lock().unwrap().push(format!("assigned {parts:?}"))
+        })
+        .on_partitions_revoked(move |_, parts| r.lock().unwrap().push(format!("revoked {parts:?}")))
+        .build();
+    let service = start(
+        FastStream::new(broker)
+            .with_routes(routes![relay])
+            .topic_prefix(&prefix),
+    )
+    .await;
+    let group = format!("{prefix}relay");
+    let victim = common::wire::coordinator(&cluster.addr(1), &group).await;
+    let mut reader = Reader::new(&output);
+    let deadline = Instant::now() + TIMEOUT;
+    while reader.distinct() < (N / 4) as usize {
+        assert!(Instant::now() < deadline, "the relay did not start");
+        reader.poll(&client).await;
+    }
+    cluster.node(victim as usize, "kill");
+    let killed_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reader.distinct() < N as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} relayed 120 s after the coordinator (node {victim}) was killed; log:\n{}",
+            reader.distinct(),
+            logs_about(&input)
+        );
+        reader.poll(&client).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new coordinator answers the member's heartbeats and commits.
+    let survivor = if victim == 1 { 2 } else { 1 };
+    let moved_to = common::wire::coordinator(&cluster.addr(survivor), &group).await;
+    let events_before_stop = events.lock().unwrap().clone();
+    service.stop().await.unwrap();
+    println!(
+        "coordinator (node {victim}) killed: moved to node {moved_to}, all relayed {:?} after \
+         the kill, {} duplicate outputs",
+        killed_at.elapsed(),
+        reader.duplicates()
+    );
+    assert_ne!(moved_to, victim);
+    assert_eq!(
+        events_before_stop.len(),
+        1,
+        "one assignment, no revocation while the coordinator moved: {events_before_stop:?}"
+    );
+    assert_eq!(reader.distinct(), N as usize);
+}

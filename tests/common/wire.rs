@@ -601,3 +601,50 @@ pub async fn leaders(broker: &str, topic: &str) -> std::collections::BTreeMap<i3
         .map(|p| (p.partition_index, p.leader_id.0))
         .collect()
 }
+
+/// The node coordinating `group`, asked of `broker` (FindCoordinator).
+pub async fn coordinator(broker: &str, group: &str) -> i32 {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+    let mut req = FindCoordinatorRequest::default();
+    req.coordinator_keys = vec![StrBytes::from_string(group.to_owned())];
+    let resp: FindCoordinatorResponse =
+        roundtrip(&mut conn, &req, ApiKey::FindCoordinator, 4, 1).await;
+    let c = resp.coordinators.first().expect("one coordinator");
+    assert_eq!(
+        c.error_code, 0,
+        "FindCoordinator for {group}: {}",
+        c.error_code
+    );
+    c.node_id.0
+}
+
+/// Creates `topic` (1 partition, replication factor 1) with topic `configs`, asked of
+/// `broker` (CreateTopics; rskafka's admin client takes no configs).
+pub async fn create_topic_with_configs(broker: &str, topic: &str, configs: &[(&str, &str)]) {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+    let mut t = CreatableTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.num_partitions = 1;
+    t.replication_factor = 1;
+    t.configs = configs
+        .iter()
+        .map(|(k, v)| {
+            let mut c = CreatableTopicConfig::default();
+            c.name = StrBytes::from_string((*k).to_owned());
+            c.value = Some(StrBytes::from_string((*v).to_owned()));
+            c
+        })
+        .collect();
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 10_000;
+    let resp: CreateTopicsResponse = roundtrip(&mut conn, &req, ApiKey::CreateTopics, 5, 1).await;
+    let code = resp.topics.first().map_or(-1, |t| t.error_code);
+    assert_eq!(
+        code, 0,
+        "CreateTopics {topic} {configs:?}: error code {code}"
+    );
+}

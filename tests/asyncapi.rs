@@ -172,18 +172,7 @@ fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_a
 
 #[test]
 fn a_service_prints_its_document_with_the_asyncapi_flag() {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/orders");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test` builds it",
-        bin.display()
-    );
+    let bin = common::example("orders");
     // Nothing listens there: the flag prints the document without connecting.
     let out = std::process::Command::new(bin)
         .args(["--asyncapi", "json"])

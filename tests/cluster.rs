@@ -387,3 +387,93 @@ async fn losing_the_coordinator_revokes_nothing_and_loses_nothing() {
     );
     assert_eq!(reader.distinct(), N as usize);
 }
+
+/// Writes `range` spread over the partitions by number, retrying a chunk the cluster refuses
+/// (a leader moving while brokers restart): an input may be written twice, never lost.
+async fn produce_range_retrying(client: &Client, topic: &str, range: std::ops::Range<u64>) {
+    let mut by_p: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+    for k in range {
+        by_p.entry((k % PARTITIONS as u64) as i32)
+            .or_default()
+            .push(record(None, k.to_string().as_bytes(), &[]));
+    }
+    for (p, records) in by_p {
+        for chunk in records.chunks(500) {
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                let written = async {
+                    let pc = client
+                        .partition_client(topic, p, UnknownTopicHandling::Retry)
+                        .await
+                        .ok()?;
+                    pc.produce(chunk.to_vec(), Compression::NoCompression)
+                        .await
+                        .ok()
+                };
+                if tokio::time::timeout(Duration::from_secs(10), written)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cannot write to {topic}[{p}]");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Every broker restarted in turn (SIGTERM, a controlled shutdown, then started again) while
+/// two members of a group relay: partitions and the coordinator move, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_broker_loses_nothing() {
+    const WAVE: u64 = 4_000;
+    let cluster = std::sync::Arc::new(
+        tokio::task::spawn_blocking(|| KafkaCluster::up(3, None, None))
+            .await
+            .unwrap(),
+    );
+    let client = client(&cluster).await;
+    let prefix = unique_prefix("rolling-brokers");
+    let (input, output) = (format!("{prefix}relay-in"), format!("{prefix}relay-out"));
+    create_replicated(&client, &input, PARTITIONS).await;
+    create_replicated(&client, &output, PARTITIONS).await;
+    let a = start(relay_app(&cluster, &prefix)).await;
+    let b = start(relay_app(&cluster, &prefix)).await;
+    let started = Instant::now();
+    for node in 1..=3u64 {
+        produce_range_retrying(&client, &input, (node - 1) * WAVE..node * WAVE).await;
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            c.node(node as usize, "stop");
+            c.node(node as usize, "start");
+            c.wait_whole(3);
+        })
+        .await
+        .unwrap();
+    }
+    let n = 4 * WAVE;
+    produce_range_retrying(&client, &input, 3 * WAVE..n).await;
+    let mut reader = Reader::new(&output);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reader.distinct() < n as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} relayed after a rolling restart of the brokers; log:\n{}",
+            reader.distinct(),
+            logs_about(&input)
+        );
+        reader.poll(&client).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "rolling restart of 3 brokers during a relay by 2 members: {n} inputs relayed in {:?}, {} duplicate outputs",
+        started.elapsed(),
+        reader.duplicates()
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    assert_eq!(reader.distinct(), n as usize);
+}

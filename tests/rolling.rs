@@ -36,19 +36,7 @@ type Log = Arc<Mutex<Vec<String>>>;
 
 /// Starts `group_worker` without waiting for it to be ready (a deploy does not wait either).
 fn spawn_worker(prefix: &str, name: &str, log: &Log) -> Worker {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/group_worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test`",
-        bin.display()
-    );
-    let mut child = tokio::process::Command::new(bin)
+    let mut child = tokio::process::Command::new(example("group_worker"))
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("TOPIC_PREFIX", prefix)
         .env("WORKER_NAME", name)

@@ -29,6 +29,12 @@ pub struct KafkaBrokerBuilder {
 }
 
 impl KafkaBrokerBuilder {
+    /// The settings as built, for the crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn config_for_tests(self) -> Config {
+        self.config
+    }
+
     /// Client id sent to the brokers (default `faststream-rs`).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.config.client_id = id.into();

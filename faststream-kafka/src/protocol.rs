@@ -434,3 +434,97 @@ fn tls_reason(e: &std::io::Error) -> String {
 pub(crate) fn ms(d: Duration) -> i32 {
     d.as_millis().min(i32::MAX as u128) as i32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
+    use tokio::net::TcpListener;
+
+    /// A broker that answers ApiVersions at once and every later request after `delay`, on
+    /// one connection.
+    async fn slow_broker(delay: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            loop {
+                let Ok(len) = conn.read_i32().await else {
+                    return;
+                };
+                let mut frame = vec![0u8; len as usize];
+                if conn.read_exact(&mut frame).await.is_err() {
+                    return;
+                }
+                let mut frame = Bytes::from(frame);
+                let (key, version) = (frame.get_i16(), frame.get_i16());
+                let correlation = frame.get_i32();
+                let mut header = ResponseHeader::default();
+                header.correlation_id = correlation;
+                let mut out = BytesMut::new();
+                if key == ApiKey::ApiVersions as i16 {
+                    let mut resp = ApiVersionsResponse::default();
+                    let mut v = ApiVersion::default();
+                    v.api_key = ApiKey::Heartbeat as i16;
+                    v.max_version = 4;
+                    resp.api_keys = vec![v];
+                    header.encode(&mut out, 0).unwrap();
+                    resp.encode(&mut out, 0).unwrap();
+                } else {
+                    tokio::time::sleep(delay).await;
+                    header
+                        .encode(&mut out, HeartbeatResponse::header_version(version))
+                        .unwrap();
+                    HeartbeatResponse::default()
+                        .encode(&mut out, version)
+                        .unwrap();
+                }
+                let mut framed = BytesMut::new();
+                framed.put_i32(out.len() as i32);
+                framed.extend_from_slice(&out);
+                if conn.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    fn config() -> Config {
+        crate::KafkaBroker::builder("127.0.0.1:1").config_for_tests()
+    }
+
+    /// A request abandoned half-way (its future dropped, as a shutdown or a `select!` does)
+    /// leaves the connection broken: the next request fails at once instead of reading the
+    /// abandoned request's late answer as its own.
+    #[tokio::test]
+    async fn an_abandoned_request_breaks_the_connection() {
+        let addr = slow_broker(Duration::from_millis(300)).await;
+        let mut conn = Conn::connect(&addr, &config(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let req = HeartbeatRequest::default();
+        let abandoned = tokio::time::timeout(Duration::from_millis(50), conn.send(&req, 4)).await;
+        assert!(abandoned.is_err(), "the answer comes later than that");
+        assert!(conn.is_broken());
+        let next = conn.send(&req, 4).await;
+        assert!(
+            matches!(&next, Err(ConnError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotConnected),
+            "{next:?}"
+        );
+    }
+
+    /// A request that got its answer leaves the connection usable.
+    #[tokio::test]
+    async fn an_answered_request_keeps_the_connection() {
+        let addr = slow_broker(Duration::from_millis(10)).await;
+        let mut conn = Conn::connect(&addr, &config(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let req = HeartbeatRequest::default();
+        conn.send(&req, 4).await.unwrap();
+        assert!(!conn.is_broken());
+        conn.send(&req, 4).await.unwrap();
+    }
+}

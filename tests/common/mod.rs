@@ -134,6 +134,21 @@ impl KafkaCluster {
         );
     }
 
+    /// Waits until every node lists all `nodes` brokers again (after a restart).
+    pub fn wait_whole(&self, nodes: usize) {
+        let out = kafka_dev()
+            .arg("kafka-wait")
+            .arg(&self.dir)
+            .arg(nodes.to_string())
+            .output()
+            .expect("run scripts/kafka-dev kafka-wait");
+        assert!(
+            out.status.success(),
+            "kafka-wait: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The address of node `id`.
     pub fn addr(&self, id: usize) -> String {
         self.bootstrap.split(',').nth(id - 1).unwrap().to_owned()
@@ -452,20 +467,7 @@ pub async fn spawn_example(
     envs: &[(&str, &str)],
 ) -> tokio::process::Child {
     use tokio::io::AsyncBufReadExt;
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run the suite with `cargo test` (which builds the examples)",
-        bin.display()
-    );
-    let mut child = tokio::process::Command::new(bin)
+    let mut child = tokio::process::Command::new(example(name))
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("TOPIC_PREFIX", prefix)
         .env("RUST_LOG", "info")
@@ -488,6 +490,24 @@ pub async fn spawn_example(
     // Keep reading so the example never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
+}
+
+/// The binary of example `name`, built by `cargo test` beside the test binaries.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `cargo test` (which builds the examples)",
+        bin.display()
+    );
+    bin
 }
 
 /// Sends SIGTERM to `child` and checks it exits cleanly within the timeout.

@@ -198,15 +198,25 @@ impl GroupRunner {
                 );
                 tokio::pin!(join);
                 tokio::select! {
-                    j = &mut join => Some(j),
+                    j = &mut join => Ok(j),
                     () = shutdown.wait() => {
-                        self.finish_join(join).await;
-                        None
+                        let deadline = self.finish_deadline();
+                        Err((tokio::time::timeout_at(deadline, join).await.ok(), deadline))
                     }
                 }
             };
-            let Some(joined) = joined else {
-                break Ok(());
+            let joined = match joined {
+                Ok(joined) => joined,
+                Err((first, deadline)) => {
+                    if !self
+                        .finish_joining(first, deadline, &mut conn, &mut member)
+                        .await
+                    {
+                        // Not leaving: see `finish_joining`.
+                        member.member_id.clear();
+                    }
+                    break Ok(());
+                }
             };
             let (assigned, watched) = match joined {
                 Ok(j) => j,
@@ -569,28 +579,61 @@ impl GroupRunner {
         }
     }
 
-    /// Stopping while a join is in flight: lets it finish (join and sync) before the member
-    /// leaves, within the session timeout and half the shutdown time left. A coordinator
-    /// holds a JoinGroup until the group has rejoined, so this is normally short; leaving
-    /// mid-join instead is what the Java client does, but Tansu 0.6.0 keeps a leader that
-    /// leaves while the group is forming as the group's leader for good, and no member is
-    /// ever assigned again. A join still unfinished at the bound is abandoned (its connection
-    /// is dropped with it, so the LeaveGroup goes out on a fresh one).
-    async fn finish_join<F: std::future::Future>(&self, join: std::pin::Pin<&mut F>) {
+    /// Until when a member stopped during a join may go on joining: its session timeout, and
+    /// at most half the shutdown time left.
+    fn finish_deadline(&self) -> Instant {
+        let now = Instant::now();
         let left = self
             .shutdown
             .deadline()
             .map_or(self.settings.session_timeout, |d| {
-                d.saturating_duration_since(Instant::now()) / 2
+                d.saturating_duration_since(now) / 2
             });
-        let bound = self.settings.session_timeout.min(left);
-        tracing::debug!(group = self.group, bound = ?bound, "stopping during a join: finishing it before leaving");
-        if tokio::time::timeout(bound, join).await.is_err() {
-            tracing::debug!(
-                group = self.group,
-                "the join did not finish in time; leaving without it"
-            );
+        now + self.settings.session_timeout.min(left)
+    }
+
+    /// Stopping while a join is in flight: goes on joining (`first` is how the join in flight
+    /// ended, `None` if not by `deadline`) until the group has settled (this member synced),
+    /// then the member leaves. Returns whether it may send LeaveGroup.
+    ///
+    /// The Java client leaves at once. A leader that leaves while the group is forming is
+    /// fine on Kafka, but Tansu 0.6.0 keeps it as the group's leader for good, and no member
+    /// is ever assigned again. So a member that could not see the group settle by `deadline`
+    /// stops without LeaveGroup: the coordinator expires it within its session timeout (on
+    /// Kafka the group waits that long once; on Tansu the expiry is what clears the leader).
+    async fn finish_joining(
+        &self,
+        first: Option<Result<(Vec<(String, i32)>, Watched), JoinError>>,
+        deadline: Instant,
+        conn: &mut Option<Conn>,
+        member: &mut Member,
+    ) -> bool {
+        let mut result = first;
+        loop {
+            match result {
+                Some(Ok(_)) | Some(Err(JoinError::Fatal(_))) => return true,
+                None => break,
+                Some(Err(JoinError::Rejoin { reset_member, .. })) if reset_member => {
+                    // Not a member any more: nothing to leave.
+                    member.member_id.clear();
+                    return true;
+                }
+                Some(Err(_)) if Instant::now() + REJOIN_PAUSE.0 >= deadline => break,
+                Some(Err(_)) => {
+                    tokio::time::sleep(REJOIN_PAUSE.0).await;
+                    result =
+                        tokio::time::timeout_at(deadline, self.join(conn, member, &Waiting::new()))
+                            .await
+                            .ok();
+                }
+            }
         }
+        tracing::info!(
+            group = self.group,
+            member = member.member_id,
+            "stopping during a rebalance that did not settle in time: not leaving the group; the coordinator expires the member within its session timeout"
+        );
+        false
     }
 
     /// How long a member may be without an assignment in a healthy group: the coordinator

@@ -29,7 +29,7 @@ impl GroupRunner {
         conn: &mut Option<Conn>,
         member: &mut Member,
         waiting: &Waiting,
-    ) -> Result<(Vec<(String, i32)>, Watched), JoinError> {
+    ) -> Result<Joined, JoinError> {
         let s = self.settings;
         let subscription = {
             let mut sub = ConsumerProtocolSubscription::default();

@@ -52,6 +52,9 @@ const REJOIN_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration:
 /// member's own topics, and as the leader every member's. A change means a new assignment.
 type Watched = BTreeMap<String, Option<i32>>;
 
+/// What a join gives: this member's partitions, and the counts they were assigned with.
+type Joined = (Vec<(String, i32)>, Watched);
+
 /// The step of joining a member is in, for the warning about a rebalance that takes too long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -557,7 +560,7 @@ impl GroupRunner {
         waiting: &Waiting,
         unassigned_since: Instant,
         next_warning: &mut Instant,
-    ) -> Result<(Vec<(String, i32)>, Watched), JoinError> {
+    ) -> Result<Joined, JoinError> {
         let (generation, member_id) = (member.generation, member.member_id.clone());
         let join = self.join(conn, member, waiting);
         tokio::pin!(join);
@@ -603,7 +606,7 @@ impl GroupRunner {
     /// Kafka the group waits that long once; on Tansu the expiry is what clears the leader).
     async fn finish_joining(
         &self,
-        first: Option<Result<(Vec<(String, i32)>, Watched), JoinError>>,
+        first: Option<Result<Joined, JoinError>>,
         deadline: Instant,
         conn: &mut Option<Conn>,
         member: &mut Member,

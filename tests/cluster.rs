@@ -389,8 +389,10 @@ async fn losing_the_coordinator_revokes_nothing_and_loses_nothing() {
 }
 
 /// Writes `range` spread over the partitions by number, retrying a chunk the cluster refuses
-/// (a leader moving while brokers restart): an input may be written twice, never lost.
-async fn produce_range_retrying(client: &Client, topic: &str, range: std::ops::Range<u64>) {
+/// (a leader moving while brokers restart) with a fresh client: an input may be written
+/// twice, never lost.
+async fn produce_range_retrying(cluster: &KafkaCluster, topic: &str, range: std::ops::Range<u64>) {
+    let mut client = self::client(cluster).await;
     let mut by_p: BTreeMap<i32, Vec<_>> = BTreeMap::new();
     for k in range {
         by_p.entry((k % PARTITIONS as u64) as i32)
@@ -420,6 +422,15 @@ async fn produce_range_retrying(client: &Client, topic: &str, range: std::ops::R
                 }
                 assert!(Instant::now() < deadline, "cannot write to {topic}[{p}]");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(Ok(fresh)) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    ClientBuilder::new(cluster.bootstrap.split(',').map(str::to_owned).collect())
+                        .build(),
+                )
+                .await
+                {
+                    client = fresh;
+                }
             }
         }
     }
@@ -444,7 +455,8 @@ async fn a_rolling_restart_of_every_broker_loses_nothing() {
     let b = start(relay_app(&cluster, &prefix)).await;
     let started = Instant::now();
     for node in 1..=3u64 {
-        produce_range_retrying(&client, &input, (node - 1) * WAVE..node * WAVE).await;
+        produce_range_retrying(&cluster, &input, (node - 1) * WAVE..node * WAVE).await;
+        println!("{:?}: wave {node} written", started.elapsed());
         let c = cluster.clone();
         tokio::task::spawn_blocking(move || {
             c.node(node as usize, "stop");
@@ -453,9 +465,10 @@ async fn a_rolling_restart_of_every_broker_loses_nothing() {
         })
         .await
         .unwrap();
+        println!("{:?}: node {node} restarted", started.elapsed());
     }
     let n = 4 * WAVE;
-    produce_range_retrying(&client, &input, 3 * WAVE..n).await;
+    produce_range_retrying(&cluster, &input, 3 * WAVE..n).await;
     let mut reader = Reader::new(&output);
     let deadline = Instant::now() + Duration::from_secs(120);
     while reader.distinct() < n as usize {

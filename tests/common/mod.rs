@@ -637,3 +637,35 @@ pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The folder of Apache Kafka's jars (`scripts/kafka-dev kafka-install`), for the Java client
+/// the interoperability tests run.
+pub fn kafka_libs() -> std::path::PathBuf {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = kafka_dev()
+            .arg("kafka-install")
+            .output()
+            .expect("run scripts/kafka-dev kafka-install");
+        assert!(
+            out.status.success(),
+            "scripts/kafka-dev kafka-install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("libs")
+    })
+    .clone()
+}
+
+/// `tests/interop/JavaClient.java` run from source with Kafka's jars (the Java client as a peer).
+pub fn java_client(args: &[&str]) -> tokio::process::Command {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = tokio::process::Command::new("java");
+    cmd.arg("-cp")
+        .arg(format!("{}/*", kafka_libs().display()))
+        .arg("-Xmx256m")
+        .arg(root.join("tests/interop/JavaClient.java"))
+        .args(args)
+        .kill_on_drop(true);
+    cmd
+}

@@ -16,6 +16,11 @@
 //! within the rebalance timeout (or the shutdown deadline); then the positions are committed.
 //! A consumer still busy past that bound is abandoned without committing its message, and the
 //! handler is named in the log with the setting to raise.
+//!
+//! Stopping in the middle of a rebalance: the member goes on joining until the group settled,
+//! then leaves (or, past a bound, stops without leaving; see `finish_joining`). A member
+//! without an assignment for longer than a rebalance may take says so in a warning, naming
+//! the step it waits for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};

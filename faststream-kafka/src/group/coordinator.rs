@@ -89,6 +89,7 @@ impl GroupRunner {
             }
             member.member_id = resp.member_id.to_string();
             member.generation = resp.generation_id;
+            member.leader = resp.leader == resp.member_id;
             tracing::debug!(
                 group = self.group,
                 generation = member.generation,
@@ -577,7 +578,10 @@ pub(super) async fn heartbeat_loop(
 }
 
 /// One heartbeat: the coordinator's error, if any.
-async fn heartbeat(conn: &mut Conn, member: &Member) -> Result<Option<ResponseError>, ConnError> {
+pub(super) async fn heartbeat(
+    conn: &mut Conn,
+    member: &Member,
+) -> Result<Option<ResponseError>, ConnError> {
     let version = conn.version::<HeartbeatRequest>(4)?;
     let mut req = HeartbeatRequest::default();
     req.group_id = group_id(&member.group);

@@ -131,6 +131,8 @@ struct Member {
     /// gets its partitions back without a rebalance.
     instance_id: Option<String>,
     generation: i32,
+    /// Whether the coordinator named this member the leader of its generation.
+    leader: bool,
 }
 
 /// Why a generation ended.
@@ -172,6 +174,7 @@ impl GroupRunner {
             member_id: String::new(),
             instance_id: config.group_instance_id.clone(),
             generation: -1,
+            leader: false,
         };
         let mut conn: Option<Conn> = None;
         let mut ready_sent = false;
@@ -307,7 +310,24 @@ impl GroupRunner {
                 hook(&self.group, &assigned);
             }
             match ended {
-                Ended::Shutdown => break Ok(()),
+                Ended::Shutdown => {
+                    // A leader leaving while the group is forming wedges Tansu's group (see
+                    // `finish_joining`): if a rebalance has begun, let it settle first.
+                    if member.leader && self.rebalancing(&mut conn, &member).await {
+                        let deadline = self.finish_deadline();
+                        let begun = Some(Err(JoinError::Rejoin {
+                            reset_member: false,
+                            reason: "stopping during a rebalance".into(),
+                        }));
+                        if !self
+                            .finish_joining(begun, deadline, &mut conn, &mut member)
+                            .await
+                        {
+                            member.member_id.clear();
+                        }
+                    }
+                    break Ok(());
+                }
                 Ended::Failed(e) => break Err(e),
                 Ended::Rejoin { reset_member } => {
                     if reset_member {
@@ -585,6 +605,18 @@ impl GroupRunner {
                 }
             }
         }
+    }
+
+    /// Whether the coordinator says a rebalance of the member's generation has begun (one
+    /// heartbeat; a failure counts as no).
+    async fn rebalancing(&self, conn: &mut Option<Conn>, member: &Member) -> bool {
+        let Ok(c) = self.conn(conn).await else {
+            return false;
+        };
+        matches!(
+            coordinator::heartbeat(c, member).await,
+            Ok(Some(ResponseError::RebalanceInProgress))
+        )
     }
 
     /// Until when a member stopped during a join may go on joining: its session timeout, and

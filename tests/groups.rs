@@ -273,27 +273,7 @@ async fn an_aiokafka_member_shares_our_group() {
         .unwrap();
     let mut lines = tokio::io::BufReader::new(member.stdout.take().unwrap()).lines();
     // Wait until the Python member holds some partitions.
-    let theirs: Vec<i32> = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the aiokafka member exited early");
-            if let Some(list) = line.strip_prefix("ASSIGNED ") {
-                let parts: Vec<i32> = list
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .split(',')
-                    .filter_map(|p| p.trim().parse().ok())
-                    .collect();
-                if !parts.is_empty() && parts.len() < 4 {
-                    return parts;
-                }
-            }
-        }
-    })
-    .await
-    .expect("the aiokafka member gets a share of the partitions");
+    let theirs = await_share(&mut lines, 4, "aiokafka").await;
 
     produce_range(&client, &input, 0..400).await;
     // Our outputs plus the Python member's messages cover every input exactly once.

@@ -134,27 +134,7 @@ async fn a_java_consumer_shares_our_group() {
     .spawn()
     .unwrap();
     let mut lines = tokio::io::BufReader::new(java.stdout.take().unwrap()).lines();
-    let theirs: Vec<i32> = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the Java member exited early");
-            if let Some(list) = line.strip_prefix("ASSIGNED ") {
-                let parts: Vec<i32> = list
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .split(',')
-                    .filter_map(|p| p.trim().parse().ok())
-                    .collect();
-                if !parts.is_empty() && parts.len() < 4 {
-                    return parts;
-                }
-            }
-        }
-    })
-    .await
-    .expect("the Java member gets a share of the partitions");
+    let theirs = await_share(&mut lines, 4, "Java").await;
     for p in 0..4 {
         let records = (0..100u64)
             .map(|i| record(None, (i * 4 + p as u64).to_string().as_bytes(), &[]))

@@ -669,3 +669,33 @@ pub fn java_client(args: &[&str]) -> tokio::process::Command {
         .kill_on_drop(true);
     cmd
 }
+
+/// Reads a peer member's `ASSIGNED [p, ...]` lines (the aiokafka and Java member programs)
+/// until it holds a share of the `total` partitions (some, not all); returns that share.
+pub async fn await_share<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    total: usize,
+    who: &str,
+) -> Vec<i32> {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("the {who} member exited early"));
+            if let Some(list) = line.strip_prefix("ASSIGNED ") {
+                let parts: Vec<i32> = list
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect();
+                if !parts.is_empty() && parts.len() < total {
+                    return parts;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the {who} member gets a share of the partitions"))
+}

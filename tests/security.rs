@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::secure::{FrontConfig, Logins, Pki, SecureFront};
+use common::secure::{self, FrontConfig, Logins, Pki, SecureFront};
 use common::*;
 use faststream::kafka::{KafkaBroker, Sasl, Security, Tls};
 use faststream::{publisher, routes, subscriber, FastStream, State, Topic};
@@ -162,35 +162,7 @@ async fn raw_through(
     pki: Option<(&Pki, bool)>,
     sasl: Option<rskafka::client::SaslConfig>,
 ) -> rskafka::client::Client {
-    let mut b = rskafka::client::ClientBuilder::new(vec![bootstrap.to_owned()]);
-    if let Some((pki, client_cert)) = pki {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let config = if client_cert {
-            let chain = CertificateDer::pem_slice_iter(pki.client_cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_slice(pki.client_key_pem.as_bytes()).unwrap();
-            config.with_client_auth_cert(chain, key).unwrap()
-        } else {
-            config.with_no_client_auth()
-        };
-        b = b.tls_config(Arc::new(config));
-    }
-    if let Some(sasl) = sasl {
-        b = b.sasl_config(sasl);
-    }
-    b.build().await.expect("raw client through the front")
+    secure::raw_client(bootstrap, pki, sasl).await
 }
 
 /// Runs the relay with `security` through a front, checks 20 messages arrive relayed.

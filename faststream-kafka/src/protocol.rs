@@ -71,6 +71,8 @@ pub(crate) struct Conn {
     /// abandoned: the stream may hold a stale response (or half a frame), so the connection is
     /// never used again.
     broken: bool,
+    /// Whether TLS offered a client certificate (to say what a refused handshake means).
+    client_cert: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -136,7 +138,7 @@ impl Conn {
                             "no answer to the TLS handshake within {timeout:?}: is this a plaintext listener? (use PLAINTEXT or SASL_PLAINTEXT)"
                         ))
                     })?
-                    .map_err(|e| tls_error(tls_reason(&e)))?;
+                    .map_err(|e| tls_error(tls_reason(&e, tls.has_client_cert())))?;
                 Box::new(stream)
             }
         };
@@ -148,6 +150,7 @@ impl Conn {
             versions: Vec::new(),
             timeout,
             broken: false,
+            client_cert: security.tls().is_some_and(|t| t.has_client_cert()),
         };
         let resp: ApiVersionsResponse = conn.send(&ApiVersionsRequest::default(), 0).await?;
         if resp.error_code != 0 {
@@ -176,13 +179,18 @@ impl Conn {
         let resp = self.send(&req, version).await?;
         if resp.error_code != 0 {
             let offered: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
-            return Err(auth(
-                &self.addr,
+            let reason = if offered.is_empty() {
+                format!(
+                    "this listener offers no SASL mechanism (error code {}): is it a PLAINTEXT or SSL listener? (use that security protocol, or the broker's SASL listener)",
+                    resp.error_code
+                )
+            } else {
                 format!(
                     "the broker does not offer {}; it offers {offered:?}",
                     sasl.mechanism()
-                ),
-            ));
+                )
+            };
+            return Err(auth(&self.addr, reason));
         }
         let version = self.version::<SaslAuthenticateRequest>(2)?;
         let mut session = sasl.session().await.map_err(|r| auth(&self.addr, r))?;
@@ -330,6 +338,7 @@ impl Conn {
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
         let addr = self.addr.clone();
+        let client_cert = self.client_cert;
         let io = |source: std::io::Error| match source
             .get_ref()
             .and_then(|i| i.downcast_ref::<rustls::Error>())
@@ -338,7 +347,7 @@ impl Conn {
             // certificate on the first read).
             Some(_) => ConnError::Tls {
                 addr: addr.clone(),
-                reason: tls_reason(&source),
+                reason: tls_reason(&source, client_cert),
             },
             None => ConnError::Io {
                 addr: addr.clone(),
@@ -398,7 +407,9 @@ pub(crate) fn decode_versioned<T: Decodable + Message>(mut bytes: Bytes) -> Opti
 }
 
 /// What a failed TLS handshake means, in the words of Kafka users.
-fn tls_reason(e: &std::io::Error) -> String {
+/// `client_cert`: whether we offered one (a broker requiring one may refuse its absence with
+/// any of the certificate alerts; Kafka's Java TLS sends `bad_certificate`).
+fn tls_reason(e: &std::io::Error, client_cert: bool) -> String {
     use rustls::{AlertDescription, CertificateError, Error as TlsError};
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<TlsError>());
     match inner {
@@ -410,7 +421,11 @@ fn tls_reason(e: &std::io::Error) -> String {
             format!("the broker's certificate does not name the host connected to ({e}); connect by a name it lists, or set Tls::server_name")
         }
         Some(TlsError::InvalidCertificate(c)) => format!("the broker's certificate is not valid: {c:?}"),
-        Some(TlsError::AlertReceived(AlertDescription::CertificateRequired)) => {
+        Some(TlsError::AlertReceived(
+            AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown,
+        )) if !client_cert => {
             "the broker requires a client certificate (mTLS): set Tls::client_cert_pem or KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION".into()
         }
         Some(TlsError::AlertReceived(

@@ -314,6 +314,11 @@ impl Tls {
     }
 
     /// The name to check a broker's certificate against.
+    /// Whether a client certificate is configured (for mTLS).
+    pub(crate) fn has_client_cert(&self) -> bool {
+        self.client.is_some()
+    }
+
     pub(crate) fn name_for(&self, host: &str) -> Result<ServerName<'static>, KafkaError> {
         ServerName::try_from(host.to_owned())
             .map_err(|e| KafkaError::Security(format!("{host:?} is not a valid TLS name: {e}")))

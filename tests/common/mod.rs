@@ -83,6 +83,49 @@ impl KafkaCluster {
     /// Formats and starts `nodes` nodes, node 1 on `port` if given and advertising
     /// `advertise` (a proxy's port) instead of its own; waits until every node lists all.
     pub fn up(nodes: usize, port: Option<u16>, advertise: Option<u16>) -> KafkaCluster {
+        let mut extra = Vec::new();
+        if let Some(p) = port {
+            extra.extend(["--port".to_owned(), p.to_string()]);
+        }
+        if let Some(p) = advertise {
+            extra.extend(["--advertise".to_owned(), p.to_string()]);
+        }
+        Self::up_with(nodes, &extra)
+    }
+
+    /// A cluster whose nodes also open a SASL_SSL listener (PLAIN, SCRAM-SHA-256 and
+    /// SCRAM-SHA-512 for `user`) and an SSL listener requiring a client certificate signed by
+    /// `pki`'s CA, serving `pki`'s server certificate; see [`KafkaCluster::secure_listeners`].
+    pub fn up_secure(nodes: usize, pki: &secure::Pki, user: &str, password: &str) -> KafkaCluster {
+        let dir = std::env::temp_dir().join(unique_prefix("kafka-pki"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+        std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+        let extra = [
+            "--secure".to_owned(),
+            dir.to_str().unwrap().to_owned(),
+            user.to_owned(),
+            password.to_owned(),
+        ];
+        Self::up_with(nodes, &extra)
+    }
+
+    /// The bootstrap addresses of the SASL_SSL and the (client-certificate) SSL listeners of a
+    /// cluster from [`KafkaCluster::up_secure`].
+    pub fn secure_listeners(&self) -> (String, String) {
+        let text = std::fs::read_to_string(self.dir.join("secure")).expect("a secured cluster");
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {name} listener in {text}"))
+                .to_owned()
+        };
+        (get("sasl_ssl"), get("ssl"))
+    }
+
+    /// `nodes` nodes started with `scripts/kafka-dev kafka-up` and the options `extra`.
+    pub fn up_with(nodes: usize, extra: &[String]) -> KafkaCluster {
         static N: AtomicUsize = AtomicUsize::new(0);
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = root.join(".dev/clusters").join(format!(
@@ -95,13 +138,8 @@ impl KafkaCluster {
         cmd.arg("kafka-up")
             .arg(&dir)
             .arg(nodes.to_string())
-            .args(["--owner", &std::process::id().to_string()]);
-        if let Some(p) = port {
-            cmd.args(["--port", &p.to_string()]);
-        }
-        if let Some(p) = advertise {
-            cmd.args(["--advertise", &p.to_string()]);
-        }
+            .args(["--owner", &std::process::id().to_string()])
+            .args(extra);
         let out = cmd.output().expect("run scripts/kafka-dev kafka-up");
         assert!(
             out.status.success(),

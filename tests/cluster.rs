@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, routes, subscriber, FastStream};
+use faststream::{dlq_header, publisher, routes, subscriber, FastStream};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use tokio::time::Instant;
@@ -66,8 +66,13 @@ async fn leader_of(cluster: &KafkaCluster, topic: &str, partition: i32) -> i32 {
 
 /// Writes `0..n` spread over the partitions by number.
 async fn produce_numbers(client: &Client, topic: &str, n: u64) {
+    produce_range(client, topic, 0..n).await;
+}
+
+/// Writes the numbers of `range` spread over the partitions by number.
+async fn produce_range(client: &Client, topic: &str, range: std::ops::Range<u64>) {
     let mut by_p: BTreeMap<i32, Vec<_>> = BTreeMap::new();
-    for k in 0..n {
+    for k in range {
         by_p.entry((k % PARTITIONS as u64) as i32)
             .or_default()
             .push(record(None, k.to_string().as_bytes(), &[]));
@@ -526,4 +531,208 @@ async fn a_rolling_restart_of_every_broker_loses_nothing() {
         "the first restart happened while the relay was under way"
     );
     assert_eq!(reader.distinct(), N as usize);
+}
+
+#[subscriber(
+    "quorum-in",
+    group_id = "quorum",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 10000,
+    heartbeat_interval_ms = 500,
+    commit_interval_ms = 200
+)]
+#[publisher("quorum-out")]
+async fn quorum(n: u64) -> String {
+    n.to_string()
+}
+
+#[subscriber("late-in", auto_offset_reset = "earliest", dlq = "late-dlq")]
+#[publisher("late-out")]
+async fn late(n: u64) -> String {
+    n.to_string()
+}
+
+/// Waits until node 1 lists `want` as the in-sync replicas of every partition of `topic`.
+async fn await_in_sync(cluster: &KafkaCluster, topic: &str, want: &[i32]) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let isr = common::wire::in_sync(&cluster.addr(1), topic).await;
+        if isr.len() == PARTITIONS as usize && isr.values().all(|r| r == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: in-sync replicas {isr:?}, waiting for {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two of three brokers down (with a controller of its own, so the cluster keeps its quorum):
+/// outputs, which need two in-sync replicas, are refused with NOT_ENOUGH_REPLICAS, retried and
+/// held (nothing written, nothing skipped) until a broker is back, then all delivered within
+/// the delivery timeout. Past the delivery timeout, the failure policy applies: the input is
+/// dead-lettered with the broker's reason. Inputs and dead letters are topics that accept one
+/// in-sync replica, so they can be written while two brokers are down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokers_down_hold_outputs_until_one_returns_then_past_the_delivery_timeout_dead_letter(
+) {
+    const N: u64 = 300;
+    let cluster =
+        tokio::task::spawn_blocking(|| KafkaCluster::up_with(3, &["--controller".to_owned()]))
+            .await
+            .unwrap();
+    let client = client(&cluster).await;
+    let prefix = unique_prefix("quorum");
+    let alive = cluster.addr(1);
+    let [input, output, late_in, late_out, dlq] =
+        ["quorum-in", "quorum-out", "late-in", "late-out", "late-dlq"]
+            .map(|t| format!("{prefix}{t}"));
+    let one_replica = [("min.insync.replicas", "1")];
+    for (topic, configs) in [
+        (&input, &one_replica[..]),
+        (&output, &[][..]),
+        (&late_in, &one_replica[..]),
+        (&late_out, &[][..]),
+        (&dlq, &one_replica[..]),
+    ] {
+        common::wire::create_topic_with(&alive, topic, PARTITIONS, 3, configs).await;
+        await_in_sync(&cluster, topic, &[1, 2, 3]).await;
+    }
+    produce_numbers(&client, &input, N).await;
+    let service = start(relay_app_of(
+        &cluster,
+        &prefix,
+        routes![quorum],
+        Duration::from_secs(120),
+    ))
+    .await;
+    let mut reader = Reader::new(&cluster, &output);
+    let deadline = Instant::now() + TIMEOUT;
+    while reader.distinct() < N as usize {
+        assert!(Instant::now() < deadline, "the relay did not start");
+        reader.poll().await;
+    }
+
+    // Two brokers down: node 1 leads every partition, alone in sync.
+    cluster.node(2, "kill");
+    cluster.node(3, "kill");
+    await_in_sync(&cluster, &output, &[1]).await;
+    await_in_sync(&cluster, &input, &[1]).await;
+    let survivor = ClientBuilder::new(vec![alive.clone()])
+        .build()
+        .await
+        .unwrap();
+    produce_range(&survivor, &input, N..2 * N).await;
+    // Held: the producer is refused (too few in-sync replicas) and retries; nothing of the
+    // new inputs is written, nothing is dead-lettered.
+    let deadline = Instant::now() + TIMEOUT;
+    while !logs_about(&output).contains("NotEnoughReplicas") {
+        assert!(
+            Instant::now() < deadline,
+            "no output refused for too few in-sync replicas; log:\n{}",
+            logs_about(&input)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reader.poll().await;
+    assert_eq!(
+        reader.distinct(),
+        N as usize,
+        "no output written without two in-sync replicas"
+    );
+    assert!(!logs_about(&output).contains("produce failed for good"));
+
+    // One broker back: the held outputs are delivered, within the delivery timeout.
+    let back_at = Instant::now();
+    cluster.node(2, "start");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reader.distinct() < 2 * N as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} relayed 120 s after node 2 came back; log:\n{}",
+            reader.distinct(),
+            2 * N,
+            logs_about(&input)
+        );
+        reader.poll().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed = back_at.elapsed();
+    service.stop().await.unwrap();
+    reader.poll().await;
+    println!(
+        "two of three brokers down: outputs held, then delivered {resumed:?} after one came \
+         back; {} duplicate outputs",
+        reader.duplicates()
+    );
+    assert_eq!(reader.distinct(), 2 * N as usize);
+    assert!(!logs_about(&output).contains("produce failed for good"));
+
+    // Past the delivery timeout: dead-lettered, with the reason.
+    cluster.node(2, "kill");
+    await_in_sync(&cluster, &late_out, &[1]).await;
+    await_in_sync(&cluster, &dlq, &[1]).await;
+    produce_range(&survivor, &late_in, 0..6).await;
+    let late_service = start(relay_app_of(
+        &cluster,
+        &prefix,
+        routes![late],
+        Duration::from_secs(3),
+    ))
+    .await;
+    let parked = read(&survivor, &dlq, 6).await;
+    late_service.stop().await.unwrap();
+    let mut numbers: Vec<u64> = parked
+        .values()
+        .flatten()
+        .map(|r| text(r).parse().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (0..6).collect::<Vec<_>>(),
+        "every input dead-lettered once"
+    );
+    for r in parked.values().flatten() {
+        let error = header(r, dlq_header::ERROR);
+        assert!(
+            error.contains("not delivered within the delivery timeout")
+                && error.contains("NotEnoughReplicas"),
+            "the dead letter says why: {error}"
+        );
+        assert_eq!(header(r, dlq_header::ERROR_KIND), "publish");
+    }
+    let late_reader = {
+        let mut r = Reader::new(&cluster, &late_out);
+        r.bootstrap = vec![alive.clone()];
+        r.poll().await;
+        r
+    };
+    assert_eq!(late_reader.distinct(), 0, "no output written");
+}
+
+fn header(r: &rskafka::record::RecordAndOffset, name: &str) -> String {
+    r.record
+        .headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+fn relay_app_of(
+    cluster: &KafkaCluster,
+    prefix: &str,
+    routes: Vec<&'static faststream::runtime::RouteDef>,
+    delivery_timeout: Duration,
+) -> FastStream<KafkaBroker> {
+    init_logs();
+    FastStream::new(
+        KafkaBroker::builder(&cluster.bootstrap)
+            .request_timeout(Duration::from_secs(10))
+            .delivery_timeout(delivery_timeout)
+            .build(),
+    )
+    .with_routes(routes)
+    .topic_prefix(prefix)
 }

@@ -141,25 +141,9 @@ async fn a_group_relays_over_kafkas_ssl_listener_with_a_client_certificate() {
     relay_over(&s.mtls, Security::ssl(with_client_cert(ca())), &raw).await;
 }
 
-/// Starts a service with `security` against `bootstrap` and returns its startup error.
+/// Starts the relay with `security` against `bootstrap` and returns its startup error.
 async fn startup_error(bootstrap: &str, security: Security) -> String {
-    let timeout = Duration::from_secs(5);
-    let app = FastStream::new(
-        KafkaBroker::builder(bootstrap)
-            .security(security)
-            .connect_timeout(timeout)
-            .build(),
-    )
-    .with_routes(routes![relay])
-    .topic_prefix(unique_prefix("kfail"));
-    let run = app.run_until(std::future::pending());
-    let err = tokio::time::timeout(timeout + Duration::from_secs(10), run)
-        .await
-        .expect("startup ends within the connect timeout")
-        .expect_err("startup fails")
-        .to_string();
-    eprintln!("startup error: {err}");
-    err
+    common::startup_error(bootstrap, security, routes![relay]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

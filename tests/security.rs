@@ -410,23 +410,9 @@ async fn a_two_member_group_over_sasl_ssl_shares_partitions_and_loses_nothing() 
 // ---------------------------------------------------------------------------------------------
 // Each failure, reported at startup within the connect timeout.
 
-/// Starts a service with `security` against `bootstrap` and returns its startup error.
+/// Starts the relay with `security` against `bootstrap` and returns its startup error.
 async fn startup_error(bootstrap: &str, security: Security) -> String {
-    let timeout = Duration::from_secs(5);
-    let app = FastStream::new(
-        KafkaBroker::builder(bootstrap)
-            .security(security)
-            .connect_timeout(timeout)
-            .build(),
-    )
-    .with_routes(routes![relay])
-    .topic_prefix(unique_prefix("fail"));
-    let run = app.run_until(std::future::pending());
-    tokio::time::timeout(timeout + Duration::from_secs(5), run)
-        .await
-        .expect("startup ends within the connect timeout")
-        .expect_err("startup fails")
-        .to_string()
+    common::startup_error(bootstrap, security, routes![relay]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -737,3 +737,30 @@ pub async fn await_share<R: tokio::io::AsyncBufRead + Unpin>(
     .await
     .unwrap_or_else(|_| panic!("the {who} member gets a share of the partitions"))
 }
+
+/// Starts a service of `routes` with `security` against `bootstrap` (connect timeout 5 s) and
+/// returns its startup error.
+pub async fn startup_error(
+    bootstrap: &str,
+    security: faststream::kafka::Security,
+    routes: Vec<&'static faststream::runtime::RouteDef>,
+) -> String {
+    use faststream::kafka::KafkaBroker;
+    let timeout = std::time::Duration::from_secs(5);
+    let app = faststream::FastStream::new(
+        KafkaBroker::builder(bootstrap)
+            .security(security)
+            .connect_timeout(timeout)
+            .build(),
+    )
+    .with_routes(routes)
+    .topic_prefix(unique_prefix("fail"));
+    let run = app.run_until(std::future::pending());
+    let err = tokio::time::timeout(timeout + std::time::Duration::from_secs(10), run)
+        .await
+        .expect("startup ends within the connect timeout")
+        .expect_err("startup fails")
+        .to_string();
+    eprintln!("startup error: {err}");
+    err
+}

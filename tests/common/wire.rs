@@ -587,18 +587,39 @@ where
 
 /// The leader node of each partition of `topic`, from `broker`'s metadata (-1: none now).
 pub async fn leaders(broker: &str, topic: &str) -> std::collections::BTreeMap<i32, i32> {
+    topic_metadata(broker, topic)
+        .await
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect()
+}
+
+/// `broker`'s Metadata answer about `topic` alone.
+async fn topic_metadata(broker: &str, topic: &str) -> kafka_protocol::messages::MetadataResponse {
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    use kafka_protocol::messages::MetadataRequest;
     let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
     let mut t = MetadataRequestTopic::default();
     t.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
     let mut req = MetadataRequest::default();
     req.topics = Some(vec![t]);
-    let resp: MetadataResponse = roundtrip(&mut conn, &req, ApiKey::Metadata, 9, 1).await;
-    resp.topics
+    roundtrip(&mut conn, &req, ApiKey::Metadata, 9, 1).await
+}
+
+/// Each partition's in-sync replicas (node ids, sorted), as `broker` knows them.
+pub async fn in_sync(broker: &str, topic: &str) -> std::collections::BTreeMap<i32, Vec<i32>> {
+    topic_metadata(broker, topic)
+        .await
+        .topics
         .iter()
         .flat_map(|t| t.partitions.iter())
-        .map(|p| (p.partition_index, p.leader_id.0))
+        .map(|p| {
+            let mut isr: Vec<i32> = p.isr_nodes.iter().map(|n| n.0).collect();
+            isr.sort_unstable();
+            (p.partition_index, isr)
+        })
         .collect()
 }
 
@@ -622,13 +643,25 @@ pub async fn coordinator(broker: &str, group: &str) -> i32 {
 /// Creates `topic` (1 partition, replication factor 1) with topic `configs`, asked of
 /// `broker` (CreateTopics; rskafka's admin client takes no configs).
 pub async fn create_topic_with_configs(broker: &str, topic: &str, configs: &[(&str, &str)]) {
+    create_topic_with(broker, topic, 1, 1, configs).await;
+}
+
+/// Creates `topic` with `partitions`, `replication` and topic `configs` (CreateTopics),
+/// asserting success.
+pub async fn create_topic_with(
+    broker: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i16,
+    configs: &[(&str, &str)],
+) {
     use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
     use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
     let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
     let mut t = CreatableTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_owned()));
-    t.num_partitions = 1;
-    t.replication_factor = 1;
+    t.num_partitions = partitions;
+    t.replication_factor = replication;
     t.configs = configs
         .iter()
         .map(|(k, v)| {

@@ -1112,8 +1112,8 @@ async fn resolve_offset(
     }
 }
 
-/// Pauses between fetches a broker answered at once with nothing, growing while a partition
-/// stays quiet.
+/// Pauses between fetches a broker answered at once with nothing (Tansu 0.6.0 does; Kafka
+/// waits `fetch_max_wait`), growing while a partition stays quiet.
 const IDLE_MIN: Duration = Duration::from_millis(20);
 const IDLE_MAX: Duration = Duration::from_millis(100);
 
@@ -1177,6 +1177,8 @@ async fn fetch_loop(
                     // A broker that answers an empty fetch at once (not waiting `fetch_max_wait`
                     // for data) must not make us spin: wait, longer while the partition stays
                     // quiet (at most IDLE_MAX, the extra latency of the first new message).
+                    // Tansu 0.6.0 does this; Apache Kafka holds an empty fetch for
+                    // `fetch_max_wait`, so there this branch is not taken.
                     tokio::time::sleep(idle).await;
                     idle = (idle * 2).min(IDLE_MAX);
                 } else if !empty {

@@ -170,7 +170,8 @@ impl PartitionReader {
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index == partition);
         let Some(data) = data else {
-            // Some brokers answer a fetch that found nothing with no partitions at all.
+            // A fetch that found nothing may be answered with no partitions at all (Tansu
+            // 0.6.0 does; Apache Kafka lists the partition with no records). Nothing to read.
             return Ok(Fetch {
                 decoded: Decoded::default(),
                 end: -1,

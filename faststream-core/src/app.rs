@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::extract::{Context, StateMap};
-use crate::handler::{Pipeline, Ready};
+use crate::pipeline::{Pipeline, Ready};
 use crate::policy::FailurePolicy;
-use crate::route::{registered_routes, resolve_routes, RouteDef};
-use crate::transport::BoxFuture;
-use crate::transport::{Publisher, Shutdown, Transport};
+use crate::publish::{BoxFuture, Publisher};
+use crate::route::{registered_routes, RouteDef};
+use crate::shutdown::{termination_signal, Shutdown};
+use crate::transport::Transport;
+use crate::validate::resolve_routes;
 use crate::{Error, Result};
 
 /// What a lifespan hook gets: the app's state (startup hooks may add to it: handlers then
@@ -430,30 +432,6 @@ impl<T: Transport> FastStream<T> {
             Some(e) => Err(e),
             None => stopped.and(on_shutdown).and(after),
         }
-    }
-}
-
-/// Resolves on SIGINT or (on Unix) SIGTERM.
-pub async fn termination_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }
 

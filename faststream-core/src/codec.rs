@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, HandlerError};
-use crate::message::{content_type, Message};
+use crate::message::{content_type, header, Message, OutgoingMessage};
 
 /// Explicitly JSON: as an argument, decodes the payload as JSON; as a return value, encodes it
 /// as JSON. Useful where the written type would otherwise be read as text or bytes.
@@ -157,6 +157,19 @@ impl<T: schemars::JsonSchema> schemars::JsonSchema for Json<T> {
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         T::json_schema(generator)
+    }
+}
+
+impl OutgoingMessage {
+    /// A message whose payload is `value` encoded by the codec rules (text, bytes or JSON), with
+    /// the matching `content-type` header.
+    pub fn encode(topic: impl AsRef<str>, value: impl IntoPayload) -> Result<Self, crate::Error> {
+        let (payload, content_type) = value.into_payload()?;
+        let mut msg = Self::new(topic, payload);
+        if let Some(ct) = content_type {
+            msg.headers.insert(header::CONTENT_TYPE, ct);
+        }
+        Ok(msg)
     }
 }
 

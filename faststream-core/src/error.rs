@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use crate::route::RouteProblem;
-
 /// Errors of the framework: startup, transport, publishing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,5 +172,91 @@ impl HandlerError {
             HandlerError::Fetch(_) => "fetch",
             HandlerError::Publish(_) => "publish",
         }
+    }
+}
+
+/// One problem found by startup validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteProblem {
+    /// No route at all.
+    NoRoutes,
+    /// Two subscriptions to the same topic in the same consumer group.
+    DuplicateSubscription {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// The first handler, `path (file:line)`.
+        first: String,
+        /// The second handler, `path (file:line)`.
+        second: String,
+    },
+    /// A handler needs a `State<T>` the app was not given.
+    MissingState {
+        /// The handler, `path (file:line)`.
+        handler: String,
+        /// The missing state type.
+        type_name: &'static str,
+    },
+    /// A handler publishes to a topic another handler of the binary subscribes to, and the
+    /// subscriber's body type does not accept what the publisher returns (checked where both
+    /// types have JSON Schemas: the `schemars` feature).
+    ContractMismatch {
+        /// The topic.
+        topic: String,
+        /// The publishing handler, `path (file:line)`.
+        publisher: String,
+        /// The subscribing handler, `path (file:line)`.
+        subscriber: String,
+        /// What disagrees.
+        reason: String,
+    },
+    /// A handler publishes to the same topic twice.
+    DuplicatePublisher {
+        /// The handler, `path (file:line)`.
+        handler: String,
+        /// The topic.
+        topic: String,
+    },
+}
+
+impl fmt::Display for RouteProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteProblem::NoRoutes => write!(
+                f,
+                "no routes found: annotate an `async fn` with #[subscriber(\"topic\")]. If your handlers live in \
+                 another crate that nothing in this binary references, the linker may have dropped them: \
+                 reference that crate (e.g. `use handlers as _;`) or list routes explicitly with `routes![...]`"
+            ),
+            RouteProblem::DuplicateSubscription { topic, group, first, second } => write!(
+                f,
+                "topic {topic:?} is subscribed twice in consumer group {group:?}: by {first} and by {second}; \
+                 the group would split its partitions between them. Use distinct group ids"
+            ),
+            RouteProblem::MissingState { handler, type_name } => write!(
+                f,
+                "{handler} needs `State<{type_name}>`, but the app has no such state: add `.with_state(...)` with a value of that type"
+            ),
+            RouteProblem::ContractMismatch { topic, publisher, subscriber, reason } => write!(
+                f,
+                "topic {topic:?}: {publisher} publishes what {subscriber} cannot read: {reason}"
+            ),
+            RouteProblem::DuplicatePublisher { handler, topic } => {
+                write!(f, "{handler} publishes to {topic:?} twice")
+            }
+        }
+    }
+}
+
+impl RouteProblem {
+    pub(crate) fn list(problems: &[RouteProblem]) -> String {
+        let mut s = format!("{} problem(s) with the routes:", problems.len());
+        for p in problems {
+            s.push_str("\n  - ");
+            s.push_str(&p.to_string());
+        }
+        s
     }
 }

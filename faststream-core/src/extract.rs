@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::error::DecodeError;
 use crate::message::{Headers, Message};
 use crate::policy::Acker;
-use crate::transport::Publisher;
+use crate::publish::Publisher;
 
 /// Shared values given to the app with `with_state`, by type.
 #[derive(Clone, Default)]

@@ -1,25 +1,35 @@
-//! Transport-independent core of [faststream](https://docs.rs/faststream).
+//! The core of [faststream](https://docs.rs/faststream): everything but the broker.
 //!
 //! Applications depend on the `faststream` facade. Depend on this crate directly to write a
 //! transport (implement [`Transport`]), an extractor (implement [`FromMessage`]) or a codec,
 //! without pulling in Kafka.
 //!
-//! What lives here:
-//! - the message model: [`Message`], [`OutgoingMessage`], [`Headers`];
-//! - routes: [`RouteDef`] (what `#[subscriber]` emits), the registry and startup validation;
-//! - the handler pipeline ([`Pipeline`]): decode, call, encode, outcome;
-//! - the failure policy ([`FailurePolicy`]): retries, dead-letter topics, [`Failure`] kinds,
-//!   ack modes ([`AckMode`], [`Acker`]);
-//! - extractors ([`Key`], [`Headers`], [`State`], ...) and codecs ([`Json`], text, bytes);
-//! - the app lifecycle ([`FastStream`]: lifespan hooks, health probes, Prometheus metrics with
-//!   the `prometheus` feature) and the transport seam ([`Transport`]);
-//! - per-partition progress ([`OffsetTracker`]: what an outcome means, what may be committed),
-//!   shared by the transports and the test broker;
-//! - [`Middleware`] (app-wide and per route), and `TraceContext` (W3C trace context in headers,
-//!   feature `opentelemetry`);
-//! - [`asyncapi`]: the AsyncAPI 3.0 document and the payload descriptions (JSON Schemas with
-//!   the `schemars` feature) that the topic-contract check compares;
-//! - the in-memory [`testing::TestBroker`].
+//! What core is, precisely: the message model, handlers and their failure policy, routes, the
+//! app's lifecycle, and the in-memory test broker, with no network code of a broker. Route
+//! descriptors carry Kafka's consumer-group settings ([`Assignor`], [`OffsetReset`],
+//! [`GroupTimings`]) because `#[subscriber]` takes them as attributes and its descriptor lives
+//! here; a transport without consumer groups ignores them. The HTTP probes and metrics
+//! endpoint and the operating system's stop signal are in modules of their own.
+//!
+//! The modules form layers, each using only those below it (`scripts/import-cycles --graph`
+//! prints them; CI fails on a circle):
+//!
+//! 1. `message` ([`Message`], [`OutgoingMessage`], [`Headers`]), `policy` ([`FailurePolicy`],
+//!    [`Failure`], [`AckMode`], [`Acker`]), `shutdown` ([`Shutdown`], [`termination_signal`]),
+//!    `health` (the HTTP probes and metrics endpoint);
+//! 2. `error` ([`Error`], [`HandlerError`], [`RouteProblem`]), `trace` (W3C trace context,
+//!    feature `opentelemetry`);
+//! 3. `codec` ([`Json`], text, bytes, [`IntoPayload`]), `outcome` ([`Reply`], [`Outcome`],
+//!    [`BatchOutcome`]);
+//! 4. `publish` ([`Publish`], [`Publisher`]), `offsets` ([`OffsetTracker`]: what outcomes mean
+//!    for a partition's commits), `probe` (how the macros tell a body or return type's codec);
+//! 5. `extract` ([`FromMessage`], [`Key`], [`State`], ...), `middleware` ([`Middleware`]),
+//!    `schema` (payload descriptions);
+//! 6. `route` ([`RouteDef`]: what `#[subscriber]` emits, and the registry);
+//! 7. `pipeline` ([`Pipeline`]: decode, call, retry, encode, outcome), `validate` (startup
+//!    checks, [`check_contracts`]), [`asyncapi`] (the AsyncAPI 3.0 document);
+//! 8. `transport` ([`Transport`]) and [`testing`] ([`testing::TestBroker`]);
+//! 9. `app` ([`FastStream`]).
 //!
 //! The `faststream` facade re-exports what a handler author needs at its root and the
 //! transport-author items under `faststream::runtime`.
@@ -29,59 +39,58 @@ pub mod asyncapi;
 mod codec;
 mod error;
 mod extract;
-mod handler;
 mod health;
 mod message;
 mod middleware;
 mod offsets;
 mod outcome;
+mod pipeline;
 mod policy;
 mod probe;
+mod publish;
 mod route;
+mod schema;
+mod shutdown;
 pub mod testing;
 #[cfg(feature = "opentelemetry")]
 mod trace;
 mod transport;
+mod validate;
 
-pub use app::{termination_signal, AppContext, FastStream};
+pub use app::{AppContext, FastStream};
 pub use codec::{decode_json, decode_raw, decode_text, IntoPayload, Json};
+pub use error::RouteProblem;
 pub use error::{DecodeError, Error, HandlerError, PartitionStop, Result};
 pub use extract::{
     Context, CorrelationId, FromHeader, FromMessage, Key, Offset, Partition, State, StateMap,
     Timestamp, Topic,
 };
-pub use handler::{
-    new_correlation_id, BatchHandlerFn, BatchOutcome, BatchResult, HandlerFn, HandlerResult,
-    Outcome, Pipeline, Ready,
-};
 pub use message::{content_type, header, HeaderName, Headers, Message, OutgoingMessage};
 pub use middleware::Middleware;
 pub use offsets::{OffsetTracker, Position, Step};
-pub use outcome::{Reply, Response, ResponseMeta};
+pub use outcome::{BatchOutcome, Outcome, Reply, Response, ResponseMeta};
+pub use pipeline::{new_correlation_id, Pipeline, Ready};
 pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,
 };
+pub use publish::{BoxFuture, Publish, Publisher};
 pub use route::{
-    check_contracts, registered_routes, validate, Assignor, BatchDef, GroupTimings, OffsetReset,
-    RouteDef, RouteProblem, StateReq, SubscriberDef,
+    decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult, GroupTimings,
+    HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef,
 };
+pub use shutdown::{termination_signal, Shutdown, ShutdownTrigger};
 #[cfg(feature = "opentelemetry")]
 pub use trace::TraceContext;
-pub use transport::{BoxFuture, Publish, Publisher, Shutdown, ShutdownTrigger, Transport};
+pub use transport::Transport;
+pub use validate::{check_contracts, validate};
 
 /// Support for macro-generated code. Not public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__schema_of as schema_of;
-    #[cfg(feature = "schemars")]
-    pub use crate::asyncapi::HasSchema;
-    pub use crate::asyncapi::{
-        object_schema, NoSchema, Payload, RouteSchemas, SchemaGen, SchemaProbe,
-    };
     pub use crate::codec::{decode_json, decode_raw, decode_text};
     pub use crate::error::HandlerError;
     pub use crate::extract::{Context, FromHeader, FromMessage};
-    pub use crate::handler::{decode_batch, BatchResult, HandlerResult};
     pub use crate::message::Message;
     pub use crate::middleware::Middleware;
     pub use crate::outcome::Reply;
@@ -90,10 +99,16 @@ pub mod __private {
         BodyProbe, DecodeExact, DecodeJson, EncodeExact, EncodeJson, EncodeOption, EncodeResult,
         ReplyKind, ReplyProbe,
     };
+    pub use crate::publish::BoxFuture;
+    pub use crate::route::{decode_batch, BatchResult, HandlerResult};
     pub use crate::route::{
         Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq, SubscriberDef,
     };
-    pub use crate::transport::BoxFuture;
+    #[cfg(feature = "schemars")]
+    pub use crate::schema::HasSchema;
+    pub use crate::schema::{
+        object_schema, NoSchema, Payload, RouteSchemas, SchemaGen, SchemaProbe,
+    };
     pub use inventory;
     pub use serde;
     pub use serde_json;

@@ -215,20 +215,6 @@ impl OutgoingMessage {
         }
     }
 
-    /// A message whose payload is `value` encoded by the codec rules (text, bytes or JSON), with
-    /// the matching `content-type` header.
-    pub fn encode(
-        topic: impl AsRef<str>,
-        value: impl crate::codec::IntoPayload,
-    ) -> Result<Self, crate::Error> {
-        let (payload, content_type) = value.into_payload()?;
-        let mut msg = Self::new(topic, payload);
-        if let Some(ct) = content_type {
-            msg.headers.insert(header::CONTENT_TYPE, ct);
-        }
-        Ok(msg)
-    }
-
     /// Sets the key.
     pub fn key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());

@@ -10,11 +10,10 @@
 
 use std::sync::Arc;
 
-use crate::handler::Outcome;
 use crate::message::{Message, OutgoingMessage};
+use crate::outcome::Outcome;
 use crate::policy::Failure;
-use crate::route::RouteDef;
-use crate::transport::{BoxFuture, Publish};
+use crate::publish::{BoxFuture, Publish};
 use crate::Result;
 
 /// Runs around message handling and publishing. Every method has a default that does nothing,
@@ -81,10 +80,9 @@ impl Middlewares {
         self.0.is_empty()
     }
 
-    /// What runs around `route`'s messages: the app's middlewares, then the route's own;
+    /// What runs around a route's messages: the app's middlewares, then the route's `own`;
     /// `None` when there are none (nothing runs). Borrows both lists: nothing is allocated.
-    pub(crate) fn chain<'a>(&'a self, route: &'a RouteDef) -> Option<Chain<'a>> {
-        let own = route.middlewares();
+    pub(crate) fn chain(&self, own: &'static [&'static dyn Middleware]) -> Option<Chain<'_>> {
         if self.0.is_empty() && own.is_empty() {
             return None;
         }

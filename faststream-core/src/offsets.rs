@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::handler::Outcome;
 use crate::message::OutgoingMessage;
+use crate::outcome::Outcome;
 
 /// The next offset to commit for one partition; `-1` until the start position is known.
 #[derive(Debug, Clone)]

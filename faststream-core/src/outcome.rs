@@ -1,10 +1,12 @@
-//! What a handler's return value means: a reply to publish, or nothing.
+//! What handling a message comes to: the [`Reply`] a handler returns (a value to publish, or
+//! nothing), and the [`Outcome`] of a message (or [`BatchOutcome`] of a batch) after the
+//! failure policy: done with outputs, dead-lettered, skipped, interrupted or stopped.
 
 use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::HandlerError;
-use crate::message::{content_type, HeaderName, Headers};
+use crate::message::{content_type, HeaderName, Headers, OutgoingMessage};
 
 /// The encoded return value of a handler, before it is addressed to the publisher topics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,5 +123,105 @@ impl<T> Response<T> {
     /// Splits into body and metadata (used by generated code).
     pub fn into_parts(self) -> (T, ResponseMeta) {
         (self.body, self.meta)
+    }
+}
+
+/// The result of handling one batch (after any retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// What the handler returned, addressed to the publisher topics (nothing if it failed).
+    pub outputs: Vec<OutgoingMessage>,
+    /// The messages that were not handled as part of a successful batch, each with its own
+    /// outcome, in offset order: undecodable or refused ones, or every message of a batch that
+    /// failed (dead-lettered one by one with the batch's error, skipped, stopped, or
+    /// interrupted while waiting for a retry).
+    pub failed: Vec<(i64, Outcome)>,
+}
+
+impl BatchOutcome {
+    /// A batch of one as the outcome of its message.
+    pub(crate) fn into_single(mut self) -> Outcome {
+        match self.failed.pop() {
+            Some((_, failed)) => failed,
+            None => Outcome::Done(self.outputs),
+        }
+    }
+}
+
+/// The result of handling one message (after any retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler finished; these messages are to be published (possibly none). The message
+    /// is done once they are acknowledged.
+    Done(Vec<OutgoingMessage>),
+    /// `ack = "manual"` and the handler neither acked nor nacked: its outputs are published,
+    /// but the message is not done (it holds back commits of its partition).
+    Unacked(Vec<OutgoingMessage>),
+    /// It failed; this copy of it goes to the dead-letter topic, after which it is done.
+    DeadLettered {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+        /// The message for the dead-letter topic.
+        dlq: Box<OutgoingMessage>,
+    },
+    /// It failed and was logged; it counts as done.
+    Skipped {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+    },
+    /// It failed and was waiting to be retried when the consumer was told to stop (shutdown or
+    /// a revoked partition): it is not done, so it is consumed again later.
+    Interrupted {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+    },
+    /// It failed and the partition's consumer must stop without counting it as done.
+    Stopped {
+        /// The last error.
+        error: HandlerError,
+        /// How many times the handler ran.
+        attempts: u32,
+    },
+}
+
+impl Outcome {
+    /// The error, if the message failed.
+    pub fn error(&self) -> Option<&HandlerError> {
+        match self {
+            Outcome::Done(_) | Outcome::Unacked(_) => None,
+            Outcome::DeadLettered { error, .. }
+            | Outcome::Skipped { error, .. }
+            | Outcome::Interrupted { error, .. }
+            | Outcome::Stopped { error, .. } => Some(error),
+        }
+    }
+
+    /// A short name of the outcome, as logs and metrics write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Done(_) => "ok",
+            Outcome::Unacked(_) => "unacked",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Interrupted { .. } => "interrupted",
+            Outcome::Stopped { .. } => "stopped",
+        }
+    }
+
+    /// The messages to publish: outputs, or the dead-letter copy.
+    pub fn into_outputs(self) -> Vec<OutgoingMessage> {
+        match self {
+            Outcome::Done(out) | Outcome::Unacked(out) => out,
+            Outcome::DeadLettered { dlq, .. } => vec![*dlq],
+            Outcome::Skipped { .. } | Outcome::Interrupted { .. } | Outcome::Stopped { .. } => {
+                Vec::new()
+            }
+        }
     }
 }

@@ -1,13 +1,51 @@
 //! Routes: the descriptors the macros emit, their registry, and startup validation.
 
 use std::any::TypeId;
-use std::collections::BTreeMap;
-use std::fmt;
 
-use crate::asyncapi::{RouteSchemas, SchemaGen, SchemasFn};
-use crate::extract::StateMap;
-use crate::handler::{BatchHandlerFn, HandlerFn};
+use crate::error::HandlerError;
+use crate::extract::Context;
+use crate::message::Message;
+use crate::outcome::Reply;
 use crate::policy::PolicyDef;
+use crate::publish::BoxFuture;
+use crate::schema::{RouteSchemas, SchemaGen, SchemasFn};
+
+/// What a generated handler returns.
+pub type HandlerResult = Result<Reply, HandlerError>;
+
+/// The type-erased handler the macros generate for each route.
+pub type HandlerFn = fn(Message, Context) -> BoxFuture<'static, HandlerResult>;
+
+/// The type-erased handler the macros generate for a `batch = true` route.
+pub type BatchHandlerFn = fn(Vec<Message>, Context) -> BoxFuture<'static, BatchResult>;
+
+/// What a generated batch handler returns.
+#[derive(Debug)]
+pub struct BatchResult {
+    /// Messages that could not be decoded (index in the batch it was given, why); the handler
+    /// ran without them.
+    pub undecodable: Vec<(usize, HandlerError)>,
+    /// One reply per message to publish, or why the batch failed. `Ok` and empty without a
+    /// call when no message could be decoded.
+    pub replies: Result<Vec<Reply>, HandlerError>,
+}
+
+/// Decodes each message of a batch with `decode`: the values, and the messages that failed
+/// (index, error). Used by generated batch handlers.
+pub fn decode_batch<T>(
+    msgs: &[Message],
+    decode: impl Fn(&Message) -> Result<T, HandlerError>,
+) -> (Vec<T>, Vec<(usize, HandlerError)>) {
+    let mut values = Vec::with_capacity(msgs.len());
+    let mut failed = Vec::new();
+    for (i, msg) in msgs.iter().enumerate() {
+        match decode(msg) {
+            Ok(v) => values.push(v),
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    (values, failed)
+}
 
 /// Where a consumer with no committed offset starts reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -355,188 +393,9 @@ pub struct RouteRef(pub &'static RouteDef);
 
 inventory::collect!(RouteRef);
 
-/// The routes an app or test broker runs: `explicit` ones, or every registered one, validated
-/// against the state it was given.
-pub(crate) fn resolve_routes(
-    explicit: Option<Vec<&'static RouteDef>>,
-    state: &StateMap,
-) -> crate::Result<Vec<&'static RouteDef>> {
-    let routes = explicit.unwrap_or_else(registered_routes);
-    validate(&routes, state).map_err(crate::Error::InvalidRoutes)?;
-    Ok(routes)
-}
-
 /// Every route registered with `#[subscriber]` in the binary, sorted by handler path.
 pub fn registered_routes() -> Vec<&'static RouteDef> {
     let mut routes: Vec<&'static RouteDef> = inventory::iter::<RouteRef>().map(|r| r.0).collect();
     routes.sort_by_key(|r| (r.name, r.file, r.line));
     routes
-}
-
-/// One problem found by startup validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RouteProblem {
-    /// No route at all.
-    NoRoutes,
-    /// Two subscriptions to the same topic in the same consumer group.
-    DuplicateSubscription {
-        /// The topic.
-        topic: String,
-        /// The group.
-        group: String,
-        /// The first handler, `path (file:line)`.
-        first: String,
-        /// The second handler, `path (file:line)`.
-        second: String,
-    },
-    /// A handler needs a `State<T>` the app was not given.
-    MissingState {
-        /// The handler, `path (file:line)`.
-        handler: String,
-        /// The missing state type.
-        type_name: &'static str,
-    },
-    /// A handler publishes to a topic another handler of the binary subscribes to, and the
-    /// subscriber's body type does not accept what the publisher returns (checked where both
-    /// types have JSON Schemas: the `schemars` feature).
-    ContractMismatch {
-        /// The topic.
-        topic: String,
-        /// The publishing handler, `path (file:line)`.
-        publisher: String,
-        /// The subscribing handler, `path (file:line)`.
-        subscriber: String,
-        /// What disagrees.
-        reason: String,
-    },
-    /// A handler publishes to the same topic twice.
-    DuplicatePublisher {
-        /// The handler, `path (file:line)`.
-        handler: String,
-        /// The topic.
-        topic: String,
-    },
-}
-
-impl fmt::Display for RouteProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RouteProblem::NoRoutes => write!(
-                f,
-                "no routes found: annotate an `async fn` with #[subscriber(\"topic\")]. If your handlers live in \
-                 another crate that nothing in this binary references, the linker may have dropped them: \
-                 reference that crate (e.g. `use handlers as _;`) or list routes explicitly with `routes![...]`"
-            ),
-            RouteProblem::DuplicateSubscription { topic, group, first, second } => write!(
-                f,
-                "topic {topic:?} is subscribed twice in consumer group {group:?}: by {first} and by {second}; \
-                 the group would split its partitions between them. Use distinct group ids"
-            ),
-            RouteProblem::MissingState { handler, type_name } => write!(
-                f,
-                "{handler} needs `State<{type_name}>`, but the app has no such state: add `.with_state(...)` with a value of that type"
-            ),
-            RouteProblem::ContractMismatch { topic, publisher, subscriber, reason } => write!(
-                f,
-                "topic {topic:?}: {publisher} publishes what {subscriber} cannot read: {reason}"
-            ),
-            RouteProblem::DuplicatePublisher { handler, topic } => {
-                write!(f, "{handler} publishes to {topic:?} twice")
-            }
-        }
-    }
-}
-
-impl RouteProblem {
-    pub(crate) fn list(problems: &[RouteProblem]) -> String {
-        let mut s = format!("{} problem(s) with the routes:", problems.len());
-        for p in problems {
-            s.push_str("\n  - ");
-            s.push_str(&p.to_string());
-        }
-        s
-    }
-}
-
-fn describe(route: &RouteDef) -> String {
-    format!("{} ({})", route.name, route.location())
-}
-
-/// Checks the routes against each other and against the provided state; returns every problem.
-pub fn validate(routes: &[&'static RouteDef], state: &StateMap) -> Result<(), Vec<RouteProblem>> {
-    let mut problems = Vec::new();
-    if routes.is_empty() {
-        problems.push(RouteProblem::NoRoutes);
-    }
-    let mut seen: BTreeMap<(&str, &str), &RouteDef> = BTreeMap::new();
-    for route in routes {
-        for sub in route.subscribers {
-            let Some(group) = sub.group_id else { continue };
-            for topic in sub.topics {
-                if let Some(first) = seen.insert((topic, group), route) {
-                    problems.push(RouteProblem::DuplicateSubscription {
-                        topic: topic.to_string(),
-                        group: group.to_string(),
-                        first: describe(first),
-                        second: describe(route),
-                    });
-                }
-            }
-        }
-        for req in route.states() {
-            if !state.contains(req.type_id) {
-                problems.push(RouteProblem::MissingState {
-                    handler: describe(route),
-                    type_name: req.type_name,
-                });
-            }
-        }
-        for (i, topic) in route.publishers.iter().enumerate() {
-            if route.publishers[..i].contains(topic) {
-                problems.push(RouteProblem::DuplicatePublisher {
-                    handler: describe(route),
-                    topic: topic.to_string(),
-                });
-            }
-        }
-    }
-    if let Err(mismatches) = check_contracts(routes) {
-        problems.extend(mismatches);
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
-}
-
-/// Checks the topic contracts between `routes`: wherever one handler publishes to a topic
-/// another subscribes to, the subscriber's body type must accept what the publisher returns
-/// (compared by JSON Schema where both types derive `schemars::JsonSchema`, with the
-/// `schemars` feature; other payloads pass). Runs at startup with the other checks; as a
-/// one-line test of your own:
-///
-/// ```no_run
-/// # fn check() {
-/// faststream_core::check_contracts(&faststream_core::registered_routes()).unwrap();
-/// # }
-/// ```
-pub fn check_contracts(routes: &[&'static RouteDef]) -> Result<(), Vec<RouteProblem>> {
-    let problems: Vec<RouteProblem> = crate::asyncapi::contract_mismatches(routes)
-        .into_iter()
-        .map(
-            |(topic, publisher, subscriber, reason)| RouteProblem::ContractMismatch {
-                topic,
-                publisher: describe(publisher),
-                subscriber: describe(subscriber),
-                reason,
-            },
-        )
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
 }

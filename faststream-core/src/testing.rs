@@ -5,10 +5,10 @@
 //! then look at what each handler received and what landed on each topic.
 //!
 //! Outcomes go through the same per-partition bookkeeping as the Kafka transport
-//! ([`OffsetTracker`](crate::OffsetTracker)): a message a manual-ack handler neither acked nor
+//! ([`OffsetTracker`]): a message a manual-ack handler neither acked nor
 //! nacked holds its partition's commits back ([`TestBroker::committed`] shows what a consumer
 //! group would commit), and `on_failure = "stop"` stops the service: that publish and every
-//! later one return [`Error::PartitionStopped`](crate::Error::PartitionStopped), as the Kafka
+//! later one return [`Error::PartitionStopped`], as the Kafka
 //! service exits with the same reason.
 //!
 //! Retries wait with `tokio::time::sleep`: run such tests on tokio's paused clock
@@ -33,12 +33,14 @@ use serde::de::DeserializeOwned;
 use crate::codec::{decode_json, IntoPayload};
 use crate::error::HandlerError;
 use crate::extract::{Context, StateMap};
-use crate::handler::{new_correlation_id, Outcome, Pipeline};
 use crate::message::{header, Message, OutgoingMessage};
 use crate::offsets::{OffsetTracker, Position, Step};
+use crate::outcome::Outcome;
+use crate::pipeline::{new_correlation_id, Pipeline};
 use crate::policy::FailurePolicy;
-use crate::route::{resolve_routes, RouteDef};
-use crate::transport::{BoxFuture, Publish, Publisher};
+use crate::publish::{BoxFuture, Publish, Publisher};
+use crate::route::RouteDef;
+use crate::validate::resolve_routes;
 use crate::{Error, Result};
 
 /// How deep handlers may publish to topics other handlers consume before it counts as a loop.

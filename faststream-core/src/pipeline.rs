@@ -10,147 +10,11 @@ use std::task::{Context as TaskContext, Poll};
 use crate::error::{DecodeError, HandlerError};
 use crate::extract::Context;
 use crate::message::{header, Message, OutgoingMessage};
-use crate::outcome::Reply;
+use crate::outcome::{BatchOutcome, Outcome, Reply};
 use crate::policy::{dlq_header, AckMode, Acker, FailureAction, FailurePolicy};
-use crate::route::{RouteDef, RouteHandler};
-use crate::transport::{BoxFuture, Shutdown};
-
-/// What a generated handler returns.
-pub type HandlerResult = Result<Reply, HandlerError>;
-
-/// The type-erased handler the macros generate for each route.
-pub type HandlerFn = fn(Message, Context) -> BoxFuture<'static, HandlerResult>;
-
-/// The type-erased handler the macros generate for a `batch = true` route.
-pub type BatchHandlerFn = fn(Vec<Message>, Context) -> BoxFuture<'static, BatchResult>;
-
-/// What a generated batch handler returns.
-#[derive(Debug)]
-pub struct BatchResult {
-    /// Messages that could not be decoded (index in the batch it was given, why); the handler
-    /// ran without them.
-    pub undecodable: Vec<(usize, HandlerError)>,
-    /// One reply per message to publish, or why the batch failed. `Ok` and empty without a
-    /// call when no message could be decoded.
-    pub replies: Result<Vec<Reply>, HandlerError>,
-}
-
-/// Decodes each message of a batch with `decode`: the values, and the messages that failed
-/// (index, error). Used by generated batch handlers.
-pub fn decode_batch<T>(
-    msgs: &[Message],
-    decode: impl Fn(&Message) -> Result<T, HandlerError>,
-) -> (Vec<T>, Vec<(usize, HandlerError)>) {
-    let mut values = Vec::with_capacity(msgs.len());
-    let mut failed = Vec::new();
-    for (i, msg) in msgs.iter().enumerate() {
-        match decode(msg) {
-            Ok(v) => values.push(v),
-            Err(e) => failed.push((i, e)),
-        }
-    }
-    (values, failed)
-}
-
-/// The result of handling one batch (after any retries).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// What the handler returned, addressed to the publisher topics (nothing if it failed).
-    pub outputs: Vec<OutgoingMessage>,
-    /// The messages that were not handled as part of a successful batch, each with its own
-    /// outcome, in offset order: undecodable or refused ones, or every message of a batch that
-    /// failed (dead-lettered one by one with the batch's error, skipped, stopped, or
-    /// interrupted while waiting for a retry).
-    pub failed: Vec<(i64, Outcome)>,
-}
-
-impl BatchOutcome {
-    /// A batch of one as the outcome of its message.
-    fn into_single(mut self) -> Outcome {
-        match self.failed.pop() {
-            Some((_, failed)) => failed,
-            None => Outcome::Done(self.outputs),
-        }
-    }
-}
-
-/// The result of handling one message (after any retries).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The handler finished; these messages are to be published (possibly none). The message
-    /// is done once they are acknowledged.
-    Done(Vec<OutgoingMessage>),
-    /// `ack = "manual"` and the handler neither acked nor nacked: its outputs are published,
-    /// but the message is not done (it holds back commits of its partition).
-    Unacked(Vec<OutgoingMessage>),
-    /// It failed; this copy of it goes to the dead-letter topic, after which it is done.
-    DeadLettered {
-        /// The last error.
-        error: HandlerError,
-        /// How many times the handler ran.
-        attempts: u32,
-        /// The message for the dead-letter topic.
-        dlq: Box<OutgoingMessage>,
-    },
-    /// It failed and was logged; it counts as done.
-    Skipped {
-        /// The last error.
-        error: HandlerError,
-        /// How many times the handler ran.
-        attempts: u32,
-    },
-    /// It failed and was waiting to be retried when the consumer was told to stop (shutdown or
-    /// a revoked partition): it is not done, so it is consumed again later.
-    Interrupted {
-        /// The last error.
-        error: HandlerError,
-        /// How many times the handler ran.
-        attempts: u32,
-    },
-    /// It failed and the partition's consumer must stop without counting it as done.
-    Stopped {
-        /// The last error.
-        error: HandlerError,
-        /// How many times the handler ran.
-        attempts: u32,
-    },
-}
-
-impl Outcome {
-    /// The error, if the message failed.
-    pub fn error(&self) -> Option<&HandlerError> {
-        match self {
-            Outcome::Done(_) | Outcome::Unacked(_) => None,
-            Outcome::DeadLettered { error, .. }
-            | Outcome::Skipped { error, .. }
-            | Outcome::Interrupted { error, .. }
-            | Outcome::Stopped { error, .. } => Some(error),
-        }
-    }
-
-    /// A short name of the outcome, as logs and metrics write it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Outcome::Done(_) => "ok",
-            Outcome::Unacked(_) => "unacked",
-            Outcome::DeadLettered { .. } => "dead_lettered",
-            Outcome::Skipped { .. } => "skipped",
-            Outcome::Interrupted { .. } => "interrupted",
-            Outcome::Stopped { .. } => "stopped",
-        }
-    }
-
-    /// The messages to publish: outputs, or the dead-letter copy.
-    pub fn into_outputs(self) -> Vec<OutgoingMessage> {
-        match self {
-            Outcome::Done(out) | Outcome::Unacked(out) => out,
-            Outcome::DeadLettered { dlq, .. } => vec![*dlq],
-            Outcome::Skipped { .. } | Outcome::Interrupted { .. } | Outcome::Stopped { .. } => {
-                Vec::new()
-            }
-        }
-    }
-}
+use crate::publish::BoxFuture;
+use crate::route::{BatchHandlerFn, BatchResult, RouteDef, RouteHandler};
+use crate::shutdown::Shutdown;
 
 /// Runs messages through routes. Shared by every transport and the test broker.
 #[derive(Debug)]
@@ -329,7 +193,7 @@ impl Pipeline {
                 span.record("key", display(String::from_utf8_lossy(key)));
             }
         }
-        let chain = self.middlewares.chain(route);
+        let chain = self.middlewares.chain(route.middlewares());
         if let Some(chain) = &chain {
             chain.on_span(&msg, &span);
         }
@@ -494,7 +358,7 @@ impl Pipeline {
             size = msgs.len(),
             failed = tracing::field::Empty,
         );
-        let chain = self.middlewares.chain(route);
+        let chain = self.middlewares.chain(route.middlewares());
         if let Some(chain) = &chain {
             chain.on_span(first, &span);
         }

@@ -194,12 +194,37 @@ async fn the_leader_killed_mid_relay_loses_nothing() {
 
     let service = start(relay_app(&cluster, &prefix)).await;
     let mut reader = Reader::new(&cluster, &output);
+    // The group's commits have landed (a fresh cluster's offsets topic takes a moment to
+    // accept them): what the kill may repeat is then bounded by the commit interval.
+    let group = format!("{prefix}relay");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let coordinator = common::wire::coordinator(&cluster.addr(1), &group).await;
+        let mut committed = 0;
+        for p in 0..PARTITIONS {
+            let addr = cluster.addr(coordinator as usize);
+            committed += common::wire::committed_partition(&addr, &group, &input, p)
+                .await
+                .max(0);
+        }
+        if committed >= 1_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no commit landed; log:\n{}",
+            logs_about(&input)
+        );
+        reader.poll().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deadline = Instant::now() + TIMEOUT;
     while reader.distinct() < (N / 4) as usize {
         assert!(Instant::now() < deadline, "the relay did not start");
         reader.poll().await;
     }
     let before = reader.distinct();
+    assert!(before < N as usize, "the relay was over before the kill");
     let killed_at = Instant::now();
     cluster.node(victim as usize, "kill");
     // Flow resumes: more outputs than at the kill, then all of them.
@@ -233,8 +258,9 @@ async fn the_leader_killed_mid_relay_loses_nothing() {
     // the commits the lost coordinator did not take; far below the relayed total.
     assert!(
         reader.duplicates() < (N / 4) as usize,
-        "{} duplicates",
-        reader.duplicates()
+        "{} duplicates; log:\n{}",
+        reader.duplicates(),
+        logs_about(&input)
     );
 }
 

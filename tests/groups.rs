@@ -629,3 +629,88 @@ async fn a_subscribed_topic_created_again_is_consumed_without_a_restart() {
     assert_eq!(values[10], "before");
     service.stop().await.unwrap();
 }
+
+#[subscriber(
+    "resumer",
+    group_id = "resumer",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+#[publisher("resumer-out")]
+async fn resumer(n: u64) -> String {
+    n.to_string()
+}
+
+/// A coordinator that cannot give a partition's committed offset yet (an OffsetFetch answer
+/// with an error on the partition and no offset, as Kafka answers `UNSTABLE_OFFSET_COMMIT`
+/// while a transaction's offsets are pending) is asked again: the member does not start that
+/// partition from `auto_offset_reset`, which would repeat everything the group handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_the_coordinator_cannot_give_yet_are_asked_again_not_reset() {
+    use common::wire::KafkaProxy;
+    use faststream::kafka::KafkaBroker;
+    use kafka_protocol::messages::ApiKey;
+    init_logs();
+    let prefix = unique_prefix("resume");
+    let proxy_port = free_port();
+    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
+    let proxy = KafkaProxy::start_on(proxy_port, broker_addr.clone()).await;
+    let via_proxy = format!("127.0.0.1:{proxy_port}");
+    let client = rskafka::client::ClientBuilder::new(vec![via_proxy.clone()])
+        .build()
+        .await
+        .unwrap();
+    let (input, output) = (format!("{prefix}resumer"), format!("{prefix}resumer-out"));
+    create_topic(&client, &input, 1).await;
+    create_topic(&client, &output, 1).await;
+    let member = || {
+        faststream::FastStream::new(KafkaBroker::new(&via_proxy))
+            .with_routes(routes![resumer])
+            .topic_prefix(&prefix)
+    };
+    let numbers = |range: std::ops::Range<u64>| {
+        range
+            .map(|n| record(None, n.to_string().as_bytes(), &[]))
+            .collect()
+    };
+    let a = start(member()).await;
+    produce(&client, &input, 0, numbers(0..10)).await;
+    read(&client, &output, 10).await;
+    a.stop().await.unwrap();
+    assert_eq!(
+        common::wire::committed(&broker_addr, &input, &input).await,
+        10
+    );
+
+    // The restarted member's first two OffsetFetch answers carry UNSTABLE_OFFSET_COMMIT.
+    let fetches_before = proxy.requests(ApiKey::OffsetFetch);
+    proxy.fail_offset_fetches(2, 88);
+    let b = start(member()).await;
+    assert!(
+        proxy.requests(ApiKey::OffsetFetch) >= fetches_before + 3,
+        "asked again after two refused answers"
+    );
+    produce(&client, &input, 0, numbers(10..15)).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while common::wire::committed(&broker_addr, &input, &input).await != 15 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offset 15 never committed; log:\n{}",
+            logs_about(&input)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.stop().await.unwrap();
+    let out = read(&client, &output, 15).await;
+    let got: Vec<String> = out.values().flatten().map(text).collect();
+    let want: Vec<String> = (0..15).map(|n: u64| n.to_string()).collect();
+    assert_eq!(
+        got,
+        want,
+        "each input handled once; log:\n{}",
+        logs_about(&input)
+    );
+    assert!(logs_about(&input).contains("UnstableOffsetCommit"));
+}

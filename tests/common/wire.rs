@@ -228,7 +228,11 @@ pub struct KafkaProxy {
     delays: Delays,
     /// Requests passed on, by API key.
     counts: Arc<Mutex<HashMap<i16, usize>>>,
+    offset_fetch_errors: OffsetFetchErrors,
 }
+
+/// How many more OffsetFetch answers get an error on every partition, and which.
+type OffsetFetchErrors = Arc<Mutex<(usize, i16)>>;
 
 /// Answers the proxy holds back: by API key, how many more answers and for how long.
 type Delays = Arc<Mutex<HashMap<i16, (usize, std::time::Duration)>>>;
@@ -247,12 +251,14 @@ impl KafkaProxy {
             aborted: Arc::default(),
             delays: Arc::default(),
             counts: Arc::default(),
+            offset_fetch_errors: Arc::default(),
         };
-        let (rule, aborted, delays, counts) = (
+        let (rule, aborted, delays, counts, offset_fetch_errors) = (
             proxy.rule.clone(),
             proxy.aborted.clone(),
             proxy.delays.clone(),
             proxy.counts.clone(),
+            proxy.offset_fetch_errors.clone(),
         );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -266,6 +272,7 @@ impl KafkaProxy {
                     aborted.clone(),
                     delays.clone(),
                     counts.clone(),
+                    offset_fetch_errors.clone(),
                 ));
             }
         });
@@ -299,6 +306,13 @@ impl KafkaProxy {
             .insert(api as i16, (count, delay));
     }
 
+    /// Answers the next `count` OffsetFetch requests with `code` on every partition (and no
+    /// committed offset), as a coordinator does for offsets it cannot give yet, for example
+    /// `UNSTABLE_OFFSET_COMMIT` (88) while a transaction's offsets are pending.
+    pub fn fail_offset_fetches(&self, count: usize, code: i16) {
+        *self.offset_fetch_errors.lock().unwrap() = (count, code);
+    }
+
     /// How many requests of `api` the proxy has passed on.
     pub fn requests(&self, api: ApiKey) -> usize {
         self.counts
@@ -322,14 +336,15 @@ async fn relay(
     aborted: Aborted,
     delays: Delays,
     counts: Arc<Mutex<HashMap<i16, usize>>>,
+    offset_fetch_errors: OffsetFetchErrors,
 ) {
     let (mut client_rx, client_tx) = client.into_split();
     let (upstream_rx, mut upstream_tx) = upstream.into_split();
     let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
     // Fetch requests passed on, by correlation id, with their version.
     let fetches: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
-    // The API key of every request passed on, by correlation id.
-    let apis: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
+    // The API key and version of every request passed on, by correlation id.
+    let apis: Arc<Mutex<HashMap<i32, (i16, i16)>>> = Arc::default();
     // Answers from the broker go back frame by frame (so our own answers never interleave).
     let back = {
         let client_tx = client_tx.clone();
@@ -338,7 +353,8 @@ async fn relay(
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
-                let api = apis.lock().unwrap().remove(&frame.clone().get_i32());
+                let request = apis.lock().unwrap().remove(&frame.clone().get_i32());
+                let api = request.map(|(api, _)| api);
                 let hold = api.and_then(|api| {
                     let mut delays = delays.lock().unwrap();
                     let (left, delay) = delays.get_mut(&api)?;
@@ -351,6 +367,12 @@ async fn relay(
                     tokio::time::sleep(delay).await;
                 }
                 let frame = add_aborted(frame, &fetches, &aborted);
+                let frame = match request {
+                    Some((api, version)) if api == ApiKey::OffsetFetch as i16 => {
+                        fail_offset_fetch(frame, version, &offset_fetch_errors)
+                    }
+                    _ => frame,
+                };
                 if write_frame(&mut *client_tx.lock().await, &frame)
                     .await
                     .is_err()
@@ -370,7 +392,7 @@ async fn relay(
         let mut peek = frame.clone();
         if peek.remaining() >= 8 {
             let (api, version, correlation) = (peek.get_i16(), peek.get_i16(), peek.get_i32());
-            apis.lock().unwrap().insert(correlation, api);
+            apis.lock().unwrap().insert(correlation, (api, version));
             *counts.lock().unwrap().entry(api).or_default() += 1;
             if api == ApiKey::Fetch as i16 {
                 fetches.lock().unwrap().insert(correlation, version);
@@ -411,6 +433,45 @@ fn add_aborted(frame: Bytes, fetches: &Mutex<HashMap<i32, i16>>, aborted: &Abort
                 list.push(a);
             }
         }
+    }
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, hv).unwrap();
+    resp.encode(&mut buf, version).unwrap();
+    buf.freeze()
+}
+
+/// An OffsetFetch answer with every partition failed, while `errors` asks for that.
+fn fail_offset_fetch(frame: Bytes, version: i16, errors: &OffsetFetchErrors) -> Bytes {
+    let code = {
+        let mut errors = errors.lock().unwrap();
+        if errors.0 == 0 {
+            return frame;
+        }
+        errors.0 -= 1;
+        errors.1
+    };
+    let mut body = frame.clone();
+    let hv = OffsetFetchResponse::header_version(version);
+    let (Ok(header), Ok(mut resp)) = (
+        ResponseHeader::decode(&mut body, hv),
+        OffsetFetchResponse::decode(&mut body, version),
+    ) else {
+        return frame;
+    };
+    let partitions = resp
+        .topics
+        .iter_mut()
+        .flat_map(|t| t.partitions.iter_mut())
+        .map(|p| (&mut p.error_code, &mut p.committed_offset));
+    let grouped = resp
+        .groups
+        .iter_mut()
+        .flat_map(|g| g.topics.iter_mut())
+        .flat_map(|t| t.partitions.iter_mut())
+        .map(|p| (&mut p.error_code, &mut p.committed_offset));
+    for (error, offset) in partitions.chain(grouped) {
+        *error = code;
+        *offset = -1;
     }
     let mut buf = BytesMut::new();
     header.encode(&mut buf, hv).unwrap();

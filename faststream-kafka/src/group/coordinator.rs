@@ -455,6 +455,8 @@ impl GroupRunner {
                 }
                 for t in &g.topics {
                     for p in &t.partitions {
+                        partition_refused(&t.name.0, p.partition_index, p.error_code)
+                            .map_err(protocol_err)?;
                         out.insert(
                             (t.name.0.to_string(), p.partition_index),
                             p.committed_offset,
@@ -468,6 +470,8 @@ impl GroupRunner {
             }
             for t in &resp.topics {
                 for p in &t.partitions {
+                    partition_refused(&t.name.0, p.partition_index, p.error_code)
+                        .map_err(protocol_err)?;
                     out.insert(
                         (t.name.0.to_string(), p.partition_index),
                         p.committed_offset,
@@ -659,5 +663,19 @@ pub(super) enum JoinError {
 impl From<ConnError> for JoinError {
     fn from(e: ConnError) -> Self {
         JoinError::Failed(e.to_string())
+    }
+}
+
+/// A partition of an OffsetFetch answer that carries an error has no usable committed offset
+/// (its `committed_offset` is -1): starting it from `auto_offset_reset` would repeat or skip
+/// what the group already handled. As the Java consumer does, such an answer fails the fetch
+/// (retried: the member rejoins), for example `UNSTABLE_OFFSET_COMMIT` while a transaction's
+/// offsets are pending.
+fn partition_refused(topic: &str, partition: i32, code: i16) -> Result<(), String> {
+    match ResponseError::try_from_code(code) {
+        None => Ok(()),
+        Some(e) => Err(format!(
+            "OffsetFetch: partition {partition} of topic {topic:?}: {e}"
+        )),
     }
 }

@@ -45,8 +45,8 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use serde::Deserialize;
 
-/// Every relay (raw and framework alike) runs on mimalloc, as the examples do and the README
-/// recommends for services.
+/// Every relay (raw and framework alike) runs on mimalloc, as the examples do and the guide
+/// (docs/guide/performance.md) recommends for services.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

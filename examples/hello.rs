@@ -17,7 +17,7 @@ use faststream::kafka::KafkaBroker;
 use faststream::{publisher, subscriber, FastStream};
 
 /// A well-kept allocator: a service like this one allocates many small, short-lived
-/// buffers (see the README's performance section); the library sets no allocator.
+/// buffers (see the guide's performance page, docs/guide/performance.md); the library sets no allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -18,7 +18,7 @@ use faststream::{publisher, subscriber, FastStream, Headers, Key, Response, Stat
 use serde::{Deserialize, Serialize};
 
 /// A well-kept allocator: a service like this one allocates many small, short-lived
-/// buffers (see the README's performance section); the library sets no allocator.
+/// buffers (see the guide's performance page, docs/guide/performance.md); the library sets no allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -61,5 +61,27 @@ pub mod runtime {
     };
 }
 
+/// The guide: how to write, test, connect, run and measure a service, chapter by chapter
+/// (the pages under `docs/guide/` of the repository). Every code sample is compiled by
+/// `cargo test --doc`.
+pub mod guide {
+    #[doc = include_str!("../docs/guide/handlers.md")]
+    pub mod handlers {}
+    #[doc = include_str!("../docs/guide/testing.md")]
+    pub mod testing {}
+    #[doc = include_str!("../docs/guide/kafka.md")]
+    pub mod kafka {}
+    #[doc = include_str!("../docs/guide/delivery.md")]
+    pub mod delivery {}
+    #[doc = include_str!("../docs/guide/operating.md")]
+    pub mod operating {}
+    #[doc = include_str!("../docs/guide/performance.md")]
+    pub mod performance {}
+    #[doc = include_str!("../docs/guide/brokers.md")]
+    pub mod brokers {}
+    #[doc = include_str!("../docs/guide/contributing.md")]
+    pub mod contributing {}
+}
+
 #[doc(hidden)]
 pub use faststream_core::__private;

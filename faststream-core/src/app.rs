@@ -143,8 +143,8 @@ impl<T: Transport> FastStream<T> {
     /// Serves Prometheus metrics at `GET /metrics` on `addr`, beside the health probes of
     /// [`FastStream::health`] (one address for scrapes and probes). Installs the process-wide
     /// Prometheus recorder of the `metrics` facade on first use; the run fails at startup if
-    /// another recorder was installed first. The metrics are listed in the README's
-    /// Operating section.
+    /// another recorder was installed first. The metrics are listed in the guide's
+    /// operating page (`faststream::guide::operating`).
     #[cfg(feature = "prometheus")]
     pub fn prometheus(mut self, addr: std::net::SocketAddr) -> Self {
         self.health = Some(addr);
@@ -253,8 +253,8 @@ impl<T: Transport> FastStream<T> {
 
     /// Whether published messages carry FastStream's `content-type` and `correlation_id`
     /// headers (default true, so Python FastStream services read them as their own). Turning
-    /// them off roughly halves the transport's CPU per message (see the README's performance
-    /// section); an incoming `correlation_id` is still passed on.
+    /// them off roughly halves the transport's CPU per message (see the guide's performance
+    /// page, `faststream::guide::performance`); an incoming `correlation_id` is still passed on.
     pub fn compat_headers(mut self, on: bool) -> Self {
         self.compat_headers = on;
         self

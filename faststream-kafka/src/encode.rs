@@ -218,14 +218,14 @@ mod tests {
 
     fn msg(i: usize) -> OutgoingMessage {
         let mut m = OutgoingMessage::new("t", format!("value-{i}"));
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             m.key = Some(format!("k{i}").into());
         }
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             m.headers.insert("content-type", "text/plain");
             m.headers.insert("correlation_id", format!("id-{i}"));
         }
-        m.timestamp = (i % 4 == 0).then_some(1_700_000_000_000 + i as i64);
+        m.timestamp = i.is_multiple_of(4).then_some(1_700_000_000_000 + i as i64);
         m
     }
 

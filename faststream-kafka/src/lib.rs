@@ -23,18 +23,21 @@
 //! consumers start from committed offsets, and done offsets are committed periodically, on
 //! revoke and on shutdown (at-least-once by default).
 //!
-//! Modules, bottom up (each depends only on the ones before it, and `error`): `security` (TLS,
-//! SASL), `config` (settings), `protocol` (one raw connection: framing, versions, TLS, SASL), `topics` (names,
-//! existence, creation), `records` (record-batch decoding: codecs, transactions), `fetch` (one
-//! partition's Fetch/ListOffsets), `encode` (record batches v2 from outgoing messages),
-//! `produce` (batching
-//! producers, the partitioner, produce errors), `consume` (the per-partition loop, with core's
-//! `OffsetTracker` deciding what each outcome means for the partition's position), `assign`
-//! (the leader's assignors), `metrics` (what consumers, groups and producers record through the
-//! `metrics` facade, feature `metrics`), `group` (membership: generations, partition consumers,
-//! bounded drains; `group::coordinator` speaks to the coordinator: join and sync, heartbeats,
-//! offset fetch and commit, leave),
-//! `request` (request/reply), `broker` (the builder, startup, the transport).
+//! Modules in layers, each using only those below it (`scripts/import-cycles --graph` prints
+//! them; CI fails on a circle):
+//! 1. `error`, `metrics` (what consumers, groups and producers record through the `metrics`
+//!    facade, feature `metrics`), `records` (record-batch decoding: codecs, transactions);
+//! 2. `security` (TLS, SASL), then `config` (settings);
+//! 3. `protocol` (one connection: framing, versions, TLS, SASL), `encode` (record batches v2
+//!    from outgoing messages), `topics` (names, existence, creation);
+//! 4. `assign` (the group leader's assignors), `fetch` (one partition's Fetch and ListOffsets);
+//! 5. `group::coordinator` (join and sync, heartbeats, offset fetch and commit, leave),
+//!    `produce` (batching producers, the partitioner, produce errors);
+//! 6. `consume` (the per-partition loop, with core's `OffsetTracker` deciding what each outcome
+//!    means for the partition's position);
+//! 7. `group` (membership: generations, partition consumers, bounded drains), `request`
+//!    (request/reply);
+//! 8. `broker` (the builder, startup, the transport).
 
 mod assign;
 mod broker;

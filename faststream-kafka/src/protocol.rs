@@ -1,4 +1,5 @@
-//! A connection speaking Kafka's wire protocol directly, for the consumer-group APIs rskafka lacks.
+//! One connection to a broker speaking Kafka's wire protocol (the `kafka-protocol` crate's
+//! messages): the consumers, producers and group members all talk through it.
 //!
 //! Framing: an `i32` length, the request header, the body; one write per request with
 //! `TCP_NODELAY` set. Versions are negotiated with ApiVersions: each request uses the highest

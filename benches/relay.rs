@@ -693,7 +693,7 @@ async fn pipeline_only(args: &Args) {
     let route = routes[0];
     let ctx = faststream::runtime::Context::new(
         Default::default(),
-        faststream::Publisher::new(Arc::new(Discard)),
+        faststream::extract::Publisher::new(Arc::new(Discard)),
     );
     let pipeline = faststream::runtime::Pipeline::new(routes, ctx);
     let topic: Arc<str> = Arc::from("in_topic");

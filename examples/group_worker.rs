@@ -7,8 +7,9 @@
 //!
 //! `TOPIC_PREFIX` namespaces its topics and group (the tests run it that way).
 
+use faststream::extract::{Partition, State};
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, subscriber, FastStream, Partition, State};
+use faststream::{publisher, subscriber, FastStream};
 
 /// A well-kept allocator: a service like this one allocates many small, short-lived
 /// buffers (see the guide's performance page, docs/guide/performance.md); the library sets no allocator.

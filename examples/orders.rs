@@ -13,8 +13,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use faststream::extract::{Headers, Key, State};
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, subscriber, FastStream, Headers, Key, Response, State};
+use faststream::{publisher, subscriber, FastStream, Response};
 use serde::{Deserialize, Serialize};
 
 /// A well-kept allocator: a service like this one allocates many small, short-lived
@@ -112,6 +113,6 @@ async fn main() -> faststream::Result<()> {
             tracing::info!("billing closed");
             Ok::<_, String>(())
         })
-        .run()
+        .run_with_args(std::env::args())
         .await
 }

@@ -2,27 +2,22 @@
 //!
 //! # Layout of this crate
 //!
-//! The root holds what a handler author uses: the attributes, [`FastStream`], the extractors,
-//! return types and failures, errors, middleware, [`testing`] and [`kafka`]. Machinery for
-//! writing a transport or driving the pipeline yourself is in [`runtime`]; what the macros'
-//! generated code calls is hidden in `__private` and is not public API.
+//! The root holds what every handler author writes: the attributes, [`FastStream`],
+//! [`Message`], what handlers return ([`Response`], [`Json`], [`Failure`]), the errors,
+//! [`Middleware`], [`testing`] and [`kafka`]. Handler arguments are in [`extract`] (`Key`,
+//! `Topic`, `State`, ...: names that would collide with your own types at the root), the failure
+//! policy's settings in [`policy`], and the guide's chapters in [`guide`]. Machinery for writing a
+//! transport or driving the pipeline yourself is in [`runtime`]; what the macros' generated code
+//! calls is hidden in `__private` and is not public API (`api/faststream.txt` lists the public
+//! API; CI checks it is unchanged unless the listing is updated with the change).
 
 pub use faststream_macros::{publisher, routes, subscriber};
 
 // The app and its lifecycle.
 pub use faststream_core::{termination_signal, AppContext, FastStream, Ready};
 
-// Extractors: handler arguments built from the message or the app.
-pub use faststream_core::{
-    Acker, CorrelationId, FromHeader, FromMessage, Headers, Key, Message, Offset, Partition,
-    Publisher, State, Timestamp, Topic,
-};
-
-// What handlers return, and how they fail.
-pub use faststream_core::{Failure, IntoPayload, Json, OutgoingMessage, Response};
-
-// Failure policy and delivery settings (app-wide defaults of the `#[subscriber]` options).
-pub use faststream_core::{AckMode, FailureAction, FailurePolicy, RetryPolicy};
+// The message, what handlers return, and how they fail.
+pub use faststream_core::{Failure, IntoPayload, Json, Message, OutgoingMessage, Response};
 
 // Errors.
 pub use faststream_core::{DecodeError, Error, HandlerError, PartitionStop, Result, RouteProblem};
@@ -30,13 +25,33 @@ pub use faststream_core::{DecodeError, Error, HandlerError, PartitionStop, Resul
 // Middleware.
 pub use faststream_core::{BoxFuture, Middleware, Outcome};
 
-// Header names and content types shared with Python FastStream; dead-letter headers.
-pub use faststream_core::{content_type, dlq_header, header};
+// Header names and content types shared with Python FastStream.
+pub use faststream_core::{content_type, header};
 
 // Route checks for your own tests, and the AsyncAPI document.
 pub use faststream_core::{asyncapi, check_contracts, registered_routes};
 
 pub use faststream_core::testing;
+
+/// Handler arguments: what `#[subscriber]` builds from the message (`Key`, `Topic`,
+/// `Partition`, `Offset`, `Timestamp`, `CorrelationId`, `Headers`, `Acker`) or from the app
+/// (`State`, `Publisher`), and the traits for your own ([`FromMessage`](extract::FromMessage),
+/// [`FromHeader`](extract::FromHeader)). The macros recognise them by their written name, so
+/// import them (`use faststream::extract::Key;`) or write the path.
+pub mod extract {
+    pub use faststream_core::{
+        Acker, CorrelationId, FromHeader, FromMessage, Headers, Key, Offset, Partition, Publisher,
+        State, Timestamp, Topic,
+    };
+}
+
+/// The failure policy's settings: app-wide defaults of the `#[subscriber]` options
+/// ([`FailurePolicy`](policy::FailurePolicy), [`RetryPolicy`](policy::RetryPolicy),
+/// [`AckMode`](policy::AckMode), [`FailureAction`](policy::FailureAction)) and the headers of
+/// dead-lettered messages ([`dlq_header`](policy::dlq_header)).
+pub mod policy {
+    pub use faststream_core::{dlq_header, AckMode, FailureAction, FailurePolicy, RetryPolicy};
+}
 
 /// W3C trace-context propagation as a middleware (feature `opentelemetry`).
 #[cfg(feature = "opentelemetry")]

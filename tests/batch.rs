@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
-use faststream::{dlq_header, publisher, routes, subscriber, Failure, Message};
+use faststream::policy::dlq_header;
+use faststream::{publisher, routes, subscriber, Failure, Message};
 
 /// Per topic: each batch as (partition, offsets), in the order handled.
 static BATCHES: Mutex<Vec<(String, i32, Vec<i64>)>> = Mutex::new(Vec::new());

@@ -3,8 +3,10 @@
 
 use std::sync::Mutex;
 
+use faststream::extract::State;
+use faststream::policy::dlq_header;
 use faststream::testing::TestBroker;
-use faststream::{dlq_header, publisher, routes, subscriber, Failure, Message, Outcome, State};
+use faststream::{publisher, routes, subscriber, Failure, Message, Outcome};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize, Serialize, PartialEq)]

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use faststream::kafka::KafkaBroker;
-use faststream::{dlq_header, publisher, routes, subscriber, FastStream};
+use faststream::policy::dlq_header;
+use faststream::{publisher, routes, subscriber, FastStream};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use tokio::time::Instant;

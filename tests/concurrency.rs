@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
+use faststream::extract::{Key, Offset, Topic};
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, routes, subscriber, Failure, FastStream, Key, Offset, Topic};
+use faststream::{publisher, routes, subscriber, Failure, FastStream};
 
 /// (topic, key, offset) when each handler call started, and when it finished.
 static STARTED: Mutex<Vec<(String, String, i64)>> = Mutex::new(Vec::new());

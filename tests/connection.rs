@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use faststream::extract::Topic;
 use faststream::kafka::KafkaBroker;
 use faststream::runtime::RouteDef;
-use faststream::{publisher, routes, subscriber, FastStream, Topic};
+use faststream::{publisher, routes, subscriber, FastStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 

@@ -11,9 +11,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
+use faststream::extract::Topic;
 use faststream::kafka::KafkaBroker;
 use faststream::runtime::RouteDef;
-use faststream::{routes, subscriber, Failure, FastStream, Topic};
+use faststream::{routes, subscriber, Failure, FastStream};
 
 /// (topic, body) of every message a handler finished, in order.
 static SEEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());

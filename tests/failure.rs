@@ -5,10 +5,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use faststream::extract::Acker;
+use faststream::policy::{dlq_header, FailurePolicy, RetryPolicy};
 use faststream::testing::TestBroker;
 use faststream::{
-    dlq_header, publisher, routes, subscriber, Acker, Failure, FailurePolicy, HandlerError,
-    Message, Outcome, OutgoingMessage, RetryPolicy,
+    publisher, routes, subscriber, Failure, HandlerError, Message, Outcome, OutgoingMessage,
 };
 use serde::Deserialize;
 
@@ -129,24 +130,17 @@ async fn the_handler_chooses_the_outcome() {
                 | Outcome::Stopped { attempts, .. } => Some(*attempts),
                 _ => None,
             };
-            let kind = match &d.outcome {
-                Outcome::Done(_) => "done",
-                Outcome::DeadLettered { .. } => "dlq",
-                Outcome::Skipped { .. } => "skipped",
-                Outcome::Stopped { .. } => "stopped",
-                Outcome::Unacked(_) => "unacked",
-                Outcome::Interrupted { .. } => "interrupted",
-            };
+            let kind = d.outcome.name();
             (kind.to_owned(), attempts)
         })
         .collect();
     assert_eq!(
         got,
         [
-            ("dlq".to_owned(), Some(1)),
+            ("dead_lettered".to_owned(), Some(1)),
             ("skipped".to_owned(), Some(1)),
-            ("dlq".to_owned(), Some(6)), // `?` on an io::Error retries (5 retries), then dead-letters
-            ("done".to_owned(), None),
+            ("dead_lettered".to_owned(), Some(6)), // `?` on an io::Error retries (5 retries), then dead-letters
+            ("ok".to_owned(), None),
             ("stopped".to_owned(), Some(1)),
         ]
     );

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use common::*;
-use faststream::{dlq_header, publisher, routes, subscriber, Acker, Failure};
+use faststream::extract::Acker;
+use faststream::policy::dlq_header;
+use faststream::{publisher, routes, subscriber, Failure};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use faststream::{publisher, routes, subscriber, Partition, State};
+use faststream::extract::{Partition, State};
+use faststream::{publisher, routes, subscriber};
 
 #[derive(Clone)]
 struct Instance(&'static str);

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use faststream::extract::{Headers, Key, Publisher, State};
 use faststream::kafka::{partition_for_key, KafkaBroker};
-use faststream::{
-    publisher, routes, subscriber, Failure, FastStream, Headers, Key, Publisher, Response, State,
-};
+use faststream::{publisher, routes, subscriber, Failure, FastStream, Response};
 use serde::{Deserialize, Serialize};
 
 // The seed, as written in the README (default auto_offset_reset: latest).
@@ -369,7 +368,7 @@ async fn publish_api_sets_key_headers_and_partition() {
 
 #[subscriber("picked", partitions = [1, 3], auto_offset_reset = "earliest")]
 #[publisher("picked-out")]
-async fn picked(body: String, partition: faststream::Partition) -> String {
+async fn picked(body: String, partition: faststream::extract::Partition) -> String {
     format!("{}:{body}", partition.0)
 }
 
@@ -478,7 +477,11 @@ async fn compat_headers_can_be_turned_off() {
 
 #[subscriber("stamped", auto_offset_reset = "earliest")]
 #[publisher("stamped-out")]
-async fn stamped(_body: String, ts: faststream::Timestamp, offset: faststream::Offset) -> String {
+async fn stamped(
+    _body: String,
+    ts: faststream::extract::Timestamp,
+    offset: faststream::extract::Offset,
+) -> String {
     format!("{}@{}", ts.0.unwrap_or(-1), offset.0)
 }
 

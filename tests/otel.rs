@@ -11,8 +11,9 @@ mod common;
 use std::sync::OnceLock;
 
 use common::*;
+use faststream::extract::Publisher;
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, routes, subscriber, FastStream, Publisher, TraceContext};
+use faststream::{publisher, routes, subscriber, FastStream, TraceContext};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;

@@ -13,8 +13,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
+use faststream::extract::{Key, Partition, Topic};
 use faststream::kafka::KafkaBroker;
-use faststream::{publisher, routes, subscriber, FastStream, Key, Partition, Response, Topic};
+use faststream::{publisher, routes, subscriber, FastStream, Response};
 use tokio::io::AsyncBufReadExt;
 
 /// Bodies handled, by topic.

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::secure::{self, FrontConfig, Logins, Pki, SecureFront};
 use common::*;
+use faststream::extract::{State, Topic};
 use faststream::kafka::{KafkaBroker, Sasl, Security, Tls};
-use faststream::{publisher, routes, subscriber, FastStream, State, Topic};
+use faststream::{publisher, routes, subscriber, FastStream};
 
 /// A broker of the test's own behind a secured front; returns both and the front's address.
 async fn secured(config: FrontConfig) -> (OwnBroker, SecureFront, String) {

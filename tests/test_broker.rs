@@ -4,10 +4,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use faststream::extract::{CorrelationId, Headers, Key, Partition, Publisher, State, Topic};
 use faststream::testing::TestBroker;
 use faststream::{
-    publisher, routes, subscriber, CorrelationId, HandlerError, Headers, Json, Key, Message,
-    Outcome, OutgoingMessage, Partition, Publisher, Response, State, Topic,
+    publisher, routes, subscriber, HandlerError, Json, Message, Outcome, OutgoingMessage, Response,
 };
 use serde::{Deserialize, Serialize};
 

@@ -1,8 +1,9 @@
 //! Startup validation: every problem is reported at once, with handler path and file:line.
 
+use faststream::extract::State;
 use faststream::runtime::RouteDef;
 use faststream::testing::TestBroker;
-use faststream::{routes, subscriber, Error, RouteProblem, State};
+use faststream::{routes, subscriber, Error, RouteProblem};
 
 #[derive(Clone)]
 struct Db;

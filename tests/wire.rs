@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use common::wire::*;
 use common::*;
+use faststream::extract::Topic;
 use faststream::kafka::KafkaBroker;
 use faststream::runtime::RouteDef;
-use faststream::{publisher, routes, subscriber, FastStream, Response, Topic};
+use faststream::{publisher, routes, subscriber, FastStream, Response};
 
 /// (topic, body) of every message a handler finished.
 static SEEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
@@ -568,7 +569,7 @@ async fn an_unwritable_dead_letter_topic_stops_the_partition_and_loses_nothing()
 // Topics: checked at startup, never created by a typo.
 
 #[subscriber("typo", auto_offset_reset = "earliest", retry = 0, dlq = "typo.dlq")]
-async fn typo(body: String, publisher: faststream::Publisher) -> Result<(), String> {
+async fn typo(body: String, publisher: faststream::extract::Publisher) -> Result<(), String> {
     publisher
         .publish(body, "no-such-topic")
         .await

@@ -292,29 +292,32 @@ impl<T: Transport> FastStream<T> {
         )
     }
 
-    /// Runs until SIGINT (Ctrl-C) or SIGTERM, then stops gracefully.
-    ///
-    /// Started with `--asyncapi json` or `--asyncapi yaml` on its command line, the process
-    /// instead prints [`FastStream::asyncapi`] in that format and returns without connecting
-    /// (any other argument is left to the application).
+    /// Runs until SIGINT (Ctrl-C) or SIGTERM, then stops gracefully. Reads no command line:
+    /// see [`FastStream::run_with_args`] for the `--asyncapi` flag.
     pub async fn run(self) -> Result<()> {
-        let args: Vec<String> = std::env::args().collect();
+        self.run_until(termination_signal()).await
+    }
+
+    /// [`FastStream::run`], unless `args` (the process's, `std::env::args()`, or your own
+    /// parser's leftovers) hold `--asyncapi json` or `--asyncapi yaml`: then it prints
+    /// [`FastStream::asyncapi`] in that format and returns without connecting. Other arguments
+    /// are left to the application.
+    pub async fn run_with_args(self, args: impl IntoIterator<Item = String>) -> Result<()> {
+        let args: Vec<String> = args.into_iter().collect();
         if let Some(i) = args.iter().position(|a| a == "--asyncapi") {
             let doc = self.asyncapi();
             match args.get(i + 1).map(String::as_str) {
                 None | Some("json") => println!("{}", doc.to_json()),
                 Some("yaml") => print!("{}", doc.to_yaml()),
                 Some(other) => {
-                    return Err(Error::Hook {
-                        stage: "asyncapi",
-                        index: 1,
-                        reason: format!("--asyncapi takes `json` or `yaml`, not {other:?}"),
-                    })
+                    return Err(Error::Usage(format!(
+                        "--asyncapi takes `json` or `yaml`, not {other:?}"
+                    )))
                 }
             }
             return Ok(());
         }
-        self.run_until(termination_signal()).await
+        self.run().await
     }
 
     /// Runs until `signal` resolves, then stops gracefully: stop fetching, finish in-flight
@@ -338,22 +341,14 @@ impl<T: Transport> FastStream<T> {
         let probes = Arc::new(crate::health::Health::default());
         let render = match metrics {
             #[cfg(feature = "prometheus")]
-            true => Some(crate::health::prometheus().map_err(|reason| Error::Hook {
-                stage: "metrics",
-                index: 1,
-                reason,
-            })?),
+            true => Some(crate::health::prometheus().map_err(Error::Metrics)?),
             _ => None,
         };
         let _probes_task = match health {
             Some(addr) => Some(AbortOnDrop(
                 crate::health::serve(addr, probes.clone(), render)
                     .await
-                    .map_err(|e| Error::Hook {
-                        stage: "health",
-                        index: 1,
-                        reason: format!("cannot serve health probes on {addr}: {e}"),
-                    })?,
+                    .map_err(|source| Error::Endpoint { addr, source })?,
             )),
             None => None,
         };

@@ -38,6 +38,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// The health and metrics endpoint could not be served on its address.
+    #[error("cannot serve the health and metrics endpoint on {addr}: {source}")]
+    Endpoint {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// The Prometheus recorder could not be installed (another recorder was installed first).
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Metrics(String),
+
+    /// A command-line flag the app was asked to read was misused.
+    #[error("{0}")]
+    Usage(String),
+
     /// A partition's consumer stopped on its own (`on_failure = "stop"`, an output that could
     /// not be delivered), which stops the service rather than leave the partition unread; the
     /// message at the stop's offset is not done, so a restart consumes it again. The Kafka

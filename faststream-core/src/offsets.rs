@@ -131,6 +131,8 @@ impl OffsetTracker {
 }
 
 /// What a partition consumer does with one handled message (see [`OffsetTracker::step`]).
+/// Exhaustive on purpose: a transport must act on every step, so a new one is a deliberate
+/// breaking change for transports.
 #[derive(Debug)]
 pub enum Step {
     /// Publish `outputs` (a dead-letter copy when `dead_letter`); once the broker acknowledged

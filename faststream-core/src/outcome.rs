@@ -150,6 +150,7 @@ impl BatchOutcome {
 
 /// The result of handling one message (after any retries).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The handler finished; these messages are to be published (possibly none). The message
     /// is done once they are acknowledged.

@@ -43,6 +43,7 @@ pub mod dlq_header {
 
 /// What to do with a failed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FailureAction {
     /// Retry with backoff; when retries run out, dead-letter.
     Retry,
@@ -128,6 +129,7 @@ impl<E: std::error::Error> From<E> for Failure {
 
 /// When a message counts as acknowledged (its offset may be committed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AckMode {
     /// When the handler finished and its outputs were acknowledged (at-least-once).
     #[default]

@@ -49,6 +49,7 @@ pub fn decode_batch<T>(
 
 /// Where a consumer with no committed offset starts reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OffsetReset {
     /// From the oldest record still kept.
     Earliest,
@@ -57,7 +58,8 @@ pub enum OffsetReset {
     Latest,
 }
 
-/// How a consumer group's leader spreads partitions over the members.
+/// How a consumer group's leader spreads partitions over the members. Exhaustive on purpose:
+/// the transport must implement every assignor, so a new one is a deliberate breaking change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Assignor {
     /// Per topic, consecutive ranges of partitions to members in member-id order (Kafka's

@@ -16,6 +16,7 @@ use crate::security::Security;
 /// created only under [`MissingTopics::Create`]: otherwise a typo fails that publish (the
 /// handler gets the error) instead of creating a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MissingTopics {
     /// Create nothing: a missing declared topic fails startup, naming every missing topic; a
     /// publish to a missing topic fails. What production clusters usually want.

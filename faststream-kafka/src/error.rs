@@ -53,13 +53,13 @@ pub enum KafkaError {
         /// What went wrong.
         reason: String,
     },
-    /// An error from the Kafka client.
+    /// A metadata or administration request failed.
     #[error("Kafka client error on {context}: {source}")]
     Client {
         /// What was being done.
         context: String,
-        /// The client's error.
-        source: rskafka::client::error::Error,
+        /// The underlying error (its type is not part of the API).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A partition consumer stopped on its own (a failure policy with `on_failure = "stop"`, an
     /// output that could not be delivered): the service stops rather than leave the partition

@@ -27,6 +27,7 @@ pub type TokenCallback =
 
 /// Kafka's `security.protocol`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SecurityProtocol {
     /// No TLS, no authentication.
     Plaintext,
@@ -401,6 +402,7 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
 
 /// SASL authentication.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum Sasl {
     /// PLAIN: user name and password as they are (use it over TLS only).
     Plain {

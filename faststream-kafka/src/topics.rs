@@ -39,7 +39,7 @@ pub(crate) async fn list_topics(client: &Client) -> Result<Vec<String>, KafkaErr
         .map(|ts| ts.into_iter().map(|t| t.name).collect())
         .map_err(|source| KafkaError::Client {
             context: "listing topics".into(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -56,9 +56,9 @@ pub(crate) async fn ensure_topic(
             .find(|t| t.name == topic)
             .map(|t| t.partitions.len() as i32)
     };
-    let err = |source| KafkaError::Client {
+    let err = |source: rskafka::client::error::Error| KafkaError::Client {
         context: format!("metadata of topic {topic:?}"),
-        source,
+        source: Box::new(source),
     };
     if let Some(n) = find(client.list_topics().await.map_err(err)?) {
         return Ok(n);

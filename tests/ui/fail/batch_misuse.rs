@@ -1,4 +1,4 @@
-use faststream::{subscriber, Key, Message};
+use faststream::{extract::Key, subscriber, Message};
 
 #[subscriber("a", batch = true)]
 async fn not_a_vec(_body: String) {}

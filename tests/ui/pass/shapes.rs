@@ -1,7 +1,8 @@
 //! Handler shapes that must compile, stacked in either order, with the imports they need.
 #![deny(warnings)]
 
-use faststream::{publisher, subscriber, Headers, Json, Key, Offset, Response, State, Timestamp};
+use faststream::{publisher, subscriber, Json, Response};
+use faststream::extract::{Headers, Key, Offset, State, Timestamp};
 
 #[derive(serde::Deserialize, serde::Serialize)]
 struct Event {

@@ -13,6 +13,7 @@ use crate::shutdown::{termination_signal, Shutdown};
 use crate::transport::Transport;
 use crate::validate::resolve_routes;
 use crate::{Error, Result};
+use tokio_util::task::AbortOnDropHandle;
 
 /// What a lifespan hook gets: the app's state (startup hooks may add to it: handlers then
 /// extract it as `State<T>`) and a publisher.
@@ -345,7 +346,7 @@ impl<T: Transport> FastStream<T> {
             _ => None,
         };
         let _probes_task = match health {
-            Some(addr) => Some(AbortOnDrop(
+            Some(addr) => Some(AbortOnDropHandle::new(
                 crate::health::serve(addr, probes.clone(), render)
                     .await
                     .map_err(|source| Error::Endpoint { addr, source })?,
@@ -427,14 +428,5 @@ impl<T: Transport> FastStream<T> {
             Some(e) => Err(e),
             None => stopped.and(on_shutdown).and(after),
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

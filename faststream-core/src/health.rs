@@ -4,8 +4,9 @@
 //! `FastStream::prometheus`, `GET /metrics` answers the Prometheus text format. Anything else is
 //! 404.
 //!
-//! A deliberately small HTTP/1.1 responder (one request per connection): probes and scrapes
-//! need no more.
+//! A small HTTP/1.1 responder (one request per connection, parsed with `httparse`): `GET` and
+//! `HEAD` only (anything else is answered 405), a request head of at most 8 KiB read within
+//! 5 s (a malformed one is answered 400). Probes and scrapes need no more.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,42 +46,107 @@ pub(crate) async fn serve(
             let health = health.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    conn.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                let limit = std::time::Duration::from_secs(5);
+                let Ok(Some(response)) =
+                    tokio::time::timeout(limit, answer(&mut conn, &health, metrics.as_ref())).await
+                else {
+                    return;
                 };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("");
-                let text = |s: &str| (s.to_owned(), "text/plain");
-                let (status, (body, content_type)) = match (path, &metrics) {
-                    ("/health/live", _) => ("200 OK", text("live")),
-                    ("/health/ready", _)
-                        if health.ready.load(Ordering::SeqCst)
-                            && !health.stopping.load(Ordering::SeqCst) =>
-                    {
-                        ("200 OK", text("ready"))
-                    }
-                    ("/health/ready", _) => ("503 Service Unavailable", text("not ready")),
-                    ("/metrics", Some(render)) => {
-                        ("200 OK", (render(), "text/plain; version=0.0.4"))
-                    }
-                    _ => ("404 Not Found", text("not found")),
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.write_all(&response).await;
                 let _ = conn.shutdown().await;
             });
         }
     }))
+}
+
+/// Reads one request head from `conn` and returns the whole response; `None` if the peer
+/// closed the connection (or it failed) before a request came.
+async fn answer(
+    conn: &mut (impl AsyncReadExt + Unpin),
+    health: &Health,
+    metrics: Option<&Render>,
+) -> Option<Vec<u8>> {
+    const MAX_HEAD: usize = 8 * 1024;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = request.method.unwrap_or("");
+                let path = request.path.unwrap_or("");
+                let path = path.split('?').next().unwrap_or(path);
+                return Some(respond(method, path, health, metrics));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) | Err(_) => {
+                return Some(response(
+                    "400 Bad Request",
+                    "text/plain",
+                    "bad request",
+                    true,
+                ));
+            }
+        }
+        let mut chunk = [0u8; 1024];
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The response to `method` on `path`.
+fn respond(method: &str, path: &str, health: &Health, metrics: Option<&Render>) -> Vec<u8> {
+    let with_body = match method {
+        "GET" => true,
+        "HEAD" => false,
+        _ => {
+            let mut r = response(
+                "405 Method Not Allowed",
+                "text/plain",
+                "method not allowed",
+                true,
+            );
+            // The header goes before the blank line that ends the head.
+            let at = r
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(r.len());
+            r.splice(at..at, b"\r\nallow: GET, HEAD".iter().copied());
+            return r;
+        }
+    };
+    match (path, metrics) {
+        ("/health/live", _) => response("200 OK", "text/plain", "live", with_body),
+        ("/health/ready", _)
+            if health.ready.load(Ordering::SeqCst) && !health.stopping.load(Ordering::SeqCst) =>
+        {
+            response("200 OK", "text/plain", "ready", with_body)
+        }
+        ("/health/ready", _) => response(
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready",
+            with_body,
+        ),
+        ("/metrics", Some(render)) => {
+            response("200 OK", "text/plain; version=0.0.4", &render(), with_body)
+        }
+        _ => response("404 Not Found", "text/plain", "not found", with_body),
+    }
+}
+
+fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
 /// The process-wide Prometheus recorder, installed on first use (every app of the process
@@ -113,4 +179,66 @@ pub(crate) fn prometheus() -> Result<Render, String> {
         handle.run_upkeep();
         handle.render()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ask(request: &[&[u8]], health: &Health) -> String {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        for part in request {
+            client.write_all(part).await.unwrap();
+        }
+        drop(client);
+        let got = answer(&mut server, health, None).await.unwrap_or_default();
+        String::from_utf8(got).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_head_in_pieces_is_answered() {
+        let health = Health::default();
+        let got = ask(
+            &[b"GET /health/li", b"ve HTTP/1.1\r\nhost: x\r\n", b"\r\n"],
+            &health,
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\nlive"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn only_get_and_head_are_served() {
+        let health = Health::default();
+        let got = ask(&[b"POST /health/live HTTP/1.1\r\n\r\n"], &health).await;
+        assert!(
+            got.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{got}"
+        );
+        assert!(got.contains("\r\nallow: GET, HEAD\r\n"), "{got}");
+        let got = ask(&[b"HEAD /health/ready HTTP/1.1\r\n\r\n"], &health).await;
+        assert!(
+            got.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{got}"
+        );
+        assert!(got.ends_with("\r\n\r\n"), "no body for HEAD: {got}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_oversized_head_is_refused() {
+        let health = Health::default();
+        let got = ask(&[b"GET\x00 nonsense\r\n\r\n"], &health).await;
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+        let long = vec![b'a'; 9000];
+        let got = ask(&[b"GET /", &long], &health).await;
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_query_string_does_not_change_the_path() {
+        let health = Health::default();
+        health.ready.store(true, Ordering::SeqCst);
+        let got = ask(&[b"GET /health/ready?verbose=1 HTTP/1.1\r\n\r\n"], &health).await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    }
 }

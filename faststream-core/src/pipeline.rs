@@ -1,11 +1,9 @@
 //! The handler pipeline: one message in, decode, call, encode, outputs (or an error) out.
 
-use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
+
+use futures_util::FutureExt;
 
 use crate::error::{DecodeError, HandlerError};
 use crate::extract::Context;
@@ -854,7 +852,17 @@ async fn call_limited<T>(
     call: BoxFuture<'static, T>,
     limit: Option<std::time::Duration>,
 ) -> Result<T, HandlerError> {
-    let call = CatchUnwind(call);
+    // A panic in the handler is its failure, not the service's.
+    let call = AssertUnwindSafe(call).catch_unwind().map(|r| {
+        r.map_err(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            HandlerError::Panic(msg)
+        })
+    });
     match limit {
         Some(limit) => tokio::time::timeout(limit, call)
             .await
@@ -863,74 +871,22 @@ async fn call_limited<T>(
     }
 }
 
-/// Turns a panic while polling the handler into [`HandlerError::Panic`].
-struct CatchUnwind<T>(BoxFuture<'static, T>);
-
-impl<T> Future for CatchUnwind<T> {
-    type Output = Result<T, HandlerError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let fut = &mut self.0;
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(poll) => poll.map(Ok),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                Poll::Ready(Err(HandlerError::Panic(msg)))
-            }
-        }
-    }
-}
-
 /// A new correlation id: a random UUID (version 4) as text, what the pipeline gives messages
 /// that arrive without one.
 pub fn new_correlation_id() -> String {
-    String::from_utf8(correlation_id().to_vec()).expect("hex is ASCII")
+    String::from_utf8(correlation_id().to_vec()).expect("a UUID is ASCII")
 }
 
 /// A random UUID (version 4 layout) as its 36 ASCII bytes, without pulling in a UUID crate: a
 /// random per-thread base mixed with a counter, hex-encoded a byte at a time (this runs once
 /// per message).
 pub(crate) fn correlation_id() -> [u8; 36] {
-    thread_local! {
-        static STATE: std::cell::Cell<(u64, u64)> = std::cell::Cell::new({
-            let seed = std::collections::hash_map::RandomState::new();
-            let mut h = seed.build_hasher();
-            h.write_u64(0x5eed);
-            let a = h.finish();
-            h.write_u64(a);
-            (a, h.finish())
-        });
-    }
-    let (a, b) = STATE.with(|s| {
-        let (a, b) = s.get();
-        let b2 = b.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set((a, b2));
-        (a, splitmix(b2 ^ a))
-    });
-    let v =
-        (u128::from(a) << 64 | u128::from(b)) & !(0xF << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1; // the dash
-        }
-        out[at] = HEX[usize::from(byte >> 4)];
-        out[at + 1] = HEX[usize::from(byte & 0xF)];
-        at += 2;
-    }
+    // A random (version 4) UUID; the bits come from a fast thread-local generator: a
+    // correlation id needs to be unique, not unpredictable.
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut out = [0; 36];
+    id.hyphenated().encode_lower(&mut out);
     out
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

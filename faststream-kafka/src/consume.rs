@@ -24,7 +24,9 @@ use faststream_core::{
 };
 use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
@@ -63,17 +65,6 @@ pub(crate) struct PartitionConsumer {
     pub(crate) shutdown: Shutdown,
     /// Told once the start offset is known.
     pub(crate) ready: mpsc::UnboundedSender<()>,
-}
-
-/// Aborts a task when dropped, so a consumer that is itself aborted (a drain past its bound)
-/// leaves nothing behind.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A queued chunk: its messages' offsets and the acks of their outputs.
@@ -230,7 +221,7 @@ impl PartitionConsumer {
 
         let metrics = PartitionMetrics::new(self.route.name(), topic, partition);
         let (tx, mut rx) = mpsc::channel(2);
-        let fetcher = AbortOnDrop(tokio::spawn(fetch_loop(
+        let fetcher = AbortOnDropHandle::new(tokio::spawn(fetch_loop(
             reader,
             start,
             tx,
@@ -947,7 +938,7 @@ impl PartitionConsumer {
         first: i64,
         last: i64,
     ) -> Result<Vec<Message>, (i64, String)> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::requests();
         let mut found = Vec::new();
         let mut offset = first;
         let mut failures = 0;
@@ -974,8 +965,7 @@ impl PartitionConsumer {
                 Err(FetchError::Retriable(e)) if failures < 10 => {
                     failures += 1;
                     tracing::warn!(topic = &*self.topic, partition = self.partition, offset, error = %e, "reading a message again failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.sleep().await;
                 }
                 Err(e) => {
                     return Err((
@@ -1092,7 +1082,7 @@ async fn resolve_offset(
     topic: &str,
     partition: i32,
 ) -> Result<Option<i64>, String> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::requests();
     loop {
         let mut stop = shutdown.clone();
         let earliest = reset == OffsetReset::Earliest;
@@ -1107,8 +1097,7 @@ async fn resolve_offset(
             },
             () = stop.wait() => return Ok(None),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff.sleep().await;
     }
 }
 
@@ -1132,7 +1121,7 @@ async fn fetch_loop(
     lag: Lag,
 ) {
     let (topic, partition) = reader.id();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::requests();
     let mut lag_logged = Instant::now();
     let mut idle = IDLE_MIN;
     loop {
@@ -1143,7 +1132,7 @@ async fn fetch_loop(
         };
         match res {
             Ok(fetch) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 if fetch.end >= 0 {
                     lag.set(fetch.end - fetch.decoded.next.unwrap_or(offset).max(offset));
                 }
@@ -1210,12 +1199,12 @@ async fn fetch_loop(
                 return;
             }
             Err(FetchError::Retriable(e)) => {
-                tracing::warn!(topic = &*topic, partition, offset, error = %e, retry_in = ?backoff, "fetch failed; retrying");
+                tracing::warn!(topic = &*topic, partition, offset, error = %e, retry_in = ?backoff.wait(), "fetch failed; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.wait()) => {}
                     () = shutdown.wait() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.advance();
             }
         }
     }

@@ -40,6 +40,7 @@
 //! 8. `broker` (the builder, startup, the transport).
 
 mod assign;
+mod backoff;
 mod broker;
 mod config;
 mod consume;

@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use faststream_core::OutgoingMessage;
@@ -33,6 +32,7 @@ use kafka_protocol::ResponseError;
 use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::encode::{BatchHeader, Encoder};
 use crate::error::KafkaError;
@@ -258,23 +258,22 @@ impl Producers {
         topic: &str,
     ) -> Result<i32, String> {
         let deadline = tokio::time::Instant::now() + self.config.delivery_timeout;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::requests();
         loop {
             match self.partition_count(client, topic).await {
                 Ok(n) => return Ok(n),
                 Err(e @ (KafkaError::MissingTopics { .. } | KafkaError::InvalidTopic(_))) => {
                     return Err(e.to_string())
                 }
-                Err(e) if tokio::time::Instant::now() + backoff >= deadline => {
+                Err(e) if tokio::time::Instant::now() + backoff.wait() >= deadline => {
                     return Err(format!(
                         "no metadata of topic {topic:?} within the delivery timeout ({:?}): {e}",
                         self.config.delivery_timeout
                     ))
                 }
                 Err(e) => {
-                    tracing::warn!(topic, error = %e, retry_in = ?backoff, "metadata lookup failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tracing::warn!(topic, error = %e, retry_in = ?backoff.wait(), "metadata lookup failed; retrying");
+                    backoff.sleep().await;
                 }
             }
         }
@@ -624,7 +623,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
     // Where the next group to resolve starts.
     let mut group_start = 0;
     while let Some(range) = todo.pop_front() {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::requests();
         loop {
             let (kind, error) = match writer.produce(&msgs[range.clone()], now).await {
                 Ok(()) => {
@@ -641,17 +640,16 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     todo.push_front(range.start..mid);
                     break;
                 }
-                Refusal::Retriable if tokio::time::Instant::now() + backoff < deadline => {
+                Refusal::Retriable if tokio::time::Instant::now() + backoff.wait() < deadline => {
                     tracing::warn!(
                         topic,
                         partition,
                         records = range.len(),
                         error = %error,
-                        retry_in = ?backoff,
+                        retry_in = ?backoff.wait(),
                         "produce failed; retrying"
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.sleep().await;
                 }
                 kind => {
                     let reason = match kind {

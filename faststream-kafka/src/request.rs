@@ -12,12 +12,13 @@ use std::time::Duration;
 use faststream_core::{header, Message, OutgoingMessage};
 use tokio::sync::oneshot;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::consume::AbortOnDrop;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
 use crate::produce::lock;
 use crate::records::Fetched;
+use tokio_util::task::AbortOnDropHandle;
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
 
@@ -26,7 +27,7 @@ type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
 pub(crate) struct Replies {
     topic: String,
     waiters: Waiters,
-    _readers: Vec<AbortOnDrop<()>>,
+    _readers: Vec<AbortOnDropHandle<()>>,
 }
 
 impl Replies {
@@ -42,7 +43,7 @@ impl Replies {
         for partition in 0..partitions {
             let mut reader = PartitionReader::new(config.clone(), name.clone(), partition);
             let start = start_offset(&mut reader, &topic, partition).await?;
-            readers.push(AbortOnDrop(tokio::spawn(read_replies(
+            readers.push(AbortOnDropHandle::new(tokio::spawn(read_replies(
                 reader,
                 start,
                 waiters.clone(),
@@ -87,14 +88,13 @@ async fn start_offset(
     topic: &str,
     partition: i32,
 ) -> Result<i64, KafkaError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     for _ in 0..20 {
         match reader.offset(false).await {
             Ok(o) => return Ok(o),
             Err(FetchError::Retriable(e)) => {
                 tracing::debug!(topic, partition, error = %e, "reply topic not readable yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.sleep().await;
             }
             Err(e) => {
                 return Err(KafkaError::Publish {
@@ -111,11 +111,11 @@ async fn start_offset(
 }
 
 async fn read_replies(mut reader: PartitionReader, mut offset: i64, waiters: Waiters) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match reader.fetch(offset).await {
             Ok(fetch) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 let started = std::time::Instant::now();
                 if let Some(next) = fetch.decoded.next {
                     offset = offset.max(next);
@@ -135,12 +135,11 @@ async fn read_replies(mut reader: PartitionReader, mut offset: i64, waiters: Wai
             }
             Err(FetchError::OffsetOutOfRange) => match reader.offset(false).await {
                 Ok(o) => offset = o,
-                Err(_) => tokio::time::sleep(backoff).await,
+                Err(_) => tokio::time::sleep(backoff.wait()).await,
             },
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "reading replies failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in = ?backoff.wait(), "reading replies failed; retrying");
+                backoff.sleep().await;
             }
         }
     }

@@ -33,11 +33,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, GroupSettings};
-use crate::consume::{AbortOnDrop, GroupLink, PartitionConsumer, Runtime};
+use crate::consume::{GroupLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::protocol::{ms, Conn, ConnError};
 use faststream_core::{PartitionStop, Position};
+use tokio_util::task::AbortOnDropHandle;
 
 mod coordinator;
 
@@ -178,7 +180,7 @@ impl GroupRunner {
         };
         let mut conn: Option<Conn> = None;
         let mut ready_sent = false;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut shutdown = self.shutdown.clone();
         // Partition counts when the member started: partitions beyond them (all of a topic
         // created since) appeared while it ran, and are read from their beginning when nothing
@@ -193,7 +195,7 @@ impl GroupRunner {
         // warn that it still has no assignment.
         let mut unassigned_since = Instant::now();
         let mut next_warning = unassigned_since + self.rebalance_bound();
-        let mut rejoin_pause = REJOIN_PAUSE.0;
+        let mut rejoin_pause = Backoff::new(REJOIN_PAUSE.0, REJOIN_PAUSE.1);
         let result = loop {
             if self.shutdown.is_triggered() {
                 break Ok(());
@@ -242,26 +244,26 @@ impl GroupRunner {
                     // The coordinator asked for it; a pause that grows while it keeps asking
                     // keeps a confused one from being flooded.
                     tokio::select! {
-                        () = tokio::time::sleep(rejoin_pause) => {},
+                        () = tokio::time::sleep(rejoin_pause.wait()) => {},
                         () = shutdown.wait() => break Ok(()),
                     }
-                    rejoin_pause = (rejoin_pause * 2).min(REJOIN_PAUSE.1);
+                    rejoin_pause.advance();
                     continue;
                 }
                 Err(JoinError::Failed(e)) => {
-                    tracing::warn!(group = self.group, error = %e, retry_in = ?backoff, "joining the group failed; retrying");
+                    tracing::warn!(group = self.group, error = %e, retry_in = ?backoff.wait(), "joining the group failed; retrying");
                     conn = None;
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {},
+                        () = tokio::time::sleep(backoff.wait()) => {},
                         () = shutdown.wait() => break Ok(()),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.advance();
                     continue;
                 }
                 Err(JoinError::Fatal(e)) => break Err(e),
             };
-            rejoin_pause = REJOIN_PAUSE.0;
-            backoff = Duration::from_millis(200);
+            rejoin_pause.reset();
+            backoff.reset();
             tracing::info!(
                 group = self.group,
                 generation = member.generation,
@@ -271,7 +273,7 @@ impl GroupRunner {
             );
             // Heartbeats start before anything else can take time.
             let (beat_tx, beat_rx) = mpsc::unbounded_channel();
-            let heartbeat = AbortOnDrop(tokio::spawn(heartbeat_loop(
+            let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
                 config.clone(),
                 member.clone(),
                 self.settings,

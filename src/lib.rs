@@ -72,7 +72,7 @@ pub mod runtime {
         BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupTimings, HandlerFn, HandlerResult,
         HeaderName, OffsetReset, OffsetTracker, Pipeline, PolicyDef, Position, Publish, Reply,
         ResponseMeta, RouteDef, Shutdown, ShutdownTrigger, StateMap, StateReq, Step, SubscriberDef,
-        Transport,
+        TopicNameProblem, Transport,
     };
 }
 

@@ -76,7 +76,7 @@ pub use policy::{
 pub use publish::{BoxFuture, Publish, Publisher};
 pub use route::{
     decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult, GroupTimings,
-    HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef,
+    HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef, TopicNameProblem,
 };
 pub use shutdown::{termination_signal, Shutdown, ShutdownTrigger};
 #[cfg(feature = "opentelemetry")]
@@ -103,6 +103,7 @@ pub mod __private {
     pub use crate::route::{decode_batch, BatchResult, HandlerResult};
     pub use crate::route::{
         Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq, SubscriberDef,
+        TopicNameProblem,
     };
     #[cfg(feature = "schemars")]
     pub use crate::schema::HasSchema;

@@ -1,6 +1,7 @@
 //! Routes: the descriptors the macros emit, their registry, and startup validation.
 
 use std::any::TypeId;
+use std::fmt;
 
 use crate::error::HandlerError;
 use crate::extract::Context;
@@ -45,6 +46,87 @@ pub fn decode_batch<T>(
         }
     }
     (values, failed)
+}
+
+/// Why a name cannot be a Kafka topic: the broker's rule is 1 to 249 characters of ASCII
+/// letters, digits, `.`, `_` and `-`, and not `.` or `..`. The one rule of the project: the
+/// macros check the names written in `#[subscriber]` and `#[publisher]` with it at compile time
+/// (it is a `const fn`), the Kafka transport checks the names it uses (with their prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TopicNameProblem {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than 249 characters.
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The name is `.` or `..`.
+    Dots,
+    /// The name holds a character Kafka does not allow.
+    Character(char),
+}
+
+impl TopicNameProblem {
+    /// The problem with `name`, if any.
+    pub const fn of(name: &str) -> Option<Self> {
+        let b = name.as_bytes();
+        if b.is_empty() {
+            return Some(Self::Empty);
+        }
+        if b.len() > 249 {
+            return Some(Self::TooLong { len: b.len() });
+        }
+        if (b.len() == 1 && b[0] == b'.') || (b.len() == 2 && b[0] == b'.' && b[1] == b'.') {
+            return Some(Self::Dots);
+        }
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            if !(c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-') {
+                return Some(Self::Character(char_at(b, i)));
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// The character of the UTF-8 text `b` that starts at byte `i`.
+const fn char_at(b: &[u8], i: usize) -> char {
+    let lead = b[i] as u32;
+    let (len, mut code) = match lead {
+        0x00..=0x7f => (1, lead),
+        0xc0..=0xdf => (2, lead & 0x1f),
+        0xe0..=0xef => (3, lead & 0x0f),
+        _ => (4, lead & 0x07),
+    };
+    let mut k = 1;
+    while k < len && i + k < b.len() {
+        code = (code << 6) | (b[i + k] as u32 & 0x3f);
+        k += 1;
+    }
+    match char::from_u32(code) {
+        Some(c) => c,
+        None => char::REPLACEMENT_CHARACTER,
+    }
+}
+
+impl fmt::Display for TopicNameProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("a topic name cannot be empty"),
+            Self::TooLong { len } => {
+                write!(f, "it is {len} characters long; Kafka allows at most 249")
+            }
+            Self::Dots => f.write_str("`.` and `..` cannot be topic names"),
+            Self::Character(c) => write!(
+                f,
+                "it contains {c:?}; Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            ),
+        }
+    }
 }
 
 /// Where a consumer with no committed offset starts reading.
@@ -400,4 +482,26 @@ pub fn registered_routes() -> Vec<&'static RouteDef> {
     let mut routes: Vec<&'static RouteDef> = inventory::iter::<RouteRef>().map(|r| r.0).collect();
     routes.sort_by_key(|r| (r.name, r.file, r.line));
     routes
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn topic_names_follow_kafkas_rule() {
+        use super::TopicNameProblem as P;
+        assert_eq!(P::of("in_topic"), None);
+        assert_eq!(P::of("a.b-c_D9"), None);
+        assert_eq!(P::of("..."), None);
+        assert_eq!(P::of(&"x".repeat(249)), None);
+        assert_eq!(P::of(&"x".repeat(250)), Some(P::TooLong { len: 250 }));
+        assert_eq!(P::of(""), Some(P::Empty));
+        assert_eq!(P::of("."), Some(P::Dots));
+        assert_eq!(P::of(".."), Some(P::Dots));
+        assert_eq!(P::of("in topic"), Some(P::Character(' ')));
+        assert_eq!(P::of("caf\u{e9}"), Some(P::Character('\u{e9}')));
+        assert_eq!(P::of("a\u{1f600}"), Some(P::Character('\u{1f600}')));
+        // Usable at compile time.
+        const BAD: Option<P> = P::of("a/b");
+        assert_eq!(BAD, Some(P::Character('/')));
+    }
 }

@@ -5,31 +5,18 @@ use std::time::Duration;
 
 use rskafka::client::Client;
 
+use faststream_core::TopicNameProblem;
+
 use crate::config::Config;
 use crate::error::KafkaError;
 
-/// Why `name` cannot be a Kafka topic name (the broker's rules: 1 to 249 characters of ASCII
-/// letters, digits, `.`, `_` and `-`, and not `.` or `..`).
+/// Why `name` cannot be a Kafka topic name (the rule of [`TopicNameProblem`], which the macros
+/// also check at compile time), with the name.
 pub(crate) fn invalid_topic_name(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("a topic name cannot be empty".into());
-    }
-    if name == "." || name == ".." {
-        return Some(format!("{name:?} cannot be a topic name"));
-    }
-    if name.len() > 249 {
-        return Some(format!(
-            "topic name {name:?} is {} characters long; Kafka allows at most 249",
-            name.len()
-        ));
-    }
-    name.chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        .map(|c| {
-            format!(
-                "topic name {name:?} contains {c:?}; Kafka allows only ASCII letters, digits, '.', '_' and '-'"
-            )
-        })
+    TopicNameProblem::of(name).map(|problem| match problem {
+        TopicNameProblem::Empty => problem.to_string(),
+        _ => format!("topic name {name:?}: {problem}"),
+    })
 }
 
 pub(crate) async fn list_topics(client: &Client) -> Result<Vec<String>, KafkaError> {

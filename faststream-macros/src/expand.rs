@@ -418,6 +418,7 @@ fn generate(
         def
     });
     let publishers = &route.publishers;
+    let topic_checks = route.topic_names.iter().map(|lit| topic_check(lit, &fs));
     let line = quote_spanned!(ident.span()=> ::core::line!());
     let mut policy = quote!(#fs::PolicyDef::new());
     for (name, value) in &route.policy {
@@ -434,6 +435,7 @@ fn generate(
         #vis static #static_ident: #fs::RouteDef = {
             // The stacked attributes were expanded here; keep their imports used.
             #(#[allow(unused_imports)] use #consumed as _;)*
+            #(#topic_checks)*
             #body_struct
 
             #fs::RouteDef::__new(
@@ -458,6 +460,32 @@ fn generate(
         #fs::inventory::submit! {
             #fs::RouteRef(&#static_ident)
         }
+    }
+}
+
+/// A compile-time check of a written topic name against Kafka's rule (the core's
+/// `TopicNameProblem::of`): an invalid name fails the build with a message naming it, at the
+/// name.
+fn topic_check(lit: &LitStr, fs: &TokenStream) -> TokenStream {
+    let name = lit.value();
+    let say = |what: String| LitStr::new(&what, lit.span());
+    let empty = say("topic name must not be empty".to_owned());
+    let long = say(format!(
+        "topic name \"{name}\" is {} characters long; Kafka allows at most 249",
+        name.len()
+    ));
+    let dots = say(format!("`{name}` is not a valid topic name"));
+    let chars = say(format!(
+        "invalid character in topic name \"{name}\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+    ));
+    quote_spanned! {lit.span()=>
+        const _: () = match #fs::TopicNameProblem::of(#lit) {
+            ::core::option::Option::None => {}
+            ::core::option::Option::Some(#fs::TopicNameProblem::Empty) => ::core::panic!("{}", #empty),
+            ::core::option::Option::Some(#fs::TopicNameProblem::TooLong { .. }) => ::core::panic!("{}", #long),
+            ::core::option::Option::Some(#fs::TopicNameProblem::Dots) => ::core::panic!("{}", #dots),
+            ::core::option::Option::Some(_) => ::core::panic!("{}", #chars),
+        };
     }
 }
 

@@ -10,6 +10,75 @@ async fn average(
 static __faststream_route_average: ::faststream::__private::RouteDef = {
     #[allow(unused_imports)]
     use publisher as _;
+    const _: () = match ::faststream::__private::TopicNameProblem::of("readings") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"readings\" is 8 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`readings` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"readings\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
+    const _: () = match ::faststream::__private::TopicNameProblem::of("readings-dlq") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"readings-dlq\" is 12 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`readings-dlq` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"readings-dlq\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
+    const _: () = match ::faststream::__private::TopicNameProblem::of("averages") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"averages\" is 8 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`averages` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"averages\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
     ::faststream::__private::RouteDef::__new(
             ::core::concat!(::core::module_path!(), "::", ::core::stringify!(average)),
             ::core::file!(),

@@ -11,6 +11,29 @@ async fn audit(
 #[doc(hidden)]
 #[allow(non_upper_case_globals)]
 static __faststream_route_audit: ::faststream::__private::RouteDef = {
+    const _: () = match ::faststream::__private::TopicNameProblem::of("events") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"events\" is 6 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`events` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"events\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
     ::faststream::__private::RouteDef::__new(
             ::core::concat!(::core::module_path!(), "::", ::core::stringify!(audit)),
             ::core::file!(),

@@ -4,6 +4,52 @@ async fn pay(payment: Payment, acker: Acker) -> Result<(), Failure> {
 #[doc(hidden)]
 #[allow(non_upper_case_globals)]
 static __faststream_route_pay: ::faststream::__private::RouteDef = {
+    const _: () = match ::faststream::__private::TopicNameProblem::of("payments") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"payments\" is 8 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`payments` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"payments\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
+    const _: () = match ::faststream::__private::TopicNameProblem::of("payments.dlq") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"payments.dlq\" is 12 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`payments.dlq` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"payments.dlq\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
     ::faststream::__private::RouteDef::__new(
             ::core::concat!(::core::module_path!(), "::", ::core::stringify!(pay)),
             ::core::file!(),

@@ -8,6 +8,96 @@ pub static __faststream_route_fan_out: ::faststream::__private::RouteDef = {
     use subscriber as _;
     #[allow(unused_imports)]
     use publisher as _;
+    const _: () = match ::faststream::__private::TopicNameProblem::of("a") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}", "topic name \"a\" is 1 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`a` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"a\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
+    const _: () = match ::faststream::__private::TopicNameProblem::of("in-1") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"in-1\" is 4 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`in-1` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"in-1\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
+    const _: () = match ::faststream::__private::TopicNameProblem::of("in-2") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"in-2\" is 4 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`in-2` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"in-2\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
+    const _: () = match ::faststream::__private::TopicNameProblem::of("b") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}", "topic name \"b\" is 1 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`b` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"b\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
     ::faststream::__private::RouteDef::__new(
             ::core::concat!(::core::module_path!(), "::", ::core::stringify!(fan_out)),
             ::core::file!(),

@@ -6,6 +6,52 @@ async fn handle_msg(user: String, user_id: i64) -> String {
 static __faststream_route_handle_msg: ::faststream::__private::RouteDef = {
     #[allow(unused_imports)]
     use publisher as _;
+    const _: () = match ::faststream::__private::TopicNameProblem::of("in_topic") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"in_topic\" is 8 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`in_topic` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"in_topic\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
+    const _: () = match ::faststream::__private::TopicNameProblem::of("out-topic") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"out-topic\" is 9 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`out-topic` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"out-topic\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
     #[derive(::faststream::__private::serde::Deserialize)]
     #[serde(crate = "::faststream::__private::serde")]
     #[allow(non_camel_case_types)]

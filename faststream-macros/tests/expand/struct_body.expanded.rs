@@ -4,6 +4,29 @@ async fn on_order(order: Order) -> Result<(), BillingError> {
 #[doc(hidden)]
 #[allow(non_upper_case_globals)]
 static __faststream_route_on_order: ::faststream::__private::RouteDef = {
+    const _: () = match ::faststream::__private::TopicNameProblem::of("orders") {
+        ::core::option::Option::None => {}
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::Empty,
+        ) => ::core::panic!("{}", "topic name must not be empty"),
+        ::core::option::Option::Some(
+            ::faststream::__private::TopicNameProblem::TooLong { .. },
+        ) => {
+            ::core::panic!(
+                "{}",
+                "topic name \"orders\" is 6 characters long; Kafka allows at most 249"
+            )
+        }
+        ::core::option::Option::Some(::faststream::__private::TopicNameProblem::Dots) => {
+            ::core::panic!("{}", "`orders` is not a valid topic name")
+        }
+        ::core::option::Option::Some(_) => {
+            ::core::panic!(
+                "{}",
+                "invalid character in topic name \"orders\": Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+            )
+        }
+    };
     ::faststream::__private::RouteDef::__new(
             ::core::concat!(::core::module_path!(), "::", ::core::stringify!(on_order)),
             ::core::file!(),

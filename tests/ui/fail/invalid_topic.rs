@@ -3,7 +3,7 @@ use faststream::{publisher, subscriber};
 #[subscriber("in topic")]
 #[publisher("..")]
 async fn handle(_user: String) -> String {
-    user
+    _user
 }
 
 fn main() {}

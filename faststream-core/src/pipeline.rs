@@ -257,55 +257,24 @@ impl Pipeline {
                 tracing::field::display(String::from_utf8_lossy(id)),
             );
         }
-        let mut attempts = 0;
-        let (error, action) = loop {
-            attempts += 1;
-            let err = match self.attempt(route, policy, msg, &correlation_id).await {
-                Attempt::Ok(reply, acked) => {
-                    let outputs =
-                        self.address(route, index, policy, reply, msg, correlation_id.clone());
-                    return if acked {
-                        Outcome::Done(outputs)
-                    } else {
-                        Outcome::Unacked(outputs)
-                    };
+        let unit = Unit::message(msg);
+        let attempt = |_| self.attempt(route, policy, msg, &correlation_id);
+        match self.retried(route, policy, interrupt, &unit, attempt).await {
+            Tried::Ok((reply, acked)) => {
+                let outputs = self.address(route, index, policy, reply, msg, correlation_id);
+                if acked {
+                    Outcome::Done(outputs)
+                } else {
+                    Outcome::Unacked(outputs)
                 }
-                Attempt::Err(e) => e,
-            };
-            let action = action_for(&err);
-            if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
-                let wait = policy.retry.backoff(attempts);
-                count_retry(route, &msg.topic);
-                tracing::warn!(
-                    handler = route.name(),
-                    topic = &*msg.topic,
-                    partition = msg.partition,
-                    offset = msg.offset,
-                    attempt = attempts,
-                    kind = err.kind(),
-                    error = %err,
-                    retry_in = ?wait,
-                    "message failed; retrying"
-                );
-                if !backoff(wait, interrupt).await {
-                    continue;
-                }
-                tracing::warn!(
-                    handler = route.name(),
-                    topic = &*msg.topic,
-                    partition = msg.partition,
-                    offset = msg.offset,
-                    attempts,
-                    "retry backoff interrupted by shutdown or revoke; the message is not done and will be consumed again"
-                );
-                return Outcome::Interrupted {
-                    error: err,
-                    attempts,
-                };
             }
-            break (err, action);
-        };
-        self.conclude(route, policy, msg, error, attempts, action)
+            Tried::Interrupted { error, attempts } => Outcome::Interrupted { error, attempts },
+            Tried::Failed {
+                error,
+                action,
+                attempts,
+            } => self.conclude(route, policy, msg, error, attempts, action),
+        }
     }
 
     /// Handles `msgs` (consecutive messages of one partition) with a `batch = true` route: each
@@ -424,78 +393,52 @@ impl Pipeline {
             None if self.compat_headers => Some(bytes::Bytes::copy_from_slice(&correlation_id())),
             None => None,
         };
-        let mut attempts = 0;
-        let result = loop {
-            if msgs.is_empty() {
-                break Ok(Vec::new());
-            }
-            attempts += 1;
-            let ctx = self.ctx.for_attempt(None, correlation_id.clone());
-            let result = call_limited(handler(msgs.clone(), ctx), policy.timeout).await;
-            let replies = match result {
-                Ok(BatchResult {
-                    mut undecodable,
-                    replies,
-                }) => {
+        let result = if msgs.is_empty() {
+            Tried::Ok(Vec::new())
+        } else {
+            let unit = Unit::batch(&msgs);
+            // Messages that cannot be decoded leave the batch at their first attempt (the lock
+            // is never held across an await).
+            let state = std::sync::Mutex::new((std::mem::take(&mut msgs), Vec::new()));
+            let state = &state;
+            let attempt = |attempts| {
+                let batch = state.lock().unwrap().0.clone();
+                // Every message left as undecodable: nothing to call.
+                let call = (!batch.is_empty()).then(|| {
+                    let ctx = self.ctx.for_attempt(None, correlation_id.clone());
+                    call_limited(handler(batch, ctx), policy.timeout)
+                });
+                async move {
+                    let Some(call) = call else {
+                        return Ok(Vec::new());
+                    };
+                    let BatchResult {
+                        undecodable: mut failed,
+                        replies,
+                    } = call.await?;
                     // Highest index first, so the others stay valid while removing.
-                    undecodable.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-                    for (i, error) in undecodable {
+                    failed.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+                    let mut state = state.lock().unwrap();
+                    let (msgs, undecodable): &mut (Vec<Message>, Vec<_>) = &mut state;
+                    for (i, error) in failed {
                         if i < msgs.len() {
-                            let msg = msgs.remove(i);
-                            fail(self, &msg, error, attempts, FailureAction::DeadLetter);
+                            undecodable.push((msgs.remove(i), error, attempts));
                         }
                     }
                     replies
                 }
-                Err(e) => Err(e),
             };
-            let err = match replies {
-                Ok(replies) => break Ok(replies),
-                Err(e) => e,
-            };
-            let action = action_for(&err);
-            if action == FailureAction::Retry && attempts <= policy.retry.max_retries {
-                let wait = policy.retry.backoff(attempts);
-                count_retry(route, &msgs[0].topic);
-                tracing::warn!(
-                    handler = route.name(),
-                    topic = &*msgs[0].topic,
-                    partition = msgs[0].partition,
-                    first_offset = msgs[0].offset,
-                    size = msgs.len(),
-                    attempt = attempts,
-                    kind = err.kind(),
-                    error = %err,
-                    retry_in = ?wait,
-                    "batch failed; retrying"
-                );
-                if backoff(wait, interrupt).await {
-                    tracing::warn!(
-                        handler = route.name(),
-                        topic = &*msgs[0].topic,
-                        partition = msgs[0].partition,
-                        first_offset = msgs[0].offset,
-                        attempts,
-                        "batch retry backoff interrupted by shutdown or revoke; its messages are not done and will be consumed again"
-                    );
-                    for msg in &msgs {
-                        let error = err.clone();
-                        failed.push((msg.offset, Outcome::Interrupted { error, attempts }));
-                    }
-                    failed.sort_by_key(|(offset, _)| *offset);
-                    return BatchOutcome {
-                        outputs: Vec::new(),
-                        failed,
-                    };
-                }
-                continue;
+            let tried = self.retried(route, policy, interrupt, &unit, attempt).await;
+            let (kept, undecodable) = std::mem::take(&mut *state.lock().unwrap());
+            msgs = kept;
+            for (msg, error, attempts) in undecodable {
+                fail(self, &msg, error, attempts, FailureAction::DeadLetter);
             }
-            break Err((err, action));
+            tried
         };
-        let mut outputs = Vec::new();
-        match result {
-            Ok(replies) => {
-                outputs = self.address_batch(route, index, replies, correlation_id);
+        let outputs = match result {
+            Tried::Ok(replies) => {
+                let mut outputs = self.address_batch(route, index, replies, correlation_id);
                 if let Some(chain) = chain {
                     for msg in &msgs {
                         chain.after(msg, &mut Outcome::Done(Vec::new()));
@@ -504,13 +447,26 @@ impl Pipeline {
                         chain.publish(out);
                     }
                 }
+                outputs
             }
-            Err((error, action)) => {
+            Tried::Failed {
+                error,
+                action,
+                attempts,
+            } => {
                 for msg in &msgs {
                     fail(self, msg, error.clone(), attempts, action);
                 }
+                Vec::new()
             }
-        }
+            Tried::Interrupted { error, attempts } => {
+                for msg in &msgs {
+                    let error = error.clone();
+                    failed.push((msg.offset, Outcome::Interrupted { error, attempts }));
+                }
+                Vec::new()
+            }
+        };
         failed.sort_by_key(|(offset, _)| *offset);
         BatchOutcome { outputs, failed }
     }
@@ -641,6 +597,78 @@ impl Pipeline {
         outcome
     }
 
+    /// The retry engine of messages and batches alike: runs `attempt` (given its number, from
+    /// 1) until it succeeds, fails in a way retrying cannot help, or the route's retries run
+    /// out, waiting the policy's backoff in between; `interrupt` (shutdown, revoke) ends a wait
+    /// early and leaves the unit not done.
+    async fn retried<T, Fut>(
+        &self,
+        route: &RouteDef,
+        policy: &FailurePolicy,
+        interrupt: Option<&Shutdown>,
+        unit: &Unit,
+        mut attempt: impl FnMut(u32) -> Fut,
+    ) -> Tried<T>
+    where
+        Fut: std::future::Future<Output = Result<T, HandlerError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match attempt(attempts).await {
+                Ok(value) => return Tried::Ok(value),
+                Err(error) => error,
+            };
+            let action = action_for(&error);
+            if action != FailureAction::Retry || attempts > policy.retry.max_retries {
+                return Tried::Failed {
+                    error,
+                    action,
+                    attempts,
+                };
+            }
+            let wait = policy.retry.backoff(attempts);
+            count_retry(route, &unit.topic);
+            let (topic, partition, offset) = (&*unit.topic, unit.partition, unit.offset);
+            match unit.batch {
+                None => tracing::warn!(
+                    handler = route.name(),
+                    topic,
+                    partition,
+                    offset,
+                    attempt = attempts,
+                    kind = error.kind(),
+                    error = %error,
+                    retry_in = ?wait,
+                    "message failed; retrying"
+                ),
+                Some(size) => tracing::warn!(
+                    handler = route.name(),
+                    topic,
+                    partition,
+                    first_offset = offset,
+                    size,
+                    attempt = attempts,
+                    kind = error.kind(),
+                    error = %error,
+                    retry_in = ?wait,
+                    "batch failed; retrying"
+                ),
+            }
+            if backoff(wait, interrupt).await {
+                tracing::warn!(
+                    handler = route.name(),
+                    topic,
+                    partition,
+                    offset,
+                    attempts,
+                    "retry backoff interrupted by shutdown or revoke; not done, it will be consumed again"
+                );
+                return Tried::Interrupted { error, attempts };
+            }
+        }
+    }
+
     /// Runs the handler once: size check, timeout, panic capture, manual ack.
     async fn attempt(
         &self,
@@ -648,10 +676,10 @@ impl Pipeline {
         policy: &FailurePolicy,
         msg: &Message,
         correlation_id: &Option<bytes::Bytes>,
-    ) -> Attempt {
+    ) -> Result<(Reply, bool), HandlerError> {
         if let (Some(max), Some(payload)) = (policy.max_message_bytes, &msg.payload) {
             if payload.len() > max {
-                return Attempt::Err(HandlerError::Decode(DecodeError::new(
+                return Err(HandlerError::Decode(DecodeError::new(
                     "the message",
                     format!(
                         "payload of {} bytes exceeds max_message_bytes ({max})",
@@ -669,10 +697,10 @@ impl Pipeline {
             .await
             .and_then(|r| r);
         match (result, acker.as_ref().map(Acker::state)) {
-            (Err(e), _) => Attempt::Err(e),
-            (Ok(_), Some(Some(false))) => Attempt::Err(HandlerError::Nacked),
-            (Ok(reply), Some(None)) => Attempt::Ok(reply, false),
-            (Ok(reply), _) => Attempt::Ok(reply, true),
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(Some(false))) => Err(HandlerError::Nacked),
+            (Ok(reply), Some(None)) => Ok((reply, false)),
+            (Ok(reply), _) => Ok((reply, true)),
         }
     }
 
@@ -763,9 +791,46 @@ impl Pipeline {
     }
 }
 
-enum Attempt {
-    Ok(Reply, bool),
-    Err(HandlerError),
+/// What is being retried, for the logs: one message, or a batch (its first message and size).
+struct Unit {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    batch: Option<usize>,
+}
+
+impl Unit {
+    fn message(msg: &Message) -> Self {
+        Unit {
+            topic: msg.topic.clone(),
+            partition: msg.partition,
+            offset: msg.offset,
+            batch: None,
+        }
+    }
+
+    fn batch(msgs: &[Message]) -> Self {
+        Unit {
+            batch: Some(msgs.len()),
+            ..Self::message(&msgs[0])
+        }
+    }
+}
+
+/// How a unit of work (a message or a batch) ended after the route's retries.
+enum Tried<T> {
+    Ok(T),
+    /// Failed for good: the failure policy decides with `action`.
+    Failed {
+        error: HandlerError,
+        action: FailureAction,
+        attempts: u32,
+    },
+    /// A retry backoff was cut short by shutdown or revoke: not done, consumed again later.
+    Interrupted {
+        error: HandlerError,
+        attempts: u32,
+    },
 }
 
 /// The dead-letter copy of `msg`: key, headers and payload kept, failure described in headers.

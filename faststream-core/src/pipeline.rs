@@ -597,10 +597,10 @@ impl Pipeline {
         outcome
     }
 
-    /// The retry engine of messages and batches alike: runs `attempt` (given its number, from
-    /// 1) until it succeeds, fails in a way retrying cannot help, or the route's retries run
-    /// out, waiting the policy's backoff in between; `interrupt` (shutdown, revoke) ends a wait
-    /// early and leaves the unit not done.
+    /// The retry engine of messages and batches alike: runs `attempt` (given the attempt's
+    /// number, the first is 1) until it succeeds, fails in a way retrying cannot help, or the
+    /// route's retries run out, waiting the policy's backoff in between; `interrupt`
+    /// (shutdown, revoke) ends a wait early and leaves the unit not done.
     async fn retried<T, Fut>(
         &self,
         route: &RouteDef,

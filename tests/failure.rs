@@ -156,6 +156,27 @@ async fn the_handler_chooses_the_outcome() {
     );
 }
 
+/// An error a handler turned into a `Failure` with `?` stays reachable as the source of the
+/// message's `HandlerError`: code that sees the outcome can downcast to it.
+#[tokio::test(start_paused = true)]
+async fn an_error_raised_with_the_question_mark_is_kept_as_the_source() {
+    use std::error::Error as _;
+    let broker = TestBroker::builder()
+        .with_routes(routes![choose])
+        .build()
+        .unwrap();
+    broker.publish("io", "choose").await.unwrap();
+    let received = broker.received("choose");
+    let error = received[0].outcome.error().expect("the message failed");
+    assert!(matches!(error, HandlerError::Rejected(_)), "{error:?}");
+    let source = error.source().expect("the io error is the source");
+    let io = source
+        .downcast_ref::<std::io::Error>()
+        .expect("the handler's own error type");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert!(error.to_string().contains(&io.to_string()), "{error}");
+}
+
 #[subscriber("panics", retry = 1, dlq = "panics.dlq")]
 async fn panics(n: u32) -> u32 {
     if n == 0 {

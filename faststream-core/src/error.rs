@@ -132,39 +132,66 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Why handling one message failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why handling one message failed. Its [`source`](std::error::Error::source) is the error a
+/// handler's [`Failure`](crate::Failure) was made from (with `?`, or `Failure::with_source`),
+/// or the [`DecodeError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandlerError {
     /// The message could not be decoded into the handler's arguments.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// The handler returned `Err`.
-    #[error("handler returned an error: {0}")]
+    Decode(DecodeError),
+    /// The handler returned `Err` with an error that is not a [`Failure`](crate::Failure).
     Handler(String),
     /// The handler panicked; the service keeps running.
-    #[error("handler panicked: {0}")]
     Panic(String),
     /// The return value could not be encoded.
-    #[error("cannot encode the handler's return value: {0}")]
     Encode(String),
     /// The handler did not finish within the route's `timeout_ms`.
-    #[error("handler did not finish within {0:?}")]
     Timeout(std::time::Duration),
     /// The handler called `Acker::nack`.
-    #[error("the handler asked for redelivery (nack)")]
     Nacked,
     /// The handler returned a [`Failure`](crate::Failure) choosing what happens next.
-    #[error("handler failed: {0}")]
     Rejected(crate::policy::Failure),
     /// The transport could not read the record (a corrupt or unsupported record batch); the
     /// handler never ran.
-    #[error("cannot read the record: {0}")]
     Fetch(String),
     /// An output of the message was refused for good by the broker (or not delivered within
     /// the delivery timeout); the handler ran, its outputs are incomplete.
-    #[error("an output was not delivered: {0}")]
     Publish(String),
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandlerError::Decode(e) => e.fmt(f),
+            HandlerError::Handler(e) => write!(f, "handler returned an error: {e}"),
+            HandlerError::Panic(e) => write!(f, "handler panicked: {e}"),
+            HandlerError::Encode(e) => write!(f, "cannot encode the handler's return value: {e}"),
+            HandlerError::Timeout(d) => write!(f, "handler did not finish within {d:?}"),
+            HandlerError::Nacked => f.write_str("the handler asked for redelivery (nack)"),
+            HandlerError::Rejected(e) => write!(f, "handler failed: {e}"),
+            HandlerError::Fetch(e) => write!(f, "cannot read the record: {e}"),
+            HandlerError::Publish(e) => write!(f, "an output was not delivered: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HandlerError::Decode(e) => e.source(),
+            HandlerError::Rejected(f) => {
+                f.source().map(|e| e as &(dyn std::error::Error + 'static))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<DecodeError> for HandlerError {
+    fn from(e: DecodeError) -> Self {
+        HandlerError::Decode(e)
+    }
 }
 
 impl HandlerError {

@@ -69,11 +69,23 @@ pub enum FailureAction {
 /// }
 /// # assert!(check(-1).is_err());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Failure {
     action: FailureAction,
     message: String,
+    /// The error it was made from (with `?`, or [`Failure::with_source`]).
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// Failures are equal when they ask for the same and say the same (their sources are not
+/// compared).
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        self.action == other.action && self.message == other.message
+    }
+}
+
+impl Eq for Failure {}
 
 impl Failure {
     /// Retry per the route's policy, then dead-letter (what any other error does).
@@ -100,7 +112,20 @@ impl Failure {
         Self {
             action,
             message: message.to_string(),
+            source: None,
         }
+    }
+
+    /// The same failure, caused by `error` (kept as its source: logs show the message, code
+    /// that handles the failure can walk the chain, for example to downcast to your error).
+    pub fn with_source(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(error));
+        self
+    }
+
+    /// The error it was made from, if any.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
     }
 
     /// What it asks for.
@@ -120,10 +145,11 @@ impl fmt::Display for Failure {
     }
 }
 
-// Not `std::error::Error`, so that any error converts into it with `?` (as `anyhow::Error` does).
-impl<E: std::error::Error> From<E> for Failure {
+// Not `std::error::Error`, so that any error converts into it with `?` (as `anyhow::Error` does);
+// the error is kept as the failure's source.
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure::retry(e)
+        Failure::retry(&e).with_source(e)
     }
 }
 

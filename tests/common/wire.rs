@@ -143,28 +143,43 @@ pub async fn committed_partition(broker: &str, group: &str, topic: &str, partiti
 }
 
 /// Sends `batches` to partition 0 of `topic` in one Produce request per batch, directly to
-/// `broker` (the partition's leader); returns each answer's error code.
+/// `broker` (the partition's leader); returns each answer's error code. A batch answered with
+/// an error of a partition that is not ready yet (a topic just created: UNKNOWN_TOPIC_OR_PARTITION,
+/// LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER) is sent again, for up to 10 s.
 pub async fn produce_raw(broker: &str, topic: &str, batches: Vec<BytesMut>) -> Vec<i16> {
+    const NOT_READY: [i16; 3] = [3, 5, 6];
     let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
     let mut codes = Vec::new();
-    for (i, records) in batches.into_iter().enumerate() {
-        let mut part = PartitionProduceData::default();
-        part.index = 0;
-        part.records = Some(records.freeze());
-        let mut t = TopicProduceData::default();
-        t.name = TopicName(StrBytes::from_string(topic.to_owned()));
-        t.partition_data = vec![part];
-        let mut req = ProduceRequest::default();
-        req.acks = -1;
-        req.timeout_ms = 10_000;
-        req.topic_data = vec![t];
-        let version = 7;
-        let frame = request_frame(&req, ApiKey::Produce, version, i as i32);
-        conn.write_all(&frame).await.unwrap();
-        let mut body = read_frame(&mut conn).await.expect("produce answer");
-        let _ = ResponseHeader::decode(&mut body, ProduceResponse::header_version(version));
-        let resp = ProduceResponse::decode(&mut body, version).expect("decode produce answer");
-        codes.push(resp.responses[0].partition_responses[0].error_code);
+    let mut correlation = 0;
+    for records in batches {
+        let records = records.freeze();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut part = PartitionProduceData::default();
+            part.index = 0;
+            part.records = Some(records.clone());
+            let mut t = TopicProduceData::default();
+            t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+            t.partition_data = vec![part];
+            let mut req = ProduceRequest::default();
+            req.acks = -1;
+            req.timeout_ms = 10_000;
+            req.topic_data = vec![t];
+            let version = 7;
+            correlation += 1;
+            let frame = request_frame(&req, ApiKey::Produce, version, correlation);
+            conn.write_all(&frame).await.unwrap();
+            let mut body = read_frame(&mut conn).await.expect("produce answer");
+            let _ = ResponseHeader::decode(&mut body, ProduceResponse::header_version(version));
+            let resp = ProduceResponse::decode(&mut body, version).expect("decode produce answer");
+            let code = resp.responses[0].partition_responses[0].error_code;
+            if NOT_READY.contains(&code) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            codes.push(code);
+            break;
+        }
     }
     codes
 }

@@ -28,6 +28,10 @@ const PARTITIONS: i32 = 3;
 )]
 #[publisher("relay-out")]
 async fn relay(n: u64) -> String {
+    // About 1,000 messages a second per partition: the relay of 20,000 messages over three
+    // partitions lasts several seconds, so a fault can be injected while it runs (a relay at
+    // full speed finishes before a fresh cluster has taken the group's first commits).
+    tokio::time::sleep(Duration::from_millis(1)).await;
     n.to_string()
 }
 

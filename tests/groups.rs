@@ -453,6 +453,27 @@ async fn a_foreign_member_subscribed_to_a_missing_topic_does_not_block_the_group
     ours.stop().await.unwrap();
 }
 
+/// A broker of the test's own behind the Kafka-aware proxy, which it advertises (every
+/// connection goes through the proxy): the broker, its own address, the proxy, the proxy's
+/// address, and a plain client through it.
+async fn broker_behind_proxy() -> (
+    OwnBroker,
+    String,
+    common::wire::KafkaProxy,
+    String,
+    rskafka::client::Client,
+) {
+    let proxy_port = free_port();
+    let (broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
+    let proxy = common::wire::KafkaProxy::start_on(proxy_port, broker_addr.clone()).await;
+    let via_proxy = format!("127.0.0.1:{proxy_port}");
+    let client = rskafka::client::ClientBuilder::new(vec![via_proxy.clone()])
+        .build()
+        .await
+        .unwrap();
+    (broker, broker_addr, proxy, via_proxy, client)
+}
+
 #[subscriber(
     "patient",
     group_id = "patient",
@@ -473,19 +494,11 @@ async fn patient(n: u64) -> String {
 /// other member gets every partition once the coordinator expired it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_coordinator_answers_are_never_read_by_the_next_request() {
-    use common::wire::KafkaProxy;
     use faststream::kafka::KafkaBroker;
     use kafka_protocol::messages::ApiKey;
     init_logs();
     let prefix = unique_prefix("late");
-    let proxy_port = free_port();
-    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
-    let proxy = KafkaProxy::start_on(proxy_port, broker_addr.clone()).await;
-    let via_proxy = format!("127.0.0.1:{proxy_port}");
-    let client = rskafka::client::ClientBuilder::new(vec![via_proxy.clone()])
-        .build()
-        .await
-        .unwrap();
+    let (_broker, broker_addr, proxy, via_proxy, client) = broker_behind_proxy().await;
     let (input, output) = (format!("{prefix}patient"), format!("{prefix}patient-out"));
     let group = input.clone();
     create_topic(&client, &input, 2).await;
@@ -650,19 +663,11 @@ async fn resumer(n: u64) -> String {
 /// partition from `auto_offset_reset`, which would repeat everything the group handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_the_coordinator_cannot_give_yet_are_asked_again_not_reset() {
-    use common::wire::KafkaProxy;
     use faststream::kafka::KafkaBroker;
     use kafka_protocol::messages::ApiKey;
     init_logs();
     let prefix = unique_prefix("resume");
-    let proxy_port = free_port();
-    let (_broker, broker_addr) = OwnBroker::start(Some(proxy_port)).await;
-    let proxy = KafkaProxy::start_on(proxy_port, broker_addr.clone()).await;
-    let via_proxy = format!("127.0.0.1:{proxy_port}");
-    let client = rskafka::client::ClientBuilder::new(vec![via_proxy.clone()])
-        .build()
-        .await
-        .unwrap();
+    let (_broker, broker_addr, proxy, via_proxy, client) = broker_behind_proxy().await;
     let (input, output) = (format!("{prefix}resumer"), format!("{prefix}resumer-out"));
     create_topic(&client, &input, 1).await;
     create_topic(&client, &output, 1).await;

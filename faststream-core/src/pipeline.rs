@@ -396,7 +396,13 @@ impl Pipeline {
         let result = if msgs.is_empty() {
             Tried::Ok(Vec::new())
         } else {
-            let unit = Unit::batch(&msgs);
+            // The messages move into the attempts' state below: the unit keeps its own topic.
+            let topic = msgs[0].topic.clone();
+            let unit = Unit {
+                topic: &topic,
+                batch: Some(msgs.len()),
+                ..Unit::message(&msgs[0])
+            };
             // Messages that cannot be decoded leave the batch at their first attempt (the lock
             // is never held across an await).
             let state = std::sync::Mutex::new((std::mem::take(&mut msgs), Vec::new()));
@@ -606,7 +612,7 @@ impl Pipeline {
         route: &RouteDef,
         policy: &FailurePolicy,
         interrupt: Option<&Shutdown>,
-        unit: &Unit,
+        unit: &Unit<'_>,
         mut attempt: impl FnMut(u32) -> Fut,
     ) -> Tried<T>
     where
@@ -628,8 +634,8 @@ impl Pipeline {
                 };
             }
             let wait = policy.retry.backoff(attempts);
-            count_retry(route, &unit.topic);
-            let (topic, partition, offset) = (&*unit.topic, unit.partition, unit.offset);
+            count_retry(route, unit.topic);
+            let (topic, partition, offset) = (unit.topic, unit.partition, unit.offset);
             match unit.batch {
                 None => tracing::warn!(
                     handler = route.name(),
@@ -792,27 +798,20 @@ impl Pipeline {
 }
 
 /// What is being retried, for the logs: one message, or a batch (its first message and size).
-struct Unit {
-    topic: Arc<str>,
+struct Unit<'a> {
+    topic: &'a str,
     partition: i32,
     offset: i64,
     batch: Option<usize>,
 }
 
-impl Unit {
-    fn message(msg: &Message) -> Self {
+impl<'a> Unit<'a> {
+    fn message(msg: &'a Message) -> Self {
         Unit {
-            topic: msg.topic.clone(),
+            topic: &msg.topic,
             partition: msg.partition,
             offset: msg.offset,
             batch: None,
-        }
-    }
-
-    fn batch(msgs: &[Message]) -> Self {
-        Unit {
-            batch: Some(msgs.len()),
-            ..Self::message(&msgs[0])
         }
     }
 }

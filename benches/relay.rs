@@ -14,6 +14,8 @@
 //!   output, so `framework / raw-headers` compares the same work (and `bare / raw` too);
 //! - `framework`: the seed handler (`#[subscriber]` + `#[publisher]`) on `KafkaBroker`;
 //! - `framework-bare`: the same with `compat_headers(false)` (no FastStream headers);
+//! - `framework-plain`: `framework` with `idempotence(false)` (no producer id or sequence
+//!   numbers), the baseline of the idempotent producer's cost (`idem / plain`);
 //! - `framework-group`: the seed relay in a consumer group, as the seed example runs it (group
 //!   protocol, heartbeats, periodic commits);
 //! - `framework-batch`: the seed handler as a batch handler (`batch = true`,
@@ -201,6 +203,7 @@ async fn parent(args: Args) {
         "raw-headers",
         "framework",
         "framework-bare",
+        "framework-plain",
         "framework-group",
         "framework-batch",
         "pipeline",
@@ -212,7 +215,11 @@ async fn parent(args: Args) {
         kinds.insert(3, "framework-metrics");
     }
     for kind in kinds {
-        if args.only.as_deref().is_some_and(|o| o != kind) {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|k| k == kind))
+        {
             continue;
         }
         let prefix = format!("bench{stamp}-{kind}.");
@@ -349,6 +356,7 @@ async fn parent(args: Args) {
         ("framework", "raw-headers", "fw / raw-hdr"),
         ("framework-bare", "raw", "bare / raw"),
         ("framework", "raw", "fw / raw"),
+        ("framework", "framework-plain", "idem / plain"),
         ("framework-group", "framework", "group / fw"),
         ("framework-batch", "raw-headers", "batch / raw-hdr"),
         ("framework-batch", "framework", "batch / fw"),
@@ -480,8 +488,9 @@ async fn child(kind: &str, args: &Args) {
         match kind {
             "raw" => raw_relay(args, false).await,
             "raw-headers" => raw_relay(args, true).await,
-            "framework" => framework_relay(args, true).await,
-            "framework-bare" => framework_relay(args, false).await,
+            "framework" => framework_relay(args, true, true).await,
+            "framework-bare" => framework_relay(args, false, true).await,
+            "framework-plain" => framework_relay(args, true, false).await,
             "framework-batch" => batch_relay(args).await,
             "framework-group" => group_relay(args).await,
             #[cfg(feature = "prometheus")]
@@ -629,9 +638,12 @@ async fn raw_relay(args: &Args, headers: bool) {
     std::future::pending::<()>().await;
 }
 
-/// The seed handler on `KafkaBroker`; `compat` = FastStream's headers on every output.
-async fn framework_relay(args: &Args, compat: bool) {
-    let broker = KafkaBroker::new(&bootstrap());
+/// The seed handler on `KafkaBroker`; `compat` = FastStream's headers on every output,
+/// `idempotence` = the idempotent producer (the default).
+async fn framework_relay(args: &Args, compat: bool, idempotence: bool) {
+    let broker = KafkaBroker::builder(&bootstrap())
+        .idempotence(idempotence)
+        .build();
     let app = FastStream::new(broker)
         .with_routes(routes![handle_msg])
         .compat_headers(compat)

@@ -743,3 +743,188 @@ async fn produced_batches_are_read_back_by_another_client() {
         assert!(seen.iter().all(|s| *s), "{name}: every output once");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The idempotent producer: a produce whose answer is lost after the leader wrote the batch.
+
+#[subscriber("lost", auto_offset_reset = "earliest")]
+#[publisher("lost-out")]
+async fn lost(body: String) -> String {
+    body
+}
+
+/// A broker of the test's own behind a proxy, a client through the proxy, and the `lost`
+/// route's input and output topics (one partition each) under `prefix`.
+async fn lost_behind_proxy(
+    prefix: &str,
+) -> (
+    OwnBroker,
+    KafkaProxy,
+    String,
+    rskafka::client::Client,
+    String,
+    String,
+) {
+    let (broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let (input, out) = (format!("{prefix}lost"), format!("{prefix}lost-out"));
+    create_topic(&client, &input, 1).await;
+    create_topic(&client, &out, 1).await;
+    (broker, proxy, bootstrap, client, input, out)
+}
+
+/// Relays 300 inputs while the proxy loses the answers to the first three Produce requests
+/// for the output topic (each after the broker wrote it); returns the output topic's whole
+/// content once the service stopped (every acknowledged write is readable then).
+async fn relay_losing_answers(idempotence: bool) -> Vec<String> {
+    const N: usize = 300;
+    let prefix = unique_prefix(if idempotence {
+        "lost-idem"
+    } else {
+        "lost-plain"
+    });
+    let (_broker, proxy, bootstrap, client, input, out) = lost_behind_proxy(&prefix).await;
+    proxy.lose_produce_answers(&out, 3);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+        let records = chunk
+            .iter()
+            .map(|i| record(None, format!("m{i}").as_bytes(), &[]))
+            .collect();
+        produce(&client, &input, 0, records).await;
+    }
+    let running = start(app_on(&bootstrap, routes![lost], &prefix, |b| {
+        b.idempotence(idempotence)
+            // Small requests, so that the lost answers fall among many.
+            .max_batch_bytes(2_000)
+            .request_timeout(Duration::from_secs(5))
+    }))
+    .await;
+    let relayed = read(&client, &out, N).await;
+    running.stop().await.expect("a clean shutdown");
+    assert_eq!(
+        proxy.answers_to_lose(),
+        0,
+        "three produce answers were lost"
+    );
+    let mut records = relayed.into_values().flatten().collect::<Vec<_>>();
+    // Whatever else the topic holds: read on until a fetch finds nothing more.
+    let pc = client
+        .partition_client(
+            &out,
+            0,
+            rskafka::client::partition::UnknownTopicHandling::Error,
+        )
+        .await
+        .unwrap();
+    loop {
+        let next = records.last().map_or(0, |r| r.offset + 1);
+        let (more, _) = pc.fetch_records(next, 1..4_000_000, 500).await.unwrap();
+        let more: Vec<_> = more.into_iter().filter(|r| r.offset >= next).collect();
+        if more.is_empty() {
+            break;
+        }
+        records.extend(more);
+    }
+    records.iter().map(text).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_whose_produce_answer_was_lost_is_written_once() {
+    let outputs = relay_losing_answers(true).await;
+    let want: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        outputs, want,
+        "every output once, in input order, although three produce answers were lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idempotence_a_lost_produce_answer_duplicates_outputs() {
+    // The same relay with idempotence off: the retries of the batches the broker wrote write
+    // them again. (What the test above guards against, so a proxy that lost nothing, or a
+    // broker that deduplicated plain producers, would show here.)
+    let outputs = relay_losing_answers(false).await;
+    let mut distinct = outputs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 300, "every input relayed");
+    assert!(
+        outputs.len() > 300,
+        "the retried batches were written twice: {} outputs",
+        outputs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_refusing_producer_ids_fails_startup_naming_the_setting() {
+    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    // As a cluster with ACLs answers a principal without IdempotentWrite.
+    proxy.refuse_producer_ids(31);
+    let err = startup_error(&bootstrap, Default::default(), routes![lost]).await;
+    assert!(
+        err.contains("idempotent producer") && err.contains("idempotence(false)"),
+        "{err}"
+    );
+    assert!(err.contains("ClusterAuthorizationFailed"), "{err}");
+
+    // With idempotence off, the same service starts and relays.
+    let prefix = unique_prefix("no-idem");
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    create_topic(&client, &format!("{prefix}lost"), 1).await;
+    produce(
+        &client,
+        &format!("{prefix}lost"),
+        0,
+        vec![record(None, b"x", &[])],
+    )
+    .await;
+    let running = start(app_on(&bootstrap, routes![lost], &prefix, |b| {
+        b.idempotence(false)
+    }))
+    .await;
+    let out = read(&client, &format!("{prefix}lost-out"), 1).await;
+    assert_eq!(text(&out[&0][0]), "x");
+    running.stop().await.expect("a clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_the_producer_sequence_gets_the_next_epoch_and_each_output_once() {
+    let prefix = unique_prefix("seq-gap");
+    let (_broker, proxy, bootstrap, client, input, out) = lost_behind_proxy(&prefix).await;
+    // The first produce to the output is answered OUT_OF_ORDER_SEQUENCE_NUMBER (45), the
+    // second UNKNOWN_PRODUCER_ID (59): what a leader says that lost this producer's state.
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (count, target) = (refused.clone(), out.clone());
+    proxy.refuse_produce(move |t, _| {
+        if t != target {
+            return None;
+        }
+        match count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Some(45),
+            1 => Some(59),
+            _ => None,
+        }
+    });
+    let inputs = (0..20)
+        .map(|i| record(None, format!("m{i}").as_bytes(), &[]))
+        .collect();
+    produce(&client, &input, 0, inputs).await;
+    let running = start(app_on(&bootstrap, routes![lost], &prefix, |b| b)).await;
+    let relayed = read(&client, &out, 20).await;
+    running.stop().await.expect("a clean shutdown");
+    assert!(refused.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let outputs: Vec<String> = relayed.values().flatten().map(text).collect();
+    let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(outputs, want);
+    let logs = logs();
+    assert!(
+        logs.matches("idempotent producer epoch bumped").count() >= 2,
+        "each refusal moved the producer to its next epoch:\n{logs}"
+    );
+}

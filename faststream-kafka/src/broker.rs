@@ -100,6 +100,17 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// Whether the producer is idempotent (default on, as Kafka's Java producer since 3.0):
+    /// every batch carries a producer id and a sequence number per partition, so the leader
+    /// writes a batch retried after a lost answer once, and outputs keep their order across
+    /// retries. Needs `InitProducerId` (Kafka 0.11 and later; on clusters with ACLs the
+    /// `IdempotentWrite` permission, or since Kafka 2.8 `Write` on a topic). Switch it off
+    /// for a broker without it: startup says so when the cluster refuses a producer id.
+    pub fn idempotence(mut self, enabled: bool) -> Self {
+        self.config.idempotence = enabled;
+        self
+    }
+
     /// Upper bound of one fetch response per partition (default 256 KiB; Java's
     /// `max.partition.fetch.bytes` is 1 MiB). Up to four fetches of a partition are in memory at
     /// once (one being handled, one waiting, two ahead), and the relay benchmark measured 256 KiB
@@ -290,6 +301,7 @@ impl KafkaBroker {
                 linger: Duration::from_millis(5),
                 max_batch_bytes: 1024 * 1024,
                 compression: Compression::None,
+                idempotence: true,
                 fetch_max_bytes: 256 * 1024,
                 fetch_max_wait: Duration::from_millis(500),
                 missing_topics: MissingTopics::CreateDeclared {
@@ -464,6 +476,15 @@ impl KafkaBroker {
             if !missing.is_empty() {
                 return Err(KafkaError::MissingTopics { topics: missing });
             }
+        }
+        // A service that produces learns now whether the cluster grants an idempotent
+        // producer (a refusal names the setting), not at its first output.
+        let produces = pipeline
+            .routes()
+            .iter()
+            .any(|r| !r.publishers().is_empty() || pipeline.policy(r).dlq.is_some());
+        if produces {
+            self.shared.producers.check_idempotence().await?;
         }
         // Stops every consumer: the app's shutdown (forwarded with its deadline), or the first
         // consumer that stops on its own (nothing may sit unread while the service looks alive).

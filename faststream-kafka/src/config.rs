@@ -66,6 +66,7 @@ pub(crate) struct Config {
     pub(crate) linger: Duration,
     pub(crate) max_batch_bytes: usize,
     pub(crate) compression: Compression,
+    pub(crate) idempotence: bool,
     pub(crate) fetch_max_bytes: i32,
     pub(crate) fetch_max_wait: Duration,
     pub(crate) missing_topics: MissingTopics,

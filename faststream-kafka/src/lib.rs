@@ -48,6 +48,7 @@ mod encode;
 mod error;
 mod fetch;
 mod group;
+mod idempotence;
 mod metrics;
 mod produce;
 mod protocol;

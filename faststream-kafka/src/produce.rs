@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::encode::{BatchHeader, Encoder};
 use crate::error::KafkaError;
 use crate::fetch::LeaderConn;
+use crate::idempotence::{self, IdError, Identity, Producer};
 use crate::protocol::{ms, ConnError};
 
 /// Below this many queued bytes a partition's task waits up to `linger` for more (Java's
@@ -111,6 +112,8 @@ pub(crate) struct Producers {
     declared: Mutex<std::collections::HashSet<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     round_robin: AtomicUsize,
+    /// The idempotent producer's id, shared by every partition's task.
+    identity: Arc<Identity>,
 }
 
 impl Producers {
@@ -122,6 +125,36 @@ impl Producers {
             declared: Mutex::default(),
             tasks: Mutex::new(Vec::new()),
             round_robin: AtomicUsize::new(0),
+            identity: Arc::default(),
+        }
+    }
+
+    /// With idempotence on (the default), obtains the producer id now, so that a cluster that
+    /// refuses it fails startup with a message naming the setting instead of failing the
+    /// first publish. Transient failures are retried until the request timeout.
+    pub(crate) async fn check_idempotence(&self) -> Result<(), KafkaError> {
+        if !self.config.idempotence {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut backoff = Backoff::requests();
+        loop {
+            match self.identity.current(&self.config).await {
+                Ok(_) => return Ok(()),
+                Err(IdError::Refused(reason)) => return Err(KafkaError::Unsupported(reason)),
+                Err(IdError::Retriable(e))
+                    if tokio::time::Instant::now() + backoff.wait() < deadline =>
+                {
+                    tracing::warn!(error = %e, retry_in = ?backoff.wait(), "no idempotent producer id yet; retrying");
+                    backoff.sleep().await;
+                }
+                Err(IdError::Retriable(e)) => {
+                    return Err(KafkaError::Unsupported(format!(
+                        "no idempotent producer id within the request timeout ({:?}): {e}",
+                        self.config.request_timeout
+                    )))
+                }
+            }
         }
     }
 
@@ -372,13 +405,17 @@ impl Producers {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(self.config.max_queued_bytes));
-        let task = tokio::spawn(run_partition_producer(
-            self.config.clone(),
-            topic.to_owned(),
+        let writer = Writer {
+            config: self.config.clone(),
+            topic: topic.to_owned(),
             partition,
-            rx,
-            budget.clone(),
-        ));
+            conn: LeaderConn::default(),
+            encoder: Encoder::default(),
+            identity: self.identity.clone(),
+            sequence: None,
+            given_up: None,
+        };
+        let task = tokio::spawn(run_partition_producer(writer, rx, budget.clone()));
         lock(&self.tasks).push(task);
         let queue = Queue { tx, budget };
         slots[index] = Some(queue.clone());
@@ -401,22 +438,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn run_partition_producer(
-    config: Arc<Config>,
-    topic: String,
-    partition: i32,
+    mut writer: Writer,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     budget: Arc<Semaphore>,
 ) {
-    let metrics = crate::metrics::ProducerMetrics::new(&topic, partition);
+    let config = writer.config.clone();
+    let metrics = crate::metrics::ProducerMetrics::new(&writer.topic, writer.partition);
     let queued =
         || config.max_queued_bytes - budget.available_permits().min(config.max_queued_bytes);
-    let mut writer = Writer {
-        config: config.clone(),
-        topic: topic.clone(),
-        partition,
-        conn: LeaderConn::default(),
-        encoder: Encoder::default(),
-    };
     while let Some(first) = rx.recv().await {
         let mut bytes = first.size;
         let mut batch = vec![first];
@@ -472,6 +501,9 @@ enum Refusal {
     Retriable,
     /// The request (or one of its records) is too large: split, or refuse a single record.
     TooLarge,
+    /// The leader disagrees about the idempotent producer's sequence or epoch (nothing was
+    /// written): bump the epoch and send again, until the delivery timeout.
+    Sequence,
     /// Retrying cannot help.
     Permanent,
 }
@@ -481,6 +513,7 @@ fn refusal(err: ResponseError) -> Refusal {
     use ResponseError as E;
     match err {
         E::MessageTooLarge | E::RecordListTooLarge => Refusal::TooLarge,
+        err if idempotence::needs_bump(err) => Refusal::Sequence,
         E::InvalidTopicException
         | E::TopicAuthorizationFailed
         | E::ClusterAuthorizationFailed
@@ -507,25 +540,75 @@ struct Writer {
     partition: i32,
     conn: LeaderConn,
     encoder: Encoder,
+    identity: Arc<Identity>,
+    /// The producer id this partition's batches are numbered under, and the next batch's
+    /// sequence (`None`: not idempotent, or nothing numbered yet).
+    sequence: Option<(Producer, i32)>,
+    /// A producer id under which a batch was given up after it may have been written: the
+    /// next batch moves to the next epoch first, so its sequence cannot be taken as that
+    /// batch's duplicate.
+    given_up: Option<Producer>,
 }
 
 impl Writer {
-    /// Sends `msgs` as one record batch and waits for the leader's acknowledgement (all
-    /// in-sync replicas, `acks = all`).
+    /// The producer fields of the next batch: plain without idempotence, else the shared
+    /// producer id and this partition's next sequence (0 under an id not used here before).
+    async fn header(&mut self) -> Result<BatchHeader, (Refusal, String)> {
+        if !self.config.idempotence {
+            return Ok(BatchHeader::PLAIN);
+        }
+        let p = match self.given_up.take() {
+            Some(seen) => self.identity.bump(&self.config, seen).await,
+            None => self.identity.current(&self.config).await,
+        }
+        .map_err(|e| match e {
+            IdError::Retriable(e) => (Refusal::Retriable, format!("no producer id: {e}")),
+            IdError::Refused(e) => (Refusal::Permanent, e),
+        })?;
+        let next = match self.sequence {
+            Some((q, next)) if q == p => next,
+            _ => 0,
+        };
+        self.sequence = Some((p, next));
+        Ok(BatchHeader {
+            producer_id: p.id,
+            producer_epoch: p.epoch,
+            base_sequence: next,
+        })
+    }
+
+    /// The leader has the batch of `count` records sent with `header`.
+    fn written(&mut self, header: BatchHeader, count: usize) {
+        if let Some((p, next)) = &mut self.sequence {
+            if (p.id, p.epoch) == (header.producer_id, header.producer_epoch) {
+                *next = idempotence::advance(header.base_sequence, count as i32);
+            }
+        }
+    }
+
+    /// The batch sent with `header` is given up after it may have been written (or was
+    /// refused as out of sequence): the next batch moves on from its producer id and epoch.
+    fn move_on(&mut self, header: BatchHeader) {
+        if header.producer_id >= 0 {
+            self.given_up = Some(Producer {
+                id: header.producer_id,
+                epoch: header.producer_epoch,
+            });
+        }
+    }
+
+    /// Sends `msgs` as one record batch with `header` and waits for the leader's
+    /// acknowledgement (all in-sync replicas, `acks = all`). A batch the leader already had
+    /// (a retry after a lost answer) counts as acknowledged.
     async fn produce(
         &mut self,
         msgs: &[OutgoingMessage],
         now_ms: i64,
+        header: BatchHeader,
     ) -> Result<(), (Refusal, String)> {
         let mut records = BytesMut::with_capacity(crate::encode::bound(msgs));
         self.encoder
-            .batch(
-                &mut records,
-                msgs,
-                now_ms,
-                self.config.compression,
-                BatchHeader::PLAIN,
-            )
+            .batch(&mut records, msgs, now_ms, self.config.compression, header)
             .map_err(|e| (Refusal::Permanent, e))?;
         let res = self.send(records.freeze()).await;
         if matches!(res, Err((Refusal::Retriable, _))) {
@@ -577,7 +660,9 @@ impl Writer {
                 )
             })?;
         match ResponseError::try_from_code(p.error_code) {
-            None => Ok(()),
+            // With idempotence: the leader already wrote this batch (an earlier attempt
+            // whose answer was lost).
+            None | Some(ResponseError::DuplicateSequenceNumber) => Ok(()),
             Some(err) => {
                 let detail = p
                     .error_message
@@ -624,13 +709,29 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
     let mut group_start = 0;
     while let Some(range) = todo.pop_front() {
         let mut backoff = Backoff::requests();
+        // The producer fields of this range's batch, kept across retries (so the leader can
+        // tell a retry of a batch it wrote from a new one), and whether an attempt may have
+        // been written although it failed.
+        let mut pinned: Option<BatchHeader> = None;
+        let mut maybe_written = false;
         loop {
-            let (kind, error) = match writer.produce(&msgs[range.clone()], now).await {
-                Ok(()) => {
-                    metrics.published(range.len());
-                    break;
+            let attempt = match pinned {
+                Some(header) => Ok(header),
+                None => writer.header().await,
+            };
+            let (kind, error) = match attempt {
+                Ok(header) => {
+                    pinned = Some(header);
+                    match writer.produce(&msgs[range.clone()], now, header).await {
+                        Ok(()) => {
+                            writer.written(header, range.len());
+                            metrics.published(range.len());
+                            break;
+                        }
+                        Err(refused) => refused,
+                    }
                 }
-                Err(refused) => refused,
+                Err(no_header) => no_header,
             };
             match kind {
                 Refusal::TooLarge if range.len() > 1 => {
@@ -640,7 +741,17 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     todo.push_front(range.start..mid);
                     break;
                 }
-                Refusal::Retriable if tokio::time::Instant::now() + backoff.wait() < deadline => {
+                Refusal::Retriable | Refusal::Sequence
+                    if tokio::time::Instant::now() + backoff.wait() < deadline =>
+                {
+                    if matches!(kind, Refusal::Sequence) {
+                        // Nothing of it was written: again under the next epoch.
+                        if let Some(header) = pinned.take() {
+                            writer.move_on(header);
+                        }
+                    } else {
+                        maybe_written |= pinned.is_some();
+                    }
                     tracing::warn!(
                         topic,
                         partition,
@@ -653,7 +764,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                 }
                 kind => {
                     let reason = match kind {
-                        Refusal::Retriable => format!(
+                        Refusal::Retriable | Refusal::Sequence => format!(
                             "not delivered within the delivery timeout ({:?}): {error}",
                             config.delivery_timeout
                         ),
@@ -666,6 +777,11 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                         error = %reason,
                         "produce failed for good"
                     );
+                    if let Some(header) = pinned.filter(|_| {
+                        maybe_written || matches!(kind, Refusal::Retriable | Refusal::Sequence)
+                    }) {
+                        writer.move_on(header);
+                    }
                     metrics.failed(range.len());
                     refused.extend(range.clone().map(|i| (i, reason.clone())));
                     break;

@@ -244,7 +244,13 @@ pub struct KafkaProxy {
     /// Requests passed on, by API key.
     counts: Arc<Mutex<HashMap<i16, usize>>>,
     offset_fetch_errors: OffsetFetchErrors,
+    lost_answers: LostAnswers,
+    /// The error code the proxy answers InitProducerId requests with itself, if any.
+    refused_producer_ids: Arc<Mutex<Option<i16>>>,
 }
+
+/// Produce requests to a topic whose answers the proxy loses: the topic, and how many more.
+type LostAnswers = Arc<Mutex<(String, usize)>>;
 
 /// How many more OffsetFetch answers get an error on every partition, and which.
 type OffsetFetchErrors = Arc<Mutex<(usize, i16)>>;
@@ -267,28 +273,16 @@ impl KafkaProxy {
             delays: Arc::default(),
             counts: Arc::default(),
             offset_fetch_errors: Arc::default(),
+            lost_answers: Arc::default(),
+            refused_producer_ids: Arc::default(),
         };
-        let (rule, aborted, delays, counts, offset_fetch_errors) = (
-            proxy.rule.clone(),
-            proxy.aborted.clone(),
-            proxy.delays.clone(),
-            proxy.counts.clone(),
-            proxy.offset_fetch_errors.clone(),
-        );
+        let shared = proxy.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = TcpStream::connect(&broker).await else {
                     continue;
                 };
-                tokio::spawn(relay(
-                    client,
-                    upstream,
-                    rule.clone(),
-                    aborted.clone(),
-                    delays.clone(),
-                    counts.clone(),
-                    offset_fetch_errors.clone(),
-                ));
+                tokio::spawn(relay(client, upstream, shared.clone()));
             }
         });
         proxy
@@ -328,6 +322,25 @@ impl KafkaProxy {
         *self.offset_fetch_errors.lock().unwrap() = (count, code);
     }
 
+    /// Loses the broker's answers to the next `count` Produce requests for `topic`: each such
+    /// request reaches the broker (which writes its records), then the connection to the
+    /// client is closed instead of answering, as when a connection drops after the leader
+    /// wrote a batch.
+    pub fn lose_produce_answers(&self, topic: &str, count: usize) {
+        *self.lost_answers.lock().unwrap() = (topic.to_owned(), count);
+    }
+
+    /// Answers every InitProducerId request with `code` itself (as a cluster does that grants
+    /// no producer ids, e.g. CLUSTER_AUTHORIZATION_FAILED, 31, without the IdempotentWrite ACL).
+    pub fn refuse_producer_ids(&self, code: i16) {
+        *self.refused_producer_ids.lock().unwrap() = Some(code);
+    }
+
+    /// How many answers [`Self::lose_produce_answers`] still has to lose.
+    pub fn answers_to_lose(&self) -> usize {
+        self.lost_answers.lock().unwrap().1
+    }
+
     /// How many requests of `api` the proxy has passed on.
     pub fn requests(&self, api: ApiKey) -> usize {
         self.counts
@@ -344,16 +357,22 @@ impl KafkaProxy {
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
-    rule: Arc<Mutex<ProduceRule>>,
-    aborted: Aborted,
-    delays: Delays,
-    counts: Arc<Mutex<HashMap<i16, usize>>>,
-    offset_fetch_errors: OffsetFetchErrors,
-) {
+/// Passes one client connection's requests to `upstream` and the answers back, doing to
+/// them what `proxy` was told.
+async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
+    let KafkaProxy {
+        rule,
+        aborted,
+        delays,
+        counts,
+        offset_fetch_errors,
+        lost_answers,
+        refused_producer_ids,
+        ..
+    } = proxy;
     let (mut client_rx, client_tx) = client.into_split();
+    // Produce requests passed on whose answers are to be lost, by correlation id.
+    let losing: Arc<Mutex<std::collections::HashSet<i32>>> = Arc::default();
     let (upstream_rx, mut upstream_tx) = upstream.into_split();
     let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
     // Fetch requests passed on, by correlation id, with their version.
@@ -365,10 +384,16 @@ async fn relay(
         let client_tx = client_tx.clone();
         let fetches = fetches.clone();
         let apis = apis.clone();
+        let losing = losing.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
-                let request = apis.lock().unwrap().remove(&frame.clone().get_i32());
+                let correlation = frame.clone().get_i32();
+                if losing.lock().unwrap().remove(&correlation) {
+                    let _ = client_tx.lock().await.shutdown().await;
+                    return;
+                }
+                let request = apis.lock().unwrap().remove(&correlation);
                 let api = request.map(|(api, _)| api);
                 let hold = api.and_then(|api| {
                     let mut delays = delays.lock().unwrap();
@@ -404,6 +429,13 @@ async fn relay(
             }
             continue;
         }
+        let refused = *refused_producer_ids.lock().unwrap();
+        if let Some(answer) = refused.and_then(|code| refuse_producer_id(&frame, code)) {
+            if client_tx.lock().await.write_all(&answer).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let mut peek = frame.clone();
         if peek.remaining() >= 8 {
             let (api, version, correlation) = (peek.get_i16(), peek.get_i16(), peek.get_i32());
@@ -411,6 +443,9 @@ async fn relay(
             *counts.lock().unwrap().entry(api).or_default() += 1;
             if api == ApiKey::Fetch as i16 {
                 fetches.lock().unwrap().insert(correlation, version);
+            }
+            if api == ApiKey::Produce as i16 && produces_to(&frame, version, &lost_answers) {
+                losing.lock().unwrap().insert(correlation);
             }
         }
         if write_frame(&mut upstream_tx, &frame).await.is_err() {
@@ -494,6 +529,61 @@ fn fail_offset_fetch(frame: Bytes, version: i16, errors: &OffsetFetchErrors) -> 
     buf.freeze()
 }
 
+/// Whether `frame` (a Produce request) writes to the topic whose answers are to be lost while
+/// some are left to lose; counts it if so.
+fn produces_to(frame: &Bytes, version: i16, lost: &LostAnswers) -> bool {
+    let mut lost = lost.lock().unwrap();
+    if lost.1 == 0 {
+        return false;
+    }
+    let mut body = frame.clone();
+    let Ok(_) = RequestHeader::decode(&mut body, ProduceRequest::header_version(version)) else {
+        return false;
+    };
+    let Ok(req) = ProduceRequest::decode(&mut body, version) else {
+        return false;
+    };
+    if !req.topic_data.iter().any(|t| *t.name == *lost.0) {
+        return false;
+    }
+    lost.1 -= 1;
+    true
+}
+
+/// The proxy's own answer with `code` to `frame` if it is an InitProducerId request.
+fn refuse_producer_id(frame: &Bytes, code: i16) -> Option<BytesMut> {
+    let mut peek = frame.clone();
+    if peek.remaining() < 4 || peek.get_i16() != ApiKey::InitProducerId as i16 {
+        return None;
+    }
+    let version = peek.get_i16();
+    let mut body = frame.clone();
+    let header =
+        RequestHeader::decode(&mut body, InitProducerIdRequest::header_version(version)).ok()?;
+    let mut resp = InitProducerIdResponse::default();
+    resp.error_code = code;
+    resp.producer_id = ProducerId(-1);
+    resp.producer_epoch = -1;
+    answer_frame(header.correlation_id, &resp, version)
+}
+
+/// `resp` framed as the answer (length prefix included) to request `correlation`.
+fn answer_frame<R: Encodable + HeaderVersion>(
+    correlation: i32,
+    resp: &R,
+    version: i16,
+) -> Option<BytesMut> {
+    let mut rh = ResponseHeader::default();
+    rh.correlation_id = correlation;
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    rh.encode(&mut buf, R::header_version(version)).ok()?;
+    resp.encode(&mut buf, version).ok()?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Some(buf)
+}
+
 /// The proxy's own answer to a Produce request its rule refuses.
 fn refusal(frame: &Bytes, rule: &Mutex<ProduceRule>) -> Option<BytesMut> {
     let mut peek = frame.clone();
@@ -534,16 +624,7 @@ fn refusal(frame: &Bytes, rule: &Mutex<ProduceRule>) -> Option<BytesMut> {
             tr
         })
         .collect();
-    let mut rh = ResponseHeader::default();
-    rh.correlation_id = header.correlation_id;
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    rh.encode(&mut buf, ProduceResponse::header_version(version))
-        .ok()?;
-    resp.encode(&mut buf, version).ok()?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Some(buf)
+    answer_frame(header.correlation_id, &resp, version)
 }
 
 /// A consumer-group member written with the protocol crate alone, as another client library's

@@ -35,13 +35,13 @@ pub use faststream_core::testing;
 
 /// Handler arguments: what `#[subscriber]` builds from the message (`Key`, `Topic`,
 /// `Partition`, `Offset`, `Timestamp`, `CorrelationId`, `Headers`, `Acker`) or from the app
-/// (`State`, `Publisher`), and the traits for your own ([`FromMessage`](extract::FromMessage),
+/// (`State`, `Publisher`, `Control`), and the traits for your own ([`FromMessage`](extract::FromMessage),
 /// [`FromHeader`](extract::FromHeader)). The macros recognise them by their written name, so
 /// import them (`use faststream::extract::Key;`) or write the path.
 pub mod extract {
     pub use faststream_core::{
-        Acker, CorrelationId, FromHeader, FromMessage, Headers, Key, Offset, Partition, Publisher,
-        State, Timestamp, Topic,
+        Acker, Control, CorrelationId, FromHeader, FromMessage, Headers, Key, Offset, Partition,
+        Paused, Publisher, State, Timestamp, Topic,
     };
 }
 
@@ -68,11 +68,11 @@ pub mod kafka {
 /// descriptors and their validation, codecs. A handler author needs none of it.
 pub mod runtime {
     pub use faststream_core::{
-        decode_json, decode_raw, decode_text, new_correlation_id, validate, Assignor, BatchDef,
-        BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupTimings, HandlerFn, HandlerResult,
-        HeaderName, OffsetReset, OffsetTracker, Pipeline, PolicyDef, Position, Publish, Reply,
-        ResponseMeta, RouteDef, Shutdown, ShutdownTrigger, StateMap, StateReq, Step, SubscriberDef,
-        TopicNameProblem, Transport,
+        decode_json, decode_raw, decode_text, new_correlation_id, until_resumed, validate,
+        Assignor, BatchDef, BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupTimings,
+        HandlerFn, HandlerResult, HeaderName, OffsetReset, OffsetTracker, Pipeline, PolicyDef,
+        Position, Publish, Reply, ResponseMeta, RouteDef, Shutdown, ShutdownTrigger, StateMap,
+        StateReq, Step, SubscriberDef, TopicNameProblem, Transport,
     };
 }
 

@@ -625,3 +625,46 @@ async fn aliases_of_string_and_result_behave_like_the_written_types() {
     assert!(errors[0].contains("api error 400"), "{errors:?}");
     assert!(errors[1].contains("api error 422"), "{errors:?}");
 }
+
+// Pausing: the messages of a paused handler are held in order, then handled once resumed.
+
+#[subscriber("pausable")]
+#[publisher("pausable-out")]
+async fn pausable(body: String, control: faststream::extract::Control) -> String {
+    // A handler can pause itself (say, when its downstream system says "slow down").
+    if body == "stop" {
+        control.pause("pausable").unwrap();
+    }
+    body
+}
+
+#[tokio::test]
+async fn a_paused_handler_holds_its_messages_in_order_until_resumed() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![pausable])
+        .build()
+        .unwrap();
+    let out = |b: &TestBroker| -> Vec<String> {
+        b.published("pausable-out")
+            .iter()
+            .map(|m| m.text().unwrap().to_owned())
+            .collect()
+    };
+    broker.publish("a", "pausable").await.unwrap();
+    broker.publish("stop", "pausable").await.unwrap();
+    assert!(broker.control().paused("pausable").unwrap().is_all());
+    broker.publish("b", "pausable").await.unwrap();
+    broker.publish("c", "pausable").await.unwrap();
+    assert_eq!(out(&broker), ["a", "stop"], "nothing handled while paused");
+    assert_eq!(
+        broker.published("pausable").len(),
+        4,
+        "but every input stored"
+    );
+    broker.control().resume("pausable").unwrap();
+    broker.deliver_resumed().await.unwrap();
+    assert_eq!(out(&broker), ["a", "stop", "b", "c"]);
+    assert_eq!(broker.committed("pausable", "pausable", 0), Some(4));
+    let err = broker.control().pause("nope").unwrap_err().to_string();
+    assert!(err.contains("no handler \"nope\""), "{err}");
+}

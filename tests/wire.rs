@@ -811,18 +811,9 @@ async fn relay_losing_answers(idempotence: bool) -> Vec<String> {
     );
     let mut records = relayed.into_values().flatten().collect::<Vec<_>>();
     // Whatever else the topic holds: read on until a fetch finds nothing more.
-    let pc = client
-        .partition_client(
-            &out,
-            0,
-            rskafka::client::partition::UnknownTopicHandling::Error,
-        )
-        .await
-        .unwrap();
     loop {
         let next = records.last().map_or(0, |r| r.offset + 1);
-        let (more, _) = pc.fetch_records(next, 1..4_000_000, 500).await.unwrap();
-        let more: Vec<_> = more.into_iter().filter(|r| r.offset >= next).collect();
+        let more = fetch_from(&client, &out, 0, next, 500).await;
         if more.is_empty() {
             break;
         }

@@ -21,6 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 pub struct AppContext {
     state: Arc<std::sync::Mutex<StateMap>>,
     publisher: Publisher,
+    control: crate::Control,
 }
 
 impl AppContext {
@@ -45,6 +46,12 @@ impl AppContext {
     /// Publishes through the app's transport (for example a message announcing the service).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+
+    /// Pauses and resumes the app's subscribers (from `after_startup` on: before, the
+    /// handlers are not known yet).
+    pub fn control(&self) -> &crate::Control {
+        &self.control
     }
 }
 
@@ -119,6 +126,9 @@ pub struct FastStream<T> {
     health: Option<std::net::SocketAddr>,
     /// Whether `/metrics` is served beside the probes.
     metrics: bool,
+    control: crate::Control,
+    /// Where the control routes are served, if anywhere.
+    control_endpoint: Option<std::net::SocketAddr>,
 }
 
 impl<T: Transport> FastStream<T> {
@@ -138,7 +148,26 @@ impl<T: Transport> FastStream<T> {
             middlewares: Default::default(),
             health: None,
             metrics: false,
+            control: crate::Control::default(),
+            control_endpoint: None,
         }
+    }
+
+    /// The handle that pauses and resumes this app's subscribers once it runs (clones share
+    /// it; handlers get it as an extractor, hooks from [`AppContext::control`]).
+    pub fn control(&self) -> crate::Control {
+        self.control.clone()
+    }
+
+    /// Serves the control routes on `addr` (off unless called; give a loopback address such
+    /// as `127.0.0.1:9091` unless something in front authenticates callers: whoever reaches
+    /// it can pause the service). `GET /subscribers` lists every handler with what of it is
+    /// paused; `POST /subscribers/{handler}/pause` and `POST /subscribers/{handler}/resume`
+    /// pause and resume every partition of a handler (named by function or path). State
+    /// changes take `POST` only: a `GET` on them is answered 405.
+    pub fn control_endpoint(mut self, addr: std::net::SocketAddr) -> Self {
+        self.control_endpoint = Some(addr);
+        self
     }
 
     /// Serves Prometheus metrics at `GET /metrics` on `addr`, beside the health probes of
@@ -338,6 +367,8 @@ impl<T: Transport> FastStream<T> {
             middlewares,
             health,
             metrics,
+            control,
+            control_endpoint,
         } = self;
         let probes = Arc::new(crate::health::Health::default());
         let render = match metrics {
@@ -364,6 +395,7 @@ impl<T: Transport> FastStream<T> {
         let app_ctx = AppContext {
             state: Arc::new(std::sync::Mutex::new(state)),
             publisher: publisher.clone(),
+            control: control.clone(),
         };
         run_hooks("on_startup", hooks.on_startup, &app_ctx).await?;
         let state = std::mem::take(&mut *app_ctx.state.lock().unwrap_or_else(|e| e.into_inner()));
@@ -379,7 +411,16 @@ impl<T: Transport> FastStream<T> {
         let state = Arc::new(state);
         // Hooks after startup read the same state handlers see.
         *app_ctx.state.lock().unwrap_or_else(|e| e.into_inner()) = (*state).clone();
-        let ctx = Context::new(state, publisher);
+        control.register(routes.iter().map(|r| r.name()));
+        let _control_task = match control_endpoint {
+            Some(addr) => Some(AbortOnDropHandle::new(
+                crate::control::serve(addr, control.clone())
+                    .await
+                    .map_err(|source| Error::Endpoint { addr, source })?,
+            )),
+            None => None,
+        };
+        let ctx = Context::new(state, publisher).with_control(control);
         let mut is_ready = Ready::from_sender(&ready);
         let pipeline = Arc::new(
             Pipeline::new(routes, ctx)

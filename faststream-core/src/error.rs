@@ -39,7 +39,7 @@ pub enum Error {
     },
 
     /// The health and metrics endpoint could not be served on its address.
-    #[error("cannot serve the health and metrics endpoint on {addr}: {source}")]
+    #[error("cannot serve an HTTP endpoint (health, metrics or control) on {addr}: {source}")]
     Endpoint {
         /// The address asked for.
         addr: std::net::SocketAddr,

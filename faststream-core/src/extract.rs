@@ -45,6 +45,7 @@ impl StateMap {
 pub struct Context {
     state: Arc<StateMap>,
     publisher: Publisher,
+    control: crate::Control,
     acker: Option<Acker>,
     correlation_id: Option<bytes::Bytes>,
 }
@@ -55,9 +56,16 @@ impl Context {
         Self {
             state,
             publisher,
+            control: crate::Control::default(),
             acker: None,
             correlation_id: None,
         }
+    }
+
+    /// The same context handing out `control` (the app's pause and resume handle).
+    pub fn with_control(mut self, control: crate::Control) -> Self {
+        self.control = control;
+        self
     }
 
     /// The context of one handler run: its acker (manual ack) and correlation id.
@@ -69,6 +77,7 @@ impl Context {
         Self {
             state: self.state.clone(),
             publisher: self.publisher.clone(),
+            control: self.control.clone(),
             acker,
             correlation_id,
         }
@@ -83,6 +92,11 @@ impl Context {
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
     }
+
+    /// The pause and resume handle of the app.
+    pub fn control(&self) -> &crate::Control {
+        &self.control
+    }
 }
 
 /// A handler argument built from the message and context rather than decoded from the body.
@@ -91,7 +105,7 @@ impl Context {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an extractor",
     label = "cannot be built from the message or the context",
-    note = "extractors are Key, Headers, Topic, Partition, Offset, Timestamp, Message, State<T>, Publisher, CorrelationId, Acker, or your own type implementing `FromMessage`; write `#[body]` if this argument is the payload"
+    note = "extractors are Key, Headers, Topic, Partition, Offset, Timestamp, Message, State<T>, Publisher, Control, CorrelationId, Acker, or your own type implementing `FromMessage`; write `#[body]` if this argument is the payload"
 )]
 pub trait FromMessage: Sized {
     /// Builds the value; an error fails the message like a decode error.
@@ -175,6 +189,12 @@ impl FromMessage for Acker {
                 "this route does not acknowledge by hand: set ack = \"manual\" on its #[subscriber]",
             )
         })
+    }
+}
+
+impl FromMessage for crate::Control {
+    fn from_message(_: &Message, ctx: &Context) -> Result<Self, DecodeError> {
+        Ok(ctx.control.clone())
     }
 }
 

@@ -25,6 +25,9 @@ pub(crate) struct Health {
 /// Renders the metrics page, if metrics are served.
 pub(crate) type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Answers one request: method and path (without the query) to the whole response.
+pub(crate) type Responder = Arc<dyn Fn(&str, &str) -> Vec<u8> + Send + Sync>;
+
 /// Binds `addr` and serves the probes (and `metrics`, if given) until the returned task is
 /// aborted.
 pub(crate) async fn serve(
@@ -32,23 +35,31 @@ pub(crate) async fn serve(
     health: Arc<Health>,
     metrics: Option<Render>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let what = match metrics {
+        Some(_) => "metrics on /metrics, health probes on /health/live and /health/ready",
+        None => "health probes on /health/live and /health/ready",
+    };
+    let respond: Responder =
+        Arc::new(move |method, path| respond(method, path, &health, metrics.as_ref()));
+    serve_with(addr, what, respond).await
+}
+
+/// Binds `addr` and serves `respond`'s answers until the returned task is aborted; logs
+/// `what` is served there.
+pub(crate) async fn serve_with(
+    addr: SocketAddr,
+    what: &'static str,
+    respond: Responder,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    match metrics {
-        Some(_) => {
-            tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics, health probes on /health/live and /health/ready")
-        }
-        None => {
-            tracing::info!(addr = %listener.local_addr()?, "health probes on /health/live and /health/ready")
-        }
-    }
+    tracing::info!(addr = %listener.local_addr()?, "{what}");
     Ok(tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let health = health.clone();
-            let metrics = metrics.clone();
+            let respond = respond.clone();
             tokio::spawn(async move {
                 let limit = std::time::Duration::from_secs(5);
                 let Ok(Some(response)) =
-                    tokio::time::timeout(limit, answer(&mut conn, &health, metrics.as_ref())).await
+                    tokio::time::timeout(limit, answer(&mut conn, &*respond)).await
                 else {
                     return;
                 };
@@ -63,8 +74,7 @@ pub(crate) async fn serve(
 /// closed the connection (or it failed) before a request came.
 async fn answer(
     conn: &mut (impl AsyncReadExt + Unpin),
-    health: &Health,
-    metrics: Option<&Render>,
+    respond: &(dyn Fn(&str, &str) -> Vec<u8> + Send + Sync),
 ) -> Option<Vec<u8>> {
     const MAX_HEAD: usize = 8 * 1024;
     let mut buf = Vec::with_capacity(1024);
@@ -76,7 +86,7 @@ async fn answer(
                 let method = request.method.unwrap_or("");
                 let path = request.path.unwrap_or("");
                 let path = path.split('?').next().unwrap_or(path);
-                return Some(respond(method, path, health, metrics));
+                return Some(respond(method, path));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             Ok(httparse::Status::Partial) | Err(_) => {
@@ -137,7 +147,8 @@ fn respond(method: &str, path: &str, health: &Health, metrics: Option<&Render>) 
     }
 }
 
-fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> Vec<u8> {
+/// A whole response with `body` (left out for `HEAD`: `with_body` false).
+pub(crate) fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -191,7 +202,9 @@ mod tests {
             client.write_all(part).await.unwrap();
         }
         drop(client);
-        let got = answer(&mut server, health, None).await.unwrap_or_default();
+        let got = answer(&mut server, &|m: &str, p: &str| respond(m, p, health, None))
+            .await
+            .unwrap_or_default();
         String::from_utf8(got).unwrap()
     }
 

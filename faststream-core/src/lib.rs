@@ -20,7 +20,8 @@
 //! 2. `error` ([`Error`], [`HandlerError`], [`RouteProblem`]), `trace` (W3C trace context,
 //!    feature `opentelemetry`);
 //! 3. `codec` ([`Json`], text, bytes, [`IntoPayload`]), `outcome` ([`Reply`], [`Outcome`],
-//!    [`BatchOutcome`]);
+//!    [`BatchOutcome`]), `control` ([`Control`]: pausing and resuming handlers, and its HTTP
+//!    routes);
 //! 4. `publish` ([`Publish`], [`Publisher`]), `offsets` ([`OffsetTracker`]: what outcomes mean
 //!    for a partition's commits), `probe` (how the macros tell a body or return type's codec);
 //! 5. `extract` ([`FromMessage`], [`Key`], [`State`], ...), `middleware` ([`Middleware`]),
@@ -37,6 +38,7 @@
 mod app;
 pub mod asyncapi;
 mod codec;
+mod control;
 mod error;
 mod extract;
 mod health;
@@ -59,6 +61,7 @@ mod validate;
 
 pub use app::{AppContext, FastStream};
 pub use codec::{decode_json, decode_raw, decode_text, IntoPayload, Json};
+pub use control::{until_resumed, Control, Paused};
 pub use error::RouteProblem;
 pub use error::{DecodeError, Error, HandlerError, PartitionStop, Result};
 pub use extract::{

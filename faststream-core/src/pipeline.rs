@@ -30,6 +30,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The app's pause and resume handle: transports take no new messages from the
+    /// partitions it pauses ([`crate::Control::watch`]).
+    pub fn control(&self) -> &crate::Control {
+        self.ctx.control()
+    }
+
     /// A pipeline over validated `routes`.
     pub fn new(routes: Vec<&'static RouteDef>, ctx: Context) -> Self {
         let mut pipeline = Self {

@@ -11,6 +11,10 @@
 //! later one return [`Error::PartitionStopped`], as the Kafka
 //! service exits with the same reason.
 //!
+//! Pausing ([`TestBroker::control`], or a handler's `Control`) holds the messages of the paused
+//! partitions, in order, without handling them; once resumed they are handled at the next call
+//! that publishes, or at [`TestBroker::deliver_resumed`].
+//!
 //! Retries wait with `tokio::time::sleep`: run such tests on tokio's paused clock
 //! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) and backoffs take no
 //! wall time and are deterministic.
@@ -78,6 +82,8 @@ struct Log {
     progress: HashMap<(&'static str, String, i32), Progress>,
     /// The stop that ended the service, if one did.
     stopped: Option<crate::PartitionStop>,
+    /// Messages of paused partitions (or queued behind them), by handler, in arrival order.
+    held: Vec<(&'static RouteDef, Message)>,
 }
 
 /// One handler's progress on one partition.
@@ -187,8 +193,10 @@ impl TestBrokerBuilder {
                     middlewares: middlewares.clone(),
                 })),
             };
-            let mut pipeline =
-                Pipeline::new(routes, Context::new(state, publisher)).with_middlewares(middlewares);
+            let control = crate::Control::default();
+            control.register(routes.iter().map(|r| r.name()));
+            let ctx = Context::new(state, publisher).with_control(control);
+            let mut pipeline = Pipeline::new(routes, ctx).with_middlewares(middlewares);
             if let Some(policy) = self.policy {
                 pipeline = pipeline.with_failure_policy(policy);
             }
@@ -233,7 +241,19 @@ impl TestBroker {
 
     /// Publishes a fully specified message (key, headers, partition) and runs every handler it reaches.
     pub async fn send(&self, msg: OutgoingMessage) -> Result<()> {
+        self.inner.clone().release().await?;
         self.inner.clone().deliver(msg).await
+    }
+
+    /// Pauses and resumes handlers, as [`crate::FastStream::control`] does for a service.
+    pub fn control(&self) -> crate::Control {
+        self.inner.pipeline.control().clone()
+    }
+
+    /// Handles the held messages of partitions no longer paused, in order (every call that
+    /// publishes does this first).
+    pub async fn deliver_resumed(&self) -> Result<()> {
+        self.inner.clone().release().await
     }
 
     /// Publishes each value to `topic` and delivers them together, as if they arrived in one
@@ -249,6 +269,7 @@ impl TestBroker {
             .into_iter()
             .map(|v| OutgoingMessage::encode(topic, v))
             .collect::<Result<Vec<_>>>()?;
+        self.inner.clone().release().await?;
         self.inner.clone().deliver_many(outs).await
     }
 
@@ -256,6 +277,7 @@ impl TestBroker {
     /// `Publisher::request` and `KafkaBroker::request` do) and returns the handler's reply.
     pub async fn request(&self, value: impl IntoPayload, topic: &str) -> Result<Message> {
         let msg = OutgoingMessage::encode(topic, value)?;
+        self.inner.clone().release().await?;
         self.inner.clone().request(msg).await
     }
 
@@ -370,6 +392,10 @@ impl Inner {
         if let Some(stopped) = self.lock().stop_error() {
             return Err(stopped);
         }
+        let msgs = self.hold_paused(route, msgs);
+        if msgs.is_empty() {
+            return Ok(());
+        }
         let mut deliveries = Vec::with_capacity(msgs.len());
         let mut outputs = Vec::new();
         if route.batch().is_some() {
@@ -453,6 +479,50 @@ impl Inner {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds the messages of `msgs` whose partition is paused for `route`, or has messages
+    /// held already (they keep their order); returns the others.
+    fn hold_paused(&self, route: &'static RouteDef, msgs: Vec<Message>) -> Vec<Message> {
+        let paused = self.pipeline.control().watch(route.name()).borrow().clone();
+        let mut log = self.lock();
+        let mut free = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let queued = log.held.iter().any(|(r, m)| {
+                r.name() == route.name() && m.topic == msg.topic && m.partition == msg.partition
+            });
+            if queued || paused.covers(&msg.topic, msg.partition) {
+                log.held.push((route, msg));
+            } else {
+                free.push(msg);
+            }
+        }
+        free
+    }
+
+    /// Handles, in order, the held messages whose partitions are no longer paused.
+    async fn release(self: Arc<Self>) -> Result<()> {
+        let resumed: Vec<(&'static RouteDef, Message)> = {
+            let mut log = self.lock();
+            let held = std::mem::take(&mut log.held);
+            let (resumed, still) = held.into_iter().partition(|(route, msg)| {
+                !self
+                    .pipeline
+                    .control()
+                    .watch(route.name())
+                    .borrow()
+                    .covers(&msg.topic, msg.partition)
+            });
+            log.held = still;
+            resumed
+        };
+        for (route, msg) in resumed {
+            let depth = DEPTH.try_with(|d| *d).unwrap_or(0);
+            DEPTH
+                .scope(depth + 1, self.clone().run(route, vec![msg]))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Appends a published message to its topic's log.

@@ -220,7 +220,8 @@ impl PartitionConsumer {
         let _ = self.ready.send(());
 
         let metrics = PartitionMetrics::new(self.route.name(), topic, partition);
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(2);
+        let paused = self.rt.pipeline.control().watch(self.route.name());
         let fetcher = AbortOnDropHandle::new(tokio::spawn(fetch_loop(
             reader,
             start,
@@ -228,7 +229,15 @@ impl PartitionConsumer {
             self.shutdown.clone(),
             self.reset,
             metrics.lag(),
+            paused.clone(),
         )));
+        let mut rx = Feed {
+            rx,
+            paused,
+            topic: self.topic.clone(),
+            partition,
+            next: None,
+        };
         let mut inflight = InFlight::default();
         let mut chunk = Chunk::default();
         let mut shutdown = self.shutdown.clone();
@@ -394,7 +403,7 @@ impl PartitionConsumer {
     async fn run_batches(
         &self,
         def: BatchDef,
-        rx: &mut mpsc::Receiver<FetchedBatch>,
+        rx: &mut Feed,
         tracker: &mut OffsetTracker,
         ack_first: bool,
         (chunk, inflight): (&mut Chunk, &mut InFlight),
@@ -562,7 +571,7 @@ impl PartitionConsumer {
     async fn run_concurrently(
         &self,
         concurrency: usize,
-        rx: &mut mpsc::Receiver<FetchedBatch>,
+        rx: &mut Feed,
         tracker: &mut OffsetTracker,
         ack_first: bool,
         metrics: &PartitionMetrics,
@@ -1112,6 +1121,31 @@ const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// What the fetch task hands the consumer: items in offset order, or why it cannot go on.
 type FetchedBatch = Result<Vec<Fetched>, (i64, String)>;
 
+/// The fetched batches of one partition as its consumer takes them: none while the
+/// partition is paused ([`faststream_core::Control`]).
+struct Feed {
+    rx: mpsc::Receiver<FetchedBatch>,
+    paused: tokio::sync::watch::Receiver<faststream_core::Paused>,
+    topic: Arc<str>,
+    partition: i32,
+    /// A batch received and not handed out yet (the partition was paused meanwhile).
+    next: Option<FetchedBatch>,
+}
+
+impl Feed {
+    /// The next batch, once the partition is not paused; also one that arrives while the
+    /// caller waits is held back by a pause that came first. Cancel-safe: a batch is kept
+    /// until it is returned.
+    async fn recv(&mut self) -> Option<FetchedBatch> {
+        if self.next.is_none() {
+            faststream_core::until_resumed(&mut self.paused, &self.topic, self.partition).await;
+            self.next = Some(self.rx.recv().await?);
+        }
+        faststream_core::until_resumed(&mut self.paused, &self.topic, self.partition).await;
+        self.next.take()
+    }
+}
+
 async fn fetch_loop(
     mut reader: PartitionReader,
     mut offset: i64,
@@ -1119,12 +1153,18 @@ async fn fetch_loop(
     mut shutdown: Shutdown,
     reset: OffsetReset,
     lag: Lag,
+    mut paused: tokio::sync::watch::Receiver<faststream_core::Paused>,
 ) {
     let (topic, partition) = reader.id();
     let mut backoff = Backoff::requests();
     let mut lag_logged = Instant::now();
     let mut idle = IDLE_MIN;
     loop {
+        // A paused partition fetches nothing (what was fetched waits in the channel).
+        tokio::select! {
+            () = faststream_core::until_resumed(&mut paused, &topic, partition) => {}
+            () = shutdown.wait() => return,
+        }
         let started = Instant::now();
         let res = tokio::select! {
             res = reader.fetch(offset) => res,

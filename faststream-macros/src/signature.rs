@@ -25,6 +25,7 @@ const EXTRACTORS: &[&str] = &[
     "Message",
     "State",
     "Publisher",
+    "Control",
     "CorrelationId",
     "Acker",
 ];

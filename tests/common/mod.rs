@@ -387,6 +387,26 @@ pub async fn read(
     out
 }
 
+/// The records of `partition` of `topic` from offset `from` on that one fetch returns
+/// (waiting up to `max_wait_ms` for some), none before `from`.
+pub async fn fetch_from(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    max_wait_ms: i32,
+) -> Vec<RecordAndOffset> {
+    let pc = client
+        .partition_client(topic, partition, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let (records, _) = pc
+        .fetch_records(from, 1..4_000_000, max_wait_ms)
+        .await
+        .unwrap();
+    records.into_iter().filter(|r| r.offset >= from).collect()
+}
+
 pub fn text(r: &RecordAndOffset) -> String {
     String::from_utf8(r.record.value.clone().unwrap_or_default()).unwrap()
 }

@@ -1,5 +1,11 @@
 //! A tiny Kafka client on rskafka alone (not through faststream), for the demo and for poking at
 //! a broker: `produce TOPIC MESSAGE...` and `consume TOPIC COUNT [TIMEOUT_SECS]` (from the start).
+//!
+//! And the control of running services (their `FastStream::control_endpoint`), asked of every
+//! instance listed, since each applies it to the partitions it consumes:
+//! `control ADDR[,ADDR...] pause|resume HANDLER`,
+//! `control ADDR[,ADDR...] seek HANDLER beginning|end|offset:N|timestamp:MILLIS [TOPIC [PARTITION]]`,
+//! `control ADDR[,ADDR...] list`.
 
 use std::time::Duration;
 
@@ -10,6 +16,9 @@ use rskafka::record::Record;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("control") {
+        return control(&args[1..]).await;
+    }
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());
     let client = ClientBuilder::new(vec![bootstrap]).build().await?;
     match args.first().map(String::as_str) {
@@ -81,9 +90,72 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         _ => {
-            eprintln!("usage: kafka_cli produce TOPIC MESSAGE... | kafka_cli consume TOPIC COUNT [TIMEOUT_SECS]");
+            eprintln!("usage: kafka_cli produce TOPIC MESSAGE... | kafka_cli consume TOPIC COUNT [TIMEOUT_SECS] | kafka_cli control ADDR[,ADDR...] pause|resume|seek|list ...");
             std::process::exit(2);
         }
     }
     Ok(())
+}
+
+/// `control ADDRS COMMAND ...`: one HTTP request to each service instance's control endpoint.
+async fn control(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let usage = "usage: kafka_cli control ADDR[,ADDR...] pause|resume HANDLER | seek HANDLER TO [TOPIC [PARTITION]] | list";
+    let (Some(addrs), Some(command)) = (args.first(), args.get(1)) else {
+        return Err(usage.into());
+    };
+    let (method, target) = match (command.as_str(), &args[2..]) {
+        ("list", []) => ("GET", "/subscribers".to_owned()),
+        ("pause" | "resume", [handler]) => ("POST", format!("/subscribers/{handler}/{command}")),
+        ("seek", [handler, to, rest @ ..]) if rest.len() <= 2 => {
+            let mut target = format!("/subscribers/{handler}/seek?to={to}");
+            if let Some(topic) = rest.first() {
+                target.push_str(&format!("&topic={topic}"));
+            }
+            if let Some(partition) = rest.get(1) {
+                target.push_str(&format!("&partition={partition}"));
+            }
+            ("POST", target)
+        }
+        _ => return Err(usage.into()),
+    };
+    let mut failed = false;
+    for addr in addrs.split(',') {
+        match request(addr, method, &target).await {
+            Ok((200, body)) => println!("{addr}: {body}"),
+            Ok((status, body)) => {
+                failed = true;
+                eprintln!("{addr}: {status} {body}");
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{addr}: {e}");
+            }
+        }
+    }
+    if failed {
+        return Err("not every instance did it".into());
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 request; the status and body of the answer.
+async fn request(addr: &str, method: &str, target: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await??;
+    let head = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\n\r\n");
+    conn.write_all(head.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut answer)).await??;
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))?;
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, body))
 }

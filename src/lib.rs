@@ -41,7 +41,7 @@ pub use faststream_core::testing;
 pub mod extract {
     pub use faststream_core::{
         Acker, Control, CorrelationId, FromHeader, FromMessage, Headers, Key, Offset, Partition,
-        Paused, Publisher, State, Timestamp, Topic,
+        Paused, Publisher, SeekTo, State, Timestamp, Topic,
     };
 }
 

@@ -41,6 +41,16 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Str
     (status, body)
 }
 
+/// A client, and the input (3 partitions) and output (1) topics `{prefix}{name}-in` and
+/// `{prefix}{name}-out`.
+async fn topics(prefix: &str, name: &str) -> (rskafka::client::Client, String, String) {
+    let client = raw_client().await;
+    let (input, out) = (format!("{prefix}{name}-in"), format!("{prefix}{name}-out"));
+    create_topic(&client, &input, 3).await;
+    create_topic(&client, &out, 1).await;
+    (client, input, out)
+}
+
 /// Produces `range` as `m{i}` bodies to partitions `i % 3` of `topic`.
 async fn feed(client: &rskafka::client::Client, topic: &str, range: std::ops::Range<usize>) {
     for p in 0..3 {
@@ -56,10 +66,7 @@ async fn feed(client: &rskafka::client::Client, topic: &str, range: std::ops::Ra
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_handler_takes_nothing_keeps_its_partitions_and_resumes_where_it_stopped() {
     let prefix = unique_prefix("ctl");
-    let client = raw_client().await;
-    let (input, out) = (format!("{prefix}ctl-in"), format!("{prefix}ctl-out"));
-    create_topic(&client, &input, 3).await;
-    create_topic(&client, &out, 1).await;
+    let (client, input, out) = topics(&prefix, "ctl").await;
     let revoked = Arc::new(AtomicUsize::new(0));
     let counted = revoked.clone();
     let port = free_port();
@@ -140,4 +147,165 @@ async fn a_paused_handler_takes_nothing_keeps_its_partitions_and_resumes_where_i
 /// The group's committed offset of `partition` of `topic`.
 async fn wire_committed(topic: &str, prefix: &str, partition: i32) -> i64 {
     common::wire::committed_partition(&bootstrap(), &format!("{prefix}ctl"), topic, partition).await
+}
+
+#[subscriber(
+    "seek-in",
+    group_id = "seek",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 500,
+    commit_interval_ms = 200
+)]
+#[publisher("seek-out")]
+async fn relay_seek(body: String) -> String {
+    body
+}
+
+/// The `relay_seek` service with its control endpoint on `endpoint`.
+fn seek_app(prefix: &str, endpoint: std::net::SocketAddr) -> FastStream<KafkaBroker> {
+    init_logs();
+    FastStream::new(KafkaBroker::new(&bootstrap()))
+        .with_routes(routes![relay_seek])
+        .topic_prefix(prefix)
+        .control_endpoint(endpoint)
+}
+
+/// The bodies of the output topic's records from offset `from` on, sorted.
+fn sorted_bodies(records: &[rskafka::record::RecordAndOffset], from: i64) -> Vec<String> {
+    let mut bodies: Vec<String> = records
+        .iter()
+        .filter(|r| r.offset >= from)
+        .map(text)
+        .collect();
+    bodies.sort();
+    bodies
+}
+
+fn bodies_of(range: std::ops::Range<usize>) -> Vec<String> {
+    let mut bodies: Vec<String> = range.map(|i| format!("m{i}")).collect();
+    bodies.sort();
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_to_a_timestamp_from_the_command_line_handles_exactly_what_came_after_it_again() {
+    let prefix = unique_prefix("seek-ts");
+    let (client, input, out) = topics(&prefix, "seek").await;
+    let endpoint: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let running = start(seek_app(&prefix, endpoint)).await;
+    feed(&client, &input, 0..150).await;
+    read(&client, &out, 150).await;
+    // Record timestamps are the producer's clock (this machine's): later messages are later.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    feed(&client, &input, 150..300).await;
+    read(&client, &out, 300).await;
+
+    let cli = tokio::process::Command::new(example("kafka_cli"))
+        .args(["control", &endpoint.to_string(), "seek", "relay_seek"])
+        .arg(format!("timestamp:{since}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let relayed = read(&client, &out, 450).await;
+    // The group commits the end again once the replay is done.
+    for p in 0..3 {
+        wait_committed(
+            &input,
+            &format!("{prefix}seek"),
+            p,
+            100,
+            "partition {p} committed to its end",
+        )
+        .await;
+    }
+    running.stop().await.expect("a clean shutdown");
+    let records = relayed[&0].clone();
+    assert_eq!(
+        sorted_bodies(&records, 300),
+        bodies_of(150..300),
+        "exactly the messages after the timestamp, again"
+    );
+    assert!(
+        fetch_from(&client, &out, 0, 450, 500).await.is_empty(),
+        "nothing else handled again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_is_committed_so_that_a_restart_keeps_it() {
+    let prefix = unique_prefix("seek-keep");
+    let (client, input, out) = topics(&prefix, "seek").await;
+    let group = format!("{prefix}seek");
+    let app = seek_app(&prefix, ([127, 0, 0, 1], free_port()).into());
+    let control = app.control();
+    let running = start(app).await;
+    feed(&client, &input, 0..90).await;
+    read(&client, &out, 90).await;
+    for p in 0..3 {
+        wait_committed(&input, &group, p, 30, "the first inputs committed").await;
+    }
+    // Paused, nothing moves the position after the seek: the commit shows it.
+    control.pause("relay_seek").unwrap();
+    control
+        .seek_partitions(
+            "relay_seek",
+            &input,
+            &[1],
+            faststream::extract::SeekTo::Beginning,
+        )
+        .unwrap();
+    wait_committed(&input, &group, 1, 0, "the seek was committed").await;
+    assert_eq!(
+        wire_committed_group(&input, &group, 0).await,
+        30,
+        "other partitions stay"
+    );
+    running.stop().await.expect("a clean shutdown");
+
+    // A new instance of the service (not paused) starts from the committed seek.
+    let running = start(seek_app(&prefix, ([127, 0, 0, 1], free_port()).into())).await;
+    let relayed = read(&client, &out, 120).await;
+    running.stop().await.expect("a clean shutdown");
+    assert_eq!(
+        sorted_bodies(&relayed[&0], 90),
+        {
+            let mut again: Vec<String> = (0..90)
+                .filter(|i| i % 3 == 1)
+                .map(|i| format!("m{i}"))
+                .collect();
+            again.sort();
+            again
+        },
+        "partition 1 handled again from its beginning, and only it"
+    );
+    assert!(fetch_from(&client, &out, 0, 120, 500).await.is_empty());
+}
+
+/// Waits (up to 30 s) until `group` committed `want` for `partition` of `topic`.
+async fn wait_committed(topic: &str, group: &str, partition: i32, want: i64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = wire_committed_group(topic, group, partition).await;
+        if committed == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: partition {partition} committed {committed}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `group`'s committed offset of `partition` of `topic`.
+async fn wire_committed_group(topic: &str, group: &str, partition: i32) -> i64 {
+    common::wire::committed_partition(&bootstrap(), group, topic, partition).await
 }

@@ -6,8 +6,14 @@
 //! being handled), then fetches nothing until resumed, and resumes at the next offset. The
 //! partitions stay assigned (a consumer group's member keeps heartbeating), so a pause moves
 //! nothing and repeats nothing. Transports read the state through [`Control::watch`].
+//!
+//! Seeking moves partitions' positions: each partition finishes what it has in hand (and
+//! waits for its outputs' acknowledgements), then goes on from the new position, which a
+//! consumer group commits (so a restart keeps it). Transports read seeks through
+//! [`Control::watch_seeks`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -47,6 +53,85 @@ impl Paused {
     }
 }
 
+/// Where a seek moves a partition's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SeekTo {
+    /// The partition's first offset.
+    Beginning,
+    /// The partition's end: what arrives from now on.
+    End,
+    /// This offset (out of the log's range, the subscriber's `auto_offset_reset` applies).
+    Offset(i64),
+    /// The first message whose timestamp is at or after this time (milliseconds since the
+    /// Unix epoch); the end if there is none.
+    Timestamp(i64),
+}
+
+impl std::str::FromStr for SeekTo {
+    type Err = String;
+
+    /// `beginning`, `end`, `offset:N` or `timestamp:MILLIS`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let number = |n: &str| {
+            n.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("{s:?}: not a number of 0 or more"))
+        };
+        match s.split_once(':') {
+            None if s == "beginning" => Ok(SeekTo::Beginning),
+            None if s == "end" => Ok(SeekTo::End),
+            Some(("offset", n)) => number(n).map(SeekTo::Offset),
+            Some(("timestamp", n)) => number(n).map(SeekTo::Timestamp),
+            _ => Err(format!(
+                "{s:?}: seek to `beginning`, `end`, `offset:N` or `timestamp:MILLIS`"
+            )),
+        }
+    }
+}
+
+/// A seek asked of a handler: which of its partitions, and where to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seek {
+    id: u64,
+    topic: Option<String>,
+    partitions: Option<Vec<i32>>,
+    to: SeekTo,
+}
+
+impl Seek {
+    /// Whether it moves `partition` of `topic`.
+    pub fn covers(&self, topic: &str, partition: i32) -> bool {
+        self.topic.as_deref().is_none_or(|t| t == topic)
+            && self
+                .partitions
+                .as_ref()
+                .is_none_or(|ps| ps.contains(&partition))
+    }
+
+    /// Where to.
+    pub fn to(&self) -> SeekTo {
+        self.to
+    }
+}
+
+/// One handler's controls.
+#[derive(Debug)]
+struct Handler {
+    paused: watch::Sender<Paused>,
+    seek: watch::Sender<Option<Seek>>,
+}
+
+impl Handler {
+    fn new() -> Self {
+        Self {
+            paused: watch::Sender::new(Paused::default()),
+            seek: watch::Sender::new(None),
+        }
+    }
+}
+
 /// A handle on the running service's subscribers. Cheap to clone; every clone controls the
 /// same service.
 ///
@@ -63,7 +148,8 @@ impl Paused {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Control {
-    handlers: Arc<Mutex<BTreeMap<&'static str, watch::Sender<Paused>>>>,
+    handlers: Arc<Mutex<BTreeMap<&'static str, Handler>>>,
+    seeks: Arc<AtomicU64>,
 }
 
 impl Control {
@@ -71,13 +157,11 @@ impl Control {
     pub(crate) fn register(&self, names: impl IntoIterator<Item = &'static str>) {
         let mut handlers = self.lock();
         for name in names {
-            handlers
-                .entry(name)
-                .or_insert_with(|| watch::Sender::new(Paused::default()));
+            handlers.entry(name).or_insert_with(Handler::new);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, watch::Sender<Paused>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Handler>> {
         self.handlers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -111,7 +195,7 @@ impl Control {
     fn update(&self, name: &str, change: impl FnOnce(&mut Paused)) -> Result<Paused> {
         let full = self.resolve(name)?;
         let handlers = self.lock();
-        let sender = &handlers[full];
+        let sender = &handlers[full].paused;
         sender.send_modify(change);
         let now = sender.borrow().clone();
         tracing::info!(
@@ -156,14 +240,14 @@ impl Control {
     /// What of handler `name` is paused.
     pub fn paused(&self, name: &str) -> Result<Paused> {
         let full = self.resolve(name)?;
-        Ok(self.lock()[full].borrow().clone())
+        Ok(self.lock()[full].paused.borrow().clone())
     }
 
     /// Every handler with what of it is paused.
     pub fn states(&self) -> Vec<(&'static str, Paused)> {
         self.lock()
             .iter()
-            .map(|(name, s)| (*name, s.borrow().clone()))
+            .map(|(name, h)| (*name, h.paused.borrow().clone()))
             .collect()
     }
 
@@ -173,9 +257,82 @@ impl Control {
     pub fn watch(&self, handler: &'static str) -> watch::Receiver<Paused> {
         self.lock()
             .entry(handler)
-            .or_insert_with(|| watch::Sender::new(Paused::default()))
+            .or_insert_with(Handler::new)
+            .paused
             .subscribe()
     }
+
+    /// Moves every partition of handler `name` (that this instance consumes) to `to`.
+    pub fn seek(&self, name: &str, to: SeekTo) -> Result<()> {
+        self.ask_seek(name, None, None, to)
+    }
+
+    /// Moves `partitions` of `topic` (the name as consumed, prefix included) of handler
+    /// `name` to `to`.
+    pub fn seek_partitions(
+        &self,
+        name: &str,
+        topic: &str,
+        partitions: &[i32],
+        to: SeekTo,
+    ) -> Result<()> {
+        self.ask_seek(name, Some(topic), Some(partitions), to)
+    }
+
+    fn ask_seek(
+        &self,
+        name: &str,
+        topic: Option<&str>,
+        partitions: Option<&[i32]>,
+        to: SeekTo,
+    ) -> Result<()> {
+        let full = self.resolve(name)?;
+        let seek = Seek {
+            id: self.seeks.fetch_add(1, Ordering::Relaxed) + 1,
+            topic: topic.map(str::to_owned),
+            partitions: partitions.map(<[i32]>::to_vec),
+            to,
+        };
+        tracing::info!(handler = full, ?topic, ?partitions, ?to, "seek asked");
+        self.lock()[full].seek.send_replace(Some(seek));
+        Ok(())
+    }
+
+    /// The seeks asked of the handler with path `handler`, for a transport's consumers: the
+    /// latest one, as it changes (a consumer applies each new one that covers its
+    /// partition; mark the receiver unchanged at start so that one asked before it does not
+    /// apply).
+    pub fn watch_seeks(&self, handler: &'static str) -> watch::Receiver<Option<Seek>> {
+        self.lock()
+            .entry(handler)
+            .or_insert_with(Handler::new)
+            .seek
+            .subscribe()
+    }
+}
+
+/// The seek route's query: `to=...` (required), `topic=...` and `partition=N` (optional).
+fn seek_query(query: &str) -> std::result::Result<(Option<String>, Option<i32>, SeekTo), String> {
+    let (mut topic, mut partition, mut to) = (None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("to", v)) => to = Some(v.parse::<SeekTo>()?),
+            Some(("topic", v)) => topic = Some(v.to_owned()),
+            Some(("partition", v)) => {
+                partition = Some(
+                    v.parse()
+                        .map_err(|_| format!("partition {v:?}: not a number"))?,
+                )
+            }
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?}: to, topic, partition"
+                ))
+            }
+        }
+    }
+    let to = to.ok_or("seek needs ?to=beginning|end|offset:N|timestamp:MILLIS")?;
+    Ok((topic, partition, to))
 }
 
 /// Waits until `partition` of `topic` is not paused in `state` (at once if it is not).
@@ -203,6 +360,7 @@ pub(crate) async fn serve(
         let (status, body) = respond(&control, method, path);
         let status = match status {
             200 => "200 OK",
+            400 => "400 Bad Request",
             404 => "404 Not Found",
             _ => "405 Method Not Allowed",
         };
@@ -210,7 +368,7 @@ pub(crate) async fn serve(
     });
     crate::health::serve_with(
         addr,
-        "control on GET /subscribers, POST /subscribers/{handler}/pause and /resume",
+        "control on GET /subscribers, POST /subscribers/{handler}/pause, /resume and /seek",
         respond,
     )
     .await
@@ -219,7 +377,8 @@ pub(crate) async fn serve(
 /// The control routes' answer to `method` on `path`: `GET /subscribers` lists every handler
 /// with its pause state; `POST /subscribers/{name}/pause` and `POST /subscribers/{name}/resume`
 /// change it. Status and JSON body.
-pub(crate) fn respond(control: &Control, method: &str, path: &str) -> (u16, String) {
+pub(crate) fn respond(control: &Control, method: &str, target: &str) -> (u16, String) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let state = |name: &str, p: &Paused| {
         serde_json::json!({
             "handler": name,
@@ -246,8 +405,28 @@ pub(crate) fn respond(control: &Control, method: &str, path: &str) -> (u16, Stri
                 Err(e) => error(404, e.to_string()),
             }
         }
-        (_, ["subscribers", _, "pause" | "resume"]) => {
-            error(405, "pause and resume take POST".into())
+        ("POST", ["subscribers", name, "seek"]) => match seek_query(query) {
+            Ok((topic, partition, to)) => {
+                let partitions = partition.map(|p| vec![p]);
+                let asked = control.ask_seek(name, topic.as_deref(), partitions.as_deref(), to);
+                match asked {
+                    Ok(()) => (
+                        200,
+                        serde_json::json!({
+                            "handler": name,
+                            "seek": format!("{to:?}"),
+                            "topic": topic,
+                            "partition": partition,
+                        })
+                        .to_string(),
+                    ),
+                    Err(e) => error(404, e.to_string()),
+                }
+            }
+            Err(e) => error(400, e),
+        },
+        (_, ["subscribers", _, "pause" | "resume" | "seek"]) => {
+            error(405, "pause, resume and seek take POST".into())
         }
         (_, ["subscribers"]) => error(405, "the list takes GET".into()),
         _ => error(404, "not found".into()),
@@ -312,6 +491,51 @@ mod tests {
             200
         );
         assert!(control.paused("relay").unwrap().is_empty());
+    }
+
+    #[test]
+    fn seeks_are_parsed_asked_and_watched() {
+        assert_eq!("beginning".parse(), Ok(SeekTo::Beginning));
+        assert_eq!("end".parse(), Ok(SeekTo::End));
+        assert_eq!("offset:42".parse(), Ok(SeekTo::Offset(42)));
+        assert_eq!(
+            "timestamp:1700000000000".parse(),
+            Ok(SeekTo::Timestamp(1_700_000_000_000))
+        );
+        assert!("offset:-1".parse::<SeekTo>().is_err());
+        assert!("middle".parse::<SeekTo>().is_err());
+        let control = Control::default();
+        control.register(["svc::relay"]);
+        let mut seeks = control.watch_seeks("svc::relay");
+        seeks.mark_unchanged();
+        control
+            .seek_partitions("relay", "in", &[1], SeekTo::End)
+            .unwrap();
+        assert!(seeks.has_changed().unwrap());
+        let seek = seeks.borrow_and_update().clone().unwrap();
+        assert!(seek.covers("in", 1) && !seek.covers("in", 0) && !seek.covers("other", 1));
+        assert_eq!(seek.to(), SeekTo::End);
+        let (status, body) = respond(
+            &control,
+            "POST",
+            "/subscribers/relay/seek?to=offset:7&topic=in",
+        );
+        assert_eq!(status, 200, "{body}");
+        let seek = seeks.borrow_and_update().clone().unwrap();
+        assert!(seek.covers("in", 0) && seek.to() == SeekTo::Offset(7));
+        assert_eq!(
+            respond(&control, "POST", "/subscribers/relay/seek?to=later").0,
+            400
+        );
+        assert_eq!(respond(&control, "POST", "/subscribers/relay/seek").0, 400);
+        assert_eq!(
+            respond(&control, "GET", "/subscribers/relay/seek?to=end").0,
+            405
+        );
+        assert!(
+            !seeks.has_changed().unwrap(),
+            "refused requests ask nothing"
+        );
     }
 
     #[tokio::test]

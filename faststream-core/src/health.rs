@@ -25,7 +25,7 @@ pub(crate) struct Health {
 /// Renders the metrics page, if metrics are served.
 pub(crate) type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Answers one request: method and path (without the query) to the whole response.
+/// Answers one request: method and target (path and query) to the whole response.
 pub(crate) type Responder = Arc<dyn Fn(&str, &str) -> Vec<u8> + Send + Sync>;
 
 /// Binds `addr` and serves the probes (and `metrics`, if given) until the returned task is
@@ -40,7 +40,7 @@ pub(crate) async fn serve(
         None => "health probes on /health/live and /health/ready",
     };
     let respond: Responder =
-        Arc::new(move |method, path| respond(method, path, &health, metrics.as_ref()));
+        Arc::new(move |method, target| respond(method, target, &health, metrics.as_ref()));
     serve_with(addr, what, respond).await
 }
 
@@ -84,9 +84,7 @@ async fn answer(
         match request.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
                 let method = request.method.unwrap_or("");
-                let path = request.path.unwrap_or("");
-                let path = path.split('?').next().unwrap_or(path);
-                return Some(respond(method, path));
+                return Some(respond(method, request.path.unwrap_or("")));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             Ok(httparse::Status::Partial) | Err(_) => {
@@ -106,8 +104,9 @@ async fn answer(
     }
 }
 
-/// The response to `method` on `path`.
-fn respond(method: &str, path: &str, health: &Health, metrics: Option<&Render>) -> Vec<u8> {
+/// The response to `method` on `target` (its query plays no part).
+fn respond(method: &str, target: &str, health: &Health, metrics: Option<&Render>) -> Vec<u8> {
+    let path = target.split('?').next().unwrap_or(target);
     let with_body = match method {
         "GET" => true,
         "HEAD" => false,

@@ -42,6 +42,12 @@ impl Position {
     pub(crate) fn advance(&self, next: i64) {
         self.0.fetch_max(next, Ordering::AcqRel);
     }
+
+    /// Moves the position to `offset`, backwards too: a seek, made by the partition's consumer
+    /// once nothing of it is in flight (the next commit stores it).
+    pub fn seek(&self, offset: i64) {
+        self.0.store(offset, Ordering::Release);
+    }
 }
 
 /// One partition consumer's bookkeeping of done and held messages.

@@ -33,7 +33,7 @@ use crate::fetch::{FetchError, PartitionReader};
 use crate::metrics::{Lag, PartitionMetrics};
 use crate::produce::{Ack, Producers};
 use crate::records::Fetched;
-use faststream_core::{OffsetTracker, PartitionStop, Position, Step};
+use faststream_core::{OffsetTracker, PartitionStop, Position, SeekTo, ShutdownTrigger, Step};
 
 /// What every consumer of one service shares.
 #[derive(Debug)]
@@ -187,7 +187,88 @@ impl PartitionConsumer {
     /// Consumes until shutdown (`Ok`), or until the partition cannot go on (`Err`: the failure
     /// policy said stop, an output or its dead-letter copy was not delivered, the broker refused
     /// the fetch for good). The message it stopped at is not done.
-    pub(crate) async fn run(self) -> Result<(), KafkaError> {
+    /// Consumes the partition until the service's shutdown (or a stop of its own); a seek
+    /// ([`faststream_core::Control::seek`]) for it ends the current run as a revoke would (the
+    /// message in hand finishes, outputs are acknowledged), moves the position and goes on
+    /// from there.
+    pub(crate) async fn run(mut self) -> Result<(), KafkaError> {
+        let outer = self.shutdown.clone();
+        let mut seeks = self.rt.pipeline.control().watch_seeks(self.route.name());
+        // A seek asked before this consumer started is not for it.
+        seeks.mark_unchanged();
+        let mut first = true;
+        loop {
+            let (trigger, inner) = Shutdown::new();
+            self.shutdown = inner;
+            let watcher = tokio::spawn(watch_for_seek(
+                outer.clone(),
+                seeks,
+                self.topic.clone(),
+                self.partition,
+                trigger,
+            ));
+            let res = self.run_once(first).await;
+            first = false;
+            if res.is_err() || outer.is_triggered() {
+                watcher.abort();
+                return res;
+            }
+            // Not stopped, nor by the service: a seek ended the run (its watcher returns with
+            // it at once).
+            let Ok(Ok((back, Some(seek)))) =
+                tokio::time::timeout(Duration::from_secs(5), watcher).await
+            else {
+                return res;
+            };
+            seeks = back;
+            match self.seek_start(seek, outer.clone()).await {
+                Some(start) => self.start = Some(start),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Where a seek moves the partition (`None`: the service is stopping), with its position
+    /// set there (the group commits it).
+    async fn seek_start(&self, to: SeekTo, mut shutdown: Shutdown) -> Option<i64> {
+        let config = &self.rt.config;
+        let mut reader = PartitionReader::new(config.clone(), self.topic.clone(), self.partition);
+        let mut backoff = crate::backoff::Backoff::requests();
+        let start = loop {
+            let res = match to {
+                SeekTo::Offset(o) => Ok(o),
+                SeekTo::Beginning => reader.offset(true).await,
+                SeekTo::Timestamp(ms) => reader.offset_at(ms).await,
+                _ => reader.offset(false).await,
+            };
+            match res {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::warn!(topic = &*self.topic, partition = self.partition, error = %e, retry_in = ?backoff.wait(), "finding the seek's offset failed; retrying");
+                    tokio::select! {
+                        () = backoff.sleep() => {}
+                        () = shutdown.wait() => return None,
+                    }
+                }
+            }
+        };
+        let before = self.group.as_ref().and_then(|g| g.position.get());
+        if let Some(group) = &self.group {
+            group.position.seek(start);
+        }
+        tracing::info!(
+            topic = &*self.topic,
+            partition = self.partition,
+            handler = self.route.name(),
+            ?to,
+            from = before,
+            start,
+            "seeked"
+        );
+        Some(start)
+    }
+
+    async fn run_once(&self, first: bool) -> Result<(), KafkaError> {
         let topic = &*self.topic;
         let partition = self.partition;
         let config = &self.rt.config;
@@ -217,7 +298,10 @@ impl PartitionConsumer {
             handler = self.route.name(),
             "consuming"
         );
-        let _ = self.ready.send(());
+        if first {
+            // (After a seek it goes on: it was ready long ago.)
+            let _ = self.ready.send(());
+        }
 
         let metrics = PartitionMetrics::new(self.route.name(), topic, partition);
         let (tx, rx) = mpsc::channel(2);
@@ -1117,6 +1201,46 @@ const IDLE_MAX: Duration = Duration::from_millis(100);
 
 /// How often each partition logs its lag (at debug level).
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Ends one run of a partition consumer (through `trigger`): at the service's shutdown (with
+/// its deadline), or at a seek that covers the partition, which it returns with the seek
+/// receiver.
+async fn watch_for_seek(
+    mut outer: Shutdown,
+    mut seeks: tokio::sync::watch::Receiver<Option<faststream_core::Seek>>,
+    topic: Arc<str>,
+    partition: i32,
+    trigger: ShutdownTrigger,
+) -> (
+    tokio::sync::watch::Receiver<Option<faststream_core::Seek>>,
+    Option<SeekTo>,
+) {
+    loop {
+        tokio::select! {
+            () = outer.wait() => {
+                match outer.deadline() {
+                    Some(deadline) => trigger.trigger_by(deadline),
+                    None => trigger.trigger(),
+                }
+                // Keep the trigger until the run is over (dropping it would not matter: the
+                // signal is given).
+                std::future::pending::<()>().await;
+            }
+            changed = seeks.changed() => {
+                if changed.is_err() {
+                    // The control is gone with the service; only its shutdown ends the run.
+                    outer.wait().await;
+                    continue;
+                }
+                let seek = seeks.borrow_and_update().clone();
+                if let Some(seek) = seek.filter(|s| s.covers(&topic, partition)) {
+                    trigger.trigger();
+                    return (seeks, Some(seek.to()));
+                }
+            }
+        }
+    }
+}
 
 /// What the fetch task hands the consumer: items in offset order, or why it cannot go on.
 type FetchedBatch = Result<Vec<Fetched>, (i64, String)>;

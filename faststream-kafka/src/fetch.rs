@@ -230,7 +230,35 @@ impl PartitionReader {
         self.check(res)
     }
 
+    /// The offset of the first message with a timestamp at or after `timestamp` (ms), or the
+    /// end a `read_committed` consumer can read to if there is none.
+    pub(crate) async fn offset_at(&mut self, timestamp: i64) -> Result<i64, FetchError> {
+        let res = self.list_offset(timestamp).await;
+        match self.check(res)? {
+            -1 => self.offset(false).await,
+            found => Ok(found),
+        }
+    }
+
     async fn try_offset(&mut self, earliest: bool) -> Result<i64, FetchError> {
+        let first = self.list_offset(-2).await?;
+        if earliest {
+            return Ok(first);
+        }
+        let what = self.what();
+        let saved = std::mem::replace(&mut self.max_bytes, 1);
+        let res = self.try_fetch(first).await;
+        self.max_bytes = saved;
+        match res?.end {
+            -1 => Err(FetchError::Retriable(format!(
+                "{what}: the fetch answer has no end offset"
+            ))),
+            end => Ok(end),
+        }
+    }
+
+    /// ListOffsets for `timestamp` (-2: the first offset); -1 when no message is that late.
+    async fn list_offset(&mut self, timestamp: i64) -> Result<i64, FetchError> {
         let what = self.what();
         let topic = self.topic.clone();
         let partition = self.partition;
@@ -238,7 +266,7 @@ impl PartitionReader {
         let version = conn.version::<ListOffsetsRequest>(7)?;
         let mut p = ListOffsetsPartition::default();
         p.partition_index = partition;
-        p.timestamp = -2;
+        p.timestamp = timestamp;
         p.current_leader_epoch = -1;
         let mut t = ListOffsetsTopic::default();
         t.name = TopicName(StrBytes::from_string(topic.to_string()));
@@ -257,19 +285,7 @@ impl PartitionReader {
                 FetchError::Retriable(format!("{what}: not in the ListOffsets answer"))
             })?;
         partition_error(p.error_code, &what)?;
-        let first = p.offset;
-        if earliest {
-            return Ok(first);
-        }
-        let saved = std::mem::replace(&mut self.max_bytes, 1);
-        let res = self.try_fetch(first).await;
-        self.max_bytes = saved;
-        match res?.end {
-            -1 => Err(FetchError::Retriable(format!(
-                "{what}: the fetch answer has no end offset"
-            ))),
-            end => Ok(end),
-        }
+        Ok(p.offset)
     }
 }
 

@@ -6,6 +6,9 @@
 //! `control ADDR[,ADDR...] pause|resume HANDLER`,
 //! `control ADDR[,ADDR...] seek HANDLER beginning|end|offset:N|timestamp:MILLIS [TOPIC [PARTITION]]`,
 //! `control ADDR[,ADDR...] list`.
+//!
+//! And dead-letter redrive through `faststream::kafka::KafkaBroker::redrive`:
+//! `redrive DLQ_TOPIC [key=K] [handler=H] [failed=FROM_MS-UNTIL_MS]`.
 
 use std::time::Duration;
 
@@ -18,6 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("control") {
         return control(&args[1..]).await;
+    }
+    if args.first().map(String::as_str) == Some("redrive") {
+        return redrive(&args[1..]).await;
     }
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());
     let client = ClientBuilder::new(vec![bootstrap]).build().await?;
@@ -90,7 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         _ => {
-            eprintln!("usage: kafka_cli produce TOPIC MESSAGE... | kafka_cli consume TOPIC COUNT [TIMEOUT_SECS] | kafka_cli control ADDR[,ADDR...] pause|resume|seek|list ...");
+            eprintln!("usage: kafka_cli produce TOPIC MESSAGE... | kafka_cli consume TOPIC COUNT [TIMEOUT_SECS] | kafka_cli control ADDR[,ADDR...] pause|resume|seek|list ... | kafka_cli redrive DLQ_TOPIC [key=K] [handler=H] [failed=FROM-UNTIL]");
             std::process::exit(2);
         }
     }
@@ -158,4 +164,33 @@ async fn request(addr: &str, method: &str, target: &str) -> std::io::Result<(u16
         .unwrap_or_default()
         .to_owned();
     Ok((status, body))
+}
+
+/// `redrive DLQ_TOPIC [key=K] [handler=H] [failed=FROM-UNTIL]`: the selected dead letters back
+/// to their topics; run it again after a crash and it goes on where it stopped.
+async fn redrive(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use faststream::kafka::{KafkaBroker, Redrive};
+    let Some(dlq) = args.first() else {
+        return Err(
+            "usage: kafka_cli redrive DLQ_TOPIC [key=K] [handler=H] [failed=FROM-UNTIL]".into(),
+        );
+    };
+    let mut selection = Redrive::all();
+    for arg in &args[1..] {
+        selection = match arg.split_once('=') {
+            Some(("key", k)) => selection.key(k.as_bytes().to_vec()),
+            Some(("handler", h)) => selection.handler(h),
+            Some(("failed", range)) => {
+                let (from, until) = range.split_once('-').ok_or("failed=FROM_MS-UNTIL_MS")?;
+                selection.failed_between(from.parse()?, until.parse()?)
+            }
+            _ => return Err(format!("unknown selection {arg:?}: key=, handler=, failed=").into()),
+        };
+    }
+    let report = KafkaBroker::from_env()?.redrive(dlq, &selection).await?;
+    println!(
+        "redrive of {dlq}: {} moved, {} not selected, {} not movable",
+        report.moved, report.not_selected, report.not_movable
+    );
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Control of a running service against the broker: pausing and resuming a consumer group's
-//! handler from code and over the control endpoint.
+//! handler from code and over the control endpoint, seeking its partitions, and redriving
+//! dead letters.
 
 mod common;
 
@@ -308,4 +309,212 @@ async fn wait_committed(topic: &str, group: &str, partition: i32, want: i64, wha
 /// `group`'s committed offset of `partition` of `topic`.
 async fn wire_committed_group(topic: &str, group: &str, partition: i32) -> i64 {
     common::wire::committed_partition(&bootstrap(), group, topic, partition).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead-letter redrive.
+
+static FRAGILE_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[subscriber(
+    "fragile-in",
+    group_id = "fragile",
+    auto_offset_reset = "earliest",
+    retry = 0,
+    dlq = "fragile-in.dlq",
+    commit_interval_ms = 200
+)]
+#[publisher("fragile-out")]
+async fn fragile(body: String) -> Result<String, String> {
+    if body.starts_with("bad") && FRAGILE_BROKEN.load(Ordering::SeqCst) {
+        return Err("the downstream system refused it".into());
+    }
+    Ok(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_go_back_once_the_cause_is_fixed_by_selection_and_only_once() {
+    let prefix = unique_prefix("redrive");
+    let (client, input, out) = topics(&prefix, "fragile").await;
+    let dlq = format!("{input}.dlq");
+    create_topic(&client, &dlq, 1).await;
+    let broker = KafkaBroker::new(&bootstrap());
+    init_logs();
+    let app = FastStream::new(broker.clone())
+        .with_routes(routes![fragile])
+        .topic_prefix(&prefix);
+    let running = start(app).await;
+    // 300 inputs over 3 partitions, keys k0..k4; every third one fails while "broken".
+    for p in 0..3 {
+        let records = (0..300)
+            .filter(|i| i % 3 == p)
+            .map(|i| {
+                let body = if i % 2 == 0 {
+                    format!("bad{i}")
+                } else {
+                    format!("ok{i}")
+                };
+                record(Some(&format!("k{}", i % 5)), body.as_bytes(), &[])
+            })
+            .collect();
+        produce(&client, &input, p, records).await;
+    }
+    read(&client, &out, 150).await;
+    read(&client, &dlq, 150).await;
+    FRAGILE_BROKEN.store(false, Ordering::SeqCst);
+
+    // The fix is deployed: key k1's dead letters first, then again (nothing new), then the
+    // ones that failed in a time range covering everything (the rest, and k1's again: a
+    // selection keeps its own progress).
+    let k1 = faststream::kafka::Redrive::all().key("k1");
+    let report = broker.redrive(&dlq, &k1).await.unwrap();
+    assert_eq!(
+        (report.moved, report.not_selected, report.not_movable),
+        (30, 120, 0)
+    );
+    let again = broker.redrive(&dlq, &k1).await.unwrap();
+    assert_eq!(again.moved, 0, "the same selection moves nothing twice");
+    let relayed = read(&client, &out, 180).await;
+    let redriven: Vec<String> = relayed[&0].iter().skip(150).map(text).collect();
+    let mut want: Vec<String> = (0..300)
+        .filter(|i| i % 2 == 0 && i % 5 == 1)
+        .map(|i| format!("bad{i}"))
+        .collect();
+    let mut got = redriven.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "exactly key k1's dead letters, handled again");
+    let everything = faststream::kafka::Redrive::all().failed_between(0, i64::MAX);
+    let rest = broker.redrive(&dlq, &everything).await.unwrap();
+    assert_eq!(rest.moved, 150);
+    read(&client, &out, 330).await;
+    running.stop().await.expect("a clean shutdown");
+    // The dead letters went back to the input partitions they came from, after the first 100.
+    let redriven = fetch_from(&client, &input, 0, 100, 500).await;
+    let first = &redriven[0];
+    assert!(
+        header_of(first, faststream::kafka::REDRIVEN_FROM).starts_with(&format!("{dlq}/0/")),
+        "a redriven message says where it came from"
+    );
+    assert!(
+        first
+            .record
+            .headers
+            .keys()
+            .all(|h| !h.starts_with("x-faststream-original")),
+        "without the failure headers"
+    );
+}
+
+fn header_of(r: &rskafka::record::RecordAndOffset, name: &str) -> String {
+    String::from_utf8(r.record.headers.get(name).cloned().unwrap_or_default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_killed_mid_way_and_run_again_moves_every_dead_letter() {
+    const N: usize = 1000;
+    let payload = "x".repeat(10_000);
+    for attempt in 0..3 {
+        let prefix = unique_prefix(&format!("redrive-kill{attempt}"));
+        let client = raw_client().await;
+        let (dlq, origin) = (format!("{prefix}dead"), format!("{prefix}origin"));
+        create_topic(&client, &dlq, 1).await;
+        create_topic(&client, &origin, 1).await;
+        for chunk in (0..N).collect::<Vec<_>>().chunks(20) {
+            let records = chunk
+                .iter()
+                .map(|i| {
+                    let body = format!("{i}:{payload}");
+                    record(
+                        None,
+                        body.as_bytes(),
+                        &[
+                            ("x-faststream-original-topic", origin.as_str()),
+                            ("x-faststream-original-partition", "0"),
+                            ("x-faststream-error", "it failed"),
+                        ],
+                    )
+                })
+                .collect();
+            produce(&client, &dlq, 0, records).await;
+        }
+        let cli = || {
+            let mut cmd = tokio::process::Command::new(example("kafka_cli"));
+            cmd.args(["redrive", &dlq])
+                .env("KAFKA_BOOTSTRAP", bootstrap())
+                .kill_on_drop(true);
+            cmd
+        };
+        let mut first = cli().stdout(std::process::Stdio::null()).spawn().unwrap();
+        // Killed as soon as some dead letters are back, not all.
+        let killed_at = loop {
+            let back = fetch_from(&client, &origin, 0, 0, 10).await.len();
+            if back > 0 {
+                first.start_kill().unwrap();
+                break back;
+            }
+            if let Some(status) = first.try_wait().unwrap() {
+                panic!("the redrive ended before anything was back: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let _ = first.wait().await;
+        let back_before = count_all(&client, &origin).await;
+        if back_before >= N {
+            eprintln!("attempt {attempt}: the redrive was done before the kill landed; again");
+            continue;
+        }
+        let group = format!("faststream-redrive.{dlq}");
+        let committed = common::wire::committed_partition(&bootstrap(), &group, &dlq, 0).await;
+        eprintln!("after the kill: {back_before} back, {committed} committed");
+        let rerun = cli().output().await.unwrap();
+        assert!(
+            rerun.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rerun.stderr)
+        );
+        let back = all_bodies(&client, &origin).await;
+        let mut distinct: Vec<usize> = back
+            .iter()
+            .map(|b| b.split(':').next().unwrap().parse().unwrap())
+            .collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), N, "every dead letter back, none lost");
+        // What the killed run published but had not committed yet is moved again: at most one
+        // chunk (256 KiB: 26 of these dead letters). On Tansu 0.6.0 the committed offset read
+        // after such a kill lagged the writes by two chunks in some runs (also read 2 s
+        // later: the last acknowledged commit was not kept), so there it can be two.
+        let twice = back.len() - N;
+        eprintln!(
+            "killed with {killed_at}+ back ({back_before} after the kill); {twice} moved twice"
+        );
+        let chunks = if broker_kind() == BrokerKind::Kafka {
+            1
+        } else {
+            2
+        };
+        assert!(twice <= 26 * chunks, "{twice} moved twice");
+        return;
+    }
+    panic!("in three attempts the kill never landed before the redrive was done");
+}
+
+/// How many records `topic` (partition 0) holds.
+async fn count_all(client: &rskafka::client::Client, topic: &str) -> usize {
+    all_bodies(client, topic).await.len()
+}
+
+/// Every body of `topic` (partition 0), reading until a fetch finds nothing more.
+async fn all_bodies(client: &rskafka::client::Client, topic: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let mut next = 0;
+    loop {
+        let more = fetch_from(client, topic, 0, next, 200).await;
+        let Some(last) = more.last() else {
+            return bodies;
+        };
+        next = last.offset + 1;
+        bodies.extend(more.iter().map(text));
+    }
 }

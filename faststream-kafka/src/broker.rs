@@ -437,6 +437,30 @@ impl KafkaBroker {
         self.shared.producers.partition_count(&client, topic).await
     }
 
+    /// Moves the dead letters of `dlq_topic` that `selection` picks back to the topics (and
+    /// partitions) they came from, once the cause of their failure is fixed; the service
+    /// consuming those topics then handles them again. Reads up to the end the dead-letter
+    /// topic has now, and keeps its progress per topic and selection (committed after each
+    /// fetched batch is acknowledged): run again after a crash, it goes on where it stopped,
+    /// moving at most the last batch twice; run again later, it moves only what arrived since.
+    /// Dead letters stay in the dead-letter topic (a Kafka topic is a log): the progress is
+    /// what keeps them from being moved twice.
+    pub async fn redrive(
+        &self,
+        dlq_topic: &str,
+        selection: &crate::Redrive,
+    ) -> Result<crate::Redriven, KafkaError> {
+        let client = self.client().await?;
+        crate::redrive::redrive(
+            &self.shared.config,
+            &self.shared.producers,
+            &client,
+            dlq_topic,
+            selection,
+        )
+        .await
+    }
+
     async fn serve_routes(
         &self,
         pipeline: Arc<Pipeline>,

@@ -36,7 +36,7 @@
 //! 6. `consume` (the per-partition loop, with core's `OffsetTracker` deciding what each outcome
 //!    means for the partition's position);
 //! 7. `group` (membership: generations, partition consumers, bounded drains), `request`
-//!    (request/reply);
+//!    (request/reply), `redrive` (dead letters back to their topics);
 //! 8. `broker` (the builder, startup, the transport).
 
 mod assign;
@@ -53,6 +53,7 @@ mod metrics;
 mod produce;
 mod protocol;
 mod records;
+mod redrive;
 mod request;
 mod security;
 mod topics;
@@ -61,4 +62,5 @@ pub use broker::{KafkaBroker, KafkaBrokerBuilder};
 pub use config::{Compression, MissingTopics, RebalanceHook};
 pub use error::KafkaError;
 pub use produce::partition_for_key;
+pub use redrive::{Redrive, Redriven, REDRIVEN_FROM};
 pub use security::{BoxError, Sasl, Security, SecurityProtocol, Tls, TokenCallback};

@@ -343,47 +343,17 @@ impl GroupRunner {
             return Ok(Vec::new());
         }
         let conn = self.conn(conn).await?;
-        let version = conn.version::<OffsetCommitRequest>(8)?;
-        let mut req = OffsetCommitRequest::default();
-        req.group_id = group_id(&self.group);
-        req.generation_id_or_member_epoch = member.generation;
-        req.member_id = StrBytes::from_string(member.member_id.clone());
-        req.group_instance_id = member.instance_id.clone().map(StrBytes::from_string);
-        req.retention_time_ms = -1;
-        req.topics = by_topic
-            .iter()
-            .map(|(topic, parts)| {
-                let mut t = OffsetCommitRequestTopic::default();
-                t.name = TopicName(StrBytes::from_string((*topic).to_owned()));
-                t.partitions = parts
-                    .iter()
-                    .map(|(p, o)| {
-                        let mut part = OffsetCommitRequestPartition::default();
-                        part.partition_index = *p;
-                        part.committed_offset = *o;
-                        part.committed_leader_epoch = -1;
-                        part
-                    })
-                    .collect();
-                t
-            })
-            .collect();
-        let resp = conn.send(&req, version).await?;
-        let mut refused = Vec::new();
-        for t in &resp.topics {
-            for p in &t.partitions {
-                if let Some(e) = ResponseError::try_from_code(p.error_code) {
-                    if matches!(
-                        e,
-                        ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
-                    ) {
-                        // Find the coordinator again before the next commit.
-                        conn.mark_broken();
-                    }
-                    refused.push((format!("{}[{}]", t.name.0, p.partition_index), e));
-                }
-            }
-        }
+        let refused = commit_offsets(
+            conn,
+            &self.group,
+            (
+                member.generation,
+                &member.member_id,
+                member.instance_id.as_deref(),
+            ),
+            &by_topic,
+        )
+        .await?;
         for (topic, parts) in &by_topic {
             for (partition, offset) in parts {
                 let name = format!("{topic}[{partition}]");
@@ -403,83 +373,7 @@ impl GroupRunner {
         conn: &mut Conn,
         assigned: &[(String, i32)],
     ) -> Result<HashMap<(String, i32), i64>, ConnError> {
-        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for (t, p) in assigned {
-            by_topic.entry(t).or_default().push(*p);
-        }
-        let mut out = HashMap::new();
-        if by_topic.is_empty() {
-            return Ok(out);
-        }
-        let version = conn.version::<OffsetFetchRequest>(8)?;
-        let group = GroupId(StrBytes::from_string(self.group.clone()));
-        let mut req = OffsetFetchRequest::default();
-        if version >= 8 {
-            let mut g = OffsetFetchRequestGroup::default();
-            g.group_id = group;
-            g.topics = Some(
-                by_topic
-                    .iter()
-                    .map(|(t, ps)| {
-                        let mut topic = OffsetFetchRequestTopics::default();
-                        topic.name = TopicName(StrBytes::from_string((*t).to_owned()));
-                        topic.partition_indexes = ps.clone();
-                        topic
-                    })
-                    .collect(),
-            );
-            req.groups = vec![g];
-        } else {
-            req.group_id = group;
-            req.topics = Some(
-                by_topic
-                    .iter()
-                    .map(|(t, ps)| {
-                        let mut topic = OffsetFetchRequestTopic::default();
-                        topic.name = TopicName(StrBytes::from_string((*t).to_owned()));
-                        topic.partition_indexes = ps.clone();
-                        topic
-                    })
-                    .collect(),
-            );
-        }
-        let resp = conn.send(&req, version).await?;
-        let protocol_err = |reason: String| ConnError::Protocol {
-            addr: conn.addr().to_owned(),
-            reason,
-        };
-        if version >= 8 {
-            for g in &resp.groups {
-                if let Some(e) = ResponseError::try_from_code(g.error_code) {
-                    return Err(protocol_err(format!("OffsetFetch: {e}")));
-                }
-                for t in &g.topics {
-                    for p in &t.partitions {
-                        partition_refused(&t.name.0, p.partition_index, p.error_code)
-                            .map_err(protocol_err)?;
-                        out.insert(
-                            (t.name.0.to_string(), p.partition_index),
-                            p.committed_offset,
-                        );
-                    }
-                }
-            }
-        } else {
-            if let Some(e) = ResponseError::try_from_code(resp.error_code) {
-                return Err(protocol_err(format!("OffsetFetch: {e}")));
-            }
-            for t in &resp.topics {
-                for p in &t.partitions {
-                    partition_refused(&t.name.0, p.partition_index, p.error_code)
-                        .map_err(protocol_err)?;
-                    out.insert(
-                        (t.name.0.to_string(), p.partition_index),
-                        p.committed_offset,
-                    );
-                }
-            }
-        }
-        Ok(out)
+        fetch_offsets(conn, &self.group, assigned).await
     }
 
     pub(super) async fn leave(&self, conn: &mut Option<Conn>, member: &Member) {
@@ -518,6 +412,146 @@ impl GroupRunner {
             }
         }
     }
+}
+
+/// The offsets `group` committed for `assigned` partitions (-1: none); a partition error in
+/// the answer (such as UNSTABLE_OFFSET_COMMIT) fails the whole fetch, to be asked again.
+pub(crate) async fn fetch_offsets(
+    conn: &mut Conn,
+    group: &str,
+    assigned: &[(String, i32)],
+) -> Result<HashMap<(String, i32), i64>, ConnError> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in assigned {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    let mut out = HashMap::new();
+    if by_topic.is_empty() {
+        return Ok(out);
+    }
+    let version = conn.version::<OffsetFetchRequest>(8)?;
+    let group = GroupId(StrBytes::from_string(group.to_owned()));
+    let mut req = OffsetFetchRequest::default();
+    if version >= 8 {
+        let mut g = OffsetFetchRequestGroup::default();
+        g.group_id = group;
+        g.topics = Some(
+            by_topic
+                .iter()
+                .map(|(t, ps)| {
+                    let mut topic = OffsetFetchRequestTopics::default();
+                    topic.name = TopicName(StrBytes::from_string((*t).to_owned()));
+                    topic.partition_indexes = ps.clone();
+                    topic
+                })
+                .collect(),
+        );
+        req.groups = vec![g];
+    } else {
+        req.group_id = group;
+        req.topics = Some(
+            by_topic
+                .iter()
+                .map(|(t, ps)| {
+                    let mut topic = OffsetFetchRequestTopic::default();
+                    topic.name = TopicName(StrBytes::from_string((*t).to_owned()));
+                    topic.partition_indexes = ps.clone();
+                    topic
+                })
+                .collect(),
+        );
+    }
+    let resp = conn.send(&req, version).await?;
+    let protocol_err = |reason: String| ConnError::Protocol {
+        addr: conn.addr().to_owned(),
+        reason,
+    };
+    if version >= 8 {
+        for g in &resp.groups {
+            if let Some(e) = ResponseError::try_from_code(g.error_code) {
+                return Err(protocol_err(format!("OffsetFetch: {e}")));
+            }
+            for t in &g.topics {
+                for p in &t.partitions {
+                    partition_refused(&t.name.0, p.partition_index, p.error_code)
+                        .map_err(protocol_err)?;
+                    out.insert(
+                        (t.name.0.to_string(), p.partition_index),
+                        p.committed_offset,
+                    );
+                }
+            }
+        }
+    } else {
+        if let Some(e) = ResponseError::try_from_code(resp.error_code) {
+            return Err(protocol_err(format!("OffsetFetch: {e}")));
+        }
+        for t in &resp.topics {
+            for p in &t.partitions {
+                partition_refused(&t.name.0, p.partition_index, p.error_code)
+                    .map_err(protocol_err)?;
+                out.insert(
+                    (t.name.0.to_string(), p.partition_index),
+                    p.committed_offset,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Commits `offsets` (by topic: partition and next offset) for `group` as the member
+/// `(generation, member id, instance id)` (generation -1 and no member id: a client outside
+/// the group, allowed while the group has no members). Returns the partitions the coordinator
+/// refused, with why.
+pub(crate) async fn commit_offsets(
+    conn: &mut Conn,
+    group: &str,
+    (generation, member_id, instance_id): (i32, &str, Option<&str>),
+    offsets: &BTreeMap<&str, Vec<(i32, i64)>>,
+) -> Result<Vec<(String, ResponseError)>, ConnError> {
+    let version = conn.version::<OffsetCommitRequest>(8)?;
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = group_id(group);
+    req.generation_id_or_member_epoch = generation;
+    req.member_id = StrBytes::from_string(member_id.to_owned());
+    req.group_instance_id = instance_id.map(|i| StrBytes::from_string(i.to_owned()));
+    req.retention_time_ms = -1;
+    req.topics = offsets
+        .iter()
+        .map(|(topic, parts)| {
+            let mut t = OffsetCommitRequestTopic::default();
+            t.name = TopicName(StrBytes::from_string((*topic).to_owned()));
+            t.partitions = parts
+                .iter()
+                .map(|(p, o)| {
+                    let mut part = OffsetCommitRequestPartition::default();
+                    part.partition_index = *p;
+                    part.committed_offset = *o;
+                    part.committed_leader_epoch = -1;
+                    part
+                })
+                .collect();
+            t
+        })
+        .collect();
+    let resp = conn.send(&req, version).await?;
+    let mut refused = Vec::new();
+    for t in &resp.topics {
+        for p in &t.partitions {
+            if let Some(e) = ResponseError::try_from_code(p.error_code) {
+                if matches!(
+                    e,
+                    ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+                ) {
+                    // Find the coordinator again before the next commit.
+                    conn.mark_broken();
+                }
+                refused.push((format!("{}[{}]", t.name.0, p.partition_index), e));
+            }
+        }
+    }
+    Ok(refused)
 }
 
 /// Heartbeats every `heartbeat_interval` on a connection of its own, until aborted or the
@@ -597,7 +631,7 @@ pub(super) async fn heartbeat(
 }
 
 /// Finds the group's coordinator through any bootstrap broker and connects to it.
-pub(super) async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnError> {
+pub(crate) async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnError> {
     let timeout = config.request_timeout.min(Duration::from_secs(10));
     let mut last = None;
     for addr in &config.brokers {

@@ -43,7 +43,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 mod coordinator;
 
-use coordinator::{find_coordinator, heartbeat_loop, JoinError};
+pub(crate) use coordinator::{commit_offsets, fetch_offsets, find_coordinator};
+
+use coordinator::{heartbeat_loop, JoinError};
 
 /// How often a topic the group subscribes to but the cluster does not list (not created yet,
 /// or lost with a broker) is looked up again: the Java client's longest retry backoff, so a

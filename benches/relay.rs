@@ -3,6 +3,7 @@
 //! ```sh
 //! scripts/kafka-dev run -- cargo bench --bench relay                      # N = 200000, P = 3
 //! scripts/kafka-dev run -- cargo bench --bench relay -- --messages 1000000 --partitions 3
+//! scripts/kafka-dev run --kafka -- cargo bench --bench relay -- --rounds 2 --only framework,framework-plain
 //! ```
 //!
 //! Pre-fills one input topic per relay with N seed-shaped JSON messages over P partitions, then
@@ -116,6 +117,9 @@ struct Args {
     child: Option<String>,
     prefix: String,
     only: Option<String>,
+    /// How many times the rows run, in turn (ABAB...): ratios use the last round, when a
+    /// broker on the JVM has warmed up.
+    rounds: usize,
 }
 
 fn parse_args() -> Args {
@@ -125,6 +129,7 @@ fn parse_args() -> Args {
         child: None,
         prefix: String::new(),
         only: None,
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -144,6 +149,13 @@ fn parse_args() -> Args {
             "--child" => args.child = it.next(),
             "--prefix" => args.prefix = it.next().expect("--prefix P"),
             "--only" => args.only = it.next(),
+            "--rounds" => {
+                args.rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|r| *r > 0)
+                    .expect("--rounds R (1 or more)")
+            }
             _ => {} // `cargo bench` passes --bench
         }
     }
@@ -214,7 +226,8 @@ async fn parent(args: Args) {
     if cfg!(feature = "prometheus") {
         kinds.insert(3, "framework-metrics");
     }
-    for kind in kinds {
+    let rounds = kinds.repeat(args.rounds);
+    for (row, kind) in rounds.into_iter().enumerate() {
         if args
             .only
             .as_deref()
@@ -222,7 +235,7 @@ async fn parent(args: Args) {
         {
             continue;
         }
-        let prefix = format!("bench{stamp}-{kind}.");
+        let prefix = format!("bench{stamp}-{row}-{kind}.");
         let networked =
             kind.starts_with("raw") || kind.starts_with("framework") || kind.starts_with("io-");
         let mut fill = args.clone();
@@ -338,7 +351,14 @@ async fn parent(args: Args) {
             broker
         );
     }
-    let find = |k: &str| results.iter().find(|(kind, _)| *kind == k).map(|(_, f)| *f);
+    // The last round of a row (warm).
+    let find = |k: &str| {
+        results
+            .iter()
+            .rev()
+            .find(|(kind, _)| *kind == k)
+            .map(|(_, f)| *f)
+    };
     if let (Some(seq), Some(par)) = (find("io-seq"), find("io-par")) {
         println!(
             "{:<16} {:>12.2} {:>16.2} {:>14.2}",

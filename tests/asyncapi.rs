@@ -36,6 +36,11 @@ async fn greet(name: Name) -> Name {
     name
 }
 
+#[subscriber(pattern = "audit\\..+", group_id = "audit")]
+async fn audit(event: String) {
+    let _ = event;
+}
+
 fn seed_app() -> FastStream<KafkaBroker> {
     FastStream::new(KafkaBroker::new("localhost:9092")).with_routes(routes![handle_msg])
 }
@@ -132,7 +137,7 @@ fn the_seed_document_has_the_channels_and_operations_faststream_generates() {
 #[test]
 fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_and_yaml() {
     let app = FastStream::new(KafkaBroker::new("broker-1:9093"))
-        .with_routes(routes![handle_msg, sink, greet])
+        .with_routes(routes![handle_msg, sink, greet, audit])
         .topic_prefix("staging.")
         .asyncapi_info("readings", "2.1.0");
     let doc = app.asyncapi();
@@ -163,6 +168,13 @@ fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_a
         messages["staging.greetings:Publisher:Greet:Message"]["contentType"],
         "text/plain"
     );
+    // A pattern subscription: a channel without a fixed address, the pattern described.
+    let pattern = &v["channels"]["staging.audit\\..+:Audit"];
+    assert!(pattern["address"].is_null(), "{pattern}");
+    assert!(pattern["description"]
+        .as_str()
+        .unwrap()
+        .contains("staging.audit\\..+"));
     // YAML reads back as the same document.
     let yaml = doc.to_yaml();
     assert!(yaml.starts_with("\"asyncapi\": \"3.0.0\"\n"), "{yaml}");

@@ -518,3 +518,84 @@ async fn all_bodies(client: &rskafka::client::Client, topic: &str) -> Vec<String
         bodies.extend(more.iter().map(text));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pattern subscriptions.
+
+#[subscriber(
+    pattern = "pat\\.[a-z]+",
+    group_id = "pat",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 500,
+    commit_interval_ms = 200
+)]
+#[publisher("pat-out")]
+async fn by_pattern(body: String, topic: faststream::extract::Topic) -> String {
+    format!("{}:{body}", topic.0)
+}
+
+#[subscriber(pattern = "upat\\.[a-z]+", auto_offset_reset = "earliest")]
+#[publisher("upat-out")]
+async fn by_pattern_ungrouped(body: String, topic: faststream::extract::Topic) -> String {
+    format!("{}:{body}", topic.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_picks_up_a_topic_created_while_running() {
+    let prefix = unique_prefix("pattern");
+    let client = raw_client().await;
+    for name in ["pat.a", "pat.A1", "upat.a", "pat-out", "upat-out"] {
+        create_topic(&client, &format!("{prefix}{name}"), 1).await;
+    }
+    let five = |tag: &str| -> Vec<rskafka::record::Record> {
+        (0..5)
+            .map(|i| record(None, format!("{tag}{i}").as_bytes(), &[]))
+            .collect()
+    };
+    produce(&client, &format!("{prefix}pat.a"), 0, five("a")).await;
+    produce(&client, &format!("{prefix}pat.A1"), 0, five("nomatch")).await;
+    produce(&client, &format!("{prefix}upat.a"), 0, five("u")).await;
+    init_logs();
+    let app = FastStream::new(
+        KafkaBroker::builder(&bootstrap())
+            .metadata_max_age(Duration::from_millis(500))
+            .build(),
+    )
+    .with_routes(routes![by_pattern, by_pattern_ungrouped])
+    .topic_prefix(&prefix);
+    let running = start(app).await;
+    let (out, uout) = (format!("{prefix}pat-out"), format!("{prefix}upat-out"));
+    read(&client, &out, 5).await;
+    read(&client, &uout, 5).await;
+    // Created while the service runs: taken at the next metadata refresh, from the beginning.
+    for name in ["pat.b", "upat.b"] {
+        let topic = format!("{prefix}{name}");
+        create_topic(&client, &topic, 2).await;
+        produce(&client, &topic, 0, five("b")).await;
+        produce(&client, &topic, 1, five("c")).await;
+    }
+    let grouped = read(&client, &out, 15).await;
+    let ungrouped = read(&client, &uout, 15).await;
+    running.stop().await.expect("a clean shutdown");
+    for (records, tag) in [(&grouped[&0], "pat"), (&ungrouped[&0], "upat")] {
+        let mut got: Vec<String> = records.iter().map(text).collect();
+        got.sort();
+        let mut want: Vec<String> = (0..5)
+            .map(|i| {
+                format!(
+                    "{prefix}{tag}.a:{}{i}",
+                    if tag == "pat" { "a" } else { "u" }
+                )
+            })
+            .chain((0..5).map(|i| format!("{prefix}{tag}.b:b{i}")))
+            .chain((0..5).map(|i| format!("{prefix}{tag}.b:c{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "{tag}: the matching topics, old and new, and only those"
+        );
+    }
+    assert!(fetch_from(&client, &out, 0, 15, 300).await.is_empty());
+}

@@ -668,3 +668,30 @@ async fn a_paused_handler_holds_its_messages_in_order_until_resumed() {
     let err = broker.control().pause("nope").unwrap_err().to_string();
     assert!(err.contains("no handler \"nope\""), "{err}");
 }
+
+// A pattern subscription takes every topic whose whole name matches.
+
+#[subscriber(pattern = "audit\\.[a-z]+")]
+#[publisher("audit-all")]
+async fn audit_all(body: String, topic: faststream::extract::Topic) -> String {
+    format!("{}:{body}", topic.0)
+}
+
+#[tokio::test]
+async fn a_pattern_subscription_takes_every_matching_topic_and_only_those() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![audit_all])
+        .build()
+        .unwrap();
+    broker.publish("1", "audit.orders").await.unwrap();
+    broker.publish("2", "audit.users").await.unwrap();
+    broker.publish("3", "audit.Users").await.unwrap(); // upper case: no match
+    broker.publish("4", "audit.orders.eu").await.unwrap(); // the whole name must match
+    broker.publish("5", "xaudit.orders").await.unwrap();
+    let out: Vec<String> = broker
+        .published("audit-all")
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    assert_eq!(out, ["audit.orders:1", "audit.users:2"]);
+}

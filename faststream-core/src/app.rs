@@ -404,6 +404,7 @@ impl<T: Transport> FastStream<T> {
             tracing::info!(
                 handler = route.name(),
                 subscribes = ?route.subscribers().iter().flat_map(|s| s.topics()).collect::<Vec<_>>(),
+                patterns = ?route.subscribers().iter().filter_map(|s| s.topic_pattern()).collect::<Vec<_>>(),
                 publishes = ?route.publishers(),
                 "route"
             );

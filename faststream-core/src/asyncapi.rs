@@ -66,23 +66,32 @@ impl AsyncApi {
             let schemas = route.schemas(&mut gen);
             let handler = camel(route.fn_name());
             for sub in route.subscribers() {
-                for topic in sub.topics() {
-                    let topic = format!("{prefix}{topic}");
+                // A pattern subscription is a channel without a fixed address (AsyncAPI's
+                // `null`), its pattern in the description.
+                let named = sub.topics().iter().map(|t| (format!("{prefix}{t}"), false));
+                let pattern = sub.topic_pattern().map(|p| (format!("{prefix}{p}"), true));
+                for (topic, is_pattern) in named.chain(pattern) {
                     let channel = format!("{topic}:{handler}");
                     let message = format!("{channel}:SubscribeMessage");
                     messages.insert(
                         message.clone(),
                         message_object(&message, schemas.body.as_ref(), &mut inline),
                     );
-                    channels.insert(
-                        channel.clone(),
-                        json!({
-                            "address": topic,
-                            "servers": server_ref,
-                            "messages": {"SubscribeMessage": {"$ref": format!("#/components/messages/{message}")}},
-                            "bindings": kafka(&topic),
-                        }),
-                    );
+                    let mut entry = json!({
+                        "address": topic,
+                        "servers": server_ref,
+                        "messages": {"SubscribeMessage": {"$ref": format!("#/components/messages/{message}")}},
+                        "bindings": kafka(&topic),
+                    });
+                    if is_pattern {
+                        entry["address"] = Value::Null;
+                        entry["description"] = format!(
+                            "every topic whose name matches the regular expression {topic}"
+                        )
+                        .into();
+                        entry.as_object_mut().map(|e| e.remove("bindings"));
+                    }
+                    channels.insert(channel.clone(), entry);
                     let mut operation = json!({
                         "action": "receive",
                         "channel": {"$ref": format!("#/channels/{channel}")},

@@ -79,7 +79,8 @@ pub use policy::{
 pub use publish::{BoxFuture, Publish, Publisher};
 pub use route::{
     decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult, GroupTimings,
-    HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef, TopicNameProblem,
+    HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef, TopicMatcher,
+    TopicNameProblem,
 };
 pub use shutdown::{termination_signal, Shutdown, ShutdownTrigger};
 #[cfg(feature = "opentelemetry")]

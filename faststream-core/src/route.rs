@@ -187,10 +187,24 @@ impl GroupTimings {
     }
 }
 
+/// Which topic names a pattern subscription takes: the whole name matches, and internal topics
+/// (names starting with `__`, such as `__consumer_offsets`) are left out, as the Java
+/// consumer leaves them out.
+#[derive(Clone, Debug)]
+pub struct TopicMatcher(Option<regex_lite::Regex>);
+
+impl TopicMatcher {
+    /// Whether the subscription takes `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        !topic.starts_with("__") && self.0.as_ref().is_some_and(|r| r.is_match(topic))
+    }
+}
+
 /// One `#[subscriber(...)]`: topics and consumer options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscriberDef {
     topics: &'static [&'static str],
+    pattern: Option<&'static str>,
     group_id: Option<&'static str>,
     auto_offset_reset: OffsetReset,
     partitions: Option<&'static [i32]>,
@@ -206,6 +220,7 @@ impl SubscriberDef {
     pub const fn new(topics: &'static [&'static str]) -> Self {
         Self {
             topics,
+            pattern: None,
             group_id: None,
             auto_offset_reset: OffsetReset::Latest,
             partitions: None,
@@ -285,9 +300,30 @@ impl SubscriberDef {
         self
     }
 
-    /// The subscribed topics.
+    /// The subscribed topics (those named; see [`Self::pattern`] for the others).
     pub fn topics(&self) -> &'static [&'static str] {
         self.topics
+    }
+
+    /// Subscribes also to every topic whose name (after the topic prefix) matches the regular
+    /// expression `pattern` as a whole, including topics created while the service runs.
+    pub const fn pattern(mut self, pattern: &'static str) -> Self {
+        self.pattern = Some(pattern);
+        self
+    }
+
+    /// The topic pattern, if the subscription has one.
+    pub fn topic_pattern(&self) -> Option<&'static str> {
+        self.pattern
+    }
+
+    /// The pattern as a matcher of whole topic names carrying `prefix` (the app's topic
+    /// prefix); `None` without a pattern.
+    pub fn topic_matcher(&self, prefix: &str) -> Option<TopicMatcher> {
+        let pattern = self.pattern?;
+        let full = format!("^{}(?:{pattern})$", regex_lite::escape(prefix));
+        // The macro checked the pattern; a hand-built descriptor's bad pattern matches nothing.
+        Some(TopicMatcher(regex_lite::Regex::new(&full).ok()))
     }
 
     /// The consumer group, if any.

@@ -381,7 +381,12 @@ impl Inner {
             .routes()
             .iter()
             .copied()
-            .filter(|r| r.subscribers().iter().any(|s| s.topics().contains(&topic)))
+            .filter(|r| {
+                r.subscribers().iter().any(|s| {
+                    s.topics().contains(&topic)
+                        || s.topic_matcher("").is_some_and(|m| m.matches(topic))
+                })
+            })
             .collect()
     }
 

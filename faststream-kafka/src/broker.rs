@@ -20,7 +20,7 @@ use crate::group::{GroupRunner, GroupTopic};
 use crate::produce::Producers;
 use crate::protocol::Conn;
 use crate::security::Security;
-use crate::topics::{invalid_topic_name, list_topics};
+use crate::topics::{invalid_topic_name, list_topics, TopicPattern};
 
 /// Builds a [`KafkaBroker`]; every setting has a default.
 #[derive(Debug, Clone)]
@@ -542,10 +542,36 @@ impl KafkaBroker {
         // Subscriptions to every partition of a topic without a group: they follow new
         // partitions found by the metadata refresh.
         let mut ungrouped = Vec::new();
+        // Pattern subscriptions: the topics that match now are subscribed below; the metadata
+        // refresh (groups: their own) adds the ones created later.
+        let prefix = pipeline.topic_name("");
+        let mut patterns: BTreeMap<Option<&str>, Vec<TopicPattern>> = BTreeMap::new();
+        let mut existing: Option<Vec<String>> = None;
         for route in pipeline.routes() {
             for sub in route.subscribers() {
-                for topic in sub.topics() {
-                    let topic = pipeline.topic_name(topic);
+                let mut names: Vec<String> = sub
+                    .topics()
+                    .iter()
+                    .map(|t| pipeline.topic_name(t))
+                    .collect();
+                if let Some(matcher) = sub.topic_matcher(&prefix) {
+                    if existing.is_none() {
+                        existing = Some(list_topics(&client).await?);
+                    }
+                    let matching = existing.iter().flatten().filter(|t| matcher.matches(t));
+                    names.extend(
+                        matching
+                            .filter(|t| !names.contains(t))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    );
+                    patterns.entry(sub.group()).or_default().push(TopicPattern {
+                        route,
+                        matcher,
+                        reset: sub.offset_reset(),
+                    });
+                }
+                for topic in names {
                     let count = self
                         .shared
                         .producers
@@ -589,12 +615,26 @@ impl KafkaBroker {
                 }
             }
         }
+        // A group whose pattern matches no topic yet still joins (with no topics).
+        for sub in pipeline.routes().iter().flat_map(|r| r.subscribers()) {
+            if let (Some(group), Some(_)) = (sub.group(), sub.topic_pattern()) {
+                groups.entry(group).or_default();
+            }
+        }
+        let mut ungrouped_patterns = patterns.remove(&None).unwrap_or_default();
         for (group, subs) in groups {
-            let settings = config.group.resolve(subs.iter().map(|(_, s)| *s));
+            let settings = config.group.resolve(
+                pipeline
+                    .routes()
+                    .iter()
+                    .flat_map(|r| r.subscribers())
+                    .filter(|s| s.group() == Some(group)),
+            );
             consumers.spawn(
                 GroupRunner {
                     group: pipeline.topic_name(group),
-                    topics: subs.into_iter().map(|(t, _)| t).collect(),
+                    patterns: patterns.remove(&Some(group)).unwrap_or_default(),
+                    topics: std::sync::Mutex::new(subs.into_iter().map(|(t, _)| t).collect()),
                     settings,
                     rt: rt.clone(),
                     shutdown: inner.clone(),
@@ -654,7 +694,30 @@ impl KafkaBroker {
                         stop_all.trigger();
                     }
                 },
-                _ = refresh.tick(), if !ungrouped.is_empty() && !inner.is_triggered() => {
+                _ = refresh.tick(), if (!ungrouped.is_empty() || !ungrouped_patterns.is_empty()) && !inner.is_triggered() => {
+                    if !ungrouped_patterns.is_empty() {
+                        // Topics created since that a pattern takes: every partition, from the
+                        // beginning (as new partitions are).
+                        match list_topics(&client).await {
+                            Ok(all) => {
+                                for pattern in &mut ungrouped_patterns {
+                                    for topic in all.iter().filter(|t| pattern.matcher.matches(t)) {
+                                        if ungrouped.iter().any(|u: &Ungrouped| u.route.name() == pattern.route.name() && &*u.topic == topic.as_str()) {
+                                            continue;
+                                        }
+                                        tracing::info!(topic, handler = pattern.route.name(), "a new topic matches the subscription's pattern: consuming it");
+                                        ungrouped.push(Ungrouped {
+                                            route: pattern.route,
+                                            topic: Arc::from(topic.as_str()),
+                                            reset: pattern.reset,
+                                            partitions: 0,
+                                        });
+                                    }
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "listing topics for pattern subscriptions failed"),
+                        }
+                    }
                     let names: Vec<String> = ungrouped.iter().map(|u| u.topic.to_string()).collect();
                     let counts = self.shared.producers.lookup_partitions(&client, &names).await;
                     for sub in &mut ungrouped {

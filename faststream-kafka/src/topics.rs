@@ -81,3 +81,11 @@ pub(crate) async fn ensure_topic(
         topics: vec![topic.to_owned()],
     })
 }
+
+/// A pattern subscription: its route, which topic names it takes, where a topic it adds starts.
+#[derive(Debug, Clone)]
+pub(crate) struct TopicPattern {
+    pub(crate) route: &'static faststream_core::RouteDef,
+    pub(crate) matcher: faststream_core::TopicMatcher,
+    pub(crate) reset: faststream_core::OffsetReset,
+}

@@ -40,6 +40,7 @@ impl AttrKind {
 
 /// Consumer options of one `#[subscriber]`.
 const CONSUMER_KEYS: &[&str] = &[
+    "pattern",
     "group_id",
     "auto_offset_reset",
     "partitions",
@@ -94,6 +95,8 @@ pub(crate) enum OffsetReset {
 #[derive(Default)]
 pub(crate) struct SubscriberArgs {
     pub(crate) topics: Vec<LitStr>,
+    /// `pattern = "..."`: every topic whose name matches (checked at compile time).
+    pub(crate) pattern: Option<LitStr>,
     pub(crate) group_id: Option<LitStr>,
     pub(crate) auto_offset_reset: Option<OffsetReset>,
     pub(crate) partitions: Option<Vec<syn::LitInt>>,
@@ -211,10 +214,10 @@ pub(crate) fn parse_into(
     }
     match kind {
         AttrKind::Subscriber => {
-            if topics.is_empty() {
+            if topics.is_empty() && sub.pattern.is_none() {
                 errors.error(
                     attr_span,
-                    "#[subscriber] needs at least one topic: #[subscriber(\"topic\")]",
+                    "#[subscriber] needs at least one topic: #[subscriber(\"topic\")], or a pattern: #[subscriber(pattern = \"orders\\\\..*\")]",
                 );
             }
             if let (Some(_), Some(group)) = (&sub.partitions, &sub.group_id) {
@@ -254,6 +257,17 @@ fn apply_option(
         })
     };
     match name {
+        "pattern" => {
+            let lit = string()?;
+            // Recorded even when invalid: the subscriber has a pattern, only this one is wrong.
+            sub.pattern = Some(lit.clone());
+            if let Err(e) = regex_lite::Regex::new(&lit.value()) {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    format!("invalid topic `pattern`: {e}"),
+                ));
+            }
+        }
         "group_id" => {
             let lit = string()?;
             if lit.value().is_empty() {

@@ -391,6 +391,9 @@ fn generate(
     let subscribers = route.subscribers.iter().map(|s| {
         let topics = &s.topics;
         let mut def = quote!(#fs::SubscriberDef::new(&[#(#topics),*]));
+        if let Some(p) = &s.pattern {
+            def = quote!(#def.pattern(#p));
+        }
         if let Some(g) = &s.group_id {
             def = quote!(#def.group_id(#g));
         }

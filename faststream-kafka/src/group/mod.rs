@@ -119,7 +119,11 @@ pub(crate) struct GroupTopic {
 /// Runs one consumer group member for every subscription with the same group id.
 pub(crate) struct GroupRunner {
     pub(crate) group: String,
-    pub(crate) topics: Vec<GroupTopic>,
+    /// The subscribed topics: those named, and those a pattern took (growing as topics that
+    /// match are created).
+    pub(crate) topics: std::sync::Mutex<Vec<GroupTopic>>,
+    /// Pattern subscriptions of the group's routes.
+    pub(crate) patterns: Vec<crate::topics::TopicPattern>,
     pub(crate) settings: GroupSettings,
     pub(crate) rt: Arc<Runtime>,
     pub(crate) shutdown: Shutdown,
@@ -358,7 +362,8 @@ impl GroupRunner {
     }
 
     fn topic_names(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self.topics.iter().map(|t| t.topic.as_str()).collect();
+        let topics = crate::produce::lock(&self.topics);
+        let set: BTreeSet<&str> = topics.iter().map(|t| t.topic.as_str()).collect();
         set.into_iter().map(str::to_owned).collect()
     }
 
@@ -386,7 +391,11 @@ impl GroupRunner {
         let (ready_tx, started) = mpsc::unbounded_channel();
         let (commit_tx, commit_rx) = mpsc::channel(64);
         for (topic, partition) in assigned {
-            let Some(sub) = self.topics.iter().find(|t| t.topic == *topic) else {
+            let found = crate::produce::lock(&self.topics)
+                .iter()
+                .find(|t| t.topic == *topic)
+                .cloned();
+            let Some(sub) = found else {
                 continue;
             };
             let start = committed
@@ -559,6 +568,9 @@ impl GroupRunner {
         &self,
         watched: &Watched,
     ) -> Option<Vec<(String, Option<i32>, Option<i32>)>> {
+        if let Some(added) = self.new_pattern_topics().await {
+            return Some(added.into_iter().map(|t| (t, None, None)).collect());
+        }
         let topics: Vec<String> = watched.keys().cloned().collect();
         let now = match self
             .rt
@@ -578,6 +590,45 @@ impl GroupRunner {
             .map(|(t, before)| (t.clone(), *before, now.get(t).copied()))
             .collect();
         (!changed.is_empty()).then_some(changed)
+    }
+
+    /// Topics created since the last look that a pattern of the group takes, now subscribed
+    /// (read from their beginning, as new partitions are); `None` when there are none.
+    async fn new_pattern_topics(&self) -> Option<Vec<String>> {
+        if self.patterns.is_empty() {
+            return None;
+        }
+        let all = match crate::topics::list_topics(&self.rt.client).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "listing topics for pattern subscriptions failed");
+                return None;
+            }
+        };
+        let mut topics = crate::produce::lock(&self.topics);
+        let mut added = Vec::new();
+        for pattern in &self.patterns {
+            for topic in all.iter().filter(|t| pattern.matcher.matches(t)) {
+                let known = topics
+                    .iter()
+                    .any(|t| t.topic == *topic && t.route.name() == pattern.route.name());
+                if !known {
+                    tracing::info!(
+                        group = self.group,
+                        topic,
+                        handler = pattern.route.name(),
+                        "a new topic matches the subscription's pattern: subscribing"
+                    );
+                    topics.push(GroupTopic {
+                        route: pattern.route,
+                        topic: topic.clone(),
+                        reset: OffsetReset::Earliest,
+                    });
+                    added.push(topic.clone());
+                }
+            }
+        }
+        (!added.is_empty()).then_some(added)
     }
 
     /// Joins like [`Self::join`], warning while the member has had no assignment for longer

@@ -32,7 +32,15 @@ impl KafkaBrokerBuilder {
     /// The settings as built, for the crate's unit tests.
     #[cfg(test)]
     pub(crate) fn config_for_tests(self) -> Config {
-        self.config
+        self.into_config()
+    }
+
+    /// The settings of one service: with a TLS cache of its own, so that builders cloned and
+    /// then configured apart never share one.
+    fn into_config(self) -> Config {
+        let mut config = self.config;
+        config.tls = Default::default();
+        config
     }
 
     /// Client id sent to the brokers (default `faststream-rs`).
@@ -230,7 +238,7 @@ impl KafkaBrokerBuilder {
 
     /// Builds the handle; nothing connects until it is used.
     pub fn build(self) -> KafkaBroker {
-        let config = Arc::new(self.config);
+        let config = Arc::new(self.into_config());
         KafkaBroker {
             shared: Arc::new(Shared {
                 producers: Arc::new(Producers::new(config.clone())),
@@ -322,6 +330,7 @@ impl KafkaBroker {
                 manual_ack_warning: Duration::from_secs(60),
                 hooks: RebalanceHooks::default(),
                 reply_topic: None,
+                tls: Default::default(),
             },
         }
     }
@@ -823,8 +832,8 @@ async fn connect(config: &Config) -> Result<Arc<Client>, KafkaError> {
     let mut builder = ClientBuilder::new(config.brokers.clone())
         .client_id(config.client_id.as_str())
         .backoff_config(backoff);
-    if let Some(tls) = config.security.tls() {
-        builder = builder.tls_config(tls.client_config()?);
+    if let Some(tls) = config.tls_client_config()? {
+        builder = builder.tls_config(tls);
     }
     if let Some(sasl) = config.security.sasl() {
         builder = builder.sasl_config(sasl.for_client());

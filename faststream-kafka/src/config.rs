@@ -78,6 +78,46 @@ pub(crate) struct Config {
     pub(crate) manual_ack_warning: Duration,
     pub(crate) hooks: RebalanceHooks,
     pub(crate) reply_topic: Option<String>,
+    /// The TLS client configuration, built on first use and shared by every connection of the
+    /// service (roots and client certificate read once; TLS sessions resumed across
+    /// connections).
+    pub(crate) tls: TlsCache,
+}
+
+/// See [`Config::tls_client_config`].
+#[derive(Clone, Default)]
+pub(crate) struct TlsCache(Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>>);
+
+impl std::fmt::Debug for TlsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCache")
+            .field("built", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl Config {
+    /// The TLS client configuration (`None` without TLS), built once per service.
+    pub(crate) fn tls_client_config(
+        &self,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, crate::KafkaError> {
+        let Some(tls) = self.security.tls() else {
+            return Ok(None);
+        };
+        let built = self
+            .tls
+            .0
+            .get_or_init(|| tls.client_config().map_err(|e| e.to_string()));
+        match built {
+            Ok(config) => Ok(Some(config.clone())),
+            Err(reason) => Err(crate::KafkaError::Security(
+                reason
+                    .strip_prefix("security settings: ")
+                    .unwrap_or(reason)
+                    .to_owned(),
+            )),
+        }
+    }
 }
 
 /// Called with the group id and the partitions, after partitions are assigned (and their
@@ -160,4 +200,42 @@ pub enum Compression {
     /// snappy.
     #[cfg(feature = "compression-snappy")]
     Snappy,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{KafkaBroker, Security, Tls};
+    use std::sync::Arc;
+
+    /// A self-signed CA certificate (its key thrown away): something to trust.
+    const CA: &[u8] = b"-----BEGIN CERTIFICATE-----
+MIIBgTCCASegAwIBAgIULRSSzVCTqtB1sC94r/azL8LOm6EwCgYIKoZIzj0EAwIw
+FTETMBEGA1UEAwwKZml4dHVyZS1jYTAgFw0yNjEyMDUwNzE1MjJaGA8yMTI2MTEx
+MTA3MTUyMlowFTETMBEGA1UEAwwKZml4dHVyZS1jYTBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABHxmH2+S/c/fuZ3H7mDwdL2tWDzwZHW3dnUl8fPz1xUfP7E+1PlX
+1AIk5Ic/M+YOJaaNFjZMHqesGj8tvN5kcFyjUzBRMB0GA1UdDgQWBBTrk2sdIfcr
+xW2Ld0AhXWpfPzGtPzAfBgNVHSMEGDAWgBTrk2sdIfcrxW2Ld0AhXWpfPzGtPzAP
+BgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQCDR8PPJCz57DBo8mcn
+0U4krMgOHmoISatj0PO9g8LbVgIgCmdHb/1+wGv8DMyZYHoufasysJANB+gN659t
+fhaXISg=
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn the_tls_configuration_is_built_once_per_service() {
+        let builder =
+            KafkaBroker::builder("127.0.0.1:1").security(Security::ssl(Tls::ca_pem(CA).unwrap()));
+        let config = builder.clone().config_for_tests();
+        let first = config.tls_client_config().unwrap().unwrap();
+        let again = config.tls_client_config().unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "every connection shares one");
+        // Another service built from the same builder has its own.
+        let other = builder.clone().config_for_tests();
+        let its = other.tls_client_config().unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&first, &its));
+        let changed = builder.security(Security::plaintext()).config_for_tests();
+        assert!(changed.tls_client_config().unwrap().is_none());
+        let plain = KafkaBroker::builder("127.0.0.1:1").config_for_tests();
+        assert!(plain.tls_client_config().unwrap().is_none());
+    }
 }

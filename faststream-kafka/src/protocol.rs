@@ -123,7 +123,10 @@ impl Conn {
             None => Box::new(tcp),
             Some(tls) => {
                 let setup = |e: crate::KafkaError| ConnError::Setup(e.to_string());
-                let client = tls.client_config().map_err(setup)?;
+                let client = config
+                    .tls_client_config()
+                    .map_err(setup)?
+                    .expect("TLS is configured");
                 let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let name = tls.name_for(host).map_err(setup)?;

@@ -638,18 +638,22 @@ async fn pausable(body: String, control: faststream::extract::Control) -> String
     body
 }
 
+/// What `pausable` published so far.
+fn pausable_outputs(broker: &TestBroker) -> Vec<String> {
+    broker
+        .published("pausable-out")
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_paused_handler_holds_its_messages_in_order_until_resumed() {
     let broker = TestBroker::builder()
         .with_routes(routes![pausable])
         .build()
         .unwrap();
-    let out = |b: &TestBroker| -> Vec<String> {
-        b.published("pausable-out")
-            .iter()
-            .map(|m| m.text().unwrap().to_owned())
-            .collect()
-    };
+    let out = |b: &TestBroker| pausable_outputs(b);
     broker.publish("a", "pausable").await.unwrap();
     broker.publish("stop", "pausable").await.unwrap();
     assert!(broker.control().paused("pausable").unwrap().is_all());
@@ -694,4 +698,36 @@ async fn a_pattern_subscription_takes_every_matching_topic_and_only_those() {
         .map(|m| m.text().unwrap().to_owned())
         .collect();
     assert_eq!(out, ["audit.orders:1", "audit.users:2"]);
+}
+
+#[tokio::test]
+async fn a_seek_hands_the_handler_its_messages_again_from_the_new_position() {
+    use faststream::extract::SeekTo;
+    let broker = TestBroker::builder()
+        .with_routes(routes![pausable])
+        .build()
+        .unwrap();
+    let out = |b: &TestBroker| pausable_outputs(b);
+    for body in ["a", "b", "c", "d"] {
+        broker.publish(body, "pausable").await.unwrap();
+    }
+    assert_eq!(broker.committed("pausable", "pausable", 0), Some(4));
+    let control = broker.control();
+    control.seek("pausable", SeekTo::Offset(2)).unwrap();
+    broker.deliver_resumed().await.unwrap();
+    assert_eq!(out(&broker), ["a", "b", "c", "d", "c", "d"]);
+    // Paused, a seek moves the position (what a group would commit) and hands nothing over.
+    control.pause("pausable").unwrap();
+    control.seek("pausable", SeekTo::Beginning).unwrap();
+    broker.deliver_resumed().await.unwrap();
+    assert_eq!(broker.committed("pausable", "pausable", 0), Some(0));
+    assert_eq!(out(&broker).len(), 6);
+    control.resume("pausable").unwrap();
+    broker.publish("e", "pausable").await.unwrap();
+    assert_eq!(
+        out(&broker)[6..],
+        ["a", "b", "c", "d", "e"],
+        "from the beginning, then what came since"
+    );
+    assert_eq!(broker.committed("pausable", "pausable", 0), Some(5));
 }

@@ -13,7 +13,9 @@
 //!
 //! Pausing ([`TestBroker::control`], or a handler's `Control`) holds the messages of the paused
 //! partitions, in order, without handling them; once resumed they are handled at the next call
-//! that publishes, or at [`TestBroker::deliver_resumed`].
+//! that publishes, or at [`TestBroker::deliver_resumed`]. A seek moves the handler's position
+//! in the stored messages of its topics, then (at the same points) hands it what follows again,
+//! and `committed` shows the new position.
 //!
 //! Retries wait with `tokio::time::sleep`: run such tests on tokio's paused clock
 //! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) and backoffs take no
@@ -98,15 +100,20 @@ struct Progress {
 
 impl Progress {
     fn new() -> Self {
+        Self::starting_at(0)
+    }
+
+    /// Progress of a partition whose next message is `offset` (after a seek).
+    fn starting_at(offset: i64) -> Self {
         let position = Position::new(None);
         // The test broker does not warn about held messages: tests read `committed` instead.
         let tracker = OffsetTracker::new(position.clone(), std::time::Duration::MAX);
-        tracker.start(0);
+        tracker.start(offset);
         Self {
             tracker,
             position,
             finished: BTreeSet::new(),
-            next: 0,
+            next: offset,
         }
     }
 
@@ -137,7 +144,12 @@ impl Log {
 struct Inner {
     pipeline: Pipeline,
     log: Mutex<Log>,
+    /// The seeks asked of each handler, as the control gives them out.
+    seeks: Mutex<Vec<(&'static RouteDef, SeekReceiver)>>,
 }
+
+/// Where a handler's seeks arrive.
+type SeekReceiver = tokio::sync::watch::Receiver<Option<crate::Seek>>;
 
 tokio::task_local! {
     /// How deep the publish being delivered is nested in the chain that started it (handlers
@@ -200,9 +212,19 @@ impl TestBrokerBuilder {
             if let Some(policy) = self.policy {
                 pipeline = pipeline.with_failure_policy(policy);
             }
+            let seeks = pipeline
+                .routes()
+                .iter()
+                .map(|r| {
+                    let mut rx = pipeline.control().watch_seeks(r.name());
+                    rx.mark_unchanged();
+                    (*r, rx)
+                })
+                .collect();
             Inner {
                 pipeline,
                 log: Mutex::new(Log::default()),
+                seeks: Mutex::new(seeks),
             }
         });
         Ok(TestBroker { inner })
@@ -250,8 +272,9 @@ impl TestBroker {
         self.inner.pipeline.control().clone()
     }
 
-    /// Handles the held messages of partitions no longer paused, in order (every call that
-    /// publishes does this first).
+    /// Applies the seeks asked since the last call (the handler gets its stored messages again
+    /// from the new position) and handles the held messages of partitions no longer paused, in
+    /// order. Every call that publishes does this first.
     pub async fn deliver_resumed(&self) -> Result<()> {
         self.inner.clone().release().await
     }
@@ -505,8 +528,77 @@ impl Inner {
         free
     }
 
+    /// Applies the seeks asked since the last look: the handler's position on each partition
+    /// it covers moves, and the stored messages from there are handed to it again (held while
+    /// paused).
+    async fn apply_seeks(self: Arc<Self>) -> Result<()> {
+        let asked: Vec<(&'static RouteDef, crate::Seek)> = self
+            .seeks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter(|(_, rx)| rx.has_changed().unwrap_or(false))
+            .filter_map(|(route, rx)| rx.borrow_and_update().clone().map(|s| (*route, s)))
+            .collect();
+        for (route, seek) in asked {
+            let again: Vec<Message> = {
+                let mut log = self.lock();
+                let mut again = Vec::new();
+                let topics: Vec<String> = log.topics.keys().cloned().collect();
+                for topic in topics {
+                    let subscribed = route.subscribers().iter().any(|s| {
+                        s.topics().contains(&topic.as_str())
+                            || s.topic_matcher("").is_some_and(|m| m.matches(&topic))
+                    });
+                    if !subscribed {
+                        continue;
+                    }
+                    let stored = log.topics[&topic].clone();
+                    let partitions: BTreeSet<i32> = stored.iter().map(|m| m.partition).collect();
+                    for partition in partitions.into_iter().filter(|p| seek.covers(&topic, *p)) {
+                        let of_partition = stored.iter().filter(|m| m.partition == partition);
+                        let end = of_partition
+                            .clone()
+                            .map(|m| m.offset + 1)
+                            .max()
+                            .unwrap_or(0);
+                        let start = match seek.to() {
+                            crate::SeekTo::Beginning => 0,
+                            crate::SeekTo::Offset(o) => o.min(end),
+                            crate::SeekTo::Timestamp(ms) => of_partition
+                                .clone()
+                                .find(|m| m.timestamp.is_some_and(|t| t >= ms))
+                                .map_or(end, |m| m.offset),
+                            _ => end,
+                        };
+                        // What was held for it is handed over again from the new position.
+                        log.held.retain(|(r, m)| {
+                            r.name() != route.name()
+                                || *m.topic != *topic
+                                || m.partition != partition
+                        });
+                        log.progress.insert(
+                            (route.name(), topic.clone(), partition),
+                            Progress::starting_at(start),
+                        );
+                        again.extend(of_partition.filter(|m| m.offset >= start).cloned());
+                    }
+                }
+                again
+            };
+            for msg in again {
+                let depth = DEPTH.try_with(|d| *d).unwrap_or(0);
+                DEPTH
+                    .scope(depth + 1, self.clone().run(route, vec![msg]))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Handles, in order, the held messages whose partitions are no longer paused.
     async fn release(self: Arc<Self>) -> Result<()> {
+        self.clone().apply_seeks().await?;
         let resumed: Vec<(&'static RouteDef, Message)> = {
             let mut log = self.lock();
             let held = std::mem::take(&mut log.held);

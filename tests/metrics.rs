@@ -114,6 +114,17 @@ async fn the_metrics_page_counts_what_happened() {
     };
     running.stop().await.unwrap();
 
+    // The connections held to the broker while the service ran (the other test of this binary
+    // may hold some too, so only a lower bound): at least the fetch, the produce and the group's.
+    let open: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("faststream_connections{broker=\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        open >= 3.0,
+        "faststream_connections counts {open} in\n{page}"
+    );
     let t = input.as_str();
     let get = |name: &str, labels: &[(&str, &str)]| {
         value(&page, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in\n{page}"))

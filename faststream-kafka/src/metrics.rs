@@ -20,6 +20,7 @@
 //! | `faststream_published_messages_total` | counter | `topic` |
 //! | `faststream_published_messages_errors_total` | counter | `topic` |
 //! | `faststream_producer_queued_bytes` | gauge | `topic`, `partition` |
+//! | `faststream_connections` | gauge | `broker` |
 
 #[cfg(feature = "metrics")]
 pub(crate) use on::*;
@@ -150,6 +151,24 @@ mod on {
         gauge!("faststream_assigned_partitions", "group" => group.to_owned()).set(n as f64);
     }
 
+    /// Counts one open connection to a broker while it lives.
+    #[derive(Debug)]
+    pub(crate) struct OpenConnection(Gauge);
+
+    impl OpenConnection {
+        pub(crate) fn new(broker: &str) -> Self {
+            let open = gauge!("faststream_connections", "broker" => broker.to_owned());
+            open.increment(1.0);
+            Self(open)
+        }
+    }
+
+    impl Drop for OpenConnection {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
+
     /// One partition producer's handles.
     #[derive(Debug)]
     pub(crate) struct ProducerMetrics {
@@ -224,6 +243,16 @@ mod off {
 
     #[inline]
     pub(crate) fn assigned(_: &str, _: usize) {}
+
+    #[derive(Debug)]
+    pub(crate) struct OpenConnection;
+
+    impl OpenConnection {
+        #[inline]
+        pub(crate) fn new(_: &str) -> Self {
+            Self
+        }
+    }
 
     #[derive(Debug)]
     pub(crate) struct ProducerMetrics;

@@ -74,6 +74,8 @@ pub(crate) struct Conn {
     broken: bool,
     /// Whether TLS offered a client certificate (to say what a refused handshake means).
     client_cert: bool,
+    /// Counted in `faststream_connections` while it lives.
+    _open: crate::metrics::OpenConnection,
 }
 
 impl std::fmt::Debug for Conn {
@@ -155,6 +157,7 @@ impl Conn {
             timeout,
             broken: false,
             client_cert: security.tls().is_some_and(|t| t.has_client_cert()),
+            _open: crate::metrics::OpenConnection::new(addr),
         };
         let resp: ApiVersionsResponse = conn.send(&ApiVersionsRequest::default(), 0).await?;
         if resp.error_code != 0 {

@@ -48,9 +48,12 @@ pub mod extract {
 /// The failure policy's settings: app-wide defaults of the `#[subscriber]` options
 /// ([`FailurePolicy`](policy::FailurePolicy), [`RetryPolicy`](policy::RetryPolicy),
 /// [`AckMode`](policy::AckMode), [`FailureAction`](policy::FailureAction)) and the headers of
-/// dead-lettered messages ([`dlq_header`](policy::dlq_header)).
+/// dead-lettered messages ([`dlq_header`](policy::dlq_header)) and of messages on retry
+/// topics ([`retry_header`](policy::retry_header)).
 pub mod policy {
-    pub use faststream_core::{dlq_header, AckMode, FailureAction, FailurePolicy, RetryPolicy};
+    pub use faststream_core::{
+        dlq_header, retry_header, AckMode, FailureAction, FailurePolicy, RetryPolicy, RetryTopic,
+    };
 }
 
 /// W3C trace-context propagation as a middleware (feature `opentelemetry`).
@@ -71,8 +74,8 @@ pub mod runtime {
         decode_json, decode_raw, decode_text, new_correlation_id, until_resumed, validate,
         Assignor, BatchDef, BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupTimings,
         HandlerFn, HandlerResult, HeaderName, OffsetReset, OffsetTracker, Pipeline, PolicyDef,
-        Position, Publish, Reply, ResponseMeta, RouteDef, Shutdown, ShutdownTrigger, StateMap,
-        StateReq, Step, SubscriberDef, TopicNameProblem, Transport,
+        Position, Publish, Reply, ResponseMeta, RetryLane, RouteDef, Shutdown, ShutdownTrigger,
+        StateMap, StateReq, Step, SubscriberDef, TopicNameProblem, Transport,
     };
 }
 

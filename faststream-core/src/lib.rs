@@ -50,6 +50,7 @@ mod pipeline;
 mod policy;
 mod probe;
 mod publish;
+mod retry_topics;
 mod route;
 mod schema;
 mod shutdown;
@@ -77,6 +78,7 @@ pub use policy::{
     dlq_header, AckMode, Acker, Failure, FailureAction, FailurePolicy, PolicyDef, RetryPolicy,
 };
 pub use publish::{BoxFuture, Publish, Publisher};
+pub use retry_topics::{retry_header, RetryLane, RetryTopic};
 pub use route::{
     decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult, GroupTimings,
     HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef, TopicMatcher,

@@ -130,8 +130,8 @@ impl Chain<'_> {
         }
         let outputs = match outcome {
             Outcome::Done(out) | Outcome::Unacked(out) => out,
-            Outcome::DeadLettered { dlq, .. } => {
-                self.publish(dlq);
+            Outcome::DeadLettered { dlq: copy, .. } | Outcome::Deferred { copy, .. } => {
+                self.publish(copy);
                 return;
             }
             _ => return,

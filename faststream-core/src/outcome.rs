@@ -167,6 +167,17 @@ pub enum Outcome {
         /// The message for the dead-letter topic.
         dlq: Box<OutgoingMessage>,
     },
+    /// It goes to a retry topic: it failed and its in-place retries ran out, or it follows an
+    /// earlier message with its key there (then `error` is `None`). It is done once the copy is
+    /// acknowledged.
+    Deferred {
+        /// The last error (`None` for a message that follows another).
+        error: Option<HandlerError>,
+        /// How many times the handler ran.
+        attempts: u32,
+        /// The copy for the retry topic.
+        copy: Box<OutgoingMessage>,
+    },
     /// It failed and was logged; it counts as done.
     Skipped {
         /// The last error.
@@ -196,6 +207,7 @@ impl Outcome {
     pub fn error(&self) -> Option<&HandlerError> {
         match self {
             Outcome::Done(_) | Outcome::Unacked(_) => None,
+            Outcome::Deferred { error, .. } => error.as_ref(),
             Outcome::DeadLettered { error, .. }
             | Outcome::Skipped { error, .. }
             | Outcome::Interrupted { error, .. }
@@ -209,17 +221,19 @@ impl Outcome {
             Outcome::Done(_) => "ok",
             Outcome::Unacked(_) => "unacked",
             Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Deferred { .. } => "deferred",
             Outcome::Skipped { .. } => "skipped",
             Outcome::Interrupted { .. } => "interrupted",
             Outcome::Stopped { .. } => "stopped",
         }
     }
 
-    /// The messages to publish: outputs, or the dead-letter copy.
+    /// The messages to publish: outputs, or the dead-letter or retry-topic copy.
     pub fn into_outputs(self) -> Vec<OutgoingMessage> {
         match self {
             Outcome::Done(out) | Outcome::Unacked(out) => out,
             Outcome::DeadLettered { dlq, .. } => vec![*dlq],
+            Outcome::Deferred { copy, .. } => vec![*copy],
             Outcome::Skipped { .. } | Outcome::Interrupted { .. } | Outcome::Stopped { .. } => {
                 Vec::new()
             }

@@ -7,10 +7,12 @@ use futures_util::FutureExt;
 
 use crate::error::{DecodeError, HandlerError};
 use crate::extract::Context;
+use crate::message::Headers;
 use crate::message::{header, Message, OutgoingMessage};
 use crate::outcome::{BatchOutcome, Outcome, Reply};
 use crate::policy::{dlq_header, AckMode, Acker, FailureAction, FailurePolicy};
 use crate::publish::BoxFuture;
+use crate::retry_topics::{self, retry_header, LaneStep, RetryLane};
 use crate::route::{BatchHandlerFn, BatchResult, RouteDef, RouteHandler};
 use crate::shutdown::Shutdown;
 
@@ -165,21 +167,131 @@ impl Pipeline {
         msg: Message,
         interrupt: Option<&Shutdown>,
     ) -> Outcome {
+        let scope = Scope {
+            interrupt,
+            lane: None,
+        };
         if route.batch().is_some() {
             return self
-                .handle_batch(route, vec![msg], interrupt)
+                .handle_batch_in(route, vec![msg], scope)
                 .await
                 .into_single();
         }
-        self.handle_one(route, msg, interrupt).await
+        self.handle_one(route, msg, scope).await
     }
 
-    async fn handle_one(
+    /// [`Pipeline::handle_until`] for a route with retry topics: `msg` was read at `stage` of
+    /// `lane` (0: the main topic, `n`: the `n`th retry topic). A message on a retry topic waits
+    /// until it is due (`interrupt` ends the wait: not done); a message whose key has earlier
+    /// messages further down the retry path follows them there; a failure whose in-place
+    /// retries ran out goes to the next retry topic (see [`RetryLane`]).
+    pub async fn handle_in_lane(
         &self,
         route: &RouteDef,
         msg: Message,
         interrupt: Option<&Shutdown>,
+        lane: &RetryLane,
+        stage: usize,
     ) -> Outcome {
+        self.handle_batch_in_lane(route, vec![msg], interrupt, lane, stage)
+            .await
+            .into_single()
+    }
+
+    /// [`Pipeline::handle_batch`] for a route with retry topics, as [`Pipeline::handle_in_lane`]
+    /// says: the batch waits until its last message is due; followers and stale copies leave
+    /// it before the handler runs.
+    pub async fn handle_batch_in_lane(
+        &self,
+        route: &RouteDef,
+        msgs: Vec<Message>,
+        interrupt: Option<&Shutdown>,
+        lane: &RetryLane,
+        stage: usize,
+    ) -> BatchOutcome {
+        if stage > 0 {
+            if let Some(due) = msgs.iter().filter_map(retry_topics::due).max() {
+                if let Err(error) = wait_until_due(due, interrupt).await {
+                    let failed = msgs
+                        .iter()
+                        .map(|m| {
+                            let error = error.clone();
+                            (m.offset, Outcome::Interrupted { error, attempts: 0 })
+                        })
+                        .collect();
+                    return BatchOutcome {
+                        outputs: Vec::new(),
+                        failed,
+                    };
+                }
+            }
+        }
+        let mut passed = Vec::new();
+        let mut kept = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let Some(origin) = lane_origin(&msg, stage) else {
+                kept.push(msg);
+                continue;
+            };
+            match lane.step(&msg.key, origin, stage) {
+                LaneStep::Handle => kept.push(msg),
+                LaneStep::Stale => {
+                    tracing::debug!(
+                        handler = route.name(),
+                        topic = &*msg.topic,
+                        partition = msg.partition,
+                        offset = msg.offset,
+                        original_offset = origin,
+                        "a stale copy on the retry path (the message moved on already); passed"
+                    );
+                    passed.push((msg.offset, Outcome::Done(Vec::new())));
+                }
+                LaneStep::Follow { stage: to, after } => {
+                    let copy = self.retry_copy(route, &msg, (lane, to), None, Some(after));
+                    lane.park(&msg.key, origin, to);
+                    tracing::info!(
+                        handler = route.name(),
+                        topic = &*msg.topic,
+                        partition = msg.partition,
+                        offset = msg.offset,
+                        follows = after,
+                        to = &*copy.topic,
+                        "an earlier message with this key is on the retry path: following it"
+                    );
+                    passed.push((
+                        msg.offset,
+                        Outcome::Deferred {
+                            error: None,
+                            attempts: 0,
+                            copy: Box::new(copy),
+                        },
+                    ));
+                }
+            }
+        }
+        let handled: Vec<(i64, Option<bytes::Bytes>, Option<i64>)> = kept
+            .iter()
+            .map(|m| (m.offset, m.key.clone(), lane_origin(m, stage)))
+            .collect();
+        let scope = Scope {
+            interrupt,
+            lane: Some((lane, stage)),
+        };
+        let mut outcome = self.handle_batch_in(route, kept, scope).await;
+        // Handled ones leave the path (failures were settled by `conclude`).
+        for (offset, key, origin) in handled {
+            if let Some(origin) = origin {
+                if !outcome.failed.iter().any(|(o, _)| *o == offset) {
+                    lane.finish(&key, origin);
+                }
+            }
+        }
+        outcome.failed.extend(passed);
+        outcome.failed.sort_by_key(|(offset, _)| *offset);
+        outcome
+    }
+
+    async fn handle_one(&self, route: &RouteDef, msg: Message, scope: Scope<'_>) -> Outcome {
         use tracing::field::{display, Empty};
         use tracing::Instrument;
         let span = tracing::info_span!(
@@ -202,7 +314,7 @@ impl Pipeline {
             chain.on_span(&msg, &span);
         }
         // The message stays here; the layers below borrow it (no copy of it per layer).
-        let handling = self.handle_in_span(route, &msg, interrupt, &span, chain.as_ref());
+        let handling = self.handle_in_span(route, &msg, scope, &span, chain.as_ref());
         // Without a subscriber that wants the span, the future is not wrapped (nor moved again).
         if span.is_disabled() {
             return handling.await;
@@ -216,12 +328,12 @@ impl Pipeline {
         &self,
         route: &RouteDef,
         msg: &Message,
-        interrupt: Option<&Shutdown>,
+        scope: Scope<'_>,
         span: &tracing::Span,
         chain: Option<&crate::middleware::Chain<'_>>,
     ) -> Outcome {
         let Some(chain) = chain else {
-            return self.handle_inner(route, msg, interrupt, span).await;
+            return self.handle_inner(route, msg, scope, span).await;
         };
         if let Err(refused) = chain.before(msg).await {
             let policy = self.policy(route);
@@ -233,11 +345,12 @@ impl Pipeline {
                 HandlerError::Rejected(refused),
                 0,
                 action,
+                scope.lane,
             );
             chain.after(msg, &mut outcome);
             return outcome;
         }
-        let mut outcome = self.handle_inner(route, msg, interrupt, span).await;
+        let mut outcome = self.handle_inner(route, msg, scope, span).await;
         chain.after(msg, &mut outcome);
         outcome
     }
@@ -246,7 +359,7 @@ impl Pipeline {
         &self,
         route: &RouteDef,
         msg: &Message,
-        interrupt: Option<&Shutdown>,
+        scope: Scope<'_>,
         span: &tracing::Span,
     ) -> Outcome {
         let index = self.index(route);
@@ -265,7 +378,10 @@ impl Pipeline {
         }
         let unit = Unit::message(msg);
         let attempt = |_| self.attempt(route, policy, msg, &correlation_id);
-        match self.retried(route, policy, interrupt, &unit, attempt).await {
+        match self
+            .retried(route, policy, scope.interrupt, &unit, attempt)
+            .await
+        {
             Tried::Ok((reply, acked)) => {
                 let outputs = self.address(route, index, policy, reply, msg, correlation_id);
                 if acked {
@@ -279,7 +395,7 @@ impl Pipeline {
                 error,
                 action,
                 attempts,
-            } => self.conclude(route, policy, msg, error, attempts, action),
+            } => self.conclude(route, policy, msg, error, attempts, action, scope.lane),
         }
     }
 
@@ -300,6 +416,19 @@ impl Pipeline {
         msgs: Vec<Message>,
         interrupt: Option<&Shutdown>,
     ) -> BatchOutcome {
+        let scope = Scope {
+            interrupt,
+            lane: None,
+        };
+        self.handle_batch_in(route, msgs, scope).await
+    }
+
+    async fn handle_batch_in(
+        &self,
+        route: &RouteDef,
+        msgs: Vec<Message>,
+        scope: Scope<'_>,
+    ) -> BatchOutcome {
         use tracing::Instrument;
         let RouteHandler::Batch(handler, _) = route.handler else {
             let mut outcome = BatchOutcome {
@@ -308,7 +437,7 @@ impl Pipeline {
             };
             for msg in msgs {
                 let offset = msg.offset;
-                match self.handle_one(route, msg, interrupt).await {
+                match self.handle_one(route, msg, scope).await {
                     Outcome::Done(out) => outcome.outputs.extend(out),
                     failed => outcome.failed.push((offset, failed)),
                 }
@@ -336,7 +465,7 @@ impl Pipeline {
             chain.on_span(first, &span);
         }
         let outcome = self
-            .run_batch(route, handler, msgs, interrupt, chain.as_ref())
+            .run_batch(route, handler, msgs, scope, chain.as_ref())
             .instrument(span.clone())
             .await;
         span.record("failed", outcome.failed.len());
@@ -348,14 +477,15 @@ impl Pipeline {
         route: &RouteDef,
         handler: BatchHandlerFn,
         mut msgs: Vec<Message>,
-        interrupt: Option<&Shutdown>,
+        scope: Scope<'_>,
         chain: Option<&crate::middleware::Chain<'_>>,
     ) -> BatchOutcome {
         let index = self.index(route);
         let policy = index.map_or(&self.defaults, |i| &self.policies[i]);
         let mut failed: Vec<(i64, Outcome)> = Vec::new();
         let mut fail = |pipeline: &Self, msg: &Message, error, attempts, action| {
-            let mut outcome = pipeline.conclude(route, policy, msg, error, attempts, action);
+            let mut outcome =
+                pipeline.conclude(route, policy, msg, error, attempts, action, scope.lane);
             if let Some(chain) = chain {
                 chain.after(msg, &mut outcome);
             }
@@ -440,7 +570,9 @@ impl Pipeline {
                     replies
                 }
             };
-            let tried = self.retried(route, policy, interrupt, &unit, attempt).await;
+            let tried = self
+                .retried(route, policy, scope.interrupt, &unit, attempt)
+                .await;
             let (kept, undecodable) = std::mem::take(&mut *state.lock().unwrap());
             msgs = kept;
             for (msg, error, attempts) in undecodable {
@@ -554,10 +686,13 @@ impl Pipeline {
             error,
             attempts,
             FailureAction::DeadLetter,
+            None,
         )
     }
 
-    /// The outcome of a failed message, logged.
+    /// The outcome of a failed message, logged. On the retry path (`lane`), a failure to retry
+    /// goes to the next retry topic while there is one.
+    #[allow(clippy::too_many_arguments)]
     fn conclude(
         &self,
         route: &RouteDef,
@@ -566,7 +701,32 @@ impl Pipeline {
         error: HandlerError,
         attempts: u32,
         action: FailureAction,
+        lane: Option<(&RetryLane, usize)>,
     ) -> Outcome {
+        let on_lane = lane.and_then(|(lane, stage)| Some((lane, stage, lane_origin(msg, stage)?)));
+        if let Some((lane, stage, origin)) = on_lane {
+            if action == FailureAction::Retry && stage < policy.retry_topics.len() {
+                let failure = Some((&error, attempts));
+                let copy = self.retry_copy(route, msg, (lane, stage + 1), failure, None);
+                lane.park(&msg.key, origin, stage + 1);
+                tracing::warn!(
+                    handler = route.name(),
+                    topic = &*msg.topic,
+                    partition = msg.partition,
+                    offset = msg.offset,
+                    attempts,
+                    kind = error.kind(),
+                    error = %error,
+                    to = &*copy.topic,
+                    "message failed; moved to the retry topic, its partition goes on"
+                );
+                return Outcome::Deferred {
+                    error: Some(error),
+                    attempts,
+                    copy: Box::new(copy),
+                };
+            }
+        }
         let action = match (action, &policy.dlq) {
             (FailureAction::Retry | FailureAction::DeadLetter, Some(_)) => {
                 FailureAction::DeadLetter
@@ -577,7 +737,16 @@ impl Pipeline {
         let outcome = match action {
             FailureAction::DeadLetter => {
                 let topic = policy.dlq.clone().unwrap_or_default();
-                let dlq = Box::new(dead_letter(route, msg, &error, attempts, topic));
+                // From a retry topic, the origin stays the main topic's.
+                let keep_origin = lane.is_some_and(|(_, stage)| stage > 0);
+                let dlq = Box::new(dead_letter(
+                    route,
+                    msg,
+                    &error,
+                    attempts,
+                    topic,
+                    keep_origin,
+                ));
                 Outcome::DeadLettered {
                     error,
                     attempts,
@@ -587,6 +756,11 @@ impl Pipeline {
             FailureAction::Stop => Outcome::Stopped { error, attempts },
             _ => Outcome::Skipped { error, attempts },
         };
+        if let Some((lane, _, origin)) = on_lane {
+            if !matches!(outcome, Outcome::Stopped { .. }) {
+                lane.finish(&msg.key, origin);
+            }
+        }
         let error = outcome.error().expect("a failed outcome has an error");
         let what = match &outcome {
             Outcome::DeadLettered { dlq, .. } => format!("dead-lettered to {:?}", dlq.topic),
@@ -845,19 +1019,19 @@ fn dead_letter(
     error: &HandlerError,
     attempts: u32,
     topic: String,
+    keep_origin: bool,
 ) -> OutgoingMessage {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
     let mut headers = msg.headers.clone();
-    headers.insert(dlq_header::ORIGINAL_TOPIC, msg.topic.to_string());
-    headers.insert(dlq_header::ORIGINAL_PARTITION, msg.partition.to_string());
-    headers.insert(dlq_header::ORIGINAL_OFFSET, msg.offset.to_string());
-    headers.insert(dlq_header::ERROR_KIND, error.kind());
-    headers.insert(dlq_header::ERROR, error.to_string());
-    headers.insert(dlq_header::HANDLER, route.name());
-    headers.insert(dlq_header::ATTEMPTS, attempts.to_string());
-    headers.insert(dlq_header::FAILED_AT, now.to_string());
+    if !keep_origin || headers.get(dlq_header::ORIGINAL_TOPIC).is_none() {
+        set_origin(&mut headers, msg);
+    }
+    let attempts = attempts
+        + if keep_origin {
+            earlier_attempts(msg)
+        } else {
+            0
+        };
+    describe_failure(&mut headers, route.name(), error, attempts);
     OutgoingMessage {
         topic: topic.into(),
         partition: None,
@@ -865,6 +1039,110 @@ fn dead_letter(
         headers,
         payload: msg.payload.clone(),
         timestamp: None,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where a message came from, in the dead-letter header names.
+fn set_origin(headers: &mut Headers, msg: &Message) {
+    headers.insert(dlq_header::ORIGINAL_TOPIC, msg.topic.to_string());
+    headers.insert(dlq_header::ORIGINAL_PARTITION, msg.partition.to_string());
+    headers.insert(dlq_header::ORIGINAL_OFFSET, msg.offset.to_string());
+}
+
+fn describe_failure(headers: &mut Headers, handler: &str, error: &HandlerError, attempts: u32) {
+    headers.insert(dlq_header::ERROR_KIND, error.kind());
+    headers.insert(dlq_header::ERROR, error.to_string());
+    headers.insert(dlq_header::HANDLER, handler.to_owned());
+    headers.insert(dlq_header::ATTEMPTS, attempts.to_string());
+    headers.insert(dlq_header::FAILED_AT, now_ms().to_string());
+}
+
+/// Handler runs of a message on the retry path before this stage.
+fn earlier_attempts(msg: &Message) -> u32 {
+    msg.headers
+        .get_str(dlq_header::ATTEMPTS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The lane's offset of a message read at `stage`: its own on the main topic, the original
+/// one on a retry topic (`None`: a message on a retry topic that did not come from the path,
+/// handled without the lane).
+fn lane_origin(msg: &Message, stage: usize) -> Option<i64> {
+    if stage == 0 {
+        Some(msg.offset)
+    } else {
+        retry_topics::original_offset(msg)
+    }
+}
+
+/// Waits until `due` (milliseconds since the epoch); an error to report when `interrupt`
+/// fired first.
+async fn wait_until_due(due: i64, interrupt: Option<&Shutdown>) -> Result<(), HandlerError> {
+    let wait = std::time::Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0));
+    if wait.is_zero() {
+        return Ok(());
+    }
+    if backoff(wait, interrupt).await {
+        return Err(HandlerError::Handler(format!(
+            "stopped while waiting for its retry (due in {wait:?}); not done, it will be consumed again"
+        )));
+    }
+    Ok(())
+}
+
+/// How a message is handled: what interrupts a retry wait, and its retry lane.
+#[derive(Clone, Copy, Default)]
+struct Scope<'a> {
+    interrupt: Option<&'a Shutdown>,
+    lane: Option<(&'a RetryLane, usize)>,
+}
+
+impl Pipeline {
+    /// The copy of `msg` for retry stage `to` (1-based), written to the lane's partition: the
+    /// origin (main topic, partition, offset) kept or set, due after that topic's delay; the
+    /// failure described when it failed, or the message it follows.
+    fn retry_copy(
+        &self,
+        route: &RouteDef,
+        msg: &Message,
+        (lane, to): (&RetryLane, usize),
+        failure: Option<(&HandlerError, u32)>,
+        follows: Option<i64>,
+    ) -> OutgoingMessage {
+        let target = &self.policy(route).retry_topics[to - 1];
+        let mut headers = msg.headers.clone();
+        if headers.get(dlq_header::ORIGINAL_TOPIC).is_none() || *msg.topic == *lane.topic() {
+            set_origin(&mut headers, msg);
+        }
+        let due = now_ms() + target.delay.as_millis() as i64;
+        headers.insert(retry_header::DUE, due.to_string());
+        headers.remove(retry_header::FOLLOWS);
+        if let Some((error, attempts)) = failure {
+            let before = if *msg.topic == *lane.topic() {
+                0
+            } else {
+                earlier_attempts(msg)
+            };
+            describe_failure(&mut headers, route.name(), error, attempts + before);
+        }
+        if let Some(after) = follows {
+            headers.insert(retry_header::FOLLOWS, after.to_string());
+        }
+        OutgoingMessage {
+            topic: target.topic.as_str().into(),
+            partition: Some(lane.partition()),
+            key: msg.key.clone(),
+            headers,
+            payload: msg.payload.clone(),
+            timestamp: None,
+        }
     }
 }
 

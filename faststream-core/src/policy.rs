@@ -239,6 +239,10 @@ pub struct FailurePolicy {
     /// Whether a `reply_to` header on an incoming message is ignored (by default the return
     /// value is also published there, as FastStream does).
     pub no_reply: bool,
+    /// Delay topics a failed message moves through before the dead-letter topic, its
+    /// partition going on meanwhile and later messages with its key following it (see
+    /// [`RetryLane`](crate::RetryLane)). Empty: failures are retried in place only.
+    pub retry_topics: Vec<crate::RetryTopic>,
 }
 
 impl Default for FailurePolicy {
@@ -252,6 +256,7 @@ impl Default for FailurePolicy {
             ack: AckMode::AfterProcessing,
             concurrency: 1,
             no_reply: false,
+            retry_topics: Vec::new(),
         }
     }
 }
@@ -269,6 +274,7 @@ pub struct PolicyDef {
     ack: Option<AckMode>,
     concurrency: Option<u32>,
     no_reply: Option<bool>,
+    retry_topics: Option<&'static [(&'static str, u64)]>,
 }
 
 impl PolicyDef {
@@ -285,6 +291,7 @@ impl PolicyDef {
             ack: None,
             concurrency: None,
             no_reply: None,
+            retry_topics: None,
         }
     }
 
@@ -348,6 +355,17 @@ impl PolicyDef {
         self
     }
 
+    /// Retry topics: `(name, delay in milliseconds)`, in the order a message moves through them.
+    pub const fn retry_topics(mut self, topics: &'static [(&'static str, u64)]) -> Self {
+        self.retry_topics = Some(topics);
+        self
+    }
+
+    /// The route's retry topics, `(name, delay in milliseconds)`, as written.
+    pub fn retry_topic_names(&self) -> &'static [(&'static str, u64)] {
+        self.retry_topics.unwrap_or(&[])
+    }
+
     /// The route's dead-letter topic, if it names one.
     pub fn dlq_topic(&self) -> Option<&'static str> {
         self.dlq
@@ -392,6 +410,15 @@ impl PolicyDef {
         p.concurrency = p.concurrency.max(1);
         if let Some(on) = self.no_reply {
             p.no_reply = on;
+        }
+        if let Some(topics) = self.retry_topics {
+            p.retry_topics = topics
+                .iter()
+                .map(|(name, delay)| crate::RetryTopic {
+                    topic: topic_name(name),
+                    delay: Duration::from_millis(*delay),
+                })
+                .collect();
         }
         p
     }

@@ -470,6 +470,45 @@ impl KafkaBroker {
         .await
     }
 
+    /// A route's retry topics have as many partitions as its topic (a missing one is created
+    /// so, where the missing-topics policy creates topics): a message's retries stay on the
+    /// partition of the same number, which the member owning the topic's partition reads.
+    async fn check_retry_topics(
+        &self,
+        client: &Arc<rskafka::client::Client>,
+        pipeline: &Pipeline,
+    ) -> Result<(), KafkaError> {
+        let producers = &self.shared.producers;
+        for route in pipeline.routes() {
+            let retry = &pipeline.policy(route).retry_topics;
+            if retry.is_empty() {
+                continue;
+            }
+            let topics = route.subscribers().iter().flat_map(|s| s.topics());
+            for topic in topics.map(|t| pipeline.topic_name(t)) {
+                let n = producers.partition_count(client, &topic).await?;
+                for retry_topic in retry {
+                    let name = &retry_topic.topic;
+                    let declared = crate::topics::ensure_topic_partitions(
+                        client,
+                        &self.shared.config,
+                        name,
+                        n,
+                    )
+                    .await?;
+                    if declared != n {
+                        return Err(KafkaError::InvalidPartition(format!(
+                            "retry topic {name:?} of {} ({}) has {declared} partition(s) and topic {topic:?} has {n}: they must have as many (a message's retries stay on the partition of the same number); create {name:?} with {n} partitions",
+                            route.name(),
+                            route.location()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn serve_routes(
         &self,
         pipeline: Arc<Pipeline>,
@@ -489,6 +528,7 @@ impl KafkaBroker {
                     .chain(r.publishers().iter().copied())
                     .map(|t| pipeline.topic_name(t))
                     .chain(pipeline.policy(r).dlq.clone())
+                    .chain(retry_topic_names(&pipeline, r))
             })
             .collect();
         topics.sort_unstable();
@@ -512,13 +552,14 @@ impl KafkaBroker {
         }
         // A service that produces learns now whether the cluster grants an idempotent
         // producer (a refusal names the setting), not at its first output.
-        let produces = pipeline
-            .routes()
-            .iter()
-            .any(|r| !r.publishers().is_empty() || pipeline.policy(r).dlq.is_some());
+        let produces = pipeline.routes().iter().any(|r| {
+            let policy = pipeline.policy(r);
+            !r.publishers().is_empty() || policy.dlq.is_some() || !policy.retry_topics.is_empty()
+        });
         if produces {
             self.shared.producers.check_idempotence().await?;
         }
+        self.check_retry_topics(&client, &pipeline).await?;
         // Stops every consumer: the app's shutdown (forwarded with its deadline), or the first
         // consumer that stops on its own (nothing may sit unread while the service looks alive).
         let (stop_all, inner) = Shutdown::new();
@@ -543,6 +584,7 @@ impl KafkaBroker {
                         group: None,
                         shutdown: inner.clone(),
                         ready: ready_tx.clone(),
+                        lane: None,
                     }
                     .run(),
                 );
@@ -847,4 +889,16 @@ async fn connect(config: &Config) -> Result<Arc<Client>, KafkaError> {
         Ok(Err(e)) => Err(fail(e.to_string())),
         Err(_) => Err(fail("no broker answered".into())),
     }
+}
+
+/// A route's retry topics, with the app's prefix.
+fn retry_topic_names<'p>(
+    pipeline: &'p Pipeline,
+    route: &RouteDef,
+) -> impl Iterator<Item = String> + 'p {
+    pipeline
+        .policy(route)
+        .retry_topics
+        .iter()
+        .map(|t| t.topic.clone())
 }

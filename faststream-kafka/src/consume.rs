@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use faststream_core::{
     dlq_header, AckMode, BatchDef, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage,
-    Pipeline, RouteDef, Shutdown,
+    Pipeline, RetryLane, RouteDef, Shutdown,
 };
 use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot};
@@ -65,6 +65,20 @@ pub(crate) struct PartitionConsumer {
     pub(crate) shutdown: Shutdown,
     /// Told once the start offset is known.
     pub(crate) ready: mpsc::UnboundedSender<()>,
+    /// Set for a route with retry topics.
+    pub(crate) lane: Option<LaneLink>,
+}
+
+/// A consumer's part in a retry lane ([`RetryLane`]): the main topic's partition (stage 0)
+/// rebuilds the lane from each retry topic's partition before handling anything; a retry
+/// topic's partition (stage `n`) waits for that, and ignores seeks (they move main topics).
+#[derive(Debug)]
+pub(crate) struct LaneLink {
+    pub(crate) lane: Arc<RetryLane>,
+    pub(crate) stage: usize,
+    /// For stage 0: each retry topic and where its partition starts (a committed offset;
+    /// `None`: its beginning).
+    pub(crate) restore_from: Vec<(Arc<str>, Option<i64>)>,
 }
 
 /// A queued chunk: its messages' offsets and the acks of their outputs.
@@ -197,14 +211,14 @@ impl PartitionConsumer {
         // A seek asked before this consumer started is not for it.
         seeks.mark_unchanged();
         let mut first = true;
+        let seekable = self.lane.as_ref().is_none_or(|l| l.stage == 0);
         loop {
             let (trigger, inner) = Shutdown::new();
             self.shutdown = inner;
             let watcher = tokio::spawn(watch_for_seek(
                 outer.clone(),
                 seeks,
-                self.topic.clone(),
-                self.partition,
+                (self.topic.clone(), self.partition, seekable),
                 trigger,
             ));
             let res = self.run_once(first).await;
@@ -226,6 +240,94 @@ impl PartitionConsumer {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Rebuilds the lane: reads the partition of each retry topic from where its consumer
+    /// starts to the end it has now, recording the messages of this partition's keys still on
+    /// the retry path. Returns early (the caller sees the shutdown) when the service stops.
+    async fn restore_lane(&self, link: &LaneLink) -> Result<(), String> {
+        let partition = self.partition;
+        let mut stop = self.shutdown.clone();
+        for (stage, (topic, start)) in (1..).zip(&link.restore_from) {
+            let mut reader = PartitionReader::new(self.rt.config.clone(), topic.clone(), partition);
+            let mut offset = match start {
+                Some(o) => *o,
+                None => match resolve_offset(
+                    &mut reader,
+                    OffsetReset::Earliest,
+                    &self.shutdown,
+                    topic,
+                    partition,
+                )
+                .await?
+                {
+                    Some(o) => o,
+                    None => return Ok(()),
+                },
+            };
+            let mut end = None;
+            let mut backoff = Backoff::requests();
+            let mut found = 0;
+            while end.is_none_or(|end| offset < end) {
+                let res = tokio::select! {
+                    res = reader.fetch(offset) => res,
+                    () = stop.wait() => return Ok(()),
+                };
+                let fetch = match res {
+                    Ok(fetch) => fetch,
+                    Err(FetchError::OffsetOutOfRange) => {
+                        let earliest = OffsetReset::Earliest;
+                        match resolve_offset(&mut reader, earliest, &self.shutdown, topic, partition)
+                            .await?
+                        {
+                            Some(o) => offset = o,
+                            None => return Ok(()),
+                        }
+                        continue;
+                    }
+                    Err(FetchError::Fatal(e)) => {
+                        return Err(format!(
+                            "cannot read retry topic {topic:?} partition {partition} to rebuild the retry lane: {e}"
+                        ))
+                    }
+                    Err(FetchError::Retriable(e)) => {
+                        tracing::warn!(topic = &**topic, partition, offset, error = %e, "reading the retry topic failed; retrying");
+                        tokio::select! {
+                            () = backoff.sleep() => {}
+                            () = stop.wait() => return Ok(()),
+                        }
+                        continue;
+                    }
+                };
+                backoff.reset();
+                end = end.or(Some(fetch.end)).filter(|e| *e >= 0);
+                for item in &fetch.decoded.items {
+                    if let Fetched::Record(msg) = item {
+                        link.lane.restore(msg, stage);
+                        found += 1;
+                    }
+                }
+                let next = fetch.decoded.next.unwrap_or(offset).max(offset);
+                if next == offset {
+                    // Nothing more to read (a broker that does not say its end, or the end).
+                    break;
+                }
+                offset = next;
+            }
+            tracing::debug!(
+                topic = &**topic,
+                partition,
+                read = found,
+                "retry lane rebuilt from the retry topic"
+            );
+        }
+        tracing::debug!(
+            topic = &*self.topic,
+            partition,
+            pending = link.lane.pending(),
+            "retry lane ready"
+        );
+        Ok(())
     }
 
     /// Where a seek moves the partition (`None`: the service is stopping), with its position
@@ -301,6 +403,23 @@ impl PartitionConsumer {
         if first {
             // (After a seek it goes on: it was ready long ago.)
             let _ = self.ready.send(());
+        }
+        if let Some(link) = &self.lane {
+            let mut stop = self.shutdown.clone();
+            if link.stage == 0 && !link.lane.is_ready() {
+                if let Err(reason) = self.restore_lane(link).await {
+                    return Err(self.stopped(-1, reason));
+                }
+                if self.shutdown.is_triggered() {
+                    return Ok(());
+                }
+                link.lane.mark_ready();
+            } else {
+                tokio::select! {
+                    () = link.lane.ready() => {}
+                    () = stop.wait() => return Ok(()),
+                }
+            }
         }
 
         let metrics = PartitionMetrics::new(self.route.name(), topic, partition);
@@ -384,10 +503,12 @@ impl PartitionConsumer {
                             metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
                             // One clock read per message: the chunk deadline and the metric.
                             let started = tokio::time::Instant::now();
-                            let handling = self.rt.pipeline.handle_until(
+                            let handling = handle_message(
+                                &self.rt.pipeline,
                                 self.route,
                                 msg,
-                                Some(&self.shutdown),
+                                &self.shutdown,
+                                self.lane.as_ref().map(|l| (&*l.lane, l.stage)),
                             );
                             let outcome = if chunk.is_empty() {
                                 handling.await
@@ -607,11 +728,20 @@ impl PartitionConsumer {
             msgs.len(),
         ) {
             let started = tokio::time::Instant::now();
-            let outcome = self
-                .rt
-                .pipeline
-                .handle_batch(self.route, msgs, Some(&self.shutdown))
-                .await;
+            let outcome = match &self.lane {
+                Some(link) => {
+                    let (lane, stage) = (&link.lane, link.stage);
+                    let stop = Some(&self.shutdown);
+                    let pipeline = &self.rt.pipeline;
+                    pipeline
+                        .handle_batch_in_lane(self.route, msgs, stop, lane, stage)
+                        .await
+                }
+                None => {
+                    let stop = Some(&self.shutdown);
+                    self.rt.pipeline.handle_batch(self.route, msgs, stop).await
+                }
+            };
             metrics.since(started);
             let batched = count - outcome.failed.len();
             metrics.outcome(&Outcome::Done(Vec::new()), batched as u64);
@@ -693,10 +823,12 @@ impl PartitionConsumer {
                 buffered -= 1;
                 let (pipeline, route, stop) =
                     (self.rt.pipeline.clone(), self.route, self.shutdown.clone());
+                let lane = self.lane.as_ref().map(|l| (l.lane.clone(), l.stage));
                 let (offset, key) = (msg.offset, msg.key.clone());
                 running.spawn(async move {
                     let started = Instant::now();
-                    let outcome = pipeline.handle_until(route, msg, Some(&stop)).await;
+                    let lane = lane.as_ref().map(|(lane, stage)| (&**lane, *stage));
+                    let outcome = handle_message(&pipeline, route, msg, &stop, lane).await;
                     (offset, key, outcome, started.elapsed())
                 });
             }
@@ -1168,6 +1300,24 @@ fn settle_ready(inflight: &mut InFlight) -> Option<Result<Settled, (i64, String)
 
 /// Where to start: the oldest kept record, or the end of the log. `Err` when the broker
 /// refuses for good (not authorized), `Ok(None)` on shutdown.
+/// Handles one message, in its retry lane if it has one.
+async fn handle_message(
+    pipeline: &Pipeline,
+    route: &RouteDef,
+    msg: Message,
+    stop: &Shutdown,
+    lane: Option<(&RetryLane, usize)>,
+) -> Outcome {
+    match lane {
+        Some((lane, stage)) => {
+            pipeline
+                .handle_in_lane(route, msg, Some(stop), lane, stage)
+                .await
+        }
+        None => pipeline.handle_until(route, msg, Some(stop)).await,
+    }
+}
+
 async fn resolve_offset(
     reader: &mut PartitionReader,
     reset: OffsetReset,
@@ -1208,8 +1358,7 @@ const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 async fn watch_for_seek(
     mut outer: Shutdown,
     mut seeks: tokio::sync::watch::Receiver<Option<faststream_core::Seek>>,
-    topic: Arc<str>,
-    partition: i32,
+    (topic, partition, seekable): (Arc<str>, i32, bool),
     trigger: ShutdownTrigger,
 ) -> (
     tokio::sync::watch::Receiver<Option<faststream_core::Seek>>,
@@ -1227,7 +1376,7 @@ async fn watch_for_seek(
                 std::future::pending::<()>().await;
             }
             changed = seeks.changed() => {
-                if changed.is_err() {
+                if changed.is_err() || !seekable {
                     // The control is gone with the service; only its shutdown ends the run.
                     outer.wait().await;
                     continue;

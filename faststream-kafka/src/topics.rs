@@ -37,6 +37,26 @@ pub(crate) async fn ensure_topic(
     topic: &str,
     declared: bool,
 ) -> Result<i32, KafkaError> {
+    ensure(client, config, topic, declared, None).await
+}
+
+/// [`ensure_topic`] for a topic the routes declare that must have `partitions` if created.
+pub(crate) async fn ensure_topic_partitions(
+    client: &Client,
+    config: &Config,
+    topic: &str,
+    partitions: i32,
+) -> Result<i32, KafkaError> {
+    ensure(client, config, topic, true, Some(partitions)).await
+}
+
+async fn ensure(
+    client: &Client,
+    config: &Config,
+    topic: &str,
+    declared: bool,
+    partitions: Option<i32>,
+) -> Result<i32, KafkaError> {
     let find = |topics: Vec<rskafka::topic::Topic>| {
         topics
             .into_iter()
@@ -50,11 +70,13 @@ pub(crate) async fn ensure_topic(
     if let Some(n) = find(client.list_topics().await.map_err(err)?) {
         return Ok(n);
     }
-    let Some((partitions, replication_factor)) = config.missing_topics.creates(declared) else {
+    let Some((default_partitions, replication_factor)) = config.missing_topics.creates(declared)
+    else {
         return Err(KafkaError::MissingTopics {
             topics: vec![topic.to_owned()],
         });
     };
+    let partitions = partitions.unwrap_or(default_partitions);
     if let Some(reason) = invalid_topic_name(topic) {
         return Err(KafkaError::InvalidTopic(reason));
     }

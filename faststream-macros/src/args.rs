@@ -134,6 +134,7 @@ const POLICY_KEYS: &[&str] = &[
     "ack",
     "concurrency",
     "no_reply",
+    "retry_topics",
 ];
 
 /// One item of an attribute's argument list: a topic literal or `key = value`.
@@ -506,6 +507,46 @@ fn policy_value(
                 )),
             }
         }
+        "retry_topics" => {
+            let syn::Expr::Array(array) = value else {
+                return Err(syn::Error::new(
+                    span,
+                    "option `retry_topics` expects a list of topic names, each ending in its delay: retry_topics = [\"orders.retry.30s\", \"orders.retry.10m\"]",
+                ));
+            };
+            let mut topics = Vec::new();
+            for elem in &array.elems {
+                let Some(lit) = string_value(elem) else {
+                    return Err(syn::Error::new(
+                        syn::spanned::Spanned::span(elem),
+                        "a retry topic is a string literal",
+                    ));
+                };
+                let name = lit.value();
+                let Some(ms) = trailing_delay_ms(&name) else {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!("retry topic \"{name}\" does not end in its delay: name it like \"orders.retry.30s\" (a number and ms, s, m or h after the last `.`, `-` or `_`)"),
+                    ));
+                };
+                if topics
+                    .iter()
+                    .any(|(t, _): &(LitStr, u64)| t.value() == name)
+                {
+                    return Err(syn::Error::new(lit.span(), "retry topic listed twice"));
+                }
+                route_topics.push(lit.clone());
+                topics.push((lit, ms));
+            }
+            if topics.is_empty() {
+                return Err(syn::Error::new(
+                    span,
+                    "`retry_topics` must list at least one topic",
+                ));
+            }
+            let pairs = topics.iter().map(|(t, ms)| quote!((#t, #ms)));
+            Ok(quote!(&[#(#pairs),*]))
+        }
         "no_reply" => match value {
             syn::Expr::Lit(syn::ExprLit {
                 lit: syn::Lit::Bool(b),
@@ -532,6 +573,22 @@ fn policy_value(
     }
 }
 
+/// The delay a retry topic's name ends in (`orders.retry.30s`: 30,000 ms), if it ends in one.
+pub(crate) fn trailing_delay_ms(name: &str) -> Option<u64> {
+    let last = name.rsplit(['.', '-', '_']).next()?;
+    let digits = last.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = last.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms).filter(|ms| *ms > 0)
+}
+
 fn string_value(expr: &syn::Expr) -> Option<LitStr> {
     match expr {
         syn::Expr::Lit(syn::ExprLit {
@@ -552,6 +609,22 @@ mod tests {
         let mut errors = Errors::default();
         parse_into(kind, Span::call_site(), tokens, &mut route, &mut errors);
         (route, errors.finish())
+    }
+
+    #[test]
+    fn retry_topic_names_end_in_their_delay() {
+        assert_eq!(trailing_delay_ms("orders.retry.30s"), Some(30_000));
+        assert_eq!(trailing_delay_ms("orders-retry-500ms"), Some(500));
+        assert_eq!(trailing_delay_ms("orders_retry_10m"), Some(600_000));
+        assert_eq!(trailing_delay_ms("o.2h"), Some(7_200_000));
+        for bad in [
+            "orders.retry",
+            "orders.retry.s",
+            "orders.retry.0s",
+            "orders.retry.5d",
+        ] {
+            assert_eq!(trailing_delay_ms(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -130,9 +130,32 @@ pub(crate) fn expand(
             );
         }
     }
+    check_retry_topics(&route, &mut errors);
     errors.finish()?;
 
     Ok(generate(func, &route, &arguments, &shape, &consumed))
+}
+
+/// Retry topics keep per-key order through lanes of one topic's partitions in one group: the
+/// handler subscribes to one topic by name, in a consumer group.
+fn check_retry_topics(route: &RouteArgs, errors: &mut Errors) {
+    if !route.policy.iter().any(|(k, _)| k == "retry_topics") {
+        return;
+    }
+    let topics: Vec<&LitStr> = route.subscribers.iter().flat_map(|s| &s.topics).collect();
+    let problem = if route.subscribers.iter().any(|s| s.pattern.is_some()) {
+        Some("`retry_topics` needs a subscription to one topic by name, not a pattern")
+    } else if route.subscribers.len() > 1 || topics.len() > 1 {
+        Some("`retry_topics` needs a subscription to one topic: a message's retries stay on the partition of the same number of its topic")
+    } else if route.subscribers.iter().any(|s| s.group_id.is_none()) {
+        Some("`retry_topics` needs a consumer group (`group_id = \"...\"`): the group commits the retry topics' progress")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        let span = topics.first().map_or_else(Span::call_site, |t| t.span());
+        errors.error(span, problem);
+    }
 }
 
 /// A batch handler takes one `Vec<T>` body and no per-message extractor; it runs one batch at a

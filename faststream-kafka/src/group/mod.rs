@@ -35,10 +35,10 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, GroupSettings};
-use crate::consume::{GroupLink, PartitionConsumer, Runtime};
+use crate::consume::{GroupLink, LaneLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::protocol::{ms, Conn, ConnError};
-use faststream_core::{PartitionStop, Position};
+use faststream_core::{PartitionStop, Position, RetryLane};
 use tokio_util::task::AbortOnDropHandle;
 
 mod coordinator;
@@ -383,13 +383,75 @@ impl GroupRunner {
         initial: &Option<BTreeMap<String, i32>>,
     ) -> Result<Running, ConnError> {
         let conn = self.conn(conn).await?;
-        let committed = self.fetch_offsets(conn, assigned).await?;
+        // A route with retry topics also owns the same partition of each: read (and committed)
+        // by this member alongside the assigned one, never assigned on their own.
+        let mut lanes = Vec::new();
+        for (topic, partition) in assigned {
+            let route = crate::produce::lock(&self.topics)
+                .iter()
+                .find(|t| t.topic == *topic)
+                .map(|t| t.route);
+            let retry = route.map(|r| &self.rt.pipeline.policy(r).retry_topics);
+            if let (Some(route), Some(retry)) = (route, retry.filter(|r| !r.is_empty())) {
+                let names: Vec<String> = retry.iter().map(|t| t.topic.clone()).collect();
+                lanes.push((route, topic.clone(), *partition, names));
+            }
+        }
+        let mut wanted = assigned.to_vec();
+        for (_, _, partition, names) in &lanes {
+            wanted.extend(names.iter().map(|n| (n.clone(), *partition)));
+        }
+        let committed = self.fetch_offsets(conn, &wanted).await?;
         let (stop, gen_shutdown) = Shutdown::new();
         let mut tasks = JoinSet::new();
         let mut serving = HashMap::new();
         let mut positions = Vec::new();
         let (ready_tx, started) = mpsc::unbounded_channel();
         let (commit_tx, commit_rx) = mpsc::channel(64);
+        let mut links: HashMap<(String, i32), LaneLink> = HashMap::new();
+        for (route, topic, partition, names) in lanes {
+            let lane = RetryLane::new(Arc::from(topic.as_str()), partition);
+            let starts: Vec<(Arc<str>, Option<i64>)> = names
+                .iter()
+                .map(|n| {
+                    let start = committed.get(&(n.clone(), partition)).copied();
+                    (Arc::from(n.as_str()), start.filter(|o| *o >= 0))
+                })
+                .collect();
+            for (stage, (name, start)) in (1..).zip(&starts) {
+                let position = Position::new(*start);
+                positions.push(((name.to_string(), partition), position.clone()));
+                let handle = tasks.spawn(
+                    PartitionConsumer {
+                        rt: self.rt.clone(),
+                        route,
+                        topic: name.clone(),
+                        partition,
+                        reset: OffsetReset::Earliest,
+                        start: *start,
+                        group: Some(GroupLink {
+                            position,
+                            commit_now: commit_tx.clone(),
+                        }),
+                        shutdown: gen_shutdown.clone(),
+                        ready: ready_tx.clone(),
+                        lane: Some(LaneLink {
+                            lane: lane.clone(),
+                            stage,
+                            restore_from: Vec::new(),
+                        }),
+                    }
+                    .run(),
+                );
+                serving.insert(handle.id(), (name.to_string(), partition, route.name()));
+            }
+            let main = LaneLink {
+                lane,
+                stage: 0,
+                restore_from: starts,
+            };
+            links.insert((topic, partition), main);
+        }
         for (topic, partition) in assigned {
             let found = crate::produce::lock(&self.topics)
                 .iter()
@@ -428,6 +490,7 @@ impl GroupRunner {
                     }),
                     shutdown: gen_shutdown.clone(),
                     ready: ready_tx.clone(),
+                    lane: links.remove(&(topic.clone(), *partition)),
                 }
                 .run(),
             );

@@ -432,3 +432,57 @@ async fn without_a_dead_letter_topic_the_message_is_logged_and_skipped() {
         Outcome::Skipped { attempts: 1, .. }
     ));
 }
+
+static STEPS_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[subscriber(
+    "steps",
+    group_id = "steps",
+    retry = 1,
+    retry_backoff_ms = 100,
+    retry_topics = ["steps.retry.1m", "steps.retry.10m"],
+    dlq = "steps.dlq"
+)]
+#[publisher("steps-out")]
+async fn steps(n: u32) -> Result<u32, String> {
+    let run = STEPS_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    // 1 fails on every run; 2 on its first two runs (in place and its retry), then succeeds.
+    match n {
+        1 => Err(format!("run {run}: 1 always fails")),
+        2 if run <= 2 => Err(format!("run {run}: 2 is not ready")),
+        _ => Ok(n),
+    }
+}
+
+/// The test broker models retry topics: the copy goes to the retry topic and is handled there
+/// once due (on the paused clock, at once), through each retry topic to the dead-letter topic.
+#[tokio::test(start_paused = true)]
+async fn retry_topics_move_a_failure_through_delay_topics_to_the_dead_letter_topic() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![steps])
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    broker.publish("2", "steps").await.unwrap();
+    // Failed in place twice (one retry), then on the first retry topic it succeeded.
+    assert_eq!(STEPS_RUNS.load(Ordering::SeqCst), 3);
+    assert_eq!(broker.published("steps.retry.1m").len(), 1);
+    assert!(broker.published("steps.retry.10m").is_empty());
+    assert_eq!(broker.published("steps-out")[0].text(), Some("2"));
+    assert!(started.elapsed() >= Duration::from_secs(60));
+
+    broker.publish("1", "steps").await.unwrap();
+    // Two runs on the main topic, two on each retry topic, then the dead-letter topic.
+    assert_eq!(STEPS_RUNS.load(Ordering::SeqCst), 3 + 6);
+    let retried = broker.published("steps.retry.10m");
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].headers.get_str(dlq_header::ATTEMPTS), Some("4"));
+    let dead = broker.published("steps.dlq");
+    assert_eq!(dead.len(), 1);
+    let h = &dead[0].headers;
+    assert_eq!(h.get_str(dlq_header::ORIGINAL_TOPIC), Some("steps"));
+    assert_eq!(h.get_str(dlq_header::ORIGINAL_OFFSET), Some("1"));
+    assert_eq!(h.get_str(dlq_header::ATTEMPTS), Some("6"));
+    // Each message done on its topic, as a group would commit.
+    assert_eq!(broker.committed("steps", "steps", 0), Some(2));
+}

@@ -81,16 +81,44 @@ async fn work(job: Job) -> Result<String, String> {
     run(&job)
 }
 
+/// The same with key-ordered concurrency: A's messages are handled one at a time, B's beside.
+#[subscriber(
+    "cjobs",
+    group_id = "cjobs",
+    auto_offset_reset = "earliest",
+    retry = 0,
+    retry_topics = ["cjobs.retry.1s", "cjobs.retry.2s"],
+    dlq = "cjobs.dlq",
+    concurrency = 4
+)]
+#[publisher("cjobs-done")]
+async fn work_concurrently(job: Job) -> Result<String, String> {
+    run(&job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_moves_aside_and_its_key_follows_it_in_order() {
+    interleaved(&unique_prefix("retrytopics"), "jobs", routes![work]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_concurrency_a_failing_message_moves_aside_and_its_key_follows_it_in_order() {
+    let routes = routes![work_concurrently];
+    interleaved(&unique_prefix("retryconc"), "cjobs", routes).await;
+}
+
 /// Keys A and B interleaved on one partition, a third key on another: A1 fails twice, then
 /// succeeds; A's later messages follow it through both retry topics and are handled after it,
 /// in order; B's go on at once; each message succeeds once; the copies say where they came
 /// from.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_message_moves_aside_and_its_key_follows_it_in_order() {
-    let prefix = unique_prefix("retrytopics");
-    let test = prefix.clone();
+async fn interleaved(
+    prefix: &str,
+    name: &str,
+    routes: Vec<&'static faststream::runtime::RouteDef>,
+) {
+    let test = prefix.to_owned();
     let client = raw_client().await;
-    let jobs = format!("{prefix}jobs");
+    let jobs = format!("{prefix}{name}");
     create_topic(&client, &jobs, 2).await;
     let t = test.as_str();
     produce(
@@ -108,8 +136,8 @@ async fn a_failing_message_moves_aside_and_its_key_follows_it_in_order() {
     )
     .await;
     produce(&client, &jobs, 1, vec![job(t, "C", "C1", 1)]).await;
-    let running = start(app(routes![work], &prefix)).await;
-    let done = read(&client, &format!("{prefix}jobs-done"), 7).await;
+    let running = start(app(routes, prefix)).await;
+    let done = read(&client, &format!("{prefix}{name}-done"), 7).await;
     wait_for("every job succeeded", || successes(t).len() == 7).await;
     running.stop().await.unwrap();
 
@@ -146,7 +174,7 @@ async fn a_failing_message_moves_aside_and_its_key_follows_it_in_order() {
 
     // The first retry topic holds A1's copy, then A2's and A3's following it (and C1's, on
     // partition 1), each on the partition of its origin.
-    let first = read(&client, &format!("{prefix}jobs.retry.1s"), 4).await;
+    let first = read(&client, &format!("{prefix}{name}.retry.1s"), 4).await;
     let p0 = &first[&0];
     assert_eq!(p0.len(), 3, "{:?}", first.keys());
     assert_eq!(first[&1].len(), 1);
@@ -175,7 +203,7 @@ async fn a_failing_message_moves_aside_and_its_key_follows_it_in_order() {
         Some("2")
     );
     // The second retry topic: A1 again (two runs counted), A2 and A3 after it.
-    let second = read(&client, &format!("{prefix}jobs.retry.2s"), 3).await;
+    let second = read(&client, &format!("{prefix}{name}.retry.2s"), 3).await;
     let s0 = &second[&0];
     assert_eq!(header(&s0[0], dlq_header::ATTEMPTS).as_deref(), Some("2"));
     assert_eq!(
@@ -257,4 +285,88 @@ async fn a_crash_on_the_retry_path_loses_nothing_and_keeps_the_order() {
     }
     let dlq = fetch_from(&client, &format!("{prefix}parked.dlq"), 0, 0, 100).await;
     assert!(dlq.is_empty(), "dead-lettered: {}", dlq.len());
+}
+
+#[subscriber(
+    "bjobs",
+    group_id = "bjobs",
+    auto_offset_reset = "earliest",
+    batch = true,
+    max_records = 10,
+    batch_timeout_ms = 300,
+    retry = 0,
+    retry_topics = ["bjobs.retry.1s"],
+    dlq = "bjobs.dlq"
+)]
+#[publisher("bjobs-done")]
+async fn work_in_batches(jobs: Vec<Job>) -> Result<Vec<String>, String> {
+    // A batch fails as a whole when one of its jobs fails: each job's run counts the batch's.
+    let mut runs = RUNS.lock().unwrap();
+    let failures = |job: &Job| {
+        let earlier = runs
+            .iter()
+            .filter(|(t, id, ok, _)| *t == job.test && *id == job.id && !ok);
+        earlier.count() as u32
+    };
+    let ok = jobs.iter().all(|job| failures(job) >= job.fails);
+    for job in &jobs {
+        runs.push((job.test.clone(), job.id.clone(), ok, Instant::now()));
+    }
+    if ok {
+        Ok(jobs.into_iter().map(|job| job.id).collect())
+    } else {
+        Err("a job of the batch failed".into())
+    }
+}
+
+/// A batch handler: the failed batch's messages move to the retry topic together and are
+/// handled there in their order; a later message of a key on the retry path follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_move_to_the_retry_topic_and_keep_each_keys_order() {
+    let prefix = unique_prefix("retrybatch");
+    let test = prefix.clone();
+    let t = test.as_str();
+    let client = raw_client().await;
+    let topic = format!("{prefix}bjobs");
+    create_topic(&client, &topic, 1).await;
+    produce(
+        &client,
+        &topic,
+        0,
+        vec![
+            job(t, "A", "A1", 1),
+            job(t, "B", "B1", 0),
+            job(t, "A", "A2", 0),
+        ],
+    )
+    .await;
+    let running = start(app(routes![work_in_batches], &prefix)).await;
+    // The first batch failed: its three messages wait on the retry topic.
+    read(&client, &format!("{prefix}bjobs.retry.1s"), 3).await;
+    produce(
+        &client,
+        &topic,
+        0,
+        vec![job(t, "A", "A3", 0), job(t, "C", "C1", 0)],
+    )
+    .await;
+    read(&client, &format!("{prefix}bjobs-done"), 5).await;
+    running.stop().await.unwrap();
+    let ok = successes(t);
+    let position = |id: &str| ok.iter().position(|s| s == id).unwrap();
+    assert!(
+        position("A1") < position("A2") && position("A2") < position("A3"),
+        "{ok:?}"
+    );
+    for id in ["A1", "A2", "A3", "B1", "C1"] {
+        assert_eq!(ok.iter().filter(|s| *s == id).count(), 1, "{id}: {ok:?}");
+    }
+    // A3 followed A1 and A2 onto the retry topic; C1 did not wait.
+    let retried = read(&client, &format!("{prefix}bjobs.retry.1s"), 4).await;
+    let ids: Vec<String> = retried[&0]
+        .iter()
+        .map(|r| header(r, dlq_header::ORIGINAL_OFFSET).unwrap())
+        .collect();
+    assert_eq!(ids, ["0", "1", "2", "3"]);
+    assert!(position("C1") < position("A1"), "{ok:?}");
 }

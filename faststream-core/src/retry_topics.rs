@@ -4,8 +4,8 @@
 //!
 //! A route with `retry_topics = ["orders.retry.5s", "orders.retry.1m"]` is served in *lanes*:
 //! partition `p` of the main topic together with partition `p` of each retry topic (the copies
-//! are written to the partition of the same number, and a consumer group with the range
-//! assignor gives a member the same partitions of topics with as many partitions), so one
+//! are written to the partition of the same number; the member the group assigns `p` of the
+//! main topic reads `p` of each retry topic too, and commits its progress there), so one
 //! process knows every message of `p`'s keys that is somewhere on the retry path. A
 //! [`RetryLane`] holds that knowledge: for each key, the original offsets of its messages on
 //! the path and the stage (1 = the first retry topic) each has reached.

@@ -21,6 +21,12 @@
 //! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) and backoffs take no
 //! wall time and are deterministic.
 //!
+//! Retry topics (`retry_topics = [...]`) are modelled with the same lanes as on Kafka: a
+//! failed message's copy is published to the retry topic and handled from there once due
+//! (the wait is a `tokio::time::sleep` too), later messages with its key follow it, the last
+//! failure goes to the dead-letter topic. Publishing is synchronous here, so the publish of
+//! the failing message returns once its retry path is over.
+//!
 //! ```no_run
 //! # async fn demo() -> faststream_core::Result<()> {
 //! use faststream_core::testing::TestBroker;
@@ -45,6 +51,7 @@ use crate::outcome::Outcome;
 use crate::pipeline::{new_correlation_id, Pipeline};
 use crate::policy::FailurePolicy;
 use crate::publish::{BoxFuture, Publish, Publisher};
+use crate::retry_topics::RetryLane;
 use crate::route::RouteDef;
 use crate::validate::resolve_routes;
 use crate::{Error, Result};
@@ -86,6 +93,8 @@ struct Log {
     stopped: Option<crate::PartitionStop>,
     /// Messages of paused partitions (or queued behind them), by handler, in arrival order.
     held: Vec<(&'static RouteDef, Message)>,
+    /// Retry lanes of routes with retry topics, by handler, main topic and partition.
+    lanes: HashMap<(&'static str, String, i32), Arc<RetryLane>>,
 }
 
 /// One handler's progress on one partition.
@@ -408,9 +417,42 @@ impl Inner {
                 r.subscribers().iter().any(|s| {
                     s.topics().contains(&topic)
                         || s.topic_matcher("").is_some_and(|m| m.matches(topic))
-                })
+                }) || self.retry_stage(r, topic).is_some()
             })
             .collect()
+    }
+
+    /// Which retry topic of `route` `topic` is (1-based), if it is one.
+    fn retry_stage(&self, route: &RouteDef, topic: &str) -> Option<usize> {
+        let topics = &self.pipeline.policy(route).retry_topics;
+        topics.iter().position(|t| t.topic == topic).map(|i| i + 1)
+    }
+
+    /// The retry lane `msg` belongs to for `route`, and the stage it was read at: `None` for a
+    /// route without retry topics.
+    fn lane(&self, route: &'static RouteDef, msg: &Message) -> Option<(Arc<RetryLane>, usize)> {
+        if self.pipeline.policy(route).retry_topics.is_empty() {
+            return None;
+        }
+        let stage = self.retry_stage(route, &msg.topic).unwrap_or(0);
+        let main = match stage {
+            0 => msg.topic.to_string(),
+            _ => msg
+                .headers
+                .get_str(crate::dlq_header::ORIGINAL_TOPIC)
+                .unwrap_or(&msg.topic)
+                .to_owned(),
+        };
+        let mut log = self.lock();
+        let lane = log
+            .lanes
+            .entry((route.name(), main.clone(), msg.partition))
+            .or_insert_with(|| {
+                let lane = RetryLane::new(main.as_str().into(), msg.partition);
+                lane.mark_ready();
+                lane
+            });
+        Some((lane.clone(), stage))
     }
 
     /// Runs `route` on `msgs` (one message, or a batch for a batch route), records the
@@ -426,8 +468,18 @@ impl Inner {
         }
         let mut deliveries = Vec::with_capacity(msgs.len());
         let mut outputs = Vec::new();
+        let lane = self.lane(route, &msgs[0]);
         if route.batch().is_some() {
-            let outcome = self.pipeline.handle_batch(route, msgs.clone(), None).await;
+            let outcome = match &lane {
+                Some((lane, stage)) => {
+                    let msgs = msgs.clone();
+                    let pipeline = &self.pipeline;
+                    pipeline
+                        .handle_batch_in_lane(route, msgs, None, lane, *stage)
+                        .await
+                }
+                None => self.pipeline.handle_batch(route, msgs.clone(), None).await,
+            };
             // The last message that was part of the batch carries its outputs.
             let last = msgs
                 .iter()
@@ -448,7 +500,15 @@ impl Inner {
             }
         } else {
             for msg in msgs {
-                let outcome = self.pipeline.handle(route, msg.clone()).await;
+                let outcome = match &lane {
+                    Some((lane, stage)) => {
+                        let pipeline = &self.pipeline;
+                        pipeline
+                            .handle_in_lane(route, msg.clone(), None, lane, *stage)
+                            .await
+                    }
+                    None => self.pipeline.handle(route, msg.clone()).await,
+                };
                 deliveries.push((msg, outcome));
             }
         }

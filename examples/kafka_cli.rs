@@ -5,7 +5,8 @@
 //! instance listed, since each applies it to the partitions it consumes:
 //! `control ADDR[,ADDR...] pause|resume HANDLER`,
 //! `control ADDR[,ADDR...] seek HANDLER beginning|end|offset:N|timestamp:MILLIS [TOPIC [PARTITION]]`,
-//! `control ADDR[,ADDR...] list`.
+//! `control ADDR[,ADDR...] subscribe|unsubscribe HANDLER TOPIC` (a `dynamic` handler),
+//! `control ADDR[,ADDR...] list`, `control ADDR asyncapi` (the running service's document).
 //!
 //! And dead-letter redrive through `faststream::kafka::KafkaBroker::redrive`:
 //! `redrive DLQ_TOPIC [key=K] [handler=H] [failed=FROM_MS-UNTIL_MS]`.
@@ -96,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         _ => {
-            eprintln!("usage: kafka_cli produce TOPIC MESSAGE... | kafka_cli consume TOPIC COUNT [TIMEOUT_SECS] | kafka_cli control ADDR[,ADDR...] pause|resume|seek|list ... | kafka_cli redrive DLQ_TOPIC [key=K] [handler=H] [failed=FROM-UNTIL]");
+            eprintln!("usage: kafka_cli produce TOPIC MESSAGE... | kafka_cli consume TOPIC COUNT [TIMEOUT_SECS] | kafka_cli control ADDR[,ADDR...] pause|resume|seek|subscribe|unsubscribe|list|asyncapi ... | kafka_cli redrive DLQ_TOPIC [key=K] [handler=H] [failed=FROM-UNTIL]");
             std::process::exit(2);
         }
     }
@@ -105,12 +106,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// `control ADDRS COMMAND ...`: one HTTP request to each service instance's control endpoint.
 async fn control(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let usage = "usage: kafka_cli control ADDR[,ADDR...] pause|resume HANDLER | seek HANDLER TO [TOPIC [PARTITION]] | list";
+    let usage = "usage: kafka_cli control ADDR[,ADDR...] pause|resume HANDLER | seek HANDLER TO [TOPIC [PARTITION]] | subscribe|unsubscribe HANDLER TOPIC | list | asyncapi";
     let (Some(addrs), Some(command)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
     let (method, target) = match (command.as_str(), &args[2..]) {
         ("list", []) => ("GET", "/subscribers".to_owned()),
+        ("asyncapi", []) => ("GET", "/asyncapi".to_owned()),
+        ("subscribe" | "unsubscribe", [handler, topic]) => (
+            "POST",
+            format!("/subscribers/{handler}/{command}?topic={topic}"),
+        ),
         ("pause" | "resume", [handler]) => ("POST", format!("/subscribers/{handler}/{command}")),
         ("seek", [handler, to, rest @ ..]) if rest.len() <= 2 => {
             let mut target = format!("/subscribers/{handler}/seek?to={to}");

@@ -75,7 +75,7 @@ pub mod runtime {
         Assignor, BatchDef, BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupTimings,
         HandlerFn, HandlerResult, HeaderName, OffsetReset, OffsetTracker, Pipeline, PolicyDef,
         Position, Publish, Reply, ResponseMeta, RetryLane, RouteDef, Shutdown, ShutdownTrigger,
-        StateMap, StateReq, Step, SubscriberDef, TopicNameProblem, Transport,
+        StateMap, StateReq, Step, SubscriberDef, Subscriptions, TopicNameProblem, Transport,
     };
 }
 

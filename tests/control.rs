@@ -599,3 +599,177 @@ async fn a_pattern_subscription_picks_up_a_topic_created_while_running() {
     }
     assert!(fetch_from(&client, &out, 0, 15, 300).await.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Subscribers added and removed while the service runs.
+
+#[subscriber(
+    dynamic = true,
+    group_id = "tenants",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 500,
+    commit_interval_ms = 200
+)]
+#[publisher("tenants-out")]
+async fn tenant_events(body: String, topic: faststream::extract::Topic) -> String {
+    format!("{}:{body}", topic.0.rsplit('.').next().unwrap())
+}
+
+#[subscriber(dynamic = true, auto_offset_reset = "earliest")]
+#[publisher("loose-out")]
+async fn loose_events(body: String) -> String {
+    body
+}
+
+/// Every output so far, read from the beginning.
+async fn outputs_now(client: &rskafka::client::Client, topic: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    let mut from = 0;
+    loop {
+        let got = fetch_from(client, topic, 0, from, 100).await;
+        let Some(last) = got.last() else { break };
+        from = last.offset + 1;
+        all.extend(got.iter().map(text));
+    }
+    all
+}
+
+async fn wait_output(client: &rskafka::client::Client, topic: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !outputs_now(client, topic).await.iter().any(|o| o == want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{want:?} never arrived on {topic}:\n{}",
+            logs_about(topic)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A consumer-group handler subscribed to a topic while running handles it; unsubscribed, it
+/// stops taking it with its progress committed (subscribed again, it goes on where it stopped);
+/// the running service's AsyncAPI document lists what it is subscribed to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_subscribed_and_unsubscribed_while_running() {
+    let prefix = unique_prefix("dynamic");
+    let client = raw_client().await;
+    let (a, b) = (format!("{prefix}tenant.a"), format!("{prefix}tenant.b"));
+    let out = format!("{prefix}tenants-out");
+    create_topic(&client, &a, 2).await;
+    create_topic(&client, &out, 1).await;
+    produce(&client, &a, 0, vec![record(None, b"1", &[])]).await;
+    produce(&client, &a, 1, vec![record(None, b"2", &[])]).await;
+    let app = app(routes![tenant_events], &prefix);
+    let control = app.control();
+    let running = start(app).await;
+    // Not subscribed to anything: the document still says it takes topics at run time.
+    let document = control.asyncapi().unwrap().to_json();
+    assert!(document.contains("Control::subscribe"), "{document}");
+    assert!(!document.contains(&a), "{document}");
+    control.subscribe("tenant_events", "tenant.a").unwrap();
+    wait_output(&client, &out, "a:1").await;
+    wait_output(&client, &out, "a:2").await;
+    assert_eq!(
+        control.subscriptions("tenant_events").unwrap(),
+        ["tenant.a"]
+    );
+    let document = control.asyncapi().unwrap().to_json();
+    assert!(
+        document.contains(&format!("\"address\": \"{a}\"")),
+        "{document}"
+    );
+    // A topic that does not exist yet is created (the default missing-topics policy).
+    control.subscribe("tenant_events", "tenant.b").unwrap();
+    produce(&client, &b, 0, vec![record(None, b"1", &[])]).await;
+    wait_output(&client, &out, "b:1").await;
+
+    // Unsubscribed from a: once the group has rejoined without it (b's next message is
+    // handled after the change), a's new messages are left alone.
+    control.unsubscribe("tenant_events", "tenant.a").unwrap();
+    let c = format!("{prefix}tenant.c");
+    control.subscribe("tenant_events", "tenant.c").unwrap();
+    produce(&client, &c, 0, vec![record(None, b"1", &[])]).await;
+    wait_output(&client, &out, "c:1").await;
+    produce(&client, &a, 0, vec![record(None, b"3", &[])]).await;
+    produce(&client, &b, 0, vec![record(None, b"2", &[])]).await;
+    wait_output(&client, &out, "b:2").await;
+    let now = outputs_now(&client, &out).await;
+    assert!(!now.contains(&"a:3".to_string()), "{now:?}");
+    assert!(!control
+        .asyncapi()
+        .unwrap()
+        .to_json()
+        .contains(&format!("\"address\": \"{a}\"")));
+
+    // Subscribed again: it goes on from the committed position, nothing of a repeated.
+    control.subscribe("tenant_events", "tenant.a").unwrap();
+    wait_output(&client, &out, "a:3").await;
+    running.stop().await.unwrap();
+    let all = outputs_now(&client, &out).await;
+    for want in ["a:1", "a:2", "a:3", "b:1", "b:2", "c:1"] {
+        assert_eq!(
+            all.iter().filter(|o| *o == want).count(),
+            1,
+            "{want}: {all:?}"
+        );
+    }
+    // An unknown handler is an error naming it.
+    let err = control.subscribe("tenant_events_typo", "x").unwrap_err();
+    assert!(err.to_string().contains("tenant_events_typo"), "{err}");
+}
+
+/// Without a consumer group: every partition of the subscribed topic from the reset position;
+/// unsubscribed, its consumers stop; over the control endpoint too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungrouped_handler_subscribed_over_the_control_endpoint() {
+    let prefix = unique_prefix("dynloose");
+    let client = raw_client().await;
+    let (input, out) = (format!("{prefix}loose.in"), format!("{prefix}loose-out"));
+    create_topic(&client, &input, 2).await;
+    create_topic(&client, &out, 1).await;
+    produce(&client, &input, 0, vec![record(None, b"x0", &[])]).await;
+    produce(&client, &input, 1, vec![record(None, b"x1", &[])]).await;
+    let endpoint: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let app = app(routes![loose_events], &prefix).control_endpoint(endpoint);
+    let running = start(app).await;
+    let (status, body) = http(
+        endpoint,
+        "POST",
+        "/subscribers/loose_events/subscribe?topic=loose.in",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("loose.in"), "{body}");
+    wait_output(&client, &out, "x0").await;
+    wait_output(&client, &out, "x1").await;
+    let (status, body) = http(endpoint, "GET", "/asyncapi").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(&input), "{body}");
+    let (status, _) = http(
+        endpoint,
+        "POST",
+        "/subscribers/loose_events/unsubscribe?topic=loose.in",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = http(endpoint, "GET", "/subscribers").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"topics\":[]"), "{body}");
+    // Once a later subscription is served, the earlier unsubscribe was applied: a new message
+    // of the unsubscribed topic is left alone.
+    let other = format!("{prefix}loose.other");
+    let path = "/subscribers/loose_events/subscribe?topic=loose.other";
+    assert_eq!(http(endpoint, "POST", path).await.0, 200);
+    produce(&client, &other, 0, vec![record(None, b"y0", &[])]).await;
+    wait_output(&client, &out, "y0").await;
+    produce(&client, &input, 0, vec![record(None, b"x2", &[])]).await;
+    produce(&client, &other, 0, vec![record(None, b"y1", &[])]).await;
+    wait_output(&client, &out, "y1").await;
+    let now = outputs_now(&client, &out).await;
+    assert!(!now.contains(&"x2".to_string()), "{now:?}");
+    // Subscribing needs a topic.
+    let (status, body) = http(endpoint, "POST", "/subscribers/loose_events/subscribe").await;
+    assert_eq!(status, 400, "{body}");
+    running.stop().await.unwrap();
+}

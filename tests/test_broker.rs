@@ -731,3 +731,43 @@ async fn a_seek_hands_the_handler_its_messages_again_from_the_new_position() {
     );
     assert_eq!(broker.committed("pausable", "pausable", 0), Some(5));
 }
+
+#[subscriber(dynamic = true, group_id = "tenants")]
+#[publisher("tenant-out")]
+async fn tenant(body: String, topic: Topic) -> String {
+    format!("{}:{body}", topic.0)
+}
+
+/// A dynamic handler takes the topics it is subscribed to while the service runs, and lets go
+/// of them when unsubscribed; a handler with topics in its attribute cannot be subscribed.
+#[tokio::test]
+async fn a_dynamic_handler_takes_topics_subscribed_while_running() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![tenant, handle_msg])
+        .build()
+        .unwrap();
+    broker.publish("early", "tenant-1").await.unwrap();
+    assert!(broker.published("tenant-out").is_empty());
+    let control = broker.control();
+    control.subscribe("tenant", "tenant-1").unwrap();
+    broker.publish("one", "tenant-1").await.unwrap();
+    control.unsubscribe("tenant", "tenant-1").unwrap();
+    broker.publish("two", "tenant-1").await.unwrap();
+    let out: Vec<_> = broker
+        .published("tenant-out")
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    assert_eq!(out, ["tenant-1:one"]);
+    assert!(control.subscriptions("tenant").unwrap().is_empty());
+    let err = control
+        .subscribe("handle_msg", "x")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dynamic = true"), "{err}");
+    let err = control
+        .subscribe("tenant", "bad topic!")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad topic!"), "{err}");
+}

@@ -319,6 +319,7 @@ impl<T: Transport> FastStream<T> {
             &self.topic_prefix,
             (&self.info.0, &self.info.1),
             self.transport.server(),
+            &self.control.watch_subscriptions().borrow(),
         )
     }
 
@@ -362,7 +363,7 @@ impl<T: Transport> FastStream<T> {
             ready,
             policy,
             compat_headers,
-            info: _,
+            info,
             hooks,
             middlewares,
             health,
@@ -412,7 +413,19 @@ impl<T: Transport> FastStream<T> {
         let state = Arc::new(state);
         // Hooks after startup read the same state handlers see.
         *app_ctx.state.lock().unwrap_or_else(|e| e.into_inner()) = (*state).clone();
-        control.register(routes.iter().map(|r| r.name()));
+        control.register_routes(&routes);
+        // The running service's document, dynamic handlers' topics included.
+        let (document_routes, prefix, server) =
+            (routes.clone(), topic_prefix.clone(), transport.server());
+        control.set_document(move |subscriptions| {
+            crate::asyncapi::AsyncApi::build(
+                &document_routes,
+                &prefix,
+                (&info.0, &info.1),
+                server.clone(),
+                subscriptions,
+            )
+        });
         let _control_task = match control_endpoint {
             Some(addr) => Some(AbortOnDropHandle::new(
                 crate::control::serve(addr, control.clone())

@@ -48,12 +48,14 @@ impl AsyncApi {
         &self.0
     }
 
-    /// Builds the document of `routes` (topic names with `prefix`).
+    /// Builds the document of `routes` (topic names with `prefix`), dynamic handlers with the
+    /// topics of `subscriptions`.
     pub(crate) fn build(
         routes: &[&'static RouteDef],
         prefix: &str,
         info: (&str, &str),
         server: Option<Server>,
+        subscriptions: &crate::Subscriptions,
     ) -> AsyncApi {
         let mut gen = SchemaGen::default();
         let mut channels = Map::new();
@@ -68,9 +70,28 @@ impl AsyncApi {
             for sub in route.subscribers() {
                 // A pattern subscription is a channel without a fixed address (AsyncAPI's
                 // `null`), its pattern in the description.
-                let named = sub.topics().iter().map(|t| (format!("{prefix}{t}"), false));
-                let pattern = sub.topic_pattern().map(|p| (format!("{prefix}{p}"), true));
-                for (topic, is_pattern) in named.chain(pattern) {
+                // A dynamic one: the topics it is subscribed to now, and a channel without an
+                // address for those it may be given.
+                let mut named: Vec<(String, Option<String>)> = sub
+                    .topics()
+                    .iter()
+                    .map(|t| (format!("{prefix}{t}"), None))
+                    .collect();
+                if sub.is_dynamic() {
+                    let now = subscriptions.get(route.name()).into_iter().flatten();
+                    named.extend(now.map(|t| (format!("{prefix}{t}"), None)));
+                    named.push((
+                        "dynamic".into(),
+                        Some("the topics this handler is subscribed to while the service runs (Control::subscribe)".into()),
+                    ));
+                }
+                if let Some(p) = sub.topic_pattern() {
+                    let topic = format!("{prefix}{p}");
+                    let description =
+                        format!("every topic whose name matches the regular expression {topic}");
+                    named.push((topic, Some(description)));
+                }
+                for (topic, unaddressed) in named {
                     let channel = format!("{topic}:{handler}");
                     let message = format!("{channel}:SubscribeMessage");
                     messages.insert(
@@ -83,12 +104,9 @@ impl AsyncApi {
                         "messages": {"SubscribeMessage": {"$ref": format!("#/components/messages/{message}")}},
                         "bindings": kafka(&topic),
                     });
-                    if is_pattern {
+                    if let Some(description) = unaddressed {
                         entry["address"] = Value::Null;
-                        entry["description"] = format!(
-                            "every topic whose name matches the regular expression {topic}"
-                        )
-                        .into();
+                        entry["description"] = description.into();
                         entry.as_object_mut().map(|e| e.remove("bindings"));
                     }
                     channels.insert(channel.clone(), entry);

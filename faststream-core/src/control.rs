@@ -11,6 +11,11 @@
 //! waits for its outputs' acknowledgements), then goes on from the new position, which a
 //! consumer group commits (so a restart keeps it). Transports read seeks through
 //! [`Control::watch_seeks`].
+//!
+//! Subscribing adds a topic to a handler declared `#[subscriber(dynamic = true, ...)]` (which
+//! takes no topics at startup), unsubscribing takes it away: transports read the subscriptions
+//! through [`Control::watch_subscriptions`] and start or stop consuming (a consumer group
+//! rejoins with its new topics).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +126,8 @@ impl Seek {
 struct Handler {
     paused: watch::Sender<Paused>,
     seek: watch::Sender<Option<Seek>>,
+    /// Declared `dynamic = true`: takes topics through [`Control::subscribe`].
+    dynamic: bool,
 }
 
 impl Handler {
@@ -128,9 +135,14 @@ impl Handler {
         Self {
             paused: watch::Sender::new(Paused::default()),
             seek: watch::Sender::new(None),
+            dynamic: false,
         }
     }
 }
+
+/// The topics each dynamic handler (by path) is subscribed to while the service runs, as
+/// written (the app's topic prefix is applied by the transport).
+pub type Subscriptions = BTreeMap<&'static str, BTreeSet<String>>;
 
 /// A handle on the running service's subscribers. Cheap to clone; every clone controls the
 /// same service.
@@ -150,9 +162,121 @@ impl Handler {
 pub struct Control {
     handlers: Arc<Mutex<BTreeMap<&'static str, Handler>>>,
     seeks: Arc<AtomicU64>,
+    subscriptions: Arc<watch::Sender<Subscriptions>>,
+    document: Arc<Mutex<Option<Document>>>,
+}
+
+/// Builds the running service's AsyncAPI document.
+type DocumentFn = dyn Fn(&Subscriptions) -> crate::asyncapi::AsyncApi + Send + Sync;
+
+#[derive(Clone)]
+struct Document(Arc<DocumentFn>);
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Document")
+    }
 }
 
 impl Control {
+    /// Registers the handlers of a starting service, noting the dynamic ones.
+    pub(crate) fn register_routes(&self, routes: &[&'static crate::RouteDef]) {
+        self.register(routes.iter().map(|r| r.name()));
+        let mut handlers = self.lock();
+        for route in routes {
+            if route.subscribers().iter().any(|s| s.is_dynamic()) {
+                if let Some(handler) = handlers.get_mut(route.name()) {
+                    handler.dynamic = true;
+                }
+            }
+        }
+    }
+
+    /// Subscribes the dynamic handler `name` to `topic` while the service runs (with the
+    /// options its attribute sets: group, offset reset, failure policy). Consumption starts
+    /// shortly after (a consumer group first rejoins with the new topic); a missing topic is
+    /// created if the broker's missing-topics policy creates topics. Subscribing twice is one
+    /// subscription.
+    ///
+    /// ```
+    /// # async fn demo(control: faststream_core::Control) -> faststream_core::Result<()> {
+    /// control.subscribe("tenant_events", "tenant-42.events")?;
+    /// // ... the tenant leaves:
+    /// control.unsubscribe("tenant_events", "tenant-42.events")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&self, name: &str, topic: &str) -> Result<()> {
+        let full = self.dynamic_handler(name)?;
+        if let Some(problem) = crate::TopicNameProblem::of(topic) {
+            return Err(Error::Usage(format!(
+                "cannot subscribe {full} to {topic:?}: {problem}"
+            )));
+        }
+        let added = self
+            .subscriptions
+            .send_if_modified(|subs| subs.entry(full).or_default().insert(topic.to_owned()));
+        if added {
+            tracing::info!(handler = full, topic, "subscribed");
+        }
+        Ok(())
+    }
+
+    /// Takes `topic` away from the dynamic handler `name`: its partitions finish the message in
+    /// hand, their outputs are acknowledged and the position committed, as on a revoke.
+    /// Unsubscribing a topic it does not have does nothing.
+    pub fn unsubscribe(&self, name: &str, topic: &str) -> Result<()> {
+        let full = self.dynamic_handler(name)?;
+        let removed = self
+            .subscriptions
+            .send_if_modified(|subs| subs.get_mut(full).is_some_and(|t| t.remove(topic)));
+        if removed {
+            tracing::info!(handler = full, topic, "unsubscribed");
+        }
+        Ok(())
+    }
+
+    /// The topics the dynamic handler `name` is subscribed to.
+    pub fn subscriptions(&self, name: &str) -> Result<Vec<String>> {
+        let full = self.dynamic_handler(name)?;
+        let subs = self.subscriptions.borrow();
+        Ok(subs.get(full).into_iter().flatten().cloned().collect())
+    }
+
+    /// The running service's AsyncAPI document, with the topics dynamic handlers are
+    /// subscribed to now (`None` before the service started).
+    pub fn asyncapi(&self) -> Option<crate::asyncapi::AsyncApi> {
+        let document = self
+            .document
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        Some((document.0)(&self.subscriptions.borrow()))
+    }
+
+    pub(crate) fn set_document(
+        &self,
+        build: impl Fn(&Subscriptions) -> crate::asyncapi::AsyncApi + Send + Sync + 'static,
+    ) {
+        *self.document.lock().unwrap_or_else(|e| e.into_inner()) = Some(Document(Arc::new(build)));
+    }
+
+    /// Every dynamic handler's topics, for a transport: the current ones, as they change.
+    pub fn watch_subscriptions(&self) -> watch::Receiver<Subscriptions> {
+        self.subscriptions.subscribe()
+    }
+
+    fn dynamic_handler(&self, name: &str) -> Result<&'static str> {
+        let full = self.resolve(name)?;
+        if self.lock()[full].dynamic {
+            Ok(full)
+        } else {
+            Err(Error::Usage(format!(
+                "handler {full} takes its topics from its attribute: declare it with #[subscriber(dynamic = true, ...)] to subscribe it while the service runs"
+            )))
+        }
+    }
+
     /// Registers the handlers of a starting service (their state is kept if they were known).
     pub(crate) fn register(&self, names: impl IntoIterator<Item = &'static str>) {
         let mut handlers = self.lock();
@@ -368,7 +492,7 @@ pub(crate) async fn serve(
     });
     crate::health::serve_with(
         addr,
-        "control on GET /subscribers, POST /subscribers/{handler}/pause, /resume and /seek",
+        "control on GET /subscribers, GET /asyncapi, POST /subscribers/{handler}/pause, /resume, /seek, /subscribe and /unsubscribe",
         respond,
     )
     .await
@@ -384,12 +508,17 @@ pub(crate) fn respond(control: &Control, method: &str, target: &str) -> (u16, St
             "handler": name,
             "paused": p.all,
             "paused_partitions": p.partitions().map(|(t, n)| serde_json::json!({"topic": t, "partition": n})).collect::<Vec<_>>(),
+            "topics": control.subscriptions.borrow().get(name).map(|t| t.iter().cloned().collect::<Vec<_>>()),
         })
     };
     let error =
         |status, message: String| (status, serde_json::json!({ "error": message }).to_string());
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, &parts[..]) {
+        ("GET" | "HEAD", ["asyncapi"]) => match control.asyncapi() {
+            Some(document) => (200, document.to_json()),
+            None => error(404, "the service is not running yet".into()),
+        },
         ("GET" | "HEAD", ["subscribers"]) => {
             let list: Vec<_> = control.states().iter().map(|(n, p)| state(n, p)).collect();
             (200, serde_json::Value::from(list).to_string())
@@ -402,6 +531,27 @@ pub(crate) fn respond(control: &Control, method: &str, target: &str) -> (u16, St
             };
             match done.and_then(|()| control.paused(name)) {
                 Ok(p) => (200, state(name, &p).to_string()),
+                Err(e) => error(404, e.to_string()),
+            }
+        }
+        ("POST", ["subscribers", name, action @ ("subscribe" | "unsubscribe")]) => {
+            let topic = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("topic="))
+                .filter(|t| !t.is_empty());
+            let Some(topic) = topic else {
+                return error(400, format!("{action} needs ?topic=NAME"));
+            };
+            let done = if *action == "subscribe" {
+                control.subscribe(name, topic)
+            } else {
+                control.unsubscribe(name, topic)
+            };
+            match done.and_then(|()| control.subscriptions(name)) {
+                Ok(topics) => (
+                    200,
+                    serde_json::json!({"handler": name, "topics": topics}).to_string(),
+                ),
                 Err(e) => error(404, e.to_string()),
             }
         }
@@ -425,8 +575,11 @@ pub(crate) fn respond(control: &Control, method: &str, target: &str) -> (u16, St
             }
             Err(e) => error(400, e),
         },
-        (_, ["subscribers", _, "pause" | "resume" | "seek"]) => {
-            error(405, "pause, resume and seek take POST".into())
+        (_, ["subscribers", _, "pause" | "resume" | "seek" | "subscribe" | "unsubscribe"]) => {
+            error(
+                405,
+                "pause, resume, seek, subscribe and unsubscribe take POST".into(),
+            )
         }
         (_, ["subscribers"]) => error(405, "the list takes GET".into()),
         _ => error(404, "not found".into()),

@@ -62,7 +62,7 @@ mod validate;
 
 pub use app::{AppContext, FastStream};
 pub use codec::{decode_json, decode_raw, decode_text, IntoPayload, Json};
-pub use control::{until_resumed, Control, Paused, Seek, SeekTo};
+pub use control::{until_resumed, Control, Paused, Seek, SeekTo, Subscriptions};
 pub use error::RouteProblem;
 pub use error::{DecodeError, Error, HandlerError, PartitionStop, Result};
 pub use extract::{

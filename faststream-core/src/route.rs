@@ -213,6 +213,7 @@ pub struct SubscriberDef {
     heartbeat_interval_ms: Option<u32>,
     rebalance_timeout_ms: Option<u32>,
     commit_interval_ms: Option<u32>,
+    dynamic: bool,
 }
 
 impl SubscriberDef {
@@ -229,7 +230,20 @@ impl SubscriberDef {
             heartbeat_interval_ms: None,
             rebalance_timeout_ms: None,
             commit_interval_ms: None,
+            dynamic: false,
         }
+    }
+
+    /// Takes its topics while the service runs ([`Control::subscribe`](crate::Control::subscribe)),
+    /// none at startup.
+    pub const fn dynamic(mut self) -> Self {
+        self.dynamic = true;
+        self
+    }
+
+    /// Whether the subscription takes its topics while the service runs.
+    pub fn is_dynamic(&self) -> bool {
+        self.dynamic
     }
 
     /// Reads only these partitions, without a consumer group (FastStream's `partitions=`).

@@ -215,7 +215,7 @@ impl TestBrokerBuilder {
                 })),
             };
             let control = crate::Control::default();
-            control.register(routes.iter().map(|r| r.name()));
+            control.register_routes(&routes);
             let ctx = Context::new(state, publisher).with_control(control);
             let mut pipeline = Pipeline::new(routes, ctx).with_middlewares(middlewares);
             if let Some(policy) = self.policy {
@@ -409,6 +409,13 @@ impl Inner {
 
     /// The routes subscribed to `topic`.
     fn routes_of(&self, topic: &str) -> Vec<&'static RouteDef> {
+        // Dynamic handlers take the topics they are subscribed to (`Control::subscribe`).
+        let subscribed = self
+            .pipeline
+            .control()
+            .watch_subscriptions()
+            .borrow()
+            .clone();
         self.pipeline
             .routes()
             .iter()
@@ -418,6 +425,7 @@ impl Inner {
                     s.topics().contains(&topic)
                         || s.topic_matcher("").is_some_and(|m| m.matches(topic))
                 }) || self.retry_stage(r, topic).is_some()
+                    || subscribed.get(r.name()).is_some_and(|t| t.contains(topic))
             })
             .collect()
     }

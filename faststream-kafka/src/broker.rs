@@ -582,7 +582,7 @@ impl KafkaBroker {
                         reset,
                         start: None,
                         group: None,
-                        shutdown: inner.clone(),
+                        shutdown: sub.stop.clone(),
                         ready: ready_tx.clone(),
                         lane: None,
                     }
@@ -633,6 +633,7 @@ impl KafkaBroker {
                             route,
                             topic,
                             reset: sub.offset_reset(),
+                            dynamic: false,
                         };
                         groups.entry(group).or_default().push((entry, sub));
                         continue;
@@ -642,6 +643,7 @@ impl KafkaBroker {
                         topic: Arc::from(topic.as_str()),
                         reset: sub.offset_reset(),
                         partitions: count,
+                        stop: inner.clone(),
                     };
                     match sub.assigned_partitions() {
                         Some(list) => {
@@ -666,12 +668,28 @@ impl KafkaBroker {
                 }
             }
         }
-        // A group whose pattern matches no topic yet still joins (with no topics).
-        for sub in pipeline.routes().iter().flat_map(|r| r.subscribers()) {
-            if let (Some(group), Some(_)) = (sub.group(), sub.topic_pattern()) {
-                groups.entry(group).or_default();
+        // A group whose pattern matches no topic yet, or whose handlers take their topics while
+        // the service runs, still joins (with no topics).
+        let mut dynamic: BTreeMap<Option<&str>, Vec<(&'static RouteDef, OffsetReset)>> =
+            BTreeMap::new();
+        for route in pipeline.routes() {
+            for sub in route.subscribers() {
+                if sub.is_dynamic() {
+                    let entry = (*route, sub.offset_reset());
+                    dynamic.entry(sub.group()).or_default().push(entry);
+                }
+                if sub.topic_pattern().is_some() || sub.is_dynamic() {
+                    if let Some(group) = sub.group() {
+                        groups.entry(group).or_default();
+                    }
+                }
             }
         }
+        let dynamic_ungrouped = dynamic.remove(&None).unwrap_or_default();
+        let mut subscriptions = pipeline.control().watch_subscriptions();
+        // Topics subscribed while running without a group: dropping the sender stops them.
+        let mut subscribed: BTreeMap<(&str, String), tokio::sync::oneshot::Sender<()>> =
+            BTreeMap::new();
         let mut ungrouped_patterns = patterns.remove(&None).unwrap_or_default();
         for (group, subs) in groups {
             let settings = config.group.resolve(
@@ -685,6 +703,7 @@ impl KafkaBroker {
                 GroupRunner {
                     group: pipeline.topic_name(group),
                     patterns: patterns.remove(&Some(group)).unwrap_or_default(),
+                    dynamic: dynamic.remove(&Some(group)).unwrap_or_default(),
                     topics: std::sync::Mutex::new(subs.into_iter().map(|(t, _)| t).collect()),
                     settings,
                     rt: rt.clone(),
@@ -732,7 +751,8 @@ impl KafkaBroker {
                     Some(deadline) => stop_all.trigger_by(deadline),
                     None => stop_all.trigger(),
                 },
-                joined = consumers.join_next() => match joined {
+                // (A service whose handlers all wait for topics at run time has none yet.)
+                joined = consumers.join_next(), if !consumers.is_empty() || dynamic_ungrouped.is_empty() || inner.is_triggered() => match joined {
                     None => break,
                     Some(Ok(Ok(()))) => {}
                     Some(Ok(Err(e))) => {
@@ -745,6 +765,46 @@ impl KafkaBroker {
                         stop_all.trigger();
                     }
                 },
+                Ok(()) = subscriptions.changed(), if !dynamic_ungrouped.is_empty() && !inner.is_triggered() => {
+                    let now = subscriptions.borrow_and_update().clone();
+                    let wanted = |name: &str, topic: &str| {
+                        now.get(name).into_iter().flatten().any(|t| pipeline.topic_name(t) == topic)
+                    };
+                    // Dropping a sender stops that subscription's consumers (a revoke: the
+                    // message in hand finishes, outputs are acknowledged).
+                    subscribed.retain(|(name, topic), _| wanted(name, topic));
+                    ungrouped.retain(|u| !dynamic_ungrouped.iter().any(|(r, _)| r.name() == u.route.name()) || wanted(u.route.name(), &u.topic));
+                    for (route, reset) in &dynamic_ungrouped {
+                        for topic in now.get(route.name()).into_iter().flatten() {
+                            let topic = pipeline.topic_name(topic);
+                            if subscribed.contains_key(&(route.name(), topic.clone())) {
+                                continue;
+                            }
+                            self.shared.producers.declare(std::slice::from_ref(&topic));
+                            let count = match self.shared.producers.partition_count(&client, &topic).await {
+                                Ok(count) => count,
+                                Err(e) => {
+                                    tracing::error!(handler = route.name(), topic, error = %e, "cannot subscribe the handler to the topic");
+                                    continue;
+                                }
+                            };
+                            let (removed, stop) = until_removed(inner.clone());
+                            let entry = Ungrouped {
+                                route,
+                                topic: Arc::from(topic.as_str()),
+                                reset: *reset,
+                                partitions: count,
+                                stop,
+                            };
+                            for partition in 0..count {
+                                spawn_partition(&mut consumers, &entry, partition, entry.reset);
+                            }
+                            tracing::info!(handler = route.name(), topic, partitions = count, "consuming the subscribed topic");
+                            ungrouped.push(entry);
+                            subscribed.insert((route.name(), topic), removed);
+                        }
+                    }
+                }
                 _ = refresh.tick(), if (!ungrouped.is_empty() || !ungrouped_patterns.is_empty()) && !inner.is_triggered() => {
                     if !ungrouped_patterns.is_empty() {
                         // Topics created since that a pattern takes: every partition, from the
@@ -762,6 +822,7 @@ impl KafkaBroker {
                                             topic: Arc::from(topic.as_str()),
                                             reset: pattern.reset,
                                             partitions: 0,
+                                            stop: inner.clone(),
                                         });
                                     }
                                 }
@@ -798,6 +859,9 @@ struct Ungrouped {
     reset: OffsetReset,
     /// Partitions consumed so far.
     partitions: i32,
+    /// What stops its consumers: the service's stop, or (subscribed while running) also its
+    /// unsubscribe.
+    stop: Shutdown,
 }
 
 impl Publish for KafkaBroker {
@@ -901,4 +965,21 @@ fn retry_topic_names<'p>(
         .retry_topics
         .iter()
         .map(|t| t.topic.clone())
+}
+
+/// A shutdown for consumers of a topic subscribed while running: it fires with the service's
+/// (and its deadline), or when the returned sender is dropped (unsubscribed).
+fn until_removed(mut service: Shutdown) -> (tokio::sync::oneshot::Sender<()>, Shutdown) {
+    let (trigger, stop) = Shutdown::new();
+    let (removed, mut gone) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = service.wait() => match service.deadline() {
+                Some(deadline) => trigger.trigger_by(deadline),
+                None => trigger.trigger(),
+            },
+            _ = &mut gone => trigger.trigger(),
+        }
+    });
+    (removed, stop)
 }

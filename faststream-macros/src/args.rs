@@ -41,6 +41,7 @@ impl AttrKind {
 /// Consumer options of one `#[subscriber]`.
 const CONSUMER_KEYS: &[&str] = &[
     "pattern",
+    "dynamic",
     "group_id",
     "auto_offset_reset",
     "partitions",
@@ -97,6 +98,8 @@ pub(crate) struct SubscriberArgs {
     pub(crate) topics: Vec<LitStr>,
     /// `pattern = "..."`: every topic whose name matches (checked at compile time).
     pub(crate) pattern: Option<LitStr>,
+    /// `dynamic = true`: topics given while the service runs.
+    pub(crate) dynamic: bool,
     pub(crate) group_id: Option<LitStr>,
     pub(crate) auto_offset_reset: Option<OffsetReset>,
     pub(crate) partitions: Option<Vec<syn::LitInt>>,
@@ -215,10 +218,20 @@ pub(crate) fn parse_into(
     }
     match kind {
         AttrKind::Subscriber => {
-            if topics.is_empty() && sub.pattern.is_none() {
+            if sub.dynamic {
+                let given = topics.first().map(LitStr::span);
+                let given = given.or(sub.pattern.as_ref().map(LitStr::span));
+                let given = given.or(sub.partitions.iter().flatten().next().map(|p| p.span()));
+                if let Some(given) = given {
+                    errors.error(
+                        given,
+                        "a `dynamic` subscriber takes its topics while the service runs (`Control::subscribe`): it names no topic, pattern or partitions",
+                    );
+                }
+            } else if topics.is_empty() && sub.pattern.is_none() {
                 errors.error(
                     attr_span,
-                    "#[subscriber] needs at least one topic: #[subscriber(\"topic\")], or a pattern: #[subscriber(pattern = \"orders\\\\..*\")]",
+                    "#[subscriber] needs at least one topic: #[subscriber(\"topic\")], or a pattern: #[subscriber(pattern = \"orders\\\\..*\")], or `dynamic = true` to subscribe while the service runs",
                 );
             }
             if let (Some(_), Some(group)) = (&sub.partitions, &sub.group_id) {
@@ -258,6 +271,18 @@ fn apply_option(
         })
     };
     match name {
+        "dynamic" => match value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Bool(b),
+                ..
+            }) => sub.dynamic = b.value,
+            _ => {
+                return Err(syn::Error::new(
+                    span,
+                    "option `dynamic` expects `true` or `false`",
+                ))
+            }
+        },
         "pattern" => {
             let lit = string()?;
             // Recorded even when invalid: the subscriber has a pattern, only this one is wrong.

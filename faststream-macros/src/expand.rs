@@ -143,7 +143,9 @@ fn check_retry_topics(route: &RouteArgs, errors: &mut Errors) {
         return;
     }
     let topics: Vec<&LitStr> = route.subscribers.iter().flat_map(|s| &s.topics).collect();
-    let problem = if route.subscribers.iter().any(|s| s.pattern.is_some()) {
+    let problem = if route.subscribers.iter().any(|s| s.dynamic) {
+        Some("`retry_topics` needs a subscription to one topic by name, not a `dynamic` one")
+    } else if route.subscribers.iter().any(|s| s.pattern.is_some()) {
         Some("`retry_topics` needs a subscription to one topic by name, not a pattern")
     } else if route.subscribers.len() > 1 || topics.len() > 1 {
         Some("`retry_topics` needs a subscription to one topic: a message's retries stay on the partition of the same number of its topic")
@@ -416,6 +418,9 @@ fn generate(
         let mut def = quote!(#fs::SubscriberDef::new(&[#(#topics),*]));
         if let Some(p) = &s.pattern {
             def = quote!(#def.pattern(#p));
+        }
+        if s.dynamic {
+            def = quote!(#def.dynamic());
         }
         if let Some(g) = &s.group_id {
             def = quote!(#def.group_id(#g));

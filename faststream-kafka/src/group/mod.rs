@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use faststream_core::{Assignor, OffsetReset, RouteDef, Shutdown, ShutdownTrigger};
 use kafka_protocol::error::ResponseError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -38,7 +38,7 @@ use crate::config::{Config, GroupSettings};
 use crate::consume::{GroupLink, LaneLink, PartitionConsumer, Runtime};
 use crate::error::KafkaError;
 use crate::protocol::{ms, Conn, ConnError};
-use faststream_core::{PartitionStop, Position, RetryLane};
+use faststream_core::{PartitionStop, Position, RetryLane, Subscriptions};
 use tokio_util::task::AbortOnDropHandle;
 
 mod coordinator;
@@ -114,6 +114,9 @@ pub(crate) struct GroupTopic {
     pub(crate) route: &'static RouteDef,
     pub(crate) topic: String,
     pub(crate) reset: OffsetReset,
+    /// Subscribed while the service runs ([`faststream_core::Control::subscribe`]): its
+    /// partitions start at `reset` when nothing is committed, as at startup.
+    pub(crate) dynamic: bool,
 }
 
 /// Runs one consumer group member for every subscription with the same group id.
@@ -124,6 +127,9 @@ pub(crate) struct GroupRunner {
     pub(crate) topics: std::sync::Mutex<Vec<GroupTopic>>,
     /// Pattern subscriptions of the group's routes.
     pub(crate) patterns: Vec<crate::topics::TopicPattern>,
+    /// Dynamic handlers of the group (`dynamic = true`), with their offset reset: their topics
+    /// follow the control's subscriptions.
+    pub(crate) dynamic: Vec<(&'static RouteDef, OffsetReset)>,
     pub(crate) settings: GroupSettings,
     pub(crate) rt: Arc<Runtime>,
     pub(crate) shutdown: Shutdown,
@@ -202,9 +208,14 @@ impl GroupRunner {
         let mut unassigned_since = Instant::now();
         let mut next_warning = unassigned_since + self.rebalance_bound();
         let mut rejoin_pause = Backoff::new(REJOIN_PAUSE.0, REJOIN_PAUSE.1);
+        let mut subscriptions = self.rt.pipeline.control().watch_subscriptions();
         let result = loop {
             if self.shutdown.is_triggered() {
                 break Ok(());
+            }
+            if !self.dynamic.is_empty() {
+                let now = subscriptions.borrow_and_update().clone();
+                self.apply_subscriptions(&now).await;
             }
             let waiting = Waiting::new();
             let joined = {
@@ -304,7 +315,7 @@ impl GroupRunner {
                 .serve_generation(
                     &mut conn,
                     &member,
-                    &watched,
+                    (&watched, &mut subscriptions),
                     running,
                     beat_rx,
                     &mut ready_sent,
@@ -469,7 +480,7 @@ impl GroupRunner {
             let is_new = initial
                 .as_ref()
                 .is_some_and(|counts| *partition >= counts.get(topic).copied().unwrap_or(0));
-            let reset = if is_new && start.is_none() {
+            let reset = if is_new && start.is_none() && !sub.dynamic {
                 OffsetReset::Earliest
             } else {
                 sub.reset
@@ -511,7 +522,7 @@ impl GroupRunner {
         &self,
         conn: &mut Option<Conn>,
         member: &Member,
-        watched: &Watched,
+        (watched, subscriptions): (&Watched, &mut watch::Receiver<Subscriptions>),
         mut running: Running,
         mut beats: mpsc::UnboundedReceiver<Beat>,
         ready_sent: &mut bool,
@@ -563,6 +574,13 @@ impl GroupRunner {
                     let _ = reply.send(());
                     if let Some(end) = end {
                         break end;
+                    }
+                }
+                Ok(()) = subscriptions.changed(), if !self.dynamic.is_empty() => {
+                    let now = subscriptions.borrow_and_update().clone();
+                    if self.apply_subscriptions(&now).await {
+                        tracing::info!(group = self.group, generation = member.generation, "subscriptions of dynamic handlers changed: rejoining");
+                        break Ended::Rejoin { reset_member: false };
                     }
                 }
                 _ = refresh.tick() => {
@@ -622,6 +640,51 @@ impl GroupRunner {
             (_, Some(e)) => Ended::Failed(e),
             (ended, None) => ended,
         }
+    }
+
+    /// Brings the topics of the group's dynamic handlers in line with `subscriptions` (a topic
+    /// that cannot be found or created is logged and left out); whether they changed.
+    async fn apply_subscriptions(&self, subscriptions: &Subscriptions) -> bool {
+        let mut wanted = Vec::new();
+        for (route, reset) in &self.dynamic {
+            for topic in subscriptions.get(route.name()).into_iter().flatten() {
+                let topic = self.rt.pipeline.topic_name(topic);
+                self.rt.producers.declare(std::slice::from_ref(&topic));
+                let found = self
+                    .rt
+                    .producers
+                    .partition_count(&self.rt.client, &topic)
+                    .await;
+                match found {
+                    Ok(_) => wanted.push(GroupTopic {
+                        route,
+                        topic,
+                        reset: *reset,
+                        dynamic: true,
+                    }),
+                    Err(e) => tracing::error!(
+                        group = self.group,
+                        handler = route.name(),
+                        topic,
+                        error = %e,
+                        "cannot subscribe the handler to the topic"
+                    ),
+                }
+            }
+        }
+        let same =
+            |a: &GroupTopic, b: &GroupTopic| a.topic == b.topic && a.route.name() == b.route.name();
+        let mut topics = crate::produce::lock(&self.topics);
+        let before = topics.len();
+        topics.retain(|t| !t.dynamic || wanted.iter().any(|w| same(w, t)));
+        let mut changed = topics.len() != before;
+        for w in wanted {
+            if !topics.iter().any(|t| same(t, &w)) {
+                topics.push(w);
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Topics whose partition count differs from the assignment's (appeared, gone, or
@@ -686,6 +749,7 @@ impl GroupRunner {
                         route: pattern.route,
                         topic: topic.clone(),
                         reset: OffsetReset::Earliest,
+                        dynamic: false,
                     });
                     added.push(topic.clone());
                 }

@@ -125,6 +125,16 @@ async fn the_metrics_page_counts_what_happened() {
         open >= 3.0,
         "faststream_connections counts {open} in\n{page}"
     );
+    // Requests waiting for their answer: a series per broker, never negative.
+    let waiting: Vec<f64> = page
+        .lines()
+        .filter(|l| l.starts_with("faststream_requests_in_flight{broker=\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .collect();
+    assert!(
+        !waiting.is_empty() && waiting.iter().all(|v| *v >= 0.0),
+        "{page}"
+    );
     let t = input.as_str();
     let get = |name: &str, labels: &[(&str, &str)]| {
         value(&page, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in\n{page}"))
@@ -318,4 +328,68 @@ async fn batch_handlers_count_messages_and_batches() {
         ),
         batches.len() as f64
     );
+}
+
+#[subscriber(
+    "shared",
+    group_id = "shared",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 300
+)]
+async fn shared(order: Order) {
+    let _ = order;
+}
+
+/// The first member's join is counted; a second member joining rebalances the first (cause
+/// `group`), and how long the first member's partitions stopped is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_counts_a_rebalance_and_its_pause() {
+    let prefix = unique_prefix("rebal");
+    let client = raw_client().await;
+    create_topic(&client, &format!("{prefix}shared"), 2).await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let metered = app(routes![shared], &prefix).prometheus(([127, 0, 0, 1], port).into());
+    let first = start(metered).await;
+    let group = format!("{prefix}shared");
+    let g = group.as_str();
+    let page = http_get(&url).await;
+    let joins = value(
+        &page,
+        "faststream_rebalances_total",
+        &[("group", g), ("cause", "join")],
+    );
+    assert_eq!(joins, Some(1.0), "{page}");
+    let second = start(app(routes![shared], &prefix)).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let page = http_get(&url).await;
+        let rebalanced = value(
+            &page,
+            "faststream_rebalances_total",
+            &[("group", g), ("cause", "group")],
+        );
+        let pauses = value(
+            &page,
+            "faststream_rebalance_pause_seconds_count",
+            &[("group", g)],
+        );
+        if rebalanced >= Some(1.0) && pauses >= Some(1.0) {
+            let paused = value(
+                &page,
+                "faststream_rebalance_pause_seconds_sum",
+                &[("group", g)],
+            );
+            assert!(paused.is_some_and(|s| s > 0.0), "{page}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first member's rebalance is counted:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
 }

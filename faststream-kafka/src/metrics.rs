@@ -20,7 +20,10 @@
 //! | `faststream_published_messages_total` | counter | `topic` |
 //! | `faststream_published_messages_errors_total` | counter | `topic` |
 //! | `faststream_producer_queued_bytes` | gauge | `topic`, `partition` |
+//! | `faststream_rebalances_total` | counter | `group`, `cause` |
+//! | `faststream_rebalance_pause_seconds` | histogram | `group` |
 //! | `faststream_connections` | gauge | `broker` |
+//! | `faststream_requests_in_flight` | gauge | `broker` |
 
 #[cfg(feature = "metrics")]
 pub(crate) use on::*;
@@ -151,19 +154,51 @@ mod on {
         gauge!("faststream_assigned_partitions", "group" => group.to_owned()).set(n as f64);
     }
 
-    /// Counts one open connection to a broker while it lives.
+    /// A member got an assignment after joining for `cause`.
+    pub(crate) fn rebalance(group: &str, cause: &'static str) {
+        let labels = [("group", group.to_owned()), ("cause", cause.to_owned())];
+        counter!("faststream_rebalances_total", &labels).increment(1);
+    }
+
+    /// How long a member's partitions were stopped by a rebalance.
+    pub(crate) fn rebalance_pause(group: &str, pause: Duration) {
+        histogram!("faststream_rebalance_pause_seconds", "group" => group.to_owned())
+            .record(pause.as_secs_f64());
+    }
+
+    /// Counts one open connection to a broker while it lives, and its request while one
+    /// waits for its answer.
     #[derive(Debug)]
-    pub(crate) struct OpenConnection(Gauge);
+    pub(crate) struct OpenConnection {
+        open: Gauge,
+        in_flight: Gauge,
+    }
 
     impl OpenConnection {
         pub(crate) fn new(broker: &str) -> Self {
             let open = gauge!("faststream_connections", "broker" => broker.to_owned());
             open.increment(1.0);
-            Self(open)
+            let in_flight = gauge!("faststream_requests_in_flight", "broker" => broker.to_owned());
+            Self { open, in_flight }
+        }
+
+        /// Counts a request until the guard is dropped (answered, failed or abandoned).
+        pub(crate) fn request(&self) -> InFlight {
+            self.in_flight.increment(1.0);
+            InFlight(self.in_flight.clone())
         }
     }
 
     impl Drop for OpenConnection {
+        fn drop(&mut self) {
+            self.open.decrement(1.0);
+        }
+    }
+
+    /// One request waiting for its answer.
+    pub(crate) struct InFlight(Gauge);
+
+    impl Drop for InFlight {
         fn drop(&mut self) {
             self.0.decrement(1.0);
         }
@@ -244,6 +279,12 @@ mod off {
     #[inline]
     pub(crate) fn assigned(_: &str, _: usize) {}
 
+    #[inline]
+    pub(crate) fn rebalance(_: &str, _: &'static str) {}
+
+    #[inline]
+    pub(crate) fn rebalance_pause(_: &str, _: Duration) {}
+
     #[derive(Debug)]
     pub(crate) struct OpenConnection;
 
@@ -252,6 +293,9 @@ mod off {
         pub(crate) fn new(_: &str) -> Self {
             Self
         }
+
+        #[inline]
+        pub(crate) fn request(&self) {}
     }
 
     #[derive(Debug)]

@@ -74,8 +74,9 @@ pub(crate) struct Conn {
     broken: bool,
     /// Whether TLS offered a client certificate (to say what a refused handshake means).
     client_cert: bool,
-    /// Counted in `faststream_connections` while it lives.
-    _open: crate::metrics::OpenConnection,
+    /// Counted in `faststream_connections` while it lives (and its request in
+    /// `faststream_requests_in_flight`).
+    meter: crate::metrics::OpenConnection,
 }
 
 impl std::fmt::Debug for Conn {
@@ -157,7 +158,7 @@ impl Conn {
             timeout,
             broken: false,
             client_cert: security.tls().is_some_and(|t| t.has_client_cert()),
-            _open: crate::metrics::OpenConnection::new(addr),
+            meter: crate::metrics::OpenConnection::new(addr),
         };
         let resp: ApiVersionsResponse = conn.send(&ApiVersionsRequest::default(), 0).await?;
         if resp.error_code != 0 {
@@ -306,6 +307,8 @@ impl Conn {
         // a `select!` that took another branch), the request's response is still on its way
         // and the next request would read it as its own.
         self.broken = true;
+        #[allow(clippy::let_unit_value)] // a unit without the `metrics` feature
+        let _in_flight = self.meter.request();
         let res = match tokio::time::timeout(timeout, self.roundtrip(req, version)).await {
             Ok(res) => res,
             Err(_) => Err(ConnError::Timeout {

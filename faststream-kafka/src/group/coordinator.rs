@@ -311,7 +311,10 @@ impl GroupRunner {
                 reason,
                 "offset commit refused: rejoining"
             );
-            return Some(Ended::Rejoin { reset_member });
+            return Some(Ended::Rejoin {
+                reset_member,
+                cause: "commit",
+            });
         }
         tracing::warn!(
             group = self.group,

@@ -154,6 +154,9 @@ enum Ended {
     Shutdown,
     Rejoin {
         reset_member: bool,
+        /// What asked for it, as metrics name it: `group` (the coordinator: a member joined
+        /// or left), `fenced`, `heartbeat`, `commit`, `metadata`, `subscriptions`.
+        cause: &'static str,
     },
     /// A partition consumer stopped on its own, or the member was fenced for good.
     Failed(KafkaError),
@@ -209,6 +212,9 @@ impl GroupRunner {
         let mut next_warning = unassigned_since + self.rebalance_bound();
         let mut rejoin_pause = Backoff::new(REJOIN_PAUSE.0, REJOIN_PAUSE.1);
         let mut subscriptions = self.rt.pipeline.control().watch_subscriptions();
+        // Why the member is joining again, and when its partitions stopped (`None`: the first
+        // join).
+        let mut rejoining: Option<(&'static str, Instant)> = None;
         let result = loop {
             if self.shutdown.is_triggered() {
                 break Ok(());
@@ -308,10 +314,25 @@ impl GroupRunner {
                 }
             };
             crate::metrics::assigned(&self.group, assigned.len());
+            match rejoining.take() {
+                Some((cause, stopped_at)) => {
+                    let pause = stopped_at.elapsed();
+                    crate::metrics::rebalance(&self.group, cause);
+                    crate::metrics::rebalance_pause(&self.group, pause);
+                    tracing::info!(
+                        group = self.group,
+                        generation = member.generation,
+                        cause,
+                        paused = ?pause,
+                        "partitions consumed again after the rebalance"
+                    );
+                }
+                None => crate::metrics::rebalance(&self.group, "join"),
+            }
             if let Some(hook) = &config.hooks.assigned {
                 hook(&self.group, &assigned);
             }
-            let ended = self
+            let (ended, stopped_at) = self
                 .serve_generation(
                     &mut conn,
                     &member,
@@ -348,10 +369,14 @@ impl GroupRunner {
                     break Ok(());
                 }
                 Ended::Failed(e) => break Err(e),
-                Ended::Rejoin { reset_member } => {
+                Ended::Rejoin {
+                    reset_member,
+                    cause,
+                } => {
                     if reset_member {
                         member.member_id.clear();
                     }
+                    rejoining = Some((cause, stopped_at));
                 }
             }
         };
@@ -526,7 +551,7 @@ impl GroupRunner {
         mut running: Running,
         mut beats: mpsc::UnboundedReceiver<Beat>,
         ready_sent: &mut bool,
-    ) -> Ended {
+    ) -> (Ended, Instant) {
         self.announce_ready(&running, ready_sent);
         let mut commit = tokio::time::interval(self.settings.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -550,14 +575,14 @@ impl GroupRunner {
                 beat = beats.recv() => match beat {
                     Some(Beat::Rebalance) => {
                         tracing::info!(group = self.group, generation = member.generation, "rebalance: revoking partitions");
-                        break Ended::Rejoin { reset_member: false };
+                        break Ended::Rejoin { reset_member: false, cause: "group" };
                     }
                     Some(Beat::Fenced(ResponseError::FencedInstanceId)) => break Ended::Failed(fenced(member)),
                     Some(Beat::Fenced(e)) => {
                         tracing::warn!(group = self.group, generation = member.generation, error = %e, "no longer a member: rejoining");
-                        break Ended::Rejoin { reset_member: true };
+                        break Ended::Rejoin { reset_member: true, cause: "fenced" };
                     }
-                    None => break Ended::Rejoin { reset_member: false },
+                    None => break Ended::Rejoin { reset_member: false, cause: "heartbeat" },
                 },
                 Some(joined) = running.tasks.join_next_with_id() => {
                     if let Some(e) = consumer_failure(&mut running, joined) {
@@ -580,19 +605,20 @@ impl GroupRunner {
                     let now = subscriptions.borrow_and_update().clone();
                     if self.apply_subscriptions(&now).await {
                         tracing::info!(group = self.group, generation = member.generation, "subscriptions of dynamic handlers changed: rejoining");
-                        break Ended::Rejoin { reset_member: false };
+                        break Ended::Rejoin { reset_member: false, cause: "subscriptions" };
                     }
                 }
                 _ = refresh.tick() => {
                     if let Some(changed) = self.watched_changes(watched).await {
                         tracing::info!(group = self.group, generation = member.generation, changed = ?changed, "subscribed topics changed (partitions: before, now): rejoining");
-                        break Ended::Rejoin { reset_member: false };
+                        break Ended::Rejoin { reset_member: false, cause: "metadata" };
                     }
                 }
             }
         };
         // Revoke: stop fetching, finish the message in hand, wait for acks; heartbeats go on.
         running.stop.trigger();
+        let stopped_at = Instant::now();
         let limit = self.drain_limit(&ended);
         let deadline = Instant::now() + limit;
         let mut failure = None;
@@ -635,11 +661,12 @@ impl GroupRunner {
                 "final offset commit failed; messages since the last commit will be consumed again"
             ),
         }
-        match (ended, failure) {
+        let ended = match (ended, failure) {
             (Ended::Failed(e), _) => Ended::Failed(e),
             (_, Some(e)) => Ended::Failed(e),
             (ended, None) => ended,
-        }
+        };
+        (ended, stopped_at)
     }
 
     /// Brings the topics of the group's dynamic handlers in line with `subscriptions` (a topic

@@ -32,8 +32,9 @@
 //!
 //! The parent process times each relay child from its start until the output topic holds all
 //! N messages (it polls the fetch high watermarks itself, so the polling costs the measured
-//! process nothing), checks the count is exactly N, then stops the child, which reports its CPU
-//! time and peak RSS. With `KAFKA_BROKER_PID` set (`scripts/kafka-dev run` sets it), the broker's
+//! process nothing), checks the count is exactly N, counts the sockets the child holds at that
+//! moment (its open file descriptors that are sockets, from `/proc`), then stops the child, which
+//! reports its CPU time and peak RSS. With `KAFKA_BROKER_PID` set (`scripts/kafka-dev run` sets it), the broker's
 //! own CPU per message during each row is printed too: the broker shares the machine's cores.
 
 use std::collections::VecDeque;
@@ -182,6 +183,19 @@ struct Figures {
     peak_rss_kib: u64,
     /// The broker's CPU time during the row (when its pid is known).
     broker_cpu_seconds: Option<f64>,
+    /// Sockets the relay held once its output was complete (networked rows, on Linux).
+    sockets: Option<usize>,
+}
+
+/// How many of the process's open file descriptors are sockets (`None` without `/proc`).
+fn sockets_of(pid: u32) -> Option<usize> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let sockets = fds
+        .filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count();
+    Some(sockets)
 }
 
 fn main() {
@@ -274,6 +288,7 @@ async fn parent(args: Args) {
             }
         });
         let mut seconds = None;
+        let mut sockets = None;
         // CPU the child used before its clock started (a group's join).
         let mut cpu_before = 0.0;
         if kind == "framework-group" {
@@ -294,6 +309,7 @@ async fn parent(args: Args) {
         if networked {
             wait_for_output(&client, &format!("{prefix}out-topic"), &fill).await;
             seconds = Some(started.elapsed().as_secs_f64());
+            sockets = sockets_of(child.id());
             // Done: the child reports its figures when told to stop.
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -321,14 +337,15 @@ async fn parent(args: Args) {
                 cpu_seconds: f[1] - cpu_before,
                 peak_rss_kib: f[2] as u64,
                 broker_cpu_seconds: broker.filter(|_| networked),
+                sockets,
             },
         ));
     }
     let n = args.messages as f64;
     println!();
     println!(
-        "{:<16} {:>12} {:>16} {:>14} {:>20}",
-        "", "msgs/s", "CPU s / 100k", "peak RSS MiB", "broker CPU s / 100k"
+        "{:<16} {:>12} {:>16} {:>14} {:>20} {:>8}",
+        "", "msgs/s", "CPU s / 100k", "peak RSS MiB", "broker CPU s / 100k", "sockets"
     );
     let io_n = io_messages(&args) as f64;
     for (kind, f) in &results {
@@ -342,13 +359,15 @@ async fn parent(args: Args) {
         let broker = f
             .broker_cpu_seconds
             .map_or("n/a".to_owned(), |b| format!("{:.3}", b / n * 100_000.0));
+        let sockets = f.sockets.map_or("n/a".to_owned(), |s| s.to_string());
         println!(
-            "{:<16} {:>12.0} {:>16.3} {:>14.1} {:>20}",
+            "{:<16} {:>12.0} {:>16.3} {:>14.1} {:>20} {:>8}",
             kind,
             n / f.seconds,
             f.cpu_seconds / n * 100_000.0,
             f.peak_rss_kib as f64 / 1024.0,
-            broker
+            broker,
+            sockets
         );
     }
     // The last round of a row (warm).

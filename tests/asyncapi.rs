@@ -41,6 +41,17 @@ async fn audit(event: String) {
     let _ = event;
 }
 
+#[subscriber(
+    "orders",
+    group_id = "billing",
+    retry_topics = ["orders.retry.30s"],
+    dlq = "orders.dlq"
+)]
+async fn bill(order: Name) -> Result<(), String> {
+    let _ = order;
+    Ok(())
+}
+
 fn seed_app() -> FastStream<KafkaBroker> {
     FastStream::new(KafkaBroker::new("localhost:9092")).with_routes(routes![handle_msg])
 }
@@ -59,9 +70,10 @@ fn operations(doc: &Value) -> Vec<(String, String, String)> {
             (
                 id.clone(),
                 op["action"].as_str().unwrap().to_owned(),
+                // (A pattern's channel has no address.)
                 doc["channels"][channel]["address"]
                     .as_str()
-                    .unwrap()
+                    .unwrap_or_default()
                     .to_owned(),
             )
         })
@@ -137,7 +149,7 @@ fn the_seed_document_has_the_channels_and_operations_faststream_generates() {
 #[test]
 fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_and_yaml() {
     let app = FastStream::new(KafkaBroker::new("broker-1:9093"))
-        .with_routes(routes![handle_msg, sink, greet, audit])
+        .with_routes(routes![handle_msg, sink, greet, audit, bill])
         .topic_prefix("staging.")
         .asyncapi_info("readings", "2.1.0");
     let doc = app.asyncapi();
@@ -175,6 +187,29 @@ fn documents_with_groups_batches_and_prefixes_pass_the_official_parser_as_json_a
         .as_str()
         .unwrap()
         .contains("staging.audit\\..+"));
+    // Retry topics are read and written, the dead-letter topic written, with the input's
+    // payload.
+    let ops = operations(v);
+    for (id, action, address) in [
+        (
+            "staging.orders.retry.30s:BillSubscribe",
+            "receive",
+            "staging.orders.retry.30s",
+        ),
+        (
+            "staging.orders.retry.30s:Publisher",
+            "send",
+            "staging.orders.retry.30s",
+        ),
+        ("staging.orders.dlq:Publisher", "send", "staging.orders.dlq"),
+    ] {
+        let want = (id.to_owned(), action.to_owned(), address.to_owned());
+        assert!(ops.contains(&want), "{want:?} in {ops:?}");
+    }
+    assert_eq!(
+        messages["staging.orders.dlq:Publisher:Bill:Message"]["contentType"],
+        messages["staging.orders:Bill:SubscribeMessage"]["contentType"]
+    );
     // YAML reads back as the same document.
     let yaml = doc.to_yaml();
     assert!(yaml.starts_with("\"asyncapi\": \"3.0.0\"\n"), "{yaml}");

@@ -85,6 +85,9 @@ impl AsyncApi {
                         Some("the topics this handler is subscribed to while the service runs (Control::subscribe)".into()),
                     ));
                 }
+                // Retry topics are read by the handler too.
+                let retry = route.policy().retry_topic_names().iter();
+                named.extend(retry.map(|(t, _)| (format!("{prefix}{t}"), None)));
                 if let Some(p) = sub.topic_pattern() {
                     let topic = format!("{prefix}{p}");
                     let description =
@@ -124,14 +127,24 @@ impl AsyncApi {
                     operations.insert(format!("{channel}Subscribe"), operation);
                 }
             }
-            for topic in route.publishers() {
+            // What it sends: its return values, and copies of its input to the dead-letter
+            // topic and the retry topics.
+            let outputs = route
+                .publishers()
+                .iter()
+                .map(|t| (*t, schemas.reply.as_ref()));
+            let policy = route.policy();
+            let copies = policy.dlq_topic().into_iter();
+            let copies = copies.chain(policy.retry_topic_names().iter().map(|(t, _)| *t));
+            let copies = copies.map(|t| (t, schemas.body.as_ref()));
+            for (topic, payload) in outputs.chain(copies) {
                 let topic = format!("{prefix}{topic}");
                 let channel = format!("{topic}:Publisher");
                 let key = format!("{handler}:Message");
                 let message = format!("{channel}:{key}");
                 messages.insert(
                     message.clone(),
-                    message_object(&message, schemas.reply.as_ref(), &mut inline),
+                    message_object(&message, payload, &mut inline),
                 );
                 let entry = channels.entry(channel.clone()).or_insert_with(|| {
                     json!({

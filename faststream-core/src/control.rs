@@ -304,7 +304,7 @@ impl Control {
         match matching[..] {
             [one] => Ok(one),
             [] if handlers.is_empty() => Err(Error::Usage(format!(
-                "cannot pause or resume handler {name:?}: the service is not running yet"
+                "cannot control handler {name:?}: the service is not running yet"
             ))),
             [] => Err(Error::Usage(format!(
                 "no handler {name:?}; the handlers are {:?}",

@@ -243,6 +243,7 @@ fn a_service_prints_its_document_with_the_asyncapi_flag() {
         [
             ("send", "audit-log"),
             ("send", "invoices"),
+            ("send", "orders.dlq"),
             ("receive", "orders")
         ]
     );

@@ -70,6 +70,15 @@ fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// The values of a gauge labelled by broker, one per broker.
+fn per_broker(page: &str, name: &str) -> Vec<f64> {
+    let start = format!("{name}{{broker=\"");
+    page.lines()
+        .filter(|l| l.starts_with(&start))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_page_counts_what_happened() {
     let prefix = unique_prefix("metered");
@@ -116,21 +125,13 @@ async fn the_metrics_page_counts_what_happened() {
 
     // The connections held to the broker while the service ran (the other test of this binary
     // may hold some too, so only a lower bound): at least the fetch, the produce and the group's.
-    let open: f64 = page
-        .lines()
-        .filter(|l| l.starts_with("faststream_connections{broker=\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let open: f64 = per_broker(&page, "faststream_connections").iter().sum();
     assert!(
         open >= 3.0,
         "faststream_connections counts {open} in\n{page}"
     );
     // Requests waiting for their answer: a series per broker, never negative.
-    let waiting: Vec<f64> = page
-        .lines()
-        .filter(|l| l.starts_with("faststream_requests_in_flight{broker=\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .collect();
+    let waiting = per_broker(&page, "faststream_requests_in_flight");
     assert!(
         !waiting.is_empty() && waiting.iter().all(|v| *v >= 0.0),
         "{page}"

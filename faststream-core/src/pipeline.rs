@@ -228,13 +228,18 @@ impl Pipeline {
         }
         let mut passed = Vec::new();
         let mut kept = Vec::with_capacity(msgs.len());
+        // (offset, key, original offset) of the kept messages that are on the lane.
+        let mut handled = Vec::with_capacity(msgs.len());
         for msg in msgs {
             let Some(origin) = lane_origin(&msg, stage) else {
                 kept.push(msg);
                 continue;
             };
             match lane.step(&msg.key, origin, stage) {
-                LaneStep::Handle => kept.push(msg),
+                LaneStep::Handle => {
+                    handled.push((msg.offset, msg.key.clone(), origin));
+                    kept.push(msg);
+                }
                 LaneStep::Stale => {
                     tracing::debug!(
                         handler = route.name(),
@@ -269,10 +274,6 @@ impl Pipeline {
                 }
             }
         }
-        let handled: Vec<(i64, Option<bytes::Bytes>, Option<i64>)> = kept
-            .iter()
-            .map(|m| (m.offset, m.key.clone(), lane_origin(m, stage)))
-            .collect();
         let scope = Scope {
             interrupt,
             lane: Some((lane, stage)),
@@ -280,10 +281,8 @@ impl Pipeline {
         let mut outcome = self.handle_batch_in(route, kept, scope).await;
         // Handled ones leave the path (failures were settled by `conclude`).
         for (offset, key, origin) in handled {
-            if let Some(origin) = origin {
-                if !outcome.failed.iter().any(|(o, _)| *o == offset) {
-                    lane.finish(&key, origin);
-                }
+            if !outcome.failed.iter().any(|(o, _)| *o == offset) {
+                lane.finish(&key, origin);
             }
         }
         outcome.failed.extend(passed);

@@ -410,12 +410,8 @@ impl Inner {
     /// The routes subscribed to `topic`.
     fn routes_of(&self, topic: &str) -> Vec<&'static RouteDef> {
         // Dynamic handlers take the topics they are subscribed to (`Control::subscribe`).
-        let subscribed = self
-            .pipeline
-            .control()
-            .watch_subscriptions()
-            .borrow()
-            .clone();
+        let subscriptions = self.pipeline.control().watch_subscriptions();
+        let subscribed = subscriptions.borrow();
         self.pipeline
             .routes()
             .iter()

@@ -295,8 +295,12 @@ mod off {
         }
 
         #[inline]
-        pub(crate) fn request(&self) {}
+        pub(crate) fn request(&self) -> InFlight {
+            InFlight
+        }
     }
+
+    pub(crate) struct InFlight;
 
     #[derive(Debug)]
     pub(crate) struct ProducerMetrics;

@@ -307,7 +307,6 @@ impl Conn {
         // a `select!` that took another branch), the request's response is still on its way
         // and the next request would read it as its own.
         self.broken = true;
-        #[allow(clippy::let_unit_value)] // a unit without the `metrics` feature
         let _in_flight = self.meter.request();
         let res = match tokio::time::timeout(timeout, self.roundtrip(req, version)).await {
             Ok(res) => res,

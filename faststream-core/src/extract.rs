@@ -83,6 +83,14 @@ impl Context {
         }
     }
 
+    /// The same context whose publisher holds what the handler publishes (exactly-once: it
+    /// joins the message's outputs if the attempt succeeds).
+    pub(crate) fn holding(mut self) -> (Self, Arc<crate::publish::Held>) {
+        let (publisher, held) = self.publisher.holding();
+        self.publisher = publisher;
+        (self, held)
+    }
+
     /// The shared state.
     pub fn state(&self) -> &StateMap {
         &self.state

@@ -381,8 +381,9 @@ impl Pipeline {
             .retried(route, policy, scope.interrupt, &unit, attempt)
             .await
         {
-            Tried::Ok((reply, acked)) => {
-                let outputs = self.address(route, index, policy, reply, msg, correlation_id);
+            Tried::Ok((reply, acked, published)) => {
+                let mut outputs = self.held(published);
+                outputs.extend(self.address(route, index, policy, reply, msg, correlation_id));
                 if acked {
                     Outcome::Done(outputs)
                 } else {
@@ -529,7 +530,7 @@ impl Pipeline {
             None => None,
         };
         let result = if msgs.is_empty() {
-            Tried::Ok(Vec::new())
+            Tried::Ok((Vec::new(), Vec::new()))
         } else {
             // The messages move into the attempts' state below: the unit keeps its own topic.
             let topic = msgs[0].topic.clone();
@@ -547,11 +548,18 @@ impl Pipeline {
                 // Every message left as undecodable: nothing to call.
                 let call = (!batch.is_empty()).then(|| {
                     let ctx = self.ctx.for_attempt(None, correlation_id.clone());
-                    call_limited(handler(batch, ctx), policy.timeout)
+                    let (ctx, held) = match policy.exactly_once {
+                        true => {
+                            let (ctx, held) = ctx.holding();
+                            (ctx, Some(held))
+                        }
+                        false => (ctx, None),
+                    };
+                    (call_limited(handler(batch, ctx), policy.timeout), held)
                 });
                 async move {
-                    let Some(call) = call else {
-                        return Ok(Vec::new());
+                    let Some((call, held)) = call else {
+                        return Ok((Vec::new(), Vec::new()));
                     };
                     let BatchResult {
                         undecodable: mut failed,
@@ -566,7 +574,8 @@ impl Pipeline {
                             undecodable.push((msgs.remove(i), error, attempts));
                         }
                     }
-                    replies
+                    let published = held.map(|h| h.take()).unwrap_or_default();
+                    replies.map(|r| (r, published))
                 }
             };
             let tried = self
@@ -580,8 +589,9 @@ impl Pipeline {
             tried
         };
         let outputs = match result {
-            Tried::Ok(replies) => {
-                let mut outputs = self.address_batch(route, index, replies, correlation_id);
+            Tried::Ok((replies, published)) => {
+                let mut outputs = self.held(published);
+                outputs.extend(self.address_batch(route, index, replies, correlation_id));
                 if let Some(chain) = chain {
                     for msg in &msgs {
                         chain.after(msg, &mut Outcome::Done(Vec::new()));
@@ -612,6 +622,15 @@ impl Pipeline {
         };
         failed.sort_by_key(|(offset, _)| *offset);
         BatchOutcome { outputs, failed }
+    }
+
+    /// What an exactly-once handler published during its successful attempt, through the
+    /// app's middlewares as any publish: the first of the message's outputs.
+    fn held(&self, mut published: Vec<OutgoingMessage>) -> Vec<OutgoingMessage> {
+        for out in &mut published {
+            self.middlewares.publish(out);
+        }
+        published
     }
 
     /// A batch's replies, each addressed to every publisher topic of `route` (in reply order,
@@ -861,7 +880,7 @@ impl Pipeline {
         policy: &FailurePolicy,
         msg: &Message,
         correlation_id: &Option<bytes::Bytes>,
-    ) -> Result<(Reply, bool), HandlerError> {
+    ) -> Result<(Reply, bool, Vec<OutgoingMessage>), HandlerError> {
         if let (Some(max), Some(payload)) = (policy.max_message_bytes, &msg.payload) {
             if payload.len() > max {
                 return Err(HandlerError::Decode(DecodeError::new(
@@ -875,17 +894,25 @@ impl Pipeline {
         }
         let acker = (policy.ack == AckMode::Manual).then(Acker::new);
         let ctx = self.ctx.for_attempt(acker.clone(), correlation_id.clone());
+        let (ctx, held) = match policy.exactly_once {
+            true => {
+                let (ctx, held) = ctx.holding();
+                (ctx, Some(held))
+            }
+            false => (ctx, None),
+        };
         let RouteHandler::One(handler) = route.handler else {
             unreachable!("batch routes are handled by handle_batch");
         };
         let result = call_limited(handler(msg.clone(), ctx), policy.timeout)
             .await
             .and_then(|r| r);
+        let published = || held.as_ref().map(|h| h.take()).unwrap_or_default();
         match (result, acker.as_ref().map(Acker::state)) {
             (Err(e), _) => Err(e),
             (Ok(_), Some(Some(false))) => Err(HandlerError::Nacked),
-            (Ok(reply), Some(None)) => Ok((reply, false)),
-            (Ok(reply), _) => Ok((reply, true)),
+            (Ok(reply), Some(None)) => Ok((reply, false, published())),
+            (Ok(reply), _) => Ok((reply, true, published())),
         }
     }
 

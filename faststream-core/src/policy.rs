@@ -243,6 +243,11 @@ pub struct FailurePolicy {
     /// partition going on meanwhile and later messages with its key following it (see
     /// [`RetryLane`](crate::RetryLane)). Empty: failures are retried in place only.
     pub retry_topics: Vec<crate::RetryTopic>,
+    /// Exactly-once read-process-write: the message's outputs (its return value, what the
+    /// handler publishes, dead-letter and retry-topic copies) and its offset are committed in
+    /// one Kafka transaction. Publishes made inside the handler are held until it succeeds
+    /// (those of a failed attempt are dropped). Needs a consumer group.
+    pub exactly_once: bool,
 }
 
 impl Default for FailurePolicy {
@@ -257,6 +262,7 @@ impl Default for FailurePolicy {
             concurrency: 1,
             no_reply: false,
             retry_topics: Vec::new(),
+            exactly_once: false,
         }
     }
 }
@@ -275,6 +281,7 @@ pub struct PolicyDef {
     concurrency: Option<u32>,
     no_reply: Option<bool>,
     retry_topics: Option<&'static [(&'static str, u64)]>,
+    exactly_once: Option<bool>,
 }
 
 impl PolicyDef {
@@ -292,6 +299,7 @@ impl PolicyDef {
             concurrency: None,
             no_reply: None,
             retry_topics: None,
+            exactly_once: None,
         }
     }
 
@@ -355,6 +363,12 @@ impl PolicyDef {
         self
     }
 
+    /// Exactly-once read-process-write (see [`FailurePolicy::exactly_once`]).
+    pub const fn exactly_once(mut self, on: bool) -> Self {
+        self.exactly_once = Some(on);
+        self
+    }
+
     /// Retry topics: `(name, delay in milliseconds)`, in the order a message moves through them.
     pub const fn retry_topics(mut self, topics: &'static [(&'static str, u64)]) -> Self {
         self.retry_topics = Some(topics);
@@ -410,6 +424,9 @@ impl PolicyDef {
         p.concurrency = p.concurrency.max(1);
         if let Some(on) = self.no_reply {
             p.no_reply = on;
+        }
+        if let Some(on) = self.exactly_once {
+            p.exactly_once = on;
         }
         if let Some(topics) = self.retry_topics {
             p.retry_topics = topics

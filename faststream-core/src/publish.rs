@@ -32,6 +32,36 @@ pub trait Publish: Send + Sync + 'static {
     }
 }
 
+/// The publisher of one attempt of an exactly-once handler: what it publishes is held, and
+/// joins the message's outputs (committed in its transaction) when the attempt succeeds; a
+/// failed attempt's publishes are dropped. A request goes out at once: its answer is awaited
+/// inside the handler.
+pub(crate) struct Held {
+    inner: Arc<dyn Publish>,
+    held: std::sync::Mutex<Vec<OutgoingMessage>>,
+}
+
+impl Held {
+    /// What the attempt published, in order.
+    pub(crate) fn take(&self) -> Vec<OutgoingMessage> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Publish for Held {
+    fn send(&self, msg: OutgoingMessage) -> BoxFuture<'_, Result<()>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn request(&self, msg: OutgoingMessage, timeout: Duration) -> BoxFuture<'_, Result<Message>> {
+        self.inner.request(msg, timeout)
+    }
+}
+
 /// A cheap handle for publishing from anywhere, including inside handlers (as an extractor).
 #[derive(Clone)]
 pub struct Publisher(Arc<dyn Publish>);
@@ -46,6 +76,15 @@ impl Publisher {
     /// A handle publishing through `sink`.
     pub fn new(sink: Arc<dyn Publish>) -> Self {
         Self(sink)
+    }
+
+    /// The same handle, holding what is published for the message's outputs (see [`Held`]).
+    pub(crate) fn holding(&self) -> (Self, Arc<Held>) {
+        let held = Arc::new(Held {
+            inner: self.0.clone(),
+            held: std::sync::Mutex::default(),
+        });
+        (Self(held.clone()), held)
     }
 
     /// Publishes `value` (text, bytes, or `Json(..)`) to `topic`, with no key.

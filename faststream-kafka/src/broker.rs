@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faststream_core::{
-    Assignor, BoxFuture, IntoPayload, Message, OffsetReset, OutgoingMessage, Pipeline, Publish,
-    RouteDef, Shutdown, SubscriberDef, Transport,
+    AckMode, Assignor, BoxFuture, IntoPayload, Message, OffsetReset, OutgoingMessage, Pipeline,
+    Publish, RouteDef, Shutdown, SubscriberDef, Transport,
 };
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
@@ -21,6 +21,7 @@ use crate::produce::Producers;
 use crate::protocol::Conn;
 use crate::security::Security;
 use crate::topics::{invalid_topic_name, list_topics, TopicPattern};
+use crate::transaction::Txn;
 
 /// Builds a [`KafkaBroker`]; every setting has a default.
 #[derive(Debug, Clone)]
@@ -199,6 +200,26 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// The instance part of the transactional ids of `exactly_once` groups: the id of the
+    /// group `g` is `g.<this>`. It must be unique per running instance and kept across
+    /// restarts (for example the pod name of a StatefulSet), so a restarted instance fences
+    /// its predecessor and aborts what it left open at once. Default: the
+    /// `group_instance_id`, else a random value per start (a crashed instance's open
+    /// transaction then holds back `read_committed` readers of its outputs until
+    /// [`transaction_timeout`](Self::transaction_timeout)).
+    pub fn transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.config.transactional_id = Some(id.into()).filter(|id| !id.is_empty());
+        self
+    }
+
+    /// How long the transaction coordinator lets a transaction stay open before aborting it
+    /// (Java's `transaction.timeout.ms`, default 60 s; the broker caps it at its
+    /// `transaction.max.timeout.ms`, 15 min by default).
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.config.transaction_timeout = timeout;
+        self
+    }
+
     /// How often topic metadata is refreshed (Java's `metadata.max.age.ms`, default 5 min):
     /// partitions added to a subscribed topic are then consumed (a group rebalances; a
     /// subscriber without a group starts reading them from their beginning), and keys are
@@ -326,6 +347,8 @@ impl KafkaBroker {
                     assignor: Assignor::Range,
                 },
                 group_instance_id: None,
+                transactional_id: None,
+                transaction_timeout: Duration::from_secs(60),
                 metadata_max_age: Duration::from_secs(300),
                 manual_ack_warning: Duration::from_secs(60),
                 hooks: RebalanceHooks::default(),
@@ -473,6 +496,65 @@ impl KafkaBroker {
     /// A route's retry topics have as many partitions as its topic (a missing one is created
     /// so, where the missing-topics policy creates topics): a message's retries stay on the
     /// partition of the same number, which the member owning the topic's partition reads.
+    /// The transaction of each consumer group whose routes are `exactly_once`, its producer
+    /// id already obtained (a cluster without transactions fails startup here). Every route
+    /// of such a group must be exactly-once, acknowledge after processing, and be in a group.
+    async fn exactly_once_groups(
+        &self,
+        pipeline: &Pipeline,
+    ) -> Result<BTreeMap<&'static str, Arc<Txn>>, KafkaError> {
+        let mut groups: BTreeMap<&'static str, Arc<Txn>> = BTreeMap::new();
+        let mut plain: BTreeMap<&'static str, &'static str> = BTreeMap::new();
+        for route in pipeline.routes() {
+            let policy = pipeline.policy(route);
+            for sub in route.subscribers() {
+                match (sub.group(), policy.exactly_once) {
+                    (None, true) => {
+                        return Err(KafkaError::Unsupported(format!(
+                            "handler {} is exactly-once but has no consumer group: give it a `group_id` or set `exactly_once = false` on it",
+                            route.name()
+                        )))
+                    }
+                    (Some(_), true) if policy.ack != AckMode::AfterProcessing => {
+                        return Err(KafkaError::Unsupported(format!(
+                            "handler {} is exactly-once: its offsets are committed with its outputs, so `ack = \"first\"` or `\"manual\"` does not apply",
+                            route.name()
+                        )))
+                    }
+                    (Some(group), true) => {
+                        if !groups.contains_key(group) {
+                            let txn = Txn::new(self.shared.config.clone(), &pipeline.topic_name(group));
+                            groups.insert(group, Arc::new(txn));
+                        }
+                    }
+                    (Some(group), false) => {
+                        plain.insert(group, route.name());
+                    }
+                    (None, false) => {}
+                }
+            }
+        }
+        for (group, txn) in &groups {
+            if let Some(handler) = plain.get(group) {
+                return Err(KafkaError::Unsupported(format!(
+                    "consumer group {group:?} mixes exactly-once handlers with handler {handler}, which is not: one transaction commits the whole group's offsets, so set `exactly_once` alike on every handler of the group"
+                )));
+            }
+            txn.start().await.map_err(|e| {
+                KafkaError::Unsupported(format!(
+                    "exactly-once group {group:?} (transactional id {:?}): {e}",
+                    txn.id()
+                ))
+            })?;
+            tracing::info!(
+                group,
+                transactional_id = txn.id(),
+                "exactly-once: transactional producer ready"
+            );
+        }
+        Ok(groups)
+    }
+
     async fn check_retry_topics(
         &self,
         client: &Arc<rskafka::client::Client>,
@@ -568,7 +650,9 @@ impl KafkaBroker {
             producers: self.shared.producers.clone(),
             pipeline: pipeline.clone(),
             config: config.clone(),
+            txn: None,
         });
+        let transactional = self.exactly_once_groups(&pipeline).await?;
         let mut consumers = JoinSet::new();
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
         let spawn_partition =
@@ -699,6 +783,20 @@ impl KafkaBroker {
                     .flat_map(|r| r.subscribers())
                     .filter(|s| s.group() == Some(group)),
             );
+            // An exactly-once group writes through its own transactional producer.
+            let rt = match transactional.get(group) {
+                Some(txn) => Arc::new(Runtime {
+                    producers: Arc::new(Producers::transactional(
+                        &self.shared.producers,
+                        txn.clone(),
+                    )),
+                    txn: Some(txn.clone()),
+                    client: rt.client.clone(),
+                    pipeline: rt.pipeline.clone(),
+                    config: rt.config.clone(),
+                }),
+                None => rt.clone(),
+            };
             consumers.spawn(
                 GroupRunner {
                     group: pipeline.topic_name(group),
@@ -706,7 +804,7 @@ impl KafkaBroker {
                     dynamic: dynamic.remove(&Some(group)).unwrap_or_default(),
                     topics: std::sync::Mutex::new(subs.into_iter().map(|(t, _)| t).collect()),
                     settings,
-                    rt: rt.clone(),
+                    rt,
                     shutdown: inner.clone(),
                     ready: ready_tx.clone(),
                 }

@@ -74,6 +74,10 @@ pub(crate) struct Config {
     pub(crate) max_in_flight: usize,
     pub(crate) group: GroupDefaults,
     pub(crate) group_instance_id: Option<String>,
+    /// The instance part of exactly-once groups' transactional ids (default: the
+    /// `group_instance_id`).
+    pub(crate) transactional_id: Option<String>,
+    pub(crate) transaction_timeout: Duration,
     pub(crate) metadata_max_age: Duration,
     pub(crate) manual_ack_warning: Duration,
     pub(crate) hooks: RebalanceHooks,

@@ -33,6 +33,7 @@ use crate::fetch::{FetchError, PartitionReader};
 use crate::metrics::{Lag, PartitionMetrics};
 use crate::produce::{Ack, Producers};
 use crate::records::Fetched;
+use crate::transaction::Txn;
 use faststream_core::{OffsetTracker, PartitionStop, Position, SeekTo, ShutdownTrigger, Step};
 
 /// What every consumer of one service shares.
@@ -42,6 +43,8 @@ pub(crate) struct Runtime {
     pub(crate) producers: Arc<Producers>,
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) config: Arc<Config>,
+    /// An exactly-once group's transaction (its consumers' `producers` write in it).
+    pub(crate) txn: Option<Arc<Txn>>,
 }
 
 /// A consumer's link to its consumer group: where it reports its position, and how it asks
@@ -448,6 +451,8 @@ impl PartitionConsumer {
         let ack_first = self.rt.pipeline.policy(self.route).ack == AckMode::First;
         let mut stopped = None;
         let concurrency = self.rt.pipeline.policy(self.route).concurrency as usize;
+        // Held until everything below settled (dropped last).
+        let mut turn = Turn::new(self.rt.txn.clone());
         if let Some(batch) = self.route.batch() {
             stopped = self
                 .run_batches(
@@ -455,16 +460,25 @@ impl PartitionConsumer {
                     &mut rx,
                     &mut tracker,
                     ack_first,
-                    (&mut chunk, &mut inflight),
+                    (&mut chunk, &mut inflight, &mut turn),
                     &metrics,
                 )
                 .await;
         } else if concurrency > 1 {
             stopped = self
-                .run_concurrently(concurrency, &mut rx, &mut tracker, ack_first, &metrics)
+                .run_concurrently(
+                    concurrency,
+                    (&mut rx, &mut turn),
+                    &mut tracker,
+                    ack_first,
+                    &metrics,
+                )
                 .await;
         } else {
             'fetched: loop {
+                if inflight.is_empty() && chunk.is_empty() {
+                    turn.quiet();
+                }
                 let batch = tokio::select! {
                     biased;
                     () = shutdown.wait() => break,
@@ -481,7 +495,7 @@ impl PartitionConsumer {
                         self.warn_overdue(&mut tracker);
                         continue;
                     }
-                    batch = rx.recv() => match batch {
+                    batch = rx.recv(), if turn.may_start() => match batch {
                         Some(Ok(b)) => b,
                         Some(Err(e)) => {
                             stopped = Some(e);
@@ -493,7 +507,17 @@ impl PartitionConsumer {
                 if ack_first {
                     self.commit_before_handling(&tracker, &batch).await;
                 }
-                for item in batch {
+                if !turn.enter(&self.shutdown).await {
+                    break;
+                }
+                let mut items = batch.into_iter();
+                loop {
+                    if !turn.may_start() {
+                        // A transaction commits: the rest waits until it did.
+                        rx.next = Some(Ok(items.collect()));
+                        break;
+                    }
+                    let Some(item) = items.next() else { break };
                     if self.shutdown.is_triggered() {
                         break 'fetched;
                     }
@@ -611,7 +635,7 @@ impl PartitionConsumer {
         rx: &mut Feed,
         tracker: &mut OffsetTracker,
         ack_first: bool,
-        (chunk, inflight): (&mut Chunk, &mut InFlight),
+        (chunk, inflight, turn): (&mut Chunk, &mut InFlight, &mut Turn),
         metrics: &PartitionMetrics,
     ) -> Option<(i64, String)> {
         let mut shutdown = self.shutdown.clone();
@@ -627,7 +651,16 @@ impl PartitionConsumer {
                 .find(|(_, item)| matches!(item, Fetched::Record(_)))
                 .map(|(arrived, _)| *arrived + def.timeout());
             let now = tokio::time::Instant::now();
-            if !buffer.is_empty() && (records >= max || due.is_none_or(|due| due <= now)) {
+            if inflight.is_empty() && chunk.is_empty() {
+                turn.quiet();
+            }
+            if !buffer.is_empty()
+                && turn.may_start()
+                && (records >= max || due.is_none_or(|due| due <= now))
+            {
+                if !turn.enter(&self.shutdown).await {
+                    return None;
+                }
                 let mut items = Vec::new();
                 let mut taken = 0;
                 while let Some((_, item)) = buffer.front() {
@@ -661,7 +694,7 @@ impl PartitionConsumer {
                     metrics.in_flight(inflight.messages);
                     self.warn_overdue(tracker);
                 }
-                () = tokio::time::sleep_until(due.unwrap_or(now)), if due.is_some() => {}
+                () = tokio::time::sleep_until(due.unwrap_or(now)), if due.is_some() && turn.may_start() => {}
                 batch = rx.recv(), if records < max => match batch {
                     Some(Ok(batch)) => {
                         if ack_first {
@@ -785,7 +818,7 @@ impl PartitionConsumer {
     async fn run_concurrently(
         &self,
         concurrency: usize,
-        rx: &mut Feed,
+        (rx, turn): (&mut Feed, &mut Turn),
         tracker: &mut OffsetTracker,
         ack_first: bool,
         metrics: &PartitionMetrics,
@@ -814,12 +847,35 @@ impl PartitionConsumer {
                 tracker.done(next - 1);
             }
         }
+        // The furthest offset whose handling started (or whose outputs were queued).
+        let mut started_up_to = i64::MIN;
         loop {
+            // Quiet (for a transaction's commit): everything up to the furthest message
+            // started is done, so no output belongs to a message past the position.
+            if pending
+                .keys()
+                .next()
+                .is_none_or(|first| *first > started_up_to)
+            {
+                turn.quiet();
+            }
             while !stopping
                 && running.len() < concurrency
                 && acking.len() < self.rt.config.max_in_flight
             {
-                let Some(msg) = ready.pop_front() else { break };
+                // While a transaction commits, only messages before the furthest one started
+                // run (the commit waits for that run to be done); nothing new starts.
+                let pick = match turn.may_start() {
+                    true => (!ready.is_empty()).then_some(0),
+                    false => ready.iter().position(|m| m.offset < started_up_to),
+                };
+                let Some(i) = pick else { break };
+                if !turn.enter(&self.shutdown).await {
+                    stopping = true;
+                    break;
+                }
+                let Some(msg) = ready.remove(i) else { break };
+                started_up_to = started_up_to.max(msg.offset);
                 buffered -= 1;
                 let (pipeline, route, stop) =
                     (self.rt.pipeline.clone(), self.route, self.shutdown.clone());
@@ -914,7 +970,7 @@ impl PartitionConsumer {
                     metrics.in_flight(pending.len());
                     self.warn_overdue(tracker);
                 }
-                batch = rx.recv(), if !stopping && buffered < concurrency => {
+                batch = rx.recv(), if !stopping && buffered < concurrency && turn.may_start() => {
                     let batch = match batch {
                         Some(Ok(b)) => b,
                         Some(Err(e)) => {
@@ -929,6 +985,10 @@ impl PartitionConsumer {
                     };
                     if ack_first {
                         self.commit_before_handling(tracker, &batch).await;
+                    }
+                    if !turn.enter(&self.shutdown).await {
+                        stopping = true;
+                        continue;
                     }
                     for item in batch {
                         end = Some(item.last_offset() + 1);
@@ -951,6 +1011,7 @@ impl PartitionConsumer {
                             }
                             Fetched::Unreadable { first, last, raw, reason } => {
                                 pending.insert(first, last);
+                                started_up_to = started_up_to.max(last);
                                 let outcome = self.unreadable((first, last), raw, &reason, metrics);
                                 let (outputs, dead_letter) = match tracker.step(first, outcome) {
                                     Step::Stop(reason) => {
@@ -1388,6 +1449,51 @@ async fn watch_for_seek(
                 }
             }
         }
+    }
+}
+
+/// A partition's part in its group's transaction (exactly-once; without one it allows
+/// everything): it holds the commit gate while it has started work that is not done, and
+/// starts nothing new while a commit waits for that work (see [`crate::transaction`]).
+struct Turn {
+    txn: Option<Arc<Txn>>,
+    held: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+}
+
+impl Turn {
+    fn new(txn: Option<Arc<Txn>>) -> Self {
+        Self { txn, held: None }
+    }
+
+    /// Whether new work may start: not while a commit waits for what this partition started.
+    fn may_start(&self) -> bool {
+        match &self.txn {
+            None => true,
+            Some(txn) => self.held.is_none() || !txn.closing(),
+        }
+    }
+
+    /// Before starting work: joins the open transaction, waiting while a commit runs.
+    /// `false`: stopped first.
+    async fn enter(&mut self, shutdown: &Shutdown) -> bool {
+        let Some(txn) = &self.txn else { return true };
+        if self.held.is_some() {
+            return true;
+        }
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            held = txn.enter() => {
+                self.held = Some(held);
+                true
+            }
+            () = stop.wait() => false,
+        }
+    }
+
+    /// Nothing started is unfinished (every output acknowledged, the position past it): a
+    /// commit may go ahead.
+    fn quiet(&mut self) {
+        self.held = None;
     }
 }
 

@@ -27,6 +27,9 @@ pub(crate) struct BatchHeader {
     pub(crate) producer_id: i64,
     pub(crate) producer_epoch: i16,
     pub(crate) base_sequence: i32,
+    /// Written inside a transaction (attribute bit 4): invisible to `read_committed` readers
+    /// until the transaction commits.
+    pub(crate) transactional: bool,
 }
 
 impl BatchHeader {
@@ -35,6 +38,7 @@ impl BatchHeader {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        transactional: false,
     };
 }
 
@@ -65,7 +69,7 @@ impl Encoder {
         out.put_i32(-1); // partition leader epoch
         out.put_i8(2); // magic
         out.put_u32(0); // CRC-32C, set below
-        out.put_i16(compression_bits(compression));
+        out.put_i16(compression_bits(compression) | if header.transactional { 0x10 } else { 0 });
         out.put_i32(msgs.len().saturating_sub(1) as i32); // last offset delta
         out.put_i64(base_ts);
         out.put_i64(max_ts);

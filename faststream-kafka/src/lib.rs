@@ -30,7 +30,8 @@
 //! 2. `security` (TLS, SASL), then `config` (settings);
 //! 3. `protocol` (one connection: framing, versions, TLS, SASL), `encode` (record batches v2
 //!    from outgoing messages), `topics` (names, existence, creation);
-//! 4. `assign` (the group leader's assignors), `fetch` (one partition's Fetch and ListOffsets);
+//! 4. `assign` (the group leader's assignors), `fetch` (one partition's Fetch and ListOffsets),
+//!    `transaction` (a group's transactional producer and commit gate, exactly-once);
 //! 5. `group::coordinator` (join and sync, heartbeats, offset fetch and commit, leave),
 //!    `produce` (batching producers, the partitioner, produce errors);
 //! 6. `consume` (the per-partition loop, with core's `OffsetTracker` deciding what each outcome
@@ -57,6 +58,7 @@ mod redrive;
 mod request;
 mod security;
 mod topics;
+mod transaction;
 
 pub use broker::{KafkaBroker, KafkaBrokerBuilder};
 pub use config::{Compression, MissingTopics, RebalanceHook};

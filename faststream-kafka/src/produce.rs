@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use faststream_core::OutgoingMessage;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::messages::{ProduceRequest, TopicName, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use rskafka::client::Client;
@@ -39,6 +39,7 @@ use crate::error::KafkaError;
 use crate::fetch::LeaderConn;
 use crate::idempotence::{self, IdError, Identity, Producer};
 use crate::protocol::{ms, ConnError};
+use crate::transaction::{Txn, TxnError};
 
 /// Below this many queued bytes a partition's task waits up to `linger` for more (Java's
 /// `batch.size` default).
@@ -114,6 +115,8 @@ pub(crate) struct Producers {
     round_robin: AtomicUsize,
     /// The idempotent producer's id, shared by every partition's task.
     identity: Arc<Identity>,
+    /// Set for an exactly-once group's producers: every batch is written in its transaction.
+    txn: Option<Arc<Txn>>,
 }
 
 impl Producers {
@@ -126,6 +129,18 @@ impl Producers {
             tasks: Mutex::new(Vec::new()),
             round_robin: AtomicUsize::new(0),
             identity: Arc::default(),
+            txn: None,
+        }
+    }
+
+    /// Producers writing in `txn`'s transactions (an exactly-once group's), knowing the
+    /// topics `plain` knows the routes name.
+    pub(crate) fn transactional(plain: &Producers, txn: Arc<Txn>) -> Self {
+        let declared = lock(&plain.declared).clone();
+        Self {
+            txn: Some(txn),
+            declared: Mutex::new(declared),
+            ..Self::new(plain.config.clone())
         }
     }
 
@@ -412,6 +427,7 @@ impl Producers {
             conn: LeaderConn::default(),
             encoder: Encoder::default(),
             identity: self.identity.clone(),
+            txn: self.txn.clone(),
             sequence: None,
             given_up: None,
         };
@@ -541,6 +557,8 @@ struct Writer {
     conn: LeaderConn,
     encoder: Encoder,
     identity: Arc<Identity>,
+    /// Set when writing in a group's transactions.
+    txn: Option<Arc<Txn>>,
     /// The producer id this partition's batches are numbered under, and the next batch's
     /// sequence (`None`: not idempotent, or nothing numbered yet).
     sequence: Option<(Producer, i32)>,
@@ -554,6 +572,16 @@ impl Writer {
     /// The producer fields of the next batch: plain without idempotence, else the shared
     /// producer id and this partition's next sequence (0 under an id not used here before).
     async fn header(&mut self) -> Result<BatchHeader, (Refusal, String)> {
+        if let Some(txn) = &self.txn {
+            let p = txn
+                .enlist(&self.topic, self.partition)
+                .await
+                .map_err(|e| match e {
+                    TxnError::Retriable(e) => (Refusal::Retriable, e),
+                    e => (Refusal::Permanent, e.to_string()),
+                })?;
+            return Ok(self.numbered(p, true));
+        }
         if !self.config.idempotence {
             return Ok(BatchHeader::PLAIN);
         }
@@ -565,16 +593,23 @@ impl Writer {
             IdError::Retriable(e) => (Refusal::Retriable, format!("no producer id: {e}")),
             IdError::Refused(e) => (Refusal::Permanent, e),
         })?;
+        Ok(self.numbered(p, false))
+    }
+
+    /// The header of the next batch under producer `p`: this partition's next sequence (0
+    /// under an id not used here before).
+    fn numbered(&mut self, p: Producer, transactional: bool) -> BatchHeader {
         let next = match self.sequence {
             Some((q, next)) if q == p => next,
             _ => 0,
         };
         self.sequence = Some((p, next));
-        Ok(BatchHeader {
+        BatchHeader {
             producer_id: p.id,
             producer_epoch: p.epoch,
             base_sequence: next,
-        })
+            transactional,
+        }
     }
 
     /// The leader has the batch of `count` records sent with `header`.
@@ -588,7 +623,15 @@ impl Writer {
 
     /// The batch sent with `header` is given up after it may have been written (or was
     /// refused as out of sequence): the next batch moves on from its producer id and epoch.
-    fn move_on(&mut self, header: BatchHeader) {
+    fn move_on(&mut self, header: BatchHeader, why: &str) {
+        if let Some(txn) = &self.txn {
+            // The transaction may hold the batch or not: it cannot commit.
+            txn.poison(format!(
+                "a batch to partition {} of topic {:?} was given up: {why}",
+                self.partition, self.topic
+            ));
+            return;
+        }
         if header.producer_id >= 0 {
             self.given_up = Some(Producer {
                 id: header.producer_id,
@@ -637,6 +680,10 @@ impl Writer {
         t.name = TopicName(StrBytes::from_string(self.topic.clone()));
         t.partition_data = vec![data];
         let mut req = ProduceRequest::default();
+        req.transactional_id = self
+            .txn
+            .as_ref()
+            .map(|t| TransactionalId(StrBytes::from_string(t.id().to_owned())));
         req.acks = -1;
         req.timeout_ms = ms(config.request_timeout);
         req.topic_data = vec![t];
@@ -747,7 +794,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     if matches!(kind, Refusal::Sequence) {
                         // Nothing of it was written: again under the next epoch.
                         if let Some(header) = pinned.take() {
-                            writer.move_on(header);
+                            writer.move_on(header, &error);
                         }
                     } else {
                         maybe_written |= pinned.is_some();
@@ -780,7 +827,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     if let Some(header) = pinned.filter(|_| {
                         maybe_written || matches!(kind, Refusal::Retriable | Refusal::Sequence)
                     }) {
-                        writer.move_on(header);
+                        writer.move_on(header, &reason);
                     }
                     metrics.failed(range.len());
                     refused.extend(range.clone().map(|i| (i, reason.clone())));

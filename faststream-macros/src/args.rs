@@ -138,6 +138,7 @@ const POLICY_KEYS: &[&str] = &[
     "concurrency",
     "no_reply",
     "retry_topics",
+    "exactly_once",
 ];
 
 /// One item of an attribute's argument list: a topic literal or `key = value`.
@@ -572,14 +573,14 @@ fn policy_value(
             let pairs = topics.iter().map(|(t, ms)| quote!((#t, #ms)));
             Ok(quote!(&[#(#pairs),*]))
         }
-        "no_reply" => match value {
+        "no_reply" | "exactly_once" => match value {
             syn::Expr::Lit(syn::ExprLit {
                 lit: syn::Lit::Bool(b),
                 ..
             }) => Ok(quote!(#b)),
             _ => Err(syn::Error::new(
                 span,
-                "option `no_reply` expects `true` or `false`",
+                format!("option `{key}` expects `true` or `false`"),
             )),
         },
         "ack" => {

@@ -131,6 +131,7 @@ pub(crate) fn expand(
         }
     }
     check_retry_topics(&route, &mut errors);
+    check_exactly_once(&route, &mut errors);
     errors.finish()?;
 
     Ok(generate(func, &route, &arguments, &shape, &consumed))
@@ -156,6 +157,44 @@ fn check_retry_topics(route: &RouteArgs, errors: &mut Errors) {
     };
     if let Some(problem) = problem {
         let span = topics.first().map_or_else(Span::call_site, |t| t.span());
+        errors.error(span, problem);
+    }
+}
+
+/// Exactly-once commits the offsets in the producer's transaction through the group
+/// coordinator: every subscription is in a group, and the offset moves only with the outputs.
+fn check_exactly_once(route: &RouteArgs, errors: &mut Errors) {
+    let on = |k: &str| {
+        route
+            .policy
+            .iter()
+            .any(|(key, tokens)| key == k && tokens.to_string() == "true")
+    };
+    if !on("exactly_once") {
+        return;
+    }
+    let ack = route
+        .policy
+        .iter()
+        .find(|(k, _)| k == "ack")
+        .map(|(_, t)| t.to_string());
+    let problem = if route.subscribers.iter().any(|s| s.group_id.is_none()) {
+        Some("`exactly_once` needs a consumer group (`group_id = \"...\"`): the offsets are committed in the transaction through the group")
+    } else if ack
+        .as_deref()
+        .is_some_and(|a| a.contains("First") || a.contains("Manual"))
+    {
+        Some("`exactly_once` commits an offset with its message's outputs: `ack = \"first\"` and `ack = \"manual\"` do not apply")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        let span = route
+            .subscribers
+            .iter()
+            .flat_map(|s| &s.topics)
+            .next()
+            .map_or_else(Span::call_site, |t| t.span());
         errors.error(span, problem);
     }
 }

@@ -5,6 +5,7 @@
 use super::*;
 use crate::assign::{assign, encode_assignment};
 use crate::protocol::{decode_versioned, encode_versioned};
+use crate::transaction::{Ended as TxnEnded, Txn};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -15,9 +16,9 @@ use kafka_protocol::messages::offset_fetch_request::{
 };
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, FindCoordinatorRequest, GroupId,
-    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest,
-    SyncGroupRequest, TopicName,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, GroupId, HeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -277,6 +278,19 @@ impl GroupRunner {
         member: &Member,
         running: &Running,
     ) -> Option<Ended> {
+        match &self.rt.txn {
+            Some(txn) => self.commit_transaction(txn, conn, member, running).await,
+            None => self.commit_plain(conn, member, running).await,
+        }
+    }
+
+    /// Commits the positions with OffsetCommit.
+    async fn commit_plain(
+        &self,
+        conn: &mut Option<Conn>,
+        member: &Member,
+        running: &Running,
+    ) -> Option<Ended> {
         let refused = match self.try_commit(conn, member, running).await {
             Ok(refused) => refused,
             Err(e) => {
@@ -324,6 +338,72 @@ impl GroupRunner {
         None
     }
 
+    /// Exactly-once: commits the group's transaction with the positions of its partitions,
+    /// once every partition finished what it started (the gate). An aborted transaction
+    /// keeps the gate closed and ends the generation: the partitions start again from the
+    /// committed offsets (the gate opens once they stopped).
+    async fn commit_transaction(
+        &self,
+        txn: &Txn,
+        conn: &mut Option<Conn>,
+        member: &Member,
+        running: &Running,
+    ) -> Option<Ended> {
+        txn.close().await;
+        let by_topic = positions_by_topic(running);
+        let group_conn = match self.conn(conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "no group coordinator for the transaction's offsets; committing at the next interval");
+                *conn = None;
+                txn.reopen();
+                return None;
+            }
+        };
+        let ended = txn
+            .commit(
+                group_conn,
+                &self.group,
+                (
+                    member.generation,
+                    &member.member_id,
+                    member.instance_id.as_deref(),
+                ),
+                &by_topic,
+            )
+            .await;
+        match ended {
+            TxnEnded::Committed => {
+                for (topic, parts) in &by_topic {
+                    for (partition, offset) in parts {
+                        crate::metrics::committed(&self.group, topic, *partition, *offset);
+                    }
+                }
+                tracing::debug!(group = self.group, offsets = ?by_topic, "transaction committed");
+                txn.reopen();
+                None
+            }
+            TxnEnded::Empty => {
+                // Nothing was written since the last commit: a plain commit (before anything
+                // new starts) keeps the offsets fresh and moves them past messages without
+                // outputs.
+                let ended = self.commit_plain(conn, member, running).await;
+                txn.reopen();
+                ended
+            }
+            TxnEnded::Aborted {
+                reason,
+                reset_member,
+            } => {
+                tracing::warn!(group = self.group, reason, "transaction aborted: the group's partitions start again from the committed offsets");
+                Some(Ended::Rejoin {
+                    reset_member,
+                    cause: "abort",
+                })
+            }
+        }
+    }
+
     /// Commits the position of every partition that has one, also when unchanged (so the
     /// broker's offset retention never drops a quiet group's offsets). Returns the partitions
     /// the coordinator refused, with why.
@@ -333,15 +413,7 @@ impl GroupRunner {
         member: &Member,
         running: &Running,
     ) -> Result<Vec<(String, ResponseError)>, ConnError> {
-        let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
-        for ((topic, partition), position) in &running.positions {
-            if let Some(offset) = position.get() {
-                by_topic
-                    .entry(topic)
-                    .or_default()
-                    .push((*partition, offset));
-            }
-        }
+        let by_topic = positions_by_topic(running);
         if by_topic.is_empty() {
             return Ok(Vec::new());
         }
@@ -633,54 +705,18 @@ pub(super) async fn heartbeat(
     Ok(ResponseError::try_from_code(resp.error_code))
 }
 
-/// Finds the group's coordinator through any bootstrap broker and connects to it.
-pub(crate) async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnError> {
-    let timeout = config.request_timeout.min(Duration::from_secs(10));
-    let mut last = None;
-    for addr in &config.brokers {
-        let mut conn = match Conn::connect(addr, config, timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        let version = conn.version::<FindCoordinatorRequest>(4)?;
-        let mut req = FindCoordinatorRequest::default();
-        let key = StrBytes::from_string(group.to_owned());
-        if version >= 4 {
-            req.coordinator_keys = vec![key];
-        } else {
-            req.key = key;
+/// The positions of a generation's partitions (those that have one), by topic.
+fn positions_by_topic(running: &Running) -> BTreeMap<&str, Vec<(i32, i64)>> {
+    let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+    for ((topic, partition), position) in &running.positions {
+        if let Some(offset) = position.get() {
+            by_topic
+                .entry(topic)
+                .or_default()
+                .push((*partition, offset));
         }
-        let resp = match conn.send(&req, version).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        let (code, host, port) = match resp.coordinators.first() {
-            Some(c) if version >= 4 => (c.error_code, c.host.to_string(), c.port),
-            _ => (resp.error_code, resp.host.to_string(), resp.port),
-        };
-        if let Some(err) = ResponseError::try_from_code(code) {
-            last = Some(ConnError::Protocol {
-                addr: addr.clone(),
-                reason: format!("FindCoordinator for group {group:?}: {err}"),
-            });
-            continue;
-        }
-        let coord = format!("{host}:{port}");
-        if coord == *addr {
-            return Ok(conn);
-        }
-        return Conn::connect(&coord, config, timeout).await;
     }
-    Err(last.unwrap_or(ConnError::Protocol {
-        addr: String::new(),
-        reason: "no bootstrap address".into(),
-    }))
+    by_topic
 }
 
 pub(super) fn group_id(group: &str) -> GroupId {

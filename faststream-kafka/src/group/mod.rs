@@ -43,7 +43,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 mod coordinator;
 
-pub(crate) use coordinator::{commit_offsets, fetch_offsets, find_coordinator};
+pub(crate) use crate::protocol::find_coordinator;
+pub(crate) use coordinator::{commit_offsets, fetch_offsets};
 
 use coordinator::{heartbeat_loop, JoinError};
 
@@ -586,6 +587,11 @@ impl GroupRunner {
                 },
                 Some(joined) = running.tasks.join_next_with_id() => {
                     if let Some(e) = consumer_failure(&mut running, joined) {
+                        if self.rt.txn.as_ref().is_some_and(|t| t.is_poisoned()) {
+                            // Its outputs failed with the transaction: all start again.
+                            tracing::warn!(group = self.group, error = %e, "a partition stopped with the open transaction broken: aborting it");
+                            break Ended::Rejoin { reset_member: false, cause: "abort" };
+                        }
                         break Ended::Failed(e);
                     }
                 }
@@ -616,6 +622,9 @@ impl GroupRunner {
                 }
             }
         };
+        // An aborted transaction: what the partitions did since the last commit is undone,
+        // nothing of it is committed, and they start again from the committed offsets.
+        let aborted = matches!(ended, Ended::Rejoin { cause: "abort", .. });
         // Revoke: stop fetching, finish the message in hand, wait for acks; heartbeats go on.
         running.stop.trigger();
         let stopped_at = Instant::now();
@@ -628,7 +637,9 @@ impl GroupRunner {
                     None => break,
                     Some(joined) => {
                         if let Some(e) = consumer_failure(&mut running, joined) {
-                            failure.get_or_insert(e);
+                            if !aborted {
+                                failure.get_or_insert(e);
+                            }
                         }
                     }
                 },
@@ -654,12 +665,24 @@ impl GroupRunner {
                 }
             }
         }
-        match self.commit(conn, member, &running).await {
-            None => {}
-            Some(_) => tracing::warn!(
-                group = self.group,
-                "final offset commit failed; messages since the last commit will be consumed again"
-            ),
+        match (&self.rt.txn, aborted) {
+            (Some(txn), true) => {
+                txn.abort("the generation ended with the transaction aborted".into())
+                    .await;
+                txn.reopen();
+            }
+            _ => match self.commit(conn, member, &running).await {
+                None => {}
+                Some(_) => {
+                    tracing::warn!(
+                        group = self.group,
+                        "final offset commit failed; messages since the last commit will be consumed again"
+                    );
+                    if let Some(txn) = &self.rt.txn {
+                        txn.reopen();
+                    }
+                }
+            },
         }
         let ended = match (ended, failure) {
             (Ended::Failed(e), _) => Ended::Failed(e),

@@ -1,0 +1,241 @@
+//! Exactly-once read-process-write (`exactly_once = true`) against Apache Kafka: the service
+//! killed (SIGKILL) again and again, or frozen past its session timeout while another member
+//! takes over, and an independent `read_committed` reader (aiokafka) sees every input's
+//! outputs exactly once.
+//!
+//! Transactions are Kafka's: under the Tansu suite these tests start a Kafka node of their own
+//! (Tansu 0.6 keeps no list of aborted transactions, so its `read_committed` readers would see
+//! aborted outputs).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use rskafka::client::ClientBuilder;
+
+/// Apache Kafka: the suite's broker when it is Kafka, else a node of this binary's own.
+fn kafka() -> String {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| match broker_kind() {
+        BrokerKind::Kafka => bootstrap(),
+        BrokerKind::Tansu => {
+            let cluster = KafkaCluster::up(1, None, None);
+            let addr = cluster.bootstrap.clone();
+            // Kept for the life of the process; its watcher ends it with this process.
+            std::mem::forget(cluster);
+            addr
+        }
+    })
+    .clone()
+}
+
+/// Inputs per topic of the example: the relay, the keyed relay (`concurrency = 20`) and the
+/// batch relay.
+const RELAY: u64 = 12_000;
+const KEYED: u64 = 4_000;
+const BATCH: u64 = 4_000;
+
+async fn setup(prefix: &str) -> String {
+    let addr = tokio::task::spawn_blocking(kafka).await.unwrap();
+    let client = ClientBuilder::new(vec![addr.clone()])
+        .build()
+        .await
+        .unwrap();
+    for (topic, count) in [
+        ("eos-in", RELAY),
+        ("eos-in-keyed", KEYED),
+        ("eos-in-batch", BATCH),
+    ] {
+        let topic = format!("{prefix}{topic}");
+        create_topic(&client, &topic, 3).await;
+        for partition in 0..3 {
+            let records = (0..count)
+                .filter(|n| (n % 3) as i32 == partition)
+                .map(|n| {
+                    let key = (n % 40).to_string();
+                    record(Some(&key), n.to_string().as_bytes(), &[])
+                })
+                .collect();
+            produce(&client, &topic, partition, records).await;
+        }
+    }
+    // The audit topic is written by `Publisher` only, so it is not declared by a route.
+    for topic in [
+        "eos-audit",
+        "eos-out",
+        "eos-dlq",
+        "eos-out-keyed",
+        "eos-out-batch",
+    ] {
+        create_topic(&client, &format!("{prefix}{topic}"), 3).await;
+    }
+    addr
+}
+
+async fn spawn(addr: &str, prefix: &str, instance: &str) -> tokio::process::Child {
+    spawn_example(
+        "exactly_once",
+        prefix,
+        &[
+            ("KAFKA_BOOTSTRAP", addr),
+            ("INSTANCE_ID", instance),
+            ("HANDLER_DELAY_MS", "1"),
+        ],
+    )
+    .await
+}
+
+/// Reads the example's output topics as a `read_committed` aiokafka consumer: values by topic
+/// (without the prefix), once `want` records arrived.
+async fn read_committed(addr: &str, prefix: &str, want: u64) -> BTreeMap<String, Vec<String>> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/read_committed.py");
+    let topics = [
+        "eos-out",
+        "eos-audit",
+        "eos-dlq",
+        "eos-out-keyed",
+        "eos-out-batch",
+    ];
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .args([addr, "180", &want.to_string()])
+        .args(topics.iter().map(|t| format!("{prefix}{t}")))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "read_committed reader: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut by_topic: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (topic, value) = line.split_once('\t').unwrap();
+        let topic = topic.strip_prefix(prefix).unwrap().to_owned();
+        by_topic.entry(topic).or_default().push(value.to_owned());
+    }
+    by_topic
+}
+
+/// Every input's outputs are there exactly once: `out:n`, or for the relay's refused numbers
+/// the dead-letter copy; for each number the relay did not refuse, one audit copy (a refused
+/// number's attempts failed, and their publishes were dropped with them).
+fn check_exactly_once(got: &BTreeMap<String, Vec<String>>) {
+    let sorted = |topic: &str| {
+        let mut v: Vec<String> = got.get(topic).cloned().unwrap_or_default();
+        v.sort();
+        v
+    };
+    let expect = |range: std::ops::Range<u64>, f: &dyn Fn(u64) -> Option<String>| {
+        let mut v: Vec<String> = range.filter_map(f).collect();
+        v.sort();
+        v
+    };
+    let refused = |n: u64| n % 50 == 7;
+    let checks = [
+        (
+            "eos-out",
+            expect(0..RELAY, &|n| (!refused(n)).then(|| format!("out:{n}"))),
+        ),
+        (
+            "eos-dlq",
+            expect(0..RELAY, &|n| refused(n).then(|| n.to_string())),
+        ),
+        (
+            "eos-audit",
+            expect(0..RELAY, &|n| (!refused(n)).then(|| format!("audit:{n}"))),
+        ),
+        (
+            "eos-out-keyed",
+            expect(0..KEYED, &|n| Some(format!("out:{n}"))),
+        ),
+        (
+            "eos-out-batch",
+            expect(0..BATCH, &|n| Some(format!("out:{n}"))),
+        ),
+    ];
+    for (topic, want) in checks {
+        let have = sorted(topic);
+        if have != want {
+            let mut dups: Vec<&String> = have
+                .windows(2)
+                .filter(|w| w[0] == w[1])
+                .map(|w| &w[0])
+                .collect();
+            dups.dedup();
+            let missing: Vec<&String> = want
+                .iter()
+                .filter(|w| have.binary_search(w).is_err())
+                .take(10)
+                .collect();
+            panic!(
+                "{topic}: {} records for {} inputs; duplicates (first 10): {:?}; missing (first 10): {missing:?}",
+                have.len(),
+                want.len(),
+                &dups[..dups.len().min(10)]
+            );
+        }
+    }
+}
+
+fn expected_total() -> u64 {
+    let refused = (0..RELAY).filter(|n| n % 50 == 7).count() as u64;
+    // out + dlq, audit, keyed, batch.
+    RELAY + (RELAY - refused) + KEYED + BATCH
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_ten_times_each_output_is_committed_exactly_once() {
+    let prefix = unique_prefix("eos-kill");
+    let addr = setup(&prefix).await;
+    // Killed at varied moments of its work, ten times; restarts take the same instance id
+    // (static member, transactional id), so each fences its predecessor.
+    for round in 0..10u64 {
+        let child = spawn(&addr, &prefix, "relay-1").await;
+        tokio::time::sleep(Duration::from_millis(300 + (round * 397) % 1200)).await;
+        let pid = child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await;
+    }
+    let last = spawn(&addr, &prefix, "relay-1").await;
+    let got = read_committed(&addr, &prefix, expected_total()).await;
+    terminate(last).await;
+    check_exactly_once(&got);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_member_that_lost_its_partitions_commits_nothing_after_the_takeover() {
+    let prefix = unique_prefix("eos-zombie");
+    let addr = setup(&prefix).await;
+    let frozen = spawn(&addr, &prefix, "relay-a").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = frozen.id().unwrap().to_string();
+    // Frozen mid-stream with a transaction open; the other member starts and, once the
+    // session timeout (6 s) passed, takes every partition from the committed offsets.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let other = spawn(&addr, &prefix, "relay-b").await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Thawed: it finishes what it had in hand, but its offsets are refused (its generation
+    // is gone) and its transaction aborted; it rejoins and the two share the rest.
+    let resumed = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    let got = read_committed(&addr, &prefix, expected_total()).await;
+    terminate(other).await;
+    terminate(frozen).await;
+    check_exactly_once(&got);
+}

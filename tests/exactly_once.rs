@@ -215,7 +215,16 @@ async fn killed_ten_times_each_output_is_committed_exactly_once() {
 async fn a_frozen_member_that_lost_its_partitions_commits_nothing_after_the_takeover() {
     let prefix = unique_prefix("eos-zombie");
     let addr = setup(&prefix).await;
-    let frozen = spawn(&addr, &prefix, "relay-a").await;
+    let (frozen, frozen_log) = spawn_example_logged(
+        "exactly_once",
+        &prefix,
+        &[
+            ("KAFKA_BOOTSTRAP", &addr),
+            ("INSTANCE_ID", "relay-a"),
+            ("HANDLER_DELAY_MS", "1"),
+        ],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let pid = frozen.id().unwrap().to_string();
     // Frozen mid-stream with a transaction open; the other member starts and, once the
@@ -238,4 +247,10 @@ async fn a_frozen_member_that_lost_its_partitions_commits_nothing_after_the_take
     terminate(other).await;
     terminate(frozen).await;
     check_exactly_once(&got);
+    // What it did while it was a zombie was thrown away, not committed.
+    let log = frozen_log.lock().unwrap().clone();
+    assert!(
+        log.contains("aborting the transaction"),
+        "the thawed member aborts its transaction:\n{log}"
+    );
 }

@@ -771,3 +771,70 @@ async fn a_dynamic_handler_takes_topics_subscribed_while_running() {
         .to_string();
     assert!(err.contains("bad topic!"), "{err}");
 }
+
+// Exactly-once in the test broker: what a handler publishes joins its outputs only when the
+// attempt succeeds (here the first attempt publishes, then fails; the retry publishes again).
+static EOS_ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
+static PLAIN_ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
+
+async fn audit_then_fail_once(
+    n: u64,
+    audit: &Publisher,
+    attempts: &AtomicUsize,
+) -> Result<String, String> {
+    audit
+        .publish(format!("audit:{n}"), "audit")
+        .await
+        .map_err(|e| e.to_string())?;
+    if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err("the first attempt fails after publishing".into());
+    }
+    Ok(format!("out:{n}"))
+}
+
+#[subscriber(
+    "eos-in",
+    group_id = "eos",
+    exactly_once = true,
+    retry = 1,
+    retry_backoff_ms = 1
+)]
+#[publisher("eos-out")]
+async fn audited_exactly_once(n: u64, audit: Publisher) -> Result<String, String> {
+    audit_then_fail_once(n, &audit, &EOS_ATTEMPTS).await
+}
+
+#[subscriber("plain-in", group_id = "plain", retry = 1, retry_backoff_ms = 1)]
+#[publisher("plain-out")]
+async fn audited_at_least_once(n: u64, audit: Publisher) -> Result<String, String> {
+    audit_then_fail_once(n, &audit, &PLAIN_ATTEMPTS).await
+}
+
+#[tokio::test]
+async fn an_exactly_once_handler_publishes_only_from_the_attempt_that_succeeded() {
+    let broker = TestBroker::builder()
+        .with_routes(routes![audited_exactly_once, audited_at_least_once])
+        .build()
+        .unwrap();
+    broker.publish("7", "eos-in").await.unwrap();
+    let audit: Vec<_> = broker
+        .published("audit")
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    // The failed attempt's copy was dropped; the output follows the handler's own publish.
+    assert_eq!(audit, ["audit:7"]);
+    assert_eq!(broker.published("eos-out")[0].text(), Some("out:7"));
+    assert_eq!(
+        broker.committed("audited_exactly_once", "eos-in", 0),
+        Some(1)
+    );
+    // At least once, the failed attempt's publish went out at once: two copies.
+    broker.publish("8", "plain-in").await.unwrap();
+    let audit: Vec<_> = broker
+        .published("audit")
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    assert_eq!(audit, ["audit:7", "audit:8", "audit:8"]);
+}

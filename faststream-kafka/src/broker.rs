@@ -521,6 +521,12 @@ impl KafkaBroker {
                             route.name()
                         )))
                     }
+                    (Some(_), true) if !policy.retry_topics.is_empty() => {
+                        return Err(KafkaError::Unsupported(format!(
+                            "handler {} is exactly-once with retry topics, which this version does not support (a retry's wait would hold the group's transaction open): drop one of the two",
+                            route.name()
+                        )))
+                    }
                     (Some(group), true) => {
                         if !groups.contains_key(group) {
                             let txn = Txn::new(self.shared.config.clone(), &pipeline.topic_name(group));

@@ -524,7 +524,17 @@ pub async fn spawn_example(
     prefix: &str,
     envs: &[(&str, &str)],
 ) -> tokio::process::Child {
+    spawn_example_logged(name, prefix, envs).await.0
+}
+
+/// [`spawn_example`], also keeping what the example logs (its standard output).
+pub async fn spawn_example_logged(
+    name: &str,
+    prefix: &str,
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, Arc<Mutex<String>>) {
     use tokio::io::AsyncBufReadExt;
+    let log = Arc::new(Mutex::new(String::new()));
     let mut child = tokio::process::Command::new(example(name))
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("TOPIC_PREFIX", prefix)
@@ -546,8 +556,15 @@ pub async fn spawn_example(
     .await
     .expect("the example gets ready in time");
     // Keep reading so the example never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut kept = kept.lock().unwrap();
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+    });
+    (child, log)
 }
 
 /// The binary of example `name`, built by `cargo test` beside the test binaries.

@@ -19,6 +19,9 @@
 //!   numbers), the baseline of the idempotent producer's cost (`idem / plain`);
 //! - `framework-group`: the seed relay in a consumer group, as the seed example runs it (group
 //!   protocol, heartbeats, periodic commits);
+//! - `framework-eos`: `framework-group` with `exactly_once = true` (outputs and offsets
+//!   committed in one transaction per commit interval; timed until the group's committed
+//!   offsets reach N, so the last transaction is in), against `framework-group` (`eos / group`);
 //! - `framework-batch`: the seed handler as a batch handler (`batch = true`,
 //!   `max_records = 500`, `batch_timeout_ms = 0`), same output as `framework`;
 //! - `framework-metrics` (built with `--features prometheus` only): the seed relay with
@@ -57,6 +60,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[subscriber("in_topic", auto_offset_reset = "earliest")]
 #[publisher("out-topic")]
 async fn handle_msg(user: String, user_id: i64) -> String {
+    format!("User: {user_id} - {user} registered")
+}
+
+/// The seed handler in a consumer group with `exactly_once = true`: outputs and offsets
+/// committed in one transaction per commit interval (1 s).
+#[subscriber(
+    "in_topic",
+    group_id = "relay-eos",
+    auto_offset_reset = "earliest",
+    exactly_once = true
+)]
+#[publisher("out-topic")]
+async fn handle_msg_eos(user: String, user_id: i64) -> String {
     format!("User: {user_id} - {user} registered")
 }
 
@@ -231,6 +247,7 @@ async fn parent(args: Args) {
         "framework-bare",
         "framework-plain",
         "framework-group",
+        "framework-eos",
         "framework-batch",
         "pipeline",
         "test-broker",
@@ -291,7 +308,7 @@ async fn parent(args: Args) {
         let mut sockets = None;
         // CPU the child used before its clock started (a group's join).
         let mut cpu_before = 0.0;
-        if kind == "framework-group" {
+        if kind == "framework-group" || kind == "framework-eos" {
             let line = lines
                 .recv_timeout(Duration::from_secs(120))
                 .expect("the group child reports its assignment");
@@ -306,7 +323,21 @@ async fn parent(args: Args) {
             started = Instant::now();
             broker0 = broker_cpu_seconds();
         }
-        if networked {
+        if kind == "framework-eos" {
+            // Outputs count once their transaction committed: when the group's committed
+            // offsets (written in the transaction) reach N.
+            wait_for_commit(
+                &format!("{prefix}relay-eos"),
+                &format!("{prefix}in_topic"),
+                &fill,
+            )
+            .await;
+            seconds = Some(started.elapsed().as_secs_f64());
+            sockets = sockets_of(child.id());
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        } else if networked {
             wait_for_output(&client, &format!("{prefix}out-topic"), &fill).await;
             seconds = Some(started.elapsed().as_secs_f64());
             sockets = sockets_of(child.id());
@@ -397,6 +428,7 @@ async fn parent(args: Args) {
         ("framework", "raw", "fw / raw"),
         ("framework", "framework-plain", "idem / plain"),
         ("framework-group", "framework", "group / fw"),
+        ("framework-eos", "framework-group", "eos / group"),
         ("framework-batch", "raw-headers", "batch / raw-hdr"),
         ("framework-batch", "framework", "batch / fw"),
         ("framework-metrics", "framework", "metrics / fw"),
@@ -531,7 +563,8 @@ async fn child(kind: &str, args: &Args) {
             "framework-bare" => framework_relay(args, false, true).await,
             "framework-plain" => framework_relay(args, true, false).await,
             "framework-batch" => batch_relay(args).await,
-            "framework-group" => group_relay(args).await,
+            "framework-group" => group_relay(args, false).await,
+            "framework-eos" => group_relay(args, true).await,
             #[cfg(feature = "prometheus")]
             "framework-metrics" => {
                 let app = FastStream::new(KafkaBroker::new(&bootstrap()))
@@ -565,6 +598,65 @@ async fn child(kind: &str, args: &Args) {
     println!("{seconds} {} {}", cpu_seconds() - cpu0, peak_rss_kib());
     // Exit without a graceful shutdown: it is not part of what is measured.
     std::process::exit(0);
+}
+
+/// Waits until `group`'s committed offsets of `topic` add up to N (OffsetFetch v1 on the
+/// bootstrap broker, the group coordinator of a one-node cluster).
+async fn wait_for_commit(group: &str, topic: &str, args: &Args) {
+    use bytes::{Buf, BufMut, BytesMut};
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{
+        ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
+        TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const VERSION: i16 = 1;
+    let mut conn = tokio::net::TcpStream::connect(bootstrap()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for correlation in 1.. {
+        let mut header = RequestHeader::default();
+        header.request_api_key = ApiKey::OffsetFetch as i16;
+        header.request_api_version = VERSION;
+        header.correlation_id = correlation;
+        header.client_id = Some(StrBytes::from_static_str("relay-bench"));
+        let mut t = OffsetFetchRequestTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+        t.partition_indexes = (0..args.partitions).collect();
+        let mut req = OffsetFetchRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+        req.topics = Some(vec![t]);
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, OffsetFetchRequest::header_version(VERSION))
+            .unwrap();
+        req.encode(&mut body, VERSION).unwrap();
+        let mut frame = BytesMut::with_capacity(body.len() + 4);
+        frame.put_i32(body.len() as i32);
+        frame.extend_from_slice(&body);
+        conn.write_all(&frame).await.unwrap();
+        let len = conn.read_i32().await.unwrap();
+        let mut buf = vec![0; len as usize];
+        conn.read_exact(&mut buf).await.unwrap();
+        let mut buf = bytes::Bytes::from(buf);
+        ResponseHeader::decode(&mut buf, OffsetFetchResponse::header_version(VERSION)).unwrap();
+        let resp = OffsetFetchResponse::decode(&mut buf, VERSION).unwrap();
+        assert_eq!(buf.remaining(), 0);
+        let total: i64 = resp
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.committed_offset.max(0))
+            .sum();
+        if total as usize >= args.messages {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} committed only {total} offsets of {topic}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until the output topic holds exactly `n` messages (sum of high watermarks).
@@ -697,12 +789,16 @@ async fn framework_relay(args: &Args, compat: bool, idempotence: bool) {
 /// `group.initial.rebalance.delay.ms`), so the child prints `assigned <CPU seconds>` once it
 /// has its partitions and the parent times the row from there, with the CPU used until then
 /// taken off.
-async fn group_relay(args: &Args) {
+async fn group_relay(args: &Args, exactly_once: bool) {
     let broker = KafkaBroker::builder(&bootstrap())
         .on_partitions_assigned(|_, _| println!("assigned {}", cpu_seconds()))
         .build();
+    let routes = match exactly_once {
+        true => routes![handle_msg_eos],
+        false => routes![handle_msg_group],
+    };
     let app = FastStream::new(broker)
-        .with_routes(routes![handle_msg_group])
+        .with_routes(routes)
         .topic_prefix(args.prefix.clone());
     app.run_until(std::future::pending()).await.unwrap();
 }

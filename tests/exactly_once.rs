@@ -14,6 +14,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
+use faststream::kafka::KafkaBroker;
+use faststream::policy::FailurePolicy;
+use faststream::{routes, subscriber, FastStream};
 use rskafka::client::ClientBuilder;
 
 /// Apache Kafka: the suite's broker when it is Kafka, else a node of this binary's own.
@@ -252,5 +255,58 @@ async fn a_frozen_member_that_lost_its_partitions_commits_nothing_after_the_take
     assert!(
         log.contains("aborting the transaction"),
         "the thawed member aborts its transaction:\n{log}"
+    );
+}
+
+#[subscriber("eos-plain-in")]
+async fn ungrouped(body: String) {
+    let _ = body;
+}
+
+#[subscriber("eos-mix-a", group_id = "mix", exactly_once = true)]
+async fn mixed_exactly_once(body: String) {
+    let _ = body;
+}
+
+#[subscriber("eos-mix-b", group_id = "mix")]
+async fn mixed_at_least_once(body: String) {
+    let _ = body;
+}
+
+async fn startup_fails(app: FastStream<KafkaBroker>) -> String {
+    let run = app.run_until(std::future::pending());
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("startup ends")
+        .expect_err("startup fails")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_names_the_handler_that_cannot_be_exactly_once() {
+    let addr = tokio::task::spawn_blocking(kafka).await.unwrap();
+    // The app-wide default reaches a handler without a group.
+    let app = FastStream::new(KafkaBroker::new(&addr))
+        .with_routes(routes![ungrouped])
+        .failure_policy(FailurePolicy {
+            exactly_once: true,
+            ..FailurePolicy::default()
+        })
+        .topic_prefix(unique_prefix("eos-fail"));
+    let err = startup_fails(app).await;
+    assert!(
+        err.contains("ungrouped")
+            && err.contains("group_id")
+            && err.contains("exactly_once = false"),
+        "{err}"
+    );
+    // One transaction commits a whole group's offsets: its handlers agree.
+    let app = FastStream::new(KafkaBroker::new(&addr))
+        .with_routes(routes![mixed_exactly_once, mixed_at_least_once])
+        .topic_prefix(unique_prefix("eos-fail"));
+    let err = startup_fails(app).await;
+    assert!(
+        err.contains("mix") && err.contains("mixed_at_least_once") && err.contains("exactly_once"),
+        "{err}"
     );
 }

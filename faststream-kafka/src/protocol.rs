@@ -460,6 +460,72 @@ pub(crate) fn ms(d: Duration) -> i32 {
     d.as_millis().min(i32::MAX as u128) as i32
 }
 
+/// Finds the group's coordinator through any bootstrap broker and connects to it.
+pub(crate) async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnError> {
+    find_coordinator_of(config, group, 0).await
+}
+
+/// A connection to the coordinator of `key`: a group's (`key_type` 0) or a transactional
+/// id's (1).
+pub(crate) async fn find_coordinator_of(
+    config: &Config,
+    key: &str,
+    key_type: i8,
+) -> Result<Conn, ConnError> {
+    let what = match key_type {
+        0 => "group",
+        _ => "transactional id",
+    };
+    let group = key;
+    let timeout = config.request_timeout.min(Duration::from_secs(10));
+    let mut last = None;
+    for addr in &config.brokers {
+        let mut conn = match Conn::connect(addr, config, timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let version = conn.version::<FindCoordinatorRequest>(4)?;
+        let mut req = FindCoordinatorRequest::default();
+        req.key_type = key_type;
+        let key = StrBytes::from_string(group.to_owned());
+        if version >= 4 {
+            req.coordinator_keys = vec![key];
+        } else {
+            req.key = key;
+        }
+        let resp = match conn.send(&req, version).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let (code, host, port) = match resp.coordinators.first() {
+            Some(c) if version >= 4 => (c.error_code, c.host.to_string(), c.port),
+            _ => (resp.error_code, resp.host.to_string(), resp.port),
+        };
+        if let Some(err) = ResponseError::try_from_code(code) {
+            last = Some(ConnError::Protocol {
+                addr: addr.clone(),
+                reason: format!("FindCoordinator for {what} {group:?}: {err}"),
+            });
+            continue;
+        }
+        let coord = format!("{host}:{port}");
+        if coord == *addr {
+            return Ok(conn);
+        }
+        return Conn::connect(&coord, config, timeout).await;
+    }
+    Err(last.unwrap_or(ConnError::Protocol {
+        addr: String::new(),
+        reason: "no bootstrap address".into(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,70 +618,4 @@ mod tests {
         assert!(!conn.is_broken());
         conn.send(&req, 4).await.unwrap();
     }
-}
-
-/// Finds the group's coordinator through any bootstrap broker and connects to it.
-pub(crate) async fn find_coordinator(config: &Config, group: &str) -> Result<Conn, ConnError> {
-    find_coordinator_of(config, group, 0).await
-}
-
-/// A connection to the coordinator of `key`: a group's (`key_type` 0) or a transactional
-/// id's (1).
-pub(crate) async fn find_coordinator_of(
-    config: &Config,
-    key: &str,
-    key_type: i8,
-) -> Result<Conn, ConnError> {
-    let what = match key_type {
-        0 => "group",
-        _ => "transactional id",
-    };
-    let group = key;
-    let timeout = config.request_timeout.min(Duration::from_secs(10));
-    let mut last = None;
-    for addr in &config.brokers {
-        let mut conn = match Conn::connect(addr, config, timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        let version = conn.version::<FindCoordinatorRequest>(4)?;
-        let mut req = FindCoordinatorRequest::default();
-        req.key_type = key_type;
-        let key = StrBytes::from_string(group.to_owned());
-        if version >= 4 {
-            req.coordinator_keys = vec![key];
-        } else {
-            req.key = key;
-        }
-        let resp = match conn.send(&req, version).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        let (code, host, port) = match resp.coordinators.first() {
-            Some(c) if version >= 4 => (c.error_code, c.host.to_string(), c.port),
-            _ => (resp.error_code, resp.host.to_string(), resp.port),
-        };
-        if let Some(err) = ResponseError::try_from_code(code) {
-            last = Some(ConnError::Protocol {
-                addr: addr.clone(),
-                reason: format!("FindCoordinator for {what} {group:?}: {err}"),
-            });
-            continue;
-        }
-        let coord = format!("{host}:{port}");
-        if coord == *addr {
-            return Ok(conn);
-        }
-        return Conn::connect(&coord, config, timeout).await;
-    }
-    Err(last.unwrap_or(ConnError::Protocol {
-        addr: String::new(),
-        reason: "no bootstrap address".into(),
-    }))
 }

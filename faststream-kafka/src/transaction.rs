@@ -264,6 +264,11 @@ impl Txn {
             };
             match res {
                 Ok(()) => break,
+                // The group's coordinator moved: this transaction ends here (the runner finds
+                // the coordinator again and the partitions start from the committed offsets).
+                Err(TxnError::Retriable(e)) if group_conn.is_broken() => {
+                    return self.abort_in(&mut state, e, false).await;
+                }
                 Err(TxnError::Retriable(e)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(transactional_id = self.id, group, error = %e, "committing offsets in the transaction; retrying");
                     backoff.sleep().await;

@@ -43,17 +43,37 @@ const BATCH: u64 = 4_000;
 
 async fn setup(prefix: &str) -> String {
     let addr = tokio::task::spawn_blocking(kafka).await.unwrap();
-    let client = ClientBuilder::new(vec![addr.clone()])
+    fill(&addr, prefix, 1).await;
+    addr
+}
+
+/// Creates the example's topics (3 partitions, `replication` copies) on the cluster at
+/// `addr` and writes its inputs, keyed by number modulo 40. The audit topic is written by
+/// `Publisher` only, so no route declares it.
+async fn fill(addr: &str, prefix: &str, replication: i16) {
+    let client = ClientBuilder::new(addr.split(',').map(str::to_owned).collect())
         .build()
         .await
         .unwrap();
-    for (topic, count) in [
-        ("eos-in", RELAY),
-        ("eos-in-keyed", KEYED),
-        ("eos-in-batch", BATCH),
-    ] {
+    let outputs = [
+        "eos-audit",
+        "eos-out",
+        "eos-dlq",
+        "eos-out-keyed",
+        "eos-out-batch",
+    ];
+    let inputs = ["eos-in", "eos-in-keyed", "eos-in-batch"];
+    for topic in inputs.iter().chain(&outputs) {
         let topic = format!("{prefix}{topic}");
-        create_topic(&client, &topic, 3).await;
+        client
+            .controller_client()
+            .unwrap()
+            .create_topic(&topic, 3, replication, 10_000)
+            .await
+            .unwrap_or_else(|e| panic!("create {topic}: {e}"));
+    }
+    for (topic, count) in inputs.into_iter().zip([RELAY, KEYED, BATCH]) {
+        let topic = format!("{prefix}{topic}");
         for partition in 0..3 {
             let records = (0..count)
                 .filter(|n| (n % 3) as i32 == partition)
@@ -65,17 +85,6 @@ async fn setup(prefix: &str) -> String {
             produce(&client, &topic, partition, records).await;
         }
     }
-    // The audit topic is written by `Publisher` only, so it is not declared by a route.
-    for topic in [
-        "eos-audit",
-        "eos-out",
-        "eos-dlq",
-        "eos-out-keyed",
-        "eos-out-batch",
-    ] {
-        create_topic(&client, &format!("{prefix}{topic}"), 3).await;
-    }
-    addr
 }
 
 async fn spawn(addr: &str, prefix: &str, instance: &str) -> tokio::process::Child {
@@ -309,4 +318,44 @@ async fn startup_names_the_handler_that_cannot_be_exactly_once() {
         err.contains("mix") && err.contains("mixed_at_least_once") && err.contains("exactly_once"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_commit_before_partitions_move() {
+    let prefix = unique_prefix("eos-rebalance");
+    let addr = setup(&prefix).await;
+    // Two members share the partitions; a third joins mid-stream, then one leaves (SIGTERM):
+    // each revoke commits the transaction before its partitions move.
+    let a = spawn(&addr, &prefix, "relay-a").await;
+    let b = spawn(&addr, &prefix, "relay-b").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = spawn(&addr, &prefix, "relay-c").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    terminate(b).await;
+    let got = read_committed(&addr, &prefix, expected_total()).await;
+    terminate(a).await;
+    terminate(c).await;
+    check_exactly_once(&got);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transaction_coordinator_killed_mid_stream_loses_and_repeats_nothing() {
+    // Three nodes, every topic (the transaction log too) with three copies and two in sync.
+    let cluster = tokio::task::spawn_blocking(|| KafkaCluster::up(3, None, None))
+        .await
+        .unwrap();
+    let prefix = unique_prefix("eos-failover");
+    fill(&cluster.bootstrap, &prefix, 3).await;
+    let service = spawn(&cluster.bootstrap, &prefix, "relay-f").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The node coordinating the service's transactions dies (SIGKILL) and comes back.
+    let id = format!("{prefix}relay.relay-f");
+    let victim = common::wire::coordinator_of(&cluster.addr(1), &id, 1).await;
+    cluster.node(victim as usize, "kill");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.node(victim as usize, "start");
+    tokio::task::block_in_place(|| cluster.wait_whole(3));
+    let got = read_committed(&cluster.bootstrap, &prefix, expected_total()).await;
+    terminate(service).await;
+    check_exactly_once(&got);
 }

@@ -51,8 +51,8 @@ pub struct RetryTopic {
     pub delay: Duration,
 }
 
-/// What one partition of a route with retry topics knows of its keys on the retry path (see
-/// the [module](self) documentation). Shared by the consumers of the main topic's partition
+/// What one partition of a route with retry topics knows of its keys on the retry path (the
+/// guide's delivery chapter tells the whole design). Shared by the consumers of the main topic's partition
 /// and of the same partition of each retry topic; transports create one per assignment.
 #[derive(Debug)]
 pub struct RetryLane {

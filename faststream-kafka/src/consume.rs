@@ -859,13 +859,17 @@ impl PartitionConsumer {
             {
                 turn.quiet();
             }
-            while !stopping
+            // Exactly-once, stopping gracefully (shutdown, revoke): the messages before the
+            // furthest one started still run, so the position passes every output of the
+            // transaction that commits now.
+            let drain = stopping && stopped.is_none() && self.rt.txn.is_some();
+            while (!stopping || drain)
                 && running.len() < concurrency
                 && acking.len() < self.rt.config.max_in_flight
             {
                 // While a transaction commits, only messages before the furthest one started
                 // run (the commit waits for that run to be done); nothing new starts.
-                let pick = match turn.may_start() {
+                let pick = match turn.may_start() && !stopping {
                     true => (!ready.is_empty()).then_some(0),
                     false => ready.iter().position(|m| m.offset < started_up_to),
                 };
@@ -888,7 +892,8 @@ impl PartitionConsumer {
                     (offset, key, outcome, started.elapsed())
                 });
             }
-            if stopping && running.is_empty() && acking.is_empty() {
+            let holes_left = drain && ready.iter().any(|m| m.offset < started_up_to);
+            if stopping && running.is_empty() && acking.is_empty() && !holes_left {
                 break;
             }
             tokio::select! {
@@ -1042,6 +1047,16 @@ impl PartitionConsumer {
                     }
                     advance(tracker, &pending, end);
                 }
+            }
+        }
+        if let Some(txn) = &self.rt.txn {
+            if let Some(first) = pending.keys().next().filter(|f| **f <= started_up_to) {
+                // Outputs of messages past the position are in the transaction: it must not
+                // commit (the partitions start again from the committed offsets).
+                txn.poison(format!(
+                    "partition {} of topic {:?} stopped at offset {first} with later messages' outputs in the transaction",
+                    self.partition, self.topic
+                ));
             }
         }
         stopped

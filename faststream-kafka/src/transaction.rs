@@ -206,6 +206,9 @@ impl Txn {
     /// Closes the gate: returns once no partition has unfinished work in the transaction;
     /// nothing new starts until [`Txn::reopen`].
     pub(crate) async fn close(&self) {
+        if lock(&self.closed).is_some() {
+            return;
+        }
         self.closing.store(true, Ordering::Release);
         let guard = self.gate.clone().write_owned().await;
         *lock(&self.closed) = Some(guard);

@@ -782,9 +782,15 @@ pub async fn in_sync(broker: &str, topic: &str) -> std::collections::BTreeMap<i3
 
 /// The node coordinating `group`, asked of `broker` (FindCoordinator).
 pub async fn coordinator(broker: &str, group: &str) -> i32 {
+    coordinator_of(broker, group, 0).await
+}
+
+/// The node coordinating `key`: a group's (`key_type` 0) or a transactional id's (1).
+pub async fn coordinator_of(broker: &str, group: &str, key_type: i8) -> i32 {
     use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
     let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
     let mut req = FindCoordinatorRequest::default();
+    req.key_type = key_type;
     req.coordinator_keys = vec![StrBytes::from_string(group.to_owned())];
     let resp: FindCoordinatorResponse =
         roundtrip(&mut conn, &req, ApiKey::FindCoordinator, 4, 1).await;

@@ -665,10 +665,17 @@ impl GroupRunner {
                 }
             }
         }
-        match (&self.rt.txn, aborted) {
+        // A partition that stopped on its own (the service stops) may have left outputs past
+        // its position in the transaction: exactly-once aborts, and the restart redoes what
+        // was done since the last commit.
+        let failed = matches!(ended, Ended::Failed(_)) || failure.is_some();
+        match (&self.rt.txn, aborted || failed) {
             (Some(txn), true) => {
-                txn.abort("the generation ended with the transaction aborted".into())
-                    .await;
+                let why = match aborted {
+                    true => "the generation ended with the transaction aborted",
+                    false => "a partition stopped on its own",
+                };
+                txn.abort(why.into()).await;
                 txn.reopen();
             }
             _ => match self.commit(conn, member, &running).await {
@@ -689,6 +696,7 @@ impl GroupRunner {
             (_, Some(e)) => Ended::Failed(e),
             (ended, None) => ended,
         };
+
         (ended, stopped_at)
     }
 

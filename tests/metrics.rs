@@ -394,3 +394,65 @@ async fn a_member_joining_counts_a_rebalance_and_its_pause() {
     second.stop().await.unwrap();
     first.stop().await.unwrap();
 }
+
+#[subscriber(
+    "ledger",
+    group_id = "ledger",
+    auto_offset_reset = "earliest",
+    exactly_once = true,
+    commit_interval_ms = 200
+)]
+#[publisher("ledger-out")]
+async fn ledger(order: Order) -> String {
+    format!("booked {}", order.id)
+}
+
+/// An exactly-once group counts its committed transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_group_counts_its_transactions() {
+    let prefix = unique_prefix("ledger");
+    let client = raw_client().await;
+    let input = format!("{prefix}ledger");
+    create_topic(&client, &input, 1).await;
+    let records = (0..10)
+        .map(|i| record(None, format!(r#"{{"id": {i}}}"#).as_bytes(), &[]))
+        .collect();
+    produce(&client, &input, 0, records).await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let running =
+        start(app(routes![ledger], &prefix).prometheus(([127, 0, 0, 1], port).into())).await;
+    let group = format!("{prefix}ledger");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let page = http_get(&url).await;
+        let committed = value(
+            &page,
+            "faststream_transactions_total",
+            &[("group", &group), ("outcome", "committed")],
+        );
+        let offset = value(
+            &page,
+            "faststream_committed_offset",
+            &[("group", &group), ("topic", &input), ("partition", "0")],
+        );
+        if committed >= Some(1.0) && offset == Some(10.0) {
+            assert_eq!(
+                value(
+                    &page,
+                    "faststream_transactions_total",
+                    &[("group", &group), ("outcome", "aborted")],
+                ),
+                None,
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the transaction is counted:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.stop().await.unwrap();
+}

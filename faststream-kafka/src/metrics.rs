@@ -22,6 +22,7 @@
 //! | `faststream_producer_queued_bytes` | gauge | `topic`, `partition` |
 //! | `faststream_rebalances_total` | counter | `group`, `cause` |
 //! | `faststream_rebalance_pause_seconds` | histogram | `group` |
+//! | `faststream_transactions_total` | counter | `group`, `outcome` (`committed`, `aborted`) |
 //! | `faststream_connections` | gauge | `broker` |
 //! | `faststream_requests_in_flight` | gauge | `broker` |
 
@@ -160,6 +161,12 @@ mod on {
         counter!("faststream_rebalances_total", &labels).increment(1);
     }
 
+    /// An exactly-once group's transaction ended: `committed` or `aborted`.
+    pub(crate) fn transaction(group: &str, outcome: &'static str) {
+        let labels = [("group", group.to_owned()), ("outcome", outcome.to_owned())];
+        counter!("faststream_transactions_total", &labels).increment(1);
+    }
+
     /// How long a member's partitions were stopped by a rebalance.
     pub(crate) fn rebalance_pause(group: &str, pause: Duration) {
         histogram!("faststream_rebalance_pause_seconds", "group" => group.to_owned())
@@ -281,6 +288,9 @@ mod off {
 
     #[inline]
     pub(crate) fn rebalance(_: &str, _: &'static str) {}
+
+    #[inline]
+    pub(crate) fn transaction(_: &str, _: &'static str) {}
 
     #[inline]
     pub(crate) fn rebalance_pause(_: &str, _: Duration) {}

@@ -295,10 +295,15 @@ impl Txn {
         }
     }
 
-    /// Aborts the open transaction (if anything was written in it).
-    pub(crate) async fn abort(&self, reason: String) -> Ended {
+    /// Aborts the open transaction; `false` when nothing was written in it (nothing to do).
+    pub(crate) async fn abort(&self, reason: String) -> bool {
         let mut state = self.state.lock().await;
-        self.abort_in(&mut state, reason, false).await
+        if state.partitions.is_empty() {
+            lock(&self.poisoned).take();
+            return false;
+        }
+        self.abort_in(&mut state, reason, false).await;
+        true
     }
 
     async fn abort_in(&self, state: &mut State, reason: String, reset_member: bool) -> Ended {

@@ -374,6 +374,7 @@ impl GroupRunner {
             .await;
         match ended {
             TxnEnded::Committed => {
+                crate::metrics::transaction(&self.group, "committed");
                 for (topic, parts) in &by_topic {
                     for (partition, offset) in parts {
                         crate::metrics::committed(&self.group, topic, *partition, *offset);
@@ -395,6 +396,7 @@ impl GroupRunner {
                 reason,
                 reset_member,
             } => {
+                crate::metrics::transaction(&self.group, "aborted");
                 tracing::warn!(group = self.group, reason, "transaction aborted: the group's partitions start again from the committed offsets");
                 Some(Ended::Rejoin {
                     reset_member,

@@ -675,7 +675,9 @@ impl GroupRunner {
                     true => "the generation ended with the transaction aborted",
                     false => "a partition stopped on its own",
                 };
-                txn.abort(why.into()).await;
+                if txn.abort(why.into()).await {
+                    crate::metrics::transaction(&self.group, "aborted");
+                }
                 txn.reopen();
             }
             _ => match self.commit(conn, member, &running).await {

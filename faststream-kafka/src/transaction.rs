@@ -55,6 +55,9 @@ pub(crate) enum TxnError {
     Retriable(String),
     /// The transaction cannot commit: it is (or must be) aborted.
     Abortable(String),
+    /// The group no longer knows this member (its generation is gone): abort, and join as a
+    /// new member.
+    NotMember(String),
     /// Another producer with this transactional id took over (or the cluster refuses
     /// transactions): nothing more can be written under this producer id.
     Fatal(String),
@@ -63,7 +66,10 @@ pub(crate) enum TxnError {
 impl std::fmt::Display for TxnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TxnError::Retriable(e) | TxnError::Abortable(e) | TxnError::Fatal(e) => f.write_str(e),
+            TxnError::Retriable(e)
+            | TxnError::Abortable(e)
+            | TxnError::NotMember(e)
+            | TxnError::Fatal(e) => f.write_str(e),
         }
     }
 }
@@ -277,11 +283,9 @@ impl Txn {
                     backoff.sleep().await;
                 }
                 Err(TxnError::Retriable(e) | TxnError::Abortable(e)) => {
-                    let reset_member = e.contains("UnknownMemberId")
-                        || e.contains("IllegalGeneration")
-                        || e.contains("FencedInstanceId");
-                    return self.abort_in(&mut state, e, reset_member).await;
+                    return self.abort_in(&mut state, e, false).await;
                 }
+                Err(TxnError::NotMember(e)) => return self.abort_in(&mut state, e, true).await,
                 Err(TxnError::Fatal(e)) => return self.fenced(&mut state, e),
             }
         }
@@ -578,6 +582,9 @@ async fn txn_offset_commit(
                     TxnError::Retriable(reason)
                 }
                 E::ProducerFenced | E::InvalidProducerEpoch => TxnError::Fatal(reason),
+                E::UnknownMemberId | E::IllegalGeneration | E::FencedInstanceId => {
+                    TxnError::NotMember(reason)
+                }
                 _ => TxnError::Abortable(reason),
             });
         }

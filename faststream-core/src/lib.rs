@@ -80,8 +80,8 @@ pub use policy::{
 pub use publish::{BoxFuture, Publish, Publisher};
 pub use retry_topics::{retry_header, RetryLane, RetryTopic};
 pub use route::{
-    decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult, GroupTimings,
-    HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef, TopicMatcher,
+    decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult, GroupProtocol,
+    GroupTimings, HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef, TopicMatcher,
     TopicNameProblem,
 };
 pub use shutdown::{termination_signal, Shutdown, ShutdownTrigger};
@@ -108,8 +108,8 @@ pub mod __private {
     pub use crate::publish::BoxFuture;
     pub use crate::route::{decode_batch, BatchResult, HandlerResult};
     pub use crate::route::{
-        Assignor, BatchDef, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq, SubscriberDef,
-        TopicNameProblem,
+        Assignor, BatchDef, GroupProtocol, OffsetReset, RouteDef, RouteHandler, RouteRef, StateReq,
+        SubscriberDef, TopicNameProblem,
     };
     #[cfg(feature = "schemars")]
     pub use crate::schema::HasSchema;

@@ -150,6 +150,10 @@ pub enum Assignor {
     Range,
     /// All partitions of all topics dealt to the members in turn (Kafka's `roundrobin`).
     RoundRobin,
+    /// The broker's `uniform` assignor of the consumer group protocol
+    /// ([`GroupProtocol::Consumer`], its default there): partitions spread evenly, each
+    /// member keeping what it can. Not a classic-protocol assignor: startup refuses it there.
+    Uniform,
 }
 
 impl Assignor {
@@ -158,6 +162,32 @@ impl Assignor {
         match self {
             Assignor::Range => "range",
             Assignor::RoundRobin => "roundrobin",
+            Assignor::Uniform => "uniform",
+        }
+    }
+}
+
+/// Which consumer group protocol a group's members speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup, SyncGroup, Heartbeat): the group's leader assigns, and
+    /// every rebalance stops every member's partitions until the group joined again. The
+    /// default, as in the Java client.
+    #[default]
+    Classic,
+    /// The consumer group protocol of KIP-848 (Apache Kafka 4.0 and later): the broker
+    /// assigns, members heartbeat with `ConsumerGroupHeartbeat`, and a rebalance moves only
+    /// the partitions that change owner; the others are never paused.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The name of the protocol, as Kafka's `group.protocol` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
         }
     }
 }
@@ -209,6 +239,7 @@ pub struct SubscriberDef {
     auto_offset_reset: OffsetReset,
     partitions: Option<&'static [i32]>,
     assignor: Option<Assignor>,
+    group_protocol: Option<GroupProtocol>,
     session_timeout_ms: Option<u32>,
     heartbeat_interval_ms: Option<u32>,
     rebalance_timeout_ms: Option<u32>,
@@ -226,6 +257,7 @@ impl SubscriberDef {
             auto_offset_reset: OffsetReset::Latest,
             partitions: None,
             assignor: None,
+            group_protocol: None,
             session_timeout_ms: None,
             heartbeat_interval_ms: None,
             rebalance_timeout_ms: None,
@@ -256,6 +288,17 @@ impl SubscriberDef {
     pub const fn assignor(mut self, assignor: Assignor) -> Self {
         self.assignor = Some(assignor);
         self
+    }
+
+    /// Sets the consumer group protocol of the group.
+    pub const fn group_protocol(mut self, protocol: GroupProtocol) -> Self {
+        self.group_protocol = Some(protocol);
+        self
+    }
+
+    /// The group protocol, if set on the route.
+    pub fn protocol(&self) -> Option<GroupProtocol> {
+        self.group_protocol
     }
 
     /// Sets the group session timeout.

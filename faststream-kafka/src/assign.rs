@@ -64,7 +64,9 @@ pub(crate) fn assign(
                 }
             }
         }
-        Assignor::RoundRobin => {
+        // `uniform` is the consumer protocol's (the broker assigns); startup refuses it for
+        // classic groups, and the coordinator picks only what members announce.
+        Assignor::RoundRobin | Assignor::Uniform => {
             let mut i = 0;
             for (topic, n) in partitions {
                 for p in 0..*n {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faststream_core::{
-    AckMode, Assignor, BoxFuture, IntoPayload, Message, OffsetReset, OutgoingMessage, Pipeline,
+    AckMode, Assignor, BoxFuture, GroupProtocol, IntoPayload, Message, OffsetReset, OutgoingMessage, Pipeline,
     Publish, RouteDef, Shutdown, SubscriberDef, Transport,
 };
 use rskafka::client::{Client, ClientBuilder};
@@ -184,9 +184,22 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// Partition assignor for routes that do not set `assignor` (default range).
+    /// Partition assignor for routes that do not set `assignor`. Default: `range` under the
+    /// classic protocol; under the consumer protocol the broker's first
+    /// `group.consumer.assignors` (`uniform` unless configured otherwise).
     pub fn assignor(mut self, assignor: Assignor) -> Self {
-        self.config.group.assignor = assignor;
+        self.config.group.assignor = Some(assignor);
+        self
+    }
+
+    /// The consumer group protocol for routes that do not set `group_protocol` (default
+    /// [`GroupProtocol::Classic`], as the Java client). [`GroupProtocol::Consumer`] (KIP-848)
+    /// needs Apache Kafka 4.0 or later: a rebalance then pauses only the partitions that move.
+    /// Its session timeout and heartbeat interval are the broker's
+    /// (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`); the
+    /// settings of this builder for them apply to classic groups only.
+    pub fn group_protocol(mut self, protocol: GroupProtocol) -> Self {
+        self.config.group.protocol = protocol;
         self
     }
 
@@ -344,7 +357,8 @@ impl KafkaBroker {
                     heartbeat_interval: Duration::from_secs(1),
                     rebalance_timeout: Duration::from_secs(30),
                     commit_interval: Duration::from_secs(1),
-                    assignor: Assignor::Range,
+                    assignor: None,
+                    protocol: GroupProtocol::Classic,
                 },
                 group_instance_id: None,
                 transactional_id: None,
@@ -789,6 +803,7 @@ impl KafkaBroker {
                     .flat_map(|r| r.subscribers())
                     .filter(|s| s.group() == Some(group)),
             );
+            settings.check(group)?;
             // An exactly-once group writes through its own transactional producer.
             let rt = match transactional.get(group) {
                 Some(txn) => Arc::new(Runtime {

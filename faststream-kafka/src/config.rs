@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use faststream_core::{Assignor, GroupTimings, SubscriberDef};
+use faststream_core::{Assignor, GroupProtocol, GroupTimings, SubscriberDef};
 
 use crate::security::Security;
 
@@ -150,7 +150,10 @@ pub(crate) struct GroupDefaults {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) rebalance_timeout: Duration,
     pub(crate) commit_interval: Duration,
-    pub(crate) assignor: Assignor,
+    /// `None`: `range` under the classic protocol, the broker's choice under the consumer
+    /// protocol.
+    pub(crate) assignor: Option<Assignor>,
+    pub(crate) protocol: GroupProtocol,
 }
 
 impl GroupDefaults {
@@ -162,9 +165,11 @@ impl GroupDefaults {
     ) -> GroupSettings {
         let mut timings = GroupTimings::default();
         let mut assignor = None;
+        let mut protocol = None;
         for sub in subs {
             timings = timings.or(sub.group_timings());
             assignor = assignor.or(sub.group_assignor());
+            protocol = protocol.or(sub.protocol());
         }
         let pick = |ms: Option<u32>, default: Duration| {
             ms.map_or(default, |ms| Duration::from_millis(ms.into()))
@@ -174,7 +179,9 @@ impl GroupDefaults {
             heartbeat_interval: pick(timings.heartbeat_interval_ms, self.heartbeat_interval),
             rebalance_timeout: pick(timings.rebalance_timeout_ms, self.rebalance_timeout),
             commit_interval: pick(timings.commit_interval_ms, self.commit_interval),
-            assignor: assignor.unwrap_or(self.assignor),
+            assignor: assignor.or(self.assignor).unwrap_or_default(),
+            protocol: protocol.unwrap_or(self.protocol),
+            assignor_set: assignor.or(self.assignor).is_some(),
         }
     }
 }
@@ -187,6 +194,28 @@ pub(crate) struct GroupSettings {
     pub(crate) rebalance_timeout: Duration,
     pub(crate) commit_interval: Duration,
     pub(crate) assignor: Assignor,
+    pub(crate) protocol: GroupProtocol,
+    /// Whether a route or the broker chose the assignor (else the consumer protocol leaves
+    /// the choice to the broker's `group.consumer.assignors`).
+    pub(crate) assignor_set: bool,
+}
+
+impl GroupSettings {
+    /// Refuses an assignor the group's protocol does not have.
+    pub(crate) fn check(&self, group: &str) -> Result<(), crate::KafkaError> {
+        let wrong = match (self.protocol, self.assignor) {
+            (GroupProtocol::Classic, Assignor::Uniform) => {
+                "`uniform` is an assignor of the consumer group protocol: set `group_protocol = \"consumer\"`, or use `range` or `roundrobin`"
+            }
+            (GroupProtocol::Consumer, Assignor::RoundRobin) => {
+                "`roundrobin` is an assignor of the classic group protocol: under `group_protocol = \"consumer\"` the broker assigns, with `uniform` or `range`"
+            }
+            _ => return Ok(()),
+        };
+        Err(crate::KafkaError::Unsupported(format!(
+            "consumer group {group:?}: {wrong}"
+        )))
+    }
 }
 
 /// Compression of produced record batches. The codecs are behind the crate features

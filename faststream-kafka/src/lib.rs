@@ -63,6 +63,7 @@ mod transaction;
 pub use broker::{KafkaBroker, KafkaBrokerBuilder};
 pub use config::{Compression, MissingTopics, RebalanceHook};
 pub use error::KafkaError;
+pub use faststream_core::GroupProtocol;
 pub use produce::partition_for_key;
 pub use redrive::{Redrive, Redriven, REDRIVEN_FROM};
 pub use security::{BoxError, Sasl, Security, SecurityProtocol, Tls, TokenCallback};

@@ -46,6 +46,7 @@ const CONSUMER_KEYS: &[&str] = &[
     "auto_offset_reset",
     "partitions",
     "assignor",
+    "group_protocol",
     "session_timeout_ms",
     "heartbeat_interval_ms",
     "rebalance_timeout_ms",
@@ -104,6 +105,8 @@ pub(crate) struct SubscriberArgs {
     pub(crate) auto_offset_reset: Option<OffsetReset>,
     pub(crate) partitions: Option<Vec<syn::LitInt>>,
     pub(crate) assignor: Option<LitStr>,
+    /// `group_protocol = "classic" | "consumer"`.
+    pub(crate) group_protocol: Option<LitStr>,
     /// `(option name, milliseconds)` for the group timing options.
     pub(crate) durations: Vec<(String, syn::LitInt)>,
 }
@@ -241,6 +244,22 @@ pub(crate) fn parse_into(
                     "`partitions` assigns partitions by hand and cannot be combined with `group_id`",
                 );
             }
+            if let (Some(protocol), None) = (&sub.group_protocol, &sub.group_id) {
+                errors.error(
+                    protocol.span(),
+                    "`group_protocol` is a consumer group's: it needs `group_id = \"...\"`",
+                );
+            }
+            if let (Some(protocol), Some(assignor)) = (&sub.group_protocol, &sub.assignor) {
+                let mismatch = match (protocol.value().as_str(), assignor.value().as_str()) {
+                    ("classic", "uniform") => Some("`uniform` is an assignor of the consumer group protocol (`group_protocol = \"consumer\"`)"),
+                    ("consumer", "roundrobin") => Some("`roundrobin` is an assignor of the classic group protocol; under `group_protocol = \"consumer\"` the broker assigns with `uniform` or `range`"),
+                    _ => None,
+                };
+                if let Some(msg) = mismatch {
+                    errors.error(assignor.span(), msg);
+                }
+            }
             sub.topics = topics;
             route.subscribers.push(sub);
         }
@@ -319,16 +338,29 @@ fn apply_option(
         }
         "assignor" => {
             let lit = string()?;
-            if !matches!(lit.value().as_str(), "range" | "roundrobin") {
+            if !matches!(lit.value().as_str(), "range" | "roundrobin" | "uniform") {
                 return Err(syn::Error::new(
                     lit.span(),
                     format!(
-                        "invalid `assignor` value \"{}\": expected \"range\" or \"roundrobin\"",
+                        "invalid `assignor` value \"{}\": expected \"range\", \"roundrobin\" (classic protocol) or \"uniform\" (consumer protocol)",
                         lit.value()
                     ),
                 ));
             }
             sub.assignor = Some(lit);
+        }
+        "group_protocol" => {
+            let lit = string()?;
+            if !matches!(lit.value().as_str(), "classic" | "consumer") {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "invalid `group_protocol` value \"{}\": expected \"classic\" or \"consumer\"",
+                        lit.value()
+                    ),
+                ));
+            }
+            sub.group_protocol = Some(lit);
         }
         "crate" => {
             let lit = string()?;
@@ -736,6 +768,19 @@ mod tests {
             (
                 quote!("a", partitions = [0], group_id = "g"),
                 "cannot be combined",
+            ),
+            (
+                quote!("a", group_protocol = "eager"),
+                "invalid `group_protocol` value",
+            ),
+            (quote!("a", group_protocol = "consumer"), "needs `group_id"),
+            (
+                quote!("a", group_id = "g", group_protocol = "consumer", assignor = "roundrobin"),
+                "classic group protocol",
+            ),
+            (
+                quote!("a", group_id = "g", group_protocol = "classic", assignor = "uniform"),
+                "consumer group protocol",
             ),
         ] {
             let (_, res) = parse(AttrKind::Subscriber, tokens);

@@ -477,9 +477,17 @@ fn generate(
         if let Some(a) = &s.assignor {
             let a = match a.value().as_str() {
                 "range" => quote!(Range),
+                "uniform" => quote!(Uniform),
                 _ => quote!(RoundRobin),
             };
             def = quote!(#def.assignor(#fs::Assignor::#a));
+        }
+        if let Some(p) = &s.group_protocol {
+            let p = match p.value().as_str() {
+                "consumer" => quote!(Consumer),
+                _ => quote!(Classic),
+            };
+            def = quote!(#def.group_protocol(#fs::GroupProtocol::#p));
         }
         for (name, ms) in &s.durations {
             let method = format_ident!("{}", name);

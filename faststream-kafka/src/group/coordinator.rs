@@ -67,7 +67,8 @@ impl GroupRunner {
             // supports, so members of other client libraries can join.
             let other = match s.assignor {
                 Assignor::Range => Assignor::RoundRobin,
-                Assignor::RoundRobin => Assignor::Range,
+                // `uniform` is the consumer protocol's; startup refuses it for classic groups.
+                Assignor::RoundRobin | Assignor::Uniform => Assignor::Range,
             };
             req.protocols = [s.assignor, other]
                 .into_iter()
@@ -710,7 +711,7 @@ pub(super) async fn heartbeat(
 /// The positions of a generation's partitions (those that have one), by topic.
 fn positions_by_topic(running: &Running) -> BTreeMap<&str, Vec<(i32, i64)>> {
     let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
-    for ((topic, partition), position) in &running.positions {
+    for ((topic, partition), position, _) in &running.positions {
         if let Some(offset) = position.get() {
             by_topic
                 .entry(topic)

@@ -42,6 +42,9 @@ use faststream_core::{PartitionStop, Position, RetryLane, Subscriptions};
 use tokio_util::task::AbortOnDropHandle;
 
 mod coordinator;
+mod running;
+
+use running::{Running, Serving};
 
 pub(crate) use crate::protocol::find_coordinator;
 pub(crate) use coordinator::{commit_offsets, fetch_offsets};
@@ -169,19 +172,6 @@ enum Beat {
     Fenced(ResponseError),
 }
 
-/// A generation's partition consumers.
-struct Running {
-    stop: ShutdownTrigger,
-    tasks: JoinSet<Result<(), KafkaError>>,
-    /// Which partition each consumer task serves, by task id.
-    serving: HashMap<tokio::task::Id, (String, i32, &'static str)>,
-    commit_requests: mpsc::Receiver<oneshot::Sender<()>>,
-    positions: Vec<((String, i32), Position)>,
-    /// Each consumer says when it knows its start position.
-    started: mpsc::UnboundedReceiver<()>,
-    starting: usize,
-}
-
 impl GroupRunner {
     /// Serves the group until shutdown (`Ok`) or until one of its partition consumers stopped
     /// on its own (`Err`, after committing what is done and leaving the group).
@@ -303,8 +293,9 @@ impl GroupRunner {
                 self.settings,
                 beat_tx,
             )));
-            let running = match self.start(&mut conn, &assigned, &initial).await {
-                Ok(r) => r,
+            let mut running = Running::new();
+            match self.add(&mut conn, &mut running, &assigned, &initial).await {
+                Ok(()) => {}
                 Err(e) => {
                     drop(heartbeat);
                     conn = None;
@@ -412,13 +403,14 @@ impl GroupRunner {
             .await
     }
 
-    /// Fetches committed offsets and starts one consumer per assigned partition.
-    async fn start(
+    /// Fetches committed offsets and starts one consumer per assigned partition in `running`.
+    async fn add(
         &self,
         conn: &mut Option<Conn>,
+        running: &mut Running,
         assigned: &[(String, i32)],
         initial: &Option<BTreeMap<String, i32>>,
-    ) -> Result<Running, ConnError> {
+    ) -> Result<(), ConnError> {
         let conn = self.conn(conn).await?;
         // A route with retry topics also owns the same partition of each: read (and committed)
         // by this member alongside the assigned one, never assigned on their own.
@@ -439,14 +431,9 @@ impl GroupRunner {
             wanted.extend(names.iter().map(|n| (n.clone(), *partition)));
         }
         let committed = self.fetch_offsets(conn, &wanted).await?;
-        let (stop, gen_shutdown) = Shutdown::new();
-        let mut tasks = JoinSet::new();
-        let mut serving = HashMap::new();
-        let mut positions = Vec::new();
-        let (ready_tx, started) = mpsc::unbounded_channel();
-        let (commit_tx, commit_rx) = mpsc::channel(64);
         let mut links: HashMap<(String, i32), LaneLink> = HashMap::new();
         for (route, topic, partition, names) in lanes {
+            let owner = (topic.clone(), partition);
             let lane = RetryLane::new(Arc::from(topic.as_str()), partition);
             let starts: Vec<(Arc<str>, Option<i64>)> = names
                 .iter()
@@ -456,40 +443,33 @@ impl GroupRunner {
                 })
                 .collect();
             for (stage, (name, start)) in (1..).zip(&starts) {
-                let position = Position::new(*start);
-                positions.push(((name.to_string(), partition), position.clone()));
-                let handle = tasks.spawn(
-                    PartitionConsumer {
-                        rt: self.rt.clone(),
-                        route,
-                        topic: name.clone(),
-                        partition,
-                        reset: OffsetReset::Earliest,
-                        start: *start,
-                        group: Some(GroupLink {
-                            position,
-                            commit_now: commit_tx.clone(),
-                        }),
-                        shutdown: gen_shutdown.clone(),
-                        ready: ready_tx.clone(),
-                        lane: Some(LaneLink {
-                            lane: lane.clone(),
-                            stage,
-                            restore_from: Vec::new(),
-                        }),
-                    }
-                    .run(),
-                );
-                serving.insert(handle.id(), (name.to_string(), partition, route.name()));
+                let (shutdown, group, ready) = running.link(&owner, (name, partition), *start);
+                let consumer = PartitionConsumer {
+                    rt: self.rt.clone(),
+                    route,
+                    topic: name.clone(),
+                    partition,
+                    reset: OffsetReset::Earliest,
+                    start: *start,
+                    group: Some(group),
+                    shutdown,
+                    ready,
+                    lane: Some(LaneLink {
+                        lane: lane.clone(),
+                        stage,
+                        restore_from: Vec::new(),
+                    }),
+                };
+                running.spawn(&owner, consumer);
             }
             let main = LaneLink {
                 lane,
                 stage: 0,
                 restore_from: starts,
             };
-            links.insert((topic, partition), main);
+            links.insert(owner, main);
         }
-        for (topic, partition) in assigned {
+        for owner @ (topic, partition) in assigned {
             let found = crate::produce::lock(&self.topics)
                 .iter()
                 .find(|t| t.topic == *topic)
@@ -497,10 +477,7 @@ impl GroupRunner {
             let Some(sub) = found else {
                 continue;
             };
-            let start = committed
-                .get(&(topic.clone(), *partition))
-                .copied()
-                .filter(|o| *o >= 0);
+            let start = committed.get(owner).copied().filter(|o| *o >= 0);
             // A partition that appeared while the service ran is read from its beginning:
             // `latest` would skip what was written to it before this member noticed it.
             let is_new = initial
@@ -511,37 +488,22 @@ impl GroupRunner {
             } else {
                 sub.reset
             };
-            let position = Position::new(start);
-            positions.push(((topic.clone(), *partition), position.clone()));
-            let handle = tasks.spawn(
-                PartitionConsumer {
-                    rt: self.rt.clone(),
-                    route: sub.route,
-                    topic: Arc::from(topic.as_str()),
-                    partition: *partition,
-                    reset,
-                    start,
-                    group: Some(GroupLink {
-                        position,
-                        commit_now: commit_tx.clone(),
-                    }),
-                    shutdown: gen_shutdown.clone(),
-                    ready: ready_tx.clone(),
-                    lane: links.remove(&(topic.clone(), *partition)),
-                }
-                .run(),
-            );
-            serving.insert(handle.id(), (topic.clone(), *partition, sub.route.name()));
+            let (shutdown, group, ready) = running.link(owner, (topic, *partition), start);
+            let consumer = PartitionConsumer {
+                rt: self.rt.clone(),
+                route: sub.route,
+                topic: Arc::from(topic.as_str()),
+                partition: *partition,
+                reset,
+                start,
+                group: Some(group),
+                shutdown,
+                ready,
+                lane: links.remove(owner),
+            };
+            running.spawn(owner, consumer);
         }
-        Ok(Running {
-            stop,
-            tasks,
-            serving,
-            commit_requests: commit_rx,
-            starting: positions.len(),
-            positions,
-            started,
-        })
+        Ok(())
     }
 
     async fn serve_generation(
@@ -586,7 +548,7 @@ impl GroupRunner {
                     None => break Ended::Rejoin { reset_member: false, cause: "heartbeat" },
                 },
                 Some(joined) = running.tasks.join_next_with_id() => {
-                    if let Some(e) = consumer_failure(&mut running, joined) {
+                    if let Some(e) = running.finished(joined) {
                         if self.rt.txn.as_ref().is_some_and(|t| t.is_poisoned()) {
                             // Its outputs failed with the transaction: all start again.
                             tracing::warn!(group = self.group, error = %e, "a partition stopped with the open transaction broken: aborting it");
@@ -626,7 +588,7 @@ impl GroupRunner {
         // nothing of it is committed, and they start again from the committed offsets.
         let aborted = matches!(ended, Ended::Rejoin { cause: "abort", .. });
         // Revoke: stop fetching, finish the message in hand, wait for acks; heartbeats go on.
-        running.stop.trigger();
+        running.stop_all();
         let stopped_at = Instant::now();
         let limit = self.drain_limit(&ended);
         let deadline = Instant::now() + limit;
@@ -636,7 +598,7 @@ impl GroupRunner {
                 joined = running.tasks.join_next_with_id() => match joined {
                     None => break,
                     Some(joined) => {
-                        if let Some(e) = consumer_failure(&mut running, joined) {
+                        if let Some(e) = running.finished(joined) {
                             if !aborted {
                                 failure.get_or_insert(e);
                             }
@@ -649,7 +611,7 @@ impl GroupRunner {
                     let _ = reply.send(());
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    for (topic, partition, handler) in running.serving.values() {
+                    for Serving { topic, partition, handler, .. } in running.serving.values() {
                         tracing::error!(
                             group = self.group,
                             topic,
@@ -953,33 +915,6 @@ impl GroupRunner {
             _ => rebalance,
         }
     }
-}
-
-/// Takes a finished partition consumer off the books; returns its error if it stopped on its
-/// own (or crashed).
-fn consumer_failure(
-    running: &mut Running,
-    joined: Result<(tokio::task::Id, Result<(), KafkaError>), tokio::task::JoinError>,
-) -> Option<KafkaError> {
-    let (id, result) = match joined {
-        Ok((id, result)) => (id, result),
-        Err(e) if e.is_cancelled() => {
-            running.serving.remove(&e.id());
-            return None;
-        }
-        Err(e) => {
-            let (topic, partition, handler) = running.serving.remove(&e.id())?;
-            return Some(KafkaError::PartitionStopped(PartitionStop {
-                handler: handler.to_owned(),
-                topic,
-                partition,
-                offset: -1,
-                reason: format!("its task crashed: {e}"),
-            }));
-        }
-    };
-    running.serving.remove(&id);
-    result.err()
 }
 
 fn fenced(member: &Member) -> KafkaError {

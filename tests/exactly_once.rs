@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -19,22 +18,6 @@ use faststream::policy::FailurePolicy;
 use faststream::{routes, subscriber, FastStream};
 use rskafka::client::ClientBuilder;
 
-/// Apache Kafka: the suite's broker when it is Kafka, else a node of this binary's own.
-fn kafka() -> String {
-    static ADDR: OnceLock<String> = OnceLock::new();
-    ADDR.get_or_init(|| match broker_kind() {
-        BrokerKind::Kafka => bootstrap(),
-        BrokerKind::Tansu => {
-            let cluster = KafkaCluster::up(1, None, None);
-            let addr = cluster.bootstrap.clone();
-            // Kept for the life of the process; its watcher ends it with this process.
-            std::mem::forget(cluster);
-            addr
-        }
-    })
-    .clone()
-}
-
 /// Inputs per topic of the example: the relay, the keyed relay (`concurrency = 20`) and the
 /// batch relay.
 const RELAY: u64 = 12_000;
@@ -42,7 +25,7 @@ const KEYED: u64 = 4_000;
 const BATCH: u64 = 4_000;
 
 async fn setup(prefix: &str) -> String {
-    let addr = tokio::task::spawn_blocking(kafka).await.unwrap();
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
     fill(&addr, prefix, 1).await;
     addr
 }
@@ -293,7 +276,7 @@ async fn startup_fails(app: FastStream<KafkaBroker>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_names_the_handler_that_cannot_be_exactly_once() {
-    let addr = tokio::task::spawn_blocking(kafka).await.unwrap();
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
     // The app-wide default reaches a handler without a group.
     let app = FastStream::new(KafkaBroker::new(&addr))
         .with_routes(routes![ungrouped])

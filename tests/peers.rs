@@ -68,21 +68,8 @@ impl Peer {
     }
 }
 
-/// The bootstrap address of this binary's own Kafka node, shared by its tests (each uses topics
-/// and groups of its own); the script's watcher ends it with this process.
 async fn kafka() -> String {
-    static NODE: OnceLock<String> = OnceLock::new();
-    tokio::task::spawn_blocking(|| {
-        NODE.get_or_init(|| {
-            let cluster = KafkaCluster::up(1, None, None);
-            let bootstrap = cluster.bootstrap.clone();
-            std::mem::forget(cluster);
-            bootstrap
-        })
-        .clone()
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(apache_kafka).await.unwrap()
 }
 
 #[subscriber("from-peer", auto_offset_reset = "earliest")]

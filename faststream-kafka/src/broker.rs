@@ -804,6 +804,11 @@ impl KafkaBroker {
                     .filter(|s| s.group() == Some(group)),
             );
             settings.check(group)?;
+            if transactional.contains_key(group) && settings.protocol == GroupProtocol::Consumer {
+                return Err(KafkaError::Unsupported(format!(
+                    "consumer group {group:?} is exactly-once on group_protocol = \"consumer\", which this version does not support yet: use group_protocol = \"classic\" for it"
+                )));
+            }
             // An exactly-once group writes through its own transactional producer.
             let rt = match transactional.get(group) {
                 Some(txn) => Arc::new(Runtime {

@@ -155,9 +155,13 @@ mod on {
         gauge!("faststream_assigned_partitions", "group" => group.to_owned()).set(n as f64);
     }
 
-    /// A member got an assignment after joining for `cause`.
-    pub(crate) fn rebalance(group: &str, cause: &'static str) {
-        let labels = [("group", group.to_owned()), ("cause", cause.to_owned())];
+    /// A member's assignment changed (group protocol `protocol`) for `cause`.
+    pub(crate) fn rebalance(group: &str, protocol: &'static str, cause: &'static str) {
+        let labels = [
+            ("group", group.to_owned()),
+            ("protocol", protocol.to_owned()),
+            ("cause", cause.to_owned()),
+        ];
         counter!("faststream_rebalances_total", &labels).increment(1);
     }
 
@@ -167,9 +171,10 @@ mod on {
         counter!("faststream_transactions_total", &labels).increment(1);
     }
 
-    /// How long a member's partitions were stopped by a rebalance.
-    pub(crate) fn rebalance_pause(group: &str, pause: Duration) {
-        histogram!("faststream_rebalance_pause_seconds", "group" => group.to_owned())
+    /// How long partitions were stopped by a rebalance: all of the member's (classic), or
+    /// the revoked ones until released (consumer protocol).
+    pub(crate) fn rebalance_pause(group: &str, protocol: &'static str, pause: Duration) {
+        histogram!("faststream_rebalance_pause_seconds", "group" => group.to_owned(), "protocol" => protocol)
             .record(pause.as_secs_f64());
     }
 
@@ -287,13 +292,13 @@ mod off {
     pub(crate) fn assigned(_: &str, _: usize) {}
 
     #[inline]
-    pub(crate) fn rebalance(_: &str, _: &'static str) {}
+    pub(crate) fn rebalance(_: &str, _: &'static str, _: &'static str) {}
 
     #[inline]
     pub(crate) fn transaction(_: &str, _: &'static str) {}
 
     #[inline]
-    pub(crate) fn rebalance_pause(_: &str, _: Duration) {}
+    pub(crate) fn rebalance_pause(_: &str, _: &'static str, _: Duration) {}
 
     #[derive(Debug)]
     pub(crate) struct OpenConnection;

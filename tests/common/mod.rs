@@ -64,6 +64,23 @@ pub fn bootstrap() -> String {
     .clone()
 }
 
+/// Apache Kafka, for what only it does (transactions with aborts, KIP-848): the suite's broker
+/// when it is Kafka, else one node of this test binary's own (its watcher ends it with the
+/// process). Blocks while the node starts: call it from `spawn_blocking`.
+pub fn apache_kafka() -> String {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| match broker_kind() {
+        BrokerKind::Kafka => bootstrap(),
+        BrokerKind::Tansu => {
+            let cluster = KafkaCluster::up(1, None, None);
+            let addr = cluster.bootstrap.clone();
+            std::mem::forget(cluster);
+            addr
+        }
+    })
+    .clone()
+}
+
 /// `scripts/kafka-dev` of this checkout.
 fn kafka_dev() -> std::process::Command {
     std::process::Command::new(
@@ -631,7 +648,20 @@ impl OwnBroker {
 
     /// Starts it on `port` (to restart a broker where clients expect it).
     pub async fn start_on(port: u16, advertised_port: Option<u16>) -> (OwnBroker, String) {
-        if broker_kind() == BrokerKind::Kafka {
+        Self::start_kind(broker_kind(), port, advertised_port).await
+    }
+
+    /// A Tansu of the test's own whatever the suite's broker (for what Tansu lacks).
+    pub async fn tansu() -> (OwnBroker, String) {
+        Self::start_kind(BrokerKind::Tansu, free_port(), None).await
+    }
+
+    async fn start_kind(
+        kind: BrokerKind,
+        port: u16,
+        advertised_port: Option<u16>,
+    ) -> (OwnBroker, String) {
+        if kind == BrokerKind::Kafka {
             let cluster = tokio::task::spawn_blocking(move || {
                 KafkaCluster::up(1, Some(port), advertised_port)
             })

@@ -588,7 +588,7 @@ pub(crate) async fn commit_offsets(
     (generation, member_id, instance_id): (i32, &str, Option<&str>),
     offsets: &BTreeMap<&str, Vec<(i32, i64)>>,
 ) -> Result<Vec<(String, ResponseError)>, ConnError> {
-    let version = conn.version::<OffsetCommitRequest>(8)?;
+    let version = conn.version::<OffsetCommitRequest>(9)?;
     let mut req = OffsetCommitRequest::default();
     req.group_id = group_id(group);
     req.generation_id_or_member_epoch = generation;

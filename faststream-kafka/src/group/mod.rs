@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use faststream_core::{Assignor, OffsetReset, RouteDef, Shutdown, ShutdownTrigger};
+use faststream_core::{Assignor, GroupProtocol, OffsetReset, RouteDef, Shutdown, ShutdownTrigger};
 use kafka_protocol::error::ResponseError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -41,6 +41,7 @@ use crate::protocol::{ms, Conn, ConnError};
 use faststream_core::{PartitionStop, Position, RetryLane, Subscriptions};
 use tokio_util::task::AbortOnDropHandle;
 
+mod consumer_protocol;
 mod coordinator;
 mod running;
 
@@ -176,6 +177,9 @@ impl GroupRunner {
     /// Serves the group until shutdown (`Ok`) or until one of its partition consumers stopped
     /// on its own (`Err`, after committing what is done and leaving the group).
     pub(crate) async fn run(self) -> Result<(), KafkaError> {
+        if self.settings.protocol == GroupProtocol::Consumer {
+            return self.run_consumer_protocol().await;
+        }
         let config = self.rt.config.clone();
         let mut member = Member {
             group: self.group.clone(),
@@ -309,8 +313,8 @@ impl GroupRunner {
             match rejoining.take() {
                 Some((cause, stopped_at)) => {
                     let pause = stopped_at.elapsed();
-                    crate::metrics::rebalance(&self.group, cause);
-                    crate::metrics::rebalance_pause(&self.group, pause);
+                    crate::metrics::rebalance(&self.group, "classic", cause);
+                    crate::metrics::rebalance_pause(&self.group, "classic", pause);
                     tracing::info!(
                         group = self.group,
                         generation = member.generation,
@@ -319,7 +323,7 @@ impl GroupRunner {
                         "partitions consumed again after the rebalance"
                     );
                 }
-                None => crate::metrics::rebalance(&self.group, "join"),
+                None => crate::metrics::rebalance(&self.group, "classic", "join"),
             }
             if let Some(hook) = &config.hooks.assigned {
                 hook(&self.group, &assigned);

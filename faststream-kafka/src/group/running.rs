@@ -101,11 +101,6 @@ impl Running {
         (shutdown, link, self.ready.clone())
     }
 
-    /// The assigned partitions consumed.
-    pub(super) fn assigned(&self) -> BTreeSet<Assigned> {
-        self.stops.keys().cloned().collect()
-    }
-
     /// Tells every consumer to stop: they finish the message in hand and wait for its acks.
     pub(super) fn stop_all(&self) {
         for (trigger, _) in self.stops.values() {

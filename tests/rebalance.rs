@@ -1,0 +1,404 @@
+//! Rebalances that stop nothing (Apache Kafka): the consumer group protocol of KIP-848
+//! (`group_protocol = "consumer"`) against the classic protocol's eager rebalances. Three
+//! members relay a topic of 12 partitions written to all the time; a fourth joins, then one
+//! leaves. Per input partition the test measures the largest gap between two consecutive
+//! outputs: under the consumer protocol a partition that did not move never pauses.
+//!
+//! KIP-848 is Kafka's: under the Tansu suite these tests start a Kafka node of their own.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use faststream::extract::{Partition, State};
+use faststream::kafka::{GroupProtocol, KafkaBroker};
+use faststream::{publisher, routes, subscriber, FastStream};
+use rskafka::client::partition::UnknownTopicHandling;
+use rskafka::client::{Client, ClientBuilder};
+
+const PARTITIONS: i32 = 12;
+
+#[derive(Clone)]
+struct Instance(&'static str);
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// `input:member:partition:handled at (ms)`.
+fn relayed(n: u64, me: &Instance, partition: Partition) -> String {
+    format!("{n}:{}:{}:{}", me.0, partition.0, now_ms())
+}
+
+#[subscriber(
+    "moves",
+    group_id = "movers",
+    group_protocol = "consumer",
+    auto_offset_reset = "earliest",
+    commit_interval_ms = 200
+)]
+#[publisher("moves-out")]
+async fn consumer_protocol(n: u64, me: State<Instance>, partition: Partition) -> String {
+    relayed(n, &me, partition)
+}
+
+#[subscriber(
+    "moves",
+    group_id = "movers",
+    group_protocol = "classic",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 500,
+    commit_interval_ms = 200
+)]
+#[publisher("moves-out")]
+async fn eager(n: u64, me: State<Instance>, partition: Partition) -> String {
+    relayed(n, &me, partition)
+}
+
+async fn kafka_client(addr: &str) -> Client {
+    ClientBuilder::new(vec![addr.to_owned()])
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Who holds which partition, as the members' rebalance hooks tell it.
+#[derive(Clone, Default)]
+struct Holdings(Arc<Mutex<BTreeMap<&'static str, BTreeSet<i32>>>>);
+
+impl Holdings {
+    fn of(&self, who: &'static str) -> BTreeSet<i32> {
+        self.0.lock().unwrap().get(who).cloned().unwrap_or_default()
+    }
+
+    /// Whether `members` hold every partition between them, each its even share.
+    fn settled(&self, members: &[&'static str]) -> bool {
+        let all = self.0.lock().unwrap();
+        let held: usize = members
+            .iter()
+            .map(|m| all.get(m).map_or(0, BTreeSet::len))
+            .sum();
+        let share = PARTITIONS as usize / members.len();
+        held == PARTITIONS as usize
+            && members
+                .iter()
+                .all(|m| all.get(m).is_some_and(|p| p.len() == share))
+            && all
+                .iter()
+                .filter(|(m, _)| !members.contains(m))
+                .all(|(_, p)| p.is_empty())
+    }
+}
+
+fn member(
+    addr: &str,
+    prefix: &str,
+    who: &'static str,
+    routes: Vec<&'static faststream::runtime::RouteDef>,
+    holdings: &Holdings,
+    instance_id: Option<String>,
+) -> FastStream<KafkaBroker> {
+    init_logs();
+    let (on, off) = (holdings.clone(), holdings.clone());
+    let mut broker = KafkaBroker::builder(addr)
+        .on_partitions_assigned(move |_, parts| {
+            let mut all = on.0.lock().unwrap();
+            all.entry(who).or_default().extend(parts.iter().map(|(_, p)| *p));
+        })
+        .on_partitions_revoked(move |_, parts| {
+            let mut all = off.0.lock().unwrap();
+            let held = all.entry(who).or_default();
+            for (_, p) in parts {
+                held.remove(p);
+            }
+        });
+    if let Some(id) = instance_id {
+        broker = broker.group_instance_id(id);
+    }
+    FastStream::new(broker.build())
+        .with_routes(routes)
+        .with_state(Instance(who))
+        .topic_prefix(prefix)
+}
+
+/// Writes one input to every partition every 20 ms until stopped; returns how many it wrote.
+/// `written` counts them as they go.
+fn keep_writing(
+    client: Arc<Client>,
+    topic: String,
+    written: Arc<AtomicU64>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut partitions = Vec::new();
+        for p in 0..PARTITIONS {
+            let pc = client
+                .partition_client(&topic, p, UnknownTopicHandling::Retry)
+                .await
+                .unwrap();
+            partitions.push(pc);
+        }
+        let mut n = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut stopped => return n,
+            }
+            for pc in &partitions {
+                let r = record(None, n.to_string().as_bytes(), &[]);
+                pc.produce(vec![r], rskafka::client::partition::Compression::NoCompression)
+                    .await
+                    .unwrap();
+                n += 1;
+                written.store(n, Ordering::SeqCst);
+            }
+        }
+    });
+    (stop, task)
+}
+
+/// What the outputs say about one input partition.
+#[derive(Debug)]
+struct PartitionRun {
+    owners: BTreeSet<String>,
+    /// The largest time between two consecutive inputs' outputs.
+    largest_gap: Duration,
+}
+
+/// Checks every input `0..written` was relayed; returns per input partition its owners and
+/// largest gap, and the inputs relayed more than once.
+fn analyse(
+    out: &BTreeMap<i32, Vec<rskafka::record::RecordAndOffset>>,
+    written: u64,
+) -> (BTreeMap<i32, PartitionRun>, Vec<u64>) {
+    let mut first: BTreeMap<u64, (String, i32, u128)> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for r in out.values().flatten() {
+        let t = text(r);
+        let f: Vec<&str> = t.split(':').collect();
+        let n: u64 = f[0].parse().unwrap();
+        let at: u128 = f[3].parse().unwrap();
+        if first.contains_key(&n) {
+            duplicates.push(n);
+            continue;
+        }
+        first.insert(n, (f[1].to_owned(), f[2].parse().unwrap(), at));
+    }
+    let lost: Vec<u64> = (0..written).filter(|n| !first.contains_key(n)).collect();
+    assert!(lost.is_empty(), "inputs never relayed: {lost:?}");
+    let mut runs: BTreeMap<i32, (BTreeSet<String>, Vec<u128>)> = BTreeMap::new();
+    for (who, partition, at) in first.values() {
+        let run = runs.entry(*partition).or_default();
+        run.0.insert(who.clone());
+        run.1.push(*at);
+    }
+    let runs = runs
+        .into_iter()
+        .map(|(p, (owners, times))| {
+            let gap = times.windows(2).map(|w| w[1].saturating_sub(w[0])).max();
+            let largest_gap = Duration::from_millis(gap.unwrap_or(0) as u64);
+            (p, PartitionRun { owners, largest_gap })
+        })
+        .collect();
+    (runs, duplicates)
+}
+
+/// Three members, a fourth joins, the first leaves; the inputs are written throughout.
+/// Returns the per-partition runs and the duplicated inputs.
+async fn join_and_leave(
+    protocol: &str,
+    route: Vec<&'static faststream::runtime::RouteDef>,
+) -> (BTreeMap<i32, PartitionRun>, Vec<u64>) {
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
+    let prefix = unique_prefix(protocol);
+    let client = Arc::new(kafka_client(&addr).await);
+    let (input, output) = (format!("{prefix}moves"), format!("{prefix}moves-out"));
+    create_topic(&client, &input, PARTITIONS).await;
+    create_topic(&client, &output, 1).await;
+    let holdings = Holdings::default();
+    let make = |who| member(&addr, &prefix, who, route.clone(), &holdings, None);
+    let a = start(make("a")).await;
+    let b = start(make("b")).await;
+    let c = start(make("c")).await;
+    wait_for("a, b and c share the partitions", || {
+        holdings.settled(&["a", "b", "c"])
+    })
+    .await;
+    let count = Arc::new(AtomicU64::new(0));
+    let (stop_writing, writer) = keep_writing(client.clone(), input.clone(), count.clone());
+    // Outputs catch up with 25 rounds of inputs before the fourth joins, after it took its
+    // share, and after the first left.
+    let caught_up = || async {
+        wait_for("25 rounds written", || count.load(Ordering::SeqCst) >= 12 * 25).await;
+        let now = count.load(Ordering::SeqCst) + 12 * 25;
+        wait_for("25 more rounds written", || count.load(Ordering::SeqCst) >= now).await;
+        read(&client, &output, now as usize).await;
+    };
+    caught_up().await;
+    let d = start(make("d")).await;
+    wait_for("d takes its share", || {
+        holdings.settled(&["a", "b", "c", "d"])
+    })
+    .await;
+    caught_up().await;
+    a.stop().await.unwrap();
+    wait_for("b, c and d share a's partitions", || {
+        holdings.settled(&["b", "c", "d"])
+    })
+    .await;
+    caught_up().await;
+    let _ = stop_writing.send(());
+    let written = writer.await.unwrap();
+    let out = read(&client, &output, written as usize).await;
+    for m in [b, c, d] {
+        m.stop().await.unwrap();
+    }
+    let (runs, duplicates) = analyse(&out, written);
+    println!("{protocol}: {written} inputs, {} duplicated", duplicates.len());
+    for (p, run) in &runs {
+        println!(
+            "{protocol}: partition {p:2}: owners {:?}, largest output gap {:?}",
+            run.owners, run.largest_gap
+        );
+    }
+    (runs, duplicates)
+}
+
+/// Under the consumer group protocol a member joining or leaving moves only the partitions
+/// that change owner: every other partition goes on with no gap longer than a second, nothing
+/// is lost, and (revoked partitions commit before they are released) nothing is repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_consumer_protocol_partitions_that_stay_never_pause() {
+    let (runs, duplicates) = join_and_leave("consumer", routes![consumer_protocol]).await;
+    let stayed: Vec<_> = runs.values().filter(|r| r.owners.len() == 1).collect();
+    assert!(
+        !stayed.is_empty(),
+        "some partitions kept their owner: {runs:?}"
+    );
+    for (p, run) in runs.iter().filter(|(_, r)| r.owners.len() == 1) {
+        assert!(
+            run.largest_gap < Duration::from_secs(1),
+            "partition {p} never moved ({:?}) yet paused {:?}",
+            run.owners,
+            run.largest_gap
+        );
+    }
+    assert!(
+        duplicates.is_empty(),
+        "graceful moves commit before the partition is released: {duplicates:?}"
+    );
+}
+
+/// The same moves under the classic protocol's eager rebalances, for comparison: nothing is
+/// lost, and every partition pauses at each rebalance (printed, not asserted: how long
+/// depends on the members' timings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_eager_rebalances_every_partition_pauses() {
+    let (runs, duplicates) = join_and_leave("eager", routes![eager]).await;
+    let largest = runs.values().map(|r| r.largest_gap).min().unwrap();
+    println!("eager: the smallest largest gap of any partition: {largest:?}");
+    assert!(duplicates.is_empty(), "{duplicates:?}");
+}
+
+/// Static members (`group_instance_id`) restarted one after the other under the consumer
+/// protocol: each gets its partitions back, the others see no change, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_members_restarted_one_by_one_keep_their_partitions() {
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
+    let prefix = unique_prefix("static848");
+    let client = Arc::new(kafka_client(&addr).await);
+    let (input, output) = (format!("{prefix}moves"), format!("{prefix}moves-out"));
+    create_topic(&client, &input, PARTITIONS).await;
+    create_topic(&client, &output, 1).await;
+    let holdings = Holdings::default();
+    let make = |who: &'static str| {
+        member(
+            &addr,
+            &prefix,
+            who,
+            routes![consumer_protocol],
+            &holdings,
+            Some(format!("{prefix}{who}")),
+        )
+    };
+    let mut members = BTreeMap::new();
+    for who in ["a", "b", "c"] {
+        members.insert(who, start(make(who)).await);
+    }
+    wait_for("a, b and c share the partitions", || {
+        holdings.settled(&["a", "b", "c"])
+    })
+    .await;
+    let count = Arc::new(AtomicU64::new(0));
+    let (stop_writing, writer) = keep_writing(client.clone(), input.clone(), count.clone());
+    let settled: BTreeMap<_, _> = ["a", "b", "c"]
+        .into_iter()
+        .map(|w| (w, holdings.of(w)))
+        .collect();
+    for who in ["a", "b", "c"] {
+        // Outputs catch up with 10 more rounds of inputs before each restart.
+        let now = count.load(Ordering::SeqCst) + 12 * 10;
+        wait_for("10 more rounds written", || count.load(Ordering::SeqCst) >= now).await;
+        read(&client, &output, now as usize).await;
+        members.remove(who).unwrap().stop().await.unwrap();
+        members.insert(who, start(make(who)).await);
+        wait_for("the restarted member holds its partitions again", || {
+            holdings.of(who) == settled[who]
+        })
+        .await;
+        for other in ["a", "b", "c"] {
+            assert_eq!(
+                holdings.of(other),
+                settled[other],
+                "{other}'s partitions after {who} restarted"
+            );
+        }
+    }
+    let _ = stop_writing.send(());
+    let written = writer.await.unwrap();
+    let out = read(&client, &output, written as usize).await;
+    for (_, m) in members {
+        m.stop().await.unwrap();
+    }
+    let (runs, _) = analyse(&out, written);
+    for (p, run) in &runs {
+        assert_eq!(run.owners.len(), 1, "partition {p} moved: {:?}", run.owners);
+    }
+}
+
+/// A broker without KIP-848 (Tansu 0.6): startup fails naming the option to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_the_consumer_protocol_is_named_at_startup() {
+    let (tansu, addr) = OwnBroker::tansu().await;
+    let client = kafka_client(&addr).await;
+    let prefix = unique_prefix("no848");
+    create_topic(&client, &format!("{prefix}moves"), 1).await;
+    init_logs();
+    let app = FastStream::new(
+        KafkaBroker::builder(&addr)
+            .group_protocol(GroupProtocol::Consumer)
+            .build(),
+    )
+    .with_routes(routes![consumer_protocol])
+    .with_state(Instance("x"))
+    .topic_prefix(&prefix);
+    let err = tokio::time::timeout(TIMEOUT, app.run_until(std::future::pending()))
+        .await
+        .expect("startup ends")
+        .expect_err("startup fails")
+        .to_string();
+    assert!(
+        err.contains("group_protocol = \"classic\"") && err.contains("ConsumerGroupHeartbeat"),
+        "{err}"
+    );
+    tansu.stop().await;
+}

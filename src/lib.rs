@@ -73,10 +73,10 @@ pub mod runtime {
     pub use faststream_core::{
         decode_json, decode_raw, decode_text, new_correlation_id, until_resumed, validate,
         Assignor, BatchDef, BatchHandlerFn, BatchOutcome, BatchResult, Context, GroupProtocol,
-        GroupTimings,
-        HandlerFn, HandlerResult, HeaderName, OffsetReset, OffsetTracker, Pipeline, PolicyDef,
-        Position, Publish, Reply, ResponseMeta, RetryLane, RouteDef, Shutdown, ShutdownTrigger,
-        StateMap, StateReq, Step, SubscriberDef, Subscriptions, TopicNameProblem, Transport,
+        GroupTimings, HandlerFn, HandlerResult, HeaderName, OffsetReset, OffsetTracker, Pipeline,
+        PolicyDef, Position, Publish, Reply, ResponseMeta, RetryLane, RouteDef, Shutdown,
+        ShutdownTrigger, StateMap, StateReq, Step, SubscriberDef, Subscriptions, TopicNameProblem,
+        Transport,
     };
 }
 

@@ -144,19 +144,44 @@ async fn shared(n: u64, partition: Partition) -> String {
     format!("{n}:{}", partition.0)
 }
 
+#[subscriber(
+    "shared",
+    group_id = "shared848",
+    group_protocol = "consumer",
+    auto_offset_reset = "earliest",
+    commit_interval_ms = 200
+)]
+#[publisher("shared-out")]
+async fn shared_848(n: u64, partition: Partition) -> String {
+    format!("{n}:{}", partition.0)
+}
+
 /// The peer's consumer (classic protocol) joins our group: the partitions are split between it
 /// and our member, and every input is handled exactly once by one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_java_consumer_shares_our_group() {
-    a_consumer_shares_our_group(Peer::Java).await;
+    a_consumer_shares_our_group(Peer::Java, routes![shared], "shared", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_librdkafka_consumer_shares_our_group() {
-    a_consumer_shares_our_group(Peer::Librdkafka).await;
+    a_consumer_shares_our_group(Peer::Librdkafka, routes![shared], "shared", &[]).await;
 }
 
-async fn a_consumer_shares_our_group(peer: Peer) {
+/// The same under the consumer group protocol (KIP-848): the broker assigns, our member
+/// releases what moves to the Java `KafkaConsumer` (`group.protocol=consumer`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_java_consumer_protocol_member_shares_our_group() {
+    let routes = routes![shared_848];
+    a_consumer_shares_our_group(Peer::Java, routes, "shared848", &["consumer"]).await;
+}
+
+async fn a_consumer_shares_our_group(
+    peer: Peer,
+    routes: Vec<&'static faststream::runtime::RouteDef>,
+    group: &str,
+    extra: &[&str],
+) {
     let bootstrap = kafka().await;
     let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
         .build()
@@ -166,15 +191,12 @@ async fn a_consumer_shares_our_group(peer: Peer) {
     let (input, output) = (format!("{prefix}shared"), format!("{prefix}shared-out"));
     create_topic(&client, &input, 4).await;
     create_topic(&client, &output, 1).await;
-    let ours = start(app_on(&bootstrap, routes![shared], &prefix)).await;
+    let ours = start(app_on(&bootstrap, routes, &prefix)).await;
+    let group = format!("{prefix}{group}");
+    let mut args = vec!["member", &bootstrap, &input, &group, "40"];
+    args.extend(extra);
     let mut member = peer
-        .run(&[
-            "member",
-            &bootstrap,
-            &input,
-            &format!("{prefix}shared"),
-            "40",
-        ])
+        .run(&args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -80,9 +80,9 @@ pub use policy::{
 pub use publish::{BoxFuture, Publish, Publisher};
 pub use retry_topics::{retry_header, RetryLane, RetryTopic};
 pub use route::{
-    decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult, GroupProtocol,
-    GroupTimings, HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq, SubscriberDef, TopicMatcher,
-    TopicNameProblem,
+    decode_batch, registered_routes, Assignor, BatchDef, BatchHandlerFn, BatchResult,
+    GroupProtocol, GroupTimings, HandlerFn, HandlerResult, OffsetReset, RouteDef, StateReq,
+    SubscriberDef, TopicMatcher, TopicNameProblem,
 };
 pub use shutdown::{termination_signal, Shutdown, ShutdownTrigger};
 #[cfg(feature = "opentelemetry")]

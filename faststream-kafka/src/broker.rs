@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faststream_core::{
-    AckMode, Assignor, BoxFuture, GroupProtocol, IntoPayload, Message, OffsetReset, OutgoingMessage, Pipeline,
-    Publish, RouteDef, Shutdown, SubscriberDef, Transport,
+    AckMode, Assignor, BoxFuture, GroupProtocol, IntoPayload, Message, OffsetReset,
+    OutgoingMessage, Pipeline, Publish, RouteDef, Shutdown, SubscriberDef, Transport,
 };
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;

@@ -775,11 +775,21 @@ mod tests {
             ),
             (quote!("a", group_protocol = "consumer"), "needs `group_id"),
             (
-                quote!("a", group_id = "g", group_protocol = "consumer", assignor = "roundrobin"),
+                quote!(
+                    "a",
+                    group_id = "g",
+                    group_protocol = "consumer",
+                    assignor = "roundrobin"
+                ),
                 "classic group protocol",
             ),
             (
-                quote!("a", group_id = "g", group_protocol = "classic", assignor = "uniform"),
+                quote!(
+                    "a",
+                    group_id = "g",
+                    group_protocol = "classic",
+                    assignor = "uniform"
+                ),
                 "consumer group protocol",
             ),
         ] {

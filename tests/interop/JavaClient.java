@@ -5,10 +5,11 @@
 //                                "<codec>-<i>", keys "k-<i>", header "origin: java"; then a
 //                                transaction of "aborted-1", "aborted-2" that is aborted and
 //                                one of "committed" that is committed; prints DONE
-//   member BOOTSTRAP TOPIC GROUP SECONDS
-//                                a consumer-group member (classic protocol, range and
-//                                round-robin assignors); prints "ASSIGNED [p, ...]" after each
-//                                assignment and "MSG partition value" per record
+//   member BOOTSTRAP TOPIC GROUP SECONDS [PROTOCOL]
+//                                a consumer-group member (PROTOCOL "classic", the default, with
+//                                the range and round-robin assignors, or "consumer", KIP-848);
+//                                prints "ASSIGNED [p, ...]" with all it holds after each change
+//                                and "MSG partition value" per record
 //   read BOOTSTRAP TOPIC N       a read_committed consumer of every partition from the start,
 //                                until N records; prints "REC partition key value timestamp
 //                                headers murmur2-partition" per record, then DONE
@@ -26,7 +27,8 @@ public class JavaClient {
     public static void main(String[] args) throws Exception {
         switch (args[0]) {
             case "produce" -> produce(args[1], args[2], Integer.parseInt(args[3]));
-            case "member" -> member(args[1], args[2], args[3], Integer.parseInt(args[4]));
+            case "member" -> member(args[1], args[2], args[3], Integer.parseInt(args[4]),
+                args.length > 5 ? args[5] : "classic");
             case "read" -> read(args[1], args[2], Integer.parseInt(args[3]));
             default -> throw new IllegalArgumentException(args[0]);
         }
@@ -81,22 +83,28 @@ public class JavaClient {
         return p;
     }
 
-    static void member(String bootstrap, String topic, String group, int seconds) {
+    static void member(String bootstrap, String topic, String group, int seconds,
+            String protocol) {
         Properties p = consumerProps(bootstrap);
         p.put(ConsumerConfig.GROUP_ID_CONFIG, group);
-        p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, "classic");
-        p.put(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG, "6000");
-        p.put(ConsumerConfig.HEARTBEAT_INTERVAL_MS_CONFIG, "300");
+        p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, protocol);
         p.put(ConsumerConfig.AUTO_COMMIT_INTERVAL_MS_CONFIG, "200");
-        p.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG,
-            "org.apache.kafka.clients.consumer.RangeAssignor,"
-                + "org.apache.kafka.clients.consumer.RoundRobinAssignor");
+        if (protocol.equals("classic")) {
+            // The consumer protocol takes these from the broker (setting them is an error).
+            p.put(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG, "6000");
+            p.put(ConsumerConfig.HEARTBEAT_INTERVAL_MS_CONFIG, "300");
+            p.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG,
+                "org.apache.kafka.clients.consumer.RangeAssignor,"
+                    + "org.apache.kafka.clients.consumer.RoundRobinAssignor");
+        }
         try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p)) {
             consumer.subscribe(List.of(topic), new ConsumerRebalanceListener() {
                 public void onPartitionsRevoked(Collection<TopicPartition> parts) {}
 
                 public void onPartitionsAssigned(Collection<TopicPartition> parts) {
-                    List<Integer> ids = parts.stream().map(TopicPartition::partition).sorted()
+                    // Incremental under the consumer protocol: print all that is held.
+                    List<Integer> ids = consumer.assignment().stream()
+                        .map(TopicPartition::partition).sorted()
                         .collect(Collectors.toList());
                     System.out.println("ASSIGNED " + ids);
                     System.out.flush();

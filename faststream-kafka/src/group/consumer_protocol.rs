@@ -193,7 +193,8 @@ impl GroupRunner {
             }
             // Revoked partitions that stopped: commit them and release them.
             if let Some(r) = revoking.as_ref().filter(|r| !running.serves_any(&r.parts)) {
-                self.commit_consumer(&mut conn, &member(&identity), &running).await;
+                self.commit_consumer(&mut conn, &member(&identity), &running)
+                    .await;
                 running.forget(&r.parts);
                 for part in &r.parts {
                     owned.remove(part);
@@ -220,10 +221,11 @@ impl GroupRunner {
                     revoking = Some(Revoking {
                         parts: lost,
                         since: Instant::now(),
-                        deadline: Instant::now() + self.drain_limit(&Ended::Rejoin {
-                            reset_member: false,
-                            cause: "group",
-                        }),
+                        deadline: Instant::now()
+                            + self.drain_limit(&Ended::Rejoin {
+                                reset_member: false,
+                                cause: "group",
+                            }),
                     });
                 }
             }
@@ -339,7 +341,11 @@ impl GroupRunner {
 
     /// Logs the consumers of `parts` still running past their drain limit.
     fn abandon(&self, running: &Running, parts: &BTreeSet<Assigned>) {
-        for s in running.serving.values().filter(|s| parts.contains(&s.owner)) {
+        for s in running
+            .serving
+            .values()
+            .filter(|s| parts.contains(&s.owner))
+        {
             tracing::error!(
                 group = self.group,
                 topic = s.topic,
@@ -368,17 +374,18 @@ impl GroupRunner {
             req.group_id = coordinator::group_id(&self.group);
             req.member_id = StrBytes::from_string(identity.member_id.clone());
             req.member_epoch = epoch;
-            req.instance_id = config
-                .group_instance_id
-                .clone()
-                .map(StrBytes::from_string);
+            req.instance_id = config.group_instance_id.clone().map(StrBytes::from_string);
             req.rebalance_timeout_ms = -1;
             let resp = conn.send(&req, version).await?;
             Ok::<_, ConnError>(ResponseError::try_from_code(resp.error_code))
         };
         match tokio::time::timeout(config.request_timeout, left).await {
             Ok(Ok(None)) => {
-                tracing::info!(group = self.group, member = identity.member_id, "left the group")
+                tracing::info!(
+                    group = self.group,
+                    member = identity.member_id,
+                    "left the group"
+                )
             }
             Ok(Ok(Some(e))) => {
                 tracing::warn!(group = self.group, error = %e, "leaving the group refused; the coordinator will expire the member")
@@ -387,7 +394,10 @@ impl GroupRunner {
                 tracing::warn!(group = self.group, error = %e, "cannot leave the group; the coordinator will expire the member")
             }
             Err(_) => {
-                tracing::warn!(group = self.group, "leaving the group timed out; the coordinator will expire the member")
+                tracing::warn!(
+                    group = self.group,
+                    "leaving the group timed out; the coordinator will expire the member"
+                )
             }
         }
     }
@@ -543,7 +553,9 @@ async fn heartbeats(
             for t in &assignment.topic_partitions {
                 match names.name(&t.topic_id) {
                     Some(name) => parts.extend(t.partitions.iter().map(|p| (name.to_owned(), *p))),
-                    None => tracing::warn!(group, topic_id = %t.topic_id, "assigned a topic this member does not subscribe to; ignoring it"),
+                    None => {
+                        tracing::warn!(group, topic_id = %t.topic_id, "assigned a topic this member does not subscribe to; ignoring it")
+                    }
                 }
             }
             let _ = events.send(Event::Assigned(parts));

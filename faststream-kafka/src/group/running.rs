@@ -89,11 +89,8 @@ impl Running {
             .1
             .clone();
         let position = Position::new(start);
-        self.positions.push((
-            (read.0.to_owned(), read.1),
-            position.clone(),
-            owner.clone(),
-        ));
+        self.positions
+            .push(((read.0.to_owned(), read.1), position.clone(), owner.clone()));
         let link = GroupLink {
             position,
             commit_now: self.commit_now.clone(),
@@ -131,7 +128,8 @@ impl Running {
 
     /// Takes `parts` off the books once their consumers stopped (and were committed).
     pub(super) fn forget(&mut self, parts: &BTreeSet<Assigned>) {
-        self.positions.retain(|(_, _, owner)| !parts.contains(owner));
+        self.positions
+            .retain(|(_, _, owner)| !parts.contains(owner));
         self.stops.retain(|owner, _| !parts.contains(owner));
     }
 

@@ -156,6 +156,20 @@ async fn shared_848(n: u64, partition: Partition) -> String {
     format!("{n}:{}", partition.0)
 }
 
+#[subscriber(
+    "shared",
+    group_id = "sharedcoop",
+    assignor = "cooperative-sticky",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 6000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+#[publisher("shared-out")]
+async fn shared_cooperative(n: u64, partition: Partition) -> String {
+    format!("{n}:{}", partition.0)
+}
+
 /// The peer's consumer (classic protocol) joins our group: the partitions are split between it
 /// and our member, and every input is handled exactly once by one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,6 +188,14 @@ async fn a_librdkafka_consumer_shares_our_group() {
 async fn a_java_consumer_protocol_member_shares_our_group() {
     let routes = routes![shared_848];
     a_consumer_shares_our_group(Peer::Java, routes, "shared848", &["consumer"]).await;
+}
+
+/// The same with `cooperative-sticky` on the classic protocol (KIP-429): our member keeps
+/// its share through the rebalance and releases the rest to the Java member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_java_cooperative_sticky_member_shares_our_group() {
+    let routes = routes![shared_cooperative];
+    a_consumer_shares_our_group(Peer::Java, routes, "sharedcoop", &["cooperative"]).await;
 }
 
 async fn a_consumer_shares_our_group(

@@ -61,6 +61,18 @@ async fn eager(n: u64, me: State<Instance>, partition: Partition) -> String {
     relayed(n, &me, partition)
 }
 
+#[subscriber(
+    "moves",
+    group_id = "movers",
+    assignor = "cooperative-sticky",
+    auto_offset_reset = "earliest",
+    commit_interval_ms = 200
+)]
+#[publisher("moves-out")]
+async fn cooperative(n: u64, me: State<Instance>, partition: Partition) -> String {
+    relayed(n, &me, partition)
+}
+
 async fn kafka_client(addr: &str) -> Client {
     ClientBuilder::new(vec![addr.to_owned()])
         .build()
@@ -300,6 +312,17 @@ async fn join_and_leave(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_the_consumer_protocol_partitions_that_stay_never_pause() {
     let (runs, duplicates) = join_and_leave("consumer", routes![consumer_protocol]).await;
+    only_moved_partitions_paused(&runs, &duplicates);
+}
+
+/// The same on the classic protocol with the `cooperative-sticky` assignor (KIP-429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cooperative_sticky_partitions_that_stay_never_pause() {
+    let (runs, duplicates) = join_and_leave("cooperative", routes![cooperative]).await;
+    only_moved_partitions_paused(&runs, &duplicates);
+}
+
+fn only_moved_partitions_paused(runs: &BTreeMap<i32, PartitionRun>, duplicates: &[u64]) {
     let stayed: Vec<_> = runs.values().filter(|r| r.owners.len() == 1).collect();
     assert!(
         !stayed.is_empty(),

@@ -150,6 +150,11 @@ pub enum Assignor {
     Range,
     /// All partitions of all topics dealt to the members in turn (Kafka's `roundrobin`).
     RoundRobin,
+    /// Kafka's `cooperative-sticky` (KIP-429): members keep the partitions that stay theirs
+    /// through a rebalance, and only the partitions that move pause (the classic protocol's
+    /// incremental rebalancing; Java and librdkafka members with `cooperative-sticky` share
+    /// a group with ours).
+    CooperativeSticky,
     /// The broker's `uniform` assignor of the consumer group protocol
     /// ([`GroupProtocol::Consumer`], its default there): partitions spread evenly, each
     /// member keeping what it can. Not a classic-protocol assignor: startup refuses it there.
@@ -162,6 +167,7 @@ impl Assignor {
         match self {
             Assignor::Range => "range",
             Assignor::RoundRobin => "roundrobin",
+            Assignor::CooperativeSticky => "cooperative-sticky",
             Assignor::Uniform => "uniform",
         }
     }

@@ -804,9 +804,11 @@ impl KafkaBroker {
                     .filter(|s| s.group() == Some(group)),
             );
             settings.check(group)?;
-            if transactional.contains_key(group) && settings.protocol == GroupProtocol::Consumer {
+            let incremental = settings.protocol == GroupProtocol::Consumer
+                || settings.assignor == Assignor::CooperativeSticky;
+            if transactional.contains_key(group) && incremental {
                 return Err(KafkaError::Unsupported(format!(
-                    "consumer group {group:?} is exactly-once on group_protocol = \"consumer\", which this version does not support yet: use group_protocol = \"classic\" for it"
+                    "consumer group {group:?} is exactly-once with incremental rebalancing (group_protocol = \"consumer\" or the cooperative-sticky assignor), which this version does not support yet: use the classic protocol with range or roundrobin for it"
                 )));
             }
             // An exactly-once group writes through its own transactional producer.

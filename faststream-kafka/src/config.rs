@@ -207,8 +207,8 @@ impl GroupSettings {
             (GroupProtocol::Classic, Assignor::Uniform) => {
                 "`uniform` is an assignor of the consumer group protocol: set `group_protocol = \"consumer\"`, or use `range` or `roundrobin`"
             }
-            (GroupProtocol::Consumer, Assignor::RoundRobin) => {
-                "`roundrobin` is an assignor of the classic group protocol: under `group_protocol = \"consumer\"` the broker assigns, with `uniform` or `range`"
+            (GroupProtocol::Consumer, Assignor::RoundRobin | Assignor::CooperativeSticky) => {
+                "`roundrobin` and `cooperative-sticky` are assignors of the classic group protocol: under `group_protocol = \"consumer\"` the broker assigns, with `uniform` or `range`"
             }
             _ => return Ok(()),
         };

@@ -252,8 +252,8 @@ pub(crate) fn parse_into(
             }
             if let (Some(protocol), Some(assignor)) = (&sub.group_protocol, &sub.assignor) {
                 let mismatch = match (protocol.value().as_str(), assignor.value().as_str()) {
-                    ("classic", "uniform") => Some("`uniform` is an assignor of the consumer group protocol (`group_protocol = \"consumer\"`)"),
-                    ("consumer", "roundrobin") => Some("`roundrobin` is an assignor of the classic group protocol; under `group_protocol = \"consumer\"` the broker assigns with `uniform` or `range`"),
+                    ("classic", "uniform") => Some("`uniform` is an assignor of the consumer group protocol (`group_protocol = \"consumer\"`)".to_owned()),
+                    ("consumer", a @ ("roundrobin" | "cooperative-sticky")) => Some(format!("`{a}` is an assignor of the classic group protocol; under `group_protocol = \"consumer\"` the broker assigns with `uniform` or `range`")),
                     _ => None,
                 };
                 if let Some(msg) = mismatch {
@@ -338,11 +338,14 @@ fn apply_option(
         }
         "assignor" => {
             let lit = string()?;
-            if !matches!(lit.value().as_str(), "range" | "roundrobin" | "uniform") {
+            if !matches!(
+                lit.value().as_str(),
+                "range" | "roundrobin" | "cooperative-sticky" | "uniform"
+            ) {
                 return Err(syn::Error::new(
                     lit.span(),
                     format!(
-                        "invalid `assignor` value \"{}\": expected \"range\", \"roundrobin\" (classic protocol) or \"uniform\" (consumer protocol)",
+                        "invalid `assignor` value \"{}\": expected \"range\", \"roundrobin\", \"cooperative-sticky\" (classic protocol) or \"uniform\" (consumer protocol)",
                         lit.value()
                     ),
                 ));

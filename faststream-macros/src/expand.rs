@@ -478,6 +478,7 @@ fn generate(
             let a = match a.value().as_str() {
                 "range" => quote!(Range),
                 "uniform" => quote!(Uniform),
+                "cooperative-sticky" => quote!(CooperativeSticky),
                 _ => quote!(RoundRobin),
             };
             def = quote!(#def.assignor(#fs::Assignor::#a));

@@ -7,7 +7,8 @@
 //                                one of "committed" that is committed; prints DONE
 //   member BOOTSTRAP TOPIC GROUP SECONDS [PROTOCOL]
 //                                a consumer-group member (PROTOCOL "classic", the default, with
-//                                the range and round-robin assignors, or "consumer", KIP-848);
+//                                the range and round-robin assignors; "cooperative", classic with
+//                                cooperative-sticky, KIP-429; or "consumer", KIP-848);
 //                                prints "ASSIGNED [p, ...]" with all it holds after each change
 //                                and "MSG partition value" per record
 //   read BOOTSTRAP TOPIC N       a read_committed consumer of every partition from the start,
@@ -87,15 +88,18 @@ public class JavaClient {
             String protocol) {
         Properties p = consumerProps(bootstrap);
         p.put(ConsumerConfig.GROUP_ID_CONFIG, group);
-        p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, protocol);
+        boolean consumerProtocol = protocol.equals("consumer");
+        p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, consumerProtocol ? "consumer" : "classic");
         p.put(ConsumerConfig.AUTO_COMMIT_INTERVAL_MS_CONFIG, "200");
-        if (protocol.equals("classic")) {
+        if (!consumerProtocol) {
             // The consumer protocol takes these from the broker (setting them is an error).
             p.put(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG, "6000");
             p.put(ConsumerConfig.HEARTBEAT_INTERVAL_MS_CONFIG, "300");
             p.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG,
-                "org.apache.kafka.clients.consumer.RangeAssignor,"
-                    + "org.apache.kafka.clients.consumer.RoundRobinAssignor");
+                protocol.equals("cooperative")
+                    ? "org.apache.kafka.clients.consumer.CooperativeStickyAssignor"
+                    : "org.apache.kafka.clients.consumer.RangeAssignor,"
+                        + "org.apache.kafka.clients.consumer.RoundRobinAssignor");
         }
         try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p)) {
             consumer.subscribe(List.of(topic), new ConsumerRebalanceListener() {

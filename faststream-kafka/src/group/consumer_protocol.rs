@@ -339,23 +339,6 @@ impl GroupRunner {
         }
     }
 
-    /// Logs the consumers of `parts` still running past their drain limit.
-    fn abandon(&self, running: &Running, parts: &BTreeSet<Assigned>) {
-        for s in running
-            .serving
-            .values()
-            .filter(|s| parts.contains(&s.owner))
-        {
-            tracing::error!(
-                group = self.group,
-                topic = s.topic,
-                partition = s.partition,
-                handler = s.handler,
-                "the handler did not finish within the rebalance timeout (or the shutdown deadline); abandoning it: its message is not committed and will be consumed again. Raise rebalance_timeout_ms (or the shutdown timeout) above the handler's longest run"
-            );
-        }
-    }
-
     /// Leaves the group: epoch -1, or -2 for a static member (its partitions wait for its
     /// restart within the session timeout).
     async fn leave_consumer_group(&self, identity: &Identity) {

@@ -3,9 +3,10 @@
 //! module decides when; this module speaks the requests and classifies the answers.
 
 use super::*;
-use crate::assign::{assign, encode_assignment};
+use crate::assign::{assign, assign_cooperative, encode_assignment, Claim};
 use crate::protocol::{decode_versioned, encode_versioned};
 use crate::transaction::{Ended as TxnEnded, Txn};
+use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition as SubscriptionPartitions;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -30,6 +31,7 @@ impl GroupRunner {
         conn: &mut Option<Conn>,
         member: &mut Member,
         waiting: &Waiting,
+        owned: &BTreeSet<(String, i32)>,
     ) -> Result<Joined, JoinError> {
         let s = self.settings;
         let subscription = {
@@ -39,7 +41,30 @@ impl GroupRunner {
                 .into_iter()
                 .map(StrBytes::from_string)
                 .collect();
-            encode_versioned(&sub, 0)
+            if s.assignor == Assignor::CooperativeSticky {
+                // What the member keeps consuming through the rebalance, and since which
+                // generation (also as the user data older Java leaders read it from).
+                let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+                for (t, p) in owned {
+                    by_topic.entry(t).or_default().push(*p);
+                }
+                sub.owned_partitions = by_topic
+                    .into_iter()
+                    .map(|(t, partitions)| {
+                        let mut tp = SubscriptionPartitions::default();
+                        tp.topic = TopicName(StrBytes::from_string(t.to_owned()));
+                        tp.partitions = partitions;
+                        tp
+                    })
+                    .collect();
+                sub.generation_id = member.generation;
+                sub.user_data = Some(bytes::Bytes::copy_from_slice(
+                    &member.generation.to_be_bytes(),
+                ));
+                encode_versioned(&sub, 2)
+            } else {
+                encode_versioned(&sub, 0)
+            }
         };
         // The coordinator holds JoinGroup until every member rejoined, up to the largest
         // rebalance timeout in the group (ours, or a longer one of another member: Java's
@@ -63,12 +88,15 @@ impl GroupRunner {
             req.member_id = StrBytes::from_string(member.member_id.clone());
             req.group_instance_id = member.instance_id.clone().map(StrBytes::from_string);
             req.protocol_type = StrBytes::from_static_str("consumer");
-            // Both assignors, the preferred one first: the coordinator picks one every member
-            // supports, so members of other client libraries can join.
+            // Two assignors, the preferred one first: the coordinator picks one every member
+            // supports, so members of other client libraries can join (a cooperative member
+            // in a group that picks `range` rebalances eagerly).
             let other = match s.assignor {
                 Assignor::Range => Assignor::RoundRobin,
                 // `uniform` is the consumer protocol's; startup refuses it for classic groups.
-                Assignor::RoundRobin | Assignor::Uniform => Assignor::Range,
+                Assignor::RoundRobin | Assignor::Uniform | Assignor::CooperativeSticky => {
+                    Assignor::Range
+                }
             };
             req.protocols = [s.assignor, other]
                 .into_iter()
@@ -115,22 +143,16 @@ impl GroupRunner {
                 })
                 .collect();
             let assignments = if resp.leader == resp.member_id {
-                let members: Vec<(String, Vec<String>)> = resp
+                let members: Vec<Claim> = resp
                     .members
                     .iter()
-                    .map(|m| {
-                        let topics =
-                            decode_versioned::<ConsumerProtocolSubscription>(m.metadata.clone())
-                                .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
-                                .unwrap_or_default();
-                        (m.member_id.to_string(), topics)
-                    })
+                    .map(|m| claim(m.member_id.to_string(), m.metadata.clone()))
                     .collect();
                 let (assignments, partitions) =
                     self.leader_assign(&members, &protocol_name, &counts).await;
                 // The leader watches every member's topics: one appearing or changing its
                 // partition count means a new assignment.
-                for (_, topics) in &members {
+                for Claim { topics, .. } in &members {
                     for t in topics {
                         watched.insert(t.clone(), partitions.get(t).copied());
                     }
@@ -146,7 +168,7 @@ impl GroupRunner {
             sync.member_id = StrBytes::from_string(member.member_id.clone());
             sync.group_instance_id = member.instance_id.clone().map(StrBytes::from_string);
             sync.protocol_type = Some(StrBytes::from_static_str("consumer"));
-            sync.protocol_name = Some(StrBytes::from_string(protocol_name));
+            sync.protocol_name = Some(StrBytes::from_string(protocol_name.clone()));
             sync.assignments = assignments
                 .into_iter()
                 .map(|(member, parts)| {
@@ -178,7 +200,11 @@ impl GroupRunner {
                     "a subscribed topic has no metadata (not created yet, or lost); looking it up again"
                 );
             }
-            return Ok((assigned, watched));
+            return Ok(Joined {
+                assigned,
+                watched,
+                cooperative: protocol_name == Assignor::CooperativeSticky.protocol_name(),
+            });
         }
         Err(JoinError::Failed(
             "the coordinator kept asking for a member id".into(),
@@ -238,13 +264,13 @@ impl GroupRunner {
     /// cannot block the group.
     pub(super) async fn leader_assign(
         &self,
-        members: &[(String, Vec<String>)],
+        members: &[Claim],
         protocol: &str,
         ours: &BTreeMap<String, i32>,
     ) -> (Vec<(String, Vec<(String, i32)>)>, BTreeMap<String, i32>) {
         let topics: Vec<String> = members
             .iter()
-            .flat_map(|(_, t)| t.iter().cloned())
+            .flat_map(|m| m.topics.iter().cloned())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .filter(|t| !ours.contains_key(t))
@@ -263,12 +289,18 @@ impl GroupRunner {
                 "a member subscribes to a topic without metadata; it is not assigned"
             );
         }
-        let assignor = if protocol == "roundrobin" {
-            Assignor::RoundRobin
-        } else {
-            Assignor::Range
+        let assignor = match protocol {
+            "roundrobin" => Assignor::RoundRobin,
+            "cooperative-sticky" => {
+                return (assign_cooperative(members, &partitions), partitions);
+            }
+            _ => Assignor::Range,
         };
-        (assign(assignor, members, &partitions), partitions)
+        let members: Vec<(String, Vec<String>)> = members
+            .iter()
+            .map(|m| (m.member.clone(), m.topics.clone()))
+            .collect();
+        (assign(assignor, &members, &partitions), partitions)
     }
 
     /// Commits every partition's position. Returns how the generation ends, if the coordinator
@@ -720,6 +752,39 @@ fn positions_by_topic(running: &Running) -> BTreeMap<&str, Vec<(i32, i64)>> {
         }
     }
     by_topic
+}
+
+/// A member's JoinGroup metadata as the leader reads it: topics, and for cooperative members
+/// what they own since which generation (from the subscription's v2 field, else the 4-byte
+/// user data of Java's cooperative-sticky assignor).
+fn claim(member: String, metadata: bytes::Bytes) -> Claim {
+    let Some(sub) = decode_versioned::<ConsumerProtocolSubscription>(metadata) else {
+        return Claim {
+            member,
+            topics: Vec::new(),
+            owned: Vec::new(),
+            generation: -1,
+        };
+    };
+    let from_user_data = sub
+        .user_data
+        .as_deref()
+        .and_then(|d| <[u8; 4]>::try_from(d).ok())
+        .map(i32::from_be_bytes);
+    let generation = match sub.generation_id {
+        -1 => from_user_data.unwrap_or(-1),
+        g => g,
+    };
+    Claim {
+        member,
+        topics: sub.topics.iter().map(|t| t.to_string()).collect(),
+        owned: sub
+            .owned_partitions
+            .iter()
+            .flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.0.to_string(), *p)))
+            .collect(),
+        generation,
+    }
 }
 
 pub(super) fn group_id(group: &str) -> GroupId {

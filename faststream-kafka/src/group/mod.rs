@@ -45,7 +45,7 @@ mod consumer_protocol;
 mod coordinator;
 mod running;
 
-use running::{Running, Serving};
+use running::Running;
 
 pub(crate) use crate::protocol::find_coordinator;
 pub(crate) use coordinator::{commit_offsets, fetch_offsets};
@@ -66,8 +66,25 @@ const REJOIN_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration:
 /// member's own topics, and as the leader every member's. A change means a new assignment.
 type Watched = BTreeMap<String, Option<i32>>;
 
-/// What a join gives: this member's partitions, and the counts they were assigned with.
-type Joined = (Vec<(String, i32)>, Watched);
+/// What a join gives.
+struct Joined {
+    /// This member's partitions.
+    assigned: Vec<(String, i32)>,
+    /// The partition counts they were assigned with.
+    watched: Watched,
+    /// Whether the group's assignor is `cooperative-sticky` (KIP-429): partitions that stay
+    /// the member's keep running through rebalances.
+    cooperative: bool,
+}
+
+/// Partitions a cooperative generation keeps consuming while the member joins the next one,
+/// with the heartbeat that keeps its session alive meanwhile.
+struct Kept {
+    running: Running,
+    owned: BTreeSet<(String, i32)>,
+    /// Held for as long as the partitions are kept: dropping it ends the heartbeats.
+    _heartbeat: AbortOnDropHandle<()>,
+}
 
 /// The step of joining a member is in, for the warning about a rebalance that takes too long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +227,7 @@ impl GroupRunner {
         // Why the member is joining again, and when its partitions stopped (`None`: the first
         // join).
         let mut rejoining: Option<(&'static str, Instant)> = None;
+        let mut kept: Option<Kept> = None;
         let result = loop {
             if self.shutdown.is_triggered() {
                 break Ok(());
@@ -219,11 +237,12 @@ impl GroupRunner {
                 self.apply_subscriptions(&now).await;
             }
             let waiting = Waiting::new();
+            let owned = kept.as_ref().map(|k| k.owned.clone()).unwrap_or_default();
             let joined = {
                 let join = self.watched_join(
                     &mut conn,
                     &mut member,
-                    &waiting,
+                    (&waiting, &owned),
                     unassigned_since,
                     &mut next_warning,
                 );
@@ -240,7 +259,7 @@ impl GroupRunner {
                 Ok(joined) => joined,
                 Err((first, deadline)) => {
                     if !self
-                        .finish_joining(first, deadline, &mut conn, &mut member)
+                        .finish_joining(first, deadline, &mut conn, (&mut member, &owned))
                         .await
                     {
                         // Not leaving: see `finish_joining`.
@@ -249,7 +268,11 @@ impl GroupRunner {
                     break Ok(());
                 }
             };
-            let (assigned, watched) = match joined {
+            let Joined {
+                assigned,
+                watched,
+                cooperative,
+            } = match joined {
                 Ok(j) => j,
                 Err(JoinError::Rejoin {
                     reset_member,
@@ -258,6 +281,10 @@ impl GroupRunner {
                     tracing::debug!(group = self.group, reason, "joining again");
                     if reset_member {
                         member.member_id.clear();
+                        if let Some(k) = kept.take() {
+                            // No longer a member: what it kept may be another's already.
+                            self.lose(k).await;
+                        }
                     }
                     // The coordinator asked for it; a pause that grows while it keeps asking
                     // keeps a confused one from being flooded.
@@ -297,20 +324,64 @@ impl GroupRunner {
                 self.settings,
                 beat_tx,
             )));
-            let mut running = Running::new();
-            match self.add(&mut conn, &mut running, &assigned, &initial).await {
-                Ok(()) => {}
-                Err(e) => {
-                    drop(heartbeat);
-                    conn = None;
-                    tracing::warn!(group = self.group, error = %e, "fetching committed offsets failed; rejoining");
-                    unassigned_since = Instant::now();
-                    next_warning = unassigned_since + self.rebalance_bound();
-                    continue;
-                }
+            let (mut running, before) = match kept.take() {
+                Some(k) => (k.running, k.owned),
+                None => (Running::new(), BTreeSet::new()),
             };
+            let now: BTreeSet<(String, i32)> = assigned.iter().cloned().collect();
+            let revoked: BTreeSet<(String, i32)> = before.difference(&now).cloned().collect();
+            let gained: Vec<(String, i32)> = now.difference(&before).cloned().collect();
+            if !revoked.is_empty() {
+                tracing::info!(group = self.group, generation = member.generation, partitions = ?revoked, "revoking: the other partitions keep running");
+                let failure = self.drain(&mut conn, &member, &mut running, &revoked).await;
+                if let Some(hook) = &config.hooks.revoked {
+                    hook(&self.group, &revoked.iter().cloned().collect::<Vec<_>>());
+                }
+                if let Some(e) = failure {
+                    let ended = self
+                        .finish_generation(&mut conn, &member, &mut running, Ended::Failed(e))
+                        .await;
+                    drop(heartbeat);
+                    match ended {
+                        Ended::Failed(e) => break Err(e),
+                        _ => unreachable!("a failed generation stays failed"),
+                    }
+                }
+            }
+            if let Err(e) = self.add(&mut conn, &mut running, &gained, &initial).await {
+                conn = None;
+                tracing::warn!(group = self.group, error = %e, "fetching committed offsets failed; rejoining");
+                let cause = Ended::Rejoin {
+                    reset_member: false,
+                    cause: "offsets",
+                };
+                if let Ended::Failed(e) = self
+                    .finish_generation(&mut conn, &member, &mut running, cause)
+                    .await
+                {
+                    break Err(e);
+                }
+                drop(heartbeat);
+                unassigned_since = Instant::now();
+                next_warning = unassigned_since + self.rebalance_bound();
+                continue;
+            }
             crate::metrics::assigned(&self.group, assigned.len());
             match rejoining.take() {
+                Some((cause, since)) if !before.is_empty() => {
+                    // Cooperative: only the revoked partitions paused.
+                    crate::metrics::rebalance(&self.group, "classic", cause);
+                    tracing::info!(
+                        group = self.group,
+                        generation = member.generation,
+                        cause,
+                        took = ?since.elapsed(),
+                        kept = before.len() - revoked.len(),
+                        revoked = revoked.len(),
+                        gained = gained.len(),
+                        "cooperative rebalance: the kept partitions never stopped"
+                    );
+                }
                 Some((cause, stopped_at)) => {
                     let pause = stopped_at.elapsed();
                     crate::metrics::rebalance(&self.group, "classic", cause);
@@ -326,18 +397,43 @@ impl GroupRunner {
                 None => crate::metrics::rebalance(&self.group, "classic", "join"),
             }
             if let Some(hook) = &config.hooks.assigned {
-                hook(&self.group, &assigned);
+                hook(&self.group, &gained);
+            }
+            if cooperative && !revoked.is_empty() {
+                // KIP-429's second round: the released partitions go to their new members.
+                kept = Some(Kept {
+                    running,
+                    owned: now,
+                    _heartbeat: heartbeat,
+                });
+                rejoining = Some(("cooperative", Instant::now()));
+                continue;
             }
             let (ended, stopped_at) = self
                 .serve_generation(
                     &mut conn,
                     &member,
                     (&watched, &mut subscriptions),
-                    running,
+                    &mut running,
                     beat_rx,
-                    &mut ready_sent,
+                    (&mut ready_sent, cooperative),
                 )
                 .await;
+            if let Ended::Rejoin {
+                reset_member: false,
+                cause,
+            } = ended
+            {
+                if cooperative && cause != "abort" {
+                    kept = Some(Kept {
+                        running,
+                        owned: now,
+                        _heartbeat: heartbeat,
+                    });
+                    rejoining = Some((cause, stopped_at));
+                    continue;
+                }
+            }
             drop(heartbeat);
             unassigned_since = Instant::now();
             next_warning = unassigned_since + self.rebalance_bound();
@@ -356,7 +452,12 @@ impl GroupRunner {
                             reason: "stopping during a rebalance".into(),
                         }));
                         if !self
-                            .finish_joining(begun, deadline, &mut conn, &mut member)
+                            .finish_joining(
+                                begun,
+                                deadline,
+                                &mut conn,
+                                (&mut member, &BTreeSet::new()),
+                            )
                             .await
                         {
                             member.member_id.clear();
@@ -376,6 +477,20 @@ impl GroupRunner {
                 }
             }
         };
+        if let Some(mut k) = kept.take() {
+            // Stopped (or failed) while joining with partitions kept: they finish and commit
+            // (a commit the rebalance refuses is retried by the next owner's restart point).
+            let ended = self
+                .finish_generation(&mut conn, &member, &mut k.running, Ended::Shutdown)
+                .await;
+            if let Some(hook) = &config.hooks.revoked {
+                hook(&self.group, &k.owned.iter().cloned().collect::<Vec<_>>());
+            }
+            crate::metrics::assigned(&self.group, 0);
+            if let (Ended::Failed(e), Ok(())) = (ended, &result) {
+                return Err(e);
+            }
+        }
         if !ready_sent {
             let _ = self.ready.send(());
         }
@@ -383,6 +498,82 @@ impl GroupRunner {
             self.leave(&mut conn, &member).await;
         }
         result
+    }
+
+    /// Drops partitions kept through a rebalance the member lost its membership in: they may
+    /// be another member's already, so nothing is committed (the Java client's "partitions
+    /// lost").
+    async fn lose(&self, mut k: Kept) {
+        tracing::warn!(group = self.group, partitions = ?k.owned, "no longer a member: dropping the kept partitions without committing");
+        k.running.stop_all();
+        k.running.abort(&k.owned);
+        k.running.tasks.abort_all();
+        while k.running.tasks.join_next().await.is_some() {}
+        if let Some(hook) = &self.rt.config.hooks.revoked {
+            hook(&self.group, &k.owned.iter().cloned().collect::<Vec<_>>());
+        }
+        crate::metrics::assigned(&self.group, 0);
+    }
+
+    /// Stops the consumers of `parts` (the others go on), waits until they finished what
+    /// they had in hand (within the rebalance timeout), commits and forgets them. Returns the
+    /// error of a consumer that stopped on its own meanwhile.
+    async fn drain(
+        &self,
+        conn: &mut Option<Conn>,
+        member: &Member,
+        running: &mut Running,
+        parts: &BTreeSet<(String, i32)>,
+    ) -> Option<KafkaError> {
+        running.stop(parts);
+        let limit = self.drain_limit(&Ended::Rejoin {
+            reset_member: false,
+            cause: "group",
+        });
+        let since = Instant::now();
+        let mut deadline = Some(since + limit);
+        let mut failure = None;
+        while running.serves_any(parts) {
+            tokio::select! {
+                Some(joined) = running.tasks.join_next_with_id() => {
+                    if let Some(e) = running.finished(joined) {
+                        failure.get_or_insert(e);
+                    }
+                }
+                Some(reply) = running.commit_requests.recv() => {
+                    let _ = self.commit(conn, member, running).await;
+                    let _ = reply.send(());
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or(since)), if deadline.is_some() => {
+                    self.abandon(running, parts);
+                    running.abort(parts);
+                    deadline = None;
+                }
+            }
+        }
+        if self.commit(conn, member, running).await.is_some() {
+            tracing::warn!(group = self.group, partitions = ?parts, "committing the revoked partitions failed; their next owner starts from the last commit");
+        }
+        running.forget(parts);
+        crate::metrics::rebalance_pause(&self.group, "classic", since.elapsed());
+        failure
+    }
+
+    /// Logs the consumers of `parts` still running past their drain limit.
+    fn abandon(&self, running: &Running, parts: &BTreeSet<(String, i32)>) {
+        for s in running
+            .serving
+            .values()
+            .filter(|s| parts.contains(&s.owner))
+        {
+            tracing::error!(
+                group = self.group,
+                topic = s.topic,
+                partition = s.partition,
+                handler = s.handler,
+                "the handler did not finish within the rebalance timeout (or the shutdown deadline); abandoning it: its message is not committed and will be consumed again. Raise rebalance_timeout_ms (or the shutdown timeout) above the handler's longest run"
+            );
+        }
     }
 
     /// A usable connection to the coordinator: the current one, or a new one.
@@ -515,11 +706,11 @@ impl GroupRunner {
         conn: &mut Option<Conn>,
         member: &Member,
         (watched, subscriptions): (&Watched, &mut watch::Receiver<Subscriptions>),
-        mut running: Running,
+        running: &mut Running,
         mut beats: mpsc::UnboundedReceiver<Beat>,
-        ready_sent: &mut bool,
+        (ready_sent, cooperative): (&mut bool, bool),
     ) -> (Ended, Instant) {
-        self.announce_ready(&running, ready_sent);
+        self.announce_ready(running, ready_sent);
         let mut commit = tokio::time::interval(self.settings.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Metadata is looked up every `metadata_max_age`, and at the retry backoff while a
@@ -562,12 +753,12 @@ impl GroupRunner {
                     }
                 }
                 _ = commit.tick() => {
-                    if let Some(end) = self.commit(conn, member, &running).await {
+                    if let Some(end) = self.commit(conn, member, running).await {
                         break end;
                     }
                 }
                 Some(reply) = running.commit_requests.recv() => {
-                    let end = self.commit(conn, member, &running).await;
+                    let end = self.commit(conn, member, running).await;
                     let _ = reply.send(());
                     if let Some(end) = end {
                         break end;
@@ -588,12 +779,36 @@ impl GroupRunner {
                 }
             }
         };
+        let stopped_at = Instant::now();
+        match ended {
+            // Cooperative: the partitions keep running while the member joins again; only
+            // those the next assignment takes away stop.
+            Ended::Rejoin {
+                reset_member: false,
+                cause,
+            } if cooperative && cause != "abort" => (ended, stopped_at),
+            ended => (
+                self.finish_generation(conn, member, running, ended).await,
+                stopped_at,
+            ),
+        }
+    }
+
+    /// Ends a generation: every partition stops fetching, finishes the message in hand and
+    /// waits for its acks (heartbeats go on), within the rebalance timeout or the shutdown
+    /// deadline; then the positions are committed (or an exactly-once group's transaction is
+    /// aborted). Returns how it ended, failed if a consumer stopped on its own meanwhile.
+    async fn finish_generation(
+        &self,
+        conn: &mut Option<Conn>,
+        member: &Member,
+        running: &mut Running,
+        ended: Ended,
+    ) -> Ended {
         // An aborted transaction: what the partitions did since the last commit is undone,
         // nothing of it is committed, and they start again from the committed offsets.
         let aborted = matches!(ended, Ended::Rejoin { cause: "abort", .. });
-        // Revoke: stop fetching, finish the message in hand, wait for acks; heartbeats go on.
         running.stop_all();
-        let stopped_at = Instant::now();
         let limit = self.drain_limit(&ended);
         let deadline = Instant::now() + limit;
         let mut failure = None;
@@ -611,20 +826,12 @@ impl GroupRunner {
                 },
                 // A consumer of an `ack = "first"` route may be waiting for its commit.
                 Some(reply) = running.commit_requests.recv() => {
-                    let _ = self.commit(conn, member, &running).await;
+                    let _ = self.commit(conn, member, running).await;
                     let _ = reply.send(());
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    for Serving { topic, partition, handler, .. } in running.serving.values() {
-                        tracing::error!(
-                            group = self.group,
-                            topic,
-                            partition,
-                            handler,
-                            limit = ?limit,
-                            "the handler did not finish within the rebalance timeout (or the shutdown deadline); abandoning it: its message is not committed and will be consumed again. Raise rebalance_timeout_ms (or the shutdown timeout) above the handler's longest run"
-                        );
-                    }
+                    let all = running.serving.values().map(|s| s.owner.clone()).collect();
+                    self.abandon(running, &all);
                     running.tasks.abort_all();
                     while running.tasks.join_next().await.is_some() {}
                     break;
@@ -646,7 +853,7 @@ impl GroupRunner {
                 }
                 txn.reopen();
             }
-            _ => match self.commit(conn, member, &running).await {
+            _ => match self.commit(conn, member, running).await {
                 None => {}
                 Some(_) => {
                     tracing::warn!(
@@ -659,13 +866,11 @@ impl GroupRunner {
                 }
             },
         }
-        let ended = match (ended, failure) {
+        match (ended, failure) {
             (Ended::Failed(e), _) => Ended::Failed(e),
             (_, Some(e)) => Ended::Failed(e),
             (ended, None) => ended,
-        };
-
-        (ended, stopped_at)
+        }
     }
 
     /// Brings the topics of the group's dynamic handlers in line with `subscriptions` (a topic
@@ -790,12 +995,12 @@ impl GroupRunner {
         &self,
         conn: &mut Option<Conn>,
         member: &mut Member,
-        waiting: &Waiting,
+        (waiting, owned): (&Waiting, &BTreeSet<(String, i32)>),
         unassigned_since: Instant,
         next_warning: &mut Instant,
     ) -> Result<Joined, JoinError> {
         let (generation, member_id) = (member.generation, member.member_id.clone());
-        let join = self.join(conn, member, waiting);
+        let join = self.join(conn, member, waiting, owned);
         tokio::pin!(join);
         loop {
             tokio::select! {
@@ -854,7 +1059,7 @@ impl GroupRunner {
         first: Option<Result<Joined, JoinError>>,
         deadline: Instant,
         conn: &mut Option<Conn>,
-        member: &mut Member,
+        (member, owned): (&mut Member, &BTreeSet<(String, i32)>),
     ) -> bool {
         let mut result = first;
         loop {
@@ -869,10 +1074,12 @@ impl GroupRunner {
                 Some(Err(_)) if Instant::now() + REJOIN_PAUSE.0 >= deadline => break,
                 Some(Err(_)) => {
                     tokio::time::sleep(REJOIN_PAUSE.0).await;
-                    result =
-                        tokio::time::timeout_at(deadline, self.join(conn, member, &Waiting::new()))
-                            .await
-                            .ok();
+                    result = tokio::time::timeout_at(
+                        deadline,
+                        self.join(conn, member, &Waiting::new(), owned),
+                    )
+                    .await
+                    .ok();
                 }
             }
         }

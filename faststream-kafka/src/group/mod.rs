@@ -728,7 +728,7 @@ impl GroupRunner {
                 () = shutdown.wait() => break Ended::Shutdown,
                 Some(()) = running.started.recv(), if running.starting > 0 => {
                     running.starting -= 1;
-                    self.announce_ready(&running, ready_sent);
+                    self.announce_ready(running, ready_sent);
                 }
                 beat = beats.recv() => match beat {
                     Some(Beat::Rebalance) => {

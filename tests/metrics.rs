@@ -342,6 +342,78 @@ async fn shared(order: Order) {
     let _ = order;
 }
 
+/// Polls the metrics page at `url` until `done` holds for it (within the timeout); returns it.
+async fn page_when(url: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let page = http_get(url).await;
+        if done(&page) {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}, within the timeout:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[subscriber(
+    "shared848",
+    group_id = "shared848",
+    group_protocol = "consumer",
+    auto_offset_reset = "earliest"
+)]
+async fn shared_848(order: Order) {
+    let _ = order;
+}
+
+/// Under the consumer group protocol (Apache Kafka; under the Tansu suite a node of the
+/// test's own): the join is counted, a second member takes one of the two partitions (the
+/// first revokes it: cause `revoked`, its drain timed), and the gauge follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_protocol_member_counts_its_revocation() {
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
+    let prefix = unique_prefix("rebal848");
+    let client = rskafka::client::ClientBuilder::new(vec![addr.clone()])
+        .build()
+        .await
+        .unwrap();
+    create_topic(&client, &format!("{prefix}shared848"), 2).await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let member = || {
+        init_logs();
+        faststream::FastStream::new(faststream::kafka::KafkaBroker::new(&addr))
+            .with_routes(routes![shared_848])
+            .topic_prefix(&prefix)
+    };
+    let first = start(member().prometheus(([127, 0, 0, 1], port).into())).await;
+    let group = format!("{prefix}shared848");
+    let g = group.as_str();
+    let labels = |cause| [("group", g), ("protocol", "consumer"), ("cause", cause)];
+    let page = page_when(&url, "the first member holds both partitions", |page| {
+        value(page, "faststream_assigned_partitions", &[("group", g)]) == Some(2.0)
+    })
+    .await;
+    let joins = value(&page, "faststream_rebalances_total", &labels("join"));
+    assert_eq!(joins, Some(1.0), "{page}");
+    let second = start(member()).await;
+    let page = page_when(&url, "the first member revokes a partition", |page| {
+        value(page, "faststream_rebalances_total", &labels("revoked")) >= Some(1.0)
+            && value(
+                page,
+                "faststream_rebalance_pause_seconds_count",
+                &[("group", g), ("protocol", "consumer")],
+            ) >= Some(1.0)
+            && value(page, "faststream_assigned_partitions", &[("group", g)]) == Some(1.0)
+    })
+    .await;
+    println!("{page}");
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
+
 /// The first member's join is counted; a second member joining rebalances the first (cause
 /// `group`), and how long the first member's partitions stopped is recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,38 +431,19 @@ async fn a_member_joining_counts_a_rebalance_and_its_pause() {
     let joins = value(
         &page,
         "faststream_rebalances_total",
-        &[("group", g), ("cause", "join")],
+        &[("group", g), ("protocol", "classic"), ("cause", "join")],
     );
     assert_eq!(joins, Some(1.0), "{page}");
     let second = start(app(routes![shared], &prefix)).await;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let page = http_get(&url).await;
-        let rebalanced = value(
-            &page,
-            "faststream_rebalances_total",
-            &[("group", g), ("cause", "group")],
-        );
-        let pauses = value(
-            &page,
-            "faststream_rebalance_pause_seconds_count",
-            &[("group", g)],
-        );
-        if rebalanced >= Some(1.0) && pauses >= Some(1.0) {
-            let paused = value(
-                &page,
-                "faststream_rebalance_pause_seconds_sum",
-                &[("group", g)],
-            );
-            assert!(paused.is_some_and(|s| s > 0.0), "{page}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first member's rebalance is counted:\n{page}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let classic = [("group", g), ("protocol", "classic")];
+    let page = page_when(&url, "the first member's rebalance is counted", |page| {
+        let cause = [("group", g), ("protocol", "classic"), ("cause", "group")];
+        value(page, "faststream_rebalances_total", &cause) >= Some(1.0)
+            && value(page, "faststream_rebalance_pause_seconds_count", &classic) >= Some(1.0)
+    })
+    .await;
+    let paused = value(&page, "faststream_rebalance_pause_seconds_sum", &classic);
+    assert!(paused.is_some_and(|s| s > 0.0), "{page}");
     second.stop().await.unwrap();
     first.stop().await.unwrap();
 }

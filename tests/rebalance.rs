@@ -274,6 +274,7 @@ async fn join_and_leave(
         read(&client, &output, now as usize).await;
     };
     caught_up().await;
+    let d_started = now_ms();
     let d = start(make("d")).await;
     wait_for("d takes its share", || {
         holdings.settled(&["a", "b", "c", "d"])
@@ -293,9 +294,22 @@ async fn join_and_leave(
         m.stop().await.unwrap();
     }
     let (runs, duplicates) = analyse(&out, written);
+    let d_first = out
+        .values()
+        .flatten()
+        .map(text)
+        .filter(|t| t.split(':').nth(1) == Some("d"))
+        .filter_map(|t| t.split(':').nth(3)?.parse::<u128>().ok())
+        .min()
+        .expect("d relayed");
+    let unmoved = runs.values().filter(|r| r.owners.len() == 1);
+    let moved = runs.values().filter(|r| r.owners.len() > 1);
     println!(
-        "{protocol}: {written} inputs, {} duplicated",
-        duplicates.len()
+        "{protocol}: {written} inputs, {} duplicated; the joining member's first output after {:?}; largest gap: unmoved partitions {:?}, moved partitions {:?}",
+        duplicates.len(),
+        Duration::from_millis((d_first - d_started) as u64),
+        unmoved.map(|r| r.largest_gap).max(),
+        moved.map(|r| r.largest_gap).max(),
     );
     for (p, run) in &runs {
         println!(
@@ -421,6 +435,61 @@ async fn static_members_restarted_one_by_one_keep_their_partitions() {
     for (p, run) in &runs {
         assert_eq!(run.owners.len(), 1, "partition {p} moved: {:?}", run.owners);
     }
+}
+
+#[subscriber(
+    "slow",
+    group_id = "slow",
+    group_protocol = "consumer",
+    auto_offset_reset = "earliest",
+    rebalance_timeout_ms = 3000
+)]
+#[publisher("slow-out")]
+async fn slowpoke(n: u64, me: State<Instance>, partition: Partition) -> String {
+    // Longer than the broker's heartbeat interval (5 s by default: when the member learns
+    // of the revocation) plus the drain limit.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    relayed(n, &me, partition)
+}
+
+/// Under the consumer protocol a handler that outlives the rebalance timeout while its
+/// partition is revoked is named in the log with the setting to raise, its message is left
+/// uncommitted, and the group goes on: the new owner handles it, every input is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_outliving_the_rebalance_timeout_is_named_and_the_group_goes_on() {
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
+    let prefix = unique_prefix("slow848");
+    let client = kafka_client(&addr).await;
+    let (input, output) = (format!("{prefix}slow"), format!("{prefix}slow-out"));
+    create_topic(&client, &input, 2).await;
+    create_topic(&client, &output, 1).await;
+    let holdings = Holdings::default();
+    let make = |who| member(&addr, &prefix, who, routes![slowpoke], &holdings, None);
+    let a = start(make("a")).await;
+    wait_for("a holds both partitions", || holdings.of("a").len() == 2).await;
+    for p in 0..2 {
+        let r = record(None, p.to_string().as_bytes(), &[]);
+        produce(&client, &input, p, vec![r]).await;
+    }
+    // a is in both handlers when b joins and takes one partition.
+    let b = start(make("b")).await;
+    wait_for("b takes a partition", || holdings.of("b").len() == 1).await;
+    let out = read(&client, &output, 2).await;
+    let relayed: BTreeSet<u64> = out
+        .values()
+        .flatten()
+        .map(|r| text(r).split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(relayed, BTreeSet::from([0, 1]));
+    let logs = logs_about(&input);
+    assert!(
+        logs.contains("slowpoke")
+            && logs.contains("did not finish within the rebalance timeout")
+            && logs.contains("rebalance_timeout_ms"),
+        "the abandoned handler is named with the setting to raise:\n{logs}"
+    );
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
 }
 
 /// A broker without KIP-848 (Tansu 0.6): startup fails naming the option to change.

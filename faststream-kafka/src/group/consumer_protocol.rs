@@ -261,39 +261,12 @@ impl GroupRunner {
         };
         // Stop: every partition finishes what it has in hand, its position is committed,
         // then the member leaves (a static one keeps its assignment for its restart).
-        running.stop_all();
-        let limit = match &failure {
-            None => self.drain_limit(&Ended::Shutdown),
-            Some(_) => self.drain_limit(&Ended::Rejoin {
-                reset_member: false,
-                cause: "group",
-            }),
+        let ended = match failure {
+            None => Ended::Shutdown,
+            Some(e) => Ended::Failed(e),
         };
-        let deadline = Instant::now() + limit;
-        let mut failure = failure;
-        loop {
-            tokio::select! {
-                joined = running.tasks.join_next_with_id() => match joined {
-                    None => break,
-                    Some(joined) => {
-                        if let Some(e) = running.finished(joined) {
-                            failure.get_or_insert(e);
-                        }
-                    }
-                },
-                Some(reply) = running.commit_requests.recv() => {
-                    self.commit_consumer(&mut conn, &member(&identity), &running).await;
-                    let _ = reply.send(());
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    self.abandon(&running, &owned);
-                    running.tasks.abort_all();
-                    while running.tasks.join_next().await.is_some() {}
-                    break;
-                }
-            }
-        }
-        self.commit_consumer(&mut conn, &member(&identity), &running)
+        let ended = self
+            .finish_generation(&mut conn, &member(&identity), &mut running, ended)
             .await;
         if let Some(hook) = &self.rt.config.hooks.revoked {
             hook(&self.group, &owned.iter().cloned().collect::<Vec<_>>());
@@ -305,9 +278,9 @@ impl GroupRunner {
         }
         let now = identity.borrow().clone();
         self.leave_consumer_group(&now).await;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
+        match ended {
+            Ended::Failed(e) => Err(e),
+            _ => Ok(()),
         }
     }
 

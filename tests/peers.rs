@@ -198,6 +198,18 @@ async fn a_java_cooperative_sticky_member_shares_our_group() {
     a_consumer_shares_our_group(Peer::Java, routes, "sharedcoop", &["cooperative"]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_consumer_protocol_member_shares_our_group() {
+    let routes = routes![shared_848];
+    a_consumer_shares_our_group(Peer::Librdkafka, routes, "shared848", &["consumer"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_cooperative_sticky_member_shares_our_group() {
+    let routes = routes![shared_cooperative];
+    a_consumer_shares_our_group(Peer::Librdkafka, routes, "sharedcoop", &["cooperative"]).await;
+}
+
 async fn a_consumer_shares_our_group(
     peer: Peer,
     routes: Vec<&'static faststream::runtime::RouteDef>,

@@ -372,8 +372,19 @@ async fn under_eager_rebalances_every_partition_pauses() {
 /// protocol: each gets its partitions back, the others see no change, nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_members_restarted_one_by_one_keep_their_partitions() {
+    static_members_restarted("static848", routes![consumer_protocol]).await;
+}
+
+/// The same on the classic protocol (KIP-345): a restart within the session timeout rejoins
+/// with its instance id and gets its partitions back without a rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_static_members_restarted_one_by_one_keep_their_partitions() {
+    static_members_restarted("static345", routes![eager]).await;
+}
+
+async fn static_members_restarted(name: &str, route: Vec<&'static faststream::runtime::RouteDef>) {
     let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
-    let prefix = unique_prefix("static848");
+    let prefix = unique_prefix(name);
     let client = Arc::new(kafka_client(&addr).await);
     let (input, output) = (format!("{prefix}moves"), format!("{prefix}moves-out"));
     create_topic(&client, &input, PARTITIONS).await;
@@ -384,7 +395,7 @@ async fn static_members_restarted_one_by_one_keep_their_partitions() {
             &addr,
             &prefix,
             who,
-            routes![consumer_protocol],
+            route.clone(),
             &holdings,
             Some(format!("{prefix}{who}")),
         )

@@ -272,12 +272,17 @@ fn start_local_broker() -> String {
 }
 
 /// A loopback port nothing listens on now (bound, noted, closed).
+/// A port nothing listens on, for a server the test starts later. Picked below the kernel's
+/// ephemeral range (32768 and up on Linux): a port from `bind(0)` is one the kernel also hands
+/// to outgoing connections, so another test's client could take it before the server binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// A topic prefix no other test (or earlier run) uses.

@@ -1,4 +1,4 @@
-// The Java client (kafka-clients) as a peer of ours, for tests/java.rs. Run from source with
+// The Java client (kafka-clients) as a peer of ours, for tests/peers.rs. Run from source with
 // the broker's jars on the classpath: `java -cp '.dev/kafka-4.4.0/libs/*' JavaClient.java MODE ...`
 //
 //   produce BOOTSTRAP TOPIC N    N records per codec (none, gzip, snappy, lz4, zstd), values

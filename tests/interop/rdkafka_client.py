@@ -1,13 +1,15 @@
-"""librdkafka (through the confluent-kafka wheel) as a peer of ours, for tests/java.rs; the
+"""librdkafka (through the confluent-kafka wheel) as a peer of ours, for tests/peers.rs; the
 same modes and output lines as JavaClient.java:
 
   produce BOOTSTRAP TOPIC N    N records per codec (none, gzip, snappy, lz4, zstd), values
                                "<codec>-<i>", keys "k-<i>", header "origin: librdkafka"; then a
                                transaction of "aborted-1", "aborted-2" that is aborted and one of
                                "committed" that is committed; prints DONE
-  member BOOTSTRAP TOPIC GROUP SECONDS
-                               a consumer-group member (classic protocol, range and round-robin
-                               assignors); prints "ASSIGNED [p, ...]" after each assignment and
+  member BOOTSTRAP TOPIC GROUP SECONDS [PROTOCOL]
+                               a consumer-group member (PROTOCOL "classic", the default, with the
+                               range and round-robin assignors; "cooperative", classic with
+                               cooperative-sticky; or "consumer", KIP-848); prints
+                               "ASSIGNED [p, ...]" with all it holds after each change and
                                "MSG partition value" per record
   read BOOTSTRAP TOPIC N       a read_committed consumer of every partition from the start, until
                                N records; prints "REC partition key value timestamp headers -"
@@ -56,24 +58,32 @@ def consumer_config(bootstrap: str) -> dict:
     }
 
 
-def member(bootstrap: str, topic: str, group: str, seconds: int) -> None:
-    c = Consumer(
-        consumer_config(bootstrap)
-        | {
-            "group.id": group,
+def member(bootstrap: str, topic: str, group: str, seconds: int, protocol: str) -> None:
+    settings = {"group.id": group, "auto.commit.interval.ms": 200}
+    if protocol == "consumer":
+        # KIP-848: the broker assigns; session and heartbeat settings are the broker's.
+        settings["group.protocol"] = "consumer"
+    else:
+        settings |= {
             "group.protocol": "classic",
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 300,
-            "auto.commit.interval.ms": 200,
-            "partition.assignment.strategy": "range,roundrobin",
+            "partition.assignment.strategy": (
+                "cooperative-sticky" if protocol == "cooperative" else "range,roundrobin"
+            ),
         }
-    )
+    c = Consumer(consumer_config(bootstrap) | settings)
+    held: set[int] = set()
 
+    # Incremental under cooperative-sticky and the consumer protocol: print all that is held.
     def assigned(_consumer, parts):
-        ids = sorted(p.partition for p in parts)
-        print("ASSIGNED [" + ", ".join(map(str, ids)) + "]", flush=True)
+        held.update(p.partition for p in parts)
+        print("ASSIGNED [" + ", ".join(map(str, sorted(held))) + "]", flush=True)
 
-    c.subscribe([topic], on_assign=assigned)
+    def revoked(_consumer, parts):
+        held.difference_update(p.partition for p in parts)
+
+    c.subscribe([topic], on_assign=assigned, on_revoke=revoked)
     end = time.monotonic() + seconds
     try:
         while time.monotonic() < end:
@@ -116,7 +126,7 @@ def main() -> None:
     if mode == "produce":
         produce(args[0], args[1], int(args[2]))
     elif mode == "member":
-        member(args[0], args[1], args[2], int(args[3]))
+        member(args[0], args[1], args[2], int(args[3]), args[4] if len(args) > 4 else "classic")
     elif mode == "read":
         read(args[0], args[1], int(args[2]))
     else:

@@ -9,7 +9,8 @@
 //!
 //! `TOPIC_PREFIX` namespaces its topics and group; `INSTANCE_ID` is the static member id (and
 //! so the transactional id: a restart fences its predecessor); `HANDLER_DELAY_MS` slows each
-//! message down (the tests use it to kill the service mid-stream).
+//! message down (the tests use it to kill the service mid-stream); `GROUP_ASSIGNOR=cooperative-sticky`
+//! and `KAFKA_GROUP_PROTOCOL=consumer` choose incremental rebalancing.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use faststream::extract::Publisher;
 use faststream::kafka::KafkaBroker;
+use faststream::runtime::Assignor;
 use faststream::{publisher, subscriber, FastStream};
 
 #[global_allocator]
@@ -120,6 +122,9 @@ async fn main() -> faststream::Result<()> {
     let mut broker = KafkaBroker::builder_from_env()?;
     if let Ok(id) = std::env::var("INSTANCE_ID") {
         broker = broker.group_instance_id(id);
+    }
+    if std::env::var("GROUP_ASSIGNOR").as_deref() == Ok("cooperative-sticky") {
+        broker = broker.assignor(Assignor::CooperativeSticky);
     }
     FastStream::new(broker.build())
         .topic_prefix(prefix)

@@ -71,16 +71,36 @@ async fn fill(addr: &str, prefix: &str, replication: i16) {
 }
 
 async fn spawn(addr: &str, prefix: &str, instance: &str) -> tokio::process::Child {
-    spawn_example(
-        "exactly_once",
-        prefix,
-        &[
-            ("KAFKA_BOOTSTRAP", addr),
-            ("INSTANCE_ID", instance),
-            ("HANDLER_DELAY_MS", "1"),
-        ],
-    )
-    .await
+    spawn_with(addr, prefix, instance, Rebalancing::Eager).await
+}
+
+/// How the example's group rebalances.
+#[derive(Clone, Copy, Debug)]
+enum Rebalancing {
+    Eager,
+    /// `cooperative-sticky` on the classic protocol.
+    Cooperative,
+    /// The consumer group protocol (KIP-848).
+    Consumer,
+}
+
+async fn spawn_with(
+    addr: &str,
+    prefix: &str,
+    instance: &str,
+    rebalancing: Rebalancing,
+) -> tokio::process::Child {
+    let mut env = vec![
+        ("KAFKA_BOOTSTRAP", addr),
+        ("INSTANCE_ID", instance),
+        ("HANDLER_DELAY_MS", "1"),
+    ];
+    match rebalancing {
+        Rebalancing::Eager => {}
+        Rebalancing::Cooperative => env.push(("GROUP_ASSIGNOR", "cooperative-sticky")),
+        Rebalancing::Consumer => env.push(("KAFKA_GROUP_PROTOCOL", "consumer")),
+    }
+    spawn_example("exactly_once", prefix, &env).await
 }
 
 /// Reads the example's output topics as a `read_committed` aiokafka consumer: values by topic
@@ -185,12 +205,34 @@ fn expected_total() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_ten_times_each_output_is_committed_exactly_once() {
+    killed_ten_times(Rebalancing::Eager).await;
+}
+
+/// The same with `cooperative-sticky`: partitions kept through rebalances keep writing into
+/// the open transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_killed_ten_times_each_output_is_committed_exactly_once() {
+    killed_ten_times(Rebalancing::Cooperative).await;
+}
+
+/// Under the consumer group protocol, killed three times: a restart waits until the broker
+/// expires the killed member (its session timeout) before it gets the partitions back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_killed_three_times_each_output_is_committed_exactly_once() {
+    killed(Rebalancing::Consumer, 3).await;
+}
+
+async fn killed_ten_times(rebalancing: Rebalancing) {
+    killed(rebalancing, 10).await;
+}
+
+async fn killed(rebalancing: Rebalancing, times: u64) {
     let prefix = unique_prefix("eos-kill");
     let addr = setup(&prefix).await;
-    // Killed at varied moments of its work, ten times; restarts take the same instance id
-    // (static member, transactional id), so each fences its predecessor.
-    for round in 0..10u64 {
-        let child = spawn(&addr, &prefix, "relay-1").await;
+    // Killed at varied moments of its work; restarts take the same instance id (static
+    // member, transactional id), so each fences its predecessor.
+    for round in 0..times {
+        let child = spawn_with(&addr, &prefix, "relay-1", rebalancing).await;
         tokio::time::sleep(Duration::from_millis(300 + (round * 397) % 1200)).await;
         let pid = child.id().unwrap().to_string();
         let killed = std::process::Command::new("kill")
@@ -200,7 +242,7 @@ async fn killed_ten_times_each_output_is_committed_exactly_once() {
         assert!(killed.success());
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await;
     }
-    let last = spawn(&addr, &prefix, "relay-1").await;
+    let last = spawn_with(&addr, &prefix, "relay-1", rebalancing).await;
     let got = read_committed(&addr, &prefix, expected_total()).await;
     terminate(last).await;
     check_exactly_once(&got);
@@ -305,14 +347,31 @@ async fn startup_names_the_handler_that_cannot_be_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joining_and_leaving_commit_before_partitions_move() {
+    joining_and_leaving(Rebalancing::Eager).await;
+}
+
+/// With `cooperative-sticky`: only the moved partitions stop, and the transaction is committed
+/// before they are released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_members_joining_and_leaving_commit_before_partitions_move() {
+    joining_and_leaving(Rebalancing::Cooperative).await;
+}
+
+/// Under the consumer group protocol (KIP-848): the offsets go with the member epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_members_joining_and_leaving_commit_before_partitions_move() {
+    joining_and_leaving(Rebalancing::Consumer).await;
+}
+
+async fn joining_and_leaving(rebalancing: Rebalancing) {
     let prefix = unique_prefix("eos-rebalance");
     let addr = setup(&prefix).await;
     // Two members share the partitions; a third joins mid-stream, then one leaves (SIGTERM):
     // each revoke commits the transaction before its partitions move.
-    let a = spawn(&addr, &prefix, "relay-a").await;
-    let b = spawn(&addr, &prefix, "relay-b").await;
+    let a = spawn_with(&addr, &prefix, "relay-a", rebalancing).await;
+    let b = spawn_with(&addr, &prefix, "relay-b", rebalancing).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let c = spawn(&addr, &prefix, "relay-c").await;
+    let c = spawn_with(&addr, &prefix, "relay-c", rebalancing).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     terminate(b).await;
     let got = read_committed(&addr, &prefix, expected_total()).await;

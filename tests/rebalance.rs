@@ -503,6 +503,49 @@ async fn a_handler_outliving_the_rebalance_timeout_is_named_and_the_group_goes_o
     a.stop().await.unwrap();
 }
 
+/// `KAFKA_GROUP_PROTOCOL` (read by `KafkaBroker::builder_from_env`, as the examples do) puts
+/// routes that do not set `group_protocol` on the consumer protocol; a value it does not know
+/// stops the service naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_protocol_is_taken_from_the_environment() {
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
+    let prefix = unique_prefix("env848");
+    let client = kafka_client(&addr).await;
+    let (input, output) = (format!("{prefix}jobs"), format!("{prefix}jobs-done"));
+    create_topic(&client, &input, 2).await;
+    create_topic(&client, &output, 1).await;
+    let env = [
+        ("KAFKA_BOOTSTRAP", addr.as_str()),
+        ("KAFKA_GROUP_PROTOCOL", "consumer"),
+    ];
+    let (worker, log) = spawn_example_logged("group_worker", &prefix, &env).await;
+    for p in 0..2 {
+        let r = record(None, p.to_string().as_bytes(), &[]);
+        produce(&client, &input, p, vec![r]).await;
+    }
+    read(&client, &output, 2).await;
+    terminate(worker).await;
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("target assignment"),
+        "a consumer-protocol member logs the broker's assignment:\n{log}"
+    );
+    let refused = tokio::process::Command::new(example("group_worker"))
+        .env("KAFKA_BOOTSTRAP", &addr)
+        .env("TOPIC_PREFIX", &prefix)
+        .env("KAFKA_GROUP_PROTOCOL", "eager")
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("KAFKA_GROUP_PROTOCOL=\"eager\""), "{said}");
+}
+
 /// A broker without KIP-848 (Tansu 0.6): startup fails naming the option to change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_without_the_consumer_protocol_is_named_at_startup() {

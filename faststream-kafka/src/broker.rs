@@ -306,13 +306,25 @@ pub struct KafkaBroker {
 
 impl KafkaBroker {
     /// A builder configured from the environment: `KAFKA_BOOTSTRAP` (default
-    /// `localhost:9092`) and the security settings of [`Security::from_env`]
-    /// (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`). A service binary built on it
-    /// is pointed at any cluster without code changes.
+    /// `localhost:9092`), the security settings of [`Security::from_env`]
+    /// (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`), and `KAFKA_GROUP_PROTOCOL`
+    /// (`classic` or `consumer`: the group protocol of routes that do not set theirs). A
+    /// service binary built on it is pointed at any cluster without code changes.
     pub fn builder_from_env() -> Result<KafkaBrokerBuilder, KafkaError> {
         let bootstrap =
             std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "localhost:9092".into());
-        Ok(Self::builder(&bootstrap).security(Security::from_env()?))
+        let mut builder = Self::builder(&bootstrap).security(Security::from_env()?);
+        match std::env::var("KAFKA_GROUP_PROTOCOL").as_deref() {
+            Err(_) | Ok("") => {}
+            Ok("classic") => builder = builder.group_protocol(GroupProtocol::Classic),
+            Ok("consumer") => builder = builder.group_protocol(GroupProtocol::Consumer),
+            Ok(other) => {
+                return Err(KafkaError::Unsupported(format!(
+                    "KAFKA_GROUP_PROTOCOL={other:?}: expected \"classic\" or \"consumer\""
+                )))
+            }
+        }
+        Ok(builder)
     }
 
     /// [`KafkaBroker::builder_from_env`] with default settings otherwise.
@@ -804,13 +816,6 @@ impl KafkaBroker {
                     .filter(|s| s.group() == Some(group)),
             );
             settings.check(group)?;
-            let incremental = settings.protocol == GroupProtocol::Consumer
-                || settings.assignor == Assignor::CooperativeSticky;
-            if transactional.contains_key(group) && incremental {
-                return Err(KafkaError::Unsupported(format!(
-                    "consumer group {group:?} is exactly-once with incremental rebalancing (group_protocol = \"consumer\" or the cooperative-sticky assignor), which this version does not support yet: use the classic protocol with range or roundrobin for it"
-                )));
-            }
             // An exactly-once group writes through its own transactional producer.
             let rt = match transactional.get(group) {
                 Some(txn) => Arc::new(Runtime {

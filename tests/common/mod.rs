@@ -569,6 +569,9 @@ pub async fn spawn_example_logged(
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     tokio::time::timeout(TIMEOUT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            let mut kept = log.lock().unwrap();
+            kept.push_str(&line);
+            kept.push('\n');
             if line.contains(" ready") {
                 return;
             }

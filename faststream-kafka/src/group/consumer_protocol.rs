@@ -111,10 +111,10 @@ impl GroupRunner {
         let mut assigned_once = false;
         let mut commit = tokio::time::interval(self.settings.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut refresh = tokio::time::interval_at(
-            Instant::now() + MISSING_TOPIC_RETRY,
-            self.rt.config.metadata_max_age.min(MISSING_TOPIC_RETRY * 5),
-        );
+        // Pattern subscriptions are resolved here and sent as names: topics created since are
+        // looked for every `metadata_max_age`, as under the classic protocol.
+        let every = self.rt.config.metadata_max_age;
+        let mut refresh = tokio::time::interval_at(Instant::now() + every, every);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut subscriptions = self.rt.pipeline.control().watch_subscriptions();
         if !self.dynamic.is_empty() {
@@ -126,6 +126,8 @@ impl GroupRunner {
         let mut shutdown = self.shutdown.clone();
         let far = || Instant::now() + Duration::from_secs(86_400);
         let failure: Option<KafkaError> = loop {
+            // Set when an exactly-once group's transaction was aborted.
+            let mut aborted = false;
             let revoke_deadline = revoking.as_ref().map_or_else(far, |r| r.deadline);
             let retry_at = retry_add.unwrap_or_else(far);
             tokio::select! {
@@ -152,6 +154,13 @@ impl GroupRunner {
                         running.serving.clear();
                         owned.clear();
                         report_tx.send_modify(|r| r.owned.clear());
+                        if let Some(txn) = &self.rt.txn {
+                            // Their outputs since the last commit may be another's to write.
+                            if txn.abort("the member was fenced".into()).await {
+                                crate::metrics::transaction(&self.group, "aborted");
+                            }
+                            txn.reopen();
+                        }
                         crate::metrics::assigned(&self.group, 0);
                         crate::metrics::rebalance(&self.group, "consumer", "fenced");
                         continue;
@@ -171,11 +180,13 @@ impl GroupRunner {
                     r.deadline = far();
                 }
                 () = tokio::time::sleep_until(retry_at), if retry_add.is_some() => retry_add = None,
+                // Revoked partitions with nothing left running: release them now.
+                () = std::future::ready(()), if revoking.as_ref().is_some_and(|r| !running.serves_any(&r.parts)) => {}
                 _ = commit.tick() => {
-                    self.commit_consumer(&mut conn, &member(&identity), &running).await;
+                    aborted = self.commit_consumer(&mut conn, &member(&identity), &running).await;
                 }
                 Some(reply) = running.commit_requests.recv() => {
-                    self.commit_consumer(&mut conn, &member(&identity), &running).await;
+                    aborted = self.commit_consumer(&mut conn, &member(&identity), &running).await;
                     let _ = reply.send(());
                 }
                 Ok(()) = subscriptions.changed(), if !self.dynamic.is_empty() => {
@@ -191,9 +202,11 @@ impl GroupRunner {
                     }
                 }
             }
-            // Revoked partitions that stopped: commit them and release them.
+            // Revoked partitions that stopped: commit them and release them (an aborted
+            // transaction leaves their committed offsets where the next owner starts).
             if let Some(r) = revoking.as_ref().filter(|r| !running.serves_any(&r.parts)) {
-                self.commit_consumer(&mut conn, &member(&identity), &running)
+                aborted |= self
+                    .commit_consumer(&mut conn, &member(&identity), &running)
                     .await;
                 running.forget(&r.parts);
                 for part in &r.parts {
@@ -207,6 +220,33 @@ impl GroupRunner {
                     hook(&self.group, &r.parts.iter().cloned().collect::<Vec<_>>());
                 }
                 revoking = None;
+            }
+            if aborted {
+                // What every partition did since the last commit was undone: all start again
+                // from the committed offsets (those being revoked are released as they are).
+                tracing::warn!(group = self.group, partitions = ?owned, "transaction aborted: the partitions start again from the committed offsets");
+                let restart = Ended::Rejoin {
+                    reset_member: false,
+                    cause: "abort",
+                };
+                let m = member(&identity);
+                if let Ended::Failed(e) = self
+                    .finish_generation(&mut conn, &m, &mut running, restart)
+                    .await
+                {
+                    break Some(e);
+                }
+                running.forget(&owned);
+                if let Some(r) = revoking.take() {
+                    for part in &r.parts {
+                        owned.remove(part);
+                    }
+                    report_tx.send_modify(|rep| rep.owned = owned.clone());
+                }
+                // Started again below, as gained partitions; what the broker is told they own
+                // does not change meanwhile.
+                owned.clear();
+                crate::metrics::rebalance(&self.group, "consumer", "abort");
             }
             // Reconcile: one revocation at a time, gained partitions at once.
             let Some(want) = target.as_ref() else {
@@ -286,9 +326,20 @@ impl GroupRunner {
 
     /// Commits every partition's position; a refusal is logged (the heartbeat settles the
     /// membership: a stale epoch is retried at the next commit with the new one).
-    async fn commit_consumer(&self, conn: &mut Option<Conn>, member: &Member, running: &Running) {
+    /// Exactly-once: commits the group's transaction with the positions instead; returns
+    /// whether it was aborted (every partition then starts again from the committed offsets).
+    async fn commit_consumer(
+        &self,
+        conn: &mut Option<Conn>,
+        member: &Member,
+        running: &Running,
+    ) -> bool {
         if member.generation <= 0 {
-            return;
+            return false;
+        }
+        if self.rt.txn.is_some() {
+            let ended = self.commit(conn, member, running).await;
+            return matches!(ended, Some(Ended::Rejoin { cause: "abort", .. }));
         }
         match self.try_commit(conn, member, running).await {
             Ok(refused) if refused.is_empty() => {}
@@ -310,6 +361,7 @@ impl GroupRunner {
                 *conn = None;
             }
         }
+        false
     }
 
     /// Leaves the group: epoch -1, or -2 for a static member (its partitions wait for its
@@ -538,7 +590,10 @@ async fn heartbeat(
     };
     let topics: Vec<String> = owned.iter().map(|(t, _)| t.clone()).collect();
     if !names.knows_names(&topics) {
-        names.refresh(conn, &now.topics).await?;
+        // The owned topics too: one no longer subscribed is still reported until released.
+        let mut wanted = now.topics.clone();
+        wanted.extend(topics.iter().filter(|t| !now.topics.contains(t)).cloned());
+        names.refresh(conn, &wanted).await?;
     }
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (t, p) in owned {

@@ -84,12 +84,7 @@ impl GroupRunner {
             identity_tx,
             events_tx,
         )));
-        let initial = self
-            .rt
-            .producers
-            .try_lookup_partitions(&self.rt.client, &self.topic_names())
-            .await
-            .ok();
+        let initial = self.initial_counts().await;
         let member = |identity: &watch::Receiver<Identity>| {
             let now = identity.borrow();
             Member {

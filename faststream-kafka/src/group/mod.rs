@@ -209,15 +209,7 @@ impl GroupRunner {
         let mut ready_sent = false;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut shutdown = self.shutdown.clone();
-        // Partition counts when the member started: partitions beyond them (all of a topic
-        // created since) appeared while it ran, and are read from their beginning when nothing
-        // was committed for them. Unknown if the lookup failed: then nothing counts as new.
-        let initial = self
-            .rt
-            .producers
-            .try_lookup_partitions(&self.rt.client, &self.topic_names())
-            .await
-            .ok();
+        let initial = self.initial_counts().await;
         // When the member last stopped consuming (startup, or a generation's end), and when to
         // warn that it still has no assignment.
         let mut unassigned_since = Instant::now();
@@ -574,6 +566,17 @@ impl GroupRunner {
                 "the handler did not finish within the rebalance timeout (or the shutdown deadline); abandoning it: its message is not committed and will be consumed again. Raise rebalance_timeout_ms (or the shutdown timeout) above the handler's longest run"
             );
         }
+    }
+
+    /// Partition counts when the member started: partitions beyond them (all of a topic
+    /// created since) appeared while it ran, and are read from their beginning when nothing
+    /// was committed for them. Unknown if the lookup failed: then nothing counts as new.
+    async fn initial_counts(&self) -> Option<BTreeMap<String, i32>> {
+        self.rt
+            .producers
+            .try_lookup_partitions(&self.rt.client, &self.topic_names())
+            .await
+            .ok()
     }
 
     /// A usable connection to the coordinator: the current one, or a new one.

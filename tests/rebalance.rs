@@ -7,317 +7,38 @@
 //! KIP-848 is Kafka's: under the Tansu suite these tests start a Kafka node of their own.
 
 mod common;
+#[path = "support/rebalance.rs"]
+mod scenario;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use faststream::extract::{Partition, State};
 use faststream::kafka::{GroupProtocol, KafkaBroker};
 use faststream::{publisher, routes, subscriber, FastStream};
-use rskafka::client::partition::UnknownTopicHandling;
-use rskafka::client::{Client, ClientBuilder};
+use scenario::*;
 
-const PARTITIONS: i32 = 12;
-
-#[derive(Clone)]
-struct Instance(&'static str);
-
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
-/// `input:member:partition:handled at (ms)`.
-fn relayed(n: u64, me: &Instance, partition: Partition) -> String {
-    format!("{n}:{}:{}:{}", me.0, partition.0, now_ms())
-}
-
-#[subscriber(
-    "moves",
-    group_id = "movers",
-    group_protocol = "consumer",
-    auto_offset_reset = "earliest",
-    commit_interval_ms = 200
-)]
-#[publisher("moves-out")]
-async fn consumer_protocol(n: u64, me: State<Instance>, partition: Partition) -> String {
-    relayed(n, &me, partition)
-}
-
-#[subscriber(
-    "moves",
-    group_id = "movers",
-    group_protocol = "classic",
-    auto_offset_reset = "earliest",
-    commit_interval_ms = 200
-)]
-#[publisher("moves-out")]
-async fn eager(n: u64, me: State<Instance>, partition: Partition) -> String {
-    relayed(n, &me, partition)
-}
-
-#[subscriber(
-    "moves",
-    group_id = "movers",
-    assignor = "cooperative-sticky",
-    auto_offset_reset = "earliest",
-    commit_interval_ms = 200
-)]
-#[publisher("moves-out")]
-async fn cooperative(n: u64, me: State<Instance>, partition: Partition) -> String {
-    relayed(n, &me, partition)
-}
-
-async fn kafka_client(addr: &str) -> Client {
-    ClientBuilder::new(vec![addr.to_owned()])
-        .build()
-        .await
-        .unwrap()
-}
-
-/// Who holds which partition, as the members' rebalance hooks tell it.
-#[derive(Clone, Default)]
-struct Holdings(Arc<Mutex<BTreeMap<&'static str, BTreeSet<i32>>>>);
-
-impl Holdings {
-    fn of(&self, who: &'static str) -> BTreeSet<i32> {
-        self.0.lock().unwrap().get(who).cloned().unwrap_or_default()
-    }
-
-    /// Whether `members` hold every partition between them, each its even share.
-    fn settled(&self, members: &[&'static str]) -> bool {
-        let all = self.0.lock().unwrap();
-        let held: usize = members
-            .iter()
-            .map(|m| all.get(m).map_or(0, BTreeSet::len))
-            .sum();
-        let share = PARTITIONS as usize / members.len();
-        held == PARTITIONS as usize
-            && members
-                .iter()
-                .all(|m| all.get(m).is_some_and(|p| p.len() == share))
-            && all
-                .iter()
-                .filter(|(m, _)| !members.contains(m))
-                .all(|(_, p)| p.is_empty())
-    }
-}
-
-fn member(
-    addr: &str,
-    prefix: &str,
-    who: &'static str,
-    routes: Vec<&'static faststream::runtime::RouteDef>,
-    holdings: &Holdings,
-    instance_id: Option<String>,
-) -> FastStream<KafkaBroker> {
-    init_logs();
-    let (on, off) = (holdings.clone(), holdings.clone());
-    let mut broker = KafkaBroker::builder(addr)
-        .on_partitions_assigned(move |_, parts| {
-            let mut all = on.0.lock().unwrap();
-            all.entry(who)
-                .or_default()
-                .extend(parts.iter().map(|(_, p)| *p));
-        })
-        .on_partitions_revoked(move |_, parts| {
-            let mut all = off.0.lock().unwrap();
-            let held = all.entry(who).or_default();
-            for (_, p) in parts {
-                held.remove(p);
-            }
-        });
-    if let Some(id) = instance_id {
-        broker = broker.group_instance_id(id);
-    }
-    FastStream::new(broker.build())
-        .with_routes(routes)
-        .with_state(Instance(who))
-        .topic_prefix(prefix)
-}
-
-/// Writes one input to every partition every 20 ms until stopped; returns how many it wrote.
-/// `written` counts them as they go.
-fn keep_writing(
-    client: Arc<Client>,
-    topic: String,
-    written: Arc<AtomicU64>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<u64>,
-) {
-    let (stop, mut stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut partitions = Vec::new();
-        for p in 0..PARTITIONS {
-            let pc = client
-                .partition_client(&topic, p, UnknownTopicHandling::Retry)
-                .await
-                .unwrap();
-            partitions.push(pc);
-        }
-        let mut n = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = &mut stopped => return n,
-            }
-            for pc in &partitions {
-                let r = record(None, n.to_string().as_bytes(), &[]);
-                pc.produce(
-                    vec![r],
-                    rskafka::client::partition::Compression::NoCompression,
-                )
-                .await
-                .unwrap();
-                n += 1;
-                written.store(n, Ordering::SeqCst);
-            }
-        }
-    });
-    (stop, task)
-}
-
-/// What the outputs say about one input partition.
-#[derive(Debug)]
-struct PartitionRun {
-    owners: BTreeSet<String>,
-    /// The largest time between two consecutive inputs' outputs.
-    largest_gap: Duration,
-}
-
-/// Checks every input `0..written` was relayed; returns per input partition its owners and
-/// largest gap, and the inputs relayed more than once.
-fn analyse(
-    out: &BTreeMap<i32, Vec<rskafka::record::RecordAndOffset>>,
-    written: u64,
-) -> (BTreeMap<i32, PartitionRun>, Vec<u64>) {
-    let mut first: BTreeMap<u64, (String, i32, u128)> = BTreeMap::new();
-    let mut duplicates = Vec::new();
-    for r in out.values().flatten() {
-        let t = text(r);
-        let f: Vec<&str> = t.split(':').collect();
-        let n: u64 = f[0].parse().unwrap();
-        let at: u128 = f[3].parse().unwrap();
-        if first.contains_key(&n) {
-            duplicates.push(n);
-            continue;
-        }
-        first.insert(n, (f[1].to_owned(), f[2].parse().unwrap(), at));
-    }
-    let lost: Vec<u64> = (0..written).filter(|n| !first.contains_key(n)).collect();
-    assert!(lost.is_empty(), "inputs never relayed: {lost:?}");
-    let mut runs: BTreeMap<i32, (BTreeSet<String>, Vec<u128>)> = BTreeMap::new();
-    for (who, partition, at) in first.values() {
-        let run = runs.entry(*partition).or_default();
-        run.0.insert(who.clone());
-        run.1.push(*at);
-    }
-    let runs = runs
-        .into_iter()
-        .map(|(p, (owners, times))| {
-            let gap = times.windows(2).map(|w| w[1].saturating_sub(w[0])).max();
-            let largest_gap = Duration::from_millis(gap.unwrap_or(0) as u64);
-            (
-                p,
-                PartitionRun {
-                    owners,
-                    largest_gap,
-                },
-            )
-        })
-        .collect();
-    (runs, duplicates)
-}
-
-/// Three members, a fourth joins, the first leaves; the inputs are written throughout.
-/// Returns the per-partition runs and the duplicated inputs.
-async fn join_and_leave(
-    protocol: &str,
-    route: Vec<&'static faststream::runtime::RouteDef>,
-) -> (BTreeMap<i32, PartitionRun>, Vec<u64>) {
-    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
-    let prefix = unique_prefix(protocol);
-    let client = Arc::new(kafka_client(&addr).await);
-    let (input, output) = (format!("{prefix}moves"), format!("{prefix}moves-out"));
-    create_topic(&client, &input, PARTITIONS).await;
-    create_topic(&client, &output, 1).await;
-    let holdings = Holdings::default();
-    let make = |who| member(&addr, &prefix, who, route.clone(), &holdings, None);
-    let a = start(make("a")).await;
-    let b = start(make("b")).await;
-    let c = start(make("c")).await;
-    wait_for("a, b and c share the partitions", || {
-        holdings.settled(&["a", "b", "c"])
-    })
-    .await;
-    let count = Arc::new(AtomicU64::new(0));
-    let (stop_writing, writer) = keep_writing(client.clone(), input.clone(), count.clone());
-    // Outputs catch up with 25 rounds of inputs before the fourth joins, after it took its
-    // share, and after the first left.
-    let caught_up = || async {
-        wait_for("25 rounds written", || {
-            count.load(Ordering::SeqCst) >= 12 * 25
-        })
-        .await;
-        let now = count.load(Ordering::SeqCst) + 12 * 25;
-        wait_for("25 more rounds written", || {
-            count.load(Ordering::SeqCst) >= now
-        })
-        .await;
-        read(&client, &output, now as usize).await;
-    };
-    caught_up().await;
-    let d_started = now_ms();
-    let d = start(make("d")).await;
-    wait_for("d takes its share", || {
-        holdings.settled(&["a", "b", "c", "d"])
-    })
-    .await;
-    caught_up().await;
-    a.stop().await.unwrap();
-    wait_for("b, c and d share a's partitions", || {
-        holdings.settled(&["b", "c", "d"])
-    })
-    .await;
-    caught_up().await;
-    let _ = stop_writing.send(());
-    let written = writer.await.unwrap();
-    let out = read(&client, &output, written as usize).await;
-    for m in [b, c, d] {
-        m.stop().await.unwrap();
-    }
-    let (runs, duplicates) = analyse(&out, written);
-    let d_first = out
-        .values()
-        .flatten()
-        .map(text)
-        .filter(|t| t.split(':').nth(1) == Some("d"))
-        .filter_map(|t| t.split(':').nth(3)?.parse::<u128>().ok())
-        .min()
-        .expect("d relayed");
-    let unmoved = runs.values().filter(|r| r.owners.len() == 1);
-    let moved = runs.values().filter(|r| r.owners.len() > 1);
+/// Runs the scenario under `protocol` and prints what it saw, partition by partition.
+async fn moves(protocol: &str, route: Vec<&'static faststream::runtime::RouteDef>) -> Moves {
+    let moves = join_and_leave(protocol, route).await;
     println!(
-        "{protocol}: {written} inputs, {} duplicated; the joining member's first output after {:?}; largest gap: unmoved partitions {:?}, moved partitions {:?}",
-        duplicates.len(),
-        Duration::from_millis((d_first - d_started) as u64),
-        unmoved.map(|r| r.largest_gap).max(),
-        moved.map(|r| r.largest_gap).max(),
+        "{protocol}: {} inputs, {} duplicated; the joining member's first output after {:?}; largest gap: unmoved partitions {:?}, moved partitions {:?}",
+        moves.written,
+        moves.duplicates.len(),
+        moves.first_output,
+        moves.largest_gap(true),
+        moves.largest_gap(false),
     );
-    for (p, run) in &runs {
+    for (p, run) in &moves.runs {
         println!(
             "{protocol}: partition {p:2}: owners {:?}, largest output gap {:?}",
             run.owners, run.largest_gap
         );
     }
-    (runs, duplicates)
+    moves
 }
 
 /// Under the consumer group protocol a member joining or leaving moves only the partitions
@@ -325,18 +46,17 @@ async fn join_and_leave(
 /// is lost, and (revoked partitions commit before they are released) nothing is repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_the_consumer_protocol_partitions_that_stay_never_pause() {
-    let (runs, duplicates) = join_and_leave("consumer", routes![consumer_protocol]).await;
-    only_moved_partitions_paused(&runs, &duplicates);
+    only_moved_partitions_paused(&moves("consumer", routes![consumer_protocol]).await);
 }
 
 /// The same on the classic protocol with the `cooperative-sticky` assignor (KIP-429).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cooperative_sticky_partitions_that_stay_never_pause() {
-    let (runs, duplicates) = join_and_leave("cooperative", routes![cooperative]).await;
-    only_moved_partitions_paused(&runs, &duplicates);
+    only_moved_partitions_paused(&moves("cooperative", routes![cooperative]).await);
 }
 
-fn only_moved_partitions_paused(runs: &BTreeMap<i32, PartitionRun>, duplicates: &[u64]) {
+fn only_moved_partitions_paused(moves: &Moves) {
+    let runs = &moves.runs;
     let stayed: Vec<_> = runs.values().filter(|r| r.owners.len() == 1).collect();
     assert!(
         !stayed.is_empty(),
@@ -351,8 +71,9 @@ fn only_moved_partitions_paused(runs: &BTreeMap<i32, PartitionRun>, duplicates: 
         );
     }
     assert!(
-        duplicates.is_empty(),
-        "graceful moves commit before the partition is released: {duplicates:?}"
+        moves.duplicates.is_empty(),
+        "graceful moves commit before the partition is released: {:?}",
+        moves.duplicates
     );
 }
 
@@ -361,11 +82,11 @@ fn only_moved_partitions_paused(runs: &BTreeMap<i32, PartitionRun>, duplicates: 
 /// depends on the members' timings).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_eager_rebalances_every_partition_pauses() {
-    let (runs, duplicates) = join_and_leave("eager", routes![eager]).await;
-    let gaps = runs.values().map(|r| r.largest_gap);
+    let moves = moves("eager", routes![eager]).await;
+    let gaps = moves.runs.values().map(|r| r.largest_gap);
     let (least, most) = (gaps.clone().min().unwrap(), gaps.max().unwrap());
     println!("eager: largest output gap per partition between {least:?} and {most:?}");
-    assert!(duplicates.is_empty(), "{duplicates:?}");
+    assert!(moves.duplicates.is_empty(), "{:?}", moves.duplicates);
 }
 
 /// Static members (`group_instance_id`) restarted one after the other under the consumer

@@ -142,11 +142,7 @@ impl GroupRunner {
                         tracing::warn!(group = self.group, error = %e, partitions = ?owned, "no longer a member: dropping the partitions without committing and joining again");
                         revoking = None;
                         target = None;
-                        running.stop_all();
-                        running.abort(&owned);
-                        while running.tasks.join_next().await.is_some() {}
-                        running.forget(&owned);
-                        running.serving.clear();
+                        running.drop_all().await;
                         owned.clear();
                         report_tx.send_modify(|r| r.owned.clear());
                         if let Some(txn) = &self.rt.txn {
@@ -256,11 +252,7 @@ impl GroupRunner {
                     revoking = Some(Revoking {
                         parts: lost,
                         since: Instant::now(),
-                        deadline: Instant::now()
-                            + self.drain_limit(&Ended::Rejoin {
-                                reset_member: false,
-                                cause: "group",
-                            }),
+                        deadline: Instant::now() + self.revoke_limit(),
                     });
                 }
             }

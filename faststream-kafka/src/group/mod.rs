@@ -497,10 +497,7 @@ impl GroupRunner {
     /// lost").
     async fn lose(&self, mut k: Kept) {
         tracing::warn!(group = self.group, partitions = ?k.owned, "no longer a member: dropping the kept partitions without committing");
-        k.running.stop_all();
-        k.running.abort(&k.owned);
-        k.running.tasks.abort_all();
-        while k.running.tasks.join_next().await.is_some() {}
+        k.running.drop_all().await;
         if let Some(hook) = &self.rt.config.hooks.revoked {
             hook(&self.group, &k.owned.iter().cloned().collect::<Vec<_>>());
         }
@@ -518,10 +515,7 @@ impl GroupRunner {
         parts: &BTreeSet<(String, i32)>,
     ) -> Option<KafkaError> {
         running.stop(parts);
-        let limit = self.drain_limit(&Ended::Rejoin {
-            reset_member: false,
-            cause: "group",
-        });
+        let limit = self.revoke_limit();
         let since = Instant::now();
         let mut deadline = Some(since + limit);
         let mut failure = None;
@@ -1109,16 +1103,21 @@ impl GroupRunner {
         }
     }
 
+    /// How long partitions revoked by a rebalance may take to drain: within the rebalance
+    /// timeout, with a heartbeat and a second to spare.
+    fn revoke_limit(&self) -> Duration {
+        let s = self.settings;
+        s.rebalance_timeout
+            .saturating_sub(s.heartbeat_interval)
+            .saturating_sub(Duration::from_secs(1))
+            .max(s.rebalance_timeout / 2)
+    }
+
     /// How long revoked partitions may take to drain: within the rebalance timeout (the
     /// coordinator expels a member that rejoins later), or before the app's shutdown deadline
     /// (leaving time to commit and leave the group).
     fn drain_limit(&self, ended: &Ended) -> Duration {
-        let s = self.settings;
-        let rebalance = s
-            .rebalance_timeout
-            .saturating_sub(s.heartbeat_interval)
-            .saturating_sub(Duration::from_secs(1))
-            .max(s.rebalance_timeout / 2);
+        let rebalance = self.revoke_limit();
         match (ended, self.shutdown.deadline()) {
             (Ended::Shutdown, Some(deadline)) => {
                 let left = deadline.saturating_duration_since(Instant::now());

@@ -126,6 +126,16 @@ impl Running {
         }
     }
 
+    /// Ends every consumer at once, without waiting for what it has in hand, and takes all
+    /// partitions off the books (they may be another member's already: nothing is committed).
+    pub(super) async fn drop_all(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.serving.clear();
+        self.positions.clear();
+        self.stops.clear();
+    }
+
     /// Takes `parts` off the books once their consumers stopped (and were committed).
     pub(super) fn forget(&mut self, parts: &BTreeSet<Assigned>) {
         self.positions

@@ -43,6 +43,7 @@
 mod assign;
 mod backoff;
 mod broker;
+mod cluster;
 mod config;
 mod consume;
 mod encode;
@@ -50,6 +51,7 @@ mod error;
 mod fetch;
 mod group;
 mod idempotence;
+mod link;
 mod metrics;
 mod produce;
 mod protocol;

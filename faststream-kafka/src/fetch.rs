@@ -106,10 +106,10 @@ impl PartitionReader {
         format!("partition {} of topic {:?}", self.partition, self.topic)
     }
 
-    /// The link to the partition's leader.
-    async fn link(&self) -> Result<Link, FetchError> {
+    /// The link to the partition's leader, and the leader's epoch.
+    async fn link(&self) -> Result<(Link, i32), FetchError> {
         let leader = self.cluster.leader(&self.topic, self.partition).await?;
-        Ok(self.cluster.link(&leader.addr))
+        Ok((self.cluster.link(&leader.addr), leader.epoch))
     }
 
     /// Forgets the leader after an error that says it may have moved.
@@ -132,8 +132,10 @@ impl PartitionReader {
         let max_bytes = self.max_bytes;
         let topic = self.topic.clone();
         let partition = self.partition;
-        let link = self.link().await?;
-        let data = link.fetch(&topic, partition, offset, max_bytes).await?;
+        let (link, epoch) = self.link().await?;
+        let data = link
+            .fetch(&topic, partition, epoch, offset, max_bytes)
+            .await?;
         let Some(data) = data else {
             // A fetch that found nothing may be answered with no partitions at all (Tansu
             // 0.6.0 does; Apache Kafka lists the partition with no records). Nothing to read.
@@ -225,7 +227,7 @@ impl PartitionReader {
     /// ListOffsets for `timestamp` (-2: the first offset); -1 when no message is that late.
     async fn list_offset(&mut self, timestamp: i64) -> Result<i64, FetchError> {
         let what = self.what();
-        let link = self.link().await?;
+        let (link, _) = self.link().await?;
         let p = link
             .list_offset(&self.topic, self.partition, timestamp)
             .await?;

@@ -15,7 +15,7 @@
 //! requests on it (the callers retry with their backoff) and is opened again, after a
 //! jittered backoff when opening failed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,9 @@ pub(crate) struct Link {
 struct FetchJob {
     topic: Arc<str>,
     partition: i32,
+    /// The leader epoch the reader knows (-1: none): the broker refuses the fetch if its own
+    /// differs (KIP-320), and the reader looks the leader up again.
+    epoch: i32,
     offset: i64,
     max_bytes: i32,
     reply: oneshot::Sender<Answer<Option<PartitionData>>>,
@@ -120,6 +123,7 @@ impl Link {
         &self,
         topic: &Arc<str>,
         partition: i32,
+        epoch: i32,
         offset: i64,
         max_bytes: i32,
     ) -> Answer<Option<PartitionData>> {
@@ -127,6 +131,7 @@ impl Link {
         let job = FetchJob {
             topic: topic.clone(),
             partition,
+            epoch,
             offset,
             max_bytes,
             reply,
@@ -243,12 +248,20 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
         if pending.is_empty() {
             continue;
         }
-        let jobs = std::mem::take(&mut pending);
+        // A partition asked about twice (a consumer, and a re-read of the same partition)
+        // goes once per request: the other waits for the next.
+        let mut jobs: Vec<FetchJob> = Vec::with_capacity(pending.len());
+        let mut asked: HashSet<(Arc<str>, i32)> = HashSet::with_capacity(pending.len());
+        for job in std::mem::take(&mut pending) {
+            if asked.insert((job.topic.clone(), job.partition)) {
+                jobs.push(job);
+            } else {
+                pending.push(job);
+            }
+        }
         let now = Instant::now();
         behind.retain(|_, since| now.duration_since(*since) < BEHIND_FOR);
-        let missing = behind
-            .keys()
-            .any(|(t, p)| !jobs.iter().any(|j| j.partition == *p && j.topic == *t));
+        let missing = behind.keys().any(|k| !asked.contains(k));
         let wait = if missing {
             REJOIN_WAIT.min(config.fetch_max_wait)
         } else {
@@ -314,7 +327,7 @@ async fn fetch_round(
         part.partition = job.partition;
         part.fetch_offset = job.offset;
         part.partition_max_bytes = job.max_bytes;
-        part.current_leader_epoch = -1;
+        part.current_leader_epoch = job.epoch;
         part.last_fetched_epoch = -1;
         part.log_start_offset = -1;
         total = total.saturating_add(job.max_bytes);
@@ -402,16 +415,21 @@ async fn run_requests(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Job>
     }
 }
 
-/// The batches of the next Produce request: the first batch's transactional id, in queue
-/// order, up to [`PRODUCE_REQUEST_MAX`] bytes (the first always).
+/// The batches of the next Produce request: those of the first batch's transactional id, in
+/// queue order, one per partition, up to [`PRODUCE_REQUEST_MAX`] bytes (the first always).
 fn take_request<T>(batches: &mut Vec<(Batch, T)>) -> Vec<(Batch, T)> {
     let txn = batches[0].0.transactional_id.clone();
     let mut bytes = 0;
     let mut taken = Vec::new();
     let mut rest = Vec::new();
+    // One batch per partition and request (two producers of one partition take turns).
+    let mut partitions = HashSet::new();
     for (batch, reply) in batches.drain(..) {
         let fits = taken.is_empty() || bytes + batch.records.len() <= PRODUCE_REQUEST_MAX;
-        if batch.transactional_id == txn && fits {
+        if batch.transactional_id == txn
+            && fits
+            && partitions.insert((batch.topic.clone(), batch.partition))
+        {
             bytes += batch.records.len();
             taken.push((batch, reply));
         } else {

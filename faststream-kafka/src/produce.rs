@@ -7,11 +7,12 @@
 //! bounded, so a slow broker slows the consumers (backpressure) instead of growing memory.
 //!
 //! Each request's record batch is encoded here ([`crate::encode`]) straight from the outgoing
-//! messages and sent as a Produce request on our own connection to the partition's leader
-//! (found through metadata, found again after any failure). Errors are classified as Kafka's
-//! Java producer does: retriable ones (a moved leader, a lost connection, a timeout) are retried
-//! with backoff until `delivery_timeout`; a batch refused as too large is split; the rest fails
-//! the messages for good. Consuming has its own connections ([`crate::fetch`]).
+//! messages and handed to the link of the partition's leader ([`crate::link`], the leader from
+//! [`crate::cluster`], looked up again after any failure), which sends it in one Produce
+//! request with the batches of every other partition of that broker waiting at the time.
+//! Errors are classified as Kafka's Java producer does: retriable ones (a moved leader, a lost
+//! connection, a timeout) are retried with backoff until `delivery_timeout`; a batch refused as
+//! too large is split; the rest fails the messages for good.
 //!
 //! Request sizing: a partition's task sends what is queued when its previous request was
 //! answered, up to `max_batch_bytes` per request; with less than [`LINGER_FILL`] queued it first

@@ -433,9 +433,11 @@ pub async fn read_all_partitions(
             let mut next = 0;
             let mut last_round = false;
             loop {
+                // Once all arrived, no waiting: only what is there (1 ms, not 0: Tansu
+                // answers a fetch with no wait without any topic).
                 let reached = total.load(Ordering::SeqCst) >= want;
                 let (records, high) = pc
-                    .fetch_records(next, 1..4_000_000, if reached { 0 } else { 200 })
+                    .fetch_records(next, 1..4_000_000, if reached { 1 } else { 200 })
                     .await
                     .unwrap();
                 let from = next;
@@ -897,4 +899,30 @@ pub async fn startup_error(
         .to_string();
     eprintln!("startup error: {err}");
     err
+}
+
+/// The body of `GET url`, fetched with Python's standard HTTP client.
+pub async fn http_get(url: &str) -> String {
+    let script = "import sys, urllib.request\n\
+        print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end='')";
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, url])
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The values of a gauge labelled by broker, one per broker.
+pub fn per_broker(page: &str, name: &str) -> Vec<f64> {
+    let start = format!("{name}{{broker=\"");
+    page.lines()
+        .filter(|l| l.starts_with(&start))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
 }

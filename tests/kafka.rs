@@ -1040,8 +1040,15 @@ async fn health_probes_follow_the_app() {
     let base = format!("http://127.0.0.1:{port}");
     let ready_url = format!("{base}/health/ready");
     let during = ready_url.clone();
+    // Startup waits until the first probe was answered: the probes answer from the start,
+    // and a group can be assigned sooner than a probe client starts.
+    let (probed_once, first_probe) = tokio::sync::oneshot::channel::<()>();
     let service = app(routes![probed], &prefix)
         .health(([127, 0, 0, 1], port).into())
+        .on_startup(move |_| async move {
+            let _ = first_probe.await;
+            Ok::<_, String>(())
+        })
         .on_shutdown(move |_| async move {
             *STOPPING_READY.lock().unwrap() = http_status(during).await;
             Ok::<_, String>(())
@@ -1058,6 +1065,7 @@ async fn health_probes_follow_the_app() {
         }
         assert!(tokio::time::Instant::now() < deadline, "the probes answer");
     };
+    let _ = probed_once.send(());
     assert_eq!(first, 503, "not ready before the partitions are assigned");
     assert_eq!(http_status(format!("{base}/health/live")).await, Some(200));
     assert_eq!(http_status(format!("{base}/nothing")).await, Some(404));

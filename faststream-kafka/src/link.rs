@@ -580,3 +580,70 @@ async fn produce(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(topic: &str, partition: i32, bytes: usize, txn: Option<&str>) -> (Batch, usize) {
+        let batch = Batch {
+            topic: Arc::from(topic),
+            partition,
+            records: Bytes::from(vec![0u8; bytes]),
+            transactional_id: txn.map(Arc::from),
+        };
+        (batch, 0)
+    }
+
+    fn keys(taken: &[(Batch, usize)]) -> Vec<(String, i32)> {
+        taken
+            .iter()
+            .map(|(b, _)| (b.topic.to_string(), b.partition))
+            .collect()
+    }
+
+    /// A request takes the batches of the first batch's transactional id, one per partition,
+    /// in queue order; the rest wait for the next request, in their order.
+    #[test]
+    fn a_request_takes_one_batch_per_partition_of_one_transactional_id() {
+        let mut queue = vec![
+            batch("a", 0, 10, None),
+            batch("a", 1, 10, Some("t")),
+            batch("b", 0, 10, None),
+            batch("a", 0, 10, None),
+            batch("a", 2, 10, None),
+        ];
+        let first = take_request(&mut queue);
+        assert_eq!(
+            keys(&first),
+            [("a".into(), 0), ("b".into(), 0), ("a".into(), 2)]
+        );
+        assert_eq!(keys(&queue), [("a".into(), 1), ("a".into(), 0)]);
+        let second = take_request(&mut queue);
+        assert_eq!(keys(&second), [("a".into(), 1)]);
+        assert_eq!(keys(&take_request(&mut queue)), [("a".into(), 0)]);
+        assert!(queue.is_empty());
+    }
+
+    /// A request stops growing at its size bound; a single batch larger than it goes alone.
+    #[test]
+    fn a_request_is_bounded_in_size_but_takes_a_larger_batch_alone() {
+        let half = PRODUCE_REQUEST_MAX / 2;
+        let mut queue = vec![
+            batch("a", 0, PRODUCE_REQUEST_MAX + 1, None),
+            batch("a", 1, half, None),
+        ];
+        assert_eq!(keys(&take_request(&mut queue)), [("a".into(), 0)]);
+        let mut queue = vec![
+            batch("a", 0, half, None),
+            batch("a", 1, half, None),
+            batch("a", 2, 1, None),
+            batch("a", 3, 0, None),
+        ];
+        assert_eq!(
+            keys(&take_request(&mut queue)),
+            [("a".into(), 0), ("a".into(), 1), ("a".into(), 3)]
+        );
+        assert_eq!(keys(&queue), [("a".into(), 2)]);
+    }
+}

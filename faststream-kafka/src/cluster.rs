@@ -15,9 +15,8 @@ use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::config::Config;
-use crate::fetch::{partition_error, FetchError};
+use crate::error::{lock, partition_error, FetchError};
 use crate::link::Link;
-use crate::produce::lock;
 use crate::protocol::Conn;
 
 /// The leaders of one topic's partitions, by partition: broker address and leader epoch

@@ -10,59 +10,10 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::ResponseError;
-
 use crate::cluster::Cluster;
+pub(crate) use crate::error::{partition_error, FetchError};
 use crate::link::Link;
-use crate::protocol::ConnError;
 use crate::records::{self, Aborted, Decoded, Source};
-
-/// Why a request about one partition failed.
-#[derive(Debug, Clone)]
-pub(crate) enum FetchError {
-    /// Worth retrying once the leader was found again (connection lost, leader moved, the
-    /// partition not known yet).
-    Retriable(String),
-    /// The position is outside the partition's log.
-    OffsetOutOfRange,
-    /// Retrying cannot help (not authorized, unsupported): the partition stops.
-    Fatal(String),
-}
-
-impl std::fmt::Display for FetchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FetchError::Retriable(e) | FetchError::Fatal(e) => f.write_str(e),
-            FetchError::OffsetOutOfRange => f.write_str("offset out of range"),
-        }
-    }
-}
-
-impl From<ConnError> for FetchError {
-    fn from(e: ConnError) -> Self {
-        match e {
-            ConnError::Unsupported { .. } => FetchError::Fatal(e.to_string()),
-            _ => FetchError::Retriable(e.to_string()),
-        }
-    }
-}
-
-/// Classifies a partition-level error code.
-pub(crate) fn partition_error(code: i16, what: &str) -> Result<(), FetchError> {
-    let Some(err) = ResponseError::try_from_code(code) else {
-        return Ok(());
-    };
-    Err(match err {
-        ResponseError::OffsetOutOfRange => FetchError::OffsetOutOfRange,
-        ResponseError::TopicAuthorizationFailed
-        | ResponseError::ClusterAuthorizationFailed
-        | ResponseError::UnsupportedVersion
-        | ResponseError::UnsupportedCompressionType
-        | ResponseError::InvalidRequest => FetchError::Fatal(format!("{what}: {err}")),
-        // Leader moves, unknown or offline partitions, storage errors, throttling, ...
-        _ => FetchError::Retriable(format!("{what}: {err}")),
-    })
-}
 
 /// One fetch's result.
 #[derive(Debug)]

@@ -31,8 +31,9 @@
 //!
 //! Modules in layers, each using only those below it (`scripts/import-cycles --graph` prints
 //! them; CI fails on a circle):
-//! 1. `error`, `metrics` (what consumers, groups and producers record through the `metrics`
-//!    facade, feature `metrics`), `records` (record-batch decoding: codecs, transactions);
+//! 1. `error` (the transport's errors, and why a request about one partition failed),
+//!    `metrics` (what consumers, groups and producers record through the `metrics` facade,
+//!    feature `metrics`), `records` (record-batch decoding: codecs, transactions);
 //! 2. `security` (TLS, SASL), then `config` (settings);
 //! 3. `protocol` (one connection: framing, versions, TLS, SASL), `encode` (record batches v2
 //!    from outgoing messages), `topics` (names, existence, creation), `link` (one broker's

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::fetch::{partition_error, FetchError};
+use crate::error::{partition_error, FetchError};
 use crate::protocol::{ms, Conn};
 
 /// Largest answer asked for in one Fetch request (each partition's part is bounded by its

@@ -34,8 +34,9 @@ use crate::backoff::Backoff;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::encode::{BatchHeader, Encoder};
+pub(crate) use crate::error::lock;
+use crate::error::FetchError;
 use crate::error::KafkaError;
-use crate::fetch::FetchError;
 use crate::idempotence::{self, IdError, Identity, Producer};
 use crate::link::Batch;
 use crate::transaction::{Txn, TxnError};
@@ -452,11 +453,6 @@ impl Producers {
             let _ = task.await;
         }
     }
-}
-
-/// Locks `m`, also after a panic elsewhere (the data stays usable).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn run_partition_producer(

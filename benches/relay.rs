@@ -29,6 +29,13 @@
 //!   `framework`, which then has the metrics compiled in but no recorder;
 //! - `pipeline`: the framework's handler pipeline alone, in memory (no network).
 //!
+//! - `idle`: the group relay on P partitions that stay quiet, watched for `--idle-seconds`
+//!   (20) once it has its partitions: the CPU it costs itself and the broker while nothing
+//!   arrives (printed as % of one core), and the sockets it holds;
+//! - `<row>@base` (with `--baseline PATH`, another build of this benchmark, such as an
+//!   earlier commit's `target/release/deps/relay-*`): the same row with its child from that
+//!   build, so a change is measured against what it replaces in the same run (by default
+//!   `framework@base`, `framework-group@base` and `idle@base` are added).
 //! - `io-seq` and `io-par`: an I/O-bound handler (waits 5 ms, then answers) over keyed input
 //!   (1000 keys), one message at a time per partition and with `concurrency = 100`, on N / 50
 //!   messages (at least 3000).
@@ -137,6 +144,11 @@ struct Args {
     /// How many times the rows run, in turn (ABAB...): ratios use the last round, when a
     /// broker on the JVM has warmed up.
     rounds: usize,
+    /// Another build of this benchmark (an earlier commit's): rows named `<kind>@base` run
+    /// their child from it, beside this build's rows in the same run.
+    baseline: Option<String>,
+    /// How long the `idle` rows watch a service on quiet partitions.
+    idle_seconds: u64,
 }
 
 fn parse_args() -> Args {
@@ -147,6 +159,8 @@ fn parse_args() -> Args {
         prefix: String::new(),
         only: None,
         rounds: 1,
+        baseline: None,
+        idle_seconds: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -166,6 +180,13 @@ fn parse_args() -> Args {
             "--child" => args.child = it.next(),
             "--prefix" => args.prefix = it.next().expect("--prefix P"),
             "--only" => args.only = it.next(),
+            "--baseline" => args.baseline = it.next(),
+            "--idle-seconds" => {
+                args.idle_seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--idle-seconds S")
+            }
             "--rounds" => {
                 args.rounds = it
                     .next()
@@ -257,6 +278,10 @@ async fn parent(args: Args) {
     if cfg!(feature = "prometheus") {
         kinds.insert(3, "framework-metrics");
     }
+    kinds.push("idle");
+    if args.baseline.is_some() {
+        kinds.extend(["framework@base", "framework-group@base", "idle@base"]);
+    }
     let rounds = kinds.repeat(args.rounds);
     for (row, kind) in rounds.into_iter().enumerate() {
         if args
@@ -266,16 +291,29 @@ async fn parent(args: Args) {
         {
             continue;
         }
-        let prefix = format!("bench{stamp}-{row}-{kind}.");
-        let networked =
-            kind.starts_with("raw") || kind.starts_with("framework") || kind.starts_with("io-");
+        let prefix = format!("bench{stamp}-{row}-{}.", kind.replace('@', "-"));
+        // `<kind>@base`: the same row, its child from the baseline build.
+        let (base, exe) = match kind.strip_suffix("@base") {
+            Some(base) => (base, args.baseline.clone().expect("--baseline PATH").into()),
+            None => (kind, std::env::current_exe().unwrap()),
+        };
+        // An idle row is a group relay of nothing, watched for `idle_seconds`.
+        let idle = base == "idle";
+        let child_kind = if idle { "framework-group" } else { base };
+        let networked = idle
+            || base.starts_with("raw")
+            || base.starts_with("framework")
+            || base.starts_with("io-");
         let mut fill = args.clone();
-        if kind.starts_with("io-") {
+        if base.starts_with("io-") {
             fill.messages = io_messages(&args);
+        }
+        if idle {
+            fill.messages = 0;
         }
         if networked {
             let t = Instant::now();
-            prefill(&client, &prefix, &fill, kind.starts_with("io-")).await;
+            prefill(&client, &prefix, &fill, base.starts_with("io-")).await;
             println!(
                 "  {kind}: pre-filled {}in_topic in {:.1?}",
                 prefix,
@@ -284,9 +322,9 @@ async fn parent(args: Args) {
         }
         let mut broker0 = broker_cpu_seconds();
         let mut started = Instant::now();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--child", kind, "--prefix", &prefix])
-            .args(["--messages", &args.messages.to_string()])
+        let mut child = Command::new(exe)
+            .args(["--child", child_kind, "--prefix", &prefix])
+            .args(["--messages", &fill.messages.to_string()])
             .args(["--partitions", &args.partitions.to_string()])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -308,7 +346,7 @@ async fn parent(args: Args) {
         let mut sockets = None;
         // CPU the child used before its clock started (a group's join).
         let mut cpu_before = 0.0;
-        if kind == "framework-group" || kind == "framework-eos" {
+        if child_kind == "framework-group" || child_kind == "framework-eos" {
             let line = lines
                 .recv_timeout(Duration::from_secs(120))
                 .expect("the group child reports its assignment");
@@ -323,7 +361,15 @@ async fn parent(args: Args) {
             started = Instant::now();
             broker0 = broker_cpu_seconds();
         }
-        if kind == "framework-eos" {
+        if idle {
+            // Nothing to read: what the service and the broker spend on quiet partitions.
+            tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+            seconds = Some(started.elapsed().as_secs_f64());
+            sockets = sockets_of(child.id());
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        } else if child_kind == "framework-eos" {
             // Outputs count once their transaction committed: when the group's committed
             // offsets (written in the transaction) reach N.
             wait_for_commit(
@@ -380,6 +426,9 @@ async fn parent(args: Args) {
     );
     let io_n = io_messages(&args) as f64;
     for (kind, f) in &results {
+        if kind.starts_with("idle") {
+            continue;
+        }
         if *kind == "io-seq" {
             println!(
                 "I/O-bound handler (5 ms wait), {io_n} messages over {} partitions, 1000 keys:",
@@ -400,6 +449,34 @@ async fn parent(args: Args) {
             broker,
             sockets
         );
+    }
+    let idle: Vec<_> = results
+        .iter()
+        .filter(|(k, _)| k.starts_with("idle"))
+        .collect();
+    if !idle.is_empty() {
+        println!();
+        println!(
+            "idle: a group member on {} quiet partitions for {} s",
+            args.partitions, args.idle_seconds
+        );
+        println!(
+            "{:<16} {:>18} {:>18} {:>14} {:>8}",
+            "", "service CPU %", "broker CPU %", "peak RSS MiB", "sockets"
+        );
+        for (kind, f) in idle {
+            let broker = f.broker_cpu_seconds.map_or("n/a".to_owned(), |b| {
+                format!("{:.1}", b / f.seconds * 100.0)
+            });
+            println!(
+                "{:<16} {:>18.1} {:>18} {:>14.1} {:>8}",
+                kind,
+                f.cpu_seconds / f.seconds * 100.0,
+                broker,
+                f.peak_rss_kib as f64 / 1024.0,
+                f.sockets.map_or("n/a".to_owned(), |s| s.to_string())
+            );
+        }
     }
     // The last round of a row (warm).
     let find = |k: &str| {

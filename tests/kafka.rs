@@ -67,6 +67,50 @@ async fn relays_100k_messages() {
     running.stop().await.unwrap();
 }
 
+#[subscriber("wide", group_id = "wide", auto_offset_reset = "earliest")]
+#[publisher("wide-out")]
+async fn wide_relay(user: String, user_id: i64) -> String {
+    format!("User: {user_id} - {user} registered")
+}
+
+/// A consumer group relaying a topic of 256 partitions into another of 256: every message
+/// comes out exactly once (the service reads and writes them through one link per broker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_over_256_partitions_delivers_every_message_once() {
+    const P: i32 = 256;
+    const PER_PARTITION: usize = 40;
+    let prefix = unique_prefix("wide");
+    let client = raw_client().await;
+    let (input, output) = (format!("{prefix}wide"), format!("{prefix}wide-out"));
+    create_topic(&client, &input, P).await;
+    create_topic(&client, &output, P).await;
+    let mut want = Vec::new();
+    let mut writers = tokio::task::JoinSet::new();
+    for p in 0..P {
+        let records: Vec<_> = (0..PER_PARTITION)
+            .map(|i| {
+                let id = p as usize * PER_PARTITION + i;
+                want.push(format!("User: {id} - u{id} registered"));
+                let body = format!(r#"{{"user":"u{id}","user_id":{id}}}"#);
+                record(None, body.as_bytes(), &[])
+            })
+            .collect();
+        let (client, input) = (raw_client().await, input.clone());
+        writers.spawn(async move { produce(&client, &input, p, records).await });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let running = start(app(routes![wide_relay], &prefix)).await;
+    let out = read_all_partitions(&client, &output, P, want.len()).await;
+    running.stop().await.unwrap();
+    let mut got: Vec<String> = out.iter().map(text).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "duplicates or losses");
+    assert_eq!(got, want);
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Seq {
     key: String,
@@ -996,8 +1040,15 @@ async fn health_probes_follow_the_app() {
     let base = format!("http://127.0.0.1:{port}");
     let ready_url = format!("{base}/health/ready");
     let during = ready_url.clone();
+    // Startup waits until the first probe was answered: the probes answer from the start,
+    // and a group can be assigned sooner than a probe client starts.
+    let (probed_once, first_probe) = tokio::sync::oneshot::channel::<()>();
     let service = app(routes![probed], &prefix)
         .health(([127, 0, 0, 1], port).into())
+        .on_startup(move |_| async move {
+            let _ = first_probe.await;
+            Ok::<_, String>(())
+        })
         .on_shutdown(move |_| async move {
             *STOPPING_READY.lock().unwrap() = http_status(during).await;
             Ok::<_, String>(())
@@ -1014,6 +1065,7 @@ async fn health_probes_follow_the_app() {
         }
         assert!(tokio::time::Instant::now() < deadline, "the probes answer");
     };
+    let _ = probed_once.send(());
     assert_eq!(first, 503, "not ready before the partitions are assigned");
     assert_eq!(http_status(format!("{base}/health/live")).await, Some(200));
     assert_eq!(http_status(format!("{base}/nothing")).await, Some(404));

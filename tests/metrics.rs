@@ -31,23 +31,6 @@ async fn metered(order: Order) -> Result<String, Failure> {
     Ok(format!("order {}", order.id))
 }
 
-/// The body of `GET url`, fetched with Python's standard HTTP client.
-async fn http_get(url: &str) -> String {
-    let script = "import sys, urllib.request\n\
-        print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end='')";
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", script, url])
-        .output()
-        .await
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "GET {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The value of the series `name{labels}` (labels in any order), if the page has it.
 fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     page.lines().find_map(|line| {
@@ -68,15 +51,6 @@ fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let matches = have.len() == labels.len() && labels.iter().all(|l| have.contains(l));
         matches.then(|| v.parse().ok())?
     })
-}
-
-/// The values of a gauge labelled by broker, one per broker.
-fn per_broker(page: &str, name: &str) -> Vec<f64> {
-    let start = format!("{name}{{broker=\"");
-    page.lines()
-        .filter(|l| l.starts_with(&start))
-        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

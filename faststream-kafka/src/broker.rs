@@ -13,6 +13,7 @@ use rskafka::BackoffConfig;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::cluster::Cluster;
 use crate::config::{Compression, Config, GroupDefaults, MissingTopics, RebalanceHooks};
 use crate::consume::{PartitionConsumer, Runtime};
 use crate::error::KafkaError;
@@ -273,9 +274,11 @@ impl KafkaBrokerBuilder {
     /// Builds the handle; nothing connects until it is used.
     pub fn build(self) -> KafkaBroker {
         let config = Arc::new(self.into_config());
+        let cluster = Arc::new(Cluster::new(config.clone()));
         KafkaBroker {
             shared: Arc::new(Shared {
-                producers: Arc::new(Producers::new(config.clone())),
+                producers: Arc::new(Producers::new(cluster.clone())),
+                cluster,
                 config,
                 client: OnceCell::new(),
                 replies: OnceCell::new(),
@@ -287,6 +290,8 @@ impl KafkaBrokerBuilder {
 #[derive(Debug)]
 struct Shared {
     config: Arc<Config>,
+    /// Partition leaders and the links to the brokers, shared by everything this handle runs.
+    cluster: Arc<Cluster>,
     client: OnceCell<Arc<Client>>,
     producers: Arc<Producers>,
     replies: OnceCell<crate::request::Replies>,
@@ -454,7 +459,7 @@ impl KafkaBroker {
                     .producers
                     .partition_count(&client, &topic)
                     .await?;
-                crate::request::Replies::start(config.clone(), topic, partitions).await
+                crate::request::Replies::start(self.shared.cluster.clone(), topic, partitions).await
             })
             .await
     }
@@ -682,6 +687,7 @@ impl KafkaBroker {
             producers: self.shared.producers.clone(),
             pipeline: pipeline.clone(),
             config: config.clone(),
+            cluster: self.shared.cluster.clone(),
             txn: None,
         });
         let transactional = self.exactly_once_groups(&pipeline).await?;
@@ -827,6 +833,7 @@ impl KafkaBroker {
                     client: rt.client.clone(),
                     pipeline: rt.pipeline.clone(),
                     config: rt.config.clone(),
+                    cluster: rt.cluster.clone(),
                 }),
                 None => rt.clone(),
             };

@@ -43,6 +43,7 @@ pub(crate) struct Runtime {
     pub(crate) producers: Arc<Producers>,
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) config: Arc<Config>,
+    pub(crate) cluster: Arc<crate::cluster::Cluster>,
     /// An exactly-once group's transaction (its consumers' `producers` write in it).
     pub(crate) txn: Option<Arc<Txn>>,
 }
@@ -252,7 +253,8 @@ impl PartitionConsumer {
         let partition = self.partition;
         let mut stop = self.shutdown.clone();
         for (stage, (topic, start)) in (1..).zip(&link.restore_from) {
-            let mut reader = PartitionReader::new(self.rt.config.clone(), topic.clone(), partition);
+            let mut reader =
+                PartitionReader::new(self.rt.cluster.clone(), topic.clone(), partition);
             let mut offset = match start {
                 Some(o) => *o,
                 None => match resolve_offset(
@@ -336,8 +338,8 @@ impl PartitionConsumer {
     /// Where a seek moves the partition (`None`: the service is stopping), with its position
     /// set there (the group commits it).
     async fn seek_start(&self, to: SeekTo, mut shutdown: Shutdown) -> Option<i64> {
-        let config = &self.rt.config;
-        let mut reader = PartitionReader::new(config.clone(), self.topic.clone(), self.partition);
+        let mut reader =
+            PartitionReader::new(self.rt.cluster.clone(), self.topic.clone(), self.partition);
         let mut backoff = crate::backoff::Backoff::requests();
         let start = loop {
             let res = match to {
@@ -377,7 +379,8 @@ impl PartitionConsumer {
         let topic = &*self.topic;
         let partition = self.partition;
         let config = &self.rt.config;
-        let mut reader = PartitionReader::new(config.clone(), self.topic.clone(), partition);
+        let mut reader =
+            PartitionReader::new(self.rt.cluster.clone(), self.topic.clone(), partition);
         let start = match self.start {
             Some(offset) => offset,
             None => match resolve_offset(&mut reader, self.reset, &self.shutdown, topic, partition)
@@ -1193,7 +1196,7 @@ impl PartitionConsumer {
     /// batch's output that failed fails every message of the batch.
     async fn fail_outputs(&self, failed: Vec<(i64, i64, String)>) -> Result<(), (i64, String)> {
         let mut reader =
-            PartitionReader::new(self.rt.config.clone(), self.topic.clone(), self.partition);
+            PartitionReader::new(self.rt.cluster.clone(), self.topic.clone(), self.partition);
         for (first, last, reason) in failed {
             for msg in self.read_again(&mut reader, first, last).await? {
                 self.fail_output(msg, reason.clone()).await?;
@@ -1420,11 +1423,6 @@ async fn resolve_offset(
     }
 }
 
-/// Pauses between fetches a broker answered at once with nothing (Tansu 0.6.0 does; Kafka
-/// waits `fetch_max_wait`), growing while a partition stays quiet.
-const IDLE_MIN: Duration = Duration::from_millis(20);
-const IDLE_MAX: Duration = Duration::from_millis(100);
-
 /// How often each partition logs its lag (at debug level).
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -1552,14 +1550,12 @@ async fn fetch_loop(
     let (topic, partition) = reader.id();
     let mut backoff = Backoff::requests();
     let mut lag_logged = Instant::now();
-    let mut idle = IDLE_MIN;
     loop {
         // A paused partition fetches nothing (what was fetched waits in the channel).
         tokio::select! {
             () = faststream_core::until_resumed(&mut paused, &topic, partition) => {}
             () = shutdown.wait() => return,
         }
-        let started = Instant::now();
         let res = tokio::select! {
             res = reader.fetch(offset) => res,
             () = shutdown.wait() => return,
@@ -1592,20 +1588,9 @@ async fn fetch_loop(
                     );
                 }
                 let next = decoded.next.unwrap_or(offset).max(offset);
-                let empty = decoded.items.is_empty();
-                if !empty && tx.send(Ok(decoded.items)).await.is_err() {
+                // (A broker answering empty fetches at once is paced by the link, per broker.)
+                if !decoded.items.is_empty() && tx.send(Ok(decoded.items)).await.is_err() {
                     return;
-                }
-                if empty && next == offset && started.elapsed() < Duration::from_millis(5) {
-                    // A broker that answers an empty fetch at once (not waiting `fetch_max_wait`
-                    // for data) must not make us spin: wait, longer while the partition stays
-                    // quiet (at most IDLE_MAX, the extra latency of the first new message).
-                    // Tansu 0.6.0 does this; Apache Kafka holds an empty fetch for
-                    // `fetch_max_wait`, so there this branch is not taken.
-                    tokio::time::sleep(idle).await;
-                    idle = (idle * 2).min(IDLE_MAX);
-                } else if !empty {
-                    idle = IDLE_MIN;
                 }
                 offset = next;
             }

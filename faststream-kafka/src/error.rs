@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use kafka_protocol::ResponseError;
+
 /// What went wrong talking to Kafka.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -102,4 +104,47 @@ impl From<KafkaError> for faststream_core::Error {
             e => faststream_core::Error::transport(e),
         }
     }
+}
+
+/// Why a request about one partition failed.
+#[derive(Debug, Clone)]
+pub(crate) enum FetchError {
+    /// Worth retrying once the leader was found again (connection lost, leader moved, the
+    /// partition not known yet).
+    Retriable(String),
+    /// The position is outside the partition's log.
+    OffsetOutOfRange,
+    /// Retrying cannot help (not authorized, unsupported): the partition stops.
+    Fatal(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Retriable(e) | FetchError::Fatal(e) => f.write_str(e),
+            FetchError::OffsetOutOfRange => f.write_str("offset out of range"),
+        }
+    }
+}
+
+/// Classifies a partition-level error code.
+pub(crate) fn partition_error(code: i16, what: &str) -> Result<(), FetchError> {
+    let Some(err) = ResponseError::try_from_code(code) else {
+        return Ok(());
+    };
+    Err(match err {
+        ResponseError::OffsetOutOfRange => FetchError::OffsetOutOfRange,
+        ResponseError::TopicAuthorizationFailed
+        | ResponseError::ClusterAuthorizationFailed
+        | ResponseError::UnsupportedVersion
+        | ResponseError::UnsupportedCompressionType
+        | ResponseError::InvalidRequest => FetchError::Fatal(format!("{what}: {err}")),
+        // Leader moves, unknown or offline partitions, storage errors, throttling, ...
+        _ => FetchError::Retriable(format!("{what}: {err}")),
+    })
+}
+
+/// Locks `m`, also after a panic elsewhere (the data stays usable).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,6 +1,8 @@
-//! Reading one partition: Fetch and ListOffsets on our own connection to its leader, and the
-//! record batches decoded here ([`crate::records`]), so that no batch another client wrote can
-//! wedge the partition (every codec, transactions, unreadable batches confined).
+//! Reading one partition: Fetch and ListOffsets through the link to its leader (one request
+//! per broker for all the partitions it leads, see [`crate::link`]), and the record batches
+//! decoded here ([`crate::records`]), on the reader's own task, so that no batch another
+//! client wrote can wedge the partition (every codec, transactions, unreadable batches
+//! confined).
 //!
 //! Errors are classified as Kafka's Java consumer does: a lost connection, a moved leader or an
 //! unknown partition is retried after finding the leader again; `OFFSET_OUT_OF_RANGE` resets the
@@ -8,65 +10,10 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::ResponseError;
-
-use crate::config::Config;
-use crate::protocol::{ms, Conn, ConnError};
+use crate::cluster::Cluster;
+pub(crate) use crate::error::{partition_error, FetchError};
+use crate::link::Link;
 use crate::records::{self, Aborted, Decoded, Source};
-
-/// Why a request about one partition failed.
-#[derive(Debug)]
-pub(crate) enum FetchError {
-    /// Worth retrying once the leader was found again (connection lost, leader moved, the
-    /// partition not known yet).
-    Retriable(String),
-    /// The position is outside the partition's log.
-    OffsetOutOfRange,
-    /// Retrying cannot help (not authorized, unsupported): the partition stops.
-    Fatal(String),
-}
-
-impl std::fmt::Display for FetchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FetchError::Retriable(e) | FetchError::Fatal(e) => f.write_str(e),
-            FetchError::OffsetOutOfRange => f.write_str("offset out of range"),
-        }
-    }
-}
-
-impl From<ConnError> for FetchError {
-    fn from(e: ConnError) -> Self {
-        match e {
-            ConnError::Unsupported { .. } => FetchError::Fatal(e.to_string()),
-            _ => FetchError::Retriable(e.to_string()),
-        }
-    }
-}
-
-/// Classifies a partition-level error code.
-fn partition_error(code: i16, what: &str) -> Result<(), FetchError> {
-    let Some(err) = ResponseError::try_from_code(code) else {
-        return Ok(());
-    };
-    Err(match err {
-        ResponseError::OffsetOutOfRange => FetchError::OffsetOutOfRange,
-        ResponseError::TopicAuthorizationFailed
-        | ResponseError::ClusterAuthorizationFailed
-        | ResponseError::UnsupportedVersion
-        | ResponseError::UnsupportedCompressionType
-        | ResponseError::InvalidRequest => FetchError::Fatal(format!("{what}: {err}")),
-        // Leader moves, unknown or offline partitions, storage errors, throttling, ...
-        _ => FetchError::Retriable(format!("{what}: {err}")),
-    })
-}
 
 /// One fetch's result.
 #[derive(Debug)]
@@ -79,10 +26,9 @@ pub(crate) struct Fetch {
 /// Reads one partition from its leader.
 #[derive(Debug)]
 pub(crate) struct PartitionReader {
-    config: Arc<Config>,
+    cluster: Arc<Cluster>,
     topic: Arc<str>,
     partition: i32,
-    conn: LeaderConn,
     /// Per-partition fetch size; grows when a single batch does not fit (brokers older than
     /// KIP-74 cut it), back to the configured size after.
     max_bytes: i32,
@@ -92,13 +38,12 @@ pub(crate) struct PartitionReader {
 const MAX_GROWN_FETCH: i32 = 256 * 1024 * 1024;
 
 impl PartitionReader {
-    pub(crate) fn new(config: Arc<Config>, topic: Arc<str>, partition: i32) -> Self {
-        let max_bytes = config.fetch_max_bytes;
+    pub(crate) fn new(cluster: Arc<Cluster>, topic: Arc<str>, partition: i32) -> Self {
+        let max_bytes = cluster.config().fetch_max_bytes;
         Self {
-            config,
+            cluster,
             topic,
             partition,
-            conn: LeaderConn::default(),
             max_bytes,
         }
     }
@@ -112,16 +57,16 @@ impl PartitionReader {
         format!("partition {} of topic {:?}", self.partition, self.topic)
     }
 
-    async fn conn(&mut self) -> Result<&mut Conn, FetchError> {
-        self.conn
-            .get(&self.config, &self.topic, self.partition)
-            .await
+    /// The link to the partition's leader, and the leader's epoch.
+    async fn link(&self) -> Result<(Link, i32), FetchError> {
+        let leader = self.cluster.leader(&self.topic, self.partition).await?;
+        Ok((self.cluster.link(&leader.addr), leader.epoch))
     }
 
-    /// Drops the connection after an error that says the leader may have moved.
+    /// Forgets the leader after an error that says it may have moved.
     fn check<T>(&mut self, res: Result<T, FetchError>) -> Result<T, FetchError> {
         if matches!(res, Err(FetchError::Retriable(_))) {
-            self.conn.forget();
+            self.cluster.forget(&self.topic, self.partition);
         }
         res
     }
@@ -133,42 +78,15 @@ impl PartitionReader {
     }
 
     async fn try_fetch(&mut self, offset: i64) -> Result<Fetch, FetchError> {
-        let config = self.config.clone();
+        let config = self.cluster.config().clone();
         let what = self.what();
         let max_bytes = self.max_bytes;
         let topic = self.topic.clone();
         let partition = self.partition;
-        let conn = self.conn().await?;
-        // Up to v12: later versions name topics by id.
-        let version = conn.version::<FetchRequest>(12)?;
-        let mut part = FetchPartition::default();
-        part.partition = partition;
-        part.fetch_offset = offset;
-        part.partition_max_bytes = max_bytes;
-        part.current_leader_epoch = -1;
-        part.last_fetched_epoch = -1;
-        part.log_start_offset = -1;
-        let mut t = FetchTopic::default();
-        t.topic = TopicName(StrBytes::from_string(topic.to_string()));
-        t.partitions = vec![part];
-        let mut req = FetchRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.max_wait_ms = ms(config.fetch_max_wait).max(1);
-        req.min_bytes = 1;
-        req.max_bytes = max_bytes;
-        req.isolation_level = 1;
-        req.session_id = 0;
-        req.session_epoch = -1;
-        req.topics = vec![t];
-        let limit = config.request_timeout + config.fetch_max_wait;
-        let resp = conn.send_within(&req, version, limit).await?;
-        partition_error(resp.error_code, &what)?;
-        let data = resp
-            .responses
-            .into_iter()
-            .filter(|t| *t.topic == *topic)
-            .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index == partition);
+        let (link, epoch) = self.link().await?;
+        let data = link
+            .fetch(&topic, partition, epoch, offset, max_bytes)
+            .await?;
         let Some(data) = data else {
             // A fetch that found nothing may be answered with no partitions at all (Tansu
             // 0.6.0 does; Apache Kafka lists the partition with no records). Nothing to read.
@@ -260,119 +178,11 @@ impl PartitionReader {
     /// ListOffsets for `timestamp` (-2: the first offset); -1 when no message is that late.
     async fn list_offset(&mut self, timestamp: i64) -> Result<i64, FetchError> {
         let what = self.what();
-        let topic = self.topic.clone();
-        let partition = self.partition;
-        let conn = self.conn().await?;
-        let version = conn.version::<ListOffsetsRequest>(7)?;
-        let mut p = ListOffsetsPartition::default();
-        p.partition_index = partition;
-        p.timestamp = timestamp;
-        p.current_leader_epoch = -1;
-        let mut t = ListOffsetsTopic::default();
-        t.name = TopicName(StrBytes::from_string(topic.to_string()));
-        t.partitions = vec![p];
-        let mut req = ListOffsetsRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.isolation_level = 1;
-        req.topics = vec![t];
-        let resp = conn.send(&req, version).await?;
-        let p = resp
-            .topics
-            .into_iter()
-            .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| {
-                FetchError::Retriable(format!("{what}: not in the ListOffsets answer"))
-            })?;
+        let (link, _) = self.link().await?;
+        let p = link
+            .list_offset(&self.topic, self.partition, timestamp)
+            .await?;
         partition_error(p.error_code, &what)?;
         Ok(p.offset)
     }
-}
-
-/// A connection to one partition's leader, for reading or writing it: kept while it works,
-/// found again through metadata after any failure.
-#[derive(Debug, Default)]
-pub(crate) struct LeaderConn(Option<Conn>);
-
-impl LeaderConn {
-    /// The connection, (re)connecting to the leader if there is none or it broke.
-    pub(crate) async fn get(
-        &mut self,
-        config: &Config,
-        topic: &str,
-        partition: i32,
-    ) -> Result<&mut Conn, FetchError> {
-        if self.0.as_ref().is_some_and(Conn::is_broken) {
-            self.0 = None;
-        }
-        if self.0.is_none() {
-            self.0 = Some(leader(config, topic, partition).await?);
-        }
-        Ok(self.0.as_mut().expect("connected above"))
-    }
-
-    /// Drops the connection after an error that says the leader may have moved.
-    pub(crate) fn forget(&mut self) {
-        self.0 = None;
-    }
-}
-
-/// Connects to the leader of `topic`'s `partition`, found through any bootstrap broker.
-pub(crate) async fn leader(
-    config: &Config,
-    topic: &str,
-    partition: i32,
-) -> Result<Conn, FetchError> {
-    let timeout = config.connect_timeout.min(config.request_timeout);
-    let mut last = None;
-    for addr in &config.brokers {
-        let mut conn = match Conn::connect(addr, config, timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                last = Some(FetchError::from(e));
-                continue;
-            }
-        };
-        let version = conn.version::<MetadataRequest>(12)?;
-        let mut t = MetadataRequestTopic::default();
-        t.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
-        let mut req = MetadataRequest::default();
-        req.topics = Some(vec![t]);
-        req.allow_auto_topic_creation = false;
-        let resp = match conn.send(&req, version).await {
-            Ok(r) => r,
-            Err(e) => {
-                last = Some(e.into());
-                continue;
-            }
-        };
-        let what = format!("partition {partition} of topic {topic:?}");
-        let t = resp
-            .topics
-            .iter()
-            .find(|t| t.name.as_deref().map(|n| &**n) == Some(topic))
-            .ok_or_else(|| FetchError::Retriable(format!("{what}: topic not in metadata")))?;
-        partition_error(t.error_code, &what)?;
-        let p = t
-            .partitions
-            .iter()
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| FetchError::Retriable(format!("{what}: partition not in metadata")))?;
-        partition_error(p.error_code, &what)?;
-        let b = resp
-            .brokers
-            .iter()
-            .find(|b| b.node_id == p.leader_id)
-            .ok_or_else(|| {
-                FetchError::Retriable(format!("{what}: no leader (broker {})", p.leader_id.0))
-            })?;
-        let leader = format!("{}:{}", b.host, b.port);
-        if leader == *addr {
-            return Ok(conn);
-        }
-        return Conn::connect(&leader, config, timeout)
-            .await
-            .map_err(Into::into);
-    }
-    Err(last.unwrap_or_else(|| FetchError::Fatal("no bootstrap address".into())))
 }

@@ -12,11 +12,17 @@
 //! [`KafkaBroker`] implements the core's `Transport`: at startup it connects (bounded by the
 //! connect timeout, TLS and SASL as [`Security`] says), makes sure every subscribed, published
 //! and dead-letter topic exists, and starts one consumer per subscribed partition. Each consumer
-//! fetches with its own requests and record-batch decoder, runs messages through the handler
-//! pipeline (in offset order, or key-ordered with `concurrency`), and queues the outputs to
-//! batching producers (one per target partition, Kafka's murmur2 partitioner for keyed
-//! messages). On shutdown it stops fetching, finishes the messages in hand, waits for the acks of
-//! everything it produced and flushes.
+//! hands its next fetch to the link of its partition's leader and decodes its part of the
+//! answer itself, runs messages through the handler pipeline (in offset order, or key-ordered
+//! with `concurrency`), and queues the outputs to batching producers (one per target
+//! partition, Kafka's murmur2 partitioner for keyed messages), whose batches go out through the
+//! same links. On shutdown it stops fetching, finishes the messages in hand, waits for the acks
+//! of everything it produced and flushes.
+//!
+//! The I/O grows with brokers, not partitions: one cache of partition leaders per service, and
+//! per broker one link of two connections, a fetch connection (one Fetch request for every
+//! partition read from that broker) and a request connection (one Produce request for every
+//! partition's waiting batch, and ListOffsets), as Java's fetcher and sender do.
 //!
 //! Routes with a `group_id` join that consumer group (Kafka's classic group protocol, spoken with
 //! the `kafka-protocol` crate): partitions are assigned by the group,
@@ -25,12 +31,16 @@
 //!
 //! Modules in layers, each using only those below it (`scripts/import-cycles --graph` prints
 //! them; CI fails on a circle):
-//! 1. `error`, `metrics` (what consumers, groups and producers record through the `metrics`
-//!    facade, feature `metrics`), `records` (record-batch decoding: codecs, transactions);
+//! 1. `error` (the transport's errors, and why a request about one partition failed),
+//!    `metrics` (what consumers, groups and producers record through the `metrics` facade,
+//!    feature `metrics`), `records` (record-batch decoding: codecs, transactions);
 //! 2. `security` (TLS, SASL), then `config` (settings);
 //! 3. `protocol` (one connection: framing, versions, TLS, SASL), `encode` (record batches v2
-//!    from outgoing messages), `topics` (names, existence, creation);
-//! 4. `assign` (the group leader's assignors), `fetch` (one partition's Fetch and ListOffsets),
+//!    from outgoing messages), `topics` (names, existence, creation), `link` (one broker's
+//!    fetch and request connections, merging what every partition asks), then `cluster`
+//!    (partition leaders, the links by broker);
+//! 4. `assign` (the group leader's assignors), `fetch` (one partition's reads through its
+//!    leader's link, and the decoding of its part of the answer),
 //!    `transaction` (a group's transactional producer and commit gate, exactly-once);
 //! 5. `group::coordinator` (join and sync, heartbeats, offset fetch and commit, leave),
 //!    `produce` (batching producers, the partitioner, produce errors);
@@ -43,6 +53,7 @@
 mod assign;
 mod backoff;
 mod broker;
+mod cluster;
 mod config;
 mod consume;
 mod encode;
@@ -50,6 +61,7 @@ mod error;
 mod fetch;
 mod group;
 mod idempotence;
+mod link;
 mod metrics;
 mod produce;
 mod protocol;

@@ -7,11 +7,12 @@
 //! bounded, so a slow broker slows the consumers (backpressure) instead of growing memory.
 //!
 //! Each request's record batch is encoded here ([`crate::encode`]) straight from the outgoing
-//! messages and sent as a Produce request on our own connection to the partition's leader
-//! (found through metadata, found again after any failure). Errors are classified as Kafka's
-//! Java producer does: retriable ones (a moved leader, a lost connection, a timeout) are retried
-//! with backoff until `delivery_timeout`; a batch refused as too large is split; the rest fails
-//! the messages for good. Consuming has its own connections ([`crate::fetch`]).
+//! messages and handed to the link of the partition's leader ([`crate::link`], the leader from
+//! [`crate::cluster`], looked up again after any failure), which sends it in one Produce
+//! request with the batches of every other partition of that broker waiting at the time.
+//! Errors are classified as Kafka's Java producer does: retriable ones (a moved leader, a lost
+//! connection, a timeout) are retried with backoff until `delivery_timeout`; a batch refused as
+//! too large is split; the rest fails the messages for good.
 //!
 //! Request sizing: a partition's task sends what is queued when its previous request was
 //! answered, up to `max_batch_bytes` per request; with less than [`LINGER_FILL`] queued it first
@@ -25,20 +26,19 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use faststream_core::OutgoingMessage;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName, TransactionalId};
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::backoff::Backoff;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::encode::{BatchHeader, Encoder};
+pub(crate) use crate::error::lock;
+use crate::error::FetchError;
 use crate::error::KafkaError;
-use crate::fetch::LeaderConn;
 use crate::idempotence::{self, IdError, Identity, Producer};
-use crate::protocol::{ms, ConnError};
+use crate::link::Batch;
 use crate::transaction::{Txn, TxnError};
 
 /// Below this many queued bytes a partition's task waits up to `linger` for more (Java's
@@ -105,6 +105,7 @@ struct Queue {
 #[derive(Debug)]
 pub(crate) struct Producers {
     config: Arc<Config>,
+    cluster: Arc<Cluster>,
     /// Partition counts by topic, with when they were looked up (refreshed after
     /// `metadata_max_age`, so keys are partitioned with a count that follows the cluster's).
     partitions: Mutex<HashMap<String, (i32, tokio::time::Instant)>>,
@@ -120,9 +121,10 @@ pub(crate) struct Producers {
 }
 
 impl Producers {
-    pub(crate) fn new(config: Arc<Config>) -> Self {
+    pub(crate) fn new(cluster: Arc<Cluster>) -> Self {
         Self {
-            config,
+            config: cluster.config().clone(),
+            cluster,
             partitions: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             declared: Mutex::default(),
@@ -133,6 +135,11 @@ impl Producers {
         }
     }
 
+    /// Partition leaders and the links to the brokers.
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// Producers writing in `txn`'s transactions (an exactly-once group's), knowing the
     /// topics `plain` knows the routes name.
     pub(crate) fn transactional(plain: &Producers, txn: Arc<Txn>) -> Self {
@@ -140,7 +147,7 @@ impl Producers {
         Self {
             txn: Some(txn),
             declared: Mutex::new(declared),
-            ..Self::new(plain.config.clone())
+            ..Self::new(plain.cluster.clone())
         }
     }
 
@@ -424,7 +431,7 @@ impl Producers {
             config: self.config.clone(),
             topic: topic.to_owned(),
             partition,
-            conn: LeaderConn::default(),
+            cluster: self.cluster.clone(),
             encoder: Encoder::default(),
             identity: self.identity.clone(),
             txn: self.txn.clone(),
@@ -446,11 +453,6 @@ impl Producers {
             let _ = task.await;
         }
     }
-}
-
-/// Locks `m`, also after a panic elsewhere (the data stays usable).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn run_partition_producer(
@@ -554,7 +556,7 @@ struct Writer {
     config: Arc<Config>,
     topic: String,
     partition: i32,
-    conn: LeaderConn,
+    cluster: Arc<Cluster>,
     encoder: Encoder,
     identity: Arc<Identity>,
     /// Set when writing in a group's transactions.
@@ -656,56 +658,34 @@ impl Writer {
         let res = self.send(records.freeze()).await;
         if matches!(res, Err((Refusal::Retriable, _))) {
             // The leader may have moved: look it up again before the retry.
-            self.conn.forget();
+            self.cluster.forget(&self.topic, self.partition);
         }
         res
     }
 
     async fn send(&mut self, records: bytes::Bytes) -> Result<(), (Refusal, String)> {
         let what = || format!("partition {} of topic {:?}", self.partition, self.topic);
-        let config = self.config.clone();
-        let conn = self
-            .conn
-            .get(&config, &self.topic, self.partition)
+        let failed = |e: FetchError| match e {
+            FetchError::Fatal(e) => (Refusal::Permanent, e),
+            e => (Refusal::Retriable, e.to_string()),
+        };
+        let leader = self
+            .cluster
+            .leader(&self.topic, self.partition)
             .await
             .map_err(|e| (Refusal::Retriable, format!("finding the leader: {e}")))?;
-        // Up to v9: later versions add leader hints (v10) and topic ids (v13).
-        let version = conn
-            .version::<ProduceRequest>(9)
-            .map_err(|e| (Refusal::Permanent, e.to_string()))?;
-        let mut data = PartitionProduceData::default();
-        data.index = self.partition;
-        data.records = Some(records);
-        let mut t = TopicProduceData::default();
-        t.name = TopicName(StrBytes::from_string(self.topic.clone()));
-        t.partition_data = vec![data];
-        let mut req = ProduceRequest::default();
-        req.transactional_id = self
-            .txn
-            .as_ref()
-            .map(|t| TransactionalId(StrBytes::from_string(t.id().to_owned())));
-        req.acks = -1;
-        req.timeout_ms = ms(config.request_timeout);
-        req.topic_data = vec![t];
-        let resp = conn
-            .send_within(&req, version, config.request_timeout)
+        let batch = Batch {
+            topic: Arc::from(self.topic.as_str()),
+            partition: self.partition,
+            records,
+            transactional_id: self.txn.as_ref().map(|t| Arc::from(t.id())),
+        };
+        let p = self
+            .cluster
+            .link(&leader.addr)
+            .produce(batch)
             .await
-            .map_err(|e| match e {
-                ConnError::Unsupported { .. } => (Refusal::Permanent, e.to_string()),
-                e => (Refusal::Retriable, e.to_string()),
-            })?;
-        let p = resp
-            .responses
-            .iter()
-            .filter(|t| *t.name == *self.topic)
-            .flat_map(|t| &t.partition_responses)
-            .find(|p| p.index == self.partition)
-            .ok_or_else(|| {
-                (
-                    Refusal::Retriable,
-                    format!("{}: not in the produce answer", what()),
-                )
-            })?;
+            .map_err(failed)?;
         match ResponseError::try_from_code(p.error_code) {
             // With idempotence: the leader already wrote this batch (an earlier attempt
             // whose answer was lost).

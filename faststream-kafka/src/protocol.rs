@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
+use crate::error::FetchError;
 
 /// A byte stream to a broker: TCP, or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
@@ -58,6 +59,15 @@ impl ConnError {
             self,
             ConnError::Tls { .. } | ConnError::Auth { .. } | ConnError::Setup(_)
         )
+    }
+}
+
+impl From<ConnError> for FetchError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Unsupported { .. } => FetchError::Fatal(e.to_string()),
+            _ => FetchError::Retriable(e.to_string()),
+        }
     }
 }
 

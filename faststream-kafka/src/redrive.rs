@@ -135,7 +135,7 @@ pub(crate) async fn redrive(
     let mut report = Redriven::default();
     let name: Arc<str> = Arc::from(dlq);
     for partition in 0..partitions {
-        let mut reader = PartitionReader::new(config.clone(), name.clone(), partition);
+        let mut reader = PartitionReader::new(producers.cluster().clone(), name.clone(), partition);
         let mut offset = match committed.get(&(dlq.to_owned(), partition)) {
             Some(&o) if o >= 0 => o,
             _ => first_or_end(&mut reader, true).await?,

@@ -13,7 +13,7 @@ use faststream_core::{header, Message, OutgoingMessage};
 use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
-use crate::config::Config;
+use crate::cluster::Cluster;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
 use crate::produce::lock;
@@ -33,7 +33,7 @@ pub(crate) struct Replies {
 impl Replies {
     /// Starts reading every partition of `topic` from its current end.
     pub(crate) async fn start(
-        config: Arc<Config>,
+        cluster: Arc<Cluster>,
         topic: String,
         partitions: i32,
     ) -> Result<Self, KafkaError> {
@@ -41,7 +41,7 @@ impl Replies {
         let mut readers = Vec::new();
         let name: Arc<str> = Arc::from(topic.as_str());
         for partition in 0..partitions {
-            let mut reader = PartitionReader::new(config.clone(), name.clone(), partition);
+            let mut reader = PartitionReader::new(cluster.clone(), name.clone(), partition);
             let start = start_offset(&mut reader, &topic, partition).await?;
             readers.push(AbortOnDropHandle::new(tokio::spawn(read_replies(
                 reader,
@@ -116,11 +116,9 @@ async fn read_replies(mut reader: PartitionReader, mut offset: i64, waiters: Wai
         match reader.fetch(offset).await {
             Ok(fetch) => {
                 backoff.reset();
-                let started = std::time::Instant::now();
                 if let Some(next) = fetch.decoded.next {
                     offset = offset.max(next);
                 }
-                let empty = fetch.decoded.items.is_empty();
                 for item in fetch.decoded.items {
                     if let Fetched::Record(msg) = item {
                         let id = msg.correlation_id().map(str::to_owned);
@@ -128,9 +126,6 @@ async fn read_replies(mut reader: PartitionReader, mut offset: i64, waiters: Wai
                             let _ = tx.send(msg);
                         }
                     }
-                }
-                if empty && started.elapsed() < Duration::from_millis(5) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
             Err(FetchError::OffsetOutOfRange) => match reader.offset(false).await {

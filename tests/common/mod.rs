@@ -409,6 +409,67 @@ pub async fn read(
     out
 }
 
+/// Reads every partition of `topic` (`partitions` of them) from the start, all partitions at
+/// once, until `want` records arrived in all, then once more each partition to its end (so
+/// that duplicates beyond `want` are returned too). For topics of many partitions, where
+/// [`read`]'s one-partition-at-a-time sweep is slow. Panics at the timeout.
+pub async fn read_all_partitions(
+    client: &Client,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+) -> Vec<RecordAndOffset> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut readers = tokio::task::JoinSet::new();
+    for p in 0..partitions {
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        let total = total.clone();
+        readers.spawn(async move {
+            let mut got = Vec::new();
+            let mut next = 0;
+            let mut last_round = false;
+            loop {
+                // Once all arrived, no waiting: only what is there (1 ms, not 0: Tansu
+                // answers a fetch with no wait without any topic).
+                let reached = total.load(Ordering::SeqCst) >= want;
+                let (records, high) = pc
+                    .fetch_records(next, 1..4_000_000, if reached { 1 } else { 200 })
+                    .await
+                    .unwrap();
+                let from = next;
+                for r in records.into_iter().filter(|r| r.offset >= from) {
+                    next = r.offset + 1;
+                    total.fetch_add(1, Ordering::SeqCst);
+                    got.push(r);
+                }
+                if last_round && next >= high {
+                    return got;
+                }
+                last_round = reached;
+                if tokio::time::Instant::now() > deadline {
+                    return got;
+                }
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(got) = readers.join_next().await {
+        all.extend(got.unwrap());
+    }
+    assert!(
+        all.len() >= want,
+        "read {} of {want} records from the {partitions} partitions of {topic} within \
+         {TIMEOUT:?}; the service's log lines about this test:\n{}",
+        all.len(),
+        logs_about(topic)
+    );
+    all
+}
+
 /// The records of `partition` of `topic` from offset `from` on that one fetch returns
 /// (waiting up to `max_wait_ms` for some), none before `from`.
 pub async fn fetch_from(
@@ -838,4 +899,30 @@ pub async fn startup_error(
         .to_string();
     eprintln!("startup error: {err}");
     err
+}
+
+/// The body of `GET url`, fetched with Python's standard HTTP client.
+pub async fn http_get(url: &str) -> String {
+    let script = "import sys, urllib.request\n\
+        print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end='')";
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, url])
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The values of a gauge labelled by broker, one per broker.
+pub fn per_broker(page: &str, name: &str) -> Vec<f64> {
+    let start = format!("{name}{{broker=\"");
+    page.lines()
+        .filter(|l| l.starts_with(&start))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
 }

@@ -1,0 +1,649 @@
+//! One broker, as the whole service talks to it: two connections, each driven by a task that
+//! merges what every partition asks of that broker into one request.
+//!
+//! - The **fetch** connection: every partition reader led by this broker hands its next fetch
+//!   here; one Fetch request carries all of them (Kafka holds it up to `fetch_max_wait` until
+//!   one partition has data), and each reader gets its partition's part back to decode on its
+//!   own task. A reader that is not asking (its consumer is busy or paused) is simply not in
+//!   the next request: backpressure stays per partition.
+//! - The **request** connection: produce batches (one Produce request carries the batch of
+//!   every partition whose producer is waiting, as the Java client's sender does) and
+//!   ListOffsets lookups. Fetches never wait behind it, nor it behind a fetch the broker holds.
+//!
+//! Each connection carries one request at a time (Kafka handles one request per connection at
+//! a time anyway); what is asked meanwhile goes into the next one. A lost connection fails the
+//! requests on it (the callers retry with their backoff) and is opened again, after a
+//! jittered backoff when opening failed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName, TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error::{partition_error, FetchError};
+use crate::protocol::{ms, Conn};
+
+/// Largest answer asked for in one Fetch request (each partition's part is bounded by its
+/// own fetch size; Kafka fills partitions in request order up to this, and the order turns
+/// every round so that none is always last).
+const FETCH_RESPONSE_MAX: i32 = 16 * 1024 * 1024;
+/// Largest Produce request built from several partitions' batches (one batch larger than
+/// this goes alone; Kafka's `socket.request.max.bytes` is 100 MiB).
+const PRODUCE_REQUEST_MAX: usize = 16 * 1024 * 1024;
+/// How long a fetch is held while a partition known to have more to read is not in it (its
+/// consumer was busy when the request left): short, so that it joins the next one soon.
+const REJOIN_WAIT: Duration = Duration::from_millis(10);
+/// How long a partition that had data counts as having more, while it does not ask.
+const BEHIND_FOR: Duration = Duration::from_secs(1);
+/// Pauses after a fetch round the broker answered empty at once (a broker that does not hold
+/// empty fetches for `fetch_max_wait`, as Tansu 0.6.0): the extra latency of a first new
+/// message on a quiet broker, never more.
+const IDLE_MIN: Duration = Duration::from_millis(20);
+const IDLE_MAX: Duration = Duration::from_millis(100);
+
+/// What a reader or producer gets when its part of a request could not be had.
+pub(crate) type Answer<T> = Result<T, FetchError>;
+
+/// The handle to one broker's two connections. Cheap to clone; the tasks end when the last
+/// handle is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    fetches: mpsc::UnboundedSender<FetchJob>,
+    requests: mpsc::UnboundedSender<Job>,
+}
+
+#[derive(Debug)]
+struct FetchJob {
+    topic: Arc<str>,
+    partition: i32,
+    /// The leader epoch the reader knows (-1: none): the broker refuses the fetch if its own
+    /// differs (KIP-320), and the reader looks the leader up again.
+    epoch: i32,
+    offset: i64,
+    max_bytes: i32,
+    reply: oneshot::Sender<Answer<Option<PartitionData>>>,
+}
+
+/// A batch of one partition for the broker's next Produce request.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) records: Bytes,
+    /// Set when the batch belongs to a transaction: batches of different transactional ids
+    /// go in different requests.
+    pub(crate) transactional_id: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+enum Job {
+    Produce {
+        batch: Batch,
+        reply: oneshot::Sender<Answer<PartitionProduceResponse>>,
+    },
+    ListOffsets {
+        topic: Arc<str>,
+        partition: i32,
+        timestamp: i64,
+        reply: oneshot::Sender<Answer<ListOffsetsPartitionResponse>>,
+    },
+}
+
+impl Link {
+    /// Starts the tasks of the link to `addr` (nothing connects before the first request).
+    pub(crate) fn start(config: Arc<Config>, addr: Arc<str>) -> Self {
+        let (fetches, fetch_rx) = mpsc::unbounded_channel();
+        let (requests, request_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_fetches(
+            Channel::new(config.clone(), addr.clone()),
+            fetch_rx,
+        ));
+        tokio::spawn(run_requests(Channel::new(config, addr), request_rx));
+        Self { fetches, requests }
+    }
+
+    /// `topic`'s `partition` from `offset`, at most `max_bytes` of it, in the broker's next
+    /// fetch (`None`: the broker's answer did not list the partition).
+    pub(crate) async fn fetch(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        epoch: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Answer<Option<PartitionData>> {
+        let (reply, rx) = oneshot::channel();
+        let job = FetchJob {
+            topic: topic.clone(),
+            partition,
+            epoch,
+            offset,
+            max_bytes,
+            reply,
+        };
+        if self.fetches.send(job).is_err() {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// ListOffsets for `timestamp` in `topic`'s `partition`.
+    pub(crate) async fn list_offset(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        timestamp: i64,
+    ) -> Answer<ListOffsetsPartitionResponse> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::ListOffsets {
+            topic: topic.clone(),
+            partition,
+            timestamp,
+            reply,
+        };
+        self.ask(job, rx).await
+    }
+
+    /// Writes `batch` in the broker's next Produce request (`acks = all`) and returns the
+    /// partition's answer.
+    pub(crate) async fn produce(&self, batch: Batch) -> Answer<PartitionProduceResponse> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Job::Produce { batch, reply }, rx).await
+    }
+
+    async fn ask<T>(&self, job: Job, rx: oneshot::Receiver<Answer<T>>) -> Answer<T> {
+        if self.requests.send(job).is_err() {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+fn gone() -> FetchError {
+    FetchError::Retriable("the connection task of this broker ended".into())
+}
+
+/// One connection to the broker, opened when needed, with the backoff between failed opens.
+struct Channel {
+    config: Arc<Config>,
+    addr: Arc<str>,
+    conn: Option<Conn>,
+    backoff: Backoff,
+}
+
+impl Channel {
+    fn new(config: Arc<Config>, addr: Arc<str>) -> Self {
+        Self {
+            config,
+            addr,
+            conn: None,
+            backoff: Backoff::requests(),
+        }
+    }
+
+    /// The connection, opened if there is none or the last one broke. After a failed open the
+    /// caller fails its requests and waits [`Channel::pause`] before the next try.
+    async fn get(&mut self) -> Result<&mut Conn, FetchError> {
+        if self.conn.as_ref().is_some_and(Conn::is_broken) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let timeout = self.config.connect_timeout.min(self.config.request_timeout);
+            let conn = Conn::connect(&self.addr, &self.config, timeout).await?;
+            self.backoff.reset();
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Waits before the next open after a failed one.
+    async fn pause(&mut self) {
+        if self.conn.is_none() {
+            self.backoff.sleep().await;
+        }
+    }
+}
+
+/// Fails every job of a request that could not be sent or answered.
+fn fail_all<T>(replies: impl IntoIterator<Item = oneshot::Sender<Answer<T>>>, e: &FetchError) {
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<FetchJob>) {
+    let config = channel.config.clone();
+    let mut pending: Vec<FetchJob> = Vec::new();
+    // Partitions whose last answer had records, and since when.
+    let mut behind: HashMap<(Arc<str>, i32), Instant> = HashMap::new();
+    let mut round: usize = 0;
+    let mut idle = IDLE_MIN;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(job) => pending.push(job),
+                None => return,
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            pending.push(job);
+        }
+        // Readers that stopped waiting (their consumer stopped).
+        pending.retain(|j| !j.reply.is_closed());
+        if pending.is_empty() {
+            continue;
+        }
+        // A partition asked about twice (a consumer, and a re-read of the same partition)
+        // goes once per request: the other waits for the next.
+        let mut jobs: Vec<FetchJob> = Vec::with_capacity(pending.len());
+        let mut asked: HashSet<(Arc<str>, i32)> = HashSet::with_capacity(pending.len());
+        for job in std::mem::take(&mut pending) {
+            if asked.insert((job.topic.clone(), job.partition)) {
+                jobs.push(job);
+            } else {
+                pending.push(job);
+            }
+        }
+        let now = Instant::now();
+        behind.retain(|_, since| now.duration_since(*since) < BEHIND_FOR);
+        let missing = behind.keys().any(|k| !asked.contains(k));
+        let wait = if missing {
+            REJOIN_WAIT.min(config.fetch_max_wait)
+        } else {
+            config.fetch_max_wait
+        };
+        let started = Instant::now();
+        let answered = match fetch_round(&mut channel, &jobs, round, wait).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                channel.conn = None;
+                fail_all(jobs.into_iter().map(|j| j.reply), &e);
+                channel.pause().await;
+                continue;
+            }
+        };
+        round = round.wrapping_add(1);
+        let mut any = false;
+        for (job, data) in jobs.into_iter().zip(answered) {
+            let key = (job.topic, job.partition);
+            let has = data
+                .as_ref()
+                .and_then(|d| d.records.as_ref())
+                .is_some_and(|r| !r.is_empty());
+            if has {
+                any = true;
+                behind.insert(key, now);
+            } else {
+                behind.remove(&key);
+            }
+            let _ = job.reply.send(Ok(data));
+        }
+        if !any && started.elapsed() < wait / 2 {
+            // Answered empty at once: the broker does not hold fetches; do not spin.
+            tokio::time::sleep(idle).await;
+            idle = (idle * 2).min(IDLE_MAX);
+        } else if any {
+            idle = IDLE_MIN;
+        }
+    }
+}
+
+/// One Fetch request for `jobs`, answering each job's partition in job order (`None`: not in
+/// the answer). The partitions' records are copied out of the answer when several have
+/// some, so that one slow consumer does not keep the whole answer in memory.
+async fn fetch_round(
+    channel: &mut Channel,
+    jobs: &[FetchJob],
+    round: usize,
+    wait: Duration,
+) -> Result<Vec<Option<PartitionData>>, FetchError> {
+    let config = channel.config.clone();
+    let conn = channel.get().await?;
+    // Up to v12: later versions name topics by id.
+    let version = conn.version::<FetchRequest>(12)?;
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.rotate_left(round % jobs.len());
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    let mut total: i32 = 0;
+    let mut largest: i32 = 0;
+    for i in order {
+        let job = &jobs[i];
+        let mut part = FetchPartition::default();
+        part.partition = job.partition;
+        part.fetch_offset = job.offset;
+        part.partition_max_bytes = job.max_bytes;
+        part.current_leader_epoch = job.epoch;
+        part.last_fetched_epoch = -1;
+        part.log_start_offset = -1;
+        total = total.saturating_add(job.max_bytes);
+        largest = largest.max(job.max_bytes);
+        // Consecutive partitions of one topic share its entry.
+        match topics.last_mut() {
+            Some(t) if *t.topic == *job.topic => t.partitions.push(part),
+            _ => {
+                let mut t = FetchTopic::default();
+                t.topic = TopicName(StrBytes::from_string(job.topic.to_string()));
+                t.partitions = vec![part];
+                topics.push(t);
+            }
+        }
+    }
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = ms(wait).max(1);
+    req.min_bytes = 1;
+    req.max_bytes = total.min(FETCH_RESPONSE_MAX).max(largest);
+    req.isolation_level = 1;
+    req.session_id = 0;
+    req.session_epoch = -1;
+    req.topics = topics;
+    let limit = config.request_timeout + wait;
+    let resp = conn.send_within(&req, version, limit).await?;
+    partition_error(resp.error_code, &format!("fetch from {}", conn.addr()))?;
+    let mut by_partition: HashMap<(&str, i32), PartitionData> = HashMap::new();
+    let mut with_records = 0;
+    for t in &resp.responses {
+        for p in &t.partitions {
+            if p.records.as_ref().is_some_and(|r| !r.is_empty()) {
+                with_records += 1;
+            }
+        }
+    }
+    let resp_topics = resp.responses;
+    let mut names: Vec<(TopicName, Vec<PartitionData>)> = resp_topics
+        .into_iter()
+        .map(|t| (t.topic, t.partitions))
+        .collect();
+    for (name, partitions) in &mut names {
+        for mut p in std::mem::take(partitions) {
+            if with_records > 1 {
+                if let Some(r) = &p.records {
+                    p.records = Some(Bytes::copy_from_slice(r));
+                }
+            }
+            by_partition.insert((name.as_str(), p.partition_index), p);
+        }
+    }
+    Ok(jobs
+        .iter()
+        .map(|j| by_partition.remove(&(&*j.topic, j.partition)))
+        .collect())
+}
+
+async fn run_requests(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        let mut lists = Vec::new();
+        let mut batches: Vec<(Batch, oneshot::Sender<Answer<PartitionProduceResponse>>)> =
+            Vec::new();
+        for job in jobs {
+            match job {
+                Job::ListOffsets {
+                    topic,
+                    partition,
+                    timestamp,
+                    reply,
+                } => lists.push((topic, partition, timestamp, reply)),
+                Job::Produce { batch, reply } => batches.push((batch, reply)),
+            }
+        }
+        if !lists.is_empty() {
+            list_offsets(&mut channel, lists).await;
+        }
+        while !batches.is_empty() {
+            let request = take_request(&mut batches);
+            produce(&mut channel, request).await;
+        }
+    }
+}
+
+/// The batches of the next Produce request: those of the first batch's transactional id, in
+/// queue order, one per partition, up to [`PRODUCE_REQUEST_MAX`] bytes (the first always).
+fn take_request<T>(batches: &mut Vec<(Batch, T)>) -> Vec<(Batch, T)> {
+    let txn = batches[0].0.transactional_id.clone();
+    let mut bytes = 0;
+    let mut taken = Vec::new();
+    let mut rest = Vec::new();
+    // One batch per partition and request (two producers of one partition take turns).
+    let mut partitions = HashSet::new();
+    for (batch, reply) in batches.drain(..) {
+        let fits = taken.is_empty() || bytes + batch.records.len() <= PRODUCE_REQUEST_MAX;
+        if batch.transactional_id == txn
+            && fits
+            && partitions.insert((batch.topic.clone(), batch.partition))
+        {
+            bytes += batch.records.len();
+            taken.push((batch, reply));
+        } else {
+            rest.push((batch, reply));
+        }
+    }
+    *batches = rest;
+    taken
+}
+
+type ListJob = (
+    Arc<str>,
+    i32,
+    i64,
+    oneshot::Sender<Answer<ListOffsetsPartitionResponse>>,
+);
+
+/// ListOffsets requests for `jobs`: one, unless a partition is asked about twice (another
+/// timestamp), which goes in the next.
+async fn list_offsets(channel: &mut Channel, mut jobs: Vec<ListJob>) {
+    while !jobs.is_empty() {
+        let mut now: Vec<ListJob> = Vec::new();
+        let mut later = Vec::new();
+        for job in jobs {
+            if now.iter().any(|j| j.0 == job.0 && j.1 == job.1) {
+                later.push(job);
+            } else {
+                now.push(job);
+            }
+        }
+        list_offsets_once(channel, now).await;
+        jobs = later;
+    }
+}
+
+async fn list_offsets_once(channel: &mut Channel, jobs: Vec<ListJob>) {
+    let res = async {
+        let conn = channel.get().await?;
+        let version = conn.version::<ListOffsetsRequest>(7)?;
+        let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+        for (topic, partition, timestamp, _) in &jobs {
+            let mut p = ListOffsetsPartition::default();
+            p.partition_index = *partition;
+            p.timestamp = *timestamp;
+            p.current_leader_epoch = -1;
+            match topics.iter_mut().find(|t| *t.name == **topic) {
+                Some(t) => t.partitions.push(p),
+                None => {
+                    let mut t = ListOffsetsTopic::default();
+                    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+                    t.partitions = vec![p];
+                    topics.push(t);
+                }
+            }
+        }
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.isolation_level = 1;
+        req.topics = topics;
+        Ok::<_, FetchError>(conn.send(&req, version).await?)
+    };
+    match res.await {
+        Ok(resp) => {
+            let mut answers: HashMap<(String, i32), ListOffsetsPartitionResponse> = HashMap::new();
+            for t in resp.topics {
+                for p in t.partitions {
+                    answers.insert((t.name.to_string(), p.partition_index), p);
+                }
+            }
+            for (topic, partition, _, reply) in jobs {
+                let answer = answers
+                    .remove(&(topic.to_string(), partition))
+                    .ok_or_else(|| {
+                        FetchError::Retriable(format!(
+                            "partition {partition} of topic {topic:?}: not in the ListOffsets answer"
+                        ))
+                    });
+                let _ = reply.send(answer);
+            }
+        }
+        Err(e) => {
+            channel.conn = None;
+            fail_all(jobs.into_iter().map(|j| j.3), &e);
+            channel.pause().await;
+        }
+    }
+}
+
+async fn produce(
+    channel: &mut Channel,
+    request: Vec<(Batch, oneshot::Sender<Answer<PartitionProduceResponse>>)>,
+) {
+    let config = channel.config.clone();
+    let txn = request[0].0.transactional_id.clone();
+    let mut topics: Vec<TopicProduceData> = Vec::new();
+    for (batch, _) in &request {
+        let mut data = PartitionProduceData::default();
+        data.index = batch.partition;
+        data.records = Some(batch.records.clone());
+        match topics.iter_mut().find(|t| *t.name == *batch.topic) {
+            Some(t) => t.partition_data.push(data),
+            None => {
+                let mut t = TopicProduceData::default();
+                t.name = TopicName(StrBytes::from_string(batch.topic.to_string()));
+                t.partition_data = vec![data];
+                topics.push(t);
+            }
+        }
+    }
+    let mut req = ProduceRequest::default();
+    req.transactional_id = txn.map(|t| TransactionalId(StrBytes::from_string(t.to_string())));
+    req.acks = -1;
+    req.timeout_ms = ms(config.request_timeout);
+    req.topic_data = topics;
+    let res = async {
+        let conn = channel.get().await?;
+        // Up to v9: later versions add leader hints (v10) and topic ids (v13).
+        let version = conn.version::<ProduceRequest>(9)?;
+        Ok::<_, FetchError>(
+            conn.send_within(&req, version, config.request_timeout)
+                .await?,
+        )
+    };
+    match res.await {
+        Ok(resp) => {
+            let mut answers: HashMap<(String, i32), PartitionProduceResponse> = HashMap::new();
+            for t in resp.responses {
+                for p in t.partition_responses {
+                    answers.insert((t.name.to_string(), p.index), p);
+                }
+            }
+            for (batch, reply) in request {
+                let answer = answers
+                    .remove(&(batch.topic.to_string(), batch.partition))
+                    .ok_or_else(|| {
+                        FetchError::Retriable(format!(
+                            "partition {} of topic {:?}: not in the produce answer",
+                            batch.partition, batch.topic
+                        ))
+                    });
+                let _ = reply.send(answer);
+            }
+        }
+        Err(e) => {
+            channel.conn = None;
+            fail_all(request.into_iter().map(|(_, reply)| reply), &e);
+            channel.pause().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(topic: &str, partition: i32, bytes: usize, txn: Option<&str>) -> (Batch, usize) {
+        let batch = Batch {
+            topic: Arc::from(topic),
+            partition,
+            records: Bytes::from(vec![0u8; bytes]),
+            transactional_id: txn.map(Arc::from),
+        };
+        (batch, 0)
+    }
+
+    fn keys(taken: &[(Batch, usize)]) -> Vec<(String, i32)> {
+        taken
+            .iter()
+            .map(|(b, _)| (b.topic.to_string(), b.partition))
+            .collect()
+    }
+
+    /// A request takes the batches of the first batch's transactional id, one per partition,
+    /// in queue order; the rest wait for the next request, in their order.
+    #[test]
+    fn a_request_takes_one_batch_per_partition_of_one_transactional_id() {
+        let mut queue = vec![
+            batch("a", 0, 10, None),
+            batch("a", 1, 10, Some("t")),
+            batch("b", 0, 10, None),
+            batch("a", 0, 10, None),
+            batch("a", 2, 10, None),
+        ];
+        let first = take_request(&mut queue);
+        assert_eq!(
+            keys(&first),
+            [("a".into(), 0), ("b".into(), 0), ("a".into(), 2)]
+        );
+        assert_eq!(keys(&queue), [("a".into(), 1), ("a".into(), 0)]);
+        let second = take_request(&mut queue);
+        assert_eq!(keys(&second), [("a".into(), 1)]);
+        assert_eq!(keys(&take_request(&mut queue)), [("a".into(), 0)]);
+        assert!(queue.is_empty());
+    }
+
+    /// A request stops growing at its size bound; a single batch larger than it goes alone.
+    #[test]
+    fn a_request_is_bounded_in_size_but_takes_a_larger_batch_alone() {
+        let half = PRODUCE_REQUEST_MAX / 2;
+        let mut queue = vec![
+            batch("a", 0, PRODUCE_REQUEST_MAX + 1, None),
+            batch("a", 1, half, None),
+        ];
+        assert_eq!(keys(&take_request(&mut queue)), [("a".into(), 0)]);
+        let mut queue = vec![
+            batch("a", 0, half, None),
+            batch("a", 1, half, None),
+            batch("a", 2, 1, None),
+            batch("a", 3, 0, None),
+        ];
+        assert_eq!(
+            keys(&take_request(&mut queue)),
+            [("a".into(), 0), ("a".into(), 1), ("a".into(), 3)]
+        );
+        assert_eq!(keys(&queue), [("a".into(), 2)]);
+    }
+}

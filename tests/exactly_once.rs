@@ -292,6 +292,80 @@ async fn a_frozen_member_that_lost_its_partitions_commits_nothing_after_the_take
     );
 }
 
+static STABLE_SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[subscriber("eos-stable-in", group_id = "stable", auto_offset_reset = "earliest")]
+async fn stable_in(body: String) {
+    STABLE_SEEN.lock().unwrap().push(body);
+}
+
+/// A partition whose group offset waits in a transaction that has not ended (another
+/// producer's, between its `TxnOffsetCommit` and `EndTxn`, as when the previous owner commits
+/// while the partition moves) is started from that transaction's offset once it committed,
+/// never from the offset before it (KIP-447 `require_stable`): the inputs it covers were
+/// handled, their outputs committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_waits_for_offsets_still_in_a_transaction() {
+    use tokio::io::AsyncBufReadExt;
+    init_logs();
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
+    let prefix = unique_prefix("eos-stable");
+    let topic = format!("{prefix}eos-stable-in");
+    let client = ClientBuilder::new(vec![addr.clone()])
+        .build()
+        .await
+        .unwrap();
+    create_topic(&client, &topic, 1).await;
+    let records = (0..20u32)
+        .map(|n| record(None, n.to_string().as_bytes(), &[]))
+        .collect();
+    produce(&client, &topic, 0, records).await;
+    // Offset 10 of the group, in a transaction held open for 4 s.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pending_offsets.py");
+    let group = format!("{prefix}stable");
+    let mut txn = tokio::process::Command::new(python())
+        .arg(script)
+        .args([&addr, &topic, &group, "10", "4"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(txn.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(TIMEOUT, lines.next_line()).await;
+    assert_eq!(
+        line.expect("the transaction's offsets within the timeout")
+            .unwrap()
+            .as_deref(),
+        Some("PENDING")
+    );
+    let app = FastStream::new(KafkaBroker::new(&addr))
+        .with_routes(routes![stable_in])
+        .topic_prefix(&prefix);
+    let running = start(app).await;
+    let line = tokio::time::timeout(TIMEOUT, lines.next_line()).await;
+    assert_eq!(
+        line.expect("the transaction commits within the timeout")
+            .unwrap()
+            .as_deref(),
+        Some("COMMITTED")
+    );
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while common::wire::committed(&addr, &group, &topic).await != 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offset 20 never committed; handled {:?}",
+            STABLE_SEEN.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop().await.unwrap();
+    let _ = txn.wait().await;
+    let want: Vec<String> = (10..20).map(|n: u32| n.to_string()).collect();
+    assert_eq!(*STABLE_SEEN.lock().unwrap(), want);
+    assert!(logs_about(&group).contains("UnstableOffsetCommit"));
+}
+
 #[subscriber("eos-plain-in")]
 async fn ungrouped(body: String) {
     let _ = body;

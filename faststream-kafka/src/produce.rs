@@ -92,6 +92,8 @@ struct Pending {
     queued_at: tokio::time::Instant,
     /// Its share of the partition's queue budget, returned when it is dropped (after the ack).
     _budget: OwnedSemaphorePermit,
+    /// The transaction it belongs to (see [`Txn::round`]; 0 outside transactions).
+    round: u64,
 }
 
 /// A partition's queue: unbounded channel, bounded by a byte budget.
@@ -298,6 +300,7 @@ impl Producers {
                 ack: tx,
                 queued_at: tokio::time::Instant::now(),
                 _budget: budget,
+                round: self.txn.as_ref().map_or(0, |t| t.round()),
             };
             queue.tx.send(pending).map_err(|_| KafkaError::Closed)?;
             out.groups.push((indices, rx));
@@ -435,6 +438,7 @@ impl Producers {
             encoder: Encoder::default(),
             identity: self.identity.clone(),
             txn: self.txn.clone(),
+            round: 0,
             sequence: None,
             given_up: None,
         };
@@ -524,6 +528,16 @@ enum Refusal {
     Sequence,
     /// Retrying cannot help.
     Permanent,
+    /// The batch's transaction was aborted: it must not be written.
+    Ended,
+}
+
+fn txn_refusal(e: TxnError) -> (Refusal, String) {
+    match e {
+        TxnError::Retriable(e) => (Refusal::Retriable, e),
+        TxnError::Ended(e) => (Refusal::Ended, e),
+        e => (Refusal::Permanent, e.to_string()),
+    }
 }
 
 /// Classifies a partition's produce error code.
@@ -561,6 +575,8 @@ struct Writer {
     identity: Arc<Identity>,
     /// Set when writing in a group's transactions.
     txn: Option<Arc<Txn>>,
+    /// The transaction of the batch being written.
+    round: u64,
     /// The producer id this partition's batches are numbered under, and the next batch's
     /// sequence (`None`: not idempotent, or nothing numbered yet).
     sequence: Option<(Producer, i32)>,
@@ -576,12 +592,9 @@ impl Writer {
     async fn header(&mut self) -> Result<BatchHeader, (Refusal, String)> {
         if let Some(txn) = &self.txn {
             let p = txn
-                .enlist(&self.topic, self.partition)
+                .enlist(&self.topic, self.partition, self.round)
                 .await
-                .map_err(|e| match e {
-                    TxnError::Retriable(e) => (Refusal::Retriable, e),
-                    e => (Refusal::Permanent, e.to_string()),
-                })?;
+                .map_err(txn_refusal)?;
             return Ok(self.numbered(p, true));
         }
         if !self.config.idempotence {
@@ -628,10 +641,13 @@ impl Writer {
     fn move_on(&mut self, header: BatchHeader, why: &str) {
         if let Some(txn) = &self.txn {
             // The transaction may hold the batch or not: it cannot commit.
-            txn.poison(format!(
-                "a batch to partition {} of topic {:?} was given up: {why}",
-                self.partition, self.topic
-            ));
+            txn.poison_round(
+                self.round,
+                format!(
+                    "a batch to partition {} of topic {:?} was given up: {why}",
+                    self.partition, self.topic
+                ),
+            );
             return;
         }
         if header.producer_id >= 0 {
@@ -674,6 +690,16 @@ impl Writer {
             .leader(&self.topic, self.partition)
             .await
             .map_err(|e| (Refusal::Retriable, format!("finding the leader: {e}")))?;
+        // In a transaction: on its way only while the transaction is open (its end waits for
+        // the answer).
+        let _sending = match &self.txn {
+            Some(txn) => Some(
+                txn.sending(&self.topic, self.partition, self.round)
+                    .await
+                    .map_err(txn_refusal)?,
+            ),
+            None => None,
+        };
         let batch = Batch {
             topic: Arc::from(self.topic.as_str()),
             partition: self.partition,
@@ -718,6 +744,30 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         .map(|p| p.queued_at)
         .min()
         .map(|t| t + config.delivery_timeout);
+    let batch = match &writer.txn {
+        Some(txn) => {
+            // Outputs of an aborted transaction are not written in the next one.
+            let round = txn.round();
+            let (batch, ended): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|p| p.round == round);
+            if !ended.is_empty() {
+                let reason = txn.ended(&topic, partition).to_string();
+                tracing::warn!(
+                    topic,
+                    partition,
+                    groups = ended.len(),
+                    "outputs of an aborted transaction are not written"
+                );
+                for p in ended {
+                    let failed = (0..p.msgs.len() as u32).map(|i| (i, reason.clone()));
+                    let _ = p.ack.send(Err(failed.collect()));
+                }
+            }
+            writer.round = round;
+            batch
+        }
+        None => batch,
+    };
     for p in batch {
         msgs.extend(p.msgs);
         sizes.extend(p.sizes);
@@ -795,6 +845,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                             "not delivered within the delivery timeout ({:?}): {error}",
                             config.delivery_timeout
                         ),
+                        Refusal::Ended => error,
                         _ => format!("refused by the broker: {error}"),
                     };
                     tracing::error!(

@@ -129,7 +129,8 @@ pub(crate) async fn redrive(
     let mut coordinator = find_coordinator(config, &group)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let committed = fetch_offsets(&mut coordinator, &group, &assigned)
+    let patience = config.transaction_timeout + config.request_timeout;
+    let committed = fetch_offsets(&mut coordinator, &group, &assigned, patience)
         .await
         .map_err(|e| failed(e.to_string()))?;
     let mut report = Redriven::default();

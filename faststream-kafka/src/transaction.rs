@@ -27,7 +27,7 @@
 //! `read_committed` readers of its outputs until `transaction_timeout`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +61,8 @@ pub(crate) enum TxnError {
     /// Another producer with this transactional id took over (or the cluster refuses
     /// transactions): nothing more can be written under this producer id.
     Fatal(String),
+    /// The output's transaction was aborted: it must not be written (in the next one).
+    Ended(String),
 }
 
 impl std::fmt::Display for TxnError {
@@ -69,7 +71,8 @@ impl std::fmt::Display for TxnError {
             TxnError::Retriable(e)
             | TxnError::Abortable(e)
             | TxnError::NotMember(e)
-            | TxnError::Fatal(e) => f.write_str(e),
+            | TxnError::Fatal(e)
+            | TxnError::Ended(e) => f.write_str(e),
         }
     }
 }
@@ -107,6 +110,13 @@ pub(crate) struct Txn {
     gate: Arc<RwLock<()>>,
     closing: AtomicBool,
     closed: Mutex<Option<OwnedRwLockWriteGuard<()>>>,
+    /// The number of the open transaction, moved on by every abort: an output queued in an
+    /// aborted transaction is refused instead of being written in the next one.
+    round: AtomicU64,
+    /// Held (shared) by every produce request of the open transaction while it is on its way;
+    /// `EndTxn` waits for them (taken exclusively), so no batch lands after its transaction
+    /// ended.
+    sending: Arc<RwLock<()>>,
 }
 
 impl Txn {
@@ -124,6 +134,8 @@ impl Txn {
             gate: Arc::new(RwLock::new(())),
             closing: AtomicBool::new(false),
             closed: Mutex::default(),
+            round: AtomicU64::new(0),
+            sending: Arc::new(RwLock::new(())),
         }
     }
 
@@ -153,13 +165,27 @@ impl Txn {
         }
     }
 
-    /// The producer fields for a batch to `topic`/`partition`: the producer id (obtained
-    /// first if needed), with the partition added to the open transaction.
-    pub(crate) async fn enlist(&self, topic: &str, partition: i32) -> Result<Producer, TxnError> {
+    /// The number of the open transaction: outputs queued now belong to it.
+    pub(crate) fn round(&self) -> u64 {
+        self.round.load(Ordering::Acquire)
+    }
+
+    /// The producer fields for a batch to `topic`/`partition` of transaction `round`: the
+    /// producer id (obtained first if needed), with the partition added to the transaction.
+    /// Refused ([`TxnError::Ended`]) once that transaction was aborted.
+    pub(crate) async fn enlist(
+        &self,
+        topic: &str,
+        partition: i32,
+        round: u64,
+    ) -> Result<Producer, TxnError> {
         if let Some(reason) = self.poisoned() {
             return Err(TxnError::Abortable(reason));
         }
         let mut state = self.state.lock().await;
+        if self.round() != round {
+            return Err(self.ended(topic, partition));
+        }
         let producer = self.producer_in(&mut state).await?;
         let key = (topic.to_owned(), partition);
         if state.partitions.contains(&key) {
@@ -182,6 +208,44 @@ impl Txn {
         }
         state.partitions.insert(key);
         Ok(producer)
+    }
+
+    /// Leave to send a produce request of transaction `round` (with a producer id and
+    /// sequence from [`Txn::enlist`]): held until its answer is in. Refused once the
+    /// transaction was aborted.
+    pub(crate) async fn sending(
+        &self,
+        topic: &str,
+        partition: i32,
+        round: u64,
+    ) -> Result<OwnedRwLockReadGuard<()>, TxnError> {
+        let guard = self.sending.clone().read_owned().await;
+        match self.round() == round {
+            true => Ok(guard),
+            false => Err(self.ended(topic, partition)),
+        }
+    }
+
+    pub(crate) fn ended(&self, topic: &str, partition: i32) -> TxnError {
+        TxnError::Ended(format!(
+            "an output to partition {partition} of topic {topic:?} belongs to a transaction of \
+             {:?} that was aborted: it is not written (its input is consumed again)",
+            self.id
+        ))
+    }
+
+    /// Ends the open transaction's round: its outputs still queued are refused from now on,
+    /// and those on their way are answered before this returns.
+    async fn next_round(&self) {
+        self.round.fetch_add(1, Ordering::AcqRel);
+        drop(self.sending.write().await);
+    }
+
+    /// Marks the open transaction as unable to commit (unless it is no longer open).
+    pub(crate) fn poison_round(&self, round: u64, reason: String) {
+        if self.round() == round {
+            self.poison(reason);
+        }
     }
 
     /// Marks the open transaction as unable to commit.
@@ -282,13 +346,16 @@ impl Txn {
                     tracing::debug!(transactional_id = self.id, group, error = %e, "committing offsets in the transaction; retrying");
                     backoff.sleep().await;
                 }
-                Err(TxnError::Retriable(e) | TxnError::Abortable(e)) => {
+                Err(TxnError::Retriable(e) | TxnError::Abortable(e) | TxnError::Ended(e)) => {
                     return self.abort_in(&mut state, e, false).await;
                 }
                 Err(TxnError::NotMember(e)) => return self.abort_in(&mut state, e, true).await,
                 Err(TxnError::Fatal(e)) => return self.fenced(&mut state, e),
             }
         }
+        // Every output was answered (the gate); a request still on its way (of a partition
+        // stopped without waiting) is answered before the transaction ends.
+        drop(self.sending.write().await);
         match self.end(&mut state, producer, true).await {
             Ok(()) => Ended::Committed,
             Err(TxnError::Fatal(e)) => self.fenced(&mut state, e),
@@ -303,6 +370,8 @@ impl Txn {
     pub(crate) async fn abort(&self, reason: String) -> bool {
         let mut state = self.state.lock().await;
         if state.partitions.is_empty() {
+            // Outputs may be queued without having reached the transaction yet.
+            self.next_round().await;
             lock(&self.poisoned).take();
             return false;
         }
@@ -316,12 +385,16 @@ impl Txn {
             reason,
             "aborting the transaction: its outputs are discarded and its inputs consumed again"
         );
+        self.next_round().await;
         if let Some(producer) = state.producer.filter(|_| !state.partitions.is_empty()) {
             if let Err(e) = self.end(state, producer, false).await {
                 // Whatever stays open is aborted by the next InitProducerId with this id.
                 tracing::warn!(transactional_id = self.id, error = %e, "abort failed; the producer id is obtained again");
-                state.producer = None;
             }
+            // The next transaction goes under the next epoch (as the Java producer bumps it
+            // after an abort): a batch of this one that still reached a leader is refused as
+            // fenced, and every partition's sequence starts again.
+            state.producer = None;
         }
         state.partitions.clear();
         lock(&self.poisoned).take();
@@ -339,6 +412,7 @@ impl Txn {
             reason,
             "transactional producer fenced; its open transaction is aborted"
         );
+        self.round.fetch_add(1, Ordering::AcqRel);
         state.producer = None;
         state.partitions.clear();
         lock(&self.poisoned).take();

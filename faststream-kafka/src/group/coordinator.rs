@@ -483,7 +483,9 @@ impl GroupRunner {
         conn: &mut Conn,
         assigned: &[(String, i32)],
     ) -> Result<HashMap<(String, i32), i64>, ConnError> {
-        fetch_offsets(conn, &self.group, assigned).await
+        let config = &self.rt.config;
+        let patience = config.transaction_timeout + config.request_timeout;
+        fetch_offsets(conn, &self.group, assigned, patience).await
     }
 
     pub(super) async fn leave(&self, conn: &mut Option<Conn>, member: &Member) {
@@ -524,24 +526,62 @@ impl GroupRunner {
     }
 }
 
-/// The offsets `group` committed for `assigned` partitions (-1: none); a partition error in
-/// the answer (such as UNSTABLE_OFFSET_COMMIT) fails the whole fetch, to be asked again.
+/// The offsets `group` committed for `assigned` partitions (-1: none). Only stable offsets
+/// are taken (KIP-447 `require_stable`, as the Java consumer asks under `read_committed`): a
+/// partition whose offsets wait in a transaction that is committing (or not yet ended) is
+/// asked again, with backoff, for up to `patience`, so a new owner never starts from the
+/// offsets before that commit (it would write the committed outputs again). Any other
+/// partition error in the answer fails the whole fetch.
 pub(crate) async fn fetch_offsets(
     conn: &mut Conn,
     group: &str,
     assigned: &[(String, i32)],
+    patience: Duration,
 ) -> Result<HashMap<(String, i32), i64>, ConnError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+    let mut told = false;
+    loop {
+        match fetch_offsets_once(conn, group, assigned).await? {
+            Ok(offsets) => return Ok(offsets),
+            Err(unstable) if tokio::time::Instant::now() + backoff.wait() < deadline => {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::info!(group, partition = %unstable, "committed offsets wait in a transaction that has not ended; asking again until it has");
+                }
+                backoff.sleep().await;
+            }
+            Err(unstable) => {
+                return Err(ConnError::Protocol {
+                    addr: conn.addr().to_owned(),
+                    reason: format!(
+                        "OffsetFetch: the committed offset of {unstable} of group {group:?} \
+                         stayed in an open transaction for {patience:?}"
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// One OffsetFetch: the offsets, or (inner `Err`) a partition whose offset is not stable yet.
+async fn fetch_offsets_once(
+    conn: &mut Conn,
+    group: &str,
+    assigned: &[(String, i32)],
+) -> Result<Result<HashMap<(String, i32), i64>, String>, ConnError> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (t, p) in assigned {
         by_topic.entry(t).or_default().push(*p);
     }
     let mut out = HashMap::new();
     if by_topic.is_empty() {
-        return Ok(out);
+        return Ok(Ok(out));
     }
     let version = conn.version::<OffsetFetchRequest>(8)?;
     let group = GroupId(StrBytes::from_string(group.to_owned()));
     let mut req = OffsetFetchRequest::default();
+    // v7 added it; older brokers answer what is committed.
+    req.require_stable = version >= 7;
     if version >= 8 {
         let mut g = OffsetFetchRequestGroup::default();
         g.group_id = group;
@@ -576,6 +616,8 @@ pub(crate) async fn fetch_offsets(
         addr: conn.addr().to_owned(),
         reason,
     };
+    // Every partition of the answer, with its error code.
+    let mut parts: Vec<(&str, i32, i16, i64)> = Vec::new();
     if version >= 8 {
         for g in &resp.groups {
             if let Some(e) = ResponseError::try_from_code(g.error_code) {
@@ -583,12 +625,12 @@ pub(crate) async fn fetch_offsets(
             }
             for t in &g.topics {
                 for p in &t.partitions {
-                    partition_refused(&t.name.0, p.partition_index, p.error_code)
-                        .map_err(protocol_err)?;
-                    out.insert(
-                        (t.name.0.to_string(), p.partition_index),
+                    parts.push((
+                        &t.name.0,
+                        p.partition_index,
+                        p.error_code,
                         p.committed_offset,
-                    );
+                    ));
                 }
             }
         }
@@ -598,16 +640,25 @@ pub(crate) async fn fetch_offsets(
         }
         for t in &resp.topics {
             for p in &t.partitions {
-                partition_refused(&t.name.0, p.partition_index, p.error_code)
-                    .map_err(protocol_err)?;
-                out.insert(
-                    (t.name.0.to_string(), p.partition_index),
+                parts.push((
+                    &t.name.0,
+                    p.partition_index,
+                    p.error_code,
                     p.committed_offset,
-                );
+                ));
             }
         }
     }
-    Ok(out)
+    for (topic, partition, code, offset) in parts {
+        if let Some(e @ ResponseError::UnstableOffsetCommit) = ResponseError::try_from_code(code) {
+            return Ok(Err(format!(
+                "partition {partition} of topic {topic:?} ({e:?})"
+            )));
+        }
+        partition_refused(topic, partition, code).map_err(protocol_err)?;
+        out.insert((topic.to_owned(), partition), offset);
+    }
+    Ok(Ok(out))
 }
 
 /// Commits `offsets` (by topic: partition and next offset) for `group` as the member

@@ -271,14 +271,31 @@ fn start_local_broker() -> String {
     panic!("the local test broker did not start on {addr}");
 }
 
-/// A loopback port nothing listens on now (bound, noted, closed).
 /// A port nothing listens on, for a server the test starts later. Picked below the kernel's
 /// ephemeral range (32768 and up on Linux): a port from `bind(0)` is one the kernel also hands
 /// to outgoing connections, so another test's client could take it before the server binds it.
 pub fn free_port() -> u16 {
+    // Claimed for an hour in the registry `scripts/kafka-dev` uses too (an empty file per
+    // port, created exclusively): a port that is free now is free until someone binds it, and
+    // brokers and proxies of tests running at once must not pick the same one.
+    let registry = std::env::temp_dir().join("faststream-ports");
+    let _ = std::fs::create_dir_all(&registry);
     for _ in 0..1000 {
         let port = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let claim = registry.join(port.to_string());
+        let recent = std::fs::metadata(&claim)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(3600));
+        if recent {
+            continue;
+        }
+        let _ = std::fs::remove_file(&claim);
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok();
+        if claimed && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }

@@ -463,6 +463,62 @@ async fn a_produce_refused_as_retriable_is_retried_until_accepted() {
     running.stop().await.expect("a clean shutdown");
 }
 
+#[subscriber("piped", auto_offset_reset = "earliest")]
+#[publisher("piped-out")]
+async fn piped(body: String, partition: faststream::extract::Partition) -> Response<String> {
+    Response::new(body).partition(partition.0)
+}
+
+/// The request connection keeps several Produce requests on the wire at once (at most five,
+/// as the Java producer's `max.in.flight.requests.per.connection`) while the broker is slow
+/// to answer, and every output still lands once, in order within its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
+    use kafka_protocol::messages::ApiKey;
+    const PARTITIONS: i32 = 8;
+    const EACH: usize = 40;
+    let prefix = unique_prefix("piped");
+    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let (input, out) = (format!("{prefix}piped"), format!("{prefix}piped-out"));
+    create_topic(&client, &input, PARTITIONS).await;
+    create_topic(&client, &out, PARTITIONS).await;
+    for partition in 0..PARTITIONS {
+        let records = (0..EACH)
+            .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
+            .collect();
+        produce(&client, &input, partition, records).await;
+    }
+    // A broker slow to answer produce requests: the partitions' batches that are ready
+    // meanwhile go out in the next requests instead of waiting for the answer.
+    proxy.delay_answers(ApiKey::Produce, 30, Duration::from_millis(150));
+    let running = start(app_on(&bootstrap, routes![piped], &prefix, |b| {
+        b.max_batch_bytes(200)
+    }))
+    .await;
+    let relayed = read(&client, &out, PARTITIONS as usize * EACH).await;
+    running.stop().await.expect("a clean shutdown");
+    for partition in 0..PARTITIONS {
+        let got: Vec<String> = relayed
+            .get(&partition)
+            .map(|r| r.iter().map(text).collect())
+            .unwrap_or_default();
+        let want: Vec<String> = (0..EACH).map(|i| format!("p{partition}-{i}")).collect();
+        assert_eq!(
+            got, want,
+            "partition {partition}: every output once, in order"
+        );
+    }
+    let most = proxy.most_in_flight();
+    assert!(
+        (2..=5).contains(&most),
+        "requests on the wire at once on one connection: {most}"
+    );
+}
+
 #[subscriber("aimed", auto_offset_reset = "earliest", dlq = "aimed.dlq")]
 #[publisher("aimed-out")]
 async fn aimed(body: String) -> Response<String> {

@@ -10,16 +10,18 @@
 //!   every partition whose producer is waiting, as the Java client's sender does) and
 //!   ListOffsets lookups. Fetches never wait behind it, nor it behind a fetch the broker holds.
 //!
-//! Each connection carries one request at a time (Kafka handles one request per connection at
-//! a time anyway); what is asked meanwhile goes into the next one. A lost connection fails the
-//! requests on it (the callers retry with their backoff) and is opened again, after a
-//! jittered backoff when opening failed.
+//! The fetch connection carries one request at a time; the request connection up to
+//! [`MAX_IN_FLIGHT`] (Kafka handles one request per connection at a time, and reads the next
+//! as soon as it answered the last, while this side dispatches the answer). What is asked
+//! meanwhile goes into the next request. A lost connection fails the requests on it (the
+//! callers retry with their backoff) and is opened again, after a jittered backoff when
+//! opening failed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -27,7 +29,8 @@ use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionRespons
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName, TransactionalId,
+    BrokerId, FetchRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
+    ProduceResponse, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, oneshot};
@@ -36,12 +39,15 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{partition_error, FetchError};
-use crate::protocol::{ms, Conn};
+use crate::protocol::{ms, Conn, Sent};
 
 /// Largest answer asked for in one Fetch request (each partition's part is bounded by its
 /// own fetch size; Kafka fills partitions in request order up to this, and the order turns
 /// every round so that none is always last).
 const FETCH_RESPONSE_MAX: i32 = 16 * 1024 * 1024;
+/// Requests on the wire at once on the request connection (the Java producer's
+/// `max.in.flight.requests.per.connection` default).
+const MAX_IN_FLIGHT: usize = 5;
 /// Largest Produce request built from several partitions' batches (one batch larger than
 /// this goes alone; Kafka's `socket.request.max.bytes` is 100 MiB).
 const PRODUCE_REQUEST_MAX: usize = 16 * 1024 * 1024;
@@ -385,33 +391,190 @@ async fn fetch_round(
         .collect())
 }
 
-async fn run_requests(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while let Ok(job) = rx.try_recv() {
-            jobs.push(job);
+type ProduceReply = oneshot::Sender<Answer<PartitionProduceResponse>>;
+
+/// The jobs of one request on the request connection.
+enum Jobs {
+    Produce(Vec<(Batch, ProduceReply)>),
+    ListOffsets(Vec<ListJob>),
+}
+
+impl Jobs {
+    fn fail(self, e: &FetchError) {
+        match self {
+            Jobs::Produce(request) => fail_all(request.into_iter().map(|(_, r)| r), e),
+            Jobs::ListOffsets(jobs) => fail_all(jobs.into_iter().map(|j| j.3), e),
         }
-        let mut lists = Vec::new();
-        let mut batches: Vec<(Batch, oneshot::Sender<Answer<PartitionProduceResponse>>)> =
-            Vec::new();
-        for job in jobs {
-            match job {
-                Job::ListOffsets {
-                    topic,
-                    partition,
-                    timestamp,
-                    reply,
-                } => lists.push((topic, partition, timestamp, reply)),
-                Job::Produce { batch, reply } => batches.push((batch, reply)),
+    }
+}
+
+/// A request written on the request connection, waiting for its answer.
+struct Waiting {
+    sent: Sent,
+    jobs: Jobs,
+}
+
+/// The request connection: a request goes out as soon as something is asked and there is room
+/// on the wire (up to [`MAX_IN_FLIGHT`] requests waiting for their answers, which Kafka sends
+/// in order); what is asked while the wire is full goes into one request when room frees up.
+/// A partition has one batch in flight at a time (its producer waits for the answer), so
+/// order within a partition holds.
+async fn run_requests(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let timeout = channel.config.request_timeout;
+    let mut lists: Vec<ListJob> = Vec::new();
+    let mut batches: Vec<(Batch, ProduceReply)> = Vec::new();
+    // Requests on the wire, oldest first, with when their answer is due.
+    let mut in_flight: VecDeque<(Waiting, Instant)> = VecDeque::new();
+    // What the broker sent that is not a whole answer yet.
+    let mut received = BytesMut::new();
+    let mut open = true;
+    loop {
+        // Write what is queued, while there is room on the wire.
+        let mut failed = None;
+        while in_flight.len() < MAX_IN_FLIGHT && failed.is_none() {
+            let next = if !lists.is_empty() {
+                let (now, later) = one_per_partition(std::mem::take(&mut lists));
+                lists = later;
+                write_list_offsets(&mut channel, now).await
+            } else if !batches.is_empty() {
+                let request = take_request(&mut batches);
+                write_produce(&mut channel, request).await
+            } else {
+                break;
+            };
+            match next {
+                Ok(waiting) => in_flight.push_back((waiting, Instant::now() + timeout)),
+                Err((jobs, e)) => {
+                    jobs.fail(&e);
+                    failed = Some(e);
+                }
             }
         }
-        if !lists.is_empty() {
-            list_offsets(&mut channel, lists).await;
+        if failed.is_none() {
+            if !open && in_flight.is_empty() && lists.is_empty() && batches.is_empty() {
+                return;
+            }
+            let due = in_flight.front().map(|(_, due)| *due);
+            tokio::select! {
+                job = rx.recv(), if open => match job {
+                    Some(job) => {
+                        queue(job, &mut lists, &mut batches);
+                        while let Ok(job) = rx.try_recv() {
+                            queue(job, &mut lists, &mut batches);
+                        }
+                    }
+                    None => open = false,
+                },
+                read = read_answers(&mut channel, &mut received, &mut in_flight), if due.is_some() => {
+                    failed = read.err();
+                }
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    failed = Some(FetchError::Retriable(format!(
+                        "no answer from {} within {timeout:?}",
+                        channel.addr
+                    )));
+                }
+            }
         }
-        while !batches.is_empty() {
-            let request = take_request(&mut batches);
-            produce(&mut channel, request).await;
+        if let Some(e) = failed {
+            // The connection's position is unknown: everything on it failed.
+            channel.conn = None;
+            received.clear();
+            for (waiting, _) in in_flight.drain(..) {
+                waiting.jobs.fail(&e);
+            }
+            channel.pause().await;
         }
+    }
+}
+
+/// Reads what the broker sent and hands out every whole answer in it, oldest request first.
+async fn read_answers(
+    channel: &mut Channel,
+    received: &mut BytesMut,
+    in_flight: &mut VecDeque<(Waiting, Instant)>,
+) -> Result<(), FetchError> {
+    let conn = channel.conn.as_mut().ok_or_else(gone)?;
+    conn.read_more(received).await?;
+    while let Some((waiting, _)) = in_flight.front() {
+        let handed = match &waiting.jobs {
+            Jobs::Produce(_) => conn
+                .next_answer::<ProduceRequest>(received, &waiting.sent)?
+                .map(Answered::Produce),
+            Jobs::ListOffsets(_) => conn
+                .next_answer::<ListOffsetsRequest>(received, &waiting.sent)?
+                .map(Answered::ListOffsets),
+        };
+        let Some(answered) = handed else {
+            break;
+        };
+        let (waiting, _) = in_flight.pop_front().expect("looked at above");
+        hand_out(waiting.jobs, answered);
+    }
+    Ok(())
+}
+
+/// A decoded answer of the request connection.
+enum Answered {
+    Produce(ProduceResponse),
+    ListOffsets(ListOffsetsResponse),
+}
+
+/// Gives each job of a request its partition's part of the answer.
+fn hand_out(jobs: Jobs, answered: Answered) {
+    match (jobs, answered) {
+        (Jobs::Produce(request), Answered::Produce(resp)) => {
+            let mut answers: HashMap<(String, i32), PartitionProduceResponse> = HashMap::new();
+            for t in resp.responses {
+                for p in t.partition_responses {
+                    answers.insert((t.name.to_string(), p.index), p);
+                }
+            }
+            for (batch, reply) in request {
+                let answer = answers
+                    .remove(&(batch.topic.to_string(), batch.partition))
+                    .ok_or_else(|| {
+                        FetchError::Retriable(format!(
+                            "partition {} of topic {:?}: not in the produce answer",
+                            batch.partition, batch.topic
+                        ))
+                    });
+                let _ = reply.send(answer);
+            }
+        }
+        (Jobs::ListOffsets(jobs), Answered::ListOffsets(resp)) => {
+            let mut answers: HashMap<(String, i32), ListOffsetsPartitionResponse> = HashMap::new();
+            for t in resp.topics {
+                for p in t.partitions {
+                    answers.insert((t.name.to_string(), p.partition_index), p);
+                }
+            }
+            for (topic, partition, _, reply) in jobs {
+                let answer = answers
+                    .remove(&(topic.to_string(), partition))
+                    .ok_or_else(|| {
+                        FetchError::Retriable(format!(
+                            "partition {partition} of topic {topic:?}: not in the ListOffsets answer"
+                        ))
+                    });
+                let _ = reply.send(answer);
+            }
+        }
+        (jobs, _) => jobs.fail(&FetchError::Retriable(
+            "an answer of another kind than its request".into(),
+        )),
+    }
+}
+
+fn queue(job: Job, lists: &mut Vec<ListJob>, batches: &mut Vec<(Batch, ProduceReply)>) {
+    match job {
+        Job::ListOffsets {
+            topic,
+            partition,
+            timestamp,
+            reply,
+        } => lists.push((topic, partition, timestamp, reply)),
+        Job::Produce { batch, reply } => batches.push((batch, reply)),
     }
 }
 
@@ -447,81 +610,63 @@ type ListJob = (
     oneshot::Sender<Answer<ListOffsetsPartitionResponse>>,
 );
 
-/// ListOffsets requests for `jobs`: one, unless a partition is asked about twice (another
-/// timestamp), which goes in the next.
-async fn list_offsets(channel: &mut Channel, mut jobs: Vec<ListJob>) {
-    while !jobs.is_empty() {
-        let mut now: Vec<ListJob> = Vec::new();
-        let mut later = Vec::new();
-        for job in jobs {
-            if now.iter().any(|j| j.0 == job.0 && j.1 == job.1) {
-                later.push(job);
-            } else {
-                now.push(job);
-            }
+/// The ListOffsets jobs of one request: one per partition (a partition asked about twice,
+/// for another timestamp, waits for the next).
+fn one_per_partition(jobs: Vec<ListJob>) -> (Vec<ListJob>, Vec<ListJob>) {
+    let mut now: Vec<ListJob> = Vec::new();
+    let mut later = Vec::new();
+    for job in jobs {
+        if now.iter().any(|j| j.0 == job.0 && j.1 == job.1) {
+            later.push(job);
+        } else {
+            now.push(job);
         }
-        list_offsets_once(channel, now).await;
-        jobs = later;
     }
+    (now, later)
 }
 
-async fn list_offsets_once(channel: &mut Channel, jobs: Vec<ListJob>) {
-    let res = async {
+async fn write_list_offsets(
+    channel: &mut Channel,
+    jobs: Vec<ListJob>,
+) -> Result<Waiting, (Jobs, FetchError)> {
+    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+    for (topic, partition, timestamp, _) in &jobs {
+        let mut p = ListOffsetsPartition::default();
+        p.partition_index = *partition;
+        p.timestamp = *timestamp;
+        p.current_leader_epoch = -1;
+        match topics.iter_mut().find(|t| *t.name == **topic) {
+            Some(t) => t.partitions.push(p),
+            None => {
+                let mut t = ListOffsetsTopic::default();
+                t.name = TopicName(StrBytes::from_string(topic.to_string()));
+                t.partitions = vec![p];
+                topics.push(t);
+            }
+        }
+    }
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.isolation_level = 1;
+    req.topics = topics;
+    let sent = async {
         let conn = channel.get().await?;
         let version = conn.version::<ListOffsetsRequest>(7)?;
-        let mut topics: Vec<ListOffsetsTopic> = Vec::new();
-        for (topic, partition, timestamp, _) in &jobs {
-            let mut p = ListOffsetsPartition::default();
-            p.partition_index = *partition;
-            p.timestamp = *timestamp;
-            p.current_leader_epoch = -1;
-            match topics.iter_mut().find(|t| *t.name == **topic) {
-                Some(t) => t.partitions.push(p),
-                None => {
-                    let mut t = ListOffsetsTopic::default();
-                    t.name = TopicName(StrBytes::from_string(topic.to_string()));
-                    t.partitions = vec![p];
-                    topics.push(t);
-                }
-            }
-        }
-        let mut req = ListOffsetsRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.isolation_level = 1;
-        req.topics = topics;
-        Ok::<_, FetchError>(conn.send(&req, version).await?)
+        Ok::<_, FetchError>(conn.pipeline(&req, version).await?)
     };
-    match res.await {
-        Ok(resp) => {
-            let mut answers: HashMap<(String, i32), ListOffsetsPartitionResponse> = HashMap::new();
-            for t in resp.topics {
-                for p in t.partitions {
-                    answers.insert((t.name.to_string(), p.partition_index), p);
-                }
-            }
-            for (topic, partition, _, reply) in jobs {
-                let answer = answers
-                    .remove(&(topic.to_string(), partition))
-                    .ok_or_else(|| {
-                        FetchError::Retriable(format!(
-                            "partition {partition} of topic {topic:?}: not in the ListOffsets answer"
-                        ))
-                    });
-                let _ = reply.send(answer);
-            }
-        }
-        Err(e) => {
-            channel.conn = None;
-            fail_all(jobs.into_iter().map(|j| j.3), &e);
-            channel.pause().await;
-        }
+    match sent.await {
+        Ok(sent) => Ok(Waiting {
+            sent,
+            jobs: Jobs::ListOffsets(jobs),
+        }),
+        Err(e) => Err((Jobs::ListOffsets(jobs), e)),
     }
 }
 
-async fn produce(
+async fn write_produce(
     channel: &mut Channel,
-    request: Vec<(Batch, oneshot::Sender<Answer<PartitionProduceResponse>>)>,
-) {
+    request: Vec<(Batch, ProduceReply)>,
+) -> Result<Waiting, (Jobs, FetchError)> {
     let config = channel.config.clone();
     let txn = request[0].0.transactional_id.clone();
     let mut topics: Vec<TopicProduceData> = Vec::new();
@@ -544,40 +689,18 @@ async fn produce(
     req.acks = -1;
     req.timeout_ms = ms(config.request_timeout);
     req.topic_data = topics;
-    let res = async {
+    let sent = async {
         let conn = channel.get().await?;
         // Up to v9: later versions add leader hints (v10) and topic ids (v13).
         let version = conn.version::<ProduceRequest>(9)?;
-        Ok::<_, FetchError>(
-            conn.send_within(&req, version, config.request_timeout)
-                .await?,
-        )
+        Ok::<_, FetchError>(conn.pipeline(&req, version).await?)
     };
-    match res.await {
-        Ok(resp) => {
-            let mut answers: HashMap<(String, i32), PartitionProduceResponse> = HashMap::new();
-            for t in resp.responses {
-                for p in t.partition_responses {
-                    answers.insert((t.name.to_string(), p.index), p);
-                }
-            }
-            for (batch, reply) in request {
-                let answer = answers
-                    .remove(&(batch.topic.to_string(), batch.partition))
-                    .ok_or_else(|| {
-                        FetchError::Retriable(format!(
-                            "partition {} of topic {:?}: not in the produce answer",
-                            batch.partition, batch.topic
-                        ))
-                    });
-                let _ = reply.send(answer);
-            }
-        }
-        Err(e) => {
-            channel.conn = None;
-            fail_all(request.into_iter().map(|(_, reply)| reply), &e);
-            channel.pause().await;
-        }
+    match sent.await {
+        Ok(sent) => Ok(Waiting {
+            sent,
+            jobs: Jobs::Produce(request),
+        }),
+        Err(e) => Err((Jobs::Produce(request), e)),
     }
 }
 

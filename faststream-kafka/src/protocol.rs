@@ -306,13 +306,7 @@ impl Conn {
         timeout: Duration,
     ) -> Result<R::Response, ConnError> {
         if self.broken {
-            return Err(ConnError::Io {
-                addr: self.addr.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "connection dropped after an earlier failure",
-                ),
-            });
+            return Err(self.dropped());
         }
         // Broken until the response is read: if this future is dropped half-way (a shutdown,
         // a `select!` that took another branch), the request's response is still on its way
@@ -336,6 +330,135 @@ impl Conn {
         req: &R,
         version: i16,
     ) -> Result<R::Response, ConnError> {
+        let correlation = self.write_request(req, version).await?;
+        self.read_response::<R>(version, correlation).await
+    }
+
+    /// Writes `req` at `version` without waiting for its answer (read it, in the order the
+    /// requests were written, with [`Conn::answer`]): several requests in flight on one
+    /// connection, as Kafka answers them in order. A failure breaks the connection.
+    pub(crate) async fn pipeline<R: Request + Sync>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<Sent, ConnError> {
+        if self.broken {
+            return Err(self.dropped());
+        }
+        // Broken until written whole (a dropped future leaves half a request on the wire).
+        self.broken = true;
+        let in_flight = self.meter.request();
+        let correlation = self.write_request(req, version).await?;
+        self.broken = false;
+        Ok(Sent {
+            correlation,
+            version,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// Reads what the broker sent so far into `buf` (at least one byte). Cancel-safe: what
+    /// was read stays in `buf`, so a task can wait for answers and new work at once. Cut
+    /// answers out of it with [`Conn::next_answer`].
+    pub(crate) async fn read_more(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
+        if self.broken {
+            return Err(self.dropped());
+        }
+        if buf.capacity() - buf.len() < 8 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        let io = self.io_error();
+        match self.stream.read_buf(buf).await {
+            Ok(0) => {
+                self.broken = true;
+                Err(io(std::io::ErrorKind::UnexpectedEof.into()))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.broken = true;
+                Err(io(e))
+            }
+        }
+    }
+
+    /// The answer to `sent` (the oldest request written with [`Conn::pipeline`] and not
+    /// answered yet), if `buf` holds all of it. A malformed answer breaks the connection.
+    pub(crate) fn next_answer<R: Request + Sync>(
+        &mut self,
+        buf: &mut BytesMut,
+        sent: &Sent,
+    ) -> Result<Option<R::Response>, ConnError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+        if !(0..=MAX_RESPONSE).contains(&len) {
+            self.broken = true;
+            return Err(self.protocol(format!("implausible response length {len}")));
+        }
+        let len = len as usize;
+        if buf.len() < 4 + len {
+            // The rest of a large answer: room for it at once.
+            buf.reserve(4 + len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut body = buf.split_to(len).freeze();
+        let decoded = ResponseHeader::decode(&mut body, R::Response::header_version(sent.version))
+            .map_err(|e| format!("decoding response header: {e}"))
+            .and_then(|header| match header.correlation_id == sent.correlation {
+                true => Ok(()),
+                false => Err(format!(
+                    "response correlation id {} does not match request {}",
+                    header.correlation_id, sent.correlation
+                )),
+            })
+            .and_then(|()| {
+                R::Response::decode(&mut body, sent.version)
+                    .map_err(|e| format!("decoding response: {e}"))
+            });
+        decoded.map(Some).map_err(|reason| {
+            self.broken = true;
+            self.protocol(reason)
+        })
+    }
+
+    fn dropped(&self) -> ConnError {
+        ConnError::Io {
+            addr: self.addr.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "connection dropped after an earlier failure",
+            ),
+        }
+    }
+
+    fn io_error(&self) -> impl Fn(std::io::Error) -> ConnError {
+        let addr = self.addr.clone();
+        let client_cert = self.client_cert;
+        move |source: std::io::Error| match source
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            // A TLS failure after the handshake (TLS 1.3 reports a refused client
+            // certificate on the first read).
+            Some(_) => ConnError::Tls {
+                addr: addr.clone(),
+                reason: tls_reason(&source, client_cert),
+            },
+            None => ConnError::Io {
+                addr: addr.clone(),
+                source,
+            },
+        }
+    }
+
+    /// Encodes and writes `req`; returns its correlation id.
+    async fn write_request<R: Request + Sync>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<i32, ConnError> {
         self.correlation = self.correlation.wrapping_add(1);
         let mut header = RequestHeader::default();
         header.request_api_key = R::KEY;
@@ -357,25 +480,19 @@ impl Conn {
             .map_err(|e| self.protocol(format!("encoding request: {e}")))?;
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
-        let addr = self.addr.clone();
-        let client_cert = self.client_cert;
-        let io = |source: std::io::Error| match source
-            .get_ref()
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            // A TLS failure after the handshake (TLS 1.3 reports a refused client
-            // certificate on the first read).
-            Some(_) => ConnError::Tls {
-                addr: addr.clone(),
-                reason: tls_reason(&source, client_cert),
-            },
-            None => ConnError::Io {
-                addr: addr.clone(),
-                source,
-            },
-        };
+        let io = self.io_error();
         self.stream.write_all(&buf).await.map_err(io)?;
-        let len = self.stream.read_i32().await.map_err(io)?;
+        Ok(self.correlation)
+    }
+
+    /// Reads one response frame and decodes it as the answer to request `correlation`.
+    async fn read_response<R: Request + Sync>(
+        &mut self,
+        version: i16,
+        correlation: i32,
+    ) -> Result<R::Response, ConnError> {
+        let io = self.io_error();
+        let len = self.stream.read_i32().await.map_err(&io)?;
         if !(0..=MAX_RESPONSE).contains(&len) {
             // TLS records start with 0x14..0x17 0x03: a TLS listener answering plaintext.
             let hint = if (0x1403_0000..0x1804_0000).contains(&len) {
@@ -389,22 +506,31 @@ impl Conn {
         let mut body = BytesMut::with_capacity(len as usize);
         while body.len() < len as usize {
             let mut part = (&mut self.stream).take((len as usize - body.len()) as u64);
-            if part.read_buf(&mut body).await.map_err(io)? == 0 {
+            if part.read_buf(&mut body).await.map_err(&io)? == 0 {
                 return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
         let mut body = body.freeze();
         let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
             .map_err(|e| self.protocol(format!("decoding response header: {e}")))?;
-        if header.correlation_id != self.correlation {
+        if header.correlation_id != correlation {
             return Err(self.protocol(format!(
-                "response correlation id {} does not match request {}",
-                header.correlation_id, self.correlation
+                "response correlation id {} does not match request {correlation}",
+                header.correlation_id
             )));
         }
         R::Response::decode(&mut body, version)
             .map_err(|e| self.protocol(format!("decoding response: {e}")))
     }
+}
+
+/// A request written with [`Conn::pipeline`], waiting for its answer.
+#[must_use = "the answer must be read before the next one"]
+pub(crate) struct Sent {
+    correlation: i32,
+    version: i16,
+    /// Counted in `faststream_requests_in_flight` until answered.
+    _in_flight: crate::metrics::InFlight,
 }
 
 /// Encodes an embedded consumer-protocol structure: `i16` version, then the structure.

@@ -247,6 +247,9 @@ pub struct KafkaProxy {
     lost_answers: LostAnswers,
     /// The error code the proxy answers InitProducerId requests with itself, if any.
     refused_producer_ids: Arc<Mutex<Option<i16>>>,
+    /// The most requests seen on the wire at once on one connection (passed on, not answered
+    /// yet).
+    most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Produce requests to a topic whose answers the proxy loses: the topic, and how many more.
@@ -275,6 +278,7 @@ impl KafkaProxy {
             offset_fetch_errors: Arc::default(),
             lost_answers: Arc::default(),
             refused_producer_ids: Arc::default(),
+            most_in_flight: Arc::default(),
         };
         let shared = proxy.clone();
         tokio::spawn(async move {
@@ -351,6 +355,13 @@ impl KafkaProxy {
             .unwrap_or(0)
     }
 
+    /// The most requests one client connection had on the wire at once: passed on to the
+    /// broker and not answered yet (1 for a client that waits for each answer).
+    pub fn most_in_flight(&self) -> usize {
+        self.most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Passes every request on again.
     pub fn pass_all(&self) {
         self.refuse_produce(|_, _| None);
@@ -368,8 +379,12 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         offset_fetch_errors,
         lost_answers,
         refused_producer_ids,
+        most_in_flight,
         ..
     } = proxy;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Requests of this connection passed on and not answered yet.
+    let in_flight: Arc<AtomicUsize> = Arc::default();
     let (mut client_rx, client_tx) = client.into_split();
     // Produce requests passed on whose answers are to be lost, by correlation id.
     let losing: Arc<Mutex<std::collections::HashSet<i32>>> = Arc::default();
@@ -385,9 +400,11 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         let fetches = fetches.clone();
         let apis = apis.clone();
         let losing = losing.clone();
+        let in_flight = in_flight.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
                 let correlation = frame.clone().get_i32();
                 if losing.lock().unwrap().remove(&correlation) {
                     let _ = client_tx.lock().await.shutdown().await;
@@ -448,6 +465,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
                 losing.lock().unwrap().insert(correlation);
             }
         }
+        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        most_in_flight.fetch_max(now, Ordering::SeqCst);
         if write_frame(&mut upstream_tx, &frame).await.is_err() {
             break;
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use faststream::kafka::KafkaBroker;
 use faststream::policy::FailurePolicy;
-use faststream::{routes, subscriber, FastStream};
+use faststream::{publisher, routes, subscriber, FastStream};
 use rskafka::client::ClientBuilder;
 
 /// Inputs per topic of the example: the relay, the keyed relay (`concurrency = 20`) and the
@@ -106,8 +106,6 @@ async fn spawn_with(
 /// Reads the example's output topics as a `read_committed` aiokafka consumer: values by topic
 /// (without the prefix), once `want` records arrived.
 async fn read_committed(addr: &str, prefix: &str, want: u64) -> BTreeMap<String, Vec<String>> {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/read_committed.py");
     let topics = [
         "eos-out",
         "eos-audit",
@@ -115,6 +113,18 @@ async fn read_committed(addr: &str, prefix: &str, want: u64) -> BTreeMap<String,
         "eos-out-keyed",
         "eos-out-batch",
     ];
+    read_committed_topics(addr, prefix, want, &topics).await
+}
+
+/// [`read_committed`] of `topics` (without the prefix).
+async fn read_committed_topics(
+    addr: &str,
+    prefix: &str,
+    want: u64,
+    topics: &[&str],
+) -> BTreeMap<String, Vec<String>> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/read_committed.py");
     let out = tokio::process::Command::new(python())
         .arg(script)
         .args([addr, "180", &want.to_string()])
@@ -364,6 +374,82 @@ async fn a_new_owner_waits_for_offsets_still_in_a_transaction() {
     let want: Vec<String> = (10..20).map(|n: u32| n.to_string()).collect();
     assert_eq!(*STABLE_SEEN.lock().unwrap(), want);
     assert!(logs_about(&group).contains("UnstableOffsetCommit"));
+}
+
+#[subscriber(
+    "eos-abandon-in",
+    group_id = "abandon",
+    auto_offset_reset = "earliest",
+    exactly_once = true
+)]
+#[publisher("eos-abandon-out")]
+async fn abandon_relay(body: String) -> String {
+    body
+}
+
+/// A member whose handler is still waiting for its output's acknowledgement when the revoke
+/// deadline passes abandons it; the output may already be in the transaction without its
+/// input's offset, so the transaction is aborted (not committed) and the input is handled
+/// again by the next owner: its output is committed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_abandoned_at_the_revoke_deadline_commits_no_output() {
+    use common::wire::KafkaProxy;
+    use kafka_protocol::messages::ApiKey;
+    init_logs();
+    let prefix = unique_prefix("eos-abandon");
+    let proxy_port = free_port();
+    let (_kafka, kafka_addr) = OwnBroker::kafka(Some(proxy_port)).await;
+    let proxy = KafkaProxy::start_on(proxy_port, kafka_addr).await;
+    let addr = format!("127.0.0.1:{proxy_port}");
+    let client = ClientBuilder::new(vec![addr.clone()])
+        .build()
+        .await
+        .unwrap();
+    let (input, output) = (
+        format!("{prefix}eos-abandon-in"),
+        format!("{prefix}eos-abandon-out"),
+    );
+    create_topic(&client, &input, 1).await;
+    create_topic(&client, &output, 1).await;
+    let records = (0..10u32)
+        .map(|n| record(None, n.to_string().as_bytes(), &[]))
+        .collect();
+    produce(&client, &input, 0, records).await;
+    // The service's first produce answer comes 8 s late: the first member's handler still
+    // waits for it when the second member's join makes it revoke, with a revoke deadline of
+    // 2.8 s (a rebalance timeout of 4 s less a heartbeat interval and a second).
+    let produced = proxy.requests(ApiKey::Produce);
+    proxy.delay_answers(ApiKey::Produce, 1, Duration::from_secs(8));
+    let member = || {
+        FastStream::new(
+            KafkaBroker::builder(&addr)
+                .rebalance_timeout(Duration::from_secs(4))
+                .heartbeat_interval(Duration::from_millis(200))
+                .session_timeout(Duration::from_secs(6))
+                .build(),
+        )
+        .with_routes(routes![abandon_relay])
+        .topic_prefix(&prefix)
+    };
+    let first = start(member()).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while proxy.requests(ApiKey::Produce) == produced {
+        assert!(tokio::time::Instant::now() < deadline, "no output written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = start(member()).await;
+    let got = read_committed_topics(&addr, &prefix, 10, &["eos-abandon-out"]).await;
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+    let mut outputs = got.get("eos-abandon-out").cloned().unwrap_or_default();
+    outputs.sort_by_key(|v| v.parse::<u32>().unwrap());
+    let want: Vec<String> = (0..10u32).map(|n| n.to_string()).collect();
+    assert_eq!(outputs, want, "every output committed once");
+    assert!(
+        logs_about(&input).contains("abandoned at the rebalance deadline"),
+        "the transaction was given up because of the abandoned handler:\n{}",
+        logs_about(&input)
+    );
 }
 
 #[subscriber("eos-plain-in")]

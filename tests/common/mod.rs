@@ -737,6 +737,12 @@ impl OwnBroker {
         Self::start_kind(broker_kind(), port, advertised_port).await
     }
 
+    /// A Kafka node of the test's own whatever the suite's broker (for what only Kafka has,
+    /// such as transactions), advertising `advertised_port` (a proxy's) if given.
+    pub async fn kafka(advertised_port: Option<u16>) -> (OwnBroker, String) {
+        Self::start_kind(BrokerKind::Kafka, free_port(), advertised_port).await
+    }
+
     /// A Tansu of the test's own whatever the suite's broker (for what Tansu lacks).
     pub async fn tansu() -> (OwnBroker, String) {
         Self::start_kind(BrokerKind::Tansu, free_port(), None).await

@@ -545,13 +545,22 @@ impl GroupRunner {
         failure
     }
 
-    /// Logs the consumers of `parts` still running past their drain limit.
+    /// Logs the consumers of `parts` still running past their drain limit. Exactly-once: the
+    /// transaction cannot commit (an abandoned handler's outputs may be in it without its
+    /// offset), so it is aborted and every partition starts again from the committed offsets.
     fn abandon(&self, running: &Running, parts: &BTreeSet<(String, i32)>) {
         for s in running
             .serving
             .values()
             .filter(|s| parts.contains(&s.owner))
         {
+            if let Some(txn) = &self.rt.txn {
+                txn.poison(format!(
+                    "the handler of partition {} of topic {:?} was abandoned at the rebalance \
+                     deadline: its outputs may be in the transaction without its offset",
+                    s.partition, s.topic
+                ));
+            }
             tracing::error!(
                 group = self.group,
                 topic = s.topic,

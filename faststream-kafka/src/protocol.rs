@@ -335,7 +335,7 @@ impl Conn {
     }
 
     /// Writes `req` at `version` without waiting for its answer (read it, in the order the
-    /// requests were written, with [`Conn::answer`]): several requests in flight on one
+    /// requests were written, with [`Conn::next_answer`]): several requests in flight on one
     /// connection, as Kafka answers them in order. A failure breaks the connection.
     pub(crate) async fn pipeline<R: Request + Sync>(
         &mut self,

@@ -43,7 +43,8 @@
 //! The parent process times each relay child from its start until the output topic holds all
 //! N messages (it polls the fetch high watermarks itself, so the polling costs the measured
 //! process nothing), checks the count is exactly N, counts the sockets the child holds at that
-//! moment (its open file descriptors that are sockets, from `/proc`), then stops the child, which
+//! moment (from `/proc`, printed as `tcp/all`: its TCP sockets, then all its sockets, which
+//! include local ones such as the socket pair of tokio's signal handling), then stops the child, which
 //! reports its CPU time and peak RSS. With `KAFKA_BROKER_PID` set (`scripts/kafka-dev run` sets it), the broker's
 //! own CPU per message during each row is printed too: the broker shares the machine's cores.
 
@@ -221,18 +222,53 @@ struct Figures {
     /// The broker's CPU time during the row (when its pid is known).
     broker_cpu_seconds: Option<f64>,
     /// Sockets the relay held once its output was complete (networked rows, on Linux).
-    sockets: Option<usize>,
+    sockets: Option<Sockets>,
 }
 
-/// How many of the process's open file descriptors are sockets (`None` without `/proc`).
-fn sockets_of(pid: u32) -> Option<usize> {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    let sockets = fds
+/// The sockets a process holds: its TCP connections and listeners, and all its sockets
+/// (TCP ones plus local ones such as the socket pair tokio's signal handling keeps), from
+/// `/proc` (`None` without it).
+#[derive(Debug, Clone, Copy)]
+struct Sockets {
+    tcp: usize,
+    all: usize,
+}
+
+impl std::fmt::Display for Sockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tcp, self.all)
+    }
+}
+
+fn sockets_of(pid: u32) -> Option<Sockets> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
         .filter_map(Result::ok)
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter(|target| target.to_string_lossy().starts_with("socket:"))
-        .count();
-    Some(sockets)
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    // The inode is the tenth column of /proc/<pid>/net/tcp{,6}.
+    let mut tcp_inodes = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                tcp_inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    Some(Sockets {
+        tcp: inodes.iter().filter(|i| tcp_inodes.contains(*i)).count(),
+        all: inodes.len(),
+    })
 }
 
 fn main() {
@@ -421,8 +457,8 @@ async fn parent(args: Args) {
     let n = args.messages as f64;
     println!();
     println!(
-        "{:<16} {:>12} {:>16} {:>14} {:>20} {:>8}",
-        "", "msgs/s", "CPU s / 100k", "peak RSS MiB", "broker CPU s / 100k", "sockets"
+        "{:<16} {:>12} {:>16} {:>14} {:>20} {:>16}",
+        "", "msgs/s", "CPU s / 100k", "peak RSS MiB", "broker CPU s / 100k", "sockets tcp/all"
     );
     let io_n = io_messages(&args) as f64;
     for (kind, f) in &results {
@@ -441,7 +477,7 @@ async fn parent(args: Args) {
             .map_or("n/a".to_owned(), |b| format!("{:.3}", b / n * 100_000.0));
         let sockets = f.sockets.map_or("n/a".to_owned(), |s| s.to_string());
         println!(
-            "{:<16} {:>12.0} {:>16.3} {:>14.1} {:>20} {:>8}",
+            "{:<16} {:>12.0} {:>16.3} {:>14.1} {:>20} {:>16}",
             kind,
             n / f.seconds,
             f.cpu_seconds / n * 100_000.0,
@@ -461,15 +497,15 @@ async fn parent(args: Args) {
             args.partitions, args.idle_seconds
         );
         println!(
-            "{:<16} {:>18} {:>18} {:>14} {:>8}",
-            "", "service CPU %", "broker CPU %", "peak RSS MiB", "sockets"
+            "{:<16} {:>18} {:>18} {:>14} {:>16}",
+            "", "service CPU %", "broker CPU %", "peak RSS MiB", "sockets tcp/all"
         );
         for (kind, f) in idle {
             let broker = f.broker_cpu_seconds.map_or("n/a".to_owned(), |b| {
                 format!("{:.1}", b / f.seconds * 100.0)
             });
             println!(
-                "{:<16} {:>18.1} {:>18} {:>14.1} {:>8}",
+                "{:<16} {:>18.1} {:>18} {:>14.1} {:>16}",
                 kind,
                 f.cpu_seconds / f.seconds * 100.0,
                 broker,

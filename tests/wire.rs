@@ -519,6 +519,56 @@ async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
     );
 }
 
+/// The produce queues of all target partitions share one byte budget
+/// (`max_queued_bytes_total`): with a budget of one byte, one group of outputs waits at a time
+/// in the whole service, so the request connection never has two Produce requests on the
+/// wire (where the test above, with only the per-partition budgets, has several), and every
+/// output still lands once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_produce_queues_of_all_partitions_share_one_budget() {
+    use kafka_protocol::messages::ApiKey;
+    const PARTITIONS: i32 = 8;
+    const EACH: usize = 10;
+    let prefix = unique_prefix("budget");
+    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let (input, out) = (format!("{prefix}piped"), format!("{prefix}piped-out"));
+    create_topic(&client, &input, PARTITIONS).await;
+    create_topic(&client, &out, PARTITIONS).await;
+    for partition in 0..PARTITIONS {
+        let records = (0..EACH)
+            .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
+            .collect();
+        produce(&client, &input, partition, records).await;
+    }
+    proxy.delay_answers(ApiKey::Produce, 12, Duration::from_millis(150));
+    let running = start(app_on(&bootstrap, routes![piped], &prefix, |b| {
+        b.max_queued_bytes_total(1)
+    }))
+    .await;
+    let relayed = read(&client, &out, PARTITIONS as usize * EACH).await;
+    running.stop().await.expect("a clean shutdown");
+    for partition in 0..PARTITIONS {
+        let got: Vec<String> = relayed
+            .get(&partition)
+            .map(|r| r.iter().map(text).collect())
+            .unwrap_or_default();
+        let want: Vec<String> = (0..EACH).map(|i| format!("p{partition}-{i}")).collect();
+        assert_eq!(
+            got, want,
+            "partition {partition}: every output once, in order"
+        );
+    }
+    assert_eq!(
+        proxy.most_in_flight(),
+        1,
+        "one group of outputs queued at a time: one request on the wire at a time"
+    );
+}
+
 #[subscriber("aimed", auto_offset_reset = "earliest", dlq = "aimed.dlq")]
 #[publisher("aimed-out")]
 async fn aimed(body: String) -> Response<String> {

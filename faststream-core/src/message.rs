@@ -71,6 +71,13 @@ impl Headers {
         self.0.iter().map(|(k, v)| (&**k, v))
     }
 
+    /// Makes room for exactly `additional` more headers (a vector grown one push at a time
+    /// would take room for four: every output message carries its headers while it waits for
+    /// the broker).
+    pub(crate) fn reserve_exact(&mut self, additional: usize) {
+        self.0.reserve_exact(additional);
+    }
+
     /// Number of headers.
     pub fn len(&self) -> usize {
         self.0.len()

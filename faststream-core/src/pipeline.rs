@@ -649,7 +649,11 @@ impl Pipeline {
                 continue;
             };
             let mut headers = body.meta.headers;
-            if let (Some(ct), true) = (body.content_type, self.compat_headers) {
+            let content_type = body.content_type.filter(|_| self.compat_headers);
+            headers.reserve_exact(
+                usize::from(content_type.is_some()) + usize::from(correlation_id.is_some()),
+            );
+            if let Some(ct) = content_type {
                 headers.insert(header::CONTENT_TYPE, ct);
             }
             if let Some(id) = &correlation_id {
@@ -954,7 +958,11 @@ impl Pipeline {
             }];
         };
         let mut headers = body.meta.headers;
-        if let (Some(ct), true) = (body.content_type, self.compat_headers) {
+        let content_type = body.content_type.filter(|_| self.compat_headers);
+        headers.reserve_exact(
+            usize::from(content_type.is_some()) + usize::from(correlation_id.is_some()),
+        );
+        if let Some(ct) = content_type {
             headers.insert(header::CONTENT_TYPE, ct);
         }
         if let Some(id) = correlation_id {

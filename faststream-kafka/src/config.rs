@@ -71,6 +71,7 @@ pub(crate) struct Config {
     pub(crate) fetch_max_wait: Duration,
     pub(crate) missing_topics: MissingTopics,
     pub(crate) max_queued_bytes: usize,
+    pub(crate) max_queued_bytes_total: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) group: GroupDefaults,
     pub(crate) group_instance_id: Option<String>,

@@ -47,6 +47,14 @@ pub(crate) const LINGER_FILL: usize = 16 * 1024;
 /// Per-record framing overhead added to the payload sizes when sizing a request.
 const RECORD_OVERHEAD: usize = 24;
 
+/// What a queued message costs the queue budgets: its size, plus the memory it takes while it
+/// waits beyond its bytes (the message itself and its header slots), so that the budgets
+/// bound memory for small messages too.
+fn queued_cost(msg: &OutgoingMessage, size: usize) -> usize {
+    size + std::mem::size_of::<OutgoingMessage>()
+        + msg.headers.len() * std::mem::size_of::<(faststream_core::HeaderName, bytes::Bytes)>()
+}
+
 /// How a group of messages ended: all delivered, or these (indices into the group) were not,
 /// with why (refused for good by the broker, or not delivered within the delivery timeout).
 pub(crate) type Delivery = Result<(), Vec<(u32, String)>>;
@@ -90,8 +98,9 @@ struct Pending {
     ack: oneshot::Sender<Delivery>,
     /// When it was queued: retriable failures are retried until `delivery_timeout` after.
     queued_at: tokio::time::Instant,
-    /// Its share of the partition's queue budget, returned when it is dropped (after the ack).
-    _budget: OwnedSemaphorePermit,
+    /// Its share of the partition's queue budget and of the producers' total, returned when
+    /// it is dropped (after the ack).
+    _budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     /// The transaction it belongs to (see [`Txn::round`]; 0 outside transactions).
     round: u64,
 }
@@ -116,6 +125,9 @@ pub(crate) struct Producers {
     declared: Mutex<std::collections::HashSet<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     round_robin: AtomicUsize,
+    /// The bytes all partitions' queues may hold together (`max_queued_bytes_total`), shared
+    /// with the transactional producers made from these.
+    total: Arc<Semaphore>,
     /// The idempotent producer's id, shared by every partition's task.
     identity: Arc<Identity>,
     /// Set for an exactly-once group's producers: every batch is written in its transaction.
@@ -124,6 +136,7 @@ pub(crate) struct Producers {
 
 impl Producers {
     pub(crate) fn new(cluster: Arc<Cluster>) -> Self {
+        let total = Arc::new(Semaphore::new(cluster.config().max_queued_bytes_total));
         Self {
             config: cluster.config().clone(),
             cluster,
@@ -132,6 +145,7 @@ impl Producers {
             declared: Mutex::default(),
             tasks: Mutex::new(Vec::new()),
             round_robin: AtomicUsize::new(0),
+            total,
             identity: Arc::default(),
             txn: None,
         }
@@ -149,6 +163,7 @@ impl Producers {
         Self {
             txn: Some(txn),
             declared: Mutex::new(declared),
+            total: plain.total.clone(),
             ..Self::new(plain.cluster.clone())
         }
     }
@@ -199,6 +214,8 @@ impl Producers {
             msgs: Vec<OutgoingMessage>,
             sizes: Vec<usize>,
             indices: Vec<u32>,
+            /// What the group costs the queue budgets ([`queued_cost`]).
+            cost: usize,
         }
         let mut out = Enqueued::default();
         let mut groups: Vec<Group> = Vec::new();
@@ -249,6 +266,7 @@ impl Producers {
                 (None, None) => sticky,
             };
             let size = msg.approximate_size() + RECORD_OVERHEAD;
+            let cost = queued_cost(&msg, size);
             match groups
                 .iter_mut()
                 .find(|g| g.partition == partition && g.topic == msg.topic)
@@ -257,6 +275,7 @@ impl Producers {
                     g.msgs.push(msg);
                     g.sizes.push(size);
                     g.indices.push(index);
+                    g.cost += cost;
                 }
                 None => {
                     // Most calls address one partition: room for the rest of the list.
@@ -267,6 +286,7 @@ impl Producers {
                         msgs: Vec::with_capacity(room),
                         sizes: Vec::with_capacity(room),
                         indices: Vec::with_capacity(room),
+                        cost,
                     };
                     g.msgs.push(msg);
                     g.sizes.push(size);
@@ -282,13 +302,22 @@ impl Producers {
             msgs,
             sizes,
             indices,
+            cost,
         } in groups
         {
             let queue = self.queue(&topic, partition)?;
             let size: usize = sizes.iter().sum();
-            let permits = size.clamp(1, self.config.max_queued_bytes) as u32;
-            let budget = queue
+            // (A group larger than a budget takes all of it.)
+            let permits = cost.clamp(1, self.config.max_queued_bytes) as u32;
+            let partition_share = queue
                 .budget
+                .acquire_many_owned(permits)
+                .await
+                .map_err(|_| KafkaError::Closed)?;
+            let permits = cost.clamp(1, self.config.max_queued_bytes_total) as u32;
+            let total_share = self
+                .total
+                .clone()
                 .acquire_many_owned(permits)
                 .await
                 .map_err(|_| KafkaError::Closed)?;
@@ -299,7 +328,7 @@ impl Producers {
                 size,
                 ack: tx,
                 queued_at: tokio::time::Instant::now(),
-                _budget: budget,
+                _budget: (partition_share, total_share),
                 round: self.txn.as_ref().map_or(0, |t| t.round()),
             };
             queue.tx.send(pending).map_err(|_| KafkaError::Closed)?;

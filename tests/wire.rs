@@ -563,9 +563,9 @@ async fn the_produce_queues_of_all_partitions_share_one_budget() {
         );
     }
     assert_eq!(
-        proxy.most_in_flight(),
+        proxy.most_produce_in_flight(),
         1,
-        "one group of outputs queued at a time: one request on the wire at a time"
+        "one group of outputs queued at a time: one Produce request on the wire at a time"
     );
 }
 

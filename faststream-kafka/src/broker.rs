@@ -8,8 +8,6 @@ use faststream_core::{
     AckMode, Assignor, BoxFuture, GroupProtocol, IntoPayload, Message, OffsetReset,
     OutgoingMessage, Pipeline, Publish, RouteDef, Shutdown, SubscriberDef, Transport,
 };
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::BackoffConfig;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
@@ -292,7 +290,7 @@ impl KafkaBrokerBuilder {
                 producers: Arc::new(Producers::new(cluster.clone())),
                 cluster,
                 config,
-                client: OnceCell::new(),
+                connected: OnceCell::new(),
                 replies: OnceCell::new(),
             }),
         }
@@ -304,7 +302,8 @@ struct Shared {
     config: Arc<Config>,
     /// Partition leaders and the links to the brokers, shared by everything this handle runs.
     cluster: Arc<Cluster>,
-    client: OnceCell<Arc<Client>>,
+    /// Set once a bootstrap broker answered ([`KafkaBroker::connected`]).
+    connected: OnceCell<()>,
     producers: Arc<Producers>,
     replies: OnceCell<crate::request::Replies>,
 }
@@ -402,13 +401,15 @@ impl KafkaBroker {
         }
     }
 
-    /// The connected client (connects on first use, within the connect timeout).
-    pub(crate) async fn client(&self) -> Result<Arc<Client>, KafkaError> {
+    /// Checks once, on first use, that a bootstrap broker answers (TLS and SASL included)
+    /// within the connect timeout, so that an unreachable or misconfigured cluster is one
+    /// clear error.
+    pub(crate) async fn connected(&self) -> Result<(), KafkaError> {
         self.shared
-            .client
+            .connected
             .get_or_try_init(|| connect(&self.shared.config))
             .await
-            .cloned()
+            .copied()
     }
 
     /// Sends `value` to `topic` as a request (FastStream's RPC: `reply_to` and `correlation_id`
@@ -465,13 +466,9 @@ impl KafkaBroker {
                 if let Some(reason) = invalid_topic_name(&topic) {
                     return Err(KafkaError::InvalidTopic(reason));
                 }
-                let client = self.client().await?;
+                self.connected().await?;
                 self.shared.producers.declare(std::slice::from_ref(&topic));
-                let partitions = self
-                    .shared
-                    .producers
-                    .partition_count(&client, &topic)
-                    .await?;
+                let partitions = self.shared.producers.partition_count(&topic).await?;
                 crate::request::Replies::start(self.shared.cluster.clone(), topic, partitions).await
             })
             .await
@@ -489,9 +486,9 @@ impl KafkaBroker {
 
     /// Publishes a fully specified message; resolves once acknowledged.
     pub async fn send_message(&self, msg: OutgoingMessage) -> faststream_core::Result<()> {
-        let client = self.client().await?;
+        self.connected().await?;
         let topic = msg.topic.to_string();
-        let mut queued = self.shared.producers.enqueue(&client, vec![msg]).await?;
+        let mut queued = self.shared.producers.enqueue(vec![msg]).await?;
         if let Some((_, reason)) = queued.refused.pop() {
             return Err(KafkaError::Publish { topic, reason }.into());
         }
@@ -509,8 +506,8 @@ impl KafkaBroker {
 
     /// Number of partitions of `topic` (creating it if the missing-topics policy says so).
     pub async fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
-        let client = self.client().await?;
-        self.shared.producers.partition_count(&client, topic).await
+        self.connected().await?;
+        self.shared.producers.partition_count(topic).await
     }
 
     /// Moves the dead letters of `dlq_topic` that `selection` picks back to the topics (and
@@ -526,11 +523,10 @@ impl KafkaBroker {
         dlq_topic: &str,
         selection: &crate::Redrive,
     ) -> Result<crate::Redriven, KafkaError> {
-        let client = self.client().await?;
+        self.connected().await?;
         crate::redrive::redrive(
             &self.shared.config,
             &self.shared.producers,
-            &client,
             dlq_topic,
             selection,
         )
@@ -605,11 +601,7 @@ impl KafkaBroker {
         Ok(groups)
     }
 
-    async fn check_retry_topics(
-        &self,
-        client: &Arc<rskafka::client::Client>,
-        pipeline: &Pipeline,
-    ) -> Result<(), KafkaError> {
+    async fn check_retry_topics(&self, pipeline: &Pipeline) -> Result<(), KafkaError> {
         let producers = &self.shared.producers;
         for route in pipeline.routes() {
             let retry = &pipeline.policy(route).retry_topics;
@@ -618,16 +610,12 @@ impl KafkaBroker {
             }
             let topics = route.subscribers().iter().flat_map(|s| s.topics());
             for topic in topics.map(|t| pipeline.topic_name(t)) {
-                let n = producers.partition_count(client, &topic).await?;
+                let n = producers.partition_count(&topic).await?;
                 for retry_topic in retry {
                     let name = &retry_topic.topic;
-                    let declared = crate::topics::ensure_topic_partitions(
-                        client,
-                        &self.shared.config,
-                        name,
-                        n,
-                    )
-                    .await?;
+                    let declared =
+                        crate::topics::ensure_topic_partitions(&self.shared.cluster, name, n)
+                            .await?;
                     if declared != n {
                         return Err(KafkaError::InvalidPartition(format!(
                             "retry topic {name:?} of {} ({}) has {declared} partition(s) and topic {topic:?} has {n}: they must have as many (a message's retries stay on the partition of the same number); create {name:?} with {n} partitions",
@@ -646,7 +634,7 @@ impl KafkaBroker {
         pipeline: Arc<Pipeline>,
         shutdown: Shutdown,
     ) -> Result<(), KafkaError> {
-        let client = self.client().await?;
+        self.connected().await?;
         let config = &self.shared.config;
         // Every topic the routes touch must be valid and exist (or be created) before anything
         // starts: subscribed, published and dead-letter topics, with the prefix applied.
@@ -672,7 +660,7 @@ impl KafkaBroker {
         }
         self.shared.producers.declare(&topics);
         if config.missing_topics == MissingTopics::Fail {
-            let existing: Vec<String> = list_topics(&client).await?;
+            let existing: Vec<String> = list_topics(&self.shared.cluster).await?;
             let missing: Vec<String> = topics
                 .iter()
                 .filter(|t| !existing.contains(t))
@@ -691,12 +679,11 @@ impl KafkaBroker {
         if produces {
             self.shared.producers.check_idempotence().await?;
         }
-        self.check_retry_topics(&client, &pipeline).await?;
+        self.check_retry_topics(&pipeline).await?;
         // Stops every consumer: the app's shutdown (forwarded with its deadline), or the first
         // consumer that stops on its own (nothing may sit unread while the service looks alive).
         let (stop_all, inner) = Shutdown::new();
         let rt = Arc::new(Runtime {
-            client: client.clone(),
             producers: self.shared.producers.clone(),
             pipeline: pipeline.clone(),
             config: config.clone(),
@@ -742,7 +729,7 @@ impl KafkaBroker {
                     .collect();
                 if let Some(matcher) = sub.topic_matcher(&prefix) {
                     if existing.is_none() {
-                        existing = Some(list_topics(&client).await?);
+                        existing = Some(list_topics(&self.shared.cluster).await?);
                     }
                     let matching = existing.iter().flatten().filter(|t| matcher.matches(t));
                     names.extend(
@@ -758,11 +745,7 @@ impl KafkaBroker {
                     });
                 }
                 for topic in names {
-                    let count = self
-                        .shared
-                        .producers
-                        .partition_count(&client, &topic)
-                        .await?;
+                    let count = self.shared.producers.partition_count(&topic).await?;
                     if let Some(group) = sub.group() {
                         let entry = GroupTopic {
                             route,
@@ -843,7 +826,6 @@ impl KafkaBroker {
                         txn.clone(),
                     )),
                     txn: Some(txn.clone()),
-                    client: rt.client.clone(),
                     pipeline: rt.pipeline.clone(),
                     config: rt.config.clone(),
                     cluster: rt.cluster.clone(),
@@ -867,10 +849,7 @@ impl KafkaBroker {
         for route in pipeline.routes() {
             let outputs = route.publishers().iter().map(|t| pipeline.topic_name(t));
             for topic in outputs.chain(pipeline.policy(route).dlq.clone()) {
-                self.shared
-                    .producers
-                    .partition_count(&client, &topic)
-                    .await?;
+                self.shared.producers.partition_count(&topic).await?;
             }
         }
         // Ready once every consumer knows where it starts (checked in the loop below, which
@@ -932,7 +911,7 @@ impl KafkaBroker {
                                 continue;
                             }
                             self.shared.producers.declare(std::slice::from_ref(&topic));
-                            let count = match self.shared.producers.partition_count(&client, &topic).await {
+                            let count = match self.shared.producers.partition_count(&topic).await {
                                 Ok(count) => count,
                                 Err(e) => {
                                     tracing::error!(handler = route.name(), topic, error = %e, "cannot subscribe the handler to the topic");
@@ -960,7 +939,7 @@ impl KafkaBroker {
                     if !ungrouped_patterns.is_empty() {
                         // Topics created since that a pattern takes: every partition, from the
                         // beginning (as new partitions are).
-                        match list_topics(&client).await {
+                        match list_topics(&self.shared.cluster).await {
                             Ok(all) => {
                                 for pattern in &mut ungrouped_patterns {
                                     for topic in all.iter().filter(|t| pattern.matcher.matches(t)) {
@@ -982,7 +961,7 @@ impl KafkaBroker {
                         }
                     }
                     let names: Vec<String> = ungrouped.iter().map(|u| u.topic.to_string()).collect();
-                    let counts = self.shared.producers.lookup_partitions(&client, &names).await;
+                    let counts = self.shared.producers.lookup_partitions(&names).await;
                     for sub in &mut ungrouped {
                         let Some(&now) = counts.get(&*sub.topic) else { continue };
                         for partition in sub.partitions..now {
@@ -1066,7 +1045,9 @@ async fn probe(config: &Config) -> Result<(), crate::protocol::ConnError> {
     )))
 }
 
-async fn connect(config: &Config) -> Result<Arc<Client>, KafkaError> {
+/// [`probe`] as the service's first contact with the cluster: its failure is a
+/// [`KafkaError::Connect`] naming the bootstrap addresses.
+async fn connect(config: &Config) -> Result<(), KafkaError> {
     let brokers = config.brokers.join(",");
     let fail = |reason: String| KafkaError::Connect {
         brokers: brokers.clone(),
@@ -1076,34 +1057,9 @@ async fn connect(config: &Config) -> Result<Arc<Client>, KafkaError> {
     if config.brokers.is_empty() {
         return Err(fail("no bootstrap address given".into()));
     }
-    // rskafka retries connection errors forever by default: bound it.
-    let backoff = BackoffConfig {
-        init_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_secs(2),
-        base: 2.0,
-        deadline: Some(config.request_timeout),
-    };
-    // Our own connection first: a TLS or SASL failure is reported precisely and at once
-    // (the client library would retry it until the deadline and then say less).
     probe(config).await.map_err(|e| fail(e.to_string()))?;
-    let mut builder = ClientBuilder::new(config.brokers.clone())
-        .client_id(config.client_id.as_str())
-        .backoff_config(backoff);
-    if let Some(tls) = config.tls_client_config()? {
-        builder = builder.tls_config(tls);
-    }
-    if let Some(sasl) = config.security.sasl() {
-        builder = builder.sasl_config(sasl.for_client());
-    }
-    let build = builder.build();
-    match tokio::time::timeout(config.connect_timeout, build).await {
-        Ok(Ok(client)) => {
-            tracing::info!(brokers, "connected");
-            Ok(Arc::new(client))
-        }
-        Ok(Err(e)) => Err(fail(e.to_string())),
-        Err(_) => Err(fail("no broker answered".into())),
-    }
+    tracing::info!(brokers, "connected");
+    Ok(())
 }
 
 /// A route's retry topics, with the app's prefix.

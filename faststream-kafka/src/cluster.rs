@@ -136,7 +136,7 @@ impl Cluster {
         if !topics.iter().any(|t| &**t == topic) {
             topics.push(Arc::from(topic));
         }
-        let res = self.request(conn, &topics).await;
+        let res = self.request(conn, Some(&topics)).await;
         let mut state = lock(&self.state);
         state.lookups += 1;
         state.refused.clear();
@@ -167,11 +167,42 @@ impl Cluster {
         mine
     }
 
-    /// The Metadata request for `topics`: each topic's leaders, or why the broker refused it.
+    /// Every topic of the cluster with its partition count (one Metadata request for all
+    /// topics, on the lookup connection). The leaders it names replace the cached ones of the
+    /// topics already known, so a periodic listing also refreshes them.
+    pub(crate) async fn topics(&self) -> Result<Vec<(Arc<str>, i32)>, FetchError> {
+        let mut conn = self.lookup.lock().await;
+        let found = match self.request(&mut conn, None).await {
+            Ok(found) => found,
+            Err(e) => {
+                *conn = None;
+                return Err(e);
+            }
+        };
+        let mut state = lock(&self.state);
+        let mut topics = Vec::with_capacity(found.len());
+        for (name, leaders) in found {
+            // (A topic the broker reports with an error, such as one being deleted, is left out.)
+            let Ok(leaders) = leaders else {
+                continue;
+            };
+            if leaders.is_empty() {
+                continue;
+            }
+            topics.push((name.clone(), leaders.len() as i32));
+            if let Some(known) = state.leaders.get_mut(&name) {
+                *known = leaders;
+            }
+        }
+        Ok(topics)
+    }
+
+    /// The Metadata request for `topics` (all of the cluster's with `None`): each topic's
+    /// leaders, or why the broker refused it.
     async fn request(
         &self,
         conn: &mut Option<Conn>,
-        topics: &[Arc<str>],
+        topics: Option<&[Arc<str>]>,
     ) -> Result<Vec<(Arc<str>, Result<TopicLeaders, FetchError>)>, FetchError> {
         let config = &self.config;
         if conn.as_ref().is_some_and(Conn::is_broken) {
@@ -198,7 +229,7 @@ impl Cluster {
         let c = conn.as_mut().expect("connected above");
         let version = c.version::<MetadataRequest>(12)?;
         let mut req = MetadataRequest::default();
-        req.topics = Some(
+        req.topics = topics.map(|topics| {
             topics
                 .iter()
                 .map(|t| {
@@ -206,8 +237,8 @@ impl Cluster {
                     rt.name = Some(TopicName(StrBytes::from_string(t.to_string())));
                     rt
                 })
-                .collect(),
-        );
+                .collect()
+        });
         req.allow_auto_topic_creation = false;
         let resp = c.send(&req, version).await?;
         let brokers: HashMap<i32, Arc<str>> = resp

@@ -22,7 +22,6 @@ use faststream_core::{
     dlq_header, AckMode, BatchDef, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage,
     Pipeline, RetryLane, RouteDef, Shutdown,
 };
-use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -39,7 +38,6 @@ use faststream_core::{OffsetTracker, PartitionStop, Position, SeekTo, ShutdownTr
 /// What every consumer of one service shares.
 #[derive(Debug)]
 pub(crate) struct Runtime {
-    pub(crate) client: Arc<Client>,
     pub(crate) producers: Arc<Producers>,
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) config: Arc<Config>,
@@ -1134,7 +1132,7 @@ impl PartitionConsumer {
         }
         self.rt
             .producers
-            .enqueue(&self.rt.client, outputs)
+            .enqueue(outputs)
             .await
             .map_err(|e| (offset, format!("outputs cannot be queued: {e}")))
     }
@@ -1221,7 +1219,7 @@ impl PartitionConsumer {
                 let queued = self
                     .rt
                     .producers
-                    .enqueue(&self.rt.client, vec![*dlq])
+                    .enqueue(vec![*dlq])
                     .await
                     .map_err(|e| (offset, format!("dead-letter copy cannot be queued: {e}")))?;
                 queued.delivered().await.map_err(|why| {

@@ -4,7 +4,8 @@
 //! types over our own connections (TLS, SASL): fetching and record-batch decoding (every codec,
 //! transactions), producing (record batches encoded in one pass from the outgoing messages,
 //! no intermediate record type: see `encode`), and the consumer-group protocol.
-//! [rskafka](https://docs.rs/rskafka) serves metadata and topic administration. The produce
+//! [rskafka](https://docs.rs/rskafka) serves topic creation only (connected for it, closed
+//! after). The produce
 //! path is ours because per-message cost there is the framework's largest (a profile put a
 //! client-owned record with a header map at about half the relay's CPU), and because an
 //! idempotent or transactional producer needs to set the batch header's producer fields.
@@ -36,9 +37,9 @@
 //!    feature `metrics`), `records` (record-batch decoding: codecs, transactions);
 //! 2. `security` (TLS, SASL), then `config` (settings);
 //! 3. `protocol` (one connection: framing, versions, TLS, SASL), `encode` (record batches v2
-//!    from outgoing messages), `topics` (names, existence, creation), `link` (one broker's
-//!    fetch and request connections, merging what every partition asks), then `cluster`
-//!    (partition leaders, the links by broker);
+//!    from outgoing messages), `link` (one broker's fetch and request connections, merging
+//!    what every partition asks), then `cluster` (the metadata: partition leaders, topic
+//!    listings; the links by broker), then `topics` (names, existence, creation);
 //! 4. `assign` (the group leader's assignors), `fetch` (one partition's reads through its
 //!    leader's link, and the decoding of its part of the answer),
 //!    `transaction` (a group's transactional producer and commit gate, exactly-once);

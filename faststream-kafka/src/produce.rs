@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use faststream_core::OutgoingMessage;
 use kafka_protocol::ResponseError;
-use rskafka::client::Client;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::backoff::Backoff;
@@ -203,11 +202,7 @@ impl Producers {
     ///
     /// Partitions: explicit, else murmur2 of the key, else one partition per call and topic
     /// (round-robin across calls: "sticky", so keyless messages batch well).
-    pub(crate) async fn enqueue(
-        &self,
-        client: &Arc<Client>,
-        msgs: Vec<OutgoingMessage>,
-    ) -> Result<Enqueued, KafkaError> {
+    pub(crate) async fn enqueue(&self, msgs: Vec<OutgoingMessage>) -> Result<Enqueued, KafkaError> {
         struct Group {
             topic: Arc<str>,
             partition: i32,
@@ -230,15 +225,11 @@ impl Producers {
             let known = match topics.iter().find(|(t, _)| *t == msg.topic) {
                 Some((_, known)) => known.clone(),
                 None => {
-                    let known =
-                        self.partition_count_within(client, &msg.topic)
-                            .await
-                            .map(|count| {
-                                let sticky = (self.round_robin.fetch_add(1, Ordering::Relaxed)
-                                    % count as usize)
-                                    as i32;
-                                (count, sticky)
-                            });
+                    let known = self.partition_count_within(&msg.topic).await.map(|count| {
+                        let sticky = (self.round_robin.fetch_add(1, Ordering::Relaxed)
+                            % count as usize) as i32;
+                        (count, sticky)
+                    });
                     topics.push((msg.topic.clone(), known.clone()));
                     known
                 }
@@ -339,15 +330,11 @@ impl Producers {
 
     /// [`Producers::partition_count`], retrying a metadata lookup that fails (the cluster is
     /// unreachable) until the delivery timeout; `Err` says why the topic cannot be written.
-    async fn partition_count_within(
-        &self,
-        client: &Arc<Client>,
-        topic: &str,
-    ) -> Result<i32, String> {
+    async fn partition_count_within(&self, topic: &str) -> Result<i32, String> {
         let deadline = tokio::time::Instant::now() + self.config.delivery_timeout;
         let mut backoff = Backoff::requests();
         loop {
-            match self.partition_count(client, topic).await {
+            match self.partition_count(topic).await {
                 Ok(n) => return Ok(n),
                 Err(e @ (KafkaError::MissingTopics { .. } | KafkaError::InvalidTopic(_))) => {
                     return Err(e.to_string())
@@ -368,11 +355,7 @@ impl Producers {
 
     /// Number of partitions of `topic`, from metadata (cached for `metadata_max_age`); creates
     /// the topic if allowed.
-    pub(crate) async fn partition_count(
-        &self,
-        client: &Arc<Client>,
-        topic: &str,
-    ) -> Result<i32, KafkaError> {
+    pub(crate) async fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
         let cached = lock(&self.partitions).get(topic).copied();
         if let Some((n, at)) = cached {
             if at.elapsed() < self.config.metadata_max_age {
@@ -380,7 +363,7 @@ impl Producers {
             }
         }
         let declared = lock(&self.declared).contains(topic);
-        let n = match crate::topics::ensure_topic(client, &self.config, topic, declared).await {
+        let n = match crate::topics::ensure_topic(&self.cluster, topic, declared).await {
             Ok(n) => n,
             Err(e) => match cached {
                 // A refresh that fails keeps the last known count.
@@ -407,10 +390,9 @@ impl Producers {
     /// a failed lookup is logged and yields nothing).
     pub(crate) async fn lookup_partitions(
         &self,
-        client: &Arc<Client>,
         topics: &[String],
     ) -> std::collections::BTreeMap<String, i32> {
-        match self.try_lookup_partitions(client, topics).await {
+        match self.try_lookup_partitions(topics).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(?topics, error = %e, "metadata lookup failed");
@@ -423,15 +405,14 @@ impl Producers {
     /// topics" (for callers that act on a topic's absence).
     pub(crate) async fn try_lookup_partitions(
         &self,
-        client: &Arc<Client>,
         topics: &[String],
-    ) -> Result<std::collections::BTreeMap<String, i32>, rskafka::client::error::Error> {
-        let listed = client.list_topics().await?;
+    ) -> Result<std::collections::BTreeMap<String, i32>, FetchError> {
+        let listed = self.cluster.topics().await?;
         let now = tokio::time::Instant::now();
         let found: std::collections::BTreeMap<String, i32> = listed
             .into_iter()
-            .filter(|t| topics.contains(&t.name) && !t.partitions.is_empty())
-            .map(|t| (t.name, t.partitions.len() as i32))
+            .filter(|(name, _)| topics.iter().any(|t| **t == **name))
+            .map(|(name, n)| (name.to_string(), n))
             .collect();
         let mut cache = lock(&self.partitions);
         for (topic, n) in &found {

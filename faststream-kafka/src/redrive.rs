@@ -115,7 +115,6 @@ pub struct Redriven {
 pub(crate) async fn redrive(
     config: &Arc<Config>,
     producers: &Producers,
-    client: &Arc<rskafka::client::Client>,
     dlq: &str,
     selection: &Redrive,
 ) -> Result<Redriven, KafkaError> {
@@ -123,7 +122,7 @@ pub(crate) async fn redrive(
         topic: dlq.to_owned(),
         reason: format!("redrive: {reason}"),
     };
-    let partitions = producers.partition_count(client, dlq).await?;
+    let partitions = producers.partition_count(dlq).await?;
     let group = selection.group(dlq);
     let assigned: Vec<(String, i32)> = (0..partitions).map(|p| (dlq.to_owned(), p)).collect();
     let mut coordinator = find_coordinator(config, &group)
@@ -165,12 +164,12 @@ pub(crate) async fn redrive(
                     Fetched::Passed { .. } => {}
                 }
                 if chunk.is_full() {
-                    report.moved += chunk.send(producers, client).await.map_err(failed)?;
+                    report.moved += chunk.send(producers).await.map_err(failed)?;
                     let progress = BTreeMap::from([(dlq, vec![(partition, at + 1)])]);
                     commit(config, &mut coordinator, &group, &progress).await?;
                 }
             }
-            report.moved += chunk.send(producers, client).await.map_err(failed)?;
+            report.moved += chunk.send(producers).await.map_err(failed)?;
             // Out: the next redrive of this selection starts after it.
             let progress = BTreeMap::from([(dlq, vec![(partition, fetched_to)])]);
             commit(config, &mut coordinator, &group, &progress).await?;
@@ -198,17 +197,13 @@ impl Chunk {
     }
 
     /// Publishes the chunk and waits for the broker's acknowledgement; how many it held.
-    async fn send(
-        &mut self,
-        producers: &Producers,
-        client: &Arc<rskafka::client::Client>,
-    ) -> Result<u64, String> {
+    async fn send(&mut self, producers: &Producers) -> Result<u64, String> {
         self.bytes = 0;
         let outputs = std::mem::take(&mut self.outputs);
         let count = outputs.len() as u64;
         if count > 0 {
             producers
-                .enqueue(client, outputs)
+                .enqueue(outputs)
                 .await
                 .map_err(|e| e.to_string())?
                 .delivered()

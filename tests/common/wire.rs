@@ -250,6 +250,8 @@ pub struct KafkaProxy {
     /// The most requests seen on the wire at once on one connection (passed on, not answered
     /// yet).
     most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The same for Produce requests only.
+    most_produce_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Produce requests to a topic whose answers the proxy loses: the topic, and how many more.
@@ -279,6 +281,7 @@ impl KafkaProxy {
             lost_answers: Arc::default(),
             refused_producer_ids: Arc::default(),
             most_in_flight: Arc::default(),
+            most_produce_in_flight: Arc::default(),
         };
         let shared = proxy.clone();
         tokio::spawn(async move {
@@ -362,6 +365,12 @@ impl KafkaProxy {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// [`Self::most_in_flight`] counting Produce requests only.
+    pub fn most_produce_in_flight(&self) -> usize {
+        self.most_produce_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Passes every request on again.
     pub fn pass_all(&self) {
         self.refuse_produce(|_, _| None);
@@ -380,11 +389,13 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         lost_answers,
         refused_producer_ids,
         most_in_flight,
+        most_produce_in_flight,
         ..
     } = proxy;
     use std::sync::atomic::{AtomicUsize, Ordering};
     // Requests of this connection passed on and not answered yet.
     let in_flight: Arc<AtomicUsize> = Arc::default();
+    let produce_in_flight: Arc<AtomicUsize> = Arc::default();
     let (mut client_rx, client_tx) = client.into_split();
     // Produce requests passed on whose answers are to be lost, by correlation id.
     let losing: Arc<Mutex<std::collections::HashSet<i32>>> = Arc::default();
@@ -401,6 +412,7 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         let apis = apis.clone();
         let losing = losing.clone();
         let in_flight = in_flight.clone();
+        let produce_in_flight = produce_in_flight.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
@@ -412,6 +424,9 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
                 }
                 let request = apis.lock().unwrap().remove(&correlation);
                 let api = request.map(|(api, _)| api);
+                if api == Some(ApiKey::Produce as i16) {
+                    produce_in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
                 let hold = api.and_then(|api| {
                     let mut delays = delays.lock().unwrap();
                     let (left, delay) = delays.get_mut(&api)?;
@@ -463,6 +478,10 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
             }
             if api == ApiKey::Produce as i16 && produces_to(&frame, version, &lost_answers) {
                 losing.lock().unwrap().insert(correlation);
+            }
+            if api == ApiKey::Produce as i16 {
+                let now = produce_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most_produce_in_flight.fetch_max(now, Ordering::SeqCst);
             }
         }
         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;

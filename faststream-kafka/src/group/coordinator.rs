@@ -276,12 +276,7 @@ impl GroupRunner {
             .filter(|t| !ours.contains_key(t))
             .collect();
         let mut partitions = ours.clone();
-        partitions.extend(
-            self.rt
-                .producers
-                .lookup_partitions(&self.rt.client, &topics)
-                .await,
-        );
+        partitions.extend(self.rt.producers.lookup_partitions(&topics).await);
         for topic in topics.iter().filter(|t| !partitions.contains_key(*t)) {
             tracing::warn!(
                 group = self.group,

@@ -577,7 +577,7 @@ impl GroupRunner {
     async fn initial_counts(&self) -> Option<BTreeMap<String, i32>> {
         self.rt
             .producers
-            .try_lookup_partitions(&self.rt.client, &self.topic_names())
+            .try_lookup_partitions(&self.topic_names())
             .await
             .ok()
     }
@@ -600,7 +600,7 @@ impl GroupRunner {
     async fn partition_counts(&self) -> BTreeMap<String, i32> {
         self.rt
             .producers
-            .lookup_partitions(&self.rt.client, &self.topic_names())
+            .lookup_partitions(&self.topic_names())
             .await
     }
 
@@ -887,11 +887,7 @@ impl GroupRunner {
             for topic in subscriptions.get(route.name()).into_iter().flatten() {
                 let topic = self.rt.pipeline.topic_name(topic);
                 self.rt.producers.declare(std::slice::from_ref(&topic));
-                let found = self
-                    .rt
-                    .producers
-                    .partition_count(&self.rt.client, &topic)
-                    .await;
+                let found = self.rt.producers.partition_count(&topic).await;
                 match found {
                     Ok(_) => wanted.push(GroupTopic {
                         route,
@@ -935,12 +931,7 @@ impl GroupRunner {
             return Some(added.into_iter().map(|t| (t, None, None)).collect());
         }
         let topics: Vec<String> = watched.keys().cloned().collect();
-        let now = match self
-            .rt
-            .producers
-            .try_lookup_partitions(&self.rt.client, &topics)
-            .await
-        {
+        let now = match self.rt.producers.try_lookup_partitions(&topics).await {
             Ok(now) => now,
             Err(e) => {
                 tracing::warn!(group = self.group, error = %e, "metadata refresh failed; keeping the assignment");
@@ -961,7 +952,7 @@ impl GroupRunner {
         if self.patterns.is_empty() {
             return None;
         }
-        let all = match crate::topics::list_topics(&self.rt.client).await {
+        let all = match crate::topics::list_topics(&self.rt.cluster).await {
             Ok(all) => all,
             Err(e) => {
                 tracing::warn!(group = self.group, error = %e, "listing topics for pattern subscriptions failed");

@@ -36,6 +36,11 @@
 //!   earlier commit's `target/release/deps/relay-*`): the same row with its child from that
 //!   build, so a change is measured against what it replaces in the same run (by default
 //!   `framework@base`, `framework-group@base` and `idle@base` are added).
+//! - `librdkafka` and `idle@librdkafka` (with `--peer PATH`, the binary of
+//!   `benches/librdkafka-peer`, a crate outside the workspace: `cargo build --release
+//!   --manifest-path benches/librdkafka-peer/Cargo.toml`): the `framework-group` and `idle` rows
+//!   with a consumer-group relay written directly on librdkafka (rust-rdkafka) as the child, so
+//!   `group / rdkafka` compares the seed relay with the C client's in the same run.
 //! - `io-seq` and `io-par`: an I/O-bound handler (waits 5 ms, then answers) over keyed input
 //!   (1000 keys), one message at a time per partition and with `concurrency = 100`, on N / 50
 //!   messages (at least 3000).
@@ -88,8 +93,15 @@ async fn handle_msg_eos(user: String, user_id: i64) -> String {
 #[subscriber("in_topic", group_id = "relay", auto_offset_reset = "earliest")]
 #[publisher("out-topic")]
 async fn handle_msg_group(user: String, user_id: i64) -> String {
+    FIRST.call_once(|| println!("first {}", STARTED.elapsed().as_secs_f64()));
     format!("User: {user_id} - {user} registered")
 }
+
+/// When this process started, and the group relay's first message: the child prints
+/// `first <seconds since its start>` when its handler is first called (so the parent reports
+/// startup to the first output, the group's join included).
+static STARTED: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+static FIRST: std::sync::Once = std::sync::Once::new();
 
 /// The seed message as one element of a batch.
 #[derive(Deserialize)]
@@ -148,6 +160,9 @@ struct Args {
     /// Another build of this benchmark (an earlier commit's): rows named `<kind>@base` run
     /// their child from it, beside this build's rows in the same run.
     baseline: Option<String>,
+    /// The librdkafka peer relay's binary (`benches/librdkafka-peer`), for the `librdkafka`
+    /// rows.
+    peer: Option<String>,
     /// How long the `idle` rows watch a service on quiet partitions.
     idle_seconds: u64,
 }
@@ -161,6 +176,7 @@ fn parse_args() -> Args {
         only: None,
         rounds: 1,
         baseline: None,
+        peer: None,
         idle_seconds: 20,
     };
     let mut it = std::env::args().skip(1);
@@ -182,6 +198,7 @@ fn parse_args() -> Args {
             "--prefix" => args.prefix = it.next().expect("--prefix P"),
             "--only" => args.only = it.next(),
             "--baseline" => args.baseline = it.next(),
+            "--peer" => args.peer = it.next(),
             "--idle-seconds" => {
                 args.idle_seconds = it
                     .next()
@@ -272,6 +289,7 @@ fn sockets_of(pid: u32) -> Option<Sockets> {
 }
 
 fn main() {
+    std::sync::LazyLock::force(&STARTED);
     let args = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -318,6 +336,9 @@ async fn parent(args: Args) {
     if args.baseline.is_some() {
         kinds.extend(["framework@base", "framework-group@base", "idle@base"]);
     }
+    if args.peer.is_some() {
+        kinds.extend(["librdkafka", "idle@librdkafka"]);
+    }
     let rounds = kinds.repeat(args.rounds);
     for (row, kind) in rounds.into_iter().enumerate() {
         if args
@@ -328,10 +349,16 @@ async fn parent(args: Args) {
             continue;
         }
         let prefix = format!("bench{stamp}-{row}-{}.", kind.replace('@', "-"));
-        // `<kind>@base`: the same row, its child from the baseline build.
-        let (base, exe) = match kind.strip_suffix("@base") {
-            Some(base) => (base, args.baseline.clone().expect("--baseline PATH").into()),
-            None => (kind, std::env::current_exe().unwrap()),
+        // `<kind>@base`: the same row, its child from the baseline build; `librdkafka`: the
+        // group relay's row with the peer relay as its child.
+        let (base, exe) = match (kind, kind.strip_suffix("@base")) {
+            (_, Some(base)) => (base, args.baseline.clone().expect("--baseline PATH").into()),
+            ("librdkafka", _) => (
+                "framework-group",
+                args.peer.clone().expect("--peer PATH").into(),
+            ),
+            ("idle@librdkafka", _) => ("idle", args.peer.clone().expect("--peer PATH").into()),
+            _ => (kind, std::env::current_exe().unwrap()),
         };
         // An idle row is a group relay of nothing, watched for `idle_seconds`.
         let idle = base == "idle";
@@ -382,10 +409,18 @@ async fn parent(args: Args) {
         let mut sockets = None;
         // CPU the child used before its clock started (a group's join).
         let mut cpu_before = 0.0;
+        // The group child's `first` line (it may come before `assigned`).
+        let mut first = None;
         if child_kind == "framework-group" || child_kind == "framework-eos" {
-            let line = lines
-                .recv_timeout(Duration::from_secs(120))
-                .expect("the group child reports its assignment");
+            let line = loop {
+                let line = lines
+                    .recv_timeout(Duration::from_secs(120))
+                    .expect("the group child reports its assignment");
+                match line.strip_prefix("first ") {
+                    Some(at) => first = Some(at.to_owned()),
+                    None => break line,
+                }
+            };
             cpu_before = line
                 .strip_prefix("assigned ")
                 .and_then(|cpu| cpu.parse().ok())
@@ -432,6 +467,14 @@ async fn parent(args: Args) {
         let out = child.wait_with_output().expect("child output");
         reader.join().expect("stdout reader");
         let stdout: Vec<String> = lines.try_iter().collect();
+        let first = first.or_else(|| {
+            stdout
+                .iter()
+                .find_map(|l| Some(l.strip_prefix("first ")?.to_owned()))
+        });
+        if let Some(first) = first {
+            println!("  {kind}: first message handled {first} s after the child started");
+        }
         assert!(
             out.status.success(),
             "{kind} failed: {}{}",
@@ -542,6 +585,7 @@ async fn parent(args: Args) {
         ("framework", "framework-plain", "idem / plain"),
         ("framework-group", "framework", "group / fw"),
         ("framework-eos", "framework-group", "eos / group"),
+        ("framework-group", "librdkafka", "group / rdkafka"),
         ("framework-batch", "raw-headers", "batch / raw-hdr"),
         ("framework-batch", "framework", "batch / fw"),
         ("framework-metrics", "framework", "metrics / fw"),

@@ -90,6 +90,10 @@ pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
     // moved while the vector grows unless a fetch holds smaller ones; bounded, since a fetch
     // grown for one large record may be megabytes of a single record.
     out.items.reserve((data.len() / 48).min(MAX_RESERVED_ITEMS));
+    // Every record's message starts as a clone of this one: the topic name is the consumer's,
+    // shared, not allocated again per record.
+    let mut template = Message::new("", Bytes::new()).at(src.partition, 0);
+    template.topic = src.topic.clone();
     let mut aborted = src.aborted.iter().peekable();
     // Producers whose aborted transaction is open at the current batch.
     let mut aborting: HashSet<i64> = HashSet::new();
@@ -142,7 +146,7 @@ pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
         if batch.transactional && aborting.contains(&batch.producer_id) {
             continue;
         }
-        if let Err(reason) = batch.records(src, raw.clone(), &mut out) {
+        if let Err(reason) = batch.records(src, &template, raw.clone(), &mut out) {
             // Records read before the failure are kept; the rest of the batch is unreadable.
             let first = out
                 .items
@@ -247,7 +251,13 @@ impl Header {
     }
 
     /// Decompresses the batch and appends its records at or after the fetch offset.
-    fn records(&self, src: &Source<'_>, raw: Bytes, out: &mut Decoded) -> Result<(), String> {
+    fn records(
+        &self,
+        src: &Source<'_>,
+        template: &Message,
+        raw: Bytes,
+        out: &mut Decoded,
+    ) -> Result<(), String> {
         let body = raw.slice(HEADER_LEN..);
         let mut body = match self.codec {
             0 => body,
@@ -275,7 +285,8 @@ impl Header {
             } else {
                 self.base_timestamp.wrapping_add(rec.timestamp_delta)
             };
-            let mut msg = Message::new(src.topic.clone(), Bytes::new()).at(src.partition, offset);
+            let mut msg = template.clone();
+            msg.offset = offset;
             msg.key = rec.key;
             msg.payload = rec.value;
             msg.headers = rec.headers;

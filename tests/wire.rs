@@ -469,15 +469,19 @@ async fn piped(body: String, partition: faststream::extract::Partition) -> Respo
     Response::new(body).partition(partition.0)
 }
 
-/// The request connection keeps several Produce requests on the wire at once (at most five,
-/// as the Java producer's `max.in.flight.requests.per.connection`) while the broker is slow
-/// to answer, and every output still lands once, in order within its partition.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
+/// Relays `EACH` messages on each of 8 partitions (route `piped`, outputs to the same
+/// partition) through the test proxy, which holds the broker's next `delayed` produce answers
+/// back 150 ms each, with the broker handle set up by `broker`; checks every output landed
+/// once, in order within its partition, and returns the proxy (for its counts).
+async fn relay_with_slow_produce_answers(
+    name: &str,
+    each: usize,
+    delayed: usize,
+    broker: impl FnOnce(faststream::kafka::KafkaBrokerBuilder) -> faststream::kafka::KafkaBrokerBuilder,
+) -> KafkaProxy {
     use kafka_protocol::messages::ApiKey;
     const PARTITIONS: i32 = 8;
-    const EACH: usize = 40;
-    let prefix = unique_prefix("piped");
+    let prefix = unique_prefix(name);
     let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
     let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
         .build()
@@ -487,35 +491,41 @@ async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
     create_topic(&client, &input, PARTITIONS).await;
     create_topic(&client, &out, PARTITIONS).await;
     for partition in 0..PARTITIONS {
-        let records = (0..EACH)
+        let records = (0..each)
             .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
             .collect();
         produce(&client, &input, partition, records).await;
     }
-    // A broker slow to answer produce requests: the partitions' batches that are ready
-    // meanwhile go out in the next requests instead of waiting for the answer.
-    proxy.delay_answers(ApiKey::Produce, 30, Duration::from_millis(150));
-    let running = start(app_on(&bootstrap, routes![piped], &prefix, |b| {
-        b.max_batch_bytes(200)
-    }))
-    .await;
-    let relayed = read(&client, &out, PARTITIONS as usize * EACH).await;
+    proxy.delay_answers(ApiKey::Produce, delayed, Duration::from_millis(150));
+    let running = start(app_on(&bootstrap, routes![piped], &prefix, broker)).await;
+    let relayed = read(&client, &out, PARTITIONS as usize * each).await;
     running.stop().await.expect("a clean shutdown");
     for partition in 0..PARTITIONS {
         let got: Vec<String> = relayed
             .get(&partition)
             .map(|r| r.iter().map(text).collect())
             .unwrap_or_default();
-        let want: Vec<String> = (0..EACH).map(|i| format!("p{partition}-{i}")).collect();
+        let want: Vec<String> = (0..each).map(|i| format!("p{partition}-{i}")).collect();
         assert_eq!(
             got, want,
             "partition {partition}: every output once, in order"
         );
     }
-    let most = proxy.most_in_flight();
+    proxy
+}
+
+/// The request connection keeps several Produce requests on the wire at once (at most five,
+/// as the Java producer's `max.in.flight.requests.per.connection`) while the broker is slow
+/// to answer (the partitions' batches that are ready meanwhile go out in the next requests
+/// instead of waiting for the answer), and every output still lands once, in order within its
+/// partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
+    let proxy = relay_with_slow_produce_answers("piped", 40, 30, |b| b.max_batch_bytes(200)).await;
+    let most = proxy.most_produce_in_flight();
     assert!(
         (2..=5).contains(&most),
-        "requests on the wire at once on one connection: {most}"
+        "Produce requests on the wire at once on one connection: {most}"
     );
 }
 
@@ -526,42 +536,8 @@ async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
 /// output still lands once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_produce_queues_of_all_partitions_share_one_budget() {
-    use kafka_protocol::messages::ApiKey;
-    const PARTITIONS: i32 = 8;
-    const EACH: usize = 10;
-    let prefix = unique_prefix("budget");
-    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
-    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
-        .build()
-        .await
-        .unwrap();
-    let (input, out) = (format!("{prefix}piped"), format!("{prefix}piped-out"));
-    create_topic(&client, &input, PARTITIONS).await;
-    create_topic(&client, &out, PARTITIONS).await;
-    for partition in 0..PARTITIONS {
-        let records = (0..EACH)
-            .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
-            .collect();
-        produce(&client, &input, partition, records).await;
-    }
-    proxy.delay_answers(ApiKey::Produce, 12, Duration::from_millis(150));
-    let running = start(app_on(&bootstrap, routes![piped], &prefix, |b| {
-        b.max_queued_bytes_total(1)
-    }))
-    .await;
-    let relayed = read(&client, &out, PARTITIONS as usize * EACH).await;
-    running.stop().await.expect("a clean shutdown");
-    for partition in 0..PARTITIONS {
-        let got: Vec<String> = relayed
-            .get(&partition)
-            .map(|r| r.iter().map(text).collect())
-            .unwrap_or_default();
-        let want: Vec<String> = (0..EACH).map(|i| format!("p{partition}-{i}")).collect();
-        assert_eq!(
-            got, want,
-            "partition {partition}: every output once, in order"
-        );
-    }
+    let proxy =
+        relay_with_slow_produce_answers("budget", 10, 12, |b| b.max_queued_bytes_total(1)).await;
     assert_eq!(
         proxy.most_produce_in_flight(),
         1,

@@ -247,10 +247,8 @@ pub struct KafkaProxy {
     lost_answers: LostAnswers,
     /// The error code the proxy answers InitProducerId requests with itself, if any.
     refused_producer_ids: Arc<Mutex<Option<i16>>>,
-    /// The most requests seen on the wire at once on one connection (passed on, not answered
-    /// yet).
-    most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// The same for Produce requests only.
+    /// The most Produce requests seen on the wire at once on one connection (passed on, not
+    /// answered yet).
     most_produce_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -280,7 +278,6 @@ impl KafkaProxy {
             offset_fetch_errors: Arc::default(),
             lost_answers: Arc::default(),
             refused_producer_ids: Arc::default(),
-            most_in_flight: Arc::default(),
             most_produce_in_flight: Arc::default(),
         };
         let shared = proxy.clone();
@@ -358,14 +355,8 @@ impl KafkaProxy {
             .unwrap_or(0)
     }
 
-    /// The most requests one client connection had on the wire at once: passed on to the
-    /// broker and not answered yet (1 for a client that waits for each answer).
-    pub fn most_in_flight(&self) -> usize {
-        self.most_in_flight
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// [`Self::most_in_flight`] counting Produce requests only.
+    /// The most Produce requests one client connection had on the wire at once: passed on to
+    /// the broker and not answered yet (1 for a client that waits for each answer).
     pub fn most_produce_in_flight(&self) -> usize {
         self.most_produce_in_flight
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -388,13 +379,11 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         offset_fetch_errors,
         lost_answers,
         refused_producer_ids,
-        most_in_flight,
         most_produce_in_flight,
         ..
     } = proxy;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    // Requests of this connection passed on and not answered yet.
-    let in_flight: Arc<AtomicUsize> = Arc::default();
+    // Produce requests of this connection passed on and not answered yet.
     let produce_in_flight: Arc<AtomicUsize> = Arc::default();
     let (mut client_rx, client_tx) = client.into_split();
     // Produce requests passed on whose answers are to be lost, by correlation id.
@@ -411,12 +400,10 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         let fetches = fetches.clone();
         let apis = apis.clone();
         let losing = losing.clone();
-        let in_flight = in_flight.clone();
         let produce_in_flight = produce_in_flight.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
             while let Some(frame) = read_frame(&mut upstream_rx).await {
-                in_flight.fetch_sub(1, Ordering::SeqCst);
                 let correlation = frame.clone().get_i32();
                 if losing.lock().unwrap().remove(&correlation) {
                     let _ = client_tx.lock().await.shutdown().await;
@@ -484,8 +471,6 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
                 most_produce_in_flight.fetch_max(now, Ordering::SeqCst);
             }
         }
-        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        most_in_flight.fetch_max(now, Ordering::SeqCst);
         if write_frame(&mut upstream_tx, &frame).await.is_err() {
             break;
         }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -427,7 +428,6 @@ async fn moved(body: String, topic: Topic) -> String {
 /// finding the leader again, until accepted: every output once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_produce_refused_as_retriable_is_retried_until_accepted() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let prefix = unique_prefix("moved");
     let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
     let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
@@ -526,6 +526,63 @@ async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
     assert!(
         (2..=5).contains(&most),
         "Produce requests on the wire at once on one connection: {most}"
+    );
+    // And one Fetch request asks for several partitions of the broker at once.
+    let fetched = proxy.most_fetch_partitions();
+    assert!(fetched >= 2, "partitions in one Fetch request: {fetched}");
+}
+
+/// Handlers of the `paced` route running now, and the most at once.
+static PACED_NOW: AtomicUsize = AtomicUsize::new(0);
+static PACED_MOST: AtomicUsize = AtomicUsize::new(0);
+
+#[subscriber("paced", auto_offset_reset = "earliest")]
+async fn paced(body: String, topic: Topic) {
+    let now = PACED_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+    PACED_MOST.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    PACED_NOW.fetch_sub(1, Ordering::SeqCst);
+    seen(&topic, &body);
+}
+
+/// What partitions fetched and their consumers have not finished shares one byte budget
+/// (`max_fetched_bytes`): with a budget of one byte, one partition at a time has a fetched
+/// batch in hand, so the handlers of 8 partitions (which otherwise run side by side) never
+/// overlap, and every message is still handled once, in order per partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_fetched_ahead_share_one_budget() {
+    const PARTITIONS: i32 = 8;
+    const EACH: usize = 10;
+    let prefix = unique_prefix("paced");
+    let client = raw_client().await;
+    let topic = format!("{prefix}paced");
+    create_topic(&client, &topic, PARTITIONS).await;
+    for partition in 0..PARTITIONS {
+        let records = (0..EACH)
+            .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
+            .collect();
+        produce(&client, &topic, partition, records).await;
+    }
+    let running = start(app_on(&bootstrap(), routes![paced], &prefix, |b| {
+        b.max_fetched_bytes(1)
+    }))
+    .await;
+    let handled = wait_for(&topic, PARTITIONS as usize * EACH).await;
+    running.stop().await.expect("a clean shutdown");
+    for partition in 0..PARTITIONS {
+        let mine = format!("p{partition}-");
+        let got: Vec<&String> = handled.iter().filter(|b| b.starts_with(&mine)).collect();
+        let want: Vec<String> = (0..EACH).map(|i| format!("p{partition}-{i}")).collect();
+        assert_eq!(
+            got,
+            want.iter().collect::<Vec<_>>(),
+            "partition {partition}"
+        );
+    }
+    assert_eq!(
+        PACED_MOST.load(Ordering::SeqCst),
+        1,
+        "handlers of different partitions ran at once"
     );
 }
 

@@ -163,6 +163,19 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// Bytes of fetched records that may wait for their handlers in all consumed partitions of
+    /// this broker handle together (default 64 MiB; a fetch counts its bytes and the memory of
+    /// its decoded records). What a fetch brought back waits for room
+    /// in this budget before its consumer gets it (the partition fetches nothing more
+    /// meanwhile) and counts until the consumer asks for its next batch; quiet partitions take
+    /// nothing. With many partitions this bounds what is read ahead: without it, each
+    /// partition may hold two fetches waiting (128 MiB at 256 partitions of 256 KiB fetches).
+    pub fn max_fetched_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_fetched_bytes =
+            bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        self
+    }
+
     /// Messages each partition consumer may have awaiting broker acks (default 10 000).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.config.max_in_flight = n.max(1);
@@ -380,6 +393,7 @@ impl KafkaBroker {
                 },
                 max_queued_bytes: 4 * 1024 * 1024,
                 max_queued_bytes_total: 32 * 1024 * 1024,
+                max_fetched_bytes: 64 * 1024 * 1024,
                 max_in_flight: 10_000,
                 group: GroupDefaults {
                     session_timeout: Duration::from_secs(10),

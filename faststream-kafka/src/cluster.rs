@@ -40,6 +40,9 @@ pub(crate) struct Cluster {
     /// partitions asking at once wait for it instead of asking again.
     lookup: tokio::sync::Mutex<Option<Conn>>,
     state: Mutex<State>,
+    /// The bytes fetched and not yet taken by their consumers, for all partitions
+    /// (`max_fetched_bytes`).
+    fetched: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, Default)]
@@ -58,10 +61,16 @@ struct State {
 impl Cluster {
     pub(crate) fn new(config: Arc<Config>) -> Self {
         Self {
+            fetched: Arc::new(tokio::sync::Semaphore::new(config.max_fetched_bytes)),
             config,
             lookup: tokio::sync::Mutex::new(None),
             state: Mutex::default(),
         }
+    }
+
+    /// The budget of fetched bytes waiting for their consumers (`max_fetched_bytes`).
+    pub(crate) fn fetch_budget(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.fetched
     }
 
     pub(crate) fn config(&self) -> &Arc<Config> {

@@ -72,6 +72,7 @@ pub(crate) struct Config {
     pub(crate) missing_topics: MissingTopics,
     pub(crate) max_queued_bytes: usize,
     pub(crate) max_queued_bytes_total: usize,
+    pub(crate) max_fetched_bytes: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) group: GroupDefaults,
     pub(crate) group_instance_id: Option<String>,

@@ -22,7 +22,7 @@ use faststream_core::{
     dlq_header, AckMode, BatchDef, HandlerError, Message, OffsetReset, Outcome, OutgoingMessage,
     Pipeline, RetryLane, RouteDef, Shutdown,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::backoff::Backoff;
@@ -444,6 +444,7 @@ impl PartitionConsumer {
             topic: self.topic.clone(),
             partition,
             next: None,
+            held: None,
         };
         let mut inflight = InFlight::default();
         let mut chunk = Chunk::default();
@@ -515,7 +516,7 @@ impl PartitionConsumer {
                 loop {
                     if !turn.may_start() {
                         // A transaction commits: the rest waits until it did.
-                        rx.next = Some(Ok(items.collect()));
+                        rx.put_back(items.collect());
                         break;
                     }
                     let Some(item) = items.next() else { break };
@@ -1511,15 +1512,25 @@ impl Turn {
 /// What the fetch task hands the consumer: items in offset order, or why it cannot go on.
 type FetchedBatch = Result<Vec<Fetched>, (i64, String)>;
 
+/// A fetched batch on its way to the consumer, with its share of the service's budget of
+/// fetched bytes (`max_fetched_bytes`; none for a failure).
+struct Buffered {
+    batch: FetchedBatch,
+    share: Option<OwnedSemaphorePermit>,
+}
+
 /// The fetched batches of one partition as its consumer takes them: none while the
 /// partition is paused ([`faststream_core::Control`]).
 struct Feed {
-    rx: mpsc::Receiver<FetchedBatch>,
+    rx: mpsc::Receiver<Buffered>,
     paused: tokio::sync::watch::Receiver<faststream_core::Paused>,
     topic: Arc<str>,
     partition: i32,
     /// A batch received and not handed out yet (the partition was paused meanwhile).
-    next: Option<FetchedBatch>,
+    next: Option<Buffered>,
+    /// The budget share of the batch handed out last, given back when the consumer asks
+    /// for the next one.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl Feed {
@@ -1527,19 +1538,33 @@ impl Feed {
     /// caller waits is held back by a pause that came first. Cancel-safe: a batch is kept
     /// until it is returned.
     async fn recv(&mut self) -> Option<FetchedBatch> {
+        // Asking for more: the batch taken last is the consumer's now, its fetched bytes go
+        // back to the budget (a partition waiting here must not hold what others need).
+        self.held = None;
         if self.next.is_none() {
             faststream_core::until_resumed(&mut self.paused, &self.topic, self.partition).await;
             self.next = Some(self.rx.recv().await?);
         }
         faststream_core::until_resumed(&mut self.paused, &self.topic, self.partition).await;
-        self.next.take()
+        let Buffered { batch, share } = self.next.take()?;
+        self.held = share;
+        Some(batch)
+    }
+
+    /// Gives back the rest of the batch taken last, to be taken again first (with its budget
+    /// share).
+    fn put_back(&mut self, rest: Vec<Fetched>) {
+        self.next = Some(Buffered {
+            batch: Ok(rest),
+            share: self.held.take(),
+        });
     }
 }
 
 async fn fetch_loop(
     mut reader: PartitionReader,
     mut offset: i64,
-    tx: mpsc::Sender<FetchedBatch>,
+    tx: mpsc::Sender<Buffered>,
     mut shutdown: Shutdown,
     reset: OffsetReset,
     lag: Lag,
@@ -1548,81 +1573,121 @@ async fn fetch_loop(
     let (topic, partition) = reader.id();
     let mut backoff = Backoff::requests();
     let mut lag_logged = Instant::now();
+    let (budget, budget_size) = reader.budget();
+    let failed = |batch: (i64, String)| Buffered {
+        batch: Err(batch),
+        share: None,
+    };
     loop {
         // A paused partition fetches nothing (what was fetched waits in the channel).
         tokio::select! {
             () = faststream_core::until_resumed(&mut paused, &topic, partition) => {}
             () = shutdown.wait() => return,
         }
+        // A fetch goes out only when its answer has a place in the channel.
+        let slot = tokio::select! {
+            slot = tx.reserve() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            () = shutdown.wait() => return,
+        };
         let res = tokio::select! {
             res = reader.fetch(offset) => res,
             () = shutdown.wait() => return,
         };
-        match res {
-            Ok(fetch) => {
-                backoff.reset();
-                if fetch.end >= 0 {
-                    lag.set(fetch.end - fetch.decoded.next.unwrap_or(offset).max(offset));
-                }
-                if lag_logged.elapsed() >= LAG_LOG_INTERVAL && fetch.end >= 0 {
-                    lag_logged = Instant::now();
-                    tracing::debug!(
-                        topic = &*topic,
-                        partition,
-                        next_offset = offset,
-                        end = fetch.end,
-                        lag = fetch.end - offset,
-                        "lag"
-                    );
-                }
-                let decoded = fetch.decoded;
-                for (at, value) in &decoded.bad_timestamps {
-                    tracing::warn!(
-                        topic = &*topic,
-                        partition,
-                        offset = at,
-                        timestamp = value,
-                        "record timestamp is not a plausible time in milliseconds (a producer bug?); the message is delivered without a timestamp"
-                    );
-                }
-                let next = decoded.next.unwrap_or(offset).max(offset);
-                // (A broker answering empty fetches at once is paced by the link, per broker.)
-                if !decoded.items.is_empty() && tx.send(Ok(decoded.items)).await.is_err() {
-                    return;
-                }
-                offset = next;
-            }
-            Err(FetchError::OffsetOutOfRange) => {
-                tracing::warn!(
-                    topic = &*topic,
-                    partition,
-                    offset,
-                    ?reset,
-                    "offset out of range; resetting"
-                );
-                match resolve_offset(&mut reader, reset, &shutdown, &topic, partition).await {
-                    Ok(Some(o)) => offset = o,
-                    Ok(None) => return,
-                    Err(reason) => {
-                        let _ = tx.send(Err((offset, reason))).await;
+        let fetch = match res {
+            Ok(fetch) => fetch,
+            Err(e) => {
+                // Nothing to hand over: the place goes back before any wait.
+                drop(slot);
+                match e {
+                    FetchError::OffsetOutOfRange => {
+                        tracing::warn!(
+                            topic = &*topic,
+                            partition,
+                            offset,
+                            ?reset,
+                            "offset out of range; resetting"
+                        );
+                        match resolve_offset(&mut reader, reset, &shutdown, &topic, partition).await
+                        {
+                            Ok(Some(o)) => offset = o,
+                            Ok(None) => return,
+                            Err(reason) => {
+                                let _ = tx.send(failed((offset, reason))).await;
+                                return;
+                            }
+                        }
+                    }
+                    FetchError::Fatal(e) => {
+                        let _ = tx
+                            .send(failed((
+                                offset,
+                                format!("the broker refused the fetch: {e}"),
+                            )))
+                            .await;
                         return;
                     }
+                    FetchError::Retriable(e) => {
+                        tracing::warn!(topic = &*topic, partition, offset, error = %e, retry_in = ?backoff.wait(), "fetch failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff.wait()) => {}
+                            () = shutdown.wait() => return,
+                        }
+                        backoff.advance();
+                    }
                 }
+                continue;
             }
-            Err(FetchError::Fatal(e)) => {
-                let _ = tx
-                    .send(Err((offset, format!("the broker refused the fetch: {e}"))))
-                    .await;
-                return;
-            }
-            Err(FetchError::Retriable(e)) => {
-                tracing::warn!(topic = &*topic, partition, offset, error = %e, retry_in = ?backoff.wait(), "fetch failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.wait()) => {}
-                    () = shutdown.wait() => return,
-                }
-                backoff.advance();
-            }
+        };
+        backoff.reset();
+        if fetch.end >= 0 {
+            lag.set(fetch.end - fetch.decoded.next.unwrap_or(offset).max(offset));
         }
+        if lag_logged.elapsed() >= LAG_LOG_INTERVAL && fetch.end >= 0 {
+            lag_logged = Instant::now();
+            tracing::debug!(
+                topic = &*topic,
+                partition,
+                next_offset = offset,
+                end = fetch.end,
+                lag = fetch.end - offset,
+                "lag"
+            );
+        }
+        let decoded = fetch.decoded;
+        for (at, value) in &decoded.bad_timestamps {
+            tracing::warn!(
+                topic = &*topic,
+                partition,
+                offset = at,
+                timestamp = value,
+                "record timestamp is not a plausible time in milliseconds (a producer bug?); the message is delivered without a timestamp"
+            );
+        }
+        let next = decoded.next.unwrap_or(offset).max(offset);
+        // (A broker answering empty fetches at once is paced by the link, per broker.)
+        if !decoded.items.is_empty() {
+            // What was fetched waits for room in the service's budget of fetched bytes before
+            // its consumer gets it (and the partition fetches nothing more meanwhile); it
+            // keeps its share until the consumer asks for its next batch. A quiet partition
+            // takes nothing.
+            // (Counted with what the decoded records take beside the fetched bytes.)
+            let held = fetch.bytes + decoded.items.len() * std::mem::size_of::<Fetched>();
+            let bytes = held.clamp(1, budget_size) as u32;
+            let share = tokio::select! {
+                share = budget.clone().acquire_many_owned(bytes) => match share {
+                    Ok(share) => share,
+                    Err(_) => return,
+                },
+                () = shutdown.wait() => return,
+            };
+            slot.send(Buffered {
+                batch: Ok(decoded.items),
+                share: Some(share),
+            });
+        }
+        offset = next;
     }
 }

@@ -19,6 +19,8 @@ use crate::records::{self, Aborted, Decoded, Source};
 #[derive(Debug)]
 pub(crate) struct Fetch {
     pub(crate) decoded: Decoded,
+    /// Bytes of records the broker returned.
+    pub(crate) bytes: usize,
     /// The end of what a `read_committed` consumer can read (last stable offset).
     pub(crate) end: i64,
 }
@@ -46,6 +48,14 @@ impl PartitionReader {
             partition,
             max_bytes,
         }
+    }
+
+    /// The service's budget of fetched bytes (see [`Cluster::fetch_budget`]) and its size.
+    pub(crate) fn budget(&self) -> (Arc<tokio::sync::Semaphore>, usize) {
+        (
+            self.cluster.fetch_budget().clone(),
+            self.cluster.config().max_fetched_bytes,
+        )
     }
 
     /// Topic and partition read.
@@ -92,6 +102,7 @@ impl PartitionReader {
             // 0.6.0 does; Apache Kafka lists the partition with no records). Nothing to read.
             return Ok(Fetch {
                 decoded: Decoded::default(),
+                bytes: 0,
                 end: -1,
             });
         };
@@ -137,7 +148,11 @@ impl PartitionReader {
         } else if decoded.next.is_some() {
             self.max_bytes = config.fetch_max_bytes;
         }
-        Ok(Fetch { decoded, end })
+        Ok(Fetch {
+            decoded,
+            bytes: fetched,
+            end,
+        })
     }
 
     /// The partition's first offset (`earliest`) or the end a `read_committed` consumer can

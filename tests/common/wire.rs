@@ -11,7 +11,7 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, FetchResponse, GroupId, InitProducerIdRequest, InitProducerIdResponse,
+    ApiKey, FetchRequest, FetchResponse, GroupId, InitProducerIdRequest, InitProducerIdResponse,
     OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, ProducerId,
     RequestHeader, ResponseHeader, TopicName, TransactionalId,
 };
@@ -250,6 +250,8 @@ pub struct KafkaProxy {
     /// The most Produce requests seen on the wire at once on one connection (passed on, not
     /// answered yet).
     most_produce_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most partitions one Fetch request asked for.
+    most_fetch_partitions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Produce requests to a topic whose answers the proxy loses: the topic, and how many more.
@@ -279,6 +281,7 @@ impl KafkaProxy {
             lost_answers: Arc::default(),
             refused_producer_ids: Arc::default(),
             most_produce_in_flight: Arc::default(),
+            most_fetch_partitions: Arc::default(),
         };
         let shared = proxy.clone();
         tokio::spawn(async move {
@@ -362,6 +365,12 @@ impl KafkaProxy {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The most partitions one Fetch request passed on asked for.
+    pub fn most_fetch_partitions(&self) -> usize {
+        self.most_fetch_partitions
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Passes every request on again.
     pub fn pass_all(&self) {
         self.refuse_produce(|_, _| None);
@@ -380,6 +389,7 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         lost_answers,
         refused_producer_ids,
         most_produce_in_flight,
+        most_fetch_partitions,
         ..
     } = proxy;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -462,6 +472,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
             *counts.lock().unwrap().entry(api).or_default() += 1;
             if api == ApiKey::Fetch as i16 {
                 fetches.lock().unwrap().insert(correlation, version);
+                most_fetch_partitions
+                    .fetch_max(fetched_partitions(&frame, version), Ordering::SeqCst);
             }
             if api == ApiKey::Produce as i16 && produces_to(&frame, version, &lost_answers) {
                 losing.lock().unwrap().insert(correlation);
@@ -550,6 +562,16 @@ fn fail_offset_fetch(frame: Bytes, version: i16, errors: &OffsetFetchErrors) -> 
     header.encode(&mut buf, hv).unwrap();
     resp.encode(&mut buf, version).unwrap();
     buf.freeze()
+}
+
+/// How many partitions `frame` (a Fetch request) asks for (0 if it cannot be read).
+fn fetched_partitions(frame: &Bytes, version: i16) -> usize {
+    let mut body = frame.clone();
+    if RequestHeader::decode(&mut body, FetchRequest::header_version(version)).is_err() {
+        return 0;
+    }
+    FetchRequest::decode(&mut body, version)
+        .map_or(0, |req| req.topics.iter().map(|t| t.partitions.len()).sum())
 }
 
 /// Whether `frame` (a Produce request) writes to the topic whose answers are to be lost while

@@ -82,6 +82,38 @@ fn header(r: &rskafka::record::RecordAndOffset, name: &str) -> String {
     String::from_utf8(r.record.headers.get(name).cloned().unwrap_or_default()).unwrap()
 }
 
+/// Writes the messages `p{partition}-{i}` for every `i` of `each` to each of `topic`'s first
+/// `partitions` partitions.
+async fn fill_partitions(
+    client: &rskafka::client::Client,
+    topic: &str,
+    partitions: i32,
+    each: std::ops::Range<usize>,
+) {
+    for partition in 0..partitions {
+        let records = each
+            .clone()
+            .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
+            .collect();
+        produce(client, topic, partition, records).await;
+    }
+}
+
+/// Checks that `handled` holds `p{partition}-{i}` for every `i` of `each` exactly once and in
+/// order within each of the first `partitions` partitions.
+fn assert_each_partition_in_order(handled: &[String], partitions: i32, each: usize) {
+    for partition in 0..partitions {
+        let mine = format!("p{partition}-");
+        let got: Vec<&String> = handled.iter().filter(|b| b.starts_with(&mine)).collect();
+        let want: Vec<String> = (0..each).map(|i| format!("p{partition}-{i}")).collect();
+        assert_eq!(
+            got,
+            want.iter().collect::<Vec<_>>(),
+            "partition {partition}: every message once, in order"
+        );
+    }
+}
+
 /// A broker of the test's own behind a [`KafkaProxy`] it advertises, so every connection of
 /// the service goes through the proxy; returns the broker's own address too.
 async fn broker_behind_kafka_proxy() -> (OwnBroker, KafkaProxy, String, String) {
@@ -490,12 +522,7 @@ async fn relay_with_slow_produce_answers(
     let (input, out) = (format!("{prefix}piped"), format!("{prefix}piped-out"));
     create_topic(&client, &input, PARTITIONS).await;
     create_topic(&client, &out, PARTITIONS).await;
-    for partition in 0..PARTITIONS {
-        let records = (0..each)
-            .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
-            .collect();
-        produce(&client, &input, partition, records).await;
-    }
+    fill_partitions(&client, &input, PARTITIONS, 0..each).await;
     proxy.delay_answers(ApiKey::Produce, delayed, Duration::from_millis(150));
     let running = start(app_on(&bootstrap, routes![piped], &prefix, broker)).await;
     let relayed = read(&client, &out, PARTITIONS as usize * each).await;
@@ -532,6 +559,83 @@ async fn produce_requests_are_pipelined_and_keep_each_partitions_order() {
     assert!(fetched >= 2, "partitions in one Fetch request: {fetched}");
 }
 
+#[subscriber("sessions", auto_offset_reset = "earliest")]
+async fn in_session(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+/// Against Apache Kafka, fetches go in a fetch session (KIP-227): the first request lists
+/// every partition and opens the session; once the consumer caught up, each request lists no
+/// partition at all (the broker keeps their positions). When the broker says the session is
+/// gone, the next request is a full one that opens another, and every message is still
+/// handled once, in order within its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_go_in_a_fetch_session_that_is_opened_again_when_lost() {
+    const PARTITIONS: i32 = 12;
+    const EACH: usize = 5;
+    let prefix = unique_prefix("sessions");
+    let proxy_port = free_port();
+    let (_broker, broker_addr) = OwnBroker::kafka(Some(proxy_port)).await;
+    let proxy = KafkaProxy::start_on(proxy_port, broker_addr).await;
+    let bootstrap = format!("127.0.0.1:{proxy_port}");
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let topic = format!("{prefix}sessions");
+    create_topic(&client, &topic, PARTITIONS).await;
+    fill_partitions(&client, &topic, PARTITIONS, 0..EACH).await;
+    let running = start(app_on(&bootstrap, routes![in_session], &prefix, |b| b)).await;
+    wait_for(&topic, PARTITIONS as usize * EACH).await;
+
+    // Caught up: the requests of the session list nothing (idle fetches wait on the broker).
+    let idle = |log: &[FetchSeen]| {
+        log.len() >= 3
+            && log[log.len() - 3..]
+                .iter()
+                .all(|f| f.session_id != 0 && f.session_epoch > 0 && f.partitions == 0)
+    };
+    common::wait_for("idle fetches in a session list no partition", || {
+        idle(&proxy.fetches())
+    })
+    .await;
+    let log = proxy.fetches();
+    let first = log[0];
+    assert_eq!(
+        (first.session_id, first.session_epoch),
+        (0, 0),
+        "the first request opens a session: {log:?}"
+    );
+    assert!(first.partitions >= 1, "{log:?}");
+    let opened = log.iter().find(|f| f.session_epoch > 0).unwrap().session_id;
+
+    // The broker loses the session.
+    proxy.lose_fetch_sessions(1);
+    let lost_at = |log: &[FetchSeen]| log.iter().position(|f| f.lost);
+    common::wait_for("idle in a new session after the lost one", || {
+        let log = proxy.fetches();
+        lost_at(&log).is_some_and(|i| log.len() > i + 4) && idle(&log)
+    })
+    .await;
+    let log = proxy.fetches();
+    let lost = lost_at(&log).unwrap();
+    let next = log[lost + 1];
+    assert_eq!(
+        (next.session_id, next.session_epoch, next.partitions),
+        (0, 0, PARTITIONS as usize),
+        "after the loss, a full request for every partition: {:?}",
+        &log[lost..]
+    );
+    let reopened = log.last().unwrap().session_id;
+    assert!(reopened != 0 && reopened != opened, "{:?}", &log[lost..]);
+
+    // And reading goes on in the new session.
+    fill_partitions(&client, &topic, PARTITIONS, EACH..2 * EACH).await;
+    let handled = wait_for(&topic, PARTITIONS as usize * 2 * EACH).await;
+    running.stop().await.expect("a clean shutdown");
+    assert_each_partition_in_order(&handled, PARTITIONS, 2 * EACH);
+}
+
 /// Handlers of the `paced` route running now, and the most at once.
 static PACED_NOW: AtomicUsize = AtomicUsize::new(0);
 static PACED_MOST: AtomicUsize = AtomicUsize::new(0);
@@ -557,28 +661,14 @@ async fn the_bytes_fetched_ahead_share_one_budget() {
     let client = raw_client().await;
     let topic = format!("{prefix}paced");
     create_topic(&client, &topic, PARTITIONS).await;
-    for partition in 0..PARTITIONS {
-        let records = (0..EACH)
-            .map(|i| record(None, format!("p{partition}-{i}").as_bytes(), &[]))
-            .collect();
-        produce(&client, &topic, partition, records).await;
-    }
+    fill_partitions(&client, &topic, PARTITIONS, 0..EACH).await;
     let running = start(app_on(&bootstrap(), routes![paced], &prefix, |b| {
         b.max_fetched_bytes(1)
     }))
     .await;
     let handled = wait_for(&topic, PARTITIONS as usize * EACH).await;
     running.stop().await.expect("a clean shutdown");
-    for partition in 0..PARTITIONS {
-        let mine = format!("p{partition}-");
-        let got: Vec<&String> = handled.iter().filter(|b| b.starts_with(&mine)).collect();
-        let want: Vec<String> = (0..EACH).map(|i| format!("p{partition}-{i}")).collect();
-        assert_eq!(
-            got,
-            want.iter().collect::<Vec<_>>(),
-            "partition {partition}"
-        );
-    }
+    assert_each_partition_in_order(&handled, PARTITIONS, EACH);
     assert_eq!(
         PACED_MOST.load(Ordering::SeqCst),
         1,

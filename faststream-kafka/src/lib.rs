@@ -22,7 +22,8 @@
 //!
 //! The I/O grows with brokers, not partitions: one cache of partition leaders per service, and
 //! per broker one link of two connections, a fetch connection (one Fetch request for every
-//! partition read from that broker) and a request connection (one Produce request for every
+//! partition read from that broker, in a fetch session where the broker keeps one, so that a
+//! request lists only what changed) and a request connection (one Produce request for every
 //! partition's waiting batch, and ListOffsets), as Java's fetcher and sender do.
 //!
 //! Routes with a `group_id` join that consumer group (Kafka's classic group protocol, spoken with
@@ -37,8 +38,8 @@
 //!    feature `metrics`), `records` (record-batch decoding: codecs, transactions);
 //! 2. `security` (TLS, SASL), then `config` (settings);
 //! 3. `protocol` (one connection: framing, versions, TLS, SASL), `encode` (record batches v2
-//!    from outgoing messages), `link` (one broker's fetch and request connections, merging
-//!    what every partition asks), then `cluster` (the metadata: partition leaders, topic
+//!    from outgoing messages), `session` (the books of a fetch session, KIP-227), `link` (one
+//!    broker's fetch and request connections, merging what every partition asks), then `cluster` (the metadata: partition leaders, topic
 //!    listings; the links by broker), then `topics` (names, existence, creation);
 //! 4. `assign` (the group leader's assignors), `fetch` (one partition's reads through its
 //!    leader's link, and the decoding of its part of the answer),
@@ -70,6 +71,7 @@ mod records;
 mod redrive;
 mod request;
 mod security;
+mod session;
 mod topics;
 mod transaction;
 

@@ -10,6 +10,11 @@
 //!   every partition whose producer is waiting, as the Java client's sender does) and
 //!   ListOffsets lookups. Fetches never wait behind it, nor it behind a fetch the broker holds.
 //!
+//! Fetches go in a fetch session (KIP-227, see [`crate::session`]) where the broker keeps one:
+//! a request lists only the partitions that changed or left, an answer only those with news;
+//! each reader still gets an answer for its partition (what the broker last told of it, when
+//! the answer left it out).
+//!
 //! The fetch connection carries one request at a time; the request connection up to
 //! [`MAX_IN_FLIGHT`] (Kafka handles one request per connection at a time, and reads the next
 //! as soon as it answered the last, while this side dispatches the answer). What is asked
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
@@ -39,7 +44,9 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{partition_error, FetchError};
+use crate::metrics::FetchSessionMetrics;
 use crate::protocol::{ms, Conn, Sent};
+use crate::session::{self, Ends, FetchSession, Key, Position};
 
 /// Largest answer asked for in one Fetch request (each partition's part is bounded by its
 /// own fetch size; Kafka fills partitions in request order up to this, and the order turns
@@ -54,6 +61,9 @@ const PRODUCE_REQUEST_MAX: usize = 16 * 1024 * 1024;
 /// How long a fetch is held while a partition known to have more to read is not in it (its
 /// consumer was busy when the request left): short, so that it joins the next one soon.
 const REJOIN_WAIT: Duration = Duration::from_millis(10);
+/// How long the next fetch waits at most for the partitions the last one answered empty to
+/// ask again (they do so at once, unless their consumer stopped or paused meanwhile).
+const RETURN_WAIT: Duration = Duration::from_millis(5);
 /// How long a partition that had data counts as having more, while it does not ask.
 const BEHIND_FOR: Duration = Duration::from_secs(1);
 /// Pauses after a fetch round the broker answered empty at once (a broker that does not hold
@@ -239,6 +249,10 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
     let mut behind: HashMap<(Arc<str>, i32), Instant> = HashMap::new();
     let mut round: usize = 0;
     let mut idle = IDLE_MIN;
+    let mut session = FetchSession::default();
+    let meter = FetchSessionMetrics::new(&channel.addr);
+    // Partitions the last answer gave no records, until they ask again.
+    let mut returning: HashSet<Key> = HashSet::new();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -247,7 +261,25 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
             }
         }
         while let Ok(job) = rx.try_recv() {
+            returning.remove(&(job.topic.clone(), job.partition));
             pending.push(job);
+        }
+        // Readers the last answer gave nothing ask again at once: the next request waits a
+        // moment for them, so that every quiet partition goes in one request (rather than
+        // rounds of a few, each making the fetch session drop the others).
+        if !returning.is_empty() {
+            let until = Instant::now() + RETURN_WAIT;
+            while !returning.is_empty() {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(job)) => {
+                        returning.remove(&(job.topic.clone(), job.partition));
+                        pending.push(job);
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            returning.clear();
         }
         // Readers that stopped waiting (their consumer stopped).
         pending.retain(|j| !j.reply.is_closed());
@@ -274,7 +306,9 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
             config.fetch_max_wait
         };
         let started = Instant::now();
-        let answered = match fetch_round(&mut channel, &jobs, round, wait).await {
+        let answered = fetch_round(&mut channel, &mut session, &jobs, round, wait).await;
+        meter.partitions(session.state().1);
+        let answered = match answered {
             Ok(answered) => answered,
             Err(e) => {
                 channel.conn = None;
@@ -296,6 +330,7 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
                 behind.insert(key, now);
             } else {
                 behind.remove(&key);
+                returning.insert(key);
             }
             let _ = job.reply.send(Ok(data));
         }
@@ -310,57 +345,79 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
 }
 
 /// One Fetch request for `jobs`, answering each job's partition in job order (`None`: not in
-/// the answer). The partitions' records are copied out of the answer when several have
-/// some, so that one slow consumer does not keep the whole answer in memory.
+/// the answer of a broker that keeps no session). The request is incremental when `session`
+/// has one open; a partition its answer left out gets what the broker last told of it. The
+/// partitions' records are copied out of the answer when several have some, so that one slow
+/// consumer does not keep the whole answer in memory.
 async fn fetch_round(
     channel: &mut Channel,
+    session: &mut FetchSession,
     jobs: &[FetchJob],
     round: usize,
     wait: Duration,
 ) -> Result<Vec<Option<PartitionData>>, FetchError> {
-    let config = channel.config.clone();
-    let conn = channel.get().await?;
-    // Up to v12: later versions name topics by id.
-    let version = conn.version::<FetchRequest>(12)?;
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.rotate_left(round % jobs.len());
-    let mut topics: Vec<FetchTopic> = Vec::new();
-    let mut total: i32 = 0;
-    let mut largest: i32 = 0;
-    for i in order {
-        let job = &jobs[i];
-        let mut part = FetchPartition::default();
-        part.partition = job.partition;
-        part.fetch_offset = job.offset;
-        part.partition_max_bytes = job.max_bytes;
-        part.current_leader_epoch = job.epoch;
-        part.last_fetched_epoch = -1;
-        part.log_start_offset = -1;
-        total = total.saturating_add(job.max_bytes);
-        largest = largest.max(job.max_bytes);
-        // Consecutive partitions of one topic share its entry.
-        match topics.last_mut() {
-            Some(t) if *t.topic == *job.topic => t.partitions.push(part),
-            _ => {
-                let mut t = FetchTopic::default();
-                t.topic = TopicName(StrBytes::from_string(job.topic.to_string()));
-                t.partitions = vec![part];
-                topics.push(t);
-            }
-        }
+    let res = try_fetch_round(channel, session, jobs, round, wait).await;
+    if let Err(e) = &res {
+        session.reset(e.1);
     }
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = ms(wait).max(1);
-    req.min_bytes = 1;
-    req.max_bytes = total.min(FETCH_RESPONSE_MAX).max(largest);
-    req.isolation_level = 1;
-    req.session_id = 0;
-    req.session_epoch = -1;
-    req.topics = topics;
-    let limit = config.request_timeout + wait;
-    let resp = conn.send_within(&req, version, limit).await?;
-    partition_error(resp.error_code, &format!("fetch from {}", conn.addr()))?;
+    res.map_err(|e| e.0)
+}
+
+/// [`fetch_round`], with the answer's error code when the broker refused the request.
+async fn try_fetch_round(
+    channel: &mut Channel,
+    session: &mut FetchSession,
+    jobs: &[FetchJob],
+    round: usize,
+    wait: Duration,
+) -> Result<Vec<Option<PartitionData>>, (FetchError, Option<i16>)> {
+    let config = channel.config.clone();
+    let conn = channel.get().await.map_err(|e| (e, None))?;
+    // Up to v12: later versions name topics by id. Sessions from v7.
+    let version = conn
+        .version::<FetchRequest>(12)
+        .map_err(|e| (e.into(), None))?;
+    let asked: Vec<(Key, Position)> = jobs
+        .iter()
+        .map(|j| {
+            let pos = Position {
+                offset: j.offset,
+                max_bytes: j.max_bytes,
+                epoch: j.epoch,
+            };
+            ((j.topic.clone(), j.partition), pos)
+        })
+        .collect();
+    let mut refused = None;
+    // A session the broker no longer knows is opened again at once, with a full request.
+    let resp = loop {
+        let plan = session.plan(&asked, version >= 7);
+        let req = fetch_request(&plan, jobs, round, wait);
+        let limit = config.request_timeout + wait;
+        let resp = conn
+            .send_within(&req, version, limit)
+            .await
+            .map_err(|e| (e.into(), None))?;
+        let code = resp.error_code;
+        let stale = matches!(
+            code,
+            session::SESSION_NOT_FOUND | session::INVALID_SESSION_EPOCH
+        );
+        if stale && refused.is_none() && !plan.is_full() {
+            tracing::debug!(
+                broker = conn.addr(),
+                code,
+                "the broker dropped the fetch session; opening another"
+            );
+            session.reset(Some(code));
+            refused = Some(code);
+            continue;
+        }
+        let what = format!("fetch from {}", conn.addr());
+        partition_error(code, &what).map_err(|e| (e, Some(code)))?;
+        break (plan, resp);
+    };
+    let (plan, resp) = resp;
     let mut by_partition: HashMap<(&str, i32), PartitionData> = HashMap::new();
     let mut with_records = 0;
     for t in &resp.responses {
@@ -370,6 +427,7 @@ async fn fetch_round(
             }
         }
     }
+    let session_id = resp.session_id;
     let resp_topics = resp.responses;
     let mut names: Vec<(TopicName, Vec<PartitionData>)> = resp_topics
         .into_iter()
@@ -385,10 +443,105 @@ async fn fetch_round(
             by_partition.insert((name.as_str(), p.partition_index), p);
         }
     }
-    Ok(jobs
+    let answers: Vec<Option<PartitionData>> = jobs
         .iter()
         .map(|j| by_partition.remove(&(&*j.topic, j.partition)))
+        .collect();
+    let listed = asked.iter().zip(&answers).filter_map(|((key, _), data)| {
+        let d = data.as_ref()?;
+        let ends = Ends {
+            high_watermark: d.high_watermark,
+            last_stable_offset: d.last_stable_offset,
+            log_start_offset: d.log_start_offset,
+        };
+        Some((key, ends))
+    });
+    session.answered(&plan, &asked, session_id, listed);
+    if plan.is_full() {
+        return Ok(answers);
+    }
+    Ok(answers
+        .into_iter()
+        .zip(&asked)
+        .map(|(data, (key, _))| data.or_else(|| session.ends(key).map(|e| unchanged(key.1, e))))
         .collect())
+}
+
+/// What a reader gets for its partition when an incremental answer left it out: no records,
+/// the offsets the broker last told.
+fn unchanged(partition: i32, ends: Ends) -> PartitionData {
+    let mut data = PartitionData::default();
+    data.partition_index = partition;
+    data.high_watermark = ends.high_watermark;
+    data.last_stable_offset = ends.last_stable_offset;
+    data.log_start_offset = ends.log_start_offset;
+    data
+}
+
+/// The Fetch request of `plan` (the partitions it lists, in an order that turns every round,
+/// and those it forgets).
+fn fetch_request(
+    plan: &session::Plan,
+    jobs: &[FetchJob],
+    round: usize,
+    wait: Duration,
+) -> FetchRequest {
+    let mut order = plan.send.clone();
+    if !order.is_empty() {
+        let turn = round % order.len();
+        order.rotate_left(turn);
+    }
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for i in order {
+        let job = &jobs[i];
+        let mut part = FetchPartition::default();
+        part.partition = job.partition;
+        part.fetch_offset = job.offset;
+        part.partition_max_bytes = job.max_bytes;
+        part.current_leader_epoch = job.epoch;
+        part.last_fetched_epoch = -1;
+        part.log_start_offset = -1;
+        // Consecutive partitions of one topic share its entry.
+        match topics.last_mut() {
+            Some(t) if *t.topic == *job.topic => t.partitions.push(part),
+            _ => {
+                let mut t = FetchTopic::default();
+                t.topic = topic_name(&job.topic);
+                t.partitions = vec![part];
+                topics.push(t);
+            }
+        }
+    }
+    let mut forgotten: Vec<ForgottenTopic> = Vec::new();
+    for (topic, partition) in &plan.forget {
+        match forgotten.last_mut() {
+            Some(t) if *t.topic == **topic => t.partitions.push(*partition),
+            _ => {
+                let mut t = ForgottenTopic::default();
+                t.topic = topic_name(topic);
+                t.partitions = vec![*partition];
+                forgotten.push(t);
+            }
+        }
+    }
+    // Every partition of the session may answer, listed or not.
+    let total = jobs.iter().fold(0i32, |n, j| n.saturating_add(j.max_bytes));
+    let largest = jobs.iter().map(|j| j.max_bytes).max().unwrap_or(0);
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = ms(wait).max(1);
+    req.min_bytes = 1;
+    req.max_bytes = total.min(FETCH_RESPONSE_MAX).max(largest);
+    req.isolation_level = 1;
+    req.session_id = plan.session_id;
+    req.session_epoch = plan.session_epoch;
+    req.topics = topics;
+    req.forgotten_topics_data = forgotten;
+    req
+}
+
+fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_owned()))
 }
 
 type ProduceReply = oneshot::Sender<Answer<PartitionProduceResponse>>;
@@ -639,7 +792,7 @@ async fn write_list_offsets(
             Some(t) => t.partitions.push(p),
             None => {
                 let mut t = ListOffsetsTopic::default();
-                t.name = TopicName(StrBytes::from_string(topic.to_string()));
+                t.name = topic_name(topic);
                 t.partitions = vec![p];
                 topics.push(t);
             }
@@ -678,7 +831,7 @@ async fn write_produce(
             Some(t) => t.partition_data.push(data),
             None => {
                 let mut t = TopicProduceData::default();
-                t.name = TopicName(StrBytes::from_string(batch.topic.to_string()));
+                t.name = topic_name(&batch.topic);
                 t.partition_data = vec![data];
                 topics.push(t);
             }

@@ -25,6 +25,7 @@
 //! | `faststream_transactions_total` | counter | `group`, `outcome` (`committed`, `aborted`) |
 //! | `faststream_connections` | gauge | `broker` |
 //! | `faststream_requests_in_flight` | gauge | `broker` |
+//! | `faststream_fetch_session_partitions` | gauge | `broker` |
 
 #[cfg(feature = "metrics")]
 pub(crate) use on::*;
@@ -210,6 +211,26 @@ mod on {
     /// One request waiting for its answer.
     pub(crate) struct InFlight(Gauge);
 
+    /// The partitions a broker holds in the link's fetch session (0: no session).
+    #[derive(Debug)]
+    pub(crate) struct FetchSessionMetrics(Gauge);
+
+    impl FetchSessionMetrics {
+        pub(crate) fn new(broker: &str) -> Self {
+            Self(gauge!("faststream_fetch_session_partitions", "broker" => broker.to_owned()))
+        }
+
+        pub(crate) fn partitions(&self, n: usize) {
+            self.0.set(n as f64);
+        }
+    }
+
+    impl Drop for FetchSessionMetrics {
+        fn drop(&mut self) {
+            self.0.set(0.0);
+        }
+    }
+
     impl Drop for InFlight {
         fn drop(&mut self) {
             self.0.decrement(1.0);
@@ -316,6 +337,18 @@ mod off {
     }
 
     pub(crate) struct InFlight;
+
+    #[derive(Debug)]
+    pub(crate) struct FetchSessionMetrics;
+
+    impl FetchSessionMetrics {
+        #[inline]
+        pub(crate) fn new(_: &str) -> Self {
+            Self
+        }
+        #[inline]
+        pub(crate) fn partitions(&self, _: usize) {}
+    }
 
     #[derive(Debug)]
     pub(crate) struct ProducerMetrics;

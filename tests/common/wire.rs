@@ -252,6 +252,23 @@ pub struct KafkaProxy {
     most_produce_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The most partitions one Fetch request asked for.
     most_fetch_partitions: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every Fetch request passed on, in order.
+    fetch_log: Arc<Mutex<Vec<FetchSeen>>>,
+    /// How many more incremental Fetch requests get `FETCH_SESSION_ID_NOT_FOUND` back.
+    lost_sessions: Arc<Mutex<usize>>,
+}
+
+/// What one Fetch request said of its fetch session (KIP-227).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchSeen {
+    pub session_id: i32,
+    pub session_epoch: i32,
+    /// Partitions listed.
+    pub partitions: usize,
+    /// Partitions the request drops from the session.
+    pub forgotten: usize,
+    /// Whether the proxy answered it with a lost session ([`KafkaProxy::lose_fetch_sessions`]).
+    pub lost: bool,
 }
 
 /// Produce requests to a topic whose answers the proxy loses: the topic, and how many more.
@@ -282,6 +299,8 @@ impl KafkaProxy {
             refused_producer_ids: Arc::default(),
             most_produce_in_flight: Arc::default(),
             most_fetch_partitions: Arc::default(),
+            fetch_log: Arc::default(),
+            lost_sessions: Arc::default(),
         };
         let shared = proxy.clone();
         tokio::spawn(async move {
@@ -371,6 +390,18 @@ impl KafkaProxy {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Every Fetch request passed on so far.
+    pub fn fetches(&self) -> Vec<FetchSeen> {
+        self.fetch_log.lock().unwrap().clone()
+    }
+
+    /// Answers the next `count` incremental Fetch requests (those of an open fetch session)
+    /// with `FETCH_SESSION_ID_NOT_FOUND` (70) instead of the broker's answer, as a broker that
+    /// evicted the session or restarted does. The broker still gets each request.
+    pub fn lose_fetch_sessions(&self, count: usize) {
+        *self.lost_sessions.lock().unwrap() = count;
+    }
+
     /// Passes every request on again.
     pub fn pass_all(&self) {
         self.refuse_produce(|_, _| None);
@@ -390,6 +421,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         refused_producer_ids,
         most_produce_in_flight,
         most_fetch_partitions,
+        fetch_log,
+        lost_sessions,
         ..
     } = proxy;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -402,6 +435,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
     let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
     // Fetch requests passed on, by correlation id, with their version.
     let fetches: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
+    // Fetch requests whose answers are replaced by a lost session, by correlation id.
+    let stale: Arc<Mutex<std::collections::HashSet<i32>>> = Arc::default();
     // The API key and version of every request passed on, by correlation id.
     let apis: Arc<Mutex<HashMap<i32, (i16, i16)>>> = Arc::default();
     // Answers from the broker go back frame by frame (so our own answers never interleave).
@@ -410,6 +445,7 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         let fetches = fetches.clone();
         let apis = apis.clone();
         let losing = losing.clone();
+        let stale = stale.clone();
         let produce_in_flight = produce_in_flight.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
@@ -435,7 +471,13 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
                 if let Some(delay) = hold {
                     tokio::time::sleep(delay).await;
                 }
-                let frame = add_aborted(frame, &fetches, &aborted);
+                let frame = match request {
+                    Some((_, version)) if stale.lock().unwrap().remove(&correlation) => {
+                        fetches.lock().unwrap().remove(&correlation);
+                        session_lost(correlation, version)
+                    }
+                    _ => add_aborted(frame, &fetches, &aborted),
+                };
                 let frame = match request {
                     Some((api, version)) if api == ApiKey::OffsetFetch as i16 => {
                         fail_offset_fetch(frame, version, &offset_fetch_errors)
@@ -472,8 +514,16 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
             *counts.lock().unwrap().entry(api).or_default() += 1;
             if api == ApiKey::Fetch as i16 {
                 fetches.lock().unwrap().insert(correlation, version);
-                most_fetch_partitions
-                    .fetch_max(fetched_partitions(&frame, version), Ordering::SeqCst);
+                if let Some(mut seen) = fetch_seen(&frame, version) {
+                    most_fetch_partitions.fetch_max(seen.partitions, Ordering::SeqCst);
+                    let mut lost = lost_sessions.lock().unwrap();
+                    if seen.session_epoch > 0 && *lost > 0 {
+                        *lost -= 1;
+                        seen.lost = true;
+                        stale.lock().unwrap().insert(correlation);
+                    }
+                    fetch_log.lock().unwrap().push(seen);
+                }
             }
             if api == ApiKey::Produce as i16 && produces_to(&frame, version, &lost_answers) {
                 losing.lock().unwrap().insert(correlation);
@@ -564,14 +614,36 @@ fn fail_offset_fetch(frame: Bytes, version: i16, errors: &OffsetFetchErrors) -> 
     buf.freeze()
 }
 
-/// How many partitions `frame` (a Fetch request) asks for (0 if it cannot be read).
-fn fetched_partitions(frame: &Bytes, version: i16) -> usize {
+/// What `frame` (a Fetch request) says of its session and partitions (`None` if unreadable).
+fn fetch_seen(frame: &Bytes, version: i16) -> Option<FetchSeen> {
     let mut body = frame.clone();
-    if RequestHeader::decode(&mut body, FetchRequest::header_version(version)).is_err() {
-        return 0;
-    }
-    FetchRequest::decode(&mut body, version)
-        .map_or(0, |req| req.topics.iter().map(|t| t.partitions.len()).sum())
+    RequestHeader::decode(&mut body, FetchRequest::header_version(version)).ok()?;
+    let req = FetchRequest::decode(&mut body, version).ok()?;
+    Some(FetchSeen {
+        session_id: req.session_id,
+        session_epoch: req.session_epoch,
+        partitions: req.topics.iter().map(|t| t.partitions.len()).sum(),
+        forgotten: req
+            .forgotten_topics_data
+            .iter()
+            .map(|t| t.partitions.len())
+            .sum(),
+        lost: false,
+    })
+}
+
+/// A Fetch answer saying the request's fetch session is not found (70), with no partitions.
+fn session_lost(correlation: i32, version: i16) -> Bytes {
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation;
+    let mut resp = FetchResponse::default();
+    resp.error_code = 70;
+    resp.session_id = 0;
+    let hv = FetchResponse::header_version(version);
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, hv).unwrap();
+    resp.encode(&mut buf, version).unwrap();
+    buf.freeze()
 }
 
 /// Whether `frame` (a Produce request) writes to the topic whose answers are to be lost while

@@ -82,6 +82,21 @@ fn header(r: &rskafka::record::RecordAndOffset, name: &str) -> String {
     String::from_utf8(r.record.headers.get(name).cloned().unwrap_or_default()).unwrap()
 }
 
+/// An Apache Kafka node of the test's own (whatever the suite's broker) behind a
+/// [`KafkaProxy`] it advertises, with its bootstrap address and a client.
+async fn kafka_behind_kafka_proxy() -> (OwnBroker, KafkaProxy, String, rskafka::client::Client) {
+    init_logs();
+    let proxy_port = free_port();
+    let (broker, broker_addr) = OwnBroker::kafka(Some(proxy_port)).await;
+    let proxy = KafkaProxy::start_on(proxy_port, broker_addr).await;
+    let bootstrap = format!("127.0.0.1:{proxy_port}");
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    (broker, proxy, bootstrap, client)
+}
+
 /// Writes the messages `p{partition}-{i}` for every `i` of `each` to each of `topic`'s first
 /// `partitions` partitions.
 async fn fill_partitions(
@@ -574,14 +589,7 @@ async fn fetches_go_in_a_fetch_session_that_is_opened_again_when_lost() {
     const PARTITIONS: i32 = 12;
     const EACH: usize = 5;
     let prefix = unique_prefix("sessions");
-    let proxy_port = free_port();
-    let (_broker, broker_addr) = OwnBroker::kafka(Some(proxy_port)).await;
-    let proxy = KafkaProxy::start_on(proxy_port, broker_addr).await;
-    let bootstrap = format!("127.0.0.1:{proxy_port}");
-    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
-        .build()
-        .await
-        .unwrap();
+    let (_broker, proxy, bootstrap, client) = kafka_behind_kafka_proxy().await;
     let topic = format!("{prefix}sessions");
     create_topic(&client, &topic, PARTITIONS).await;
     fill_partitions(&client, &topic, PARTITIONS, 0..EACH).await;
@@ -634,6 +642,45 @@ async fn fetches_go_in_a_fetch_session_that_is_opened_again_when_lost() {
     let handled = wait_for(&topic, PARTITIONS as usize * 2 * EACH).await;
     running.stop().await.expect("a clean shutdown");
     assert_each_partition_in_order(&handled, PARTITIONS, 2 * EACH);
+}
+
+#[subscriber("diverged", auto_offset_reset = "earliest")]
+async fn diverged_in(body: String, topic: Topic) {
+    seen(&topic, &body);
+}
+
+/// A leader whose log diverged from what the consumer read (KIP-320: after an unclean
+/// election it lacks the last records read) answers a fetch that says the leader epoch of the
+/// last batch read with where its log is consistent: the consumer goes on from there (the
+/// Java consumer's behaviour with a reset policy) instead of reading past the divergence or
+/// resetting to `auto_offset_reset`. The test proxy plays that leader's answer once; the
+/// records from the divergence on are read again, then everything new once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_leader_log_is_read_again_from_where_it_diverged() {
+    let prefix = unique_prefix("diverged");
+    let (_broker, proxy, bootstrap, client) = kafka_behind_kafka_proxy().await;
+    let topic = format!("{prefix}diverged");
+    create_topic(&client, &topic, 1).await;
+    fill_partitions(&client, &topic, 1, 0..10).await;
+    let running = start(app_on(&bootstrap, routes![diverged_in], &prefix, |b| b)).await;
+    wait_for(&topic, 10).await;
+
+    // The fetch that goes on after the next records learns that the log diverged at 4.
+    proxy.diverge_next_fetch(&topic, 0, 15, 4);
+    fill_partitions(&client, &topic, 1, 10..15).await;
+    let handled = wait_for(&topic, 15 + 11).await;
+    assert!(!proxy.divergence_pending());
+    // Nothing more arrives: every record once more from offset 4, then nothing.
+    fill_partitions(&client, &topic, 1, 15..17).await;
+    let handled_after = wait_for(&topic, 15 + 11 + 2).await;
+    running.stop().await.expect("a clean shutdown");
+    let want: Vec<String> = (0..15)
+        .chain(4..15)
+        .chain(15..17)
+        .map(|i| format!("p0-{i}"))
+        .collect();
+    assert_eq!(handled_after, want, "read again from the divergence on");
+    assert_eq!(handled, want[..26].to_vec());
 }
 
 /// Handlers of the `paced` route running now, and the most at once.

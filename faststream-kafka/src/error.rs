@@ -114,6 +114,10 @@ pub(crate) enum FetchError {
     Retriable(String),
     /// The position is outside the partition's log.
     OffsetOutOfRange,
+    /// The leader's log diverged from what this reader read (KIP-320: the leader changed and
+    /// the new one does not have the last records read; an unclean leader election): the log
+    /// the leader has is consistent up to `end_offset`, the end of `epoch` on it.
+    Truncated { epoch: i32, end_offset: i64 },
     /// Retrying cannot help (not authorized, unsupported): the partition stops.
     Fatal(String),
 }
@@ -123,6 +127,10 @@ impl std::fmt::Display for FetchError {
         match self {
             FetchError::Retriable(e) | FetchError::Fatal(e) => f.write_str(e),
             FetchError::OffsetOutOfRange => f.write_str("offset out of range"),
+            FetchError::Truncated { epoch, end_offset } => write!(
+                f,
+                "the leader's log diverged from what was read: leader epoch {epoch} ends at offset {end_offset}"
+            ),
         }
     }
 }

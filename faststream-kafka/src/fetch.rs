@@ -34,6 +34,10 @@ pub(crate) struct PartitionReader {
     /// Per-partition fetch size; grows when a single batch does not fit (brokers older than
     /// KIP-74 cut it), back to the configured size after.
     max_bytes: i32,
+    /// Set for a reader that validates its position (see [`PartitionReader::validating`]):
+    /// where the last fetch ended, and the leader epoch of its last batch.
+    read_to: Option<(i64, Option<i32>)>,
+    validating: bool,
 }
 
 /// Largest fetch size grown to for one oversized batch.
@@ -47,7 +51,19 @@ impl PartitionReader {
             topic,
             partition,
             max_bytes,
+            read_to: None,
+            validating: false,
         }
+    }
+
+    /// A reader that sends, with each fetch that goes on where the last one ended, the leader
+    /// epoch of the last batch it read (KIP-320): a leader whose log diverged from that (an
+    /// unclean leader election truncated what was read) answers with where its log is
+    /// consistent, and the fetch fails with [`FetchError::Truncated`] instead of reading past
+    /// the divergence or being reset by `auto_offset_reset`. For the partition consumers.
+    pub(crate) fn validating(mut self) -> Self {
+        self.validating = true;
+        self
     }
 
     /// The service's budget of fetched bytes (see [`Cluster::fetch_budget`]) and its size.
@@ -94,8 +110,13 @@ impl PartitionReader {
         let topic = self.topic.clone();
         let partition = self.partition;
         let (link, epoch) = self.link().await?;
+        // The epoch of what was read, when this fetch goes on from there.
+        let last_epoch = match self.read_to {
+            Some((to, epoch)) if to == offset => epoch.unwrap_or(-1),
+            _ => -1,
+        };
         let data = link
-            .fetch(&topic, partition, epoch, offset, max_bytes)
+            .fetch(&topic, partition, (epoch, last_epoch), offset, max_bytes)
             .await?;
         let Some(data) = data else {
             // A fetch that found nothing may be answered with no partitions at all (Tansu
@@ -107,6 +128,14 @@ impl PartitionReader {
             });
         };
         partition_error(data.error_code, &what)?;
+        let diverged = &data.diverging_epoch;
+        if last_epoch >= 0 && diverged.epoch >= 0 && diverged.end_offset >= 0 {
+            self.read_to = None;
+            return Err(FetchError::Truncated {
+                epoch: diverged.epoch,
+                end_offset: diverged.end_offset,
+            });
+        }
         let end = if data.last_stable_offset >= 0 {
             data.last_stable_offset
         } else {
@@ -132,6 +161,9 @@ impl PartitionReader {
             max_decompressed: (config.fetch_max_bytes.max(max_bytes) as usize).saturating_mul(64),
         };
         let decoded = records::decode(&src, records);
+        if let Some(next) = decoded.next.filter(|_| self.validating) {
+            self.read_to = Some((next, decoded.last_epoch));
+        }
         if decoded.next.is_none() && fetched > 0 {
             // Not even one whole batch: ask for more next time.
             self.max_bytes = self

@@ -90,6 +90,9 @@ struct FetchJob {
     /// The leader epoch the reader knows (-1: none): the broker refuses the fetch if its own
     /// differs (KIP-320), and the reader looks the leader up again.
     epoch: i32,
+    /// The leader epoch of the last batch the reader read, when this fetch goes on from there
+    /// (-1: none): the leader answers with where its log diverged from that, if it did.
+    last_epoch: i32,
     offset: i64,
     max_bytes: i32,
     reply: oneshot::Sender<Answer<Option<PartitionData>>>,
@@ -135,11 +138,13 @@ impl Link {
 
     /// `topic`'s `partition` from `offset`, at most `max_bytes` of it, in the broker's next
     /// fetch (`None`: the broker's answer did not list the partition).
+    /// `epochs`: the leader epoch the reader knows, and that of the last batch it read (-1:
+    /// none).
     pub(crate) async fn fetch(
         &self,
         topic: &Arc<str>,
         partition: i32,
-        epoch: i32,
+        (epoch, last_epoch): (i32, i32),
         offset: i64,
         max_bytes: i32,
     ) -> Answer<Option<PartitionData>> {
@@ -148,6 +153,7 @@ impl Link {
             topic: topic.clone(),
             partition,
             epoch,
+            last_epoch,
             offset,
             max_bytes,
             reply,
@@ -384,6 +390,7 @@ async fn try_fetch_round(
                 offset: j.offset,
                 max_bytes: j.max_bytes,
                 epoch: j.epoch,
+                last_epoch: j.last_epoch,
             };
             ((j.topic.clone(), j.partition), pos)
         })
@@ -499,7 +506,7 @@ fn fetch_request(
         part.fetch_offset = job.offset;
         part.partition_max_bytes = job.max_bytes;
         part.current_leader_epoch = job.epoch;
-        part.last_fetched_epoch = -1;
+        part.last_fetched_epoch = job.last_epoch;
         part.log_start_offset = -1;
         // Consecutive partitions of one topic share its entry.
         match topics.last_mut() {

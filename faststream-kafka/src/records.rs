@@ -60,6 +60,9 @@ pub(crate) struct Decoded {
     pub(crate) next: Option<i64>,
     /// Records whose timestamp was implausible (delivered without one): (offset, raw value).
     pub(crate) bad_timestamps: Vec<(i64, i64)>,
+    /// The partition leader epoch of the last whole batch read (the one ending before `next`),
+    /// if it was a record batch v2.
+    pub(crate) last_epoch: Option<i32>,
 }
 
 /// A transaction the broker reported as aborted in this fetch range.
@@ -109,6 +112,7 @@ pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
                 "negative batch length",
             ));
             out.next = Some(base + 1);
+            out.last_epoch = None;
             return out;
         };
         if data.len() < LOG_OVERHEAD + len {
@@ -122,6 +126,7 @@ pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
                 // known only as far as the header goes.
                 let last = Header::last_offset_hint(&raw).unwrap_or(base);
                 out.next = Some(last + 1);
+                out.last_epoch = None;
                 if last >= src.from {
                     out.items.push(unreadable(base, last, raw, &reason));
                 }
@@ -130,6 +135,7 @@ pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
         };
         let last = batch.base_offset + i64::from(batch.last_offset_delta);
         out.next = Some(last + 1);
+        out.last_epoch = Some(batch.leader_epoch);
         if last < src.from {
             continue;
         }
@@ -179,6 +185,7 @@ fn unreadable(first: i64, last: i64, raw: Bytes, reason: &str) -> Fetched {
 #[derive(Debug)]
 struct Header {
     base_offset: i64,
+    leader_epoch: i32,
     last_offset_delta: i32,
     codec: u8,
     log_append_time: bool,
@@ -204,7 +211,7 @@ impl Header {
         let mut b = raw;
         let base_offset = b.get_i64();
         let _len = b.get_i32();
-        let _leader_epoch = b.get_i32();
+        let leader_epoch = b.get_i32();
         let _magic = b.get_i8();
         let crc = b.get_u32();
         let actual = crc32c::crc32c(b);
@@ -227,6 +234,7 @@ impl Header {
         }
         Ok(Header {
             base_offset,
+            leader_epoch,
             last_offset_delta,
             codec: (attributes & 0x7) as u8,
             log_append_time: attributes & 0x8 != 0,

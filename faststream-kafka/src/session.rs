@@ -23,6 +23,8 @@ pub(crate) struct Position {
     pub(crate) max_bytes: i32,
     /// The leader epoch the reader knows (-1: none).
     pub(crate) epoch: i32,
+    /// The leader epoch of the last batch read (-1: none).
+    pub(crate) last_epoch: i32,
 }
 
 /// The offsets a broker last told for a partition of the session: what a reader gets for a
@@ -207,6 +209,7 @@ mod tests {
             offset,
             max_bytes: 100,
             epoch: 0,
+            last_epoch: -1,
         }
     }
 

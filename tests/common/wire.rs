@@ -256,7 +256,16 @@ pub struct KafkaProxy {
     fetch_log: Arc<Mutex<Vec<FetchSeen>>>,
     /// How many more incremental Fetch requests get `FETCH_SESSION_ID_NOT_FOUND` back.
     lost_sessions: Arc<Mutex<usize>>,
+    /// A partition whose next fetch from an offset at least this far that says its last
+    /// fetched epoch gets a diverging epoch back: topic, partition, offset, end offset.
+    diverge: Arc<Mutex<Option<DivergeAt>>>,
 }
+
+/// Where [`KafkaProxy::diverge_next_fetch`] acts: topic, partition, from offset, end offset.
+type DivergeAt = (String, i32, i64, i64);
+
+/// A Fetch answer to rewrite as diverging: topic, partition, epoch, end offset.
+type Diverging = (String, i32, i32, i64);
 
 /// What one Fetch request said of its fetch session (KIP-227).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +310,7 @@ impl KafkaProxy {
             most_fetch_partitions: Arc::default(),
             fetch_log: Arc::default(),
             lost_sessions: Arc::default(),
+            diverge: Arc::default(),
         };
         let shared = proxy.clone();
         tokio::spawn(async move {
@@ -402,6 +412,19 @@ impl KafkaProxy {
         *self.lost_sessions.lock().unwrap() = count;
     }
 
+    /// Answers the next Fetch request that reads `partition` of `topic` from `from` or later,
+    /// going on from where its last fetch ended (it says the leader epoch of the last batch it
+    /// read), as a leader whose log diverged from that does after an unclean election
+    /// (KIP-320): with that epoch ending at `end_offset`, and no records.
+    pub fn diverge_next_fetch(&self, topic: &str, partition: i32, from: i64, end_offset: i64) {
+        *self.diverge.lock().unwrap() = Some((topic.to_owned(), partition, from, end_offset));
+    }
+
+    /// Whether the divergence asked for is still to be answered.
+    pub fn divergence_pending(&self) -> bool {
+        self.diverge.lock().unwrap().is_some()
+    }
+
     /// Passes every request on again.
     pub fn pass_all(&self) {
         self.refuse_produce(|_, _| None);
@@ -423,6 +446,7 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         most_fetch_partitions,
         fetch_log,
         lost_sessions,
+        diverge,
         ..
     } = proxy;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -437,6 +461,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
     let fetches: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
     // Fetch requests whose answers are replaced by a lost session, by correlation id.
     let stale: Arc<Mutex<std::collections::HashSet<i32>>> = Arc::default();
+    // Fetch requests whose answers are rewritten as diverging, by correlation id.
+    let diverging: Arc<Mutex<HashMap<i32, Diverging>>> = Arc::default();
     // The API key and version of every request passed on, by correlation id.
     let apis: Arc<Mutex<HashMap<i32, (i16, i16)>>> = Arc::default();
     // Answers from the broker go back frame by frame (so our own answers never interleave).
@@ -446,6 +472,7 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
         let apis = apis.clone();
         let losing = losing.clone();
         let stale = stale.clone();
+        let diverging = diverging.clone();
         let produce_in_flight = produce_in_flight.clone();
         let mut upstream_rx = upstream_rx;
         tokio::spawn(async move {
@@ -475,6 +502,11 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
                     Some((_, version)) if stale.lock().unwrap().remove(&correlation) => {
                         fetches.lock().unwrap().remove(&correlation);
                         session_lost(correlation, version)
+                    }
+                    Some((_, version)) if diverging.lock().unwrap().contains_key(&correlation) => {
+                        fetches.lock().unwrap().remove(&correlation);
+                        let d = diverging.lock().unwrap().remove(&correlation).unwrap();
+                        diverged(frame, version, &d)
                     }
                     _ => add_aborted(frame, &fetches, &aborted),
                 };
@@ -524,6 +556,17 @@ async fn relay(client: TcpStream, upstream: TcpStream, proxy: KafkaProxy) {
                     }
                     fetch_log.lock().unwrap().push(seen);
                 }
+                let armed = diverge.lock().unwrap().clone();
+                if let Some((topic, partition, from, end)) = armed {
+                    let at = (&*topic, partition, from);
+                    if let Some(epoch) = last_fetched_epoch(&frame, version, at) {
+                        *diverge.lock().unwrap() = None;
+                        diverging
+                            .lock()
+                            .unwrap()
+                            .insert(correlation, (topic, partition, epoch, end));
+                    }
+                }
             }
             if api == ApiKey::Produce as i16 && produces_to(&frame, version, &lost_answers) {
                 losing.lock().unwrap().insert(correlation);
@@ -550,6 +593,25 @@ fn add_aborted(frame: Bytes, fetches: &Mutex<HashMap<i32, i16>>, aborted: &Abort
     if aborted.is_empty() {
         return frame;
     }
+    edit_fetch_answer(frame, version, |resp| {
+        for t in &mut resp.responses {
+            for p in &mut t.partitions {
+                let list = p.aborted_transactions.get_or_insert_with(Vec::new);
+                for (_, producer, first) in
+                    aborted.iter().filter(|(topic, _, _)| *t.topic == **topic)
+                {
+                    let mut a = AbortedTransaction::default();
+                    a.producer_id = ProducerId(*producer);
+                    a.first_offset = *first;
+                    list.push(a);
+                }
+            }
+        }
+    })
+}
+
+/// `frame` (a Fetch answer of `version`) as `edit` changes it (unchanged if unreadable).
+fn edit_fetch_answer(frame: Bytes, version: i16, edit: impl FnOnce(&mut FetchResponse)) -> Bytes {
     let mut body = frame.clone();
     let hv = FetchResponse::header_version(version);
     let (Ok(header), Ok(mut resp)) = (
@@ -558,17 +620,7 @@ fn add_aborted(frame: Bytes, fetches: &Mutex<HashMap<i32, i16>>, aborted: &Abort
     ) else {
         return frame;
     };
-    for t in &mut resp.responses {
-        for p in &mut t.partitions {
-            let list = p.aborted_transactions.get_or_insert_with(Vec::new);
-            for (_, producer, first) in aborted.iter().filter(|(topic, _, _)| *t.topic == **topic) {
-                let mut a = AbortedTransaction::default();
-                a.producer_id = ProducerId(*producer);
-                a.first_offset = *first;
-                list.push(a);
-            }
-        }
-    }
+    edit(&mut resp);
     let mut buf = BytesMut::new();
     header.encode(&mut buf, hv).unwrap();
     resp.encode(&mut buf, version).unwrap();
@@ -629,6 +681,55 @@ fn fetch_seen(frame: &Bytes, version: i16) -> Option<FetchSeen> {
             .map(|t| t.partitions.len())
             .sum(),
         lost: false,
+    })
+}
+
+/// The last fetched epoch `frame` (a Fetch request) gives for `partition` of `topic`, if it
+/// lists the partition with one and a fetch offset of at least `from`.
+fn last_fetched_epoch(
+    frame: &Bytes,
+    version: i16,
+    (topic, partition, from): (&str, i32, i64),
+) -> Option<i32> {
+    let mut body = frame.clone();
+    RequestHeader::decode(&mut body, FetchRequest::header_version(version)).ok()?;
+    let req = FetchRequest::decode(&mut body, version).ok()?;
+    req.topics
+        .iter()
+        .filter(|t| *t.topic == *topic)
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition == partition && p.fetch_offset >= from && p.last_fetched_epoch >= 0)
+        .map(|p| p.last_fetched_epoch)
+}
+
+/// A Fetch answer with the partition of `d` diverging (its epoch ending at its end offset) and
+/// without its records.
+fn diverged(frame: Bytes, version: i16, d: &Diverging) -> Bytes {
+    let (topic, partition, epoch, end) = d;
+    edit_fetch_answer(frame, version, |resp| {
+        let mut listed = false;
+        for t in resp.responses.iter_mut().filter(|t| *t.topic == **topic) {
+            for p in t
+                .partitions
+                .iter_mut()
+                .filter(|p| p.partition_index == *partition)
+            {
+                p.records = None;
+                p.diverging_epoch.epoch = *epoch;
+                p.diverging_epoch.end_offset = *end;
+                listed = true;
+            }
+        }
+        if !listed {
+            let mut p = kafka_protocol::messages::fetch_response::PartitionData::default();
+            p.partition_index = *partition;
+            p.diverging_epoch.epoch = *epoch;
+            p.diverging_epoch.end_offset = *end;
+            let mut t = kafka_protocol::messages::fetch_response::FetchableTopicResponse::default();
+            t.topic = TopicName(StrBytes::from_string(topic.clone()));
+            t.partitions = vec![p];
+            resp.responses.push(t);
+        }
     })
 }
 

@@ -1,0 +1,190 @@
+//! Batch routes (`batch = true`): fetched messages handed to the handler in batches.
+
+use super::*;
+
+impl PartitionConsumer {
+    /// A batch route: fetched messages are collected into batches of at most `max_records`,
+    /// each handed over once full or `batch_timeout` after its first message arrived (a record
+    /// batch that cannot be read, and transaction markers, pass in offset order). The position
+    /// moves past a batch once its outputs (and its failed messages' dead-letter copies) are
+    /// acknowledged. Returns why it stopped on its own, if it did.
+    pub(super) async fn run_batches(
+        &self,
+        def: BatchDef,
+        rx: &mut Feed,
+        tracker: &mut OffsetTracker,
+        ack_first: bool,
+        (chunk, inflight, turn): (&mut Chunk, &mut InFlight, &mut Turn),
+        metrics: &PartitionMetrics,
+    ) -> Option<(i64, String)> {
+        let mut shutdown = self.shutdown.clone();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let max = def.max_records();
+        // Fetched items not handed over yet, each with when it arrived; how many are records.
+        let mut buffer: VecDeque<(tokio::time::Instant, Fetched)> = VecDeque::new();
+        let mut records = 0usize;
+        loop {
+            // The oldest waiting message's batch is due at this time.
+            let due = buffer
+                .iter()
+                .find(|(_, item)| matches!(item, Fetched::Record(_)))
+                .map(|(arrived, _)| *arrived + def.timeout());
+            let now = tokio::time::Instant::now();
+            if inflight.is_empty() && chunk.is_empty() {
+                turn.quiet();
+            }
+            if !buffer.is_empty()
+                && turn.may_start()
+                && (records >= max || due.is_none_or(|due| due <= now))
+            {
+                if !turn.enter(&self.shutdown).await {
+                    return None;
+                }
+                let mut items = Vec::new();
+                let mut taken = 0;
+                while let Some((_, item)) = buffer.front() {
+                    if matches!(item, Fetched::Record(_)) {
+                        if taken == max {
+                            break;
+                        }
+                        taken += 1;
+                    }
+                    items.push(buffer.pop_front().expect("peeked").1);
+                }
+                records -= taken;
+                match self
+                    .handle_batch(items, (chunk, inflight), tracker, metrics)
+                    .await
+                {
+                    Ok(true) => continue,
+                    Ok(false) => return None,
+                    Err(e) => return Some(e),
+                }
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => return None,
+                res = settle_front(inflight), if !inflight.is_empty() => {
+                    if let Err(e) = self.finish(res, tracker).await {
+                        return Some(e);
+                    }
+                }
+                _ = ticker.tick() => {
+                    metrics.in_flight(inflight.messages);
+                    self.warn_overdue(tracker);
+                }
+                () = tokio::time::sleep_until(due.unwrap_or(now)), if due.is_some() && turn.may_start() => {}
+                batch = rx.recv(), if records < max => match batch {
+                    Some(Ok(batch)) => {
+                        if ack_first {
+                            self.commit_before_handling(tracker, &batch).await;
+                        }
+                        let arrived = tokio::time::Instant::now();
+                        records += batch.iter().filter(|i| matches!(i, Fetched::Record(_))).count();
+                        buffer.extend(batch.into_iter().map(|item| (arrived, item)));
+                    }
+                    Some(Err(e)) => return Some(e),
+                    None => return None,
+                },
+            }
+        }
+    }
+
+    /// Handles one batch's items (records, unreadable batches, markers, in offset order) and
+    /// queues what they publish. `Ok(false)`: a retry backoff was interrupted (shutdown or
+    /// revoke), nothing of the batch is done.
+    pub(super) async fn handle_batch(
+        &self,
+        items: Vec<Fetched>,
+        (chunk, inflight): (&mut Chunk, &mut InFlight),
+        tracker: &mut OffsetTracker,
+        metrics: &PartitionMetrics,
+    ) -> Result<bool, (i64, String)> {
+        let Some(end) = items.last().map(Fetched::last_offset) else {
+            return Ok(true);
+        };
+        // ((first offset, last offset, messages), outputs, dead-letter copy), queued in offset
+        // order once everything is handled, so no position passes a message not handled yet.
+        type Entry = ((i64, i64, usize), Vec<OutgoingMessage>, bool);
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut msgs = Vec::new();
+        for item in items {
+            match item {
+                Fetched::Record(msg) => {
+                    metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
+                    msgs.push(msg);
+                }
+                Fetched::Unreadable {
+                    first,
+                    last,
+                    raw,
+                    reason,
+                } => {
+                    let outcome = self.unreadable((first, last), raw, &reason, metrics);
+                    match tracker.step(first, outcome) {
+                        Step::Stop(reason) => return Err((first, reason)),
+                        Step::Interrupt => return Ok(false),
+                        Step::Publish {
+                            outputs,
+                            dead_letter,
+                            ..
+                        } => entries.push(((first, last, 1), outputs, dead_letter)),
+                    }
+                }
+                Fetched::Passed { .. } => {}
+            }
+        }
+        if let (Some(first), Some(last), count) = (
+            msgs.first().map(|m| m.offset),
+            msgs.last().map(|m| m.offset),
+            msgs.len(),
+        ) {
+            let started = tokio::time::Instant::now();
+            let outcome = match &self.lane {
+                Some(link) => {
+                    let (lane, stage) = (&link.lane, link.stage);
+                    let stop = Some(&self.shutdown);
+                    let pipeline = &self.rt.pipeline;
+                    pipeline
+                        .handle_batch_in_lane(self.route, msgs, stop, lane, stage)
+                        .await
+                }
+                None => {
+                    let stop = Some(&self.shutdown);
+                    self.rt.pipeline.handle_batch(self.route, msgs, stop).await
+                }
+            };
+            metrics.since(started);
+            let batched = count - outcome.failed.len();
+            metrics.outcome(&Outcome::Done(Vec::new()), batched as u64);
+            for (offset, failed) in outcome.failed {
+                metrics.outcome(&failed, 1);
+                match tracker.step(offset, failed) {
+                    Step::Stop(reason) => return Err((offset, reason)),
+                    Step::Interrupt => return Ok(false),
+                    Step::Publish {
+                        outputs,
+                        dead_letter,
+                        ..
+                    } => entries.push(((offset, offset, 1), outputs, dead_letter)),
+                }
+            }
+            // A failed output of the batch fails each of its messages.
+            entries.push(((first, last, batched), outcome.outputs, false));
+        }
+        entries.sort_by_key(|((_, last, _), _, _)| *last);
+        entries.push(((end, end, 0), Vec::new(), false));
+        for (span, outputs, dead_letter) in entries {
+            if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
+                tracker.done(span.1);
+                continue;
+            }
+            if chunk.push(span, outputs, dead_letter) {
+                self.flush(chunk, inflight).await?;
+            }
+        }
+        self.flush(chunk, inflight).await?;
+        self.settle(inflight, tracker).await?;
+        Ok(true)
+    }
+}

@@ -825,7 +825,10 @@ async fn an_unwritable_dead_letter_topic_stops_the_partition_and_loses_nothing()
     assert!(
         matches!(
             &err,
-            faststream::Error::PartitionStopped(faststream::PartitionStop { offset: 0, .. })
+            faststream::Error::PartitionStopped(faststream::PartitionStop {
+                offset: Some(0),
+                ..
+            })
         ),
         "{err:?}"
     );

@@ -74,7 +74,7 @@ pub enum Error {
 
 /// Where and why a partition's consumer stopped (see [`Error::PartitionStopped`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the consumer of {topic}[{partition}] for handler {handler} stopped at offset {offset}: {reason}; the service stops so that a restart (or another instance) resumes there")]
+#[error("the consumer of {topic}[{partition}] for handler {handler} stopped {}: {reason}; the service stops so that a restart (or another instance) resumes there", at_offset(.offset))]
 pub struct PartitionStop {
     /// The handler's path.
     pub handler: String,
@@ -82,10 +82,19 @@ pub struct PartitionStop {
     pub topic: String,
     /// The partition.
     pub partition: i32,
-    /// The first offset not done (`-1` when the consumer's task itself failed).
-    pub offset: i64,
+    /// The first offset not done: the message it stopped at (`None` when it stopped before
+    /// it had a position, or its task itself failed).
+    pub offset: Option<i64>,
     /// Why it stopped.
     pub reason: String,
+}
+
+/// Where a consumer stopped, for [`PartitionStop`]'s message.
+fn at_offset(offset: &Option<i64>) -> String {
+    match offset {
+        Some(offset) => format!("at offset {offset}"),
+        None => "before reading any message".to_owned(),
+    }
 }
 
 impl Error {

@@ -536,7 +536,7 @@ impl Inner {
                         handler: route.name().to_owned(),
                         topic,
                         partition,
-                        offset,
+                        offset: Some(offset),
                         reason,
                     });
                     break;

@@ -615,6 +615,28 @@ mod tests {
     }
 
     #[test]
+    fn the_leader_epoch_of_the_last_whole_batch_is_kept() {
+        let spec = |base| Spec {
+            base,
+            codec: 0,
+            attrs: 0,
+            producer: -1,
+            records: vec![b"a", b"b"],
+        };
+        let mut data = plain(spec(0));
+        let mut second = plain(spec(2));
+        second[12..16].copy_from_slice(&7i32.to_be_bytes());
+        data.extend_from_slice(&second);
+        // A batch cut short at the end of the fetch does not count.
+        let mut third = plain(spec(4));
+        third[12..16].copy_from_slice(&9i32.to_be_bytes());
+        data.extend_from_slice(&third[..20]);
+        let d = run(data.freeze(), 0, &[]);
+        assert_eq!(d.next, Some(4));
+        assert_eq!(d.last_epoch, Some(7));
+    }
+
+    #[test]
     fn unknown_codec_is_unreadable() {
         let data = plain(Spec {
             base: 5,

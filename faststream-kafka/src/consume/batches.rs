@@ -16,7 +16,7 @@ impl PartitionConsumer {
         ack_first: bool,
         (chunk, inflight, turn): (&mut Chunk, &mut InFlight, &mut Turn),
         metrics: &PartitionMetrics,
-    ) -> Option<(i64, String)> {
+    ) -> Option<Stop> {
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let max = def.max_records();
@@ -99,7 +99,7 @@ impl PartitionConsumer {
         (chunk, inflight): (&mut Chunk, &mut InFlight),
         tracker: &mut OffsetTracker,
         metrics: &PartitionMetrics,
-    ) -> Result<bool, (i64, String)> {
+    ) -> Result<bool, Stop> {
         let Some(end) = items.last().map(Fetched::last_offset) else {
             return Ok(true);
         };
@@ -122,7 +122,7 @@ impl PartitionConsumer {
                 } => {
                     let outcome = self.unreadable((first, last), raw, &reason, metrics);
                     match tracker.step(first, outcome) {
-                        Step::Stop(reason) => return Err((first, reason)),
+                        Step::Stop(reason) => return Err(Stop::at(first, reason)),
                         Step::Interrupt => return Ok(false),
                         Step::Publish {
                             outputs,
@@ -160,7 +160,7 @@ impl PartitionConsumer {
             for (offset, failed) in outcome.failed {
                 metrics.outcome(&failed, 1);
                 match tracker.step(offset, failed) {
-                    Step::Stop(reason) => return Err((offset, reason)),
+                    Step::Stop(reason) => return Err(Stop::at(offset, reason)),
                     Step::Interrupt => return Ok(false),
                     Step::Publish {
                         outputs,

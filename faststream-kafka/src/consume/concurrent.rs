@@ -17,7 +17,7 @@ impl PartitionConsumer {
         tracker: &mut OffsetTracker,
         ack_first: bool,
         metrics: &PartitionMetrics,
-    ) -> Option<(i64, String)> {
+    ) -> Option<Stop> {
         use std::collections::{BTreeMap, HashMap};
         use tokio::task::JoinSet;
 
@@ -34,7 +34,7 @@ impl PartitionConsumer {
         let mut buffered = 0usize;
         let mut running: JoinSet<Handled> = JoinSet::new();
         let mut acking: JoinSet<MessageSettled> = JoinSet::new();
-        let mut stopped: Option<(i64, String)> = None;
+        let mut stopped: Option<Stop> = None;
         let mut stopping = false;
         /// Done up to the first offset not done.
         fn advance(tracker: &OffsetTracker, pending: &BTreeMap<i64, i64>, end: Option<i64>) {
@@ -98,7 +98,7 @@ impl PartitionConsumer {
                     let (offset, key, outcome, took) = match joined {
                         Ok(handled) => handled,
                         Err(e) => {
-                            stopped.get_or_insert((pending.keys().next().copied().unwrap_or(-1), format!("a handler task failed: {e}")));
+                            stopped.get_or_insert(Stop::new(pending.keys().next().copied(), format!("a handler task failed: {e}")));
                             stopping = true;
                             continue;
                         }
@@ -116,7 +116,7 @@ impl PartitionConsumer {
                     }
                     let (outputs, dead_letter, unacked) = match tracker.step(offset, outcome) {
                         Step::Stop(reason) => {
-                            stopped.get_or_insert((offset, reason));
+                            stopped.get_or_insert(Stop::at(offset, reason));
                             stopping = true;
                             continue;
                         }
@@ -143,13 +143,13 @@ impl PartitionConsumer {
                     let MessageSettled { offset, result, dead_letter, unacked } = match joined {
                         Ok(acked) => acked,
                         Err(e) => {
-                            stopped.get_or_insert((pending.keys().next().copied().unwrap_or(-1), format!("an ack task failed: {e}")));
+                            stopped.get_or_insert(Stop::new(pending.keys().next().copied(), format!("an ack task failed: {e}")));
                             stopping = true;
                             continue;
                         }
                     };
                     if let (Err(reason), true) = (&result, dead_letter) {
-                        stopped.get_or_insert((offset, format!("its dead-letter copy was not delivered: {reason}")));
+                        stopped.get_or_insert(Stop::at(offset, format!("its dead-letter copy was not delivered: {reason}")));
                         stopping = true;
                         continue;
                     }
@@ -215,7 +215,7 @@ impl PartitionConsumer {
                                 let outcome = self.unreadable((first, last), raw, &reason, metrics);
                                 let (outputs, dead_letter) = match tracker.step(first, outcome) {
                                     Step::Stop(reason) => {
-                                        stopped.get_or_insert((first, reason));
+                                        stopped.get_or_insert(Stop::at(first, reason));
                                         stopping = true;
                                         break;
                                     }
@@ -266,7 +266,7 @@ impl PartitionConsumer {
         dead_letter: bool,
         unacked: bool,
         acking: &mut tokio::task::JoinSet<MessageSettled>,
-    ) -> Result<bool, (i64, String)> {
+    ) -> Result<bool, Stop> {
         if outputs.is_empty() {
             return Ok(false);
         }

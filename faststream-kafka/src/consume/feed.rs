@@ -6,7 +6,7 @@
 use super::*;
 
 /// What the fetch task hands the consumer: items in offset order, or why it cannot go on.
-pub(super) type FetchedBatch = Result<Vec<Fetched>, (i64, String)>;
+pub(super) type FetchedBatch = Result<Vec<Fetched>, Stop>;
 
 /// A fetched batch on its way to the consumer, with its share of the service's budget of
 /// fetched bytes (`max_fetched_bytes`; none for a failure).
@@ -86,7 +86,7 @@ pub(super) async fn fetch_loop(
     let mut backoff = Backoff::requests();
     let mut lag_logged = Instant::now();
     let (budget, budget_size) = reader.budget();
-    let failed = |batch: (i64, String)| {
+    let failed = |batch: Stop| {
         Handed::Batch(Buffered {
             batch: Err(batch),
             share: None,
@@ -129,7 +129,7 @@ pub(super) async fn fetch_loop(
                             Ok(Some(o)) => offset = o,
                             Ok(None) => return,
                             Err(reason) => {
-                                let _ = tx.send(failed((offset, reason))).await;
+                                let _ = tx.send(failed(Stop::at(offset, reason))).await;
                                 return;
                             }
                         }
@@ -151,7 +151,7 @@ pub(super) async fn fetch_loop(
                     }
                     FetchError::Fatal(e) => {
                         let _ = tx
-                            .send(failed((
+                            .send(failed(Stop::at(
                                 offset,
                                 format!("the broker refused the fetch: {e}"),
                             )))

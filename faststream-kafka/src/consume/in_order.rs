@@ -13,7 +13,7 @@ impl PartitionConsumer {
         ack_first: bool,
         (chunk, inflight, turn): (&mut Chunk, &mut InFlight, &mut Turn),
         metrics: &PartitionMetrics,
-    ) -> Option<(i64, String)> {
+    ) -> Option<Stop> {
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let mut stopped = None;
@@ -110,7 +110,7 @@ impl PartitionConsumer {
                 };
                 let (outputs, dead_letter) = match tracker.step(offset, outcome) {
                     Step::Stop(reason) => {
-                        stopped = Some((offset, reason));
+                        stopped = Some(Stop::at(offset, reason));
                         break 'fetched;
                     }
                     Step::Interrupt => break 'fetched,

@@ -60,6 +60,29 @@ pub(crate) struct Runtime {
     pub(crate) txn: Option<Arc<Txn>>,
 }
 
+/// Why a partition consumer stops on its own (its failure policy said so, an output or its
+/// dead-letter copy was not delivered, the broker refused the fetch for good): the first offset
+/// not done, when the consumer had got that far, and what happened.
+#[derive(Debug)]
+pub(crate) struct Stop {
+    pub(crate) offset: Option<i64>,
+    pub(crate) reason: String,
+}
+
+impl Stop {
+    pub(crate) fn new(offset: Option<i64>, reason: impl Into<String>) -> Self {
+        Self {
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// Stopped at the message at `offset` (not done).
+    pub(crate) fn at(offset: i64, reason: impl Into<String>) -> Self {
+        Self::new(Some(offset), reason)
+    }
+}
+
 /// A consumer's link to its consumer group: where it reports its position, and how it asks
 /// for an immediate commit (`ack = "first"`).
 #[derive(Debug)]
@@ -305,7 +328,7 @@ impl PartitionConsumer {
             {
                 Ok(Some(offset)) => offset,
                 Ok(None) => return Ok(None),
-                Err(reason) => return Err(self.stopped(-1, reason)),
+                Err(reason) => return Err(self.stopped(Stop::new(None, reason))),
             },
         };
         // Without a group the position is only used to report where a stopped consumer ended.
@@ -313,7 +336,7 @@ impl PartitionConsumer {
             .group
             .as_ref()
             .map_or_else(|| Position::new(None), |g| g.position.clone());
-        let mut tracker = OffsetTracker::new(position, config.manual_ack_warning);
+        let mut tracker = OffsetTracker::new(position.clone(), config.manual_ack_warning);
         // Committed even if nothing arrives: a restart resumes here, not at `reset` again.
         tracker.start(start);
         tracing::debug!(
@@ -331,7 +354,7 @@ impl PartitionConsumer {
             let mut stop = self.shutdown.clone();
             if link.stage == 0 && !link.lane.is_ready() {
                 if let Err(reason) = self.restore_lane(link).await {
-                    return Err(self.stopped(-1, reason));
+                    return Err(self.stopped(Stop::new(None, reason)));
                 }
                 if self.shutdown.is_triggered() {
                     return Ok(None);
@@ -417,18 +440,22 @@ impl PartitionConsumer {
         }
         tracing::debug!(topic, partition, handler = self.route.name(), "stopped");
         match stopped {
-            None => Ok(rx.truncated),
-            Some((offset, reason)) => Err(self.stopped(offset, reason)),
+            // After a divergence: from where the logs agree, or from the first message not done
+            // if that is earlier (a batch route drops what it had not handed over yet).
+            None => Ok(rx
+                .truncated
+                .map(|at| position.get().map_or(at, |p| p.min(at)))),
+            Some(stop) => Err(self.stopped(stop)),
         }
     }
 
-    fn stopped(&self, offset: i64, reason: String) -> KafkaError {
+    fn stopped(&self, stop: Stop) -> KafkaError {
         let err = KafkaError::PartitionStopped(PartitionStop {
             handler: self.route.name().to_owned(),
             topic: self.topic.to_string(),
             partition: self.partition,
-            offset,
-            reason,
+            offset: stop.offset,
+            reason: stop.reason,
         });
         tracing::error!(error = %err, "partition consumer stopped");
         err

@@ -129,7 +129,7 @@ impl PartitionConsumer {
         &self,
         offset: i64,
         outputs: Vec<OutgoingMessage>,
-    ) -> Result<crate::produce::Enqueued, (i64, String)> {
+    ) -> Result<crate::produce::Enqueued, Stop> {
         if outputs.is_empty() {
             return Ok(Default::default());
         }
@@ -137,7 +137,7 @@ impl PartitionConsumer {
             .producers
             .enqueue(outputs)
             .await
-            .map_err(|e| (offset, format!("outputs cannot be queued: {e}")))
+            .map_err(|e| Stop::at(offset, format!("outputs cannot be queued: {e}")))
     }
 
     /// Queues the chunk's outputs; its messages are done once the broker acknowledged them.
@@ -145,7 +145,7 @@ impl PartitionConsumer {
         &self,
         chunk: &mut Chunk,
         inflight: &mut InFlight,
-    ) -> Result<(), (i64, String)> {
+    ) -> Result<(), Stop> {
         let Some((first, last)) = chunk.span.take() else {
             return Ok(());
         };
@@ -170,7 +170,7 @@ impl PartitionConsumer {
         &self,
         inflight: &mut InFlight,
         tracker: &OffsetTracker,
-    ) -> Result<(), (i64, String)> {
+    ) -> Result<(), Stop> {
         while let Some(res) = settle_ready(inflight) {
             self.finish(res, tracker).await?;
         }
@@ -185,9 +185,9 @@ impl PartitionConsumer {
     /// policy (kind `publish`), then the chunk is done.
     pub(super) async fn finish(
         &self,
-        settled: Result<Settled, (i64, String)>,
+        settled: Result<Settled, Stop>,
         tracker: &OffsetTracker,
-    ) -> Result<(), (i64, String)> {
+    ) -> Result<(), Stop> {
         let settled = settled?;
         if !settled.failed.is_empty() {
             self.fail_outputs(settled.failed).await?;
@@ -199,10 +199,7 @@ impl PartitionConsumer {
     /// Each message is read again from the partition (the consumer keeps no copy of messages
     /// awaiting acks) and handed to the failure policy; a dead-letter copy is awaited here. A
     /// batch's output that failed fails every message of the batch.
-    pub(super) async fn fail_outputs(
-        &self,
-        failed: Vec<(i64, i64, String)>,
-    ) -> Result<(), (i64, String)> {
+    pub(super) async fn fail_outputs(&self, failed: Vec<(i64, i64, String)>) -> Result<(), Stop> {
         let mut reader =
             PartitionReader::new(self.rt.cluster.clone(), self.topic.clone(), self.partition);
         for (first, last, reason) in failed {
@@ -214,30 +211,24 @@ impl PartitionConsumer {
     }
 
     /// One message whose output was not delivered, through the failure policy.
-    pub(super) async fn fail_output(
-        &self,
-        msg: Message,
-        reason: String,
-    ) -> Result<(), (i64, String)> {
+    pub(super) async fn fail_output(&self, msg: Message, reason: String) -> Result<(), Stop> {
         let offset = msg.offset;
         let outcome = self
             .rt
             .pipeline
             .fail(self.route, &msg, HandlerError::Publish(reason));
         match outcome {
-            Outcome::Stopped { error, .. } => {
-                Err((offset, format!("the failure policy stopped it: {error}")))
-            }
+            Outcome::Stopped { error, .. } => Err(Stop::at(
+                offset,
+                format!("the failure policy stopped it: {error}"),
+            )),
             Outcome::DeadLettered { dlq, .. } => {
                 let topic = dlq.topic.clone();
-                let queued = self
-                    .rt
-                    .producers
-                    .enqueue(vec![*dlq])
-                    .await
-                    .map_err(|e| (offset, format!("dead-letter copy cannot be queued: {e}")))?;
+                let queued = self.rt.producers.enqueue(vec![*dlq]).await.map_err(|e| {
+                    Stop::at(offset, format!("dead-letter copy cannot be queued: {e}"))
+                })?;
                 queued.delivered().await.map_err(|why| {
-                    (
+                    Stop::at(
                         offset,
                         format!("an output was not delivered, and neither was its dead-letter copy to {topic:?}: {why}"),
                     )
@@ -253,7 +244,7 @@ impl PartitionConsumer {
         reader: &mut PartitionReader,
         first: i64,
         last: i64,
-    ) -> Result<Vec<Message>, (i64, String)> {
+    ) -> Result<Vec<Message>, Stop> {
         let mut backoff = Backoff::requests();
         let mut found = Vec::new();
         let mut offset = first;
@@ -271,9 +262,9 @@ impl PartitionConsumer {
                         continue;
                     }
                     if found.is_empty() {
-                        return Err((
+                        return Err(Stop::at(
                             first,
-                            "an output was not delivered, and the message is no longer readable to dead-letter it".into(),
+                            "an output was not delivered, and the message is no longer readable to dead-letter it",
                         ));
                     }
                     return Ok(found);
@@ -284,7 +275,7 @@ impl PartitionConsumer {
                     backoff.sleep().await;
                 }
                 Err(e) => {
-                    return Err((
+                    return Err(Stop::at(
                         offset,
                         format!(
                             "an output was not delivered, and the message cannot be read again: {e}"
@@ -299,9 +290,9 @@ impl PartitionConsumer {
 /// Waits until every output of the oldest queued chunk was settled (acknowledged or refused),
 /// and removes it. An abandoned ack (the producer went away) is an error naming the chunk's
 /// first offset (nothing from there on is done). Cancellation-safe: settled acks are removed.
-pub(super) async fn settle_front(inflight: &mut InFlight) -> Result<Settled, (i64, String)> {
+pub(super) async fn settle_front(inflight: &mut InFlight) -> Result<Settled, Stop> {
     let Some(front) = inflight.queue.front_mut() else {
-        return Err((-1, "nothing in flight".into()));
+        return Err(Stop::new(None, "nothing in flight"));
     };
     while let Some((_, ack)) = front.acks.last_mut() {
         let result = ack.await;
@@ -314,9 +305,9 @@ pub(super) async fn settle_front(inflight: &mut InFlight) -> Result<Settled, (i6
                     .map(|(i, reason)| (indices[i as usize], reason)),
             ),
             Err(_) => {
-                return Err((
+                return Err(Stop::at(
                     front.first,
-                    "an output was abandoned before the broker acknowledged it".into(),
+                    "an output was abandoned before the broker acknowledged it",
                 ))
             }
         }
@@ -329,7 +320,7 @@ pub(super) async fn settle_front(inflight: &mut InFlight) -> Result<Settled, (i6
     for (i, reason) in by_output {
         let owner = front.owners[i as usize];
         if owner.dead_letter {
-            return Err((
+            return Err(Stop::at(
                 owner.last,
                 format!("its dead-letter copy was not delivered: {reason}"),
             ));
@@ -345,7 +336,7 @@ pub(super) async fn settle_front(inflight: &mut InFlight) -> Result<Settled, (i6
 }
 
 /// The front chunk, if all its outputs are already settled (without waiting).
-pub(super) fn settle_ready(inflight: &mut InFlight) -> Option<Result<Settled, (i64, String)>> {
+pub(super) fn settle_ready(inflight: &mut InFlight) -> Option<Result<Settled, Stop>> {
     if inflight.is_empty() {
         return None;
     }

@@ -161,7 +161,7 @@ impl Running {
                     handler: s.handler.to_owned(),
                     topic: s.topic,
                     partition: s.partition,
-                    offset: -1,
+                    offset: None,
                     reason: format!("its task crashed: {e}"),
                 }));
             }

@@ -683,6 +683,44 @@ async fn a_diverged_leader_log_is_read_again_from_where_it_diverged() {
     assert_eq!(handled, want[..26].to_vec());
 }
 
+/// Every message the `diverged-batch` route was handed, in order.
+static DIVERGED_BATCHES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[subscriber(
+    "diverged-batch",
+    auto_offset_reset = "earliest",
+    batch = true,
+    max_records = 100,
+    batch_timeout_ms = 3000
+)]
+async fn diverged_batch(bodies: Vec<String>) {
+    DIVERGED_BATCHES.lock().unwrap().extend(bodies);
+}
+
+/// A batch route that learns of a divergence while it collects a batch drops what it had not
+/// handed over, and its next run starts at the first message not done when that is before
+/// the divergence point: every message is still handed over once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergence_while_a_batch_is_collected_loses_nothing() {
+    let prefix = unique_prefix("diverged-batch");
+    let (_broker, proxy, bootstrap, client) = kafka_behind_kafka_proxy().await;
+    let topic = format!("{prefix}diverged-batch");
+    create_topic(&client, &topic, 1).await;
+    fill_partitions(&client, &topic, 1, 0..10).await;
+    // The fetch after the first (which reads all ten) learns that the log diverged at 8,
+    // while the ten wait for the batch to fill or time out.
+    proxy.diverge_next_fetch(&topic, 0, 10, 8);
+    let running = start(app_on(&bootstrap, routes![diverged_batch], &prefix, |b| b)).await;
+    let handled = || DIVERGED_BATCHES.lock().unwrap().clone();
+    common::wait_for("the first ten handed over", || handled().len() >= 10).await;
+    assert!(!proxy.divergence_pending());
+    fill_partitions(&client, &topic, 1, 10..12).await;
+    common::wait_for("all twelve handed over", || handled().len() >= 12).await;
+    running.stop().await.expect("a clean shutdown");
+    let want: Vec<String> = (0..12).map(|i| format!("p0-{i}")).collect();
+    assert_eq!(handled(), want, "each message once, in order");
+}
+
 /// Handlers of the `paced` route running now, and the most at once.
 static PACED_NOW: AtomicUsize = AtomicUsize::new(0);
 static PACED_MOST: AtomicUsize = AtomicUsize::new(0);

@@ -154,8 +154,8 @@ struct Args {
     child: Option<String>,
     prefix: String,
     only: Option<String>,
-    /// How many times the rows run, in turn (ABAB...): ratios use the last round, when a
-    /// broker on the JVM has warmed up.
+    /// How many times the rows run, in turn (ABC, BCA, CAB, ...): ratios use the last round,
+    /// when a broker on the JVM has warmed up.
     rounds: usize,
     /// Another build of this benchmark (an earlier commit's): rows named `<kind>@base` run
     /// their child from it, beside this build's rows in the same run.
@@ -339,15 +339,22 @@ async fn parent(args: Args) {
     if args.peer.is_some() {
         kinds.extend(["librdkafka", "idle@librdkafka"]);
     }
-    let rounds = kinds.repeat(args.rounds);
-    for (row, kind) in rounds.into_iter().enumerate() {
-        if args
-            .only
+    kinds.retain(|kind| {
+        args.only
             .as_deref()
-            .is_some_and(|o| !o.split(',').any(|k| k == kind))
-        {
-            continue;
+            .is_none_or(|o| o.split(',').any(|k| k == *kind))
+    });
+    // Each round starts one row later than the last, so that no build always runs first (on
+    // a broker still busy with the previous round's work) or always right after another.
+    let rounds = (0..args.rounds).flat_map(|round| {
+        let mut order = kinds.clone();
+        if !order.is_empty() {
+            let turn = round % order.len();
+            order.rotate_left(turn);
         }
+        order
+    });
+    for (row, kind) in rounds.enumerate() {
         let prefix = format!("bench{stamp}-{row}-{}.", kind.replace('@', "-"));
         // `<kind>@base`: the same row, its child from the baseline build; `librdkafka`: the
         // group relay's row with the peer relay as its child.

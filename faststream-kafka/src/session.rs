@@ -6,9 +6,10 @@
 //! with records or news (an error, a new high watermark). An idle service's fetch is then
 //! nearly empty both ways, whatever the partition count.
 //!
-//! This module only keeps the books; [`crate::link`] sends the requests. A broker that opens no
-//! session (answers with session id 0, as Tansu 0.6.0 does, or a version before 7) gets full
-//! requests every time, as before.
+//! This module only keeps the books; [`crate::link`] sends the requests. A broker without
+//! sessions (its Fetch versions end before 7, as Tansu 0.6.0's do) gets sessionless full
+//! requests, and one that opens no session (answers with session id 0) full requests, every
+//! time, as before.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -767,3 +767,163 @@ fn relay_app_of(
     .with_routes(routes)
     .topic_prefix(prefix)
 }
+
+/// What the `unclean` handler saw: each number, how often.
+static UNCLEAN_SEEN: std::sync::Mutex<BTreeMap<u64, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+#[subscriber("unclean-in", auto_offset_reset = "earliest")]
+async fn unclean(n: u64) {
+    *UNCLEAN_SEEN.lock().unwrap().entry(n).or_default() += 1;
+}
+
+/// Waits until the `unclean` handler saw every number of `want`.
+async fn await_unclean_seen(want: std::ops::Range<u64>, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let missing: Vec<u64> = {
+            let seen = UNCLEAN_SEEN.lock().unwrap();
+            want.clone().filter(|n| !seen.contains_key(n)).collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want:?} never handled (first: {:?}); log:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            logs_about(topic)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A real unclean leader election (KIP-320 against Apache Kafka, no proxy): node A leads
+/// every partition alone (the other two killed, `min.insync.replicas = 1`) and takes inputs
+/// the others never see; the service reads them. Then A dies and node B, whose log ends
+/// earlier, is made leader uncleanly, with a new leader epoch, and takes new inputs at the
+/// offsets A had used. The consumer's next fetch names the epoch of what it last read: the new
+/// leader answers where its log diverged from that, and the consumer reads on from there.
+/// Every new input is handled once and no old one again (a consumer that only compares
+/// offsets would skip the new inputs below its position, or reset and read everything again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclean_leader_election_is_detected_and_the_new_log_read_from_where_it_diverged() {
+    const OLD: u64 = 60;
+    let cluster =
+        tokio::task::spawn_blocking(|| KafkaCluster::up_with(3, &["--controller".to_owned()]))
+            .await
+            .unwrap();
+    let prefix = unique_prefix("unclean");
+    let input = format!("{prefix}unclean-in");
+    let configs = [
+        ("min.insync.replicas", "1"),
+        ("unclean.leader.election.enable", "true"),
+    ];
+    common::wire::create_topic_with(&cluster.addr(1), &input, PARTITIONS, 3, &configs).await;
+    await_in_sync(&cluster, &input, &[1, 2, 3]).await;
+    let client = client(&cluster).await;
+    // Every replica holds the first third.
+    produce_range(&client, &input, 0..OLD / 3).await;
+    init_logs();
+    let service = start(
+        FastStream::new(
+            KafkaBroker::builder(&cluster.bootstrap)
+                .request_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .with_routes(routes![unclean])
+        .topic_prefix(&prefix),
+    )
+    .await;
+    await_unclean_seen(0..OLD / 3, &input).await;
+
+    // Node 1 alone: it leads every partition and takes the rest of the old inputs.
+    let (a, b) = (1usize, 2usize);
+    cluster.node(2, "kill");
+    cluster.node(3, "kill");
+    await_in_sync(&cluster, &input, &[1]).await;
+    let alone = ClientBuilder::new(vec![cluster.addr(a)])
+        .build()
+        .await
+        .unwrap();
+    produce_range(&alone, &input, OLD / 3..OLD).await;
+    await_unclean_seen(0..OLD, &input).await;
+    let before = common::wire::leader_epochs(&cluster.addr(a), &input).await;
+
+    // Node 1 dies; node 2, which missed two thirds of the old inputs, leads uncleanly.
+    cluster.node(a, "kill");
+    cluster.node(b, "start");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let after = loop {
+        assert!(Instant::now() < deadline, "node {b} did not come back");
+        if tokio::net::TcpStream::connect(cluster.addr(b))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let now = common::wire::leader_epochs(&cluster.addr(b), &input).await;
+        if now.len() == PARTITIONS as usize && now.values().all(|(leader, _)| *leader == b as i32) {
+            break now;
+        }
+        for (p, (leader, _)) in &now {
+            if *leader != b as i32 {
+                common::wire::elect_unclean(&cluster.addr(b), &input, *p).await;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {b} did not become leader: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for p in 0..PARTITIONS {
+        assert!(
+            after[&p].1 > before[&p].1,
+            "partition {p}: a new leader epoch ({before:?} -> {after:?})"
+        );
+    }
+    // New inputs, written where node 1 had written the old ones.
+    let survivor = ClientBuilder::new(vec![cluster.addr(b)])
+        .build()
+        .await
+        .unwrap();
+    let (from, to) = (1_000, 1_000 + OLD);
+    produce_range(&survivor, &input, from..to).await;
+    let ends: BTreeMap<i32, i64> = {
+        let mut ends = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            let pc = survivor
+                .partition_client(input.as_str(), p, UnknownTopicHandling::Retry)
+                .await
+                .unwrap();
+            let end = pc
+                .get_offset(rskafka::client::partition::OffsetAt::Latest)
+                .await
+                .unwrap();
+            ends.insert(p, end);
+        }
+        ends
+    };
+    await_unclean_seen(from..to, &input).await;
+    service.stop().await.unwrap();
+    let seen = UNCLEAN_SEEN.lock().unwrap().clone();
+    let logs = logs_about(&input);
+    println!("unclean election: epochs {before:?} -> {after:?}, new log ends {ends:?}");
+    let twice: Vec<(&u64, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "handled more than once: {twice:?}; log:\n{logs}"
+    );
+    assert_eq!(
+        seen.len() as u64,
+        2 * OLD,
+        "every old and new input handled, nothing else"
+    );
+    assert!(
+        logs.contains("the leader's log was truncated below what was read"),
+        "the truncation is reported; log:\n{logs}"
+    );
+}

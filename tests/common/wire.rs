@@ -1062,3 +1062,43 @@ pub async fn create_topic_with(
         "CreateTopics {topic} {configs:?}: error code {code}"
     );
 }
+
+/// Each partition of `topic`: its leader node (-1: none now) and leader epoch, from
+/// `broker`'s metadata.
+pub async fn leader_epochs(
+    broker: &str,
+    topic: &str,
+) -> std::collections::BTreeMap<i32, (i32, i32)> {
+    topic_metadata(broker, topic)
+        .await
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index, (p.leader_id.0, p.leader_epoch)))
+        .collect()
+}
+
+/// Asks `broker` for an unclean leader election of `topic`'s `partition` (ElectLeaders,
+/// election type 1, what `kafka-leader-election --election-type unclean` sends): any live
+/// replica may become its leader, in sync or not. The partition's error code (0: elected).
+pub async fn elect_unclean(broker: &str, topic: &str, partition: i32) -> i16 {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
+    let mut conn = TcpStream::connect(broker).await.expect("connect to broker");
+    let mut t = TopicPartitions::default();
+    t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partitions = vec![partition];
+    let mut req = ElectLeadersRequest::default();
+    req.election_type = 1;
+    req.topic_partitions = Some(vec![t]);
+    req.timeout_ms = 10_000;
+    let resp: ElectLeadersResponse = roundtrip(&mut conn, &req, ApiKey::ElectLeaders, 2, 1).await;
+    if resp.error_code != 0 {
+        return resp.error_code;
+    }
+    resp.replica_election_results
+        .iter()
+        .flat_map(|t| t.partition_result.iter())
+        .find(|p| p.partition_id == partition)
+        .map_or(-1, |p| p.error_code)
+}

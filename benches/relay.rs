@@ -4,7 +4,14 @@
 //! scripts/kafka-dev run -- cargo bench --bench relay                      # N = 200000, P = 3
 //! scripts/kafka-dev run -- cargo bench --bench relay -- --messages 1000000 --partitions 3
 //! scripts/kafka-dev run --kafka -- cargo bench --bench relay -- --rounds 2 --only framework,framework-plain
+//! scripts/kafka-dev run --kafka -- cargo bench --bench relay -- --partitions 3,256 --only framework-group
 //! ```
+//!
+//! `--partitions 3,256` runs every row at each partition count in the same run (idle rows at
+//! the largest only) and prints each count's rows against the first count's. Before the
+//! measured rows, the first relay row runs once unmeasured (`--no-warm-up` skips it): a broker
+//! on the JVM compiles its hot paths during the first relay it serves, which made whichever
+//! row ran first pay for it (twice the broker CPU, half the throughput).
 //!
 //! Pre-fills one input topic per relay with N seed-shaped JSON messages over P partitions, then
 //! runs, each in a child process of its own (so CPU time and peak RSS are that relay's alone):
@@ -150,7 +157,14 @@ fn io_messages(args: &Args) -> usize {
 #[derive(Debug, Clone)]
 struct Args {
     messages: usize,
+    /// The partition count of a child's topics (the first of `partition_counts` in the parent).
     partitions: i32,
+    /// The parent's partition counts (`--partitions 3,256`): every row runs at each, in the same
+    /// run, and each count is compared with the first.
+    partition_counts: Vec<i32>,
+    /// Whether the parent first runs one row unmeasured (a broker on the JVM compiles its hot
+    /// paths during the first relay it serves, which would otherwise cost that row alone).
+    warm_up: bool,
     child: Option<String>,
     prefix: String,
     only: Option<String>,
@@ -171,6 +185,8 @@ fn parse_args() -> Args {
     let mut args = Args {
         messages: 200_000,
         partitions: 3,
+        partition_counts: vec![3],
+        warm_up: true,
         child: None,
         prefix: String::new(),
         only: None,
@@ -189,11 +205,14 @@ fn parse_args() -> Args {
                     .expect("--messages N")
             }
             "--partitions" => {
-                args.partitions = it
+                args.partition_counts = it
                     .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--partitions P")
+                    .and_then(|v| v.split(',').map(|p| p.parse().ok()).collect())
+                    .filter(|ps: &Vec<i32>| !ps.is_empty() && ps.iter().all(|p| *p > 0))
+                    .expect("--partitions P or P1,P2,..");
+                args.partitions = args.partition_counts[0];
             }
+            "--no-warm-up" => args.warm_up = false,
             "--child" => args.child = it.next(),
             "--prefix" => args.prefix = it.next().expect("--prefix P"),
             "--only" => args.only = it.next(),
@@ -309,9 +328,9 @@ async fn parent(args: Args) {
         .as_millis();
     let client = ClientBuilder::new(vec![bootstrap()]).build().await.unwrap();
     println!(
-        "relay benchmark: N = {} messages, P = {} partitions, broker {}",
+        "relay benchmark: N = {} messages, P = {:?} partitions, broker {}",
         args.messages,
-        args.partitions,
+        args.partition_counts,
         bootstrap()
     );
     let mut results = Vec::new();
@@ -344,174 +363,254 @@ async fn parent(args: Args) {
             .as_deref()
             .is_none_or(|o| o.split(',').any(|k| k == *kind))
     });
-    // Each round starts one row later than the last, so that no build always runs first (on
-    // a broker still busy with the previous round's work) or always right after another.
+    // Every row at every partition count (idle rows at the largest only); each round starts
+    // one row later than the last, so that no build always runs first (on a broker still busy
+    // with the previous round's work) or always right after another.
+    let largest = *args
+        .partition_counts
+        .iter()
+        .max()
+        .expect("a partition count");
+    let mut rows: Vec<(i32, &str)> = Vec::new();
+    for &p in &args.partition_counts {
+        rows.extend(
+            kinds
+                .iter()
+                .filter(|k| !k.starts_with("idle") || p == largest)
+                .map(|k| (p, *k)),
+        );
+    }
     let rounds = (0..args.rounds).flat_map(|round| {
-        let mut order = kinds.clone();
+        let mut order = rows.clone();
         if !order.is_empty() {
             let turn = round % order.len();
             order.rotate_left(turn);
         }
         order
     });
-    for (row, kind) in rounds.enumerate() {
+    // Unmeasured first: the first relay row once, while the broker compiles its hot paths.
+    let warm = rows
+        .iter()
+        .find(|(_, k)| !k.starts_with("idle"))
+        .filter(|_| args.warm_up)
+        .copied();
+    let schedule = warm
+        .map(|r| (r, false))
+        .into_iter()
+        .chain(rounds.map(|r| (r, true)));
+    for (row, ((partitions, kind), counted)) in schedule.enumerate() {
+        let mut args = args.clone();
+        args.partitions = partitions;
         let prefix = format!("bench{stamp}-{row}-{}.", kind.replace('@', "-"));
-        // `<kind>@base`: the same row, its child from the baseline build; `librdkafka`: the
-        // group relay's row with the peer relay as its child.
-        let (base, exe) = match (kind, kind.strip_suffix("@base")) {
-            (_, Some(base)) => (base, args.baseline.clone().expect("--baseline PATH").into()),
-            ("librdkafka", _) => (
-                "framework-group",
-                args.peer.clone().expect("--peer PATH").into(),
-            ),
-            ("idle@librdkafka", _) => ("idle", args.peer.clone().expect("--peer PATH").into()),
-            _ => (kind, std::env::current_exe().unwrap()),
-        };
-        // An idle row is a group relay of nothing, watched for `idle_seconds`.
-        let idle = base == "idle";
-        let child_kind = if idle { "framework-group" } else { base };
-        let networked = idle
-            || base.starts_with("raw")
-            || base.starts_with("framework")
-            || base.starts_with("io-");
-        let mut fill = args.clone();
-        if base.starts_with("io-") {
-            fill.messages = io_messages(&args);
+        if !counted {
+            println!("  warm-up: {kind} at P = {partitions} (not counted)");
         }
-        if idle {
-            fill.messages = 0;
+        let figures = run_row(&client, &args, &prefix, kind).await;
+        if counted {
+            results.push((partitions, kind, figures));
         }
-        if networked {
-            let t = Instant::now();
-            prefill(&client, &prefix, &fill, base.starts_with("io-")).await;
-            println!(
-                "  {kind}: pre-filled {}in_topic in {:.1?}",
-                prefix,
-                t.elapsed()
-            );
-        }
-        let mut broker0 = broker_cpu_seconds();
-        let mut started = Instant::now();
-        let mut child = Command::new(exe)
-            .args(["--child", child_kind, "--prefix", &prefix])
-            .args(["--messages", &fill.messages.to_string()])
-            .args(["--partitions", &args.partitions.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run child");
-        // The child's stdout, line by line.
-        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-        let stdout = child.stdout.take().expect("piped");
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let mut seconds = None;
-        let mut sockets = None;
-        // CPU the child used before its clock started (a group's join).
-        let mut cpu_before = 0.0;
-        // The group child's `first` line (it may come before `assigned`).
-        let mut first = None;
-        if child_kind == "framework-group" || child_kind == "framework-eos" {
-            let line = loop {
-                let line = lines
-                    .recv_timeout(Duration::from_secs(120))
-                    .expect("the group child reports its assignment");
-                match line.strip_prefix("first ") {
-                    Some(at) => first = Some(at.to_owned()),
-                    None => break line,
-                }
-            };
-            cpu_before = line
-                .strip_prefix("assigned ")
-                .and_then(|cpu| cpu.parse().ok())
-                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-            println!(
-                "  {kind}: assigned after {:.1?} (not counted)",
-                started.elapsed()
-            );
-            started = Instant::now();
-            broker0 = broker_cpu_seconds();
-        }
-        if idle {
-            // Nothing to read: what the service and the broker spend on quiet partitions.
-            tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-            seconds = Some(started.elapsed().as_secs_f64());
-            sockets = sockets_of(child.id());
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        } else if child_kind == "framework-eos" {
-            // Outputs count once their transaction committed: when the group's committed
-            // offsets (written in the transaction) reach N.
-            wait_for_commit(
-                &format!("{prefix}relay-eos"),
-                &format!("{prefix}in_topic"),
-                &fill,
-            )
-            .await;
-            seconds = Some(started.elapsed().as_secs_f64());
-            sockets = sockets_of(child.id());
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        } else if networked {
-            wait_for_output(&client, &format!("{prefix}out-topic"), &fill).await;
-            seconds = Some(started.elapsed().as_secs_f64());
-            sockets = sockets_of(child.id());
-            // Done: the child reports its figures when told to stop.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let broker = broker_cpu_seconds().zip(broker0).map(|(b1, b0)| b1 - b0);
-        let out = child.wait_with_output().expect("child output");
-        reader.join().expect("stdout reader");
-        let stdout: Vec<String> = lines.try_iter().collect();
-        let first = first.or_else(|| {
-            stdout
-                .iter()
-                .find_map(|l| Some(l.strip_prefix("first ")?.to_owned()))
-        });
-        if let Some(first) = first {
-            println!("  {kind}: first message handled {first} s after the child started");
-        }
-        assert!(
-            out.status.success(),
-            "{kind} failed: {}{}",
-            stdout.join("\n"),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let last = stdout.last().map(String::as_str).unwrap_or_default();
-        let f: Vec<f64> = last
-            .split_whitespace()
-            .map(|v| v.parse().unwrap())
-            .collect();
-        results.push((
-            kind,
-            Figures {
-                seconds: seconds.unwrap_or(f[0]),
-                cpu_seconds: f[1] - cpu_before,
-                peak_rss_kib: f[2] as u64,
-                broker_cpu_seconds: broker.filter(|_| networked),
-                sockets,
-            },
-        ));
     }
+    for &p in &args.partition_counts {
+        let mut args = args.clone();
+        args.partitions = p;
+        let results: Vec<(&str, Figures)> = results
+            .iter()
+            .filter(|r| r.0 == p)
+            .map(|r| (r.1, r.2))
+            .collect();
+        report(&args, &results);
+    }
+    // Each partition count against the first, row by row (the last round of each).
+    let p0 = args.partition_counts[0];
+    let last = |p: i32, k: &str| {
+        results
+            .iter()
+            .rev()
+            .find(|r| r.0 == p && r.1 == k)
+            .map(|r| r.2)
+    };
+    for &p in &args.partition_counts[1..] {
+        println!();
+        println!("P = {p} against P = {p0}, same run:");
+        for kind in &kinds {
+            if let (Some(at_p), Some(at_p0)) = (last(p, kind), last(p0, kind)) {
+                if kind.starts_with("idle") {
+                    continue;
+                }
+                println!(
+                    "{:<24} {:>12.2} {:>16.2} {:>14.2}",
+                    format!("{kind} {p}/{p0}"),
+                    at_p0.seconds / at_p.seconds,
+                    at_p.cpu_seconds / at_p0.cpu_seconds,
+                    at_p.peak_rss_kib as f64 / at_p0.peak_rss_kib as f64
+                );
+            }
+        }
+    }
+
+    if args.only.is_none() || args.only.as_deref() == Some("sizing") {
+        request_sizing(&client, stamp).await;
+    }
+    println!("(throughput ratio: higher is better; CPU and RSS ratios: lower is better)");
+}
+
+/// Runs one row: its input written, its child started, timed and measured.
+async fn run_row(client: &Client, args: &Args, prefix: &str, kind: &str) -> Figures {
+    // `<kind>@base`: the same row, its child from the baseline build; `librdkafka`: the
+    // group relay's row with the peer relay as its child.
+    let (base, exe) = match (kind, kind.strip_suffix("@base")) {
+        (_, Some(base)) => (base, args.baseline.clone().expect("--baseline PATH").into()),
+        ("librdkafka", _) => (
+            "framework-group",
+            args.peer.clone().expect("--peer PATH").into(),
+        ),
+        ("idle@librdkafka", _) => ("idle", args.peer.clone().expect("--peer PATH").into()),
+        _ => (kind, std::env::current_exe().unwrap()),
+    };
+    // An idle row is a group relay of nothing, watched for `idle_seconds`.
+    let idle = base == "idle";
+    let child_kind = if idle { "framework-group" } else { base };
+    let networked =
+        idle || base.starts_with("raw") || base.starts_with("framework") || base.starts_with("io-");
+    let mut fill = args.clone();
+    if base.starts_with("io-") {
+        fill.messages = io_messages(args);
+    }
+    if idle {
+        fill.messages = 0;
+    }
+    if networked {
+        let t = Instant::now();
+        prefill(client, prefix, &fill, base.starts_with("io-")).await;
+        println!(
+            "  {kind}: pre-filled {}in_topic in {:.1?}",
+            prefix,
+            t.elapsed()
+        );
+    }
+    let mut broker0 = broker_cpu_seconds();
+    let mut started = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["--child", child_kind, "--prefix", prefix])
+        .args(["--messages", &fill.messages.to_string()])
+        .args(["--partitions", &args.partitions.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run child");
+    // The child's stdout, line by line.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seconds = None;
+    let mut sockets = None;
+    // CPU the child used before its clock started (a group's join).
+    let mut cpu_before = 0.0;
+    // The group child's `first` line (it may come before `assigned`).
+    let mut first = None;
+    if child_kind == "framework-group" || child_kind == "framework-eos" {
+        let line = loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the group child reports its assignment");
+            match line.strip_prefix("first ") {
+                Some(at) => first = Some(at.to_owned()),
+                None => break line,
+            }
+        };
+        cpu_before = line
+            .strip_prefix("assigned ")
+            .and_then(|cpu| cpu.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        println!(
+            "  {kind}: assigned after {:.1?} (not counted)",
+            started.elapsed()
+        );
+        started = Instant::now();
+        broker0 = broker_cpu_seconds();
+    }
+    if idle {
+        // Nothing to read: what the service and the broker spend on quiet partitions.
+        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+        seconds = Some(started.elapsed().as_secs_f64());
+        sockets = sockets_of(child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    } else if child_kind == "framework-eos" {
+        // Outputs count once their transaction committed: when the group's committed
+        // offsets (written in the transaction) reach N.
+        wait_for_commit(
+            &format!("{prefix}relay-eos"),
+            &format!("{prefix}in_topic"),
+            &fill,
+        )
+        .await;
+        seconds = Some(started.elapsed().as_secs_f64());
+        sockets = sockets_of(child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    } else if networked {
+        wait_for_output(client, &format!("{prefix}out-topic"), &fill).await;
+        seconds = Some(started.elapsed().as_secs_f64());
+        sockets = sockets_of(child.id());
+        // Done: the child reports its figures when told to stop.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    let broker = broker_cpu_seconds().zip(broker0).map(|(b1, b0)| b1 - b0);
+    let out = child.wait_with_output().expect("child output");
+    reader.join().expect("stdout reader");
+    let stdout: Vec<String> = lines.try_iter().collect();
+    let first = first.or_else(|| {
+        stdout
+            .iter()
+            .find_map(|l| Some(l.strip_prefix("first ")?.to_owned()))
+    });
+    if let Some(first) = first {
+        println!("  {kind}: first message handled {first} s after the child started");
+    }
+    assert!(
+        out.status.success(),
+        "{kind} failed: {}{}",
+        stdout.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.last().map(String::as_str).unwrap_or_default();
+    let f: Vec<f64> = last
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Figures {
+        seconds: seconds.unwrap_or(f[0]),
+        cpu_seconds: f[1] - cpu_before,
+        peak_rss_kib: f[2] as u64,
+        broker_cpu_seconds: broker.filter(|_| networked),
+        sockets,
+    }
+}
+
+/// Prints the figures of one partition count's rows, and the rows side by side.
+fn report(args: &Args, results: &[(&str, Figures)]) {
     let n = args.messages as f64;
     println!();
+    println!("P = {} partitions:", args.partitions);
     println!(
         "{:<16} {:>12} {:>16} {:>14} {:>20} {:>16}",
         "", "msgs/s", "CPU s / 100k", "peak RSS MiB", "broker CPU s / 100k", "sockets tcp/all"
     );
-    let io_n = io_messages(&args) as f64;
-    for (kind, f) in &results {
+    let io_n = io_messages(args) as f64;
+    for (kind, f) in results {
         if kind.starts_with("idle") {
             continue;
         }
@@ -581,9 +680,6 @@ async fn parent(args: Args) {
             par.peak_rss_kib as f64 / seq.peak_rss_kib as f64
         );
     }
-    if args.only.is_none() || args.only.as_deref() == Some("sizing") {
-        request_sizing(&client, stamp).await;
-    }
     // The same work side by side: headers against headers, none against none.
     for (fw, base, label) in [
         ("framework", "raw-headers", "fw / raw-hdr"),
@@ -607,7 +703,6 @@ async fn parent(args: Args) {
             );
         }
     }
-    println!("(throughput ratio: higher is better; CPU and RSS ratios: lower is better)");
 }
 
 /// Requests of about 30 KB: written directly with rskafka they wait for a delayed ACK (no

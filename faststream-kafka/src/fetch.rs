@@ -14,6 +14,7 @@ use crate::cluster::Cluster;
 pub(crate) use crate::error::{partition_error, FetchError};
 use crate::link::Link;
 use crate::records::{self, Aborted, Decoded, Source};
+use crate::session::Position;
 
 /// One fetch's result.
 #[derive(Debug)]
@@ -116,7 +117,16 @@ impl PartitionReader {
             _ => -1,
         };
         let data = link
-            .fetch(&topic, partition, (epoch, last_epoch), offset, max_bytes)
+            .fetch(
+                &topic,
+                partition,
+                Position {
+                    offset,
+                    max_bytes,
+                    epoch,
+                    last_epoch,
+                },
+            )
             .await?;
         let Some(data) = data else {
             // A fetch that found nothing may be answered with no partitions at all (Tansu

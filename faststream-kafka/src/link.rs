@@ -87,14 +87,11 @@ pub(crate) struct Link {
 struct FetchJob {
     topic: Arc<str>,
     partition: i32,
-    /// The leader epoch the reader knows (-1: none): the broker refuses the fetch if its own
-    /// differs (KIP-320), and the reader looks the leader up again.
-    epoch: i32,
-    /// The leader epoch of the last batch the reader read, when this fetch goes on from there
-    /// (-1: none): the leader answers with where its log diverged from that, if it did.
-    last_epoch: i32,
-    offset: i64,
-    max_bytes: i32,
+    /// Where and how much to read. The broker refuses the fetch if its leader epoch differs
+    /// from the one the reader knows (KIP-320), and the reader looks the leader up again; with
+    /// the epoch of the last batch read (when this fetch goes on from there), the leader
+    /// answers with where its log diverged from that, if it did.
+    at: Position,
     reply: oneshot::Sender<Answer<Option<PartitionData>>>,
 }
 
@@ -136,26 +133,20 @@ impl Link {
         Self { fetches, requests }
     }
 
-    /// `topic`'s `partition` from `offset`, at most `max_bytes` of it, in the broker's next
-    /// fetch (`None`: the broker's answer did not list the partition).
-    /// `epochs`: the leader epoch the reader knows, and that of the last batch it read (-1:
-    /// none).
+    /// `topic`'s `partition` from `at` (its offset, at most its bytes, with the reader's
+    /// leader epochs), in the broker's next fetch (`None`: the broker's answer did not list the
+    /// partition).
     pub(crate) async fn fetch(
         &self,
         topic: &Arc<str>,
         partition: i32,
-        (epoch, last_epoch): (i32, i32),
-        offset: i64,
-        max_bytes: i32,
+        at: Position,
     ) -> Answer<Option<PartitionData>> {
         let (reply, rx) = oneshot::channel();
         let job = FetchJob {
             topic: topic.clone(),
             partition,
-            epoch,
-            last_epoch,
-            offset,
-            max_bytes,
+            at,
             reply,
         };
         if self.fetches.send(job).is_err() {
@@ -385,17 +376,9 @@ async fn try_fetch_round(
         .map_err(|e| (e.into(), None))?;
     let asked: Vec<(Key, Position)> = jobs
         .iter()
-        .map(|j| {
-            let pos = Position {
-                offset: j.offset,
-                max_bytes: j.max_bytes,
-                epoch: j.epoch,
-                last_epoch: j.last_epoch,
-            };
-            ((j.topic.clone(), j.partition), pos)
-        })
+        .map(|j| ((j.topic.clone(), j.partition), j.at))
         .collect();
-    let mut refused = None;
+    let mut reopened = false;
     // A session the broker no longer knows is opened again at once, with a full request.
     let resp = loop {
         let plan = session.plan(&asked, version >= 7);
@@ -410,14 +393,14 @@ async fn try_fetch_round(
             code,
             session::SESSION_NOT_FOUND | session::INVALID_SESSION_EPOCH
         );
-        if stale && refused.is_none() && !plan.is_full() {
+        if stale && !reopened && !plan.is_full() {
             tracing::debug!(
                 broker = conn.addr(),
                 code,
                 "the broker dropped the fetch session; opening another"
             );
             session.reset(Some(code));
-            refused = Some(code);
+            reopened = true;
             continue;
         }
         let what = format!("fetch from {}", conn.addr());
@@ -503,10 +486,10 @@ fn fetch_request(
         let job = &jobs[i];
         let mut part = FetchPartition::default();
         part.partition = job.partition;
-        part.fetch_offset = job.offset;
-        part.partition_max_bytes = job.max_bytes;
-        part.current_leader_epoch = job.epoch;
-        part.last_fetched_epoch = job.last_epoch;
+        part.fetch_offset = job.at.offset;
+        part.partition_max_bytes = job.at.max_bytes;
+        part.current_leader_epoch = job.at.epoch;
+        part.last_fetched_epoch = job.at.last_epoch;
         part.log_start_offset = -1;
         // Consecutive partitions of one topic share its entry.
         match topics.last_mut() {
@@ -532,8 +515,10 @@ fn fetch_request(
         }
     }
     // Every partition of the session may answer, listed or not.
-    let total = jobs.iter().fold(0i32, |n, j| n.saturating_add(j.max_bytes));
-    let largest = jobs.iter().map(|j| j.max_bytes).max().unwrap_or(0);
+    let total = jobs
+        .iter()
+        .fold(0i32, |n, j| n.saturating_add(j.at.max_bytes));
+    let largest = jobs.iter().map(|j| j.at.max_bytes).max().unwrap_or(0);
     let mut req = FetchRequest::default();
     req.replica_id = BrokerId(-1);
     req.max_wait_ms = ms(wait).max(1);

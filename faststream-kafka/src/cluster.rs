@@ -15,7 +15,7 @@ use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::config::Config;
-use crate::error::{lock, partition_error, FetchError};
+use crate::error::{lock, partition_error, Cause, FetchError};
 use crate::link::Link;
 use crate::protocol::Conn;
 
@@ -112,17 +112,23 @@ impl Cluster {
         if now != seen {
             let state = lock(&self.state);
             if state.covered.iter().any(|t| &**t == topic) {
-                return Err(state.refused.get(topic).cloned().unwrap_or_else(|| {
-                    FetchError::Retriable(format!("{what}: no leader in the cluster's metadata"))
-                }));
+                return Err(state
+                    .refused
+                    .get(topic)
+                    .cloned()
+                    .unwrap_or(FetchError::Retriable(Cause::NoLeader {
+                        what,
+                        listed: true,
+                    })));
             }
         }
         self.look_up(&mut conn, topic).await?;
         match self.cached(topic, partition).0 {
             Some(leader) => Ok(leader),
-            None => Err(FetchError::Retriable(format!(
-                "{what}: not in the cluster's metadata (or no leader)"
-            ))),
+            None => Err(FetchError::Retriable(Cause::NoLeader {
+                what,
+                listed: false,
+            })),
         }
     }
 
@@ -230,9 +236,7 @@ impl Cluster {
                 }
             }
             if conn.is_none() {
-                return Err(
-                    last.unwrap_or_else(|| FetchError::Fatal("no bootstrap address".into()))
-                );
+                return Err(last.unwrap_or(FetchError::Fatal(Cause::NoBootstrap)));
             }
         }
         let c = conn.as_mut().expect("connected above");

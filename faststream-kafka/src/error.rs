@@ -1,7 +1,9 @@
 //! Errors of the Kafka transport.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
 
 /// What went wrong talking to Kafka.
@@ -111,7 +113,7 @@ impl From<KafkaError> for faststream_core::Error {
 pub(crate) enum FetchError {
     /// Worth retrying once the leader was found again (connection lost, leader moved, the
     /// partition not known yet).
-    Retriable(String),
+    Retriable(Cause),
     /// The position is outside the partition's log.
     OffsetOutOfRange,
     /// The leader's log diverged from what this reader read (KIP-320: the leader changed and
@@ -119,13 +121,54 @@ pub(crate) enum FetchError {
     /// the leader has is consistent up to `end_offset`, the end of `epoch` on it.
     Truncated { epoch: i32, end_offset: i64 },
     /// Retrying cannot help (not authorized, unsupported): the partition stops.
-    Fatal(String),
+    Fatal(Cause),
+}
+
+/// What failed in a request about a partition (its text is what the log and a stopped
+/// partition's reason say).
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum Cause {
+    /// The connection to the broker failed, or could not be opened.
+    #[error("{0}")]
+    Conn(Arc<ConnError>),
+    /// The broker answered with an error code.
+    #[error("{what}: {error}")]
+    Refused { what: String, error: ResponseError },
+    /// The cluster's metadata names no leader for the partition (yet).
+    #[error("{what}: {}", if *.listed { "no leader in the cluster's metadata" } else { "not in the cluster's metadata (or no leader)" })]
+    NoLeader {
+        what: String,
+        /// Whether the metadata listed the topic.
+        listed: bool,
+    },
+    /// The broker's answer left out a partition the request asked about.
+    #[error("partition {partition} of topic {topic:?}: not in the {api} answer")]
+    Unanswered {
+        topic: Arc<str>,
+        partition: i32,
+        api: &'static str,
+    },
+    /// A fetch answer without the partition's end offset.
+    #[error("{what}: the fetch answer has no end offset")]
+    NoEnd { what: String },
+    /// No answer within the request timeout on a connection with requests in flight.
+    #[error("no answer from {addr} within {timeout:?}")]
+    NoAnswer { addr: Arc<str>, timeout: Duration },
+    /// An answer that is not of its request's kind.
+    #[error("an answer of another kind than its request")]
+    WrongAnswer,
+    /// The task of the broker's connections ended (the service is stopping).
+    #[error("the connection task of this broker ended")]
+    LinkGone,
+    /// The configuration names no broker to ask.
+    #[error("no bootstrap address")]
+    NoBootstrap,
 }
 
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FetchError::Retriable(e) | FetchError::Fatal(e) => f.write_str(e),
+            FetchError::Retriable(e) | FetchError::Fatal(e) => e.fmt(f),
             FetchError::OffsetOutOfRange => f.write_str("offset out of range"),
             FetchError::Truncated { epoch, end_offset } => write!(
                 f,
@@ -146,13 +189,63 @@ pub(crate) fn partition_error(code: i16, what: &str) -> Result<(), FetchError> {
         | ResponseError::ClusterAuthorizationFailed
         | ResponseError::UnsupportedVersion
         | ResponseError::UnsupportedCompressionType
-        | ResponseError::InvalidRequest => FetchError::Fatal(format!("{what}: {err}")),
+        | ResponseError::InvalidRequest => FetchError::Fatal(Cause::Refused {
+            what: what.to_owned(),
+            error: err,
+        }),
         // Leader moves, unknown or offline partitions, storage errors, throttling, ...
-        _ => FetchError::Retriable(format!("{what}: {err}")),
+        _ => FetchError::Retriable(Cause::Refused {
+            what: what.to_owned(),
+            error: err,
+        }),
     })
 }
 
 /// Locks `m`, also after a panic elsewhere (the data stays usable).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A failure talking to one broker.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error("I/O error talking to {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("protocol error talking to {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("{addr} does not support {api:?} in a version this client speaks")]
+    Unsupported { addr: String, api: ApiKey },
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    /// TLS failed: untrusted certificate, wrong name, not a TLS listener, ...
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    /// SASL authentication failed (wrong credentials, mechanism not offered).
+    #[error("authentication with {addr} failed: {reason}")]
+    Auth { addr: String, reason: String },
+    /// The settings themselves are unusable (bad certificate files, ...).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ConnError {
+    /// Whether retrying cannot help (credentials, certificates, settings).
+    pub(crate) fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ConnError::Tls { .. } | ConnError::Auth { .. } | ConnError::Setup(_)
+        )
+    }
+}
+
+impl From<ConnError> for FetchError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Unsupported { .. } => FetchError::Fatal(Cause::Conn(Arc::new(e))),
+            _ => FetchError::Retriable(Cause::Conn(Arc::new(e))),
+        }
+    }
 }

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use crate::cluster::Cluster;
+use crate::error::Cause;
 pub(crate) use crate::error::{partition_error, FetchError};
 use crate::link::Link;
 use crate::records::{self, Aborted, Decoded, Source};
@@ -225,9 +226,7 @@ impl PartitionReader {
         let res = self.try_fetch(first).await;
         self.max_bytes = saved;
         match res?.end {
-            -1 => Err(FetchError::Retriable(format!(
-                "{what}: the fetch answer has no end offset"
-            ))),
+            -1 => Err(FetchError::Retriable(Cause::NoEnd { what })),
             end => Ok(end),
         }
     }

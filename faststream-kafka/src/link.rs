@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::error::{partition_error, FetchError};
+use crate::error::{partition_error, Cause, FetchError};
 use crate::metrics::FetchSessionMetrics;
 use crate::protocol::{ms, Conn, Sent};
 use crate::session::{self, Ends, FetchSession, Key, Position};
@@ -188,7 +188,7 @@ impl Link {
 }
 
 fn gone() -> FetchError {
-    FetchError::Retriable("the connection task of this broker ended".into())
+    FetchError::Retriable(Cause::LinkGone)
 }
 
 /// One connection to the broker, opened when needed, with the backoff between failed opens.
@@ -614,10 +614,10 @@ async fn run_requests(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Job>
                     failed = read.err();
                 }
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                    failed = Some(FetchError::Retriable(format!(
-                        "no answer from {} within {timeout:?}",
-                        channel.addr
-                    )));
+                    failed = Some(FetchError::Retriable(Cause::NoAnswer {
+                        addr: channel.addr.clone(),
+                        timeout,
+                    }));
                 }
             }
         }
@@ -679,10 +679,11 @@ fn hand_out(jobs: Jobs, answered: Answered) {
                 let answer = answers
                     .remove(&(batch.topic.to_string(), batch.partition))
                     .ok_or_else(|| {
-                        FetchError::Retriable(format!(
-                            "partition {} of topic {:?}: not in the produce answer",
-                            batch.partition, batch.topic
-                        ))
+                        FetchError::Retriable(Cause::Unanswered {
+                            topic: batch.topic.clone(),
+                            partition: batch.partition,
+                            api: "produce",
+                        })
                     });
                 let _ = reply.send(answer);
             }
@@ -698,16 +699,16 @@ fn hand_out(jobs: Jobs, answered: Answered) {
                 let answer = answers
                     .remove(&(topic.to_string(), partition))
                     .ok_or_else(|| {
-                        FetchError::Retriable(format!(
-                            "partition {partition} of topic {topic:?}: not in the ListOffsets answer"
-                        ))
+                        FetchError::Retriable(Cause::Unanswered {
+                            topic: topic.clone(),
+                            partition,
+                            api: "ListOffsets",
+                        })
                     });
                 let _ = reply.send(answer);
             }
         }
-        (jobs, _) => jobs.fail(&FetchError::Retriable(
-            "an answer of another kind than its request".into(),
-        )),
+        (jobs, _) => jobs.fail(&FetchError::Retriable(Cause::WrongAnswer)),
     }
 }
 

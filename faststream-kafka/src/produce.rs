@@ -692,7 +692,7 @@ impl Writer {
     async fn send(&mut self, records: bytes::Bytes) -> Result<(), (Refusal, String)> {
         let what = || format!("partition {} of topic {:?}", self.partition, self.topic);
         let failed = |e: FetchError| match e {
-            FetchError::Fatal(e) => (Refusal::Permanent, e),
+            FetchError::Fatal(e) => (Refusal::Permanent, e.to_string()),
             e => (Refusal::Retriable, e.to_string()),
         };
         let leader = self

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
-use crate::error::FetchError;
+pub(crate) use crate::error::ConnError;
 
 /// A byte stream to a broker: TCP, or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
@@ -26,50 +26,6 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 
 /// Largest response accepted (a fetch grown for one very large record batch fits).
 const MAX_RESPONSE: i32 = 300 * 1024 * 1024;
-
-/// A failure talking to one broker.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnError {
-    #[error("I/O error talking to {addr}: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("protocol error talking to {addr}: {reason}")]
-    Protocol { addr: String, reason: String },
-    #[error("{addr} does not support {api:?} in a version this client speaks")]
-    Unsupported { addr: String, api: ApiKey },
-    #[error("no answer from {addr} within {timeout:?}")]
-    Timeout { addr: String, timeout: Duration },
-    /// TLS failed: untrusted certificate, wrong name, not a TLS listener, ...
-    #[error("TLS with {addr} failed: {reason}")]
-    Tls { addr: String, reason: String },
-    /// SASL authentication failed (wrong credentials, mechanism not offered).
-    #[error("authentication with {addr} failed: {reason}")]
-    Auth { addr: String, reason: String },
-    /// The settings themselves are unusable (bad certificate files, ...).
-    #[error("{0}")]
-    Setup(String),
-}
-
-impl ConnError {
-    /// Whether retrying cannot help (credentials, certificates, settings).
-    pub(crate) fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            ConnError::Tls { .. } | ConnError::Auth { .. } | ConnError::Setup(_)
-        )
-    }
-}
-
-impl From<ConnError> for FetchError {
-    fn from(e: ConnError) -> Self {
-        match e {
-            ConnError::Unsupported { .. } => FetchError::Fatal(e.to_string()),
-            _ => FetchError::Retriable(e.to_string()),
-        }
-    }
-}
 
 /// One connection with negotiated API versions.
 pub(crate) struct Conn {

@@ -23,6 +23,24 @@ const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 /// Most items reserved up front for one fetch (the default 256 KiB fetch of small records).
 const MAX_RESERVED_ITEMS: usize = 8192;
 
+/// How many records the whole batches at the start of `data` count in their headers.
+fn records_in(data: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = data;
+    while rest.len() >= LOG_OVERHEAD {
+        let len = i32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
+        let Some(end) = usize::try_from(len).ok().map(|l| LOG_OVERHEAD + l) else {
+            break;
+        };
+        let Some(batch) = rest.get(..end) else {
+            break;
+        };
+        n += Header::count_hint(batch);
+        rest = &rest[end..];
+    }
+    n
+}
+
 /// One item of a fetched partition, in offset order.
 #[derive(Debug)]
 pub(crate) enum Fetched {
@@ -89,10 +107,12 @@ pub(crate) struct Source<'a> {
 /// at the size limit) is left for the next fetch.
 pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
     let mut out = Decoded::default();
-    // Room for records of about 48 bytes with their batch framing, so that the items are not
-    // moved while the vector grows unless a fetch holds smaller ones; bounded, since a fetch
-    // grown for one large record may be megabytes of a single record.
-    out.items.reserve((data.len() / 48).min(MAX_RESERVED_ITEMS));
+    // Room for the records the batches' headers count (and an item for what cannot be read or
+    // is passed over), so that the items are neither moved while the vector grows nor given
+    // twice the memory they need: with hundreds of partitions, every partition's decoded
+    // backlog is in memory at once. Bounded, since the counts are not checked yet.
+    out.items
+        .reserve((records_in(&data) + 2).min(MAX_RESERVED_ITEMS));
     // Every record's message starts as a clone of this one: the topic name is the consumer's,
     // shared, not allocated again per record.
     let mut template = Message::new("", Bytes::new()).at(src.partition, 0);
@@ -245,6 +265,18 @@ impl Header {
             producer_id,
             count,
         })
+    }
+
+    /// The number of records a v2 batch's header counts (one for anything else: a legacy
+    /// message set, or an item saying what cannot be read).
+    fn count_hint(raw: &[u8]) -> usize {
+        match raw.get(16) {
+            Some(2) if raw.len() >= HEADER_LEN => {
+                let count = i32::from_be_bytes(raw[57..61].try_into().expect("4 bytes"));
+                usize::try_from(count).unwrap_or(1)
+            }
+            _ => 1,
+        }
     }
 
     /// The last offset of a batch whose header did not parse, when its fields can be read.
@@ -634,6 +666,27 @@ mod tests {
         let d = run(data.freeze(), 0, &[]);
         assert_eq!(d.next, Some(4));
         assert_eq!(d.last_epoch, Some(7));
+    }
+
+    #[test]
+    fn the_items_get_the_room_the_batch_headers_count() {
+        // Large records: a guess from the fetch's size would reserve several times the room.
+        static VALUE: [u8; 500] = [b'v'; 500];
+        let spec = |base| Spec {
+            base,
+            codec: 0,
+            attrs: 0,
+            producer: -1,
+            records: vec![&VALUE[..]; 40],
+        };
+        let mut data = plain(spec(0));
+        data.extend_from_slice(&plain(spec(40)));
+        // The start of a batch cut short at the end of the fetch counts nothing.
+        data.extend_from_slice(&plain(spec(80))[..30]);
+        assert_eq!(records_in(&data), 80);
+        let d = run(data.freeze(), 0, &[]);
+        assert_eq!(d.items.len(), 80);
+        assert!(d.items.capacity() <= 82, "{}", d.items.capacity());
     }
 
     #[test]

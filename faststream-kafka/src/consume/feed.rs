@@ -203,7 +203,7 @@ pub(super) async fn fetch_loop(
             // keeps its share until the consumer asks for its next batch. A quiet partition
             // takes nothing.
             // (Counted with what the decoded records take beside the fetched bytes.)
-            let held = fetch.bytes + decoded.items.len() * std::mem::size_of::<Fetched>();
+            let held = fetch.bytes + decoded.items.capacity() * std::mem::size_of::<Fetched>();
             let bytes = held.clamp(1, budget_size) as u32;
             let share = tokio::select! {
                 share = budget.clone().acquire_many_owned(bytes) => match share {

@@ -665,47 +665,62 @@ enum Answered {
     ListOffsets(ListOffsetsResponse),
 }
 
+/// The partitions' parts of an answer, by topic and partition, keyed by the answer's own topic
+/// names (nothing allocated per partition); each part is taken out once.
+struct Answers<'a, T> {
+    api: &'static str,
+    parts: HashMap<&'a str, HashMap<i32, &'a mut T>>,
+}
+
+impl<'a, T: Default> Answers<'a, T> {
+    fn new(
+        api: &'static str,
+        topics: impl Iterator<Item = (&'a str, &'a mut Vec<T>)>,
+        index: impl Fn(&T) -> i32,
+    ) -> Self {
+        let mut parts: HashMap<&str, HashMap<i32, &mut T>> = HashMap::new();
+        for (topic, partitions) in topics {
+            let by_partition = parts.entry(topic).or_default();
+            for p in partitions {
+                by_partition.insert(index(p), p);
+            }
+        }
+        Self { api, parts }
+    }
+
+    /// `topic`'s `partition`'s part (an error when the answer left it out).
+    fn take(&mut self, topic: &Arc<str>, partition: i32) -> Answer<T> {
+        self.parts
+            .get_mut(&**topic)
+            .and_then(|t| t.remove(&partition))
+            .map(std::mem::take)
+            .ok_or_else(|| {
+                FetchError::Retriable(Cause::Unanswered {
+                    topic: topic.clone(),
+                    partition,
+                    api: self.api,
+                })
+            })
+    }
+}
+
 /// Gives each job of a request its partition's part of the answer.
 fn hand_out(jobs: Jobs, answered: Answered) {
     match (jobs, answered) {
-        (Jobs::Produce(request), Answered::Produce(resp)) => {
-            let mut answers: HashMap<(String, i32), PartitionProduceResponse> = HashMap::new();
-            for t in resp.responses {
-                for p in t.partition_responses {
-                    answers.insert((t.name.to_string(), p.index), p);
-                }
-            }
+        (Jobs::Produce(request), Answered::Produce(mut resp)) => {
+            let topics = resp.responses.iter_mut();
+            let parts = topics.map(|t| (t.name.as_str(), &mut t.partition_responses));
+            let mut answers = Answers::new("produce", parts, |p| p.index);
             for (batch, reply) in request {
-                let answer = answers
-                    .remove(&(batch.topic.to_string(), batch.partition))
-                    .ok_or_else(|| {
-                        FetchError::Retriable(Cause::Unanswered {
-                            topic: batch.topic.clone(),
-                            partition: batch.partition,
-                            api: "produce",
-                        })
-                    });
-                let _ = reply.send(answer);
+                let _ = reply.send(answers.take(&batch.topic, batch.partition));
             }
         }
-        (Jobs::ListOffsets(jobs), Answered::ListOffsets(resp)) => {
-            let mut answers: HashMap<(String, i32), ListOffsetsPartitionResponse> = HashMap::new();
-            for t in resp.topics {
-                for p in t.partitions {
-                    answers.insert((t.name.to_string(), p.partition_index), p);
-                }
-            }
+        (Jobs::ListOffsets(jobs), Answered::ListOffsets(mut resp)) => {
+            let topics = resp.topics.iter_mut();
+            let parts = topics.map(|t| (t.name.as_str(), &mut t.partitions));
+            let mut answers = Answers::new("ListOffsets", parts, |p| p.partition_index);
             for (topic, partition, _, reply) in jobs {
-                let answer = answers
-                    .remove(&(topic.to_string(), partition))
-                    .ok_or_else(|| {
-                        FetchError::Retriable(Cause::Unanswered {
-                            topic: topic.clone(),
-                            partition,
-                            api: "ListOffsets",
-                        })
-                    });
-                let _ = reply.send(answer);
+                let _ = reply.send(answers.take(&topic, partition));
             }
         }
         (jobs, _) => jobs.fail(&FetchError::Retriable(Cause::WrongAnswer)),

@@ -116,19 +116,13 @@ impl Cluster {
                     .refused
                     .get(topic)
                     .cloned()
-                    .unwrap_or(FetchError::Retriable(Cause::NoLeader {
-                        what,
-                        listed: true,
-                    })));
+                    .unwrap_or(FetchError::Retriable(Cause::NoLeader { what })));
             }
         }
         self.look_up(&mut conn, topic).await?;
         match self.cached(topic, partition).0 {
             Some(leader) => Ok(leader),
-            None => Err(FetchError::Retriable(Cause::NoLeader {
-                what,
-                listed: false,
-            })),
+            None => Err(FetchError::Retriable(Cause::NotInMetadata { what })),
         }
     }
 

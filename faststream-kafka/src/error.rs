@@ -134,13 +134,13 @@ pub(crate) enum Cause {
     /// The broker answered with an error code.
     #[error("{what}: {error}")]
     Refused { what: String, error: ResponseError },
-    /// The cluster's metadata names no leader for the partition (yet).
-    #[error("{what}: {}", if *.listed { "no leader in the cluster's metadata" } else { "not in the cluster's metadata (or no leader)" })]
-    NoLeader {
-        what: String,
-        /// Whether the metadata listed the topic.
-        listed: bool,
-    },
+    /// The cluster's metadata lists the topic but names no leader for the partition (yet).
+    #[error("{what}: no leader in the cluster's metadata")]
+    NoLeader { what: String },
+    /// The cluster's metadata, looked up again, has no leader for the partition (or no such
+    /// partition).
+    #[error("{what}: not in the cluster's metadata (or no leader)")]
+    NotInMetadata { what: String },
     /// The broker's answer left out a partition the request asked about.
     #[error("partition {partition} of topic {topic:?}: not in the {api} answer")]
     Unanswered {
@@ -151,9 +151,6 @@ pub(crate) enum Cause {
     /// A fetch answer without the partition's end offset.
     #[error("{what}: the fetch answer has no end offset")]
     NoEnd { what: String },
-    /// No answer within the request timeout on a connection with requests in flight.
-    #[error("no answer from {addr} within {timeout:?}")]
-    NoAnswer { addr: Arc<str>, timeout: Duration },
     /// An answer that is not of its request's kind.
     #[error("an answer of another kind than its request")]
     WrongAnswer,

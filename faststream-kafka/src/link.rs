@@ -45,7 +45,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{partition_error, Cause, FetchError};
 use crate::metrics::FetchSessionMetrics;
-use crate::protocol::{ms, Conn, Sent};
+use crate::protocol::{ms, Conn, ConnError, Sent};
 use crate::session::{self, Ends, FetchSession, Key, Position};
 
 /// Largest answer asked for in one Fetch request (each partition's part is bounded by its
@@ -614,8 +614,8 @@ async fn run_requests(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Job>
                     failed = read.err();
                 }
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                    failed = Some(FetchError::Retriable(Cause::NoAnswer {
-                        addr: channel.addr.clone(),
+                    failed = Some(FetchError::from(ConnError::Timeout {
+                        addr: channel.addr.to_string(),
                         timeout,
                     }));
                 }

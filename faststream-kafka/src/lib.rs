@@ -47,10 +47,10 @@
 //! 5. `group::coordinator` (join and sync, heartbeats, offset fetch and commit, leave),
 //!    `produce` (batching producers, the partitioner, produce errors);
 //! 6. `consume` (the per-partition consumer, a module per step of a message's walk:
-//!    `consume::feed` fetches ahead, a driver per scheduling runs the handlers, in offset
-//!    order, key-ordered concurrently, or in batches, with core's `OffsetTracker` deciding
-//!    what each outcome means for the position, and `consume::outputs` queues the outputs and
-//!    marks messages done as their acks arrive);
+//!    `consume::feed` fetches ahead, the route's scheduling strategy runs the handlers, in
+//!    offset order, key-ordered concurrently, or in batches, through one outcome handling over
+//!    core's `OffsetTracker`, and `consume::outputs`, the one in-flight tracker of every
+//!    strategy, queues the outputs and moves the position as their acks arrive);
 //! 7. `group` (membership: generations, partition consumers, bounded drains), `request`
 //!    (request/reply), `redrive` (dead letters back to their topics);
 //! 8. `broker` (the builder, startup, the transport).

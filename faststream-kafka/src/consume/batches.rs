@@ -7,16 +7,16 @@ impl PartitionConsumer {
     /// each handed over once full or `batch_timeout` after its first message arrived (a record
     /// batch that cannot be read, and transaction markers, pass in offset order). The position
     /// moves past a batch once its outputs (and its failed messages' dead-letter copies) are
-    /// acknowledged. Returns why it stopped on its own, if it did.
+    /// acknowledged.
     pub(super) async fn run_batches(
         &self,
         def: BatchDef,
         rx: &mut Feed,
         tracker: &mut OffsetTracker,
         ack_first: bool,
-        (chunk, inflight, turn): (&mut Chunk, &mut InFlight, &mut Turn),
+        (inflight, turn): (&mut InFlight, &mut Turn),
         metrics: &PartitionMetrics,
-    ) -> Option<Stop> {
+    ) -> Result<(), End> {
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let max = def.max_records();
@@ -30,7 +30,7 @@ impl PartitionConsumer {
                 .find(|(_, item)| matches!(item, Fetched::Record(_)))
                 .map(|(arrived, _)| *arrived + def.timeout());
             let now = tokio::time::Instant::now();
-            if inflight.is_empty() && chunk.is_empty() {
+            if inflight.is_empty() {
                 turn.quiet();
             }
             if !buffer.is_empty()
@@ -38,7 +38,7 @@ impl PartitionConsumer {
                 && (records >= max || due.is_none_or(|due| due <= now))
             {
                 if !turn.enter(&self.shutdown).await {
-                    return None;
+                    return Ok(());
                 }
                 let mut items = Vec::new();
                 let mut taken = 0;
@@ -52,25 +52,17 @@ impl PartitionConsumer {
                     items.push(buffer.pop_front().expect("peeked").1);
                 }
                 records -= taken;
-                match self
-                    .handle_batch(items, (chunk, inflight), tracker, metrics)
-                    .await
-                {
-                    Ok(true) => continue,
-                    Ok(false) => return None,
-                    Err(e) => return Some(e),
-                }
+                self.handle_batch(items, inflight, tracker, metrics).await?;
+                continue;
             }
             tokio::select! {
                 biased;
-                () = shutdown.wait() => return None,
-                res = settle_front(inflight), if !inflight.is_empty() => {
-                    if let Err(e) = self.finish(res, tracker).await {
-                        return Some(e);
-                    }
+                () = shutdown.wait() => return Ok(()),
+                res = inflight.settled(), if inflight.is_waiting() => {
+                    self.finish(res, inflight, tracker).await?;
                 }
                 _ = ticker.tick() => {
-                    metrics.in_flight(inflight.messages);
+                    metrics.in_flight(inflight.messages());
                     self.warn_overdue(tracker);
                 }
                 () = tokio::time::sleep_until(due.unwrap_or(now)), if due.is_some() && turn.may_start() => {}
@@ -83,25 +75,25 @@ impl PartitionConsumer {
                         records += batch.iter().filter(|i| matches!(i, Fetched::Record(_))).count();
                         buffer.extend(batch.into_iter().map(|item| (arrived, item)));
                     }
-                    Some(Err(e)) => return Some(e),
-                    None => return None,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Ok(()),
                 },
             }
         }
     }
 
     /// Handles one batch's items (records, unreadable batches, markers, in offset order) and
-    /// queues what they publish. `Ok(false)`: a retry backoff was interrupted (shutdown or
-    /// revoke), nothing of the batch is done.
+    /// queues what they publish. Interrupted (shutdown or revoke during a retry's backoff):
+    /// nothing of the batch is done.
     pub(super) async fn handle_batch(
         &self,
         items: Vec<Fetched>,
-        (chunk, inflight): (&mut Chunk, &mut InFlight),
+        inflight: &mut InFlight,
         tracker: &mut OffsetTracker,
         metrics: &PartitionMetrics,
-    ) -> Result<bool, Stop> {
+    ) -> Result<(), End> {
         let Some(end) = items.last().map(Fetched::last_offset) else {
-            return Ok(true);
+            return Ok(());
         };
         // ((first offset, last offset, messages), outputs, dead-letter copy), queued in offset
         // order once everything is handled, so no position passes a message not handled yet.
@@ -121,15 +113,8 @@ impl PartitionConsumer {
                     reason,
                 } => {
                     let outcome = self.unreadable((first, last), raw, &reason, metrics);
-                    match tracker.step(first, outcome) {
-                        Step::Stop(reason) => return Err(Stop::at(first, reason)),
-                        Step::Interrupt => return Ok(false),
-                        Step::Publish {
-                            outputs,
-                            dead_letter,
-                            ..
-                        } => entries.push(((first, last, 1), outputs, dead_letter)),
-                    }
+                    let (outputs, dead_letter) = step(tracker, first, outcome)?;
+                    entries.push(((first, last, 1), outputs, dead_letter));
                 }
                 Fetched::Passed { .. } => {}
             }
@@ -159,32 +144,24 @@ impl PartitionConsumer {
             metrics.outcome(&Outcome::Done(Vec::new()), batched as u64);
             for (offset, failed) in outcome.failed {
                 metrics.outcome(&failed, 1);
-                match tracker.step(offset, failed) {
-                    Step::Stop(reason) => return Err(Stop::at(offset, reason)),
-                    Step::Interrupt => return Ok(false),
-                    Step::Publish {
-                        outputs,
-                        dead_letter,
-                        ..
-                    } => entries.push(((offset, offset, 1), outputs, dead_letter)),
-                }
+                let (outputs, dead_letter) = step(tracker, offset, failed)?;
+                entries.push(((offset, offset, 1), outputs, dead_letter));
             }
             // A failed output of the batch fails each of its messages.
             entries.push(((first, last, batched), outcome.outputs, false));
         }
         entries.sort_by_key(|((_, last, _), _, _)| *last);
         entries.push(((end, end, 0), Vec::new(), false));
+        // All in chunks, even entries with nothing to publish: a failed message's entry
+        // (sorted by its own offset) may come before its batch's, so nothing is done before
+        // the chunks holding the batch settle.
         for (span, outputs, dead_letter) in entries {
-            if outputs.is_empty() && chunk.is_empty() && inflight.is_empty() {
-                tracker.done(span.1);
-                continue;
-            }
-            if chunk.push(span, outputs, dead_letter) {
-                self.flush(chunk, inflight).await?;
+            if inflight.push(span, outputs, dead_letter) {
+                self.flush(inflight).await?;
             }
         }
-        self.flush(chunk, inflight).await?;
+        self.flush(inflight).await?;
         self.settle(inflight, tracker).await?;
-        Ok(true)
+        Ok(())
     }
 }

@@ -7,50 +7,40 @@ impl PartitionConsumer {
     /// `concurrency > 1`: up to `concurrency` messages of the partition handled at once, one
     /// at a time per key (keyless messages in parallel). Each message's outputs are queued as
     /// its handler returns (so outputs of one key keep their order); the position moves past
-    /// the contiguous run of messages whose outputs were acknowledged. Returns why it stopped
-    /// on its own, if it did; on shutdown, handlers in hand finish and their outputs are
-    /// awaited first.
+    /// the contiguous run of messages whose outputs were acknowledged (each message is open in
+    /// [`InFlight`] from its arrival). On shutdown, handlers in hand finish and their outputs
+    /// are awaited first.
     pub(super) async fn run_concurrently(
         &self,
         concurrency: usize,
-        (rx, turn): (&mut Feed, &mut Turn),
+        rx: &mut Feed,
         tracker: &mut OffsetTracker,
         ack_first: bool,
+        (inflight, turn): (&mut InFlight, &mut Turn),
         metrics: &PartitionMetrics,
-    ) -> Option<Stop> {
-        use std::collections::{BTreeMap, HashMap};
+    ) -> Result<(), End> {
+        use std::collections::HashMap;
         use tokio::task::JoinSet;
 
         /// What a handler task hands back: offset, key, outcome, how long it took.
         type Handled = (i64, Option<bytes::Bytes>, Outcome, Duration);
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
-        // Offsets not done yet (first -> last of the item), and the offset after the last item.
-        let mut pending: BTreeMap<i64, i64> = BTreeMap::new();
-        let mut end: Option<i64> = None;
         // Messages ready to run (their key is free), and per busy key those waiting behind it.
         let mut ready: VecDeque<Message> = VecDeque::new();
         let mut waiting: HashMap<bytes::Bytes, VecDeque<Message>> = HashMap::new();
         let mut buffered = 0usize;
         let mut running: JoinSet<Handled> = JoinSet::new();
-        let mut acking: JoinSet<MessageSettled> = JoinSet::new();
         let mut stopped: Option<Stop> = None;
         let mut stopping = false;
-        /// Done up to the first offset not done.
-        fn advance(tracker: &OffsetTracker, pending: &BTreeMap<i64, i64>, end: Option<i64>) {
-            if let Some(next) = pending.keys().next().copied().or(end) {
-                tracker.done(next - 1);
-            }
-        }
         // The furthest offset whose handling started (or whose outputs were queued).
         let mut started_up_to = i64::MIN;
         loop {
             // Quiet (for a transaction's commit): everything up to the furthest message
             // started is done, so no output belongs to a message past the position.
-            if pending
-                .keys()
-                .next()
-                .is_none_or(|first| *first > started_up_to)
+            if inflight
+                .first_open()
+                .is_none_or(|first| first > started_up_to)
             {
                 turn.quiet();
             }
@@ -60,7 +50,7 @@ impl PartitionConsumer {
             let drain = stopping && stopped.is_none() && self.rt.txn.is_some();
             while (!stopping || drain)
                 && running.len() < concurrency
-                && acking.len() < self.rt.config.max_in_flight
+                && inflight.queued() < self.rt.config.max_in_flight
             {
                 // While a transaction commits, only messages before the furthest one started
                 // run (the commit waits for that run to be done); nothing new starts.
@@ -88,7 +78,7 @@ impl PartitionConsumer {
                 });
             }
             let holes_left = drain && ready.iter().any(|m| m.offset < started_up_to);
-            if stopping && running.is_empty() && acking.is_empty() && !holes_left {
+            if stopping && running.is_empty() && !inflight.is_waiting() && !holes_left {
                 break;
             }
             tokio::select! {
@@ -98,7 +88,7 @@ impl PartitionConsumer {
                     let (offset, key, outcome, took) = match joined {
                         Ok(handled) => handled,
                         Err(e) => {
-                            stopped.get_or_insert(Stop::new(pending.keys().next().copied(), format!("a handler task failed: {e}")));
+                            stopped.get_or_insert(Stop::new(inflight.first_open(), format!("a handler task failed: {e}")));
                             stopping = true;
                             continue;
                         }
@@ -114,60 +104,19 @@ impl PartitionConsumer {
                             }
                         }
                     }
-                    let (outputs, dead_letter, unacked) = match tracker.step(offset, outcome) {
-                        Step::Stop(reason) => {
-                            stopped.get_or_insert(Stop::at(offset, reason));
-                            stopping = true;
-                            continue;
-                        }
-                        Step::Interrupt => {
-                            stopping = true;
-                            continue;
-                        }
-                        Step::Publish { outputs, dead_letter, held } => (outputs, dead_letter, held),
-                    };
-                    match self.queue_outputs(offset, outputs, dead_letter, unacked, &mut acking).await {
-                        // Nothing to publish: done now (a manual-ack message stays held).
-                        Ok(false) if !unacked => {
-                            pending.remove(&offset);
-                            advance(tracker, &pending, end);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            stopped.get_or_insert(e);
-                            stopping = true;
-                        }
+                    if let Err(end) = self.handled(inflight, tracker, (offset, offset), outcome).await {
+                        stopped = stopped.or(end.stopped());
+                        stopping = true;
                     }
                 }
-                Some(joined) = acking.join_next(), if !acking.is_empty() => {
-                    let MessageSettled { offset, result, dead_letter, unacked } = match joined {
-                        Ok(acked) => acked,
-                        Err(e) => {
-                            stopped.get_or_insert(Stop::new(pending.keys().next().copied(), format!("an ack task failed: {e}")));
-                            stopping = true;
-                            continue;
-                        }
-                    };
-                    if let (Err(reason), true) = (&result, dead_letter) {
-                        stopped.get_or_insert(Stop::at(offset, format!("its dead-letter copy was not delivered: {reason}")));
+                res = inflight.settled(), if inflight.is_waiting() => {
+                    if let Err(e) = self.finish(res, inflight, tracker).await {
+                        stopped.get_or_insert(e);
                         stopping = true;
-                        continue;
-                    }
-                    if let Err(reason) = result {
-                        if let Err(e) = self.fail_outputs(vec![(offset, offset, reason)]).await {
-                            stopped.get_or_insert(e);
-                            stopping = true;
-                            continue;
-                        }
-                    }
-                    if !unacked {
-                        // (A manual-ack message stays held until acked.)
-                        pending.remove(&offset);
-                        advance(tracker, &pending, end);
                     }
                 }
                 _ = ticker.tick() => {
-                    metrics.in_flight(pending.len());
+                    metrics.in_flight(inflight.messages());
                     self.warn_overdue(tracker);
                 }
                 batch = rx.recv(), if !stopping && buffered < concurrency && turn.may_start() => {
@@ -191,11 +140,10 @@ impl PartitionConsumer {
                         continue;
                     }
                     for item in batch {
-                        end = Some(item.last_offset() + 1);
                         match item {
                             Fetched::Record(msg) => {
                                 metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
-                                pending.insert(msg.offset, msg.offset);
+                                inflight.take_in_hand(msg.offset, msg.offset);
                                 buffered += 1;
                                 match &msg.key {
                                     Some(key) => match waiting.get_mut(key) {
@@ -210,42 +158,24 @@ impl PartitionConsumer {
                                 }
                             }
                             Fetched::Unreadable { first, last, raw, reason } => {
-                                pending.insert(first, last);
+                                inflight.take_in_hand(first, last);
                                 started_up_to = started_up_to.max(last);
                                 let outcome = self.unreadable((first, last), raw, &reason, metrics);
-                                let (outputs, dead_letter) = match tracker.step(first, outcome) {
-                                    Step::Stop(reason) => {
-                                        stopped.get_or_insert(Stop::at(first, reason));
-                                        stopping = true;
-                                        break;
-                                    }
-                                    Step::Interrupt => {
-                                        stopping = true;
-                                        break;
-                                    }
-                                    Step::Publish { outputs, dead_letter, .. } => (outputs, dead_letter),
-                                };
-                                match self.queue_outputs(first, outputs, dead_letter, false, &mut acking).await {
-                                    Ok(false) => {
-                                        pending.remove(&first);
-                                    }
-                                    Ok(true) => {}
-                                    Err(e) => {
-                                        stopped.get_or_insert(e);
-                                        stopping = true;
-                                        break;
-                                    }
+                                if let Err(end) = self.handled(inflight, tracker, (first, last), outcome).await {
+                                    stopped = stopped.or(end.stopped());
+                                    stopping = true;
+                                    break;
                                 }
                             }
-                            Fetched::Passed { .. } => {}
+                            Fetched::Passed { last } => inflight.passed(last),
                         }
                     }
-                    advance(tracker, &pending, end);
+                    advance(inflight, tracker);
                 }
             }
         }
         if let Some(txn) = &self.rt.txn {
-            if let Some(first) = pending.keys().next().filter(|f| **f <= started_up_to) {
+            if let Some(first) = inflight.first_open().filter(|f| *f <= started_up_to) {
                 // Outputs of messages past the position are in the transaction: it must not
                 // commit (the partitions start again from the committed offsets).
                 txn.poison(format!(
@@ -254,31 +184,25 @@ impl PartitionConsumer {
                 ));
             }
         }
-        stopped
+        stopped.map_or(Ok(()), |stop| Err(End::Stop(stop)))
     }
 
-    /// Queues one message's outputs; its ack task reports when they are settled. `false`: there
-    /// was nothing to queue (no task: the caller settles the message at once).
-    pub(super) async fn queue_outputs(
+    /// One message in hand (or unreadable batch) from `first` to `last` was handled: its
+    /// outcome's outputs are queued at once, or it is done if it has none.
+    async fn handled(
         &self,
-        offset: i64,
-        outputs: Vec<OutgoingMessage>,
-        dead_letter: bool,
-        unacked: bool,
-        acking: &mut tokio::task::JoinSet<MessageSettled>,
-    ) -> Result<bool, Stop> {
+        inflight: &mut InFlight,
+        tracker: &mut OffsetTracker,
+        (first, last): (i64, i64),
+        outcome: Outcome,
+    ) -> Result<(), End> {
+        let (outputs, dead_letter) = step(tracker, first, outcome)?;
         if outputs.is_empty() {
-            return Ok(false);
+            inflight.close_in_hand(first);
+            advance(inflight, tracker);
+            return Ok(());
         }
-        let queued = self.enqueue(offset, outputs).await?;
-        acking.spawn(async move {
-            MessageSettled {
-                offset,
-                result: queued.delivered().await,
-                dead_letter,
-                unacked,
-            }
-        });
-        Ok(true)
+        inflight.push((first, last, 1), outputs, dead_letter);
+        Ok(self.flush(inflight).await?)
     }
 }

@@ -3,14 +3,16 @@
 //! One task per (route, topic, partition), and one message's walk through it, a module per step:
 //! - [`feed`]: the partition's fetch task reads ahead through its leader's link (one batch in
 //!   hand, one waiting) and hands decoded batches to the driver;
-//! - the driver, one scheduling per route: [`in_order`] (one message at a time, in offset
-//!   order: the default), [`concurrent`] (key-ordered concurrency) or [`batches`] (batch
-//!   handlers); each runs the handler pipeline and gives every outcome to core's
-//!   `OffsetTracker`, which says what it means for the partition's position;
-//! - [`outputs`]: outputs are queued to the producers in small chunks as handlers return (so
-//!   they keep their order per target partition, and the producers' byte budget bounds
-//!   memory), and a message is done once the broker acknowledged every output of its chunk; at
-//!   most `max_in_flight` messages await acks (beyond that the driver waits: backpressure);
+//! - the driver: the scheduling is the route's strategy, [`in_order`] (one message at a time,
+//!   in offset order: the default), [`concurrent`] (key-ordered concurrency) or [`batches`]
+//!   (batch handlers); each runs the handler pipeline and hands every outcome to the one
+//!   outcome handling ([`step`], over core's `OffsetTracker`: publish, stop, or interrupted);
+//! - [`outputs`]: the one in-flight tracker ([`InFlight`]) of every strategy: what was taken
+//!   from the feed and is not done. Outputs are queued to the producers in small chunks as
+//!   handlers return (so they keep their order per target partition, and the producers' byte
+//!   budget bounds memory); a chunk is done once the broker acknowledged every output in it,
+//!   acks arriving in any order, and the position is the first offset still open. At most
+//!   `max_in_flight` messages await acks (beyond that the driver waits: backpressure);
 //! - done offsets are committed by the group ([`crate::group`]) from the partition's position.
 //!
 //! Below the handler nothing loops on poison: a record batch that cannot be read and a message
@@ -41,13 +43,13 @@ use crate::config::Config;
 use crate::error::KafkaError;
 use crate::fetch::{FetchError, PartitionReader};
 use crate::metrics::{Lag, PartitionMetrics};
-use crate::produce::{Ack, Producers};
+use crate::produce::Producers;
 use crate::records::Fetched;
 use crate::transaction::Txn;
 use faststream_core::{OffsetTracker, PartitionStop, Position, SeekTo, ShutdownTrigger, Step};
 
 use feed::{fetch_loop, resolve_offset, Feed};
-use outputs::{settle_front, Chunk, InFlight, MessageSettled, CHUNK_WAIT};
+use outputs::{advance, InFlight, CHUNK_WAIT};
 
 /// What every consumer of one service shares.
 #[derive(Debug)]
@@ -80,6 +82,49 @@ impl Stop {
     /// Stopped at the message at `offset` (not done).
     pub(crate) fn at(offset: i64, reason: impl Into<String>) -> Self {
         Self::new(Some(offset), reason)
+    }
+}
+
+/// Why a driver's run ends before the feed does: the partition stops on its own ([`Stop`]),
+/// or the shutdown (or a revoke) interrupted a retry's wait.
+#[derive(Debug)]
+pub(crate) enum End {
+    Stop(Stop),
+    Interrupted,
+}
+
+impl End {
+    fn stopped(self) -> Option<Stop> {
+        match self {
+            Self::Stop(stop) => Some(stop),
+            Self::Interrupted => None,
+        }
+    }
+}
+
+impl From<Stop> for End {
+    fn from(stop: Stop) -> Self {
+        Self::Stop(stop)
+    }
+}
+
+/// The one outcome handling of every scheduling (core's [`OffsetTracker::step`]): what the
+/// handled item at `offset` publishes (its outputs, or its dead-letter copy: `true`), or why
+/// the run ends. A manual-ack message that was neither acked nor nacked is held by the
+/// tracker, which keeps the position before it.
+fn step(
+    tracker: &mut OffsetTracker,
+    offset: i64,
+    outcome: Outcome,
+) -> Result<(Vec<OutgoingMessage>, bool), End> {
+    match tracker.step(offset, outcome) {
+        Step::Publish {
+            outputs,
+            dead_letter,
+            ..
+        } => Ok((outputs, dead_letter)),
+        Step::Stop(reason) => Err(End::Stop(Stop::at(offset, reason))),
+        Step::Interrupt => Err(End::Interrupted),
     }
 }
 
@@ -390,50 +435,33 @@ impl PartitionConsumer {
             truncated: None,
         };
         let mut inflight = InFlight::default();
-        let mut chunk = Chunk::default();
         let ack_first = self.rt.pipeline.policy(self.route).ack == AckMode::First;
         let concurrency = self.rt.pipeline.policy(self.route).concurrency as usize;
         // Held until everything below settled (dropped last).
         let mut turn = Turn::new(self.rt.txn.clone());
-        // The driver of the route's scheduling; it returns why it stopped on its own, if it did.
-        let mut stopped = if let Some(batch) = self.route.batch() {
-            self.run_batches(
-                batch,
-                &mut rx,
-                &mut tracker,
-                ack_first,
-                (&mut chunk, &mut inflight, &mut turn),
-                &metrics,
-            )
-            .await
+        // The driver of the route's scheduling, over the one in-flight tracker.
+        let state = (&mut inflight, &mut turn);
+        let ended = if let Some(batch) = self.route.batch() {
+            self.run_batches(batch, &mut rx, &mut tracker, ack_first, state, &metrics)
+                .await
         } else if concurrency > 1 {
-            self.run_concurrently(
-                concurrency,
-                (&mut rx, &mut turn),
-                &mut tracker,
-                ack_first,
-                &metrics,
-            )
-            .await
+            let (rx, tracker) = (&mut rx, &mut tracker);
+            self.run_concurrently(concurrency, rx, tracker, ack_first, state, &metrics)
+                .await
         } else {
-            self.run_in_order(
-                &mut rx,
-                &mut tracker,
-                ack_first,
-                (&mut chunk, &mut inflight, &mut turn),
-                &metrics,
-            )
-            .await
+            self.run_in_order(&mut rx, &mut tracker, ack_first, state, &metrics)
+                .await
         };
+        let mut stopped = ended.err().and_then(End::stopped);
         // Messages handled before the stop are done once their outputs are acknowledged.
-        if let Err(e) = self.flush(&mut chunk, &mut inflight).await {
+        if let Err(e) = self.flush(&mut inflight).await {
             stopped.get_or_insert(e);
         }
         drop(fetcher);
         // Graceful stop: the message being handled finished; wait for the outputs' acks.
-        while !inflight.is_empty() {
-            let res = settle_front(&mut inflight).await;
-            if let Err(e) = self.finish(res, &tracker).await {
+        while inflight.is_waiting() {
+            let res = inflight.settled().await;
+            if let Err(e) = self.finish(res, &mut inflight, &tracker).await {
                 stopped.get_or_insert(e);
                 break;
             }

@@ -504,6 +504,7 @@ impl KafkaBroker {
         let topic = msg.topic.to_string();
         let mut queued = self.shared.producers.enqueue(vec![msg]).await?;
         if let Some((_, reason)) = queued.refused.pop() {
+            let reason = reason.to_string();
             return Err(KafkaError::Publish { topic, reason }.into());
         }
         let (_, ack) = queued.groups.pop().ok_or(KafkaError::Closed)?;
@@ -511,7 +512,7 @@ impl KafkaBroker {
             Ok(Ok(())) => Ok(()),
             Ok(Err(mut failed)) => Err(KafkaError::Publish {
                 topic,
-                reason: failed.pop().map(|(_, r)| r).unwrap_or_default(),
+                reason: failed.pop().map(|(_, r)| r.to_string()).unwrap_or_default(),
             }
             .into()),
             Err(_) => Err(KafkaError::Closed.into()),

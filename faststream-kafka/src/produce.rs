@@ -56,7 +56,112 @@ fn queued_cost(msg: &OutgoingMessage, size: usize) -> usize {
 
 /// How a group of messages ended: all delivered, or these (indices into the group) were not,
 /// with why (refused for good by the broker, or not delivered within the delivery timeout).
-pub(crate) type Delivery = Result<(), Vec<(u32, String)>>;
+pub(crate) type Delivery = Result<(), Vec<(u32, Arc<Undelivered>)>>;
+
+/// Why an output was not delivered: what a consumer's failure policy (kind `publish`) and a
+/// publisher's caller are told. One is shared by every message it failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Undelivered {
+    /// The topic cannot be written: missing (and not to be created), or a name Kafka refuses.
+    #[error("{0}")]
+    Unwritable(KafkaError),
+    /// The topic's metadata could not be read within the delivery timeout.
+    #[error("no metadata of topic {topic:?} within the delivery timeout ({timeout:?}): {error}")]
+    NoMetadata {
+        topic: Arc<str>,
+        timeout: std::time::Duration,
+        error: KafkaError,
+    },
+    /// The message names a partition the topic does not have.
+    #[error("partition {partition} of topic {topic:?}, which has {count} partition(s)")]
+    NoSuchPartition {
+        topic: Arc<str>,
+        partition: i32,
+        count: i32,
+    },
+    /// Refused for good (by the broker, or a batch that cannot be encoded or written).
+    #[error("refused by the broker: {0}")]
+    Refused(ProduceFailure),
+    /// Retriable failures until the delivery timeout; the last one.
+    #[error("not delivered within the delivery timeout ({timeout:?}): {last}")]
+    TimedOut {
+        timeout: std::time::Duration,
+        last: ProduceFailure,
+    },
+    /// Its transaction was aborted: it is not written (nor in the next one).
+    #[error("{0}")]
+    Aborted(ProduceFailure),
+    /// The producer went away before the broker answered.
+    #[error("abandoned before the broker acknowledged it")]
+    Abandoned,
+}
+
+/// Why one attempt to write a partition's record batch failed; [`ProduceFailure::refusal`]
+/// classifies it as Kafka's Java producer does.
+#[derive(Debug)]
+pub(crate) enum ProduceFailure {
+    /// The leader answered with an error code (and maybe a message).
+    Broker {
+        topic: Arc<str>,
+        partition: i32,
+        error: ResponseError,
+        detail: Option<String>,
+    },
+    /// The partition's leader is not known.
+    Leader(FetchError),
+    /// The request got no answer (a connection failure, a timeout).
+    Request(FetchError),
+    /// The batch cannot be encoded.
+    Encode(String),
+    /// No producer id (idempotence).
+    ProducerId(IdError),
+    /// The group's transaction refused the batch.
+    Txn(TxnError),
+}
+
+impl std::fmt::Display for ProduceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Broker {
+                topic,
+                partition,
+                error,
+                detail,
+            } => {
+                write!(f, "partition {partition} of topic {topic:?}: {error}")?;
+                match detail {
+                    Some(detail) => write!(f, " ({detail})"),
+                    None => Ok(()),
+                }
+            }
+            Self::Leader(e) => write!(f, "finding the leader: {e}"),
+            Self::Request(e) => e.fmt(f),
+            Self::Encode(e) => f.write_str(e),
+            Self::ProducerId(e @ IdError::Retriable(_)) => write!(f, "no producer id: {e}"),
+            Self::ProducerId(e) => e.fmt(f),
+            Self::Txn(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ProduceFailure {}
+
+impl ProduceFailure {
+    /// Whether a retry can succeed, as Kafka's Java producer classifies it.
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::Broker { error, .. } => refusal(*error),
+            Self::Request(FetchError::Fatal(_)) => Refusal::Permanent,
+            Self::Leader(_) | Self::Request(_) => Refusal::Retriable,
+            Self::Encode(_) => Refusal::Permanent,
+            Self::ProducerId(IdError::Retriable(_)) => Refusal::Retriable,
+            Self::ProducerId(IdError::Refused(_)) => Refusal::Permanent,
+            Self::Txn(TxnError::Retriable(_)) => Refusal::Retriable,
+            Self::Txn(TxnError::Ended(_)) => Refusal::Ended,
+            Self::Txn(_) => Refusal::Permanent,
+        }
+    }
+}
 
 /// Resolves when the broker acknowledged a group of messages, or with which it never will.
 pub(crate) type Ack = oneshot::Receiver<Delivery>;
@@ -69,19 +174,19 @@ pub(crate) struct Enqueued {
     /// Messages that cannot be addressed (a partition the topic does not have, a topic that
     /// does not exist and may not be created): index and why. Nothing else of the list is
     /// affected.
-    pub(crate) refused: Vec<(u32, String)>,
+    pub(crate) refused: Vec<(u32, Arc<Undelivered>)>,
 }
 
 impl Enqueued {
     /// Waits until every message was settled; `Err` with the first reason one was not
     /// delivered (refused, or abandoned before the broker acknowledged it).
-    pub(crate) async fn delivered(self) -> Result<(), String> {
+    pub(crate) async fn delivered(self) -> Result<(), Arc<Undelivered>> {
         let mut failure = self.refused.into_iter().next().map(|(_, r)| r);
         for (_, ack) in self.groups {
             let reason = match ack.await {
                 Ok(Ok(())) => continue,
                 Ok(Err(failed)) => failed.into_iter().next().map(|(_, r)| r),
-                Err(_) => Some("abandoned before the broker acknowledged it".into()),
+                Err(_) => Some(Arc::new(Undelivered::Abandoned)),
             };
             failure = failure.or(reason);
         }
@@ -216,7 +321,7 @@ impl Producers {
         let mut groups: Vec<Group> = Vec::new();
         /// A topic's partition count (`Err`: why it cannot be written) and the partition its
         /// keyless messages stick to in this call.
-        type Known = Result<(i32, i32), String>;
+        type Known = Result<(i32, i32), Arc<Undelivered>>;
         let mut topics: Vec<(Arc<str>, Known)> = Vec::new();
         let listed = msgs.len();
         for (index, msg) in msgs.into_iter().enumerate() {
@@ -244,13 +349,12 @@ impl Producers {
             let partition = match (msg.partition, &msg.key) {
                 (Some(p), _) if (0..count).contains(&p) => p,
                 (Some(p), _) => {
-                    out.refused.push((
-                        index,
-                        format!(
-                            "partition {p} of topic {:?}, which has {count} partition(s)",
-                            msg.topic
-                        ),
-                    ));
+                    let reason = Undelivered::NoSuchPartition {
+                        topic: msg.topic.clone(),
+                        partition: p,
+                        count,
+                    };
+                    out.refused.push((index, Arc::new(reason)));
                     continue;
                 }
                 (None, Some(key)) => partition_for_key(key, count),
@@ -330,23 +434,24 @@ impl Producers {
 
     /// [`Producers::partition_count`], retrying a metadata lookup that fails (the cluster is
     /// unreachable) until the delivery timeout; `Err` says why the topic cannot be written.
-    async fn partition_count_within(&self, topic: &str) -> Result<i32, String> {
+    async fn partition_count_within(&self, topic: &Arc<str>) -> Result<i32, Arc<Undelivered>> {
         let deadline = tokio::time::Instant::now() + self.config.delivery_timeout;
         let mut backoff = Backoff::requests();
         loop {
             match self.partition_count(topic).await {
                 Ok(n) => return Ok(n),
                 Err(e @ (KafkaError::MissingTopics { .. } | KafkaError::InvalidTopic(_))) => {
-                    return Err(e.to_string())
+                    return Err(Arc::new(Undelivered::Unwritable(e)))
                 }
-                Err(e) if tokio::time::Instant::now() + backoff.wait() >= deadline => {
-                    return Err(format!(
-                        "no metadata of topic {topic:?} within the delivery timeout ({:?}): {e}",
-                        self.config.delivery_timeout
-                    ))
+                Err(error) if tokio::time::Instant::now() + backoff.wait() >= deadline => {
+                    return Err(Arc::new(Undelivered::NoMetadata {
+                        topic: topic.clone(),
+                        timeout: self.config.delivery_timeout,
+                        error,
+                    }))
                 }
                 Err(e) => {
-                    tracing::warn!(topic, error = %e, retry_in = ?backoff.wait(), "metadata lookup failed; retrying");
+                    tracing::warn!(topic = &**topic, error = %e, retry_in = ?backoff.wait(), "metadata lookup failed; retrying");
                     backoff.sleep().await;
                 }
             }
@@ -542,14 +647,6 @@ enum Refusal {
     Ended,
 }
 
-fn txn_refusal(e: TxnError) -> (Refusal, String) {
-    match e {
-        TxnError::Retriable(e) => (Refusal::Retriable, e),
-        TxnError::Ended(e) => (Refusal::Ended, e),
-        e => (Refusal::Permanent, e.to_string()),
-    }
-}
-
 /// Classifies a partition's produce error code.
 fn refusal(err: ResponseError) -> Refusal {
     use ResponseError as E;
@@ -599,12 +696,12 @@ struct Writer {
 impl Writer {
     /// The producer fields of the next batch: plain without idempotence, else the shared
     /// producer id and this partition's next sequence (0 under an id not used here before).
-    async fn header(&mut self) -> Result<BatchHeader, (Refusal, String)> {
+    async fn header(&mut self) -> Result<BatchHeader, ProduceFailure> {
         if let Some(txn) = &self.txn {
             let p = txn
                 .enlist(&self.topic, self.partition, self.round)
                 .await
-                .map_err(txn_refusal)?;
+                .map_err(ProduceFailure::Txn)?;
             return Ok(self.numbered(p, true));
         }
         if !self.config.idempotence {
@@ -614,10 +711,7 @@ impl Writer {
             Some(seen) => self.identity.bump(&self.config, seen).await,
             None => self.identity.current(&self.config).await,
         }
-        .map_err(|e| match e {
-            IdError::Retriable(e) => (Refusal::Retriable, format!("no producer id: {e}")),
-            IdError::Refused(e) => (Refusal::Permanent, e),
-        })?;
+        .map_err(ProduceFailure::ProducerId)?;
         Ok(self.numbered(p, false))
     }
 
@@ -648,7 +742,7 @@ impl Writer {
 
     /// The batch sent with `header` is given up after it may have been written (or was
     /// refused as out of sequence): the next batch moves on from its producer id and epoch.
-    fn move_on(&mut self, header: BatchHeader, why: &str) {
+    fn move_on(&mut self, header: BatchHeader, why: &dyn std::fmt::Display) {
         if let Some(txn) = &self.txn {
             // The transaction may hold the batch or not: it cannot commit.
             txn.poison_round(
@@ -676,37 +770,32 @@ impl Writer {
         msgs: &[OutgoingMessage],
         now_ms: i64,
         header: BatchHeader,
-    ) -> Result<(), (Refusal, String)> {
+    ) -> Result<(), ProduceFailure> {
         let mut records = BytesMut::with_capacity(crate::encode::bound(msgs));
         self.encoder
             .batch(&mut records, msgs, now_ms, self.config.compression, header)
-            .map_err(|e| (Refusal::Permanent, e))?;
+            .map_err(ProduceFailure::Encode)?;
         let res = self.send(records.freeze()).await;
-        if matches!(res, Err((Refusal::Retriable, _))) {
+        if matches!(&res, Err(e) if matches!(e.refusal(), Refusal::Retriable)) {
             // The leader may have moved: look it up again before the retry.
             self.cluster.forget(&self.topic, self.partition);
         }
         res
     }
 
-    async fn send(&mut self, records: bytes::Bytes) -> Result<(), (Refusal, String)> {
-        let what = || format!("partition {} of topic {:?}", self.partition, self.topic);
-        let failed = |e: FetchError| match e {
-            FetchError::Fatal(e) => (Refusal::Permanent, e.to_string()),
-            e => (Refusal::Retriable, e.to_string()),
-        };
+    async fn send(&mut self, records: bytes::Bytes) -> Result<(), ProduceFailure> {
         let leader = self
             .cluster
             .leader(&self.topic, self.partition)
             .await
-            .map_err(|e| (Refusal::Retriable, format!("finding the leader: {e}")))?;
+            .map_err(ProduceFailure::Leader)?;
         // In a transaction: on its way only while the transaction is open (its end waits for
         // the answer).
         let _sending = match &self.txn {
             Some(txn) => Some(
                 txn.sending(&self.topic, self.partition, self.round)
                     .await
-                    .map_err(txn_refusal)?,
+                    .map_err(ProduceFailure::Txn)?,
             ),
             None => None,
         };
@@ -721,19 +810,17 @@ impl Writer {
             .link(&leader.addr)
             .produce(batch)
             .await
-            .map_err(failed)?;
+            .map_err(ProduceFailure::Request)?;
         match ResponseError::try_from_code(p.error_code) {
             // With idempotence: the leader already wrote this batch (an earlier attempt
             // whose answer was lost).
             None | Some(ResponseError::DuplicateSequenceNumber) => Ok(()),
-            Some(err) => {
-                let detail = p
-                    .error_message
-                    .as_deref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default();
-                Err((refusal(err), format!("{}: {err}{detail}", what())))
-            }
+            Some(error) => Err(ProduceFailure::Broker {
+                topic: Arc::from(self.topic.as_str()),
+                partition: self.partition,
+                error,
+                detail: p.error_message.map(|m| m.to_string()),
+            }),
         }
     }
 }
@@ -761,7 +848,9 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             let (batch, ended): (Vec<_>, Vec<_>) =
                 batch.into_iter().partition(|p| p.round == round);
             if !ended.is_empty() {
-                let reason = txn.ended(&topic, partition).to_string();
+                let reason = Arc::new(Undelivered::Aborted(ProduceFailure::Txn(
+                    txn.ended(&topic, partition),
+                )));
                 tracing::warn!(
                     topic,
                     partition,
@@ -785,7 +874,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
     }
     let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
     // Refused records: index into `msgs`, reason.
-    let mut refused: Vec<(usize, String)> = Vec::new();
+    let mut refused: Vec<(usize, Arc<Undelivered>)> = Vec::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -806,7 +895,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                 Some(header) => Ok(header),
                 None => writer.header().await,
             };
-            let (kind, error) = match attempt {
+            let error = match attempt {
                 Ok(header) => {
                     pinned = Some(header);
                     match writer.produce(&msgs[range.clone()], now, header).await {
@@ -820,6 +909,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                 }
                 Err(no_header) => no_header,
             };
+            let kind = error.refusal();
             match kind {
                 Refusal::TooLarge if range.len() > 1 => {
                     // Split, as the Java producer does: the parts are sent in order.
@@ -850,14 +940,14 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     backoff.sleep().await;
                 }
                 kind => {
-                    let reason = match kind {
-                        Refusal::Retriable | Refusal::Sequence => format!(
-                            "not delivered within the delivery timeout ({:?}): {error}",
-                            config.delivery_timeout
-                        ),
-                        Refusal::Ended => error,
-                        _ => format!("refused by the broker: {error}"),
-                    };
+                    let reason = Arc::new(match kind {
+                        Refusal::Retriable | Refusal::Sequence => Undelivered::TimedOut {
+                            timeout: config.delivery_timeout,
+                            last: error,
+                        },
+                        Refusal::Ended => Undelivered::Aborted(error),
+                        _ => Undelivered::Refused(error),
+                    });
                     tracing::error!(
                         topic,
                         partition,
@@ -868,7 +958,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     if let Some(header) = pinned.filter(|_| {
                         maybe_written || matches!(kind, Refusal::Retriable | Refusal::Sequence)
                     }) {
-                        writer.move_on(header, &reason);
+                        writer.move_on(header, &*reason);
                     }
                     metrics.failed(range.len());
                     refused.extend(range.clone().map(|i| (i, reason.clone())));
@@ -879,7 +969,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         // Everything before the next range was sent or refused: resolve those groups.
         let done = todo.front().map_or(msgs.len(), |r| r.start);
         while let Some((end, ack, _budget)) = ends.next_if(|(end, _, _)| *end <= done) {
-            let failed: Vec<(u32, String)> = refused
+            let failed: Vec<(u32, Arc<Undelivered>)> = refused
                 .iter()
                 .filter(|(i, _)| (group_start..end).contains(i))
                 .map(|(i, reason)| ((i - group_start) as u32, reason.clone()))

@@ -207,7 +207,8 @@ impl Chunk {
                 .await
                 .map_err(|e| e.to_string())?
                 .delivered()
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(count)
     }

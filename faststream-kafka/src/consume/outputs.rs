@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::*;
-use crate::produce::{Delivery, Enqueued};
+use crate::produce::{Delivery, Enqueued, Undelivered};
 
 /// Where an output came from: the offsets of its message (a batch's first and last), and
 /// whether it is a dead-letter copy.
@@ -46,7 +46,7 @@ struct Queued {
     /// Groups of outputs (one per target partition) not acknowledged yet.
     acks_left: usize,
     /// Outputs not delivered so far: index into `owners`, why.
-    failed: Vec<(u32, String)>,
+    failed: Vec<(u32, Arc<Undelivered>)>,
 }
 
 /// One target partition's ack of a queued chunk's outputs.
@@ -73,7 +73,7 @@ pub(super) struct Settled {
     key: Key,
     /// Messages (or batches) with an output that was not delivered: first and last offset,
     /// why (first failure per message).
-    failed: Vec<(i64, i64, String)>,
+    failed: Vec<(i64, i64, Arc<Undelivered>)>,
 }
 
 /// What was taken from the feed and is not done yet, and the acks it awaits (see the module
@@ -286,7 +286,7 @@ impl InFlight {
         };
         self.queued -= chunk.messages;
         chunk.messages = 0;
-        let mut failed: Vec<(i64, i64, String)> = Vec::new();
+        let mut failed: Vec<(i64, i64, Arc<Undelivered>)> = Vec::new();
         let mut by_output = std::mem::take(&mut chunk.failed);
         by_output.sort_by_key(|(i, _)| *i);
         for (i, reason) in by_output {
@@ -461,7 +461,10 @@ impl PartitionConsumer {
     /// Each message is read again from the partition (the consumer keeps no copy of messages
     /// awaiting acks) and handed to the failure policy; a dead-letter copy is awaited here. A
     /// batch's output that failed fails every message of the batch.
-    pub(super) async fn fail_outputs(&self, failed: Vec<(i64, i64, String)>) -> Result<(), Stop> {
+    pub(super) async fn fail_outputs(
+        &self,
+        failed: Vec<(i64, i64, Arc<Undelivered>)>,
+    ) -> Result<(), Stop> {
         let mut reader =
             PartitionReader::new(self.rt.cluster.clone(), self.topic.clone(), self.partition);
         for (first, last, reason) in failed {
@@ -473,12 +476,16 @@ impl PartitionConsumer {
     }
 
     /// One message whose output was not delivered, through the failure policy.
-    pub(super) async fn fail_output(&self, msg: Message, reason: String) -> Result<(), Stop> {
+    pub(super) async fn fail_output(
+        &self,
+        msg: Message,
+        reason: Arc<Undelivered>,
+    ) -> Result<(), Stop> {
         let offset = msg.offset;
-        let outcome = self
-            .rt
-            .pipeline
-            .fail(self.route, &msg, HandlerError::Publish(reason));
+        let outcome =
+            self.rt
+                .pipeline
+                .fail(self.route, &msg, HandlerError::Publish(reason.to_string()));
         match outcome {
             Outcome::Stopped { error, .. } => Err(Stop::at(
                 offset,
@@ -583,13 +590,20 @@ mod tests {
         senders
     }
 
+    fn refused(why: &str) -> Arc<Undelivered> {
+        let failure = crate::produce::ProduceFailure::Encode(why.to_owned());
+        Arc::new(Undelivered::Refused(failure))
+    }
+
     fn answer(acks: Vec<oneshot::Sender<Delivery>>, delivery: Delivery) {
         for tx in acks {
             tx.send(delivery.clone()).unwrap();
         }
     }
 
-    async fn settle_next(inflight: &mut InFlight) -> Result<Vec<(i64, i64, String)>, Stop> {
+    async fn settle_next(
+        inflight: &mut InFlight,
+    ) -> Result<Vec<(i64, i64, Arc<Undelivered>)>, Stop> {
         let settled = inflight.settled().await?;
         inflight.close(settled.key);
         Ok(settled.failed)
@@ -661,9 +675,16 @@ mod tests {
             Some(-1),
             "the batch is not acknowledged"
         );
-        answer(batch, Err(vec![(0, "refused".into())]));
+        answer(batch, Err(vec![(0, refused("too large"))]));
         let failed = settle_next(&mut inflight).await.unwrap();
-        assert_eq!(failed, vec![(0, 10, "refused".to_owned())]);
+        let failed: Vec<_> = failed
+            .iter()
+            .map(|(a, b, why)| (*a, *b, why.to_string()))
+            .collect();
+        assert_eq!(
+            failed,
+            vec![(0, 10, "refused by the broker: too large".to_owned())]
+        );
         assert_eq!(inflight.done_up_to(), Some(10));
     }
 
@@ -671,7 +692,7 @@ mod tests {
     async fn an_undelivered_dead_letter_copy_or_an_abandoned_ack_stops_at_its_message() {
         let mut inflight = InFlight::default();
         inflight.push((4, 4, 1), output(), true);
-        answer(queue(&mut inflight), Err(vec![(0, "too large".into())]));
+        answer(queue(&mut inflight), Err(vec![(0, refused("too large"))]));
         let stop = inflight.settled().await.unwrap_err();
         assert_eq!(stop.offset, Some(4));
         assert!(stop.reason.contains("dead-letter copy"), "{}", stop.reason);

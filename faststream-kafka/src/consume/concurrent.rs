@@ -88,7 +88,7 @@ impl PartitionConsumer {
                     let (offset, key, outcome, took) = match joined {
                         Ok(handled) => handled,
                         Err(e) => {
-                            stopped.get_or_insert(Stop::new(inflight.first_open(), format!("a handler task failed: {e}")));
+                            stopped.get_or_insert(Stop::new(inflight.first_open(), Why::HandlerTask(e)));
                             stopping = true;
                             continue;
                         }

@@ -151,10 +151,7 @@ pub(super) async fn fetch_loop(
                     }
                     FetchError::Fatal(e) => {
                         let _ = tx
-                            .send(failed(Stop::at(
-                                offset,
-                                format!("the broker refused the fetch: {e}"),
-                            )))
+                            .send(failed(Stop::at(offset, Why::FetchRefused(e))))
                             .await;
                         return;
                     }
@@ -229,7 +226,7 @@ pub(super) async fn resolve_offset(
     shutdown: &Shutdown,
     topic: &str,
     partition: i32,
-) -> Result<Option<i64>, String> {
+) -> Result<Option<i64>, Why> {
     let mut backoff = Backoff::requests();
     loop {
         let mut stop = shutdown.clone();
@@ -237,7 +234,7 @@ pub(super) async fn resolve_offset(
         tokio::select! {
             res = reader.offset(earliest) => match res {
                 Ok(offset) => return Ok(Some(offset)),
-                Err(FetchError::Fatal(e)) => return Err(format!("cannot read the start offset: {e}")),
+                Err(FetchError::Fatal(e)) => return Err(Why::NoStartOffset(e)),
                 Err(e) => tracing::warn!(
                     topic, partition, error = %e,
                     "cannot read the start offset; retrying"

@@ -40,10 +40,10 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::error::KafkaError;
+use crate::error::{Cause, KafkaError};
 use crate::fetch::{FetchError, PartitionReader};
 use crate::metrics::{Lag, PartitionMetrics};
-use crate::produce::Producers;
+use crate::produce::{Producers, Undelivered};
 use crate::records::Fetched;
 use crate::transaction::Txn;
 use faststream_core::{OffsetTracker, PartitionStop, Position, SeekTo, ShutdownTrigger, Step};
@@ -68,21 +68,70 @@ pub(crate) struct Runtime {
 #[derive(Debug)]
 pub(crate) struct Stop {
     pub(crate) offset: Option<i64>,
-    pub(crate) reason: String,
+    pub(crate) reason: Why,
 }
 
 impl Stop {
-    pub(crate) fn new(offset: Option<i64>, reason: impl Into<String>) -> Self {
-        Self {
-            offset,
-            reason: reason.into(),
-        }
+    pub(crate) fn new(offset: Option<i64>, reason: Why) -> Self {
+        Self { offset, reason }
     }
 
     /// Stopped at the message at `offset` (not done).
-    pub(crate) fn at(offset: i64, reason: impl Into<String>) -> Self {
+    pub(crate) fn at(offset: i64, reason: Why) -> Self {
         Self::new(Some(offset), reason)
     }
+}
+
+/// What stopped a partition consumer (its text is the stopped partition's reason).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Why {
+    /// The route's failure policy said stop (core's text).
+    #[error("{0}")]
+    Policy(String),
+    /// The broker refused the fetch for good.
+    #[error("the broker refused the fetch: {0}")]
+    FetchRefused(Cause),
+    /// The offset to start from cannot be read.
+    #[error("cannot read the start offset: {0}")]
+    NoStartOffset(Cause),
+    /// A retry topic's partition cannot be read to rebuild the retry lane.
+    #[error("cannot read retry topic {topic:?} partition {partition} to rebuild the retry lane: {cause}")]
+    RetryLane {
+        topic: Arc<str>,
+        partition: i32,
+        cause: Cause,
+    },
+    /// Outputs cannot be queued (the producers are gone).
+    #[error("outputs cannot be queued: {0}")]
+    NotQueued(KafkaError),
+    /// The producer dropped an output before the broker answered.
+    #[error("an output was abandoned before the broker acknowledged it")]
+    Abandoned,
+    /// A dead-letter copy was not delivered.
+    #[error("its dead-letter copy was not delivered: {0}")]
+    DeadLetterUndelivered(Arc<Undelivered>),
+    /// A dead-letter copy cannot be queued.
+    #[error("dead-letter copy cannot be queued: {0}")]
+    DeadLetterNotQueued(KafkaError),
+    /// An output was not delivered, and then neither was the message's dead-letter copy.
+    #[error(
+        "an output was not delivered, and neither was its dead-letter copy to {topic:?}: {why}"
+    )]
+    NeitherDelivered {
+        topic: Arc<str>,
+        why: Arc<Undelivered>,
+    },
+    /// An output was not delivered, and the message is gone from the partition.
+    #[error(
+        "an output was not delivered, and the message is no longer readable to dead-letter it"
+    )]
+    NoLongerReadable,
+    /// An output was not delivered, and the message cannot be read again.
+    #[error("an output was not delivered, and the message cannot be read again: {0}")]
+    NotReadAgain(FetchError),
+    /// A handler's task panicked (key-ordered concurrency).
+    #[error("a handler task failed: {0}")]
+    HandlerTask(tokio::task::JoinError),
 }
 
 /// Why a driver's run ends before the feed does: the partition stops on its own ([`Stop`]),
@@ -123,7 +172,7 @@ fn step(
             dead_letter,
             ..
         } => Ok((outputs, dead_letter)),
-        Step::Stop(reason) => Err(End::Stop(Stop::at(offset, reason))),
+        Step::Stop(reason) => Err(End::Stop(Stop::at(offset, Why::Policy(reason)))),
         Step::Interrupt => Err(End::Interrupted),
     }
 }
@@ -227,7 +276,7 @@ impl PartitionConsumer {
     /// Rebuilds the lane: reads the partition of each retry topic from where its consumer
     /// starts to the end it has now, recording the messages of this partition's keys still on
     /// the retry path. Returns early (the caller sees the shutdown) when the service stops.
-    async fn restore_lane(&self, link: &LaneLink) -> Result<(), String> {
+    async fn restore_lane(&self, link: &LaneLink) -> Result<(), Why> {
         let partition = self.partition;
         let mut stop = self.shutdown.clone();
         for (stage, (topic, start)) in (1..).zip(&link.restore_from) {
@@ -260,8 +309,14 @@ impl PartitionConsumer {
                     Ok(fetch) => fetch,
                     Err(FetchError::OffsetOutOfRange) => {
                         let earliest = OffsetReset::Earliest;
-                        match resolve_offset(&mut reader, earliest, &self.shutdown, topic, partition)
-                            .await?
+                        match resolve_offset(
+                            &mut reader,
+                            earliest,
+                            &self.shutdown,
+                            topic,
+                            partition,
+                        )
+                        .await?
                         {
                             Some(o) => offset = o,
                             None => return Ok(()),
@@ -272,10 +327,12 @@ impl PartitionConsumer {
                         offset = end_offset;
                         continue;
                     }
-                    Err(FetchError::Fatal(e)) => {
-                        return Err(format!(
-                            "cannot read retry topic {topic:?} partition {partition} to rebuild the retry lane: {e}"
-                        ))
+                    Err(FetchError::Fatal(cause)) => {
+                        return Err(Why::RetryLane {
+                            topic: topic.clone(),
+                            partition,
+                            cause,
+                        })
                     }
                     Err(FetchError::Retriable(e)) => {
                         tracing::warn!(topic = &**topic, partition, offset, error = %e, "reading the retry topic failed; retrying");
@@ -483,7 +540,7 @@ impl PartitionConsumer {
             topic: self.topic.to_string(),
             partition: self.partition,
             offset: stop.offset,
-            reason: stop.reason,
+            reason: stop.reason.to_string(),
         });
         tracing::error!(error = %err, "partition consumer stopped");
         err

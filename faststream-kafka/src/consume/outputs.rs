@@ -252,12 +252,7 @@ impl InFlight {
                         .into_iter()
                         .map(|(i, reason)| (indices[i as usize], reason)),
                 ),
-                Err(_) => {
-                    return Err(Stop::at(
-                        key.0,
-                        "an output was abandoned before the broker acknowledged it",
-                    ))
-                }
+                Err(_) => return Err(Stop::at(key.0, Why::Abandoned)),
             }
             if chunk.acks_left == 0 {
                 return self.settle(key);
@@ -292,10 +287,7 @@ impl InFlight {
         for (i, reason) in by_output {
             let owner = chunk.owners[i as usize];
             if owner.dead_letter {
-                return Err(Stop::at(
-                    owner.last,
-                    format!("its dead-letter copy was not delivered: {reason}"),
-                ));
+                return Err(Stop::at(owner.last, Why::DeadLetterUndelivered(reason)));
             }
             if failed.last().is_none_or(|(_, o, _)| *o != owner.last) {
                 failed.push((owner.first, owner.last, reason));
@@ -389,7 +381,7 @@ impl PartitionConsumer {
             .producers
             .enqueue(outputs)
             .await
-            .map_err(|e| Stop::at(offset, format!("outputs cannot be queued: {e}")))
+            .map_err(|e| Stop::at(offset, Why::NotQueued(e)))
     }
 
     /// Handled messages from `first` to `last` (`count` of them) publish `outputs`: collected
@@ -489,19 +481,16 @@ impl PartitionConsumer {
         match outcome {
             Outcome::Stopped { error, .. } => Err(Stop::at(
                 offset,
-                format!("the failure policy stopped it: {error}"),
+                Why::Policy(format!("the failure policy stopped it: {error}")),
             )),
             Outcome::DeadLettered { dlq, .. } => {
                 let topic = dlq.topic.clone();
-                let queued = self.rt.producers.enqueue(vec![*dlq]).await.map_err(|e| {
-                    Stop::at(offset, format!("dead-letter copy cannot be queued: {e}"))
-                })?;
-                queued.delivered().await.map_err(|why| {
-                    Stop::at(
-                        offset,
-                        format!("an output was not delivered, and neither was its dead-letter copy to {topic:?}: {why}"),
-                    )
-                })
+                let queued = (self.rt.producers.enqueue(vec![*dlq]).await)
+                    .map_err(|e| Stop::at(offset, Why::DeadLetterNotQueued(e)))?;
+                queued
+                    .delivered()
+                    .await
+                    .map_err(|why| Stop::at(offset, Why::NeitherDelivered { topic, why }))
             }
             _ => Ok(()),
         }
@@ -531,10 +520,7 @@ impl PartitionConsumer {
                         continue;
                     }
                     if found.is_empty() {
-                        return Err(Stop::at(
-                            first,
-                            "an output was not delivered, and the message is no longer readable to dead-letter it",
-                        ));
+                        return Err(Stop::at(first, Why::NoLongerReadable));
                     }
                     return Ok(found);
                 }
@@ -543,14 +529,7 @@ impl PartitionConsumer {
                     tracing::warn!(topic = &*self.topic, partition = self.partition, offset, error = %e, "reading a message again failed; retrying");
                     backoff.sleep().await;
                 }
-                Err(e) => {
-                    return Err(Stop::at(
-                        offset,
-                        format!(
-                            "an output was not delivered, and the message cannot be read again: {e}"
-                        ),
-                    ))
-                }
+                Err(e) => return Err(Stop::at(offset, Why::NotReadAgain(e))),
             }
         }
     }
@@ -695,14 +674,18 @@ mod tests {
         answer(queue(&mut inflight), Err(vec![(0, refused("too large"))]));
         let stop = inflight.settled().await.unwrap_err();
         assert_eq!(stop.offset, Some(4));
-        assert!(stop.reason.contains("dead-letter copy"), "{}", stop.reason);
+        assert!(
+            matches!(stop.reason, Why::DeadLetterUndelivered(_)),
+            "{}",
+            stop.reason
+        );
 
         let mut inflight = InFlight::default();
         inflight.push((8, 8, 1), output(), false);
         drop(queue(&mut inflight));
         let stop = inflight.settled().await.unwrap_err();
         assert_eq!(stop.offset, Some(8));
-        assert!(stop.reason.contains("abandoned"), "{}", stop.reason);
+        assert!(matches!(stop.reason, Why::Abandoned), "{}", stop.reason);
         assert_eq!(inflight.done_up_to(), Some(7));
     }
 }

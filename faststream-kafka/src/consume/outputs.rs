@@ -47,6 +47,9 @@ struct Queued {
     acks_left: usize,
     /// Outputs not delivered so far: index into `owners`, why.
     failed: Vec<(u32, Arc<Undelivered>)>,
+    /// An ack was abandoned (the partition stops there): the chunk never settles, so the
+    /// position never passes it.
+    abandoned: bool,
 }
 
 /// One target partition's ack of a queued chunk's outputs.
@@ -88,6 +91,8 @@ pub(super) struct InFlight {
     open: BTreeMap<Key, Open>,
     /// Acks awaited, of every queued chunk: they arrive in any order.
     acks: FuturesUnordered<AckWait>,
+    /// How many of them can still settle a chunk (not of a chunk with an abandoned ack).
+    live_acks: usize,
     /// Queued chunks with nothing left to wait for (every output refused at once, or none).
     settled: VecDeque<Key>,
     /// Messages of queued chunks (bounded by `max_in_flight`).
@@ -125,7 +130,7 @@ impl InFlight {
 
     /// Whether a queued chunk may still settle ([`InFlight::settled`] would not wait forever).
     pub(super) fn is_waiting(&self) -> bool {
-        !self.settled.is_empty() || !self.acks.is_empty()
+        !self.settled.is_empty() || self.live_acks > 0
     }
 
     /// Messages whose outputs were queued and are not settled.
@@ -187,7 +192,7 @@ impl InFlight {
     }
 
     /// Takes the chunk to queue its outputs: its span stays open (in hand) until
-    /// [`InFlight::queued`] records the queue's answer.
+    /// [`InFlight::queued_chunk`] records the queue's answer.
     fn take_chunk(&mut self) -> Option<TakenChunk> {
         let (first, _) = self.chunk.span.take()?;
         // A message in hand (concurrency) whose outputs these are is now this chunk.
@@ -209,6 +214,7 @@ impl InFlight {
     /// The taken chunk's outputs were queued: it awaits their acks.
     fn queued_chunk(&mut self, key: Key, messages: usize, owners: Vec<Owner>, queued: Enqueued) {
         let acks_left = queued.groups.len();
+        self.live_acks += acks_left;
         for (indices, ack) in queued.groups {
             self.acks.push(AckWait { key, indices, ack });
         }
@@ -223,13 +229,15 @@ impl InFlight {
                 owners,
                 acks_left,
                 failed: queued.refused,
+                abandoned: false,
             }),
         );
     }
 
     /// Waits until a queued chunk's outputs are all settled (in any order), and says which
     /// were not delivered; the chunk stays open until [`InFlight::close`]. Waits forever when
-    /// nothing [`is_waiting`](InFlight::is_waiting). An abandoned ack (the producer went
+    /// nothing [`is_waiting`](InFlight::is_waiting) (acks of a chunk with an abandoned one are
+    /// taken as they come, but settle nothing). An abandoned ack (the producer went
     /// away) is an error naming the chunk's first offset (nothing from there on is done); so
     /// is a dead-letter copy that was not delivered. Cancellation-safe.
     pub(super) async fn settled(&mut self) -> Result<Settled, Stop> {
@@ -245,6 +253,9 @@ impl InFlight {
                 continue;
             };
             chunk.acks_left -= 1;
+            if !chunk.abandoned {
+                self.live_acks -= 1;
+            }
             match res {
                 Ok(Ok(())) => {}
                 Ok(Err(failed)) => chunk.failed.extend(
@@ -252,9 +263,14 @@ impl InFlight {
                         .into_iter()
                         .map(|(i, reason)| (indices[i as usize], reason)),
                 ),
-                Err(_) => return Err(Stop::at(key.0, Why::Abandoned)),
+                Err(_) if chunk.abandoned => {}
+                Err(_) => {
+                    chunk.abandoned = true;
+                    self.live_acks -= chunk.acks_left;
+                    return Err(Stop::at(key.0, Why::Abandoned));
+                }
             }
-            if chunk.acks_left == 0 {
+            if chunk.acks_left == 0 && !chunk.abandoned {
                 return self.settle(key);
             }
         }
@@ -680,12 +696,19 @@ mod tests {
             stop.reason
         );
 
+        // One of a chunk's two acks is abandoned: the other one settling later does not
+        // settle the chunk.
         let mut inflight = InFlight::default();
         inflight.push((8, 8, 1), output(), false);
-        drop(queue(&mut inflight));
+        inflight.push((9, 9, 1), output(), false);
+        let mut acks = queue(&mut inflight);
+        drop(acks.remove(0));
         let stop = inflight.settled().await.unwrap_err();
         assert_eq!(stop.offset, Some(8));
         assert!(matches!(stop.reason, Why::Abandoned), "{}", stop.reason);
+        answer(acks, Ok(()));
+        assert!(inflight.try_settled().is_none());
+        assert!(!inflight.is_waiting());
         assert_eq!(inflight.done_up_to(), Some(7));
     }
 }

@@ -259,8 +259,7 @@ impl Cluster {
                 continue;
             };
             let name = Arc::<str>::from(&**name);
-            let what = format!("topic {name:?}");
-            if let Err(e) = partition_error(t.error_code, &what) {
+            if let Err(e) = partition_error(t.error_code, || format!("topic {name:?}")) {
                 found.push((name, Err(e)));
                 continue;
             }

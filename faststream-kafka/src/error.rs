@@ -176,25 +176,20 @@ impl std::fmt::Display for FetchError {
 }
 
 /// Classifies a partition-level error code.
-pub(crate) fn partition_error(code: i16, what: &str) -> Result<(), FetchError> {
+pub(crate) fn partition_error(code: i16, what: impl FnOnce() -> String) -> Result<(), FetchError> {
     let Some(err) = ResponseError::try_from_code(code) else {
         return Ok(());
     };
+    let what = what();
     Err(match err {
         ResponseError::OffsetOutOfRange => FetchError::OffsetOutOfRange,
         ResponseError::TopicAuthorizationFailed
         | ResponseError::ClusterAuthorizationFailed
         | ResponseError::UnsupportedVersion
         | ResponseError::UnsupportedCompressionType
-        | ResponseError::InvalidRequest => FetchError::Fatal(Cause::Refused {
-            what: what.to_owned(),
-            error: err,
-        }),
+        | ResponseError::InvalidRequest => FetchError::Fatal(Cause::Refused { what, error: err }),
         // Leader moves, unknown or offline partitions, storage errors, throttling, ...
-        _ => FetchError::Retriable(Cause::Refused {
-            what: what.to_owned(),
-            error: err,
-        }),
+        _ => FetchError::Retriable(Cause::Refused { what, error: err }),
     })
 }
 

@@ -107,7 +107,6 @@ impl PartitionReader {
 
     async fn try_fetch(&mut self, offset: i64) -> Result<Fetch, FetchError> {
         let config = self.cluster.config().clone();
-        let what = self.what();
         let max_bytes = self.max_bytes;
         let topic = self.topic.clone();
         let partition = self.partition;
@@ -138,7 +137,7 @@ impl PartitionReader {
                 end: -1,
             });
         };
-        partition_error(data.error_code, &what)?;
+        partition_error(data.error_code, || self.what())?;
         let diverged = &data.diverging_epoch;
         if last_epoch >= 0 && diverged.epoch >= 0 && diverged.end_offset >= 0 {
             self.read_to = None;
@@ -233,12 +232,11 @@ impl PartitionReader {
 
     /// ListOffsets for `timestamp` (-2: the first offset); -1 when no message is that late.
     async fn list_offset(&mut self, timestamp: i64) -> Result<i64, FetchError> {
-        let what = self.what();
         let (link, _) = self.link().await?;
         let p = link
             .list_offset(&self.topic, self.partition, timestamp)
             .await?;
-        partition_error(p.error_code, &what)?;
+        partition_error(p.error_code, || self.what())?;
         Ok(p.offset)
     }
 }

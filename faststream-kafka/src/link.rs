@@ -403,8 +403,8 @@ async fn try_fetch_round(
             reopened = true;
             continue;
         }
-        let what = format!("fetch from {}", conn.addr());
-        partition_error(code, &what).map_err(|e| (e, Some(code)))?;
+        partition_error(code, || format!("fetch from {}", conn.addr()))
+            .map_err(|e| (e, Some(code)))?;
         break (plan, resp);
     };
     let (plan, resp) = resp;

@@ -410,6 +410,51 @@ async fn publish_api_sets_key_headers_and_partition() {
     assert_eq!(out.values().map(Vec::len).sum::<usize>(), 2);
 }
 
+/// Keyless messages stick to one partition until about 16 KiB went there, then move on (the
+/// Java producer's sticky partitioner, KIP-794): one message per call, from many tasks at
+/// once, still makes full batches rather than a record per partition per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_messages_share_a_partition_until_it_took_its_share() {
+    let prefix = unique_prefix("sticky");
+    let client = raw_client().await;
+    let topic = format!("{prefix}t");
+    create_topic(&client, &topic, 4).await;
+    let broker = KafkaBroker::new(&bootstrap());
+    let send = |n: usize| {
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (broker, topic) = (broker.clone(), topic.clone());
+            sends.spawn(async move {
+                let msg = faststream::OutgoingMessage::new(&topic, vec![b'x'; 100]);
+                broker.send_message(msg).await
+            });
+        }
+        sends.join_all()
+    };
+    // 100 messages of about 124 bytes each (with the record framing): under 16 KiB.
+    for sent in send(100).await {
+        sent.unwrap();
+    }
+    let out = read(&client, &topic, 100).await;
+    assert_eq!(
+        out.keys().collect::<Vec<_>>().len(),
+        1,
+        "100 small keyless messages in one partition: {:?}",
+        out.iter().map(|(p, r)| (*p, r.len())).collect::<Vec<_>>()
+    );
+    // 400 more (about 50 KiB): the partition moves on as each takes its share.
+    for sent in send(400).await {
+        sent.unwrap();
+    }
+    let out = read(&client, &topic, 500).await;
+    let counts: Vec<(i32, usize)> = out.iter().map(|(p, r)| (*p, r.len())).collect();
+    assert!(out.len() >= 3, "spread over the partitions: {counts:?}");
+    assert!(
+        counts.iter().all(|(_, n)| *n <= 300),
+        "no partition takes much more than its shares: {counts:?}"
+    );
+}
+
 #[subscriber("picked", partitions = [1, 3], auto_offset_reset = "earliest")]
 #[publisher("picked-out")]
 async fn picked(body: String, partition: faststream::extract::Partition) -> String {

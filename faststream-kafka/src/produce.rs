@@ -43,6 +43,32 @@ use crate::transaction::{Txn, TxnError};
 /// Below this many queued bytes a partition's task waits up to `linger` for more (Java's
 /// `batch.size` default).
 pub(crate) const LINGER_FILL: usize = 16 * 1024;
+/// Keyless messages of a topic go to one partition until about this many bytes went there,
+/// then to the next (across calls and consumers), as Kafka's Java producer does with
+/// `batch.size` (KIP-794): each partition's batches fill up instead of every partition
+/// getting a few records per request.
+pub(crate) const STICKY_BYTES: usize = LINGER_FILL;
+
+/// A topic's sticky partition for keyless messages, and the bytes it takes before the next.
+#[derive(Debug, Clone, Copy)]
+struct Sticky {
+    partition: i32,
+    left: usize,
+}
+
+impl Sticky {
+    /// The partition a keyless message of `size` bytes goes to: this one, then the next
+    /// (`next`) once it took its share.
+    fn take(&mut self, size: usize, next: impl FnOnce() -> i32) -> i32 {
+        if self.left == 0 {
+            self.partition = next();
+            self.left = STICKY_BYTES;
+        }
+        self.left = self.left.saturating_sub(size);
+        self.partition
+    }
+}
+
 /// Per-record framing overhead added to the payload sizes when sizing a request.
 const RECORD_OVERHEAD: usize = 24;
 
@@ -229,6 +255,9 @@ pub(crate) struct Producers {
     declared: Mutex<std::collections::HashSet<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     round_robin: AtomicUsize,
+    /// Per topic, the partition its keyless messages stick to, and how many more bytes go
+    /// there before the next one is picked (see [`STICKY_BYTES`]).
+    sticky: Mutex<HashMap<Arc<str>, Sticky>>,
     /// The bytes all partitions' queues may hold together (`max_queued_bytes_total`), shared
     /// with the transactional producers made from these.
     total: Arc<Semaphore>,
@@ -249,6 +278,7 @@ impl Producers {
             declared: Mutex::default(),
             tasks: Mutex::new(Vec::new()),
             round_robin: AtomicUsize::new(0),
+            sticky: Mutex::default(),
             total,
             identity: Arc::default(),
             txn: None,
@@ -305,8 +335,8 @@ impl Producers {
     /// broker has the whole group (or with the messages it refused). Waits when a partition's
     /// queue is full (backpressure). A message that cannot be addressed is refused alone.
     ///
-    /// Partitions: explicit, else murmur2 of the key, else one partition per call and topic
-    /// (round-robin across calls: "sticky", so keyless messages batch well).
+    /// Partitions: explicit, else murmur2 of the key, else the topic's sticky partition, which
+    /// moves on after [`STICKY_BYTES`] (across calls: keyless messages batch well).
     pub(crate) async fn enqueue(&self, msgs: Vec<OutgoingMessage>) -> Result<Enqueued, KafkaError> {
         struct Group {
             topic: Arc<str>,
@@ -319,30 +349,26 @@ impl Producers {
         }
         let mut out = Enqueued::default();
         let mut groups: Vec<Group> = Vec::new();
-        /// A topic's partition count (`Err`: why it cannot be written) and the partition its
-        /// keyless messages stick to in this call.
-        type Known = Result<(i32, i32), Arc<Undelivered>>;
+        /// A topic's partition count (`Err`: why it cannot be written) and where its keyless
+        /// messages go (taken from the shared state at the first, given back at the end).
+        type Known = Result<(i32, Option<Sticky>), Arc<Undelivered>>;
         let mut topics: Vec<(Arc<str>, Known)> = Vec::new();
         let listed = msgs.len();
         for (index, msg) in msgs.into_iter().enumerate() {
             let count_left = listed - index;
             let index = index as u32;
-            let known = match topics.iter().find(|(t, _)| *t == msg.topic) {
-                Some((_, known)) => known.clone(),
+            let at = match topics.iter().position(|(t, _)| *t == msg.topic) {
+                Some(at) => at,
                 None => {
-                    let known = self.partition_count_within(&msg.topic).await.map(|count| {
-                        let sticky = (self.round_robin.fetch_add(1, Ordering::Relaxed)
-                            % count as usize) as i32;
-                        (count, sticky)
-                    });
-                    topics.push((msg.topic.clone(), known.clone()));
-                    known
+                    let known = self.partition_count_within(&msg.topic).await;
+                    topics.push((msg.topic.clone(), known.map(|count| (count, None))));
+                    topics.len() - 1
                 }
             };
-            let (count, sticky) = match known {
-                Ok(known) => known,
+            let (count, sticky) = match &mut topics[at].1 {
+                Ok((count, sticky)) => (*count, sticky),
                 Err(reason) => {
-                    out.refused.push((index, reason));
+                    out.refused.push((index, reason.clone()));
                     continue;
                 }
             };
@@ -358,7 +384,12 @@ impl Producers {
                     continue;
                 }
                 (None, Some(key)) => partition_for_key(key, count),
-                (None, None) => sticky,
+                (None, None) => {
+                    let sticky = sticky.get_or_insert_with(|| self.sticky(&msg.topic, count));
+                    sticky.take(msg.approximate_size() + RECORD_OVERHEAD, || {
+                        self.next_partition(count)
+                    })
+                }
             };
             let size = msg.approximate_size() + RECORD_OVERHEAD;
             let cost = queued_cost(&msg, size);
@@ -388,6 +419,11 @@ impl Producers {
                     g.indices.push(index);
                     groups.push(g);
                 }
+            }
+        }
+        for (topic, known) in topics {
+            if let Ok((_, Some(sticky))) = known {
+                lock(&self.sticky).insert(topic, sticky);
             }
         }
         out.groups.reserve(groups.len());
@@ -430,6 +466,22 @@ impl Producers {
             out.groups.push((indices, rx));
         }
         Ok(out)
+    }
+
+    /// Where `topic`'s keyless messages go now (a partition of `count`).
+    fn sticky(&self, topic: &Arc<str>, count: i32) -> Sticky {
+        match lock(&self.sticky).get(topic) {
+            Some(s) if s.partition < count => *s,
+            _ => Sticky {
+                partition: self.next_partition(count),
+                left: STICKY_BYTES,
+            },
+        }
+    }
+
+    /// The next partition keyless messages stick to: round-robin over the topic's `count`.
+    fn next_partition(&self, count: i32) -> i32 {
+        (self.round_robin.fetch_add(1, Ordering::Relaxed) % count as usize) as i32
     }
 
     /// [`Producers::partition_count`], retrying a metadata lookup that fails (the cluster is
@@ -1054,6 +1106,34 @@ mod tests {
             .all(|r| r.len() * 1000 <= 50_000));
         // A single record larger than the limit still goes (alone).
         assert_eq!(plan_requests(&[10_000, 10], 5_000), vec![0..1, 1..2]);
+    }
+
+    #[test]
+    fn keyless_messages_stick_to_a_partition_until_it_took_its_share() {
+        let mut sticky = Sticky {
+            partition: 0,
+            left: STICKY_BYTES,
+        };
+        let mut next = 0;
+        let mut took = Vec::new();
+        let per_partition = STICKY_BYTES.div_ceil(100);
+        for _ in 0..3 * per_partition {
+            took.push(sticky.take(100, || {
+                next += 1;
+                next
+            }));
+        }
+        for p in 0..3 {
+            let count = took.iter().filter(|t| **t == p).count();
+            assert_eq!(count, per_partition, "partition {p}");
+        }
+        assert!(
+            took.windows(2).all(|w| w[0] <= w[1]),
+            "one partition at a time"
+        );
+        // A message larger than a share goes whole to one partition; the next moves on.
+        assert_eq!(sticky.take(STICKY_BYTES * 2, || 3), 3);
+        assert_eq!(sticky.take(1, || 4), 4);
     }
 
     #[test]

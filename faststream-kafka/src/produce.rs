@@ -372,6 +372,7 @@ impl Producers {
                     continue;
                 }
             };
+            let size = msg.approximate_size() + RECORD_OVERHEAD;
             let partition = match (msg.partition, &msg.key) {
                 (Some(p), _) if (0..count).contains(&p) => p,
                 (Some(p), _) => {
@@ -386,12 +387,9 @@ impl Producers {
                 (None, Some(key)) => partition_for_key(key, count),
                 (None, None) => {
                     let sticky = sticky.get_or_insert_with(|| self.sticky(&msg.topic, count));
-                    sticky.take(msg.approximate_size() + RECORD_OVERHEAD, || {
-                        self.next_partition(count)
-                    })
+                    sticky.take(size, || self.next_partition(count))
                 }
             };
-            let size = msg.approximate_size() + RECORD_OVERHEAD;
             let cost = queued_cost(&msg, size);
             match groups
                 .iter_mut()

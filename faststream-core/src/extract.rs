@@ -43,20 +43,33 @@ impl StateMap {
 /// What a handler runs with besides the message: shared state and a publisher.
 #[derive(Clone, Debug)]
 pub struct Context {
+    /// What every message's context shares: one reference to count per handler run, not one
+    /// per part (those counts are touched from every worker thread).
+    shared: Arc<Shared>,
+    /// The publisher of this run when it is not the shared one (exactly-once: one holding
+    /// what the handler publishes).
+    publisher: Option<Publisher>,
+    acker: Option<Acker>,
+    correlation_id: Option<bytes::Bytes>,
+}
+
+#[derive(Clone, Debug)]
+struct Shared {
     state: Arc<StateMap>,
     publisher: Publisher,
     control: crate::Control,
-    acker: Option<Acker>,
-    correlation_id: Option<bytes::Bytes>,
 }
 
 impl Context {
     /// A context over `state`, publishing through `publisher`.
     pub fn new(state: Arc<StateMap>, publisher: Publisher) -> Self {
         Self {
-            state,
-            publisher,
-            control: crate::Control::default(),
+            shared: Arc::new(Shared {
+                state,
+                publisher,
+                control: crate::Control::default(),
+            }),
+            publisher: None,
             acker: None,
             correlation_id: None,
         }
@@ -64,7 +77,7 @@ impl Context {
 
     /// The same context handing out `control` (the app's pause and resume handle).
     pub fn with_control(mut self, control: crate::Control) -> Self {
-        self.control = control;
+        Arc::make_mut(&mut self.shared).control = control;
         self
     }
 
@@ -75,9 +88,8 @@ impl Context {
         correlation_id: Option<bytes::Bytes>,
     ) -> Self {
         Self {
-            state: self.state.clone(),
+            shared: self.shared.clone(),
             publisher: self.publisher.clone(),
-            control: self.control.clone(),
             acker,
             correlation_id,
         }
@@ -86,24 +98,24 @@ impl Context {
     /// The same context whose publisher holds what the handler publishes (exactly-once: it
     /// joins the message's outputs if the attempt succeeds).
     pub(crate) fn holding(mut self) -> (Self, Arc<crate::publish::Held>) {
-        let (publisher, held) = self.publisher.holding();
-        self.publisher = publisher;
+        let (publisher, held) = self.publisher().holding();
+        self.publisher = Some(publisher);
         (self, held)
     }
 
     /// The shared state.
     pub fn state(&self) -> &StateMap {
-        &self.state
+        &self.shared.state
     }
 
     /// The publisher handle.
     pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+        self.publisher.as_ref().unwrap_or(&self.shared.publisher)
     }
 
     /// The pause and resume handle of the app.
     pub fn control(&self) -> &crate::Control {
-        &self.control
+        &self.shared.control
     }
 }
 
@@ -202,13 +214,13 @@ impl FromMessage for Acker {
 
 impl FromMessage for crate::Control {
     fn from_message(_: &Message, ctx: &Context) -> Result<Self, DecodeError> {
-        Ok(ctx.control.clone())
+        Ok(ctx.control().clone())
     }
 }
 
 impl FromMessage for Publisher {
     fn from_message(_: &Message, ctx: &Context) -> Result<Self, DecodeError> {
-        Ok(ctx.publisher.clone())
+        Ok(ctx.publisher().clone())
     }
 }
 
@@ -227,7 +239,7 @@ impl<T> std::ops::Deref for State<T> {
 impl<T: Clone + Send + Sync + 'static> FromMessage for State<T> {
     fn from_message(_: &Message, ctx: &Context) -> Result<Self, DecodeError> {
         // Startup validation guarantees presence; keep a clear error for hand-built contexts.
-        ctx.state.get::<T>().cloned().map(State).ok_or_else(|| {
+        ctx.state().get::<T>().cloned().map(State).ok_or_else(|| {
             DecodeError::new(
                 format!("State<{}>", std::any::type_name::<T>()),
                 "the app was not given this state",

@@ -17,6 +17,9 @@
 //! rows ran first pay for it. Each row's share of the broker's CPU that went to its JIT is
 //! printed beside the broker's CPU.
 //!
+//! With `RELAY_CHILD_LOGS=DIR`, each child's log goes to a file of its own in DIR, at the level
+//! `RUST_LOG` sets (the framework's, or the peer's stderr).
+//!
 //! Pre-fills one input topic per relay with N seed-shaped JSON messages over P partitions, then
 //! runs, each in a child process of its own (so CPU time and peak RSS are that relay's alone):
 //! - `raw`: a relay written directly on rskafka (fetch each partition, parse, format, produce
@@ -520,7 +523,12 @@ async fn run_row(client: &Client, args: &Args, prefix: &str, kind: &str) -> Figu
         .args(["--messages", &fill.messages.to_string()])
         .args(["--partitions", &args.partitions.to_string()])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(match std::env::var("RELAY_CHILD_LOGS") {
+            Ok(dir) => std::fs::File::create(format!("{dir}/{prefix}log"))
+                .unwrap()
+                .into(),
+            Err(_) => std::process::Stdio::piped(),
+        })
         .spawn()
         .expect("run child");
     // The child's stdout, line by line.
@@ -857,6 +865,12 @@ async fn partition(client: &Client, topic: &str, p: i32) -> PartitionClient {
 }
 
 async fn child(kind: &str, args: &Args) {
+    if std::env::var_os("RELAY_CHILD_LOGS").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let relay = async {

@@ -60,9 +60,9 @@
 //!   messages (at least 3000).
 //!
 //! The parent process times each relay child from its start until the output topic holds all
-//! N messages (it polls the partitions' high watermarks itself, every 20 ms in one ListOffsets
-//! request for all of them, so the polling costs the measured process nothing and the broker
-//! the same at every partition count), checks the count is exactly N, counts the sockets the child holds at that
+//! N messages (it polls the partitions' high watermarks itself, every 20 ms in one Fetch
+//! request for all of them that reads next to nothing, so the polling costs the measured
+//! process nothing and the broker about the same at every partition count), checks the count is exactly N, counts the sockets the child holds at that
 //! moment (from `/proc`, printed as `tcp/all`: its TCP sockets, then all its sockets, which
 //! include local ones such as the socket pair of tokio's signal handling), then stops the child, which
 //! reports its CPU time and peak RSS. With `KAFKA_BROKER_PID` set (`scripts/kafka-dev run` sets it), the broker's
@@ -997,42 +997,49 @@ async fn wait_for_commit(group: &str, topic: &str, args: &Args) {
 }
 
 /// Waits until the output topic holds exactly `n` messages: the sum of its partitions' high
-/// watermarks, from one ListOffsets request (v2, latest, read uncommitted) for all of them on
-/// the bootstrap broker, the leader of every partition of a one-node cluster.
+/// watermarks, from one Fetch request (v4, read uncommitted) for all of them on the bootstrap
+/// broker, the leader of every partition of a one-node cluster. Each partition is asked from
+/// the high watermark seen last, at most 1 byte of it (Kafka then reads at most the one batch
+/// that starts there; Tansu 0.6.0 reads what is new, up to 1 MiB in all): the answer's high
+/// watermarks are the figure. (Not ListOffsets: Tansu 0.6.0 answers it with offsets behind the
+/// log's end.)
 async fn wait_for_output(topic: &str, args: &Args) {
-    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-    use kafka_protocol::messages::TopicName;
-    use kafka_protocol::messages::{ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse};
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
     use kafka_protocol::protocol::StrBytes;
     let mut conn = tokio::net::TcpStream::connect(bootstrap()).await.unwrap();
-    let mut t = ListOffsetsTopic::default();
-    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
-    t.partitions = (0..args.partitions)
-        .map(|p| {
-            let mut part = ListOffsetsPartition::default();
-            part.partition_index = p;
-            part.timestamp = -1;
-            part
-        })
-        .collect();
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.isolation_level = 0;
-    req.topics = vec![t];
+    let mut marks = vec![0i64; args.partitions as usize];
     let deadline = Instant::now() + Duration::from_secs(600);
     for correlation in 1.. {
-        let resp: ListOffsetsResponse =
-            roundtrip(&mut conn, ApiKey::ListOffsets, 2, correlation, &req).await;
-        let mut total = 0i64;
+        let mut t = FetchTopic::default();
+        t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+        t.partitions = (0..args.partitions)
+            .map(|p| {
+                let mut part = FetchPartition::default();
+                part.partition = p;
+                part.fetch_offset = marks[p as usize];
+                part.partition_max_bytes = 1;
+                part
+            })
+            .collect();
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.max_wait_ms = 1;
+        req.min_bytes = 1;
+        req.max_bytes = 1 << 20;
+        req.isolation_level = 0;
+        req.topics = vec![t];
+        let resp: FetchResponse = roundtrip(&mut conn, ApiKey::Fetch, 4, correlation, &req).await;
         // A partition of a topic just created may not have its leader yet (the next poll
         // asks again).
         let mut refused = None;
-        for p in resp.topics.iter().flat_map(|t| &t.partitions) {
+        for p in resp.responses.iter().flat_map(|t| &t.partitions) {
             match p.error_code {
-                0 => total += p.offset,
+                0 => marks[p.partition_index as usize] = p.high_watermark,
                 code => refused = Some((p.partition_index, code)),
             }
         }
+        let total: i64 = marks.iter().sum();
         assert!(
             total as usize <= args.messages,
             "{topic} holds {total} > {} messages",

@@ -172,8 +172,9 @@ impl Pipeline {
             lane: None,
         };
         if route.batch().is_some() {
-            return self
-                .handle_batch_in(route, vec![msg], scope)
+            // Boxed: the batch path's future would otherwise set the size (and the cost of
+            // every move) of each single message's.
+            return Box::pin(self.handle_batch_in(route, vec![msg], scope))
                 .await
                 .into_single();
         }
@@ -313,12 +314,16 @@ impl Pipeline {
             chain.on_span(&msg, &span);
         }
         // The message stays here; the layers below borrow it (no copy of it per layer).
-        let handling = self.handle_in_span(route, &msg, scope, &span, chain.as_ref());
         // Without a subscriber that wants the span, the future is not wrapped (nor moved again).
         if span.is_disabled() {
-            return handling.await;
+            return self
+                .handle_in_span(route, &msg, scope, &span, chain.as_ref())
+                .await;
         }
-        let outcome = handling.instrument(span.clone()).await;
+        let outcome = self
+            .handle_in_span(route, &msg, scope, &span, chain.as_ref())
+            .instrument(span.clone())
+            .await;
         span.record("outcome", outcome.name());
         outcome
     }
@@ -863,7 +868,7 @@ impl Pipeline {
                     "batch failed; retrying"
                 ),
             }
-            if backoff(wait, interrupt).await {
+            if Box::pin(backoff(wait, interrupt)).await {
                 tracing::warn!(
                     handler = route.name(),
                     topic,
@@ -1123,7 +1128,7 @@ async fn wait_until_due(due: i64, interrupt: Option<&Shutdown>) -> Result<(), Ha
     if wait.is_zero() {
         return Ok(());
     }
-    if backoff(wait, interrupt).await {
+    if Box::pin(backoff(wait, interrupt)).await {
         return Err(HandlerError::Handler(format!(
             "stopped while waiting for its retry (due in {wait:?}); not done, it will be consumed again"
         )));
@@ -1205,7 +1210,8 @@ fn action_for(err: &HandlerError) -> FailureAction {
     }
 }
 
-/// Waits a retry backoff; `true` if `interrupt` fired first (shutdown or revoke).
+/// Waits a retry backoff; `true` if `interrupt` fired first (shutdown or revoke). Callers box
+/// it: its timer would otherwise sit in every message's future, retried or not.
 async fn backoff(wait: std::time::Duration, interrupt: Option<&Shutdown>) -> bool {
     let Some(stop) = interrupt else {
         tokio::time::sleep(wait).await;

@@ -64,6 +64,14 @@ const REJOIN_WAIT: Duration = Duration::from_millis(10);
 /// How long the next fetch waits at most for the partitions the last one answered empty to
 /// ask again (they do so at once, unless their consumer stopped or paused meanwhile).
 const RETURN_WAIT: Duration = Duration::from_millis(5);
+/// How long a fetch waits for more partitions when one asks for the first time: partitions
+/// start asking together (a service's start, an assignment), and one that misses the request
+/// waits behind it for as long as the broker holds it (`fetch_max_wait`).
+const JOIN_WAIT: Duration = Duration::from_millis(5);
+/// For this long after a partition asked for the first time, fetches are held [`REJOIN_WAIT`]
+/// at most: partitions that start later than [`JOIN_WAIT`] (their start offsets take a
+/// request of their own) join the next request within that, not after `fetch_max_wait`.
+const JOIN_WINDOW: Duration = Duration::from_millis(200);
 /// How long a partition that had data counts as having more, while it does not ask.
 const BEHIND_FOR: Duration = Duration::from_secs(1);
 /// Pauses after a fetch round the broker answered empty at once (a broker that does not hold
@@ -250,6 +258,9 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
     let meter = FetchSessionMetrics::new(&channel.addr);
     // Partitions the last answer gave no records, until they ask again.
     let mut returning: HashSet<Key> = HashSet::new();
+    // Partitions that asked before, and when one asked for the first time last.
+    let mut known: HashSet<Key> = HashSet::new();
+    let mut joined = None;
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -260,6 +271,25 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
         while let Ok(job) = rx.try_recv() {
             returning.remove(&(job.topic.clone(), job.partition));
             pending.push(job);
+        }
+        // A partition asking for the first time: the others starting with it go in the same
+        // request, not behind one the broker may hold for `fetch_max_wait`.
+        if pending
+            .iter()
+            .any(|j| !known.contains(&(j.topic.clone(), j.partition)))
+        {
+            joined = Some(Instant::now());
+            let until = Instant::now() + JOIN_WAIT;
+            loop {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(job)) => {
+                        returning.remove(&(job.topic.clone(), job.partition));
+                        pending.push(job);
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
         }
         // Readers the last answer gave nothing ask again at once: the next request waits a
         // moment for them, so that every quiet partition goes in one request (rather than
@@ -294,10 +324,12 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
                 pending.push(job);
             }
         }
+        known.extend(asked.iter().cloned());
         let now = Instant::now();
         behind.retain(|_, since| now.duration_since(*since) < BEHIND_FOR);
         let missing = behind.keys().any(|k| !asked.contains(k));
-        let wait = if missing {
+        let joining = joined.is_some_and(|at: Instant| now.duration_since(at) < JOIN_WINDOW);
+        let wait = if missing || joining {
             REJOIN_WAIT.min(config.fetch_max_wait)
         } else {
             config.fetch_max_wait

@@ -280,15 +280,8 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
         {
             joined = Some(Instant::now());
             let until = Instant::now() + JOIN_WAIT;
-            loop {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(job)) => {
-                        returning.remove(&(job.topic.clone(), job.partition));
-                        pending.push(job);
-                    }
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
+            if !gather(&mut rx, &mut pending, &mut returning, until, false).await {
+                return;
             }
         }
         // Readers the last answer gave nothing ask again at once: the next request waits a
@@ -296,15 +289,8 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
         // rounds of a few, each making the fetch session drop the others).
         if !returning.is_empty() {
             let until = Instant::now() + RETURN_WAIT;
-            while !returning.is_empty() {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(job)) => {
-                        returning.remove(&(job.topic.clone(), job.partition));
-                        pending.push(job);
-                    }
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
+            if !gather(&mut rx, &mut pending, &mut returning, until, true).await {
+                return;
             }
             returning.clear();
         }
@@ -371,6 +357,28 @@ async fn run_fetches(mut channel: Channel, mut rx: mpsc::UnboundedReceiver<Fetch
             idle = IDLE_MIN;
         }
     }
+}
+
+/// Takes what readers ask until `until`, or sooner once every `returning` partition asked
+/// again when `until_returned`; `false` when every handle to the link is gone.
+async fn gather(
+    rx: &mut mpsc::UnboundedReceiver<FetchJob>,
+    pending: &mut Vec<FetchJob>,
+    returning: &mut HashSet<Key>,
+    until: Instant,
+    until_returned: bool,
+) -> bool {
+    while !(until_returned && returning.is_empty()) {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(job)) => {
+                returning.remove(&(job.topic.clone(), job.partition));
+                pending.push(job);
+            }
+            Ok(None) => return false,
+            Err(_) => break,
+        }
+    }
+    true
 }
 
 /// One Fetch request for `jobs`, answering each job's partition in job order (`None`: not in

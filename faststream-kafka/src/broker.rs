@@ -164,11 +164,12 @@ impl KafkaBrokerBuilder {
     }
 
     /// Bytes of fetched records that may wait for their handlers in all consumed partitions of
-    /// this broker handle together (default 64 MiB; a fetch counts its bytes and the memory of
-    /// its decoded records). What a fetch brought back waits for room
+    /// this broker handle together (default 64 MiB; a fetch counts its bytes and room for one
+    /// chunk of decoded records: fetched batches are decoded a few hundred records at a time as
+    /// the consumer gets to them). What a fetch brought back waits for room
     /// in this budget before its consumer gets it (the partition fetches nothing more
-    /// meanwhile) and counts until the consumer asks for its next batch; quiet partitions take
-    /// nothing. With many partitions this bounds what is read ahead: without it, each
+    /// meanwhile) and counts until the consumer asks for more after its last record; quiet
+    /// partitions take nothing. With many partitions this bounds what is read ahead: without it, each
     /// partition may hold two fetches waiting (128 MiB at 256 partitions of 256 KiB fetches).
     pub fn max_fetched_bytes(mut self, bytes: usize) -> Self {
         self.config.max_fetched_bytes =

@@ -252,13 +252,13 @@ mod tests {
         out[second..second + 8].copy_from_slice(&300i64.to_be_bytes());
         let topic: std::sync::Arc<str> = "t".into();
         let src = Source {
-            topic: &topic,
+            topic,
             partition: 0,
             from: 0,
-            aborted: &[],
+            aborted: Vec::new(),
             max_decompressed: 1 << 24,
         };
-        let decoded = decode(&src, out.freeze());
+        let decoded = decode(src, out.freeze());
         assert_eq!(decoded.next, Some(305));
         let got: Vec<_> = decoded
             .items

@@ -14,13 +14,14 @@ use crate::cluster::Cluster;
 use crate::error::Cause;
 pub(crate) use crate::error::{partition_error, FetchError};
 use crate::link::Link;
-use crate::records::{self, Aborted, Decoded, Source};
+use crate::records::{Aborted, Records, Source};
 use crate::session::Position;
 
 /// One fetch's result.
 #[derive(Debug)]
 pub(crate) struct Fetch {
-    pub(crate) decoded: Decoded,
+    /// The whole batches fetched, decoded as they are read.
+    pub(crate) records: Records,
     /// Bytes of records the broker returned.
     pub(crate) bytes: usize,
     /// The end of what a `read_committed` consumer can read (last stable offset).
@@ -132,7 +133,16 @@ impl PartitionReader {
             // A fetch that found nothing may be answered with no partitions at all (Tansu
             // 0.6.0 does; Apache Kafka lists the partition with no records). Nothing to read.
             return Ok(Fetch {
-                decoded: Decoded::default(),
+                records: Records::new(
+                    Source {
+                        topic,
+                        partition,
+                        from: offset,
+                        aborted: Vec::new(),
+                        max_decompressed: 0,
+                    },
+                    bytes::Bytes::new(),
+                ),
                 bytes: 0,
                 end: -1,
             });
@@ -161,37 +171,37 @@ impl PartitionReader {
             })
             .collect();
         aborted.sort_by_key(|a| a.first_offset);
-        let records = data.records.unwrap_or_default();
-        let fetched = records.len();
+        let data = data.records.unwrap_or_default();
+        let fetched = data.len();
         let src = Source {
-            topic: &topic,
+            topic,
             partition,
             from: offset,
-            aborted: &aborted,
+            aborted,
             max_decompressed: (config.fetch_max_bytes.max(max_bytes) as usize).saturating_mul(64),
         };
-        let decoded = records::decode(&src, records);
-        if let Some(next) = decoded.next.filter(|_| self.validating) {
-            self.read_to = Some((next, decoded.last_epoch));
+        let records = Records::new(src, data);
+        if let Some(next) = records.next().filter(|_| self.validating) {
+            self.read_to = Some((next, records.last_epoch()));
         }
-        if decoded.next.is_none() && fetched > 0 {
+        if records.next().is_none() && fetched > 0 {
             // Not even one whole batch: ask for more next time.
             self.max_bytes = self
                 .max_bytes
                 .saturating_mul(2)
                 .clamp(fetched as i32 + 1, MAX_GROWN_FETCH);
             tracing::debug!(
-                topic = &*topic,
+                topic = &*self.topic,
                 partition,
                 offset,
                 fetch_bytes = self.max_bytes,
                 "the next record batch is larger than the fetch size; fetching more"
             );
-        } else if decoded.next.is_some() {
+        } else if records.next().is_some() {
             self.max_bytes = config.fetch_max_bytes;
         }
         Ok(Fetch {
-            decoded,
+            records,
             bytes: fetched,
             end,
         })

@@ -265,11 +265,14 @@ pub(crate) struct Producers {
     identity: Arc<Identity>,
     /// Set for an exactly-once group's producers: every batch is written in its transaction.
     txn: Option<Arc<Txn>>,
+    /// Buffers the partitions' tasks use for their requests, kept between requests.
+    scratch: Arc<ScratchPool>,
 }
 
 impl Producers {
     pub(crate) fn new(cluster: Arc<Cluster>) -> Self {
         let total = Arc::new(Semaphore::new(cluster.config().max_queued_bytes_total));
+        let scratch_limit = SCRATCH_BATCHES * cluster.config().max_batch_bytes;
         Self {
             config: cluster.config().clone(),
             cluster,
@@ -282,6 +285,7 @@ impl Producers {
             total,
             identity: Arc::default(),
             txn: None,
+            scratch: Arc::new(ScratchPool::new(scratch_limit)),
         }
     }
 
@@ -298,6 +302,7 @@ impl Producers {
             txn: Some(txn),
             declared: Mutex::new(declared),
             total: plain.total.clone(),
+            scratch: plain.scratch.clone(),
             ..Self::new(plain.cluster.clone())
         }
     }
@@ -606,6 +611,7 @@ impl Producers {
             round: 0,
             sequence: None,
             given_up: None,
+            scratch: self.scratch.clone(),
         };
         let task = tokio::spawn(run_partition_producer(writer, rx, budget.clone()));
         lock(&self.tasks).push(task);
@@ -741,6 +747,72 @@ struct Writer {
     /// next batch moves to the next epoch first, so its sequence cannot be taken as that
     /// batch's duplicate.
     given_up: Option<Producer>,
+    /// Buffers for its requests, shared with the other partitions' tasks.
+    scratch: Arc<ScratchPool>,
+}
+
+/// A request's buffers: the messages of the groups taken, their sizes, and the encoded record
+/// batch.
+#[derive(Debug, Default)]
+struct Scratch {
+    msgs: Vec<OutgoingMessage>,
+    sizes: Vec<usize>,
+    records: BytesMut,
+}
+
+impl Scratch {
+    /// The memory it holds.
+    fn footprint(&self) -> usize {
+        self.msgs.capacity() * std::mem::size_of::<OutgoingMessage>()
+            + self.sizes.capacity() * std::mem::size_of::<usize>()
+            + self.records.capacity()
+    }
+}
+
+/// Request buffers kept between requests, up to a total size: taken by a partition's task for
+/// each request and given back after it, instead of fresh memory of a request's size each time
+/// (which the kernel first has to clear: at hundreds of thousands of messages a second that
+/// cost more than filling it). As the Java producer's buffer pool, but for what is idle only.
+#[derive(Debug)]
+pub(crate) struct ScratchPool {
+    idle: Mutex<(Vec<Scratch>, usize)>,
+    limit: usize,
+}
+
+/// The pool keeps idle buffers for about this many requests of `max_batch_bytes`.
+const SCRATCH_BATCHES: usize = 8;
+
+impl ScratchPool {
+    fn new(limit: usize) -> Self {
+        Self {
+            idle: Mutex::new((Vec::new(), 0)),
+            limit,
+        }
+    }
+
+    fn take(&self) -> Scratch {
+        let mut idle = lock(&self.idle);
+        match idle.0.pop() {
+            Some(scratch) => {
+                idle.1 -= scratch.footprint();
+                scratch
+            }
+            None => Scratch::default(),
+        }
+    }
+
+    /// Keeps `scratch` (emptied) if the pool has room for it.
+    fn give(&self, mut scratch: Scratch) {
+        scratch.msgs.clear();
+        scratch.sizes.clear();
+        scratch.records.clear();
+        let size = scratch.footprint();
+        let mut idle = lock(&self.idle);
+        if idle.1 + size <= self.limit {
+            idle.1 += size;
+            idle.0.push(scratch);
+        }
+    }
 }
 
 impl Writer {
@@ -814,18 +886,27 @@ impl Writer {
 
     /// Sends `msgs` as one record batch with `header` and waits for the leader's
     /// acknowledgement (all in-sync replicas, `acks = all`). A batch the leader already had
-    /// (a retry after a lost answer) counts as acknowledged.
+    /// (a retry after a lost answer) counts as acknowledged. The batch is encoded in `buffer`
+    /// (left empty, with its memory, when the link is done with it).
     async fn produce(
         &mut self,
         msgs: &[OutgoingMessage],
+        buffer: &mut BytesMut,
         now_ms: i64,
         header: BatchHeader,
     ) -> Result<(), ProduceFailure> {
-        let mut records = BytesMut::with_capacity(crate::encode::bound(msgs));
+        let mut records = std::mem::take(buffer);
+        records.clear();
+        records.reserve(crate::encode::bound(msgs));
         self.encoder
             .batch(&mut records, msgs, now_ms, self.config.compression, header)
             .map_err(ProduceFailure::Encode)?;
-        let res = self.send(records.freeze()).await;
+        let records = records.freeze();
+        let res = self.send(records.clone()).await;
+        // Sent (or failed): the link holds no copy any more, the buffer serves again.
+        if let Ok(records) = records.try_into_mut() {
+            *buffer = records;
+        }
         if matches!(&res, Err(e) if matches!(e.refusal(), Refusal::Retriable)) {
             // The leader may have moved: look it up again before the retry.
             self.cluster.forget(&self.topic, self.partition);
@@ -883,8 +964,14 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
     let config = writer.config.clone();
     let (topic, partition) = (writer.topic.clone(), writer.partition);
     let total = batch.iter().map(|p| p.msgs.len()).sum();
-    let mut msgs = Vec::with_capacity(total);
-    let mut sizes = Vec::with_capacity(total);
+    let pool = writer.scratch.clone();
+    let Scratch {
+        mut msgs,
+        mut sizes,
+        records: mut buffer,
+    } = pool.take();
+    msgs.reserve(total);
+    sizes.reserve(total);
     let mut ends = Vec::with_capacity(batch.len());
     let deadline = batch
         .iter()
@@ -948,7 +1035,10 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             let error = match attempt {
                 Ok(header) => {
                     pinned = Some(header);
-                    match writer.produce(&msgs[range.clone()], now, header).await {
+                    match writer
+                        .produce(&msgs[range.clone()], &mut buffer, now, header)
+                        .await
+                    {
                         Ok(()) => {
                             writer.written(header, range.len());
                             metrics.published(range.len());
@@ -1032,6 +1122,11 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             group_start = end;
         }
     }
+    pool.give(Scratch {
+        msgs,
+        sizes,
+        records: buffer,
+    });
 }
 
 /// Kafka's default partitioner for keyed records: `murmur2(key) & 0x7fffffff % partitions`,

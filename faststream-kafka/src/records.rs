@@ -20,27 +20,6 @@ const LOG_OVERHEAD: usize = 12;
 /// Largest plausible record timestamp: the end of year 9999, in milliseconds.
 const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
-/// Most items reserved up front for one fetch (the default 256 KiB fetch of small records).
-const MAX_RESERVED_ITEMS: usize = 8192;
-
-/// How many records the whole batches at the start of `data` count in their headers.
-fn records_in(data: &[u8]) -> usize {
-    let mut n = 0;
-    let mut rest = data;
-    while rest.len() >= LOG_OVERHEAD {
-        let len = i32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
-        let Some(end) = usize::try_from(len).ok().map(|l| LOG_OVERHEAD + l) else {
-            break;
-        };
-        let Some(batch) = rest.get(..end) else {
-            break;
-        };
-        n += Header::count_hint(batch);
-        rest = &rest[end..];
-    }
-    n
-}
-
 /// One item of a fetched partition, in offset order.
 #[derive(Debug)]
 pub(crate) enum Fetched {
@@ -78,9 +57,6 @@ pub(crate) struct Decoded {
     pub(crate) next: Option<i64>,
     /// Records whose timestamp was implausible (delivered without one): (offset, raw value).
     pub(crate) bad_timestamps: Vec<(i64, i64)>,
-    /// The partition leader epoch of the last whole batch read (the one ending before `next`),
-    /// if it was a record batch v2.
-    pub(crate) last_epoch: Option<i32>,
 }
 
 /// A transaction the broker reported as aborted in this fetch range.
@@ -92,105 +68,312 @@ pub(crate) struct Aborted {
 
 /// Where the fetched data came from and what to skip.
 #[derive(Debug)]
-pub(crate) struct Source<'a> {
-    pub(crate) topic: &'a Arc<str>,
+pub(crate) struct Source {
+    pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
     /// The fetch offset: records before it (in the same compressed batch) are dropped.
     pub(crate) from: i64,
     /// Sorted by first offset (as the broker sends them).
-    pub(crate) aborted: &'a [Aborted],
+    pub(crate) aborted: Vec<Aborted>,
     /// Decompressed data larger than this is refused (a corrupt or hostile length).
     pub(crate) max_decompressed: usize,
 }
 
-/// Reads every whole batch of `data`; a truncated batch at the end (brokers cut the response
-/// at the size limit) is left for the next fetch.
-pub(crate) fn decode(src: &Source<'_>, mut data: Bytes) -> Decoded {
-    let mut out = Decoded::default();
-    // Room for the records the batches' headers count (and an item for what cannot be read or
-    // is passed over), so that the items are neither moved while the vector grows nor given
-    // twice the memory they need: with hundreds of partitions, every partition's decoded
-    // backlog is in memory at once. Bounded, since the counts are not checked yet.
-    out.items
-        .reserve((records_in(&data) + 2).min(MAX_RESERVED_ITEMS));
-    // Every record's message starts as a clone of this one: the topic name is the consumer's,
-    // shared, not allocated again per record.
-    let mut template = Message::new("", Bytes::new()).at(src.partition, 0);
-    template.topic = src.topic.clone();
-    let mut aborted = src.aborted.iter().peekable();
-    // Producers whose aborted transaction is open at the current batch.
-    let mut aborting: HashSet<i64> = HashSet::new();
-    while data.len() >= LOG_OVERHEAD {
-        let base = i64::from_be_bytes(data[0..8].try_into().expect("8 bytes"));
-        let Ok(len) = usize::try_from(i32::from_be_bytes(data[8..12].try_into().expect("4 bytes")))
-        else {
-            // A negative length: nothing after it can be framed.
-            out.items.push(unreadable(
-                base,
-                base,
-                data.clone(),
-                "negative batch length",
-            ));
-            out.next = Some(base + 1);
-            out.last_epoch = None;
-            return out;
-        };
-        if data.len() < LOG_OVERHEAD + len {
-            break;
+/// Reads every whole batch of `data` at once; a truncated batch at the end (brokers cut the
+/// response at the size limit) is left for the next fetch.
+#[cfg(test)]
+pub(crate) fn decode(src: Source, data: Bytes) -> Decoded {
+    Records::new(src, data).all()
+}
+
+/// The whole record batches of one fetched partition, decoded a few batches at a time as
+/// their consumer asks ([`Records::decode_into`]): what waits for its consumer is the fetched
+/// bytes alone, and each message is built just before it is handled (with hundreds of
+/// partitions, decoding every fetch at once held the whole backlog as messages).
+#[derive(Debug)]
+pub(crate) struct Records {
+    src: Source,
+    /// The whole batches not decoded yet.
+    data: Bytes,
+    /// A batch of negative length after them: nothing past it can be framed.
+    broken: Option<(i64, Bytes)>,
+    next: Option<i64>,
+    last_epoch: Option<i32>,
+    /// Every record's message starts as a clone of this one: the topic name is the
+    /// consumer's, shared, not allocated again per record.
+    template: Message,
+    /// Aborted transactions not reached yet (an index into `src.aborted`).
+    aborted_at: usize,
+    /// Producers whose aborted transaction is open at the current batch.
+    aborting: HashSet<i64>,
+    /// Offsets below this have had their item (or precede the fetch offset).
+    covered: i64,
+    /// The batch being read.
+    open: Option<Open>,
+    /// Records whose timestamp was implausible (delivered without one): (offset, raw value);
+    /// the caller takes them to log.
+    pub(crate) bad_timestamps: Vec<(i64, i64)>,
+}
+
+impl Records {
+    /// Frames the whole batches of `data` (reading only their headers, and checking the last
+    /// one's checksum for its leader epoch); nothing is decoded yet.
+    pub(crate) fn new(src: Source, mut data: Bytes) -> Self {
+        let mut whole = 0;
+        let mut last = None;
+        let mut next = None;
+        let mut broken = None;
+        while data.len() - whole >= LOG_OVERHEAD {
+            let at = &data[whole..];
+            let base = i64::from_be_bytes(at[0..8].try_into().expect("8 bytes"));
+            let Ok(len) =
+                usize::try_from(i32::from_be_bytes(at[8..12].try_into().expect("4 bytes")))
+            else {
+                next = Some(base + 1);
+                broken = Some(base);
+                break;
+            };
+            if at.len() < LOG_OVERHEAD + len {
+                break;
+            }
+            let raw = &at[..LOG_OVERHEAD + len];
+            next = Some(Header::last_offset_hint(raw).unwrap_or(base) + 1);
+            last = Some(whole..whole + raw.len());
+            whole += raw.len();
         }
-        let raw = data.split_to(LOG_OVERHEAD + len);
+        let rest = data.split_off(whole);
+        let broken = broken.map(|base| (base, rest));
+        // The epoch of the last whole batch, if it reads as a record batch v2 (and nothing
+        // unframable follows it).
+        let last_epoch = last
+            .filter(|_| broken.is_none())
+            .and_then(|range| Header::parse(&data[range]).ok())
+            .map(|h| h.leader_epoch);
+        let mut template = Message::new("", Bytes::new()).at(src.partition, 0);
+        template.topic = src.topic.clone();
+        let covered = src.from;
+        Records {
+            src,
+            data,
+            broken,
+            next,
+            last_epoch,
+            template,
+            aborted_at: 0,
+            aborting: HashSet::new(),
+            covered,
+            open: None,
+            bad_timestamps: Vec::new(),
+        }
+    }
+
+    /// The offset to fetch next: past every whole batch (also batches that held nothing to
+    /// deliver: transaction markers, aborted transactions, records before the fetch offset).
+    pub(crate) fn next(&self) -> Option<i64> {
+        self.next
+    }
+
+    /// The partition leader epoch of the last whole batch (the one ending before `next`), if
+    /// it was a record batch v2.
+    pub(crate) fn last_epoch(&self) -> Option<i32> {
+        self.last_epoch
+    }
+
+    /// Decodes everything at once.
+    pub(crate) fn all(mut self) -> Decoded {
+        let mut out = Decoded {
+            next: self.next,
+            ..Decoded::default()
+        };
+        while !self.decode_into(&mut out.items, usize::MAX) {}
+        out.bad_timestamps = self.bad_timestamps;
+        out
+    }
+
+    /// Whether decoding yields anything: records, unreadable batches, or offsets to pass over.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.broken.is_none() && self.next.is_none_or(|next| next <= self.src.from)
+    }
+
+    /// Decodes records into `out` until it holds `max` items; true when everything was
+    /// decoded.
+    pub(crate) fn decode_into(&mut self, out: &mut Vec<Fetched>, max: usize) -> bool {
+        while out.len() < max {
+            if let Some(mut open) = self.open.take() {
+                if self.record(&mut open, out) {
+                    self.open = Some(open);
+                }
+                continue;
+            }
+            if self.data.is_empty() {
+                self.finish(out);
+                return true;
+            }
+            let len = i32::from_be_bytes(self.data[8..12].try_into().expect("4 bytes"));
+            let raw = self.data.split_to(LOG_OVERHEAD + len as usize);
+            self.open(raw, out);
+        }
+        let done = self.open.is_none()
+            && self.data.is_empty()
+            && self.broken.is_none()
+            && !self.passes_over();
+        if done {
+            self.finish(out);
+        }
+        done
+    }
+
+    /// Whole batches after the last item that held nothing to deliver.
+    fn passes_over(&self) -> bool {
+        self.next.is_some_and(|next| next > self.covered)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Fetched>) {
+        if let Some((base, rest)) = self.broken.take() {
+            out.push(unreadable(base, base, rest, "negative batch length"));
+        } else if let Some(next) = self.next.filter(|_| self.passes_over()) {
+            out.push(Fetched::Passed { last: next - 1 });
+        }
+        self.covered = self.covered.max(self.next.unwrap_or(i64::MIN));
+    }
+
+    /// Starts on one whole batch: what it holds to deliver is read by [`Records::record`].
+    fn open(&mut self, raw: Bytes, out: &mut Vec<Fetched>) {
+        let from = self.src.from;
         let batch = match Header::parse(&raw) {
             Ok(h) => h,
             Err(reason) => {
                 // A legacy message set (magic 0 or 1) or a mangled header: its offsets are
                 // known only as far as the header goes.
+                let base = i64::from_be_bytes(raw[0..8].try_into().expect("8 bytes"));
                 let last = Header::last_offset_hint(&raw).unwrap_or(base);
-                out.next = Some(last + 1);
-                out.last_epoch = None;
-                if last >= src.from {
-                    out.items.push(unreadable(base, last, raw, &reason));
+                if last >= from {
+                    out.push(unreadable(base, last, raw, &reason));
+                    self.covered = last + 1;
                 }
-                continue;
+                return;
             }
         };
         let last = batch.base_offset + i64::from(batch.last_offset_delta);
-        out.next = Some(last + 1);
-        out.last_epoch = Some(batch.leader_epoch);
-        if last < src.from {
-            continue;
+        if last < from {
+            return;
         }
         if batch.transactional {
-            while let Some(a) = aborted.next_if(|a| a.first_offset <= last) {
-                aborting.insert(a.producer_id);
+            while let Some(a) = self
+                .src
+                .aborted
+                .get(self.aborted_at)
+                .filter(|a| a.first_offset <= last)
+            {
+                self.aborting.insert(a.producer_id);
+                self.aborted_at += 1;
             }
         }
         if batch.control {
             // A transaction marker: the producer's transaction (committed or aborted) ends here.
-            aborting.remove(&batch.producer_id);
-            continue;
+            self.aborting.remove(&batch.producer_id);
+            return;
         }
-        if batch.transactional && aborting.contains(&batch.producer_id) {
-            continue;
+        if batch.transactional && self.aborting.contains(&batch.producer_id) {
+            return;
         }
-        if let Err(reason) = batch.records(src, &template, raw.clone(), &mut out) {
-            // Records read before the failure are kept; the rest of the batch is unreadable.
-            let first = out
-                .items
-                .last()
-                .map(Fetched::last_offset)
-                .filter(|o| *o >= batch.base_offset)
-                .map_or(batch.base_offset.max(src.from), |o| o + 1);
-            out.items.push(unreadable(first, last, raw, &reason));
-        }
-    }
-    // Whole batches after the last item held nothing to deliver: pass over them.
-    if let Some(next) = out.next {
-        let covered = out.items.last().map_or(src.from, |i| i.last_offset() + 1);
-        if next > covered {
-            out.items.push(Fetched::Passed { last: next - 1 });
+        match batch.body(&self.src, &raw) {
+            Ok(body) => {
+                self.open = Some(Open {
+                    header: batch,
+                    raw,
+                    body,
+                    read: 0,
+                })
+            }
+            Err(reason) => {
+                out.push(unreadable(batch.base_offset.max(from), last, raw, &reason));
+                self.covered = last + 1;
+            }
         }
     }
-    out
+
+    /// Reads the open batch's next record; false when the batch is done. A record that cannot
+    /// be read makes the rest of the batch unreadable (the records before it are delivered).
+    fn record(&mut self, open: &mut Open, out: &mut Vec<Fetched>) -> bool {
+        let base = open.header.base_offset;
+        let last = base + i64::from(open.header.last_offset_delta);
+        let failed = match open.next_record(&self.src, &self.template, &mut self.bad_timestamps) {
+            Ok(Some(Some(msg))) => {
+                self.covered = msg.offset + 1;
+                out.push(Fetched::Record(msg));
+                return true;
+            }
+            // Before the fetch offset.
+            Ok(Some(None)) => return true,
+            Ok(None) => return false,
+            Err(reason) => reason,
+        };
+        let first = self.covered.max(base).max(self.src.from);
+        out.push(unreadable(first, last, open.raw.clone(), &failed));
+        self.covered = last + 1;
+        false
+    }
+}
+
+/// A record batch being read.
+#[derive(Debug)]
+struct Open {
+    header: Header,
+    /// The batch as fetched (the dead-letter copy of what cannot be read).
+    raw: Bytes,
+    /// Its records not read yet, decompressed.
+    body: Bytes,
+    /// Records read so far.
+    read: usize,
+}
+
+impl Open {
+    /// The next record as a message (`None` inside: before the fetch offset), or `None` after
+    /// the last.
+    fn next_record(
+        &mut self,
+        src: &Source,
+        template: &Message,
+        bad_timestamps: &mut Vec<(i64, i64)>,
+    ) -> Result<Option<Option<Message>>, String> {
+        let h = &self.header;
+        if self.read == h.count {
+            if self.body.has_remaining() {
+                return Err(format!(
+                    "{} bytes left after the batch's {} records",
+                    self.body.remaining(),
+                    h.count
+                ));
+            }
+            return Ok(None);
+        }
+        let i = self.read;
+        self.read += 1;
+        let rec = read_record(&mut self.body)
+            .map_err(|e| format!("record {i} of {} in the batch: {e}", h.count))?;
+        let offset = h.base_offset + i64::from(rec.offset_delta);
+        if offset < src.from {
+            return Ok(Some(None));
+        }
+        let timestamp = if h.log_append_time {
+            h.max_timestamp
+        } else {
+            h.base_timestamp.wrapping_add(rec.timestamp_delta)
+        };
+        let mut msg = template.clone();
+        msg.offset = offset;
+        msg.key = rec.key;
+        msg.payload = rec.value;
+        msg.headers = rec.headers;
+        msg.timestamp = if (-1..=MAX_TIMESTAMP_MS).contains(&timestamp) {
+            (timestamp >= 0).then_some(timestamp)
+        } else {
+            bad_timestamps.push((offset, timestamp));
+            None
+        };
+        Ok(Some(Some(msg)))
+    }
 }
 
 fn unreadable(first: i64, last: i64, raw: Bytes, reason: &str) -> Fetched {
@@ -267,18 +450,6 @@ impl Header {
         })
     }
 
-    /// The number of records a v2 batch's header counts (one for anything else: a legacy
-    /// message set, or an item saying what cannot be read).
-    fn count_hint(raw: &[u8]) -> usize {
-        match raw.get(16) {
-            Some(2) if raw.len() >= HEADER_LEN => {
-                let count = i32::from_be_bytes(raw[57..61].try_into().expect("4 bytes"));
-                usize::try_from(count).unwrap_or(1)
-            }
-            _ => 1,
-        }
-    }
-
     /// The last offset of a batch whose header did not parse, when its fields can be read.
     fn last_offset_hint(raw: &[u8]) -> Option<i64> {
         if raw.get(16).copied()? != 2 || raw.len() < HEADER_LEN {
@@ -290,16 +461,10 @@ impl Header {
         (delta >= 0).then(|| base + i64::from(delta))
     }
 
-    /// Decompresses the batch and appends its records at or after the fetch offset.
-    fn records(
-        &self,
-        src: &Source<'_>,
-        template: &Message,
-        raw: Bytes,
-        out: &mut Decoded,
-    ) -> Result<(), String> {
+    /// The batch's records, decompressed.
+    fn body(&self, src: &Source, raw: &Bytes) -> Result<Bytes, String> {
         let body = raw.slice(HEADER_LEN..);
-        let mut body = match self.codec {
+        Ok(match self.codec {
             0 => body,
             1 => read_all(flate2::read::GzDecoder::new(&body[..]), src, "gzip")?,
             2 => snappy(&body, src.max_decompressed)?,
@@ -311,45 +476,11 @@ impl Header {
                 "zstd",
             )?,
             other => return Err(format!("unknown compression codec {other}")),
-        };
-        out.items.reserve(self.count);
-        for i in 0..self.count {
-            let rec = read_record(&mut body)
-                .map_err(|e| format!("record {i} of {} in the batch: {e}", self.count))?;
-            let offset = self.base_offset + i64::from(rec.offset_delta);
-            if offset < src.from {
-                continue;
-            }
-            let timestamp = if self.log_append_time {
-                self.max_timestamp
-            } else {
-                self.base_timestamp.wrapping_add(rec.timestamp_delta)
-            };
-            let mut msg = template.clone();
-            msg.offset = offset;
-            msg.key = rec.key;
-            msg.payload = rec.value;
-            msg.headers = rec.headers;
-            msg.timestamp = if (-1..=MAX_TIMESTAMP_MS).contains(&timestamp) {
-                (timestamp >= 0).then_some(timestamp)
-            } else {
-                out.bad_timestamps.push((offset, timestamp));
-                None
-            };
-            out.items.push(Fetched::Record(msg));
-        }
-        if body.has_remaining() {
-            return Err(format!(
-                "{} bytes left after the batch's {} records",
-                body.remaining(),
-                self.count
-            ));
-        }
-        Ok(())
+        })
     }
 }
 
-fn read_all(mut reader: impl Read, src: &Source<'_>, codec: &str) -> Result<Bytes, String> {
+fn read_all(mut reader: impl Read, src: &Source, codec: &str) -> Result<Bytes, String> {
     let mut buf = Vec::new();
     let limit = src.max_decompressed as u64;
     let n = (&mut reader)
@@ -557,16 +688,18 @@ mod tests {
         batch(&spec, |b| b.to_vec())
     }
 
-    fn run(data: Bytes, from: i64, aborted: &[Aborted]) -> Decoded {
-        let topic: Arc<str> = Arc::from("t");
-        let src = Source {
-            topic: &topic,
+    fn source(from: i64, aborted: &[Aborted]) -> Source {
+        Source {
+            topic: Arc::from("t"),
             partition: 0,
             from,
-            aborted,
+            aborted: aborted.to_vec(),
             max_decompressed: 1 << 20,
-        };
-        decode(&src, data)
+        }
+    }
+
+    fn run(data: Bytes, from: i64, aborted: &[Aborted]) -> Decoded {
+        decode(source(from, aborted), data)
     }
 
     fn offsets(d: &Decoded) -> Vec<i64> {
@@ -663,30 +796,80 @@ mod tests {
         let mut third = plain(spec(4));
         third[12..16].copy_from_slice(&9i32.to_be_bytes());
         data.extend_from_slice(&third[..20]);
-        let d = run(data.freeze(), 0, &[]);
-        assert_eq!(d.next, Some(4));
-        assert_eq!(d.last_epoch, Some(7));
+        let records = Records::new(source(0, &[]), data.freeze());
+        assert_eq!(records.next(), Some(4));
+        assert_eq!(records.last_epoch(), Some(7));
     }
 
     #[test]
-    fn the_items_get_the_room_the_batch_headers_count() {
-        // Large records: a guess from the fetch's size would reserve several times the room.
-        static VALUE: [u8; 500] = [b'v'; 500];
-        let spec = |base| Spec {
+    fn records_decode_in_chunks_as_asked() {
+        static VALUE: [u8; 50] = [b'v'; 50];
+        let spec = |base, attrs, producer| Spec {
             base,
             codec: 0,
-            attrs: 0,
-            producer: -1,
+            attrs,
+            producer,
             records: vec![&VALUE[..]; 40],
         };
-        let mut data = plain(spec(0));
-        data.extend_from_slice(&plain(spec(40)));
-        // The start of a batch cut short at the end of the fetch counts nothing.
-        data.extend_from_slice(&plain(spec(80))[..30]);
-        assert_eq!(records_in(&data), 80);
-        let d = run(data.freeze(), 0, &[]);
-        assert_eq!(d.items.len(), 80);
-        assert!(d.items.capacity() <= 82, "{}", d.items.capacity());
+        // Batches of 40 records: plain, an aborted transaction's, plain, then a commit marker
+        // and the start of a batch cut short at the end of the fetch.
+        let mut data = plain(spec(0, 0, -1));
+        data.extend_from_slice(&plain(spec(40, 0x10, 7)));
+        data.extend_from_slice(&plain(spec(80, 0, -1)));
+        data.extend_from_slice(&plain(Spec {
+            base: 120,
+            codec: 0,
+            attrs: 0x30,
+            producer: 7,
+            records: vec![b"m"],
+        }));
+        data.extend_from_slice(&plain(spec(121, 0, -1))[..30]);
+        let aborted = [Aborted {
+            producer_id: 7,
+            first_offset: 40,
+        }];
+        let data = data.freeze();
+        let whole = run(data.clone(), 10, &aborted);
+        let mut records = Records::new(source(10, &aborted), data);
+        assert_eq!(records.next(), Some(121));
+        assert!(!records.is_empty());
+        let mut chunks = Vec::new();
+        loop {
+            let mut chunk = Vec::new();
+            let done = records.decode_into(&mut chunk, 50);
+            chunks.push(chunk);
+            if done {
+                break;
+            }
+        }
+        // 30 records of the first batch (from offset 10 on), none of the aborted one, 20 of the
+        // third; then its other 20 and the item passing over the marker.
+        let lens: Vec<_> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![50, 21]);
+        let chunked: Vec<_> = chunks.iter().flatten().map(Fetched::last_offset).collect();
+        let at_once: Vec<_> = whole.items.iter().map(Fetched::last_offset).collect();
+        assert_eq!(chunked, at_once);
+        assert!(matches!(chunks[1][20], Fetched::Passed { last: 120 }));
+        // A batch cut inside its last record: the records before it, one at a time, then the
+        // rest of the batch as unreadable.
+        let cut = batch(&spec(200, 0, -1), |b| b[..b.len() - 3].to_vec()).freeze();
+        let mut records = Records::new(source(200, &[]), cut);
+        let mut items = Vec::new();
+        loop {
+            let max = items.len() + 1;
+            if records.decode_into(&mut items, max) {
+                break;
+            }
+        }
+        assert_eq!(items.len(), 40);
+        assert_eq!(items[38].last_offset(), 238);
+        assert!(matches!(
+            &items[39],
+            Fetched::Unreadable { first: 239, last: 239, reason, .. } if reason.contains("record 39 of 40")
+        ));
+        // A fetch that ends before the fetch offset yields nothing.
+        let early = Records::new(source(500, &[]), plain(spec(0, 0, -1)).freeze());
+        assert!(early.is_empty());
     }
 
     #[test]

@@ -144,9 +144,9 @@ pub(crate) async fn redrive(
         tracing::info!(dlq, partition, from = offset, end, group, "redriving");
         while offset < end {
             let fetch = fetch(&mut reader, offset).await?;
-            let fetched_to = fetch.decoded.next.unwrap_or(offset).max(offset).min(end);
+            let fetched_to = fetch.records.next().unwrap_or(offset).max(offset).min(end);
             let mut chunk = Chunk::default();
-            for item in fetch.decoded.items {
+            for item in fetch.records.all().items {
                 let at = item.last_offset();
                 if at >= end {
                     break;

@@ -116,10 +116,10 @@ async fn read_replies(mut reader: PartitionReader, mut offset: i64, waiters: Wai
         match reader.fetch(offset).await {
             Ok(fetch) => {
                 backoff.reset();
-                if let Some(next) = fetch.decoded.next {
+                if let Some(next) = fetch.records.next() {
                     offset = offset.max(next);
                 }
-                for item in fetch.decoded.items {
+                for item in fetch.records.all().items {
                     if let Fetched::Record(msg) = item {
                         let id = msg.correlation_id().map(str::to_owned);
                         if let Some(tx) = id.and_then(|id| lock(&waiters).remove(&id)) {

@@ -1,17 +1,25 @@
-//! From the fetch to the driver: each partition's fetch task reads ahead (one batch in hand, one
-//! waiting, within the service's budget of fetched bytes) and hands decoded batches over a
-//! channel; the driver takes them through [`Feed`], which holds nothing while the partition is
-//! paused.
+//! From the fetch to the driver: each partition's fetch task reads ahead (one fetch in hand,
+//! one waiting, within the service's budget of fetched bytes) and hands the fetched record
+//! batches over a channel; the driver takes them through [`Feed`], which decodes them a chunk
+//! at a time as it asks (so a backlog waits as fetched bytes, not as messages) and holds
+//! nothing while the partition is paused.
 
 use super::*;
+use crate::records::Records;
 
 /// What the fetch task hands the consumer: items in offset order, or why it cannot go on.
 pub(super) type FetchedBatch = Result<Vec<Fetched>, Stop>;
 
-/// A fetched batch on its way to the consumer, with its share of the service's budget of
-/// fetched bytes (`max_fetched_bytes`; none for a failure).
+/// Most items decoded for the consumer at once: as many as its outputs are queued in
+/// ([`super::outputs::CHUNK_MESSAGES`]). Also how many records an `ack = "first"` route commits
+/// before handling them. (Per partition: with hundreds of partitions, hundreds of chunks are
+/// decoded at once.)
+const CHUNK: usize = super::outputs::CHUNK_MESSAGES;
+
+/// A fetch on its way to the consumer, with its share of the service's budget of fetched
+/// bytes (`max_fetched_bytes`; none for a failure).
 pub(super) struct Buffered {
-    pub(super) batch: FetchedBatch,
+    pub(super) batch: Result<Box<Records>, Stop>,
     pub(super) share: Option<OwnedSemaphorePermit>,
 }
 
@@ -30,24 +38,48 @@ pub(super) struct Feed {
     pub(super) paused: tokio::sync::watch::Receiver<faststream_core::Paused>,
     pub(super) topic: Arc<str>,
     pub(super) partition: i32,
-    /// A batch received and not handed out yet (the partition was paused meanwhile).
+    /// A fetch received and not all handed out yet.
     pub(super) next: Option<Buffered>,
-    /// The budget share of the batch handed out last, given back when the consumer asks
-    /// for the next one.
+    /// Items handed out and given back, to be handed out first.
+    pub(super) returned: Option<Vec<Fetched>>,
+    /// The budget share of the fetch handed out last, given back when the consumer asks for
+    /// more after it was all handed out.
     pub(super) held: Option<OwnedSemaphorePermit>,
     /// Where the next run starts after the leader's log diverged (the feed ended there).
     pub(super) truncated: Option<i64>,
+    /// A chunk's vector handed back empty, to decode the next chunk into (its memory used
+    /// again instead of fresh memory for every chunk).
+    spare: Vec<Fetched>,
 }
 
 impl Feed {
-    /// The next batch, once the partition is not paused; also one that arrives while the
-    /// caller waits is held back by a pause that came first. Cancel-safe: a batch is kept
-    /// until it is returned.
+    pub(super) fn new(
+        rx: mpsc::Receiver<Handed>,
+        paused: tokio::sync::watch::Receiver<faststream_core::Paused>,
+        topic: Arc<str>,
+        partition: i32,
+    ) -> Self {
+        Self {
+            rx,
+            paused,
+            topic,
+            partition,
+            next: None,
+            returned: None,
+            held: None,
+            truncated: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// The next items (at most [`CHUNK`]), once the partition is not paused; also
+    /// items that arrive while the caller waits are held back by a pause that came first.
+    /// Cancel-safe: a fetch is kept until all of it was returned.
     pub(super) async fn recv(&mut self) -> Option<FetchedBatch> {
-        // Asking for more: the batch taken last is the consumer's now, its fetched bytes go
-        // back to the budget (a partition waiting here must not hold what others need).
-        self.held = None;
-        if self.next.is_none() {
+        if self.next.is_none() && self.returned.is_none() {
+            // Asking for more: the fetch taken last is the consumer's now, its fetched bytes
+            // go back to the budget (a partition waiting here must not hold what others need).
+            self.held = None;
             faststream_core::until_resumed(&mut self.paused, &self.topic, self.partition).await;
             match self.rx.recv().await? {
                 Handed::Batch(batch) => self.next = Some(batch),
@@ -58,18 +90,48 @@ impl Feed {
             }
         }
         faststream_core::until_resumed(&mut self.paused, &self.topic, self.partition).await;
-        let Buffered { batch, share } = self.next.take()?;
-        self.held = share;
-        Some(batch)
+        if let Some(items) = self.returned.take() {
+            return Some(Ok(items));
+        }
+        let Buffered { batch, share } = self.next.as_mut()?;
+        let records = match batch {
+            Ok(records) => records,
+            Err(_) => {
+                let Buffered { batch, .. } = self.next.take()?;
+                return batch.err().map(Err);
+            }
+        };
+        let mut items = std::mem::take(&mut self.spare);
+        let done = records.decode_into(&mut items, CHUNK);
+        for (at, value) in records.bad_timestamps.drain(..) {
+            tracing::warn!(
+                topic = &*self.topic,
+                partition = self.partition,
+                offset = at,
+                timestamp = value,
+                "record timestamp is not a plausible time in milliseconds (a producer bug?); the message is delivered without a timestamp"
+            );
+        }
+        if done {
+            self.held = share.take();
+            self.next = None;
+        }
+        Some(Ok(items))
     }
 
-    /// Gives back the rest of the batch taken last, to be taken again first (with its budget
-    /// share).
+    /// Gives back a chunk's vector, emptied, for the next chunk.
+    pub(super) fn recycle(&mut self, mut items: Vec<Fetched>) {
+        items.clear();
+        if items.capacity() <= 2 * CHUNK {
+            self.spare = items;
+        }
+    }
+
+    /// Gives back the rest of the items taken last, to be taken again first.
     pub(super) fn put_back(&mut self, rest: Vec<Fetched>) {
-        self.next = Some(Buffered {
-            batch: Ok(rest),
-            share: self.held.take(),
-        });
+        if !rest.is_empty() {
+            self.returned = Some(rest);
+        }
     }
 }
 
@@ -168,8 +230,10 @@ pub(super) async fn fetch_loop(
             }
         };
         backoff.reset();
+        let records = fetch.records;
+        let next = records.next().unwrap_or(offset).max(offset);
         if fetch.end >= 0 {
-            lag.set(fetch.end - fetch.decoded.next.unwrap_or(offset).max(offset));
+            lag.set(fetch.end - next);
         }
         if lag_logged.elapsed() >= LAG_LOG_INTERVAL && fetch.end >= 0 {
             lag_logged = Instant::now();
@@ -182,25 +246,13 @@ pub(super) async fn fetch_loop(
                 "lag"
             );
         }
-        let decoded = fetch.decoded;
-        for (at, value) in &decoded.bad_timestamps {
-            tracing::warn!(
-                topic = &*topic,
-                partition,
-                offset = at,
-                timestamp = value,
-                "record timestamp is not a plausible time in milliseconds (a producer bug?); the message is delivered without a timestamp"
-            );
-        }
-        let next = decoded.next.unwrap_or(offset).max(offset);
         // (A broker answering empty fetches at once is paced by the link, per broker.)
-        if !decoded.items.is_empty() {
+        if !records.is_empty() {
             // What was fetched waits for room in the service's budget of fetched bytes before
             // its consumer gets it (and the partition fetches nothing more meanwhile); it
-            // keeps its share until the consumer asks for its next batch. A quiet partition
-            // takes nothing.
-            // (Counted with what the decoded records take beside the fetched bytes.)
-            let held = fetch.bytes + decoded.items.capacity() * std::mem::size_of::<Fetched>();
+            // keeps its share until the consumer asks for more after the last of it. A quiet
+            // partition takes nothing. (Counted with room for one chunk of decoded items.)
+            let held = fetch.bytes + CHUNK * std::mem::size_of::<Fetched>();
             let bytes = held.clamp(1, budget_size) as u32;
             let share = tokio::select! {
                 share = budget.clone().acquire_many_owned(bytes) => match share {
@@ -210,7 +262,7 @@ pub(super) async fn fetch_loop(
                 () = shutdown.wait() => return,
             };
             slot.send(Handed::Batch(Buffered {
-                batch: Ok(decoded.items),
+                batch: Ok(Box::new(records)),
                 share: Some(share),
             }));
         }

@@ -1,5 +1,8 @@
 //! One message at a time, in offset order: the default scheduling.
 
+use std::future::Future;
+use std::task::Poll;
+
 use super::*;
 
 impl PartitionConsumer {
@@ -45,11 +48,12 @@ impl PartitionConsumer {
             if !turn.enter(&self.shutdown).await {
                 return Ok(());
             }
-            let mut items = batch.into_iter();
+            let mut batch = batch;
+            let mut items = batch.drain(..);
             loop {
                 if !turn.may_start() {
                     // A transaction commits: the rest waits until it did.
-                    rx.put_back(items.collect());
+                    rx.put_back(items.by_ref().collect());
                     break;
                 }
                 let Some(item) = items.next() else { break };
@@ -72,15 +76,22 @@ impl PartitionConsumer {
                         let outcome = if !inflight.is_collecting() {
                             handling.await
                         } else {
-                            // Outputs of earlier messages wait for this handler only briefly.
-                            tokio::pin!(handling);
-                            tokio::select! {
-                                biased;
-                                outcome = &mut handling => outcome,
-                                () = tokio::time::sleep_until(started + CHUNK_WAIT) => {
-                                    self.flush(inflight).await?;
-                                    handling.await
-                                }
+                            // Outputs of earlier messages wait for this handler only briefly
+                            // (no timer for a handler done at its first poll, as most are).
+                            let mut handling = std::pin::pin!(handling);
+                            let first =
+                                std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx)))
+                                    .await;
+                            match first {
+                                Poll::Ready(outcome) => outcome,
+                                Poll::Pending => tokio::select! {
+                                    biased;
+                                    outcome = &mut handling => outcome,
+                                    () = tokio::time::sleep_until(started + CHUNK_WAIT) => {
+                                        self.flush(inflight).await?;
+                                        handling.await
+                                    }
+                                },
                             }
                         };
                         metrics.since(started);
@@ -103,6 +114,8 @@ impl PartitionConsumer {
                     .await?;
                 self.settle(inflight, tracker).await?;
             }
+            drop(items);
+            rx.recycle(batch);
             // The fetched batch is done: queue what it left.
             self.flush(inflight).await?;
             self.settle(inflight, tracker).await?;

@@ -345,13 +345,14 @@ impl PartitionConsumer {
                 };
                 backoff.reset();
                 end = end.or(Some(fetch.end)).filter(|e| *e >= 0);
-                for item in &fetch.decoded.items {
+                let decoded = fetch.records.all();
+                for item in &decoded.items {
                     if let Fetched::Record(msg) = item {
                         link.lane.restore(msg, stage);
                         found += 1;
                     }
                 }
-                let next = fetch.decoded.next.unwrap_or(offset).max(offset);
+                let next = decoded.next.unwrap_or(offset).max(offset);
                 if next == offset {
                     // Nothing more to read (a broker that does not say its end, or the end).
                     break;
@@ -482,15 +483,7 @@ impl PartitionConsumer {
             metrics.lag(),
             paused.clone(),
         )));
-        let mut rx = Feed {
-            rx,
-            paused,
-            topic: self.topic.clone(),
-            partition,
-            next: None,
-            held: None,
-            truncated: None,
-        };
+        let mut rx = Feed::new(rx, paused, self.topic.clone(), partition);
         let mut inflight = InFlight::default();
         let ack_first = self.rt.pipeline.policy(self.route).ack == AckMode::First;
         let concurrency = self.rt.pipeline.policy(self.route).concurrency as usize;

@@ -526,11 +526,20 @@ impl PartitionConsumer {
         loop {
             match reader.fetch(offset).await {
                 Ok(fetch) => {
-                    let next = fetch.decoded.next.unwrap_or(offset);
-                    found.extend(fetch.decoded.items.into_iter().filter_map(|i| match i {
-                        Fetched::Record(m) if (offset..=last).contains(&m.offset) => Some(m),
-                        _ => None,
-                    }));
+                    let next = fetch.records.next().unwrap_or(offset);
+                    found.extend(
+                        fetch
+                            .records
+                            .all()
+                            .items
+                            .into_iter()
+                            .filter_map(|i| match i {
+                                Fetched::Record(m) if (offset..=last).contains(&m.offset) => {
+                                    Some(m)
+                                }
+                                _ => None,
+                            }),
+                    );
                     if next > offset && next <= last {
                         offset = next;
                         continue;

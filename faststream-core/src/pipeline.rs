@@ -371,7 +371,7 @@ impl Pipeline {
         // The message stays as received; a generated id travels in the handler's context.
         let correlation_id = match msg.headers.get(header::CORRELATION_ID) {
             Some(id) => Some(id.clone()),
-            None if self.compat_headers => Some(bytes::Bytes::copy_from_slice(&correlation_id())),
+            None if self.compat_headers => Some(bytes::Bytes::from_owner(correlation_id())),
             None => None,
         };
         if let (Some(id), false) = (&correlation_id, span.is_disabled()) {
@@ -531,7 +531,7 @@ impl Pipeline {
             .and_then(|m| m.headers.get(header::CORRELATION_ID))
         {
             Some(id) => Some(id.clone()),
-            None if self.compat_headers => Some(bytes::Bytes::copy_from_slice(&correlation_id())),
+            None if self.compat_headers => Some(bytes::Bytes::from_owner(correlation_id())),
             None => None,
         };
         let result = if msgs.is_empty() {

@@ -1,6 +1,9 @@
 //! Stopping: the [`Shutdown`] signal (how the app tells the transports, and they their tasks,
 //! to stop, and by when), and [`termination_signal`], the operating system's request to stop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -10,34 +13,49 @@ use tokio::time::Instant;
 /// shutdown timeout). Transports bound their own draining by it, so they still commit what is
 /// done and leave their groups before the app gives up on them.
 #[derive(Clone, Debug)]
-pub struct Shutdown(watch::Receiver<Option<Option<Instant>>>);
+pub struct Shutdown {
+    rx: watch::Receiver<Option<Option<Instant>>>,
+    /// Set once triggered: what [`Shutdown::is_triggered`] reads (every consumer asks once per
+    /// message; reading the watched value takes its lock, a counter both threads write).
+    fired: Arc<AtomicBool>,
+}
 
 // The watched state: `None` until triggered, then `Some(deadline)`.
 
 /// Triggers a [`Shutdown`].
 #[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<Option<Option<Instant>>>);
+pub struct ShutdownTrigger {
+    tx: watch::Sender<Option<Option<Instant>>>,
+    fired: Arc<AtomicBool>,
+}
 
 impl Shutdown {
     /// A signal and its trigger.
     pub fn new() -> (ShutdownTrigger, Shutdown) {
         let (tx, rx) = watch::channel(None);
-        (ShutdownTrigger(tx), Shutdown(rx))
+        let fired = Arc::new(AtomicBool::new(false));
+        (
+            ShutdownTrigger {
+                tx,
+                fired: fired.clone(),
+            },
+            Shutdown { rx, fired },
+        )
     }
 
     /// Whether shutdown was requested.
     pub fn is_triggered(&self) -> bool {
-        self.0.borrow().is_some()
+        self.fired.load(Ordering::Acquire)
     }
 
     /// The deadline the trigger gave, if any (only meaningful once triggered).
     pub fn deadline(&self) -> Option<Instant> {
-        self.0.borrow().flatten()
+        self.rx.borrow().flatten()
     }
 
     /// Resolves when shutdown is requested (or the trigger is dropped).
     pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stop| stop.is_some()).await;
+        let _ = self.rx.wait_for(|stop| stop.is_some()).await;
     }
 }
 
@@ -54,10 +72,11 @@ impl ShutdownTrigger {
 
     /// The first request wins; later ones change nothing.
     fn fire(&self, deadline: Option<Instant>) {
-        self.0.send_if_modified(|state| {
+        self.tx.send_if_modified(|state| {
             let first = state.is_none();
             if first {
                 *state = Some(deadline);
+                self.fired.store(true, Ordering::Release);
             }
             first
         });

@@ -549,60 +549,75 @@ struct RawRecord {
     headers: Headers,
 }
 
-/// One record; `key`, `value` and header values share `buf`'s memory.
+/// One record; `key`, `value` and header values share `buf`'s memory (read through a plain
+/// slice, so only the fields kept count a reference to it).
 fn read_record(buf: &mut Bytes) -> Result<RawRecord, String> {
     let len = varint(buf)?;
     let len = usize::try_from(len).map_err(|_| format!("negative record length {len}"))?;
     if len > buf.len() {
         return Err(format!("record of {len} bytes, only {} left", buf.len()));
     }
-    let mut rec = buf.split_to(len);
+    let mut rec = &buf[..len];
     if !rec.has_remaining() {
         return Err("empty record".into());
     }
     let _attributes = rec.get_i8();
     let timestamp_delta = varint(&mut rec)?;
     let offset_delta = i32::try_from(varint(&mut rec)?).map_err(|_| "offset delta out of range")?;
-    let key = bytes_field(&mut rec, "key")?;
-    let value = bytes_field(&mut rec, "value")?;
+    let key = field(&mut rec, len, "key")?;
+    let value = field(&mut rec, len, "value")?;
     let count = varint(&mut rec)?;
     let count = usize::try_from(count).map_err(|_| format!("negative header count {count}"))?;
-    let mut headers = Headers::new();
+    let mut fields = Vec::new();
     for _ in 0..count.min(rec.len()) {
-        let name = bytes_field(&mut rec, "header name")?.ok_or("null header name")?;
-        let value = bytes_field(&mut rec, "header value")?.unwrap_or_default();
-        let name = match std::str::from_utf8(&name) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(&name).into_owned(),
-        };
-        headers.insert(name, value);
+        let name = field(&mut rec, len, "header name")?.ok_or("null header name")?;
+        let value = field(&mut rec, len, "header value")?;
+        fields.push((name, value));
     }
     if rec.has_remaining() {
         return Err(format!("{} bytes left inside a record", rec.remaining()));
     }
-    Ok(RawRecord {
+    let mut headers = Headers::new();
+    for (name, value) in fields {
+        let name = match std::str::from_utf8(&buf[name.clone()]) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(&buf[name]).into_owned(),
+        };
+        headers.insert(name, value.map(|v| buf.slice(v)).unwrap_or_default());
+    }
+    let record = RawRecord {
         timestamp_delta,
         offset_delta,
-        key,
-        value,
+        key: key.map(|k| buf.slice(k)),
+        value: value.map(|v| buf.slice(v)),
         headers,
-    })
+    };
+    buf.advance(len);
+    Ok(record)
 }
 
-fn bytes_field(buf: &mut Bytes, what: &str) -> Result<Option<Bytes>, String> {
-    let len = varint(buf)?;
-    if len == -1 {
+/// A length-prefixed field of the record `rec` is what is left of (`len` bytes in all): where
+/// it lies in the record, `None` for a null field.
+fn field(
+    rec: &mut &[u8],
+    len: usize,
+    what: &str,
+) -> Result<Option<std::ops::Range<usize>>, String> {
+    let n = varint(rec)?;
+    if n == -1 {
         return Ok(None);
     }
-    let len = usize::try_from(len).map_err(|_| format!("{what} has negative length {len}"))?;
-    if len > buf.len() {
-        return Err(format!("{what} of {len} bytes, only {} left", buf.len()));
+    let n = usize::try_from(n).map_err(|_| format!("{what} has negative length {n}"))?;
+    if n > rec.len() {
+        return Err(format!("{what} of {n} bytes, only {} left", rec.len()));
     }
-    Ok(Some(buf.split_to(len)))
+    let start = len - rec.len();
+    rec.advance(n);
+    Ok(Some(start..start + n))
 }
 
 /// A zigzag-encoded variable-length integer (up to 64 bits).
-fn varint(buf: &mut Bytes) -> Result<i64, String> {
+fn varint(buf: &mut impl Buf) -> Result<i64, String> {
     let mut value: u64 = 0;
     for shift in (0..64).step_by(7) {
         if !buf.has_remaining() {

@@ -10,7 +10,7 @@
 //! [`BatchHeader`] is where an idempotent or transactional producer would set its producer id,
 //! epoch and base sequence.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use faststream_core::OutgoingMessage;
 
 use crate::config::Compression;
@@ -20,9 +20,12 @@ pub(crate) const BATCH_HEADER: usize = 61;
 /// Where the CRC-32C is stored, and where the bytes it covers start.
 const CRC_AT: usize = 17;
 const CRC_FROM: usize = 21;
+/// Where the attributes and the producer id (then its epoch and the base sequence) are.
+const ATTRIBUTES_AT: usize = 21;
+const PRODUCER_AT: usize = 43;
 
 /// The producer-identity fields of a batch header (KIP-98).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BatchHeader {
     pub(crate) producer_id: i64,
     pub(crate) producer_epoch: i16,
@@ -93,6 +96,57 @@ impl Encoder {
         let crc = crc32c::crc32c(&out[start + CRC_FROM..]);
         out[start + CRC_AT..start + CRC_FROM].copy_from_slice(&crc.to_be_bytes());
         Ok(())
+    }
+}
+
+/// A copy of the encoded batch `batch` under another producer identity (`header`), its
+/// checksum computed again.
+pub(crate) fn with_header(batch: &[u8], header: BatchHeader) -> Bytes {
+    let mut out = BytesMut::from(batch);
+    let attributes = i16::from_be_bytes([out[ATTRIBUTES_AT], out[ATTRIBUTES_AT + 1]]);
+    let attributes = (attributes & !0x10) | if header.transactional { 0x10 } else { 0 };
+    out[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    out[PRODUCER_AT..PRODUCER_AT + 8].copy_from_slice(&header.producer_id.to_be_bytes());
+    out[PRODUCER_AT + 8..PRODUCER_AT + 10].copy_from_slice(&header.producer_epoch.to_be_bytes());
+    out[PRODUCER_AT + 10..PRODUCER_AT + 14].copy_from_slice(&header.base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_FROM..]);
+    out[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+    out.freeze()
+}
+
+/// The `count` messages of a batch this producer encoded for `topic`, read back (to split it
+/// into smaller batches): keys, values, headers and timestamps as they were written.
+pub(crate) fn messages(
+    batch: Bytes,
+    topic: &str,
+    count: usize,
+) -> Result<Vec<OutgoingMessage>, String> {
+    let src = crate::records::Source {
+        topic: topic.into(),
+        partition: 0,
+        from: 0,
+        aborted: Vec::new(),
+        max_decompressed: usize::MAX,
+    };
+    let mut msgs = Vec::with_capacity(count);
+    for item in crate::records::Records::new(src, batch).all().items {
+        let crate::records::Fetched::Record(m) = item else {
+            return Err(format!("an encoded batch reads back as {item:?}"));
+        };
+        let mut msg = OutgoingMessage::new("", Bytes::new());
+        msg.topic = m.topic;
+        msg.key = m.key;
+        msg.headers = m.headers;
+        msg.payload = m.payload;
+        msg.timestamp = m.timestamp;
+        msgs.push(msg);
+    }
+    match msgs.len() == count {
+        true => Ok(msgs),
+        false => Err(format!(
+            "an encoded batch of {count} records reads back as {}",
+            msgs.len()
+        )),
     }
 }
 
@@ -287,6 +341,66 @@ mod tests {
         round_trip(Compression::Gzip);
         #[cfg(feature = "compression-snappy")]
         round_trip(Compression::Snappy);
+    }
+
+    #[test]
+    fn a_batch_reads_back_and_takes_another_producer_identity() {
+        let msgs: Vec<_> = (0..30).map(msg).collect();
+        let first = BatchHeader {
+            producer_id: 7,
+            producer_epoch: 1,
+            base_sequence: 40,
+            transactional: false,
+        };
+        let encode = |header| {
+            let mut out = BytesMut::new();
+            Encoder::default()
+                .batch(
+                    &mut out,
+                    &msgs,
+                    1_800_000_000_000,
+                    Compression::None,
+                    header,
+                )
+                .unwrap();
+            out.freeze()
+        };
+        // Under a new identity (a retry after the producer's epoch moved on, in a transaction
+        // or not): the same bytes as encoding it under that identity, checksum included.
+        for next in [
+            BatchHeader {
+                producer_id: 7,
+                producer_epoch: 2,
+                base_sequence: 0,
+                transactional: false,
+            },
+            BatchHeader {
+                producer_id: 9,
+                producer_epoch: 0,
+                base_sequence: 3,
+                transactional: true,
+            },
+        ] {
+            assert_eq!(with_header(&encode(first), next), encode(next));
+        }
+        // Read back (to split it): what was written, the encoding time given to those without
+        // a timestamp.
+        let read = messages(encode(first), "t", 30).unwrap();
+        for (i, m) in read.iter().enumerate() {
+            let want = msg(i);
+            assert_eq!(
+                (&m.payload, &m.key, &m.headers),
+                (&want.payload, &want.key, &want.headers)
+            );
+            assert_eq!(
+                m.timestamp,
+                Some(want.timestamp.unwrap_or(1_800_000_000_000))
+            );
+        }
+        assert!(
+            messages(encode(first), "t", 31).is_err(),
+            "a count that does not match"
+        );
     }
 
     #[test]

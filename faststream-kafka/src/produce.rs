@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use faststream_core::OutgoingMessage;
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -884,29 +884,28 @@ impl Writer {
         }
     }
 
-    /// Sends `msgs` as one record batch with `header` and waits for the leader's
-    /// acknowledgement (all in-sync replicas, `acks = all`). A batch the leader already had
-    /// (a retry after a lost answer) counts as acknowledged. The batch is encoded in `buffer`
-    /// (left empty, with its memory, when the link is done with it).
-    async fn produce(
+    /// Encodes `msgs` as one record batch with `header`, in `buffer`'s memory.
+    fn encode(
         &mut self,
         msgs: &[OutgoingMessage],
         buffer: &mut BytesMut,
         now_ms: i64,
         header: BatchHeader,
-    ) -> Result<(), ProduceFailure> {
+    ) -> Result<Bytes, ProduceFailure> {
         let mut records = std::mem::take(buffer);
         records.clear();
         records.reserve(crate::encode::bound(msgs));
         self.encoder
             .batch(&mut records, msgs, now_ms, self.config.compression, header)
             .map_err(ProduceFailure::Encode)?;
-        let records = records.freeze();
-        let res = self.send(records.clone()).await;
-        // Sent (or failed): the link holds no copy any more, the buffer serves again.
-        if let Ok(records) = records.try_into_mut() {
-            *buffer = records;
-        }
+        Ok(records.freeze())
+    }
+
+    /// Sends one record batch and waits for the leader's acknowledgement (all in-sync
+    /// replicas, `acks = all`). A batch the leader already had (a retry after a lost answer)
+    /// counts as acknowledged.
+    async fn produce(&mut self, records: Bytes) -> Result<(), ProduceFailure> {
+        let res = self.send(records).await;
         if matches!(&res, Err(e) if matches!(e.refusal(), Refusal::Retriable)) {
             // The leader may have moved: look it up again before the retry.
             self.cluster.forget(&self.topic, self.partition);
@@ -914,7 +913,7 @@ impl Writer {
         res
     }
 
-    async fn send(&mut self, records: bytes::Bytes) -> Result<(), ProduceFailure> {
+    async fn send(&mut self, records: Bytes) -> Result<(), ProduceFailure> {
         let leader = self
             .cluster
             .leader(&self.topic, self.partition)
@@ -1027,6 +1026,12 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         // been written although it failed.
         let mut pinned: Option<BatchHeader> = None;
         let mut maybe_written = false;
+        // The range's batch as encoded, and the header in it. Once encoded, the messages'
+        // contents are dropped (while they are still in the cache, and so that what waits for
+        // the broker's answer is the batch alone); a retry sends the batch again (under a new
+        // header if it changed), and a split reads the messages back from it, as the Java
+        // producer's batches do.
+        let mut encoded: Option<(BatchHeader, Bytes)> = None;
         loop {
             let attempt = match pinned {
                 Some(header) => Ok(header),
@@ -1035,16 +1040,26 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             let error = match attempt {
                 Ok(header) => {
                     pinned = Some(header);
-                    match writer
-                        .produce(&msgs[range.clone()], &mut buffer, now, header)
-                        .await
-                    {
-                        Ok(()) => {
-                            writer.written(header, range.len());
-                            metrics.published(range.len());
-                            break;
+                    let records = match encoded.take() {
+                        Some((was, records)) if was == header => Ok(records),
+                        Some((_, records)) => Ok(crate::encode::with_header(&records, header)),
+                        None => writer
+                            .encode(&msgs[range.clone()], &mut buffer, now, header)
+                            .inspect(|_| msgs[range.clone()].iter_mut().for_each(empty)),
+                    };
+                    match records {
+                        Ok(records) => {
+                            encoded = Some((header, records.clone()));
+                            match writer.produce(records).await {
+                                Ok(()) => {
+                                    writer.written(header, range.len());
+                                    metrics.published(range.len());
+                                    break;
+                                }
+                                Err(refused) => refused,
+                            }
                         }
-                        Err(refused) => refused,
+                        Err(failed) => failed,
                     }
                 }
                 Err(no_header) => no_header,
@@ -1052,7 +1067,26 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             let kind = error.refusal();
             match kind {
                 Refusal::TooLarge if range.len() > 1 => {
-                    // Split, as the Java producer does: the parts are sent in order.
+                    // Split, as the Java producer does: the parts are sent in order, each
+                    // encoded again from the messages read back from the batch.
+                    if let Some((_, records)) = encoded.take() {
+                        match crate::encode::messages(records, &writer.topic, range.len()) {
+                            Ok(read) => {
+                                for (slot, msg) in msgs[range.clone()].iter_mut().zip(read) {
+                                    *slot = msg;
+                                }
+                            }
+                            Err(why) => {
+                                // Our own batch that does not read back: nothing to split.
+                                let reason =
+                                    Arc::new(Undelivered::Refused(ProduceFailure::Encode(why)));
+                                tracing::error!(topic, partition, records = range.len(), error = %reason, "produce failed for good");
+                                metrics.failed(range.len());
+                                refused.extend(range.clone().map(|i| (i, reason.clone())));
+                                break;
+                            }
+                        }
+                    }
                     let mid = range.start + range.len() / 2;
                     todo.push_front(mid..range.end);
                     todo.push_front(range.start..mid);
@@ -1106,6 +1140,12 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                 }
             }
         }
+        // The batch's memory serves the next one (the link holds no copy any more).
+        if let Some((_, records)) = encoded {
+            if let Ok(records) = records.try_into_mut() {
+                buffer = records;
+            }
+        }
         // Everything before the next range was sent or refused: resolve those groups.
         let done = todo.front().map_or(msgs.len(), |r| r.start);
         while let Some((end, ack, _budget)) = ends.next_if(|(end, _, _)| *end <= done) {
@@ -1127,6 +1167,13 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         sizes,
         records: buffer,
     });
+}
+
+/// Drops what an encoded message's batch now holds for it (its key, value and headers).
+fn empty(msg: &mut OutgoingMessage) {
+    msg.key = None;
+    msg.payload = None;
+    msg.headers = faststream_core::Headers::new();
 }
 
 /// Kafka's default partitioner for keyed records: `murmur2(key) & 0x7fffffff % partitions`,

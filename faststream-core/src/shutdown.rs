@@ -13,49 +13,37 @@ use tokio::time::Instant;
 /// shutdown timeout). Transports bound their own draining by it, so they still commit what is
 /// done and leave their groups before the app gives up on them.
 #[derive(Clone, Debug)]
-pub struct Shutdown {
-    rx: watch::Receiver<Option<Option<Instant>>>,
-    /// Set once triggered: what [`Shutdown::is_triggered`] reads (every consumer asks once per
-    /// message; reading the watched value takes its lock, a counter both threads write).
-    fired: Arc<AtomicBool>,
-}
+pub struct Shutdown(watch::Receiver<Option<Option<Instant>>>, Arc<AtomicBool>);
 
-// The watched state: `None` until triggered, then `Some(deadline)`.
+// The watched state: `None` until triggered, then `Some(deadline)`; beside it a flag set once
+// triggered, which `is_triggered` reads (consumers ask once per message, and reading the
+// watched value takes its lock, a counter both threads write).
 
 /// Triggers a [`Shutdown`].
 #[derive(Debug)]
-pub struct ShutdownTrigger {
-    tx: watch::Sender<Option<Option<Instant>>>,
-    fired: Arc<AtomicBool>,
-}
+pub struct ShutdownTrigger(watch::Sender<Option<Option<Instant>>>, Arc<AtomicBool>);
 
 impl Shutdown {
     /// A signal and its trigger.
     pub fn new() -> (ShutdownTrigger, Shutdown) {
         let (tx, rx) = watch::channel(None);
         let fired = Arc::new(AtomicBool::new(false));
-        (
-            ShutdownTrigger {
-                tx,
-                fired: fired.clone(),
-            },
-            Shutdown { rx, fired },
-        )
+        (ShutdownTrigger(tx, fired.clone()), Shutdown(rx, fired))
     }
 
     /// Whether shutdown was requested.
     pub fn is_triggered(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
+        self.1.load(Ordering::Acquire)
     }
 
     /// The deadline the trigger gave, if any (only meaningful once triggered).
     pub fn deadline(&self) -> Option<Instant> {
-        self.rx.borrow().flatten()
+        self.0.borrow().flatten()
     }
 
     /// Resolves when shutdown is requested (or the trigger is dropped).
     pub async fn wait(&mut self) {
-        let _ = self.rx.wait_for(|stop| stop.is_some()).await;
+        let _ = self.0.wait_for(|stop| stop.is_some()).await;
     }
 }
 
@@ -72,11 +60,11 @@ impl ShutdownTrigger {
 
     /// The first request wins; later ones change nothing.
     fn fire(&self, deadline: Option<Instant>) {
-        self.tx.send_if_modified(|state| {
+        self.0.send_if_modified(|state| {
             let first = state.is_none();
             if first {
                 *state = Some(deadline);
-                self.fired.store(true, Ordering::Release);
+                self.1.store(true, Ordering::Release);
             }
             first
         });

@@ -300,3 +300,67 @@ pub(super) async fn resolve_offset(
 
 /// How often each partition logs its lag (at debug level).
 pub(super) const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Compression;
+    use crate::encode::{BatchHeader, Encoder};
+    use crate::records::Source;
+    use faststream_core::OutgoingMessage;
+
+    /// One fetch of `n` records (one batch) from offset 0.
+    fn fetch(n: usize) -> Records {
+        let msgs: Vec<_> = (0..n)
+            .map(|i| OutgoingMessage::new("t", format!("m{i}")))
+            .collect();
+        let mut out = bytes::BytesMut::new();
+        Encoder::default()
+            .batch(&mut out, &msgs, 0, Compression::None, BatchHeader::PLAIN)
+            .unwrap();
+        let src = Source {
+            topic: "t".into(),
+            partition: 0,
+            from: 0,
+            aborted: Vec::new(),
+            max_decompressed: 1 << 20,
+        };
+        Records::new(src, out.freeze())
+    }
+
+    fn offsets(items: &[Fetched]) -> Vec<i64> {
+        items.iter().map(Fetched::last_offset).collect()
+    }
+
+    #[tokio::test]
+    async fn a_fetch_is_decoded_a_chunk_at_a_time_and_holds_its_budget_share_to_the_last() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(10));
+        let share = budget.clone().acquire_many_owned(10).await.unwrap();
+        let (tx, rx) = mpsc::channel(2);
+        let (_control, paused) = tokio::sync::watch::channel(faststream_core::Paused::default());
+        let mut feed = Feed::new(rx, paused, "t".into(), 0);
+        tx.send(Handed::Batch(Buffered {
+            batch: Ok(Box::new(fetch(300))),
+            share: Some(share),
+        }))
+        .await
+        .unwrap();
+        // 300 records in one batch: handed as 128, 128 and 44, in order.
+        let first = feed.recv().await.unwrap().unwrap();
+        assert_eq!(offsets(&first), (0..128).collect::<Vec<_>>());
+        // What is given back comes first again.
+        feed.put_back(first.into_iter().skip(100).collect());
+        let again = feed.recv().await.unwrap().unwrap();
+        assert_eq!(offsets(&again), (100..128).collect::<Vec<_>>());
+        feed.recycle(again);
+        let second = feed.recv().await.unwrap().unwrap();
+        assert_eq!(offsets(&second), (128..256).collect::<Vec<_>>());
+        let last = feed.recv().await.unwrap().unwrap();
+        assert_eq!(offsets(&last), (256..300).collect::<Vec<_>>());
+        // The fetch's share of the budget is held until the consumer asks past its last record.
+        assert_eq!(budget.available_permits(), 0);
+        drop(tx);
+        assert!(feed.recv().await.is_none(), "the feed ended");
+        assert_eq!(budget.available_permits(), 10);
+    }
+}

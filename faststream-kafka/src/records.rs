@@ -86,7 +86,7 @@ pub(crate) fn decode(src: Source, data: Bytes) -> Decoded {
     Records::new(src, data).all()
 }
 
-/// The whole record batches of one fetched partition, decoded a few batches at a time as
+/// The whole record batches of one fetched partition, decoded a chunk of records at a time as
 /// their consumer asks ([`Records::decode_into`]): what waits for its consumer is the fetched
 /// bytes alone, and each message is built just before it is handled (with hundreds of
 /// partitions, decoding every fetch at once held the whole backlog as messages).

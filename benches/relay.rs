@@ -81,9 +81,19 @@ use rskafka::record::Record;
 use serde::Deserialize;
 
 /// Every relay (raw and framework alike) runs on mimalloc, as the examples do and the guide
-/// (docs/guide/performance.md) recommends for services.
+/// (docs/guide/performance.md) recommends for services; without transparent huge pages
+/// (`MIMALLOC_ALLOW_THP=0`, see [`MIMALLOC_THP`]), as the guide recommends where memory counts.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's switch for transparent huge pages: on (its default), a 2 MiB page counts in RSS
+/// as soon as one byte of it is touched. The children run with it off unless it is set
+/// (`MIMALLOC_ALLOW_THP=1` to measure with mimalloc's default).
+const MIMALLOC_THP: &str = "MIMALLOC_ALLOW_THP";
+
+fn mimalloc_thp() -> String {
+    std::env::var(MIMALLOC_THP).unwrap_or_else(|_| "0".into())
+}
 
 #[subscriber("in_topic", auto_offset_reset = "earliest")]
 #[publisher("out-topic")]
@@ -344,10 +354,11 @@ async fn parent(args: Args) {
         .as_millis();
     let client = ClientBuilder::new(vec![bootstrap()]).build().await.unwrap();
     println!(
-        "relay benchmark: N = {} messages, P = {:?} partitions, broker {}",
+        "relay benchmark: N = {} messages, P = {:?} partitions, broker {}, {MIMALLOC_THP}={}",
         args.messages,
         args.partition_counts,
-        bootstrap()
+        bootstrap(),
+        mimalloc_thp()
     );
     let mut results = Vec::new();
     let mut kinds = vec![
@@ -519,6 +530,7 @@ async fn run_row(client: &Client, args: &Args, prefix: &str, kind: &str) -> Figu
     let mut broker0 = broker_cpu_seconds();
     let mut started = Instant::now();
     let mut child = Command::new(exe)
+        .env(MIMALLOC_THP, mimalloc_thp())
         .args(["--child", child_kind, "--prefix", prefix])
         .args(["--messages", &fill.messages.to_string()])
         .args(["--partitions", &args.partitions.to_string()])

@@ -1,14 +1,17 @@
-//! Record batches (magic v2) encoded in one pass from outgoing messages.
+//! Record batches (magic v2), written from records encoded ahead.
 //!
-//! The producer writes each request's records straight from the [`OutgoingMessage`]s into one
-//! buffer: no intermediate record type, no map of headers, no buffer per record. Sizes are
-//! computed before writing, so every length prefix is written once and nothing is moved.
+//! A message is encoded when it is queued ([`Ahead::push`]), as the Java producer appends a
+//! record to its partition's open batch when it is sent: its key, value and headers go into
+//! its group's buffer as a batch holds them, while the message is still in the cache, and
+//! the message itself is dropped. What depends on the record's place in its batch (its offset
+//! and timestamp deltas, and the length in front) is written with the batch
+//! ([`Encoder::batch`]), which copies each record's encoded fields after them: no
+//! intermediate record type, no buffer per record, every length prefix written once.
 //! Compressed batches encode the records into a scratch buffer that is reused between
-//! requests, then compress it into the batch.
+//! batches, then compress it into the batch.
 //!
-//! The batch header carries no producer id (`-1`), as a non-idempotent producer sends it;
-//! [`BatchHeader`] is where an idempotent or transactional producer would set its producer id,
-//! epoch and base sequence.
+//! [`BatchHeader`] holds the producer id, epoch and base sequence of an idempotent or
+//! transactional producer (`-1` for a plain one).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use faststream_core::OutgoingMessage;
@@ -45,6 +48,80 @@ impl BatchHeader {
     };
 }
 
+/// Records encoded ahead of their batch: each record's key, value and headers as a batch
+/// holds them, back to back in `fields`, and where each one is.
+#[derive(Debug, Default)]
+pub(crate) struct Ahead {
+    pub(crate) fields: BytesMut,
+    pub(crate) records: Vec<Rec>,
+}
+
+/// One record encoded ahead: where its fields are (in part `part` of the buffers a batch is
+/// written from) and its timestamp.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rec {
+    pub(crate) part: u32,
+    start: u32,
+    len: u32,
+    timestamp: i64,
+}
+
+impl Rec {
+    /// The bytes of its encoded fields.
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// The same record, its fields in part `part`.
+    pub(crate) fn in_part(self, part: u32) -> Self {
+        Self { part, ..self }
+    }
+}
+
+/// Most bytes a record adds to its fields in a batch: its length, attributes, timestamp and
+/// offset deltas.
+const RECORD_FRAME: usize = 5 + 1 + 10 + 5;
+
+impl Ahead {
+    /// Room for about `count` records like `msg`.
+    pub(crate) fn with_room_for(msg: &OutgoingMessage, count: usize) -> Self {
+        Self {
+            fields: BytesMut::with_capacity(fields_bound(msg).saturating_mul(count)),
+            records: Vec::with_capacity(count),
+        }
+    }
+
+    /// Encodes `msg`'s key, value and headers after the records before it; `timestamp` is its
+    /// own or the time it was sent. `Err` when the buffer would pass 4 GiB.
+    pub(crate) fn push(&mut self, msg: &OutgoingMessage, timestamp: i64) -> Result<&Rec, String> {
+        let start = self.fields.len();
+        self.fields.reserve(fields_bound(msg));
+        let key = msg.key.as_deref();
+        put_bytes(&mut self.fields, key);
+        put_bytes(&mut self.fields, msg.payload.as_deref());
+        put_varint(&mut self.fields, msg.headers.len() as i64);
+        for (k, v) in msg.headers.iter() {
+            put_bytes(&mut self.fields, Some(k.as_bytes()));
+            put_bytes(&mut self.fields, Some(v));
+        }
+        let end = self.fields.len();
+        let (Ok(start32), Ok(len)) = (u32::try_from(start), u32::try_from(end - start)) else {
+            self.fields.truncate(start);
+            return Err(format!(
+                "a message of {} bytes after {start} bytes of others: more than one batch may hold",
+                end - start
+            ));
+        };
+        self.records.push(Rec {
+            part: 0,
+            start: start32,
+            len,
+            timestamp,
+        });
+        Ok(self.records.last().expect("just pushed"))
+    }
+}
+
 /// Encodes record batches, keeping its scratch buffer between batches.
 #[derive(Debug, Default)]
 pub(crate) struct Encoder {
@@ -52,40 +129,39 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    /// Appends one record batch holding `msgs` (in order) to `out`. Messages without a
-    /// timestamp get `now_ms`.
+    /// Appends one record batch holding `records` (in order; their fields in `parts`) to
+    /// `out`.
     pub(crate) fn batch(
         &mut self,
         out: &mut BytesMut,
-        msgs: &[OutgoingMessage],
-        now_ms: i64,
+        parts: &[Bytes],
+        records: &[Rec],
         compression: Compression,
         header: BatchHeader,
     ) -> Result<(), String> {
-        let timestamp = |m: &OutgoingMessage| m.timestamp.unwrap_or(now_ms);
-        let base_ts = msgs.first().map_or(now_ms, timestamp);
-        let max_ts = msgs.iter().map(timestamp).max().unwrap_or(now_ms);
+        let base_ts = records.first().map_or(0, |r| r.timestamp);
+        let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
         let start = out.len();
-        out.reserve(bound(msgs));
+        out.reserve(bound(records));
         out.put_i64(0); // base offset: the broker assigns offsets
         out.put_i32(0); // batch length, set below
         out.put_i32(-1); // partition leader epoch
         out.put_i8(2); // magic
         out.put_u32(0); // CRC-32C, set below
         out.put_i16(compression_bits(compression) | if header.transactional { 0x10 } else { 0 });
-        out.put_i32(msgs.len().saturating_sub(1) as i32); // last offset delta
+        out.put_i32(records.len().saturating_sub(1) as i32); // last offset delta
         out.put_i64(base_ts);
         out.put_i64(max_ts);
         out.put_i64(header.producer_id);
         out.put_i16(header.producer_epoch);
         out.put_i32(header.base_sequence);
-        out.put_i32(msgs.len() as i32);
+        out.put_i32(records.len() as i32);
         match compression {
-            Compression::None => write_records(out, msgs, base_ts, now_ms),
+            Compression::None => write_records(out, parts, records, base_ts),
             #[allow(unreachable_patterns)] // no codec when both compression features are off
             codec => {
                 self.scratch.clear();
-                write_records(&mut self.scratch, msgs, base_ts, now_ms);
+                write_records(&mut self.scratch, parts, records, base_ts);
                 compress(codec, &self.scratch, out)?;
             }
         }
@@ -97,6 +173,23 @@ impl Encoder {
         out[start + CRC_AT..start + CRC_FROM].copy_from_slice(&crc.to_be_bytes());
         Ok(())
     }
+}
+
+/// Appends one batch of `msgs` to `out` (messages without a timestamp get `now_ms`).
+#[cfg(test)]
+pub(crate) fn batch_of(
+    out: &mut BytesMut,
+    msgs: &[OutgoingMessage],
+    now_ms: i64,
+    compression: Compression,
+    header: BatchHeader,
+) -> Result<(), String> {
+    let mut ahead = Ahead::default();
+    for m in msgs {
+        ahead.push(m, m.timestamp.unwrap_or(now_ms))?;
+    }
+    let parts = [ahead.fields.freeze()];
+    Encoder::default().batch(out, &parts, &ahead.records, compression, header)
 }
 
 /// A copy of the encoded batch `batch` under another producer identity (`header`), its
@@ -112,42 +205,6 @@ pub(crate) fn with_header(batch: &[u8], header: BatchHeader) -> Bytes {
     let crc = crc32c::crc32c(&out[CRC_FROM..]);
     out[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
     out.freeze()
-}
-
-/// The `count` messages of a batch this producer encoded for `topic`, read back (to split it
-/// into smaller batches): keys, values, headers and timestamps as they were written.
-pub(crate) fn messages(
-    batch: Bytes,
-    topic: &str,
-    count: usize,
-) -> Result<Vec<OutgoingMessage>, String> {
-    let src = crate::records::Source {
-        topic: topic.into(),
-        partition: 0,
-        from: 0,
-        aborted: Vec::new(),
-        max_decompressed: usize::MAX,
-    };
-    let mut msgs = Vec::with_capacity(count);
-    for item in crate::records::Records::new(src, batch).all().items {
-        let crate::records::Fetched::Record(m) = item else {
-            return Err(format!("an encoded batch reads back as {item:?}"));
-        };
-        let mut msg = OutgoingMessage::new("", Bytes::new());
-        msg.topic = m.topic;
-        msg.key = m.key;
-        msg.headers = m.headers;
-        msg.payload = m.payload;
-        msg.timestamp = m.timestamp;
-        msgs.push(msg);
-    }
-    match msgs.len() == count {
-        true => Ok(msgs),
-        false => Err(format!(
-            "an encoded batch of {count} records reads back as {}",
-            msgs.len()
-        )),
-    }
 }
 
 fn compression_bits(compression: Compression) -> i16 {
@@ -187,50 +244,39 @@ fn compress(compression: Compression, data: &[u8], out: &mut BytesMut) -> Result
     Ok(())
 }
 
-/// An upper bound of the encoded size of a batch of `msgs` (uncompressed).
-pub(crate) fn bound(msgs: &[OutgoingMessage]) -> usize {
-    BATCH_HEADER + msgs.iter().map(record_bound).sum::<usize>()
+/// An upper bound of the encoded size of a batch of `records` (uncompressed).
+pub(crate) fn bound(records: &[Rec]) -> usize {
+    BATCH_HEADER
+        + records
+            .iter()
+            .map(|r| r.len() + RECORD_FRAME)
+            .sum::<usize>()
 }
 
-/// An upper bound of one record's encoded size.
-fn record_bound(m: &OutgoingMessage) -> usize {
-    let fields = m.key.as_ref().map_or(0, |k| k.len())
+/// An upper bound of the size of a message's encoded fields.
+fn fields_bound(m: &OutgoingMessage) -> usize {
+    m.key.as_ref().map_or(0, |k| k.len())
         + m.payload.as_ref().map_or(0, |v| v.len())
         + m.headers
             .iter()
             .map(|(k, v)| k.len() + v.len() + 10)
-            .sum::<usize>();
-    fields + 5 + 1 + 10 + 5 + 5 + 5 + 5
+            .sum::<usize>()
+        + 5
+        + 5
+        + 5
 }
 
-fn write_records(out: &mut impl BufMut, msgs: &[OutgoingMessage], base_ts: i64, now_ms: i64) {
-    for (delta, m) in msgs.iter().enumerate() {
-        let ts_delta = m.timestamp.unwrap_or(now_ms) - base_ts;
+fn write_records(out: &mut impl BufMut, parts: &[Bytes], records: &[Rec], base_ts: i64) {
+    for (delta, r) in records.iter().enumerate() {
+        let ts_delta = r.timestamp - base_ts;
         let delta = delta as i64;
-        let key = m.key.as_deref();
-        let value = m.payload.as_deref();
-        let headers = m.headers.len() as i64;
-        let body = 1
-            + varint_len(ts_delta)
-            + varint_len(delta)
-            + bytes_len(key)
-            + bytes_len(value)
-            + varint_len(headers)
-            + m.headers
-                .iter()
-                .map(|(k, v)| bytes_len(Some(k.as_bytes())) + bytes_len(Some(v)))
-                .sum::<usize>();
+        let body = 1 + varint_len(ts_delta) + varint_len(delta) + r.len();
         put_varint(out, body as i64);
         out.put_i8(0); // record attributes
         put_varint(out, ts_delta);
         put_varint(out, delta);
-        put_bytes(out, key);
-        put_bytes(out, value);
-        put_varint(out, headers);
-        for (k, v) in m.headers.iter() {
-            put_bytes(out, Some(k.as_bytes()));
-            put_bytes(out, Some(v));
-        }
+        let start = r.start as usize;
+        out.put_slice(&parts[r.part as usize][start..start + r.len()]);
     }
 }
 
@@ -250,13 +296,6 @@ pub(crate) fn put_varint(out: &mut impl BufMut, v: i64) {
         z >>= 7;
     }
     out.put_u8(z as u8);
-}
-
-fn bytes_len(b: Option<&[u8]>) -> usize {
-    match b {
-        None => varint_len(-1),
-        Some(b) => varint_len(b.len() as i64) + b.len(),
-    }
 }
 
 fn put_bytes(out: &mut impl BufMut, b: Option<&[u8]>) {
@@ -290,9 +329,8 @@ mod tests {
     fn round_trip(compression: Compression) {
         let msgs: Vec<_> = (0..300).map(msg).collect();
         let mut out = BytesMut::new();
-        let mut enc = Encoder::default();
         // Two batches in one buffer, the second at offset 300, as a log would hold them.
-        enc.batch(
+        batch_of(
             &mut out,
             &msgs,
             1_800_000_000_000,
@@ -301,8 +339,7 @@ mod tests {
         )
         .unwrap();
         let second = out.len();
-        enc.batch(&mut out, &msgs[..5], 5, compression, BatchHeader::PLAIN)
-            .unwrap();
+        batch_of(&mut out, &msgs[..5], 5, compression, BatchHeader::PLAIN).unwrap();
         out[second..second + 8].copy_from_slice(&300i64.to_be_bytes());
         let topic: std::sync::Arc<str> = "t".into();
         let src = Source {
@@ -344,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_reads_back_and_takes_another_producer_identity() {
+    fn a_batch_takes_another_producer_identity() {
         let msgs: Vec<_> = (0..30).map(msg).collect();
         let first = BatchHeader {
             producer_id: 7,
@@ -354,15 +391,14 @@ mod tests {
         };
         let encode = |header| {
             let mut out = BytesMut::new();
-            Encoder::default()
-                .batch(
-                    &mut out,
-                    &msgs,
-                    1_800_000_000_000,
-                    Compression::None,
-                    header,
-                )
-                .unwrap();
+            batch_of(
+                &mut out,
+                &msgs,
+                1_800_000_000_000,
+                Compression::None,
+                header,
+            )
+            .unwrap();
             out.freeze()
         };
         // Under a new identity (a retry after the producer's epoch moved on, in a transaction
@@ -383,24 +419,47 @@ mod tests {
         ] {
             assert_eq!(with_header(&encode(first), next), encode(next));
         }
-        // Read back (to split it): what was written, the encoding time given to those without
-        // a timestamp.
-        let read = messages(encode(first), "t", 30).unwrap();
-        for (i, m) in read.iter().enumerate() {
-            let want = msg(i);
-            assert_eq!(
-                (&m.payload, &m.key, &m.headers),
-                (&want.payload, &want.key, &want.headers)
-            );
-            assert_eq!(
-                m.timestamp,
-                Some(want.timestamp.unwrap_or(1_800_000_000_000))
-            );
+    }
+
+    #[test]
+    fn records_encoded_ahead_in_several_buffers_make_one_batch() {
+        // Groups queued apart (two buffers), sent as one batch and as two halves: each the
+        // same as encoding those messages at once.
+        let msgs: Vec<_> = (0..40).map(msg).collect();
+        let stamp = |m: &OutgoingMessage| m.timestamp.unwrap_or(1_800_000_000_000);
+        let (mut a, mut b) = (Ahead::default(), Ahead::default());
+        for m in &msgs[..25] {
+            a.push(m, stamp(m)).unwrap();
         }
-        assert!(
-            messages(encode(first), "t", 31).is_err(),
-            "a count that does not match"
-        );
+        for m in &msgs[25..] {
+            b.push(m, stamp(m)).unwrap();
+        }
+        let mut records = a.records.clone();
+        records.extend(b.records.iter().map(|r| r.in_part(1)));
+        let parts = [a.fields.freeze(), b.fields.freeze()];
+        let mut enc = Encoder::default();
+        for range in [0..40, 0..20, 20..40] {
+            let mut got = BytesMut::new();
+            enc.batch(
+                &mut got,
+                &parts,
+                &records[range.clone()],
+                Compression::None,
+                BatchHeader::PLAIN,
+            )
+            .unwrap();
+            let mut want = BytesMut::new();
+            batch_of(
+                &mut want,
+                &msgs[range.clone()],
+                1_800_000_000_000,
+                Compression::None,
+                BatchHeader::PLAIN,
+            )
+            .unwrap();
+            assert_eq!(got, want, "{range:?}");
+            assert!(got.len() <= bound(&records[range]));
+        }
     }
 
     #[test]

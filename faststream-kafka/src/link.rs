@@ -50,8 +50,10 @@ use crate::session::{self, Ends, FetchSession, Key, Position};
 
 /// Largest answer asked for in one Fetch request (each partition's part is bounded by its
 /// own fetch size; Kafka fills partitions in request order up to this, and the order turns
-/// every round so that none is always last).
-const FETCH_RESPONSE_MAX: i32 = 16 * 1024 * 1024;
+/// every round so that none is always last). Smaller than the Java consumer's 50 MiB: an
+/// answer is read whole before its partitions' records are copied out of it, so this is
+/// memory held twice for a moment, and a few MiB per round already keep up with a broker.
+const FETCH_RESPONSE_MAX: i32 = 8 * 1024 * 1024;
 /// Requests on the wire at once on the request connection (the Java producer's
 /// `max.in.flight.requests.per.connection` default).
 const MAX_IN_FLIGHT: usize = 5;

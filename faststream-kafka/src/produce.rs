@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::backoff::Backoff;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::encode::{BatchHeader, Encoder};
+use crate::encode::{Ahead, BatchHeader, Encoder, Rec};
 pub(crate) use crate::error::lock;
 use crate::error::FetchError;
 use crate::error::KafkaError;
@@ -69,15 +69,14 @@ impl Sticky {
     }
 }
 
-/// Per-record framing overhead added to the payload sizes when sizing a request.
+/// Per-record framing overhead added to the encoded fields when sizing a request.
 const RECORD_OVERHEAD: usize = 24;
 
-/// What a queued message costs the queue budgets: its size, plus the memory it takes while it
-/// waits beyond its bytes (the message itself and its header slots), so that the budgets
-/// bound memory for small messages too.
-fn queued_cost(msg: &OutgoingMessage, size: usize) -> usize {
-    size + std::mem::size_of::<OutgoingMessage>()
-        + msg.headers.len() * std::mem::size_of::<(faststream_core::HeaderName, bytes::Bytes)>()
+/// What a queued record costs the queue budgets: its encoded fields, plus what it takes while
+/// it waits beyond them (where it is, and its size), so that the budgets bound memory for
+/// small messages too.
+fn queued_cost(record: &Rec) -> usize {
+    record.len() + std::mem::size_of::<Rec>() + std::mem::size_of::<usize>()
 }
 
 /// How a group of messages ended: all delivered, or these (indices into the group) were not,
@@ -220,9 +219,9 @@ impl Enqueued {
     }
 }
 
-/// Messages for one partition, acknowledged together.
+/// Messages for one partition, acknowledged together, encoded as they were queued.
 struct Pending {
-    msgs: Vec<OutgoingMessage>,
+    records: Ahead,
     sizes: Vec<usize>,
     size: usize,
     ack: oneshot::Sender<Delivery>,
@@ -346,7 +345,7 @@ impl Producers {
         struct Group {
             topic: Arc<str>,
             partition: i32,
-            msgs: Vec<OutgoingMessage>,
+            records: Ahead,
             sizes: Vec<usize>,
             indices: Vec<u32>,
             /// What the group costs the queue budgets ([`queued_cost`]).
@@ -359,6 +358,9 @@ impl Producers {
         type Known = Result<(i32, Option<Sticky>), Arc<Undelivered>>;
         let mut topics: Vec<(Arc<str>, Known)> = Vec::new();
         let listed = msgs.len();
+        // Records without a timestamp of their own get the time they were sent (as the Java
+        // producer's `send` gives them).
+        let now = now_ms();
         for (index, msg) in msgs.into_iter().enumerate() {
             let count_left = listed - index;
             let index = index as u32;
@@ -395,32 +397,36 @@ impl Producers {
                     sticky.take(size, || self.next_partition(count))
                 }
             };
-            let cost = queued_cost(&msg, size);
-            match groups
-                .iter_mut()
-                .find(|g| g.partition == partition && g.topic == msg.topic)
+            let at = match groups
+                .iter()
+                .position(|g| g.partition == partition && g.topic == msg.topic)
             {
-                Some(g) => {
-                    g.msgs.push(msg);
-                    g.sizes.push(size);
-                    g.indices.push(index);
-                    g.cost += cost;
-                }
+                Some(at) => at,
                 None => {
                     // Most calls address one partition: room for the rest of the list.
                     let room = count_left.min(1024);
-                    let mut g = Group {
+                    groups.push(Group {
                         topic: msg.topic.clone(),
                         partition,
-                        msgs: Vec::with_capacity(room),
+                        records: Ahead::with_room_for(&msg, room),
                         sizes: Vec::with_capacity(room),
                         indices: Vec::with_capacity(room),
-                        cost,
-                    };
-                    g.msgs.push(msg);
-                    g.sizes.push(size);
+                        cost: 0,
+                    });
+                    groups.len() - 1
+                }
+            };
+            // Encoded now, while it is in the cache; the message itself is dropped here.
+            let g = &mut groups[at];
+            match g.records.push(&msg, msg.timestamp.unwrap_or(now)) {
+                Ok(record) => {
+                    g.sizes.push(record.len() + RECORD_OVERHEAD);
+                    g.cost += queued_cost(record);
                     g.indices.push(index);
-                    groups.push(g);
+                }
+                Err(why) => {
+                    let reason = Undelivered::Refused(ProduceFailure::Encode(why));
+                    out.refused.push((index, Arc::new(reason)));
                 }
             }
         }
@@ -433,12 +439,15 @@ impl Producers {
         for Group {
             topic,
             partition,
-            msgs,
+            records,
             sizes,
             indices,
             cost,
         } in groups
         {
+            if indices.is_empty() {
+                continue;
+            }
             let queue = self.queue(&topic, partition)?;
             let size: usize = sizes.iter().sum();
             // (A group larger than a budget takes all of it.)
@@ -457,7 +466,7 @@ impl Producers {
                 .map_err(|_| KafkaError::Closed)?;
             let (tx, rx) = oneshot::channel();
             let pending = Pending {
-                msgs,
+                records,
                 sizes,
                 size,
                 ack: tx,
@@ -751,11 +760,12 @@ struct Writer {
     scratch: Arc<ScratchPool>,
 }
 
-/// A request's buffers: the messages of the groups taken, their sizes, and the encoded record
-/// batch.
+/// A request's buffers: the records of the groups taken (their fields in `parts`, one per
+/// group), their sizes, and the encoded record batch.
 #[derive(Debug, Default)]
 struct Scratch {
-    msgs: Vec<OutgoingMessage>,
+    recs: Vec<Rec>,
+    parts: Vec<Bytes>,
     sizes: Vec<usize>,
     records: BytesMut,
 }
@@ -763,7 +773,8 @@ struct Scratch {
 impl Scratch {
     /// The memory it holds.
     fn footprint(&self) -> usize {
-        self.msgs.capacity() * std::mem::size_of::<OutgoingMessage>()
+        self.recs.capacity() * std::mem::size_of::<Rec>()
+            + self.parts.capacity() * std::mem::size_of::<Bytes>()
             + self.sizes.capacity() * std::mem::size_of::<usize>()
             + self.records.capacity()
     }
@@ -803,7 +814,8 @@ impl ScratchPool {
 
     /// Keeps `scratch` (emptied) if the pool has room for it.
     fn give(&self, mut scratch: Scratch) {
-        scratch.msgs.clear();
+        scratch.recs.clear();
+        scratch.parts.clear();
         scratch.sizes.clear();
         scratch.records.clear();
         let size = scratch.footprint();
@@ -884,19 +896,20 @@ impl Writer {
         }
     }
 
-    /// Encodes `msgs` as one record batch with `header`, in `buffer`'s memory.
+    /// Encodes `recs` (their fields in `parts`) as one record batch with `header`, in
+    /// `buffer`'s memory.
     fn encode(
         &mut self,
-        msgs: &[OutgoingMessage],
+        parts: &[Bytes],
+        recs: &[Rec],
         buffer: &mut BytesMut,
-        now_ms: i64,
         header: BatchHeader,
     ) -> Result<Bytes, ProduceFailure> {
         let mut records = std::mem::take(buffer);
         records.clear();
-        records.reserve(crate::encode::bound(msgs));
+        records.reserve(crate::encode::bound(recs));
         self.encoder
-            .batch(&mut records, msgs, now_ms, self.config.compression, header)
+            .batch(&mut records, parts, recs, self.config.compression, header)
             .map_err(ProduceFailure::Encode)?;
         Ok(records.freeze())
     }
@@ -962,14 +975,16 @@ impl Writer {
 async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics::ProducerMetrics) {
     let config = writer.config.clone();
     let (topic, partition) = (writer.topic.clone(), writer.partition);
-    let total = batch.iter().map(|p| p.msgs.len()).sum();
+    let total = batch.iter().map(|p| p.records.records.len()).sum();
     let pool = writer.scratch.clone();
     let Scratch {
-        mut msgs,
+        mut recs,
+        mut parts,
         mut sizes,
         records: mut buffer,
     } = pool.take();
-    msgs.reserve(total);
+    recs.reserve(total);
+    parts.reserve(batch.len());
     sizes.reserve(total);
     let mut ends = Vec::with_capacity(batch.len());
     let deadline = batch
@@ -994,7 +1009,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     "outputs of an aborted transaction are not written"
                 );
                 for p in ended {
-                    let failed = (0..p.msgs.len() as u32).map(|i| (i, reason.clone()));
+                    let failed = (0..p.records.records.len() as u32).map(|i| (i, reason.clone()));
                     let _ = p.ack.send(Err(failed.collect()));
                 }
             }
@@ -1004,16 +1019,15 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         None => batch,
     };
     for p in batch {
-        msgs.extend(p.msgs);
+        let part = parts.len() as u32;
+        parts.push(p.records.fields.freeze());
+        recs.extend(p.records.records.iter().map(|r| r.in_part(part)));
         sizes.extend(p.sizes);
-        ends.push((msgs.len(), p.ack, p._budget));
+        ends.push((recs.len(), p.ack, p._budget));
     }
     let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
-    // Refused records: index into `msgs`, reason.
+    // Refused records: index into `recs`, reason.
     let mut refused: Vec<(usize, Arc<Undelivered>)> = Vec::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let mut todo: std::collections::VecDeque<std::ops::Range<usize>> =
         plan_requests(&sizes, config.max_batch_bytes).into();
     let mut ends = ends.into_iter().peekable();
@@ -1026,11 +1040,9 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         // been written although it failed.
         let mut pinned: Option<BatchHeader> = None;
         let mut maybe_written = false;
-        // The range's batch as encoded, and the header in it. Once encoded, the messages'
-        // contents are dropped (while they are still in the cache, and so that what waits for
-        // the broker's answer is the batch alone); a retry sends the batch again (under a new
-        // header if it changed), and a split reads the messages back from it, as the Java
-        // producer's batches do.
+        // The range's batch as encoded, and the header in it: a retry sends the batch again
+        // (under a new header if it changed), as the Java producer's batches do; a split
+        // encodes its parts from the records again.
         let mut encoded: Option<(BatchHeader, Bytes)> = None;
         loop {
             let attempt = match pinned {
@@ -1043,9 +1055,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                     let records = match encoded.take() {
                         Some((was, records)) if was == header => Ok(records),
                         Some((_, records)) => Ok(crate::encode::with_header(&records, header)),
-                        None => writer
-                            .encode(&msgs[range.clone()], &mut buffer, now, header)
-                            .inspect(|_| msgs[range.clone()].iter_mut().for_each(empty)),
+                        None => writer.encode(&parts, &recs[range.clone()], &mut buffer, header),
                     };
                     match records {
                         Ok(records) => {
@@ -1068,25 +1078,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             match kind {
                 Refusal::TooLarge if range.len() > 1 => {
                     // Split, as the Java producer does: the parts are sent in order, each
-                    // encoded again from the messages read back from the batch.
-                    if let Some((_, records)) = encoded.take() {
-                        match crate::encode::messages(records, &writer.topic, range.len()) {
-                            Ok(read) => {
-                                for (slot, msg) in msgs[range.clone()].iter_mut().zip(read) {
-                                    *slot = msg;
-                                }
-                            }
-                            Err(why) => {
-                                // Our own batch that does not read back: nothing to split.
-                                let reason =
-                                    Arc::new(Undelivered::Refused(ProduceFailure::Encode(why)));
-                                tracing::error!(topic, partition, records = range.len(), error = %reason, "produce failed for good");
-                                metrics.failed(range.len());
-                                refused.extend(range.clone().map(|i| (i, reason.clone())));
-                                break;
-                            }
-                        }
-                    }
+                    // encoded again.
                     let mid = range.start + range.len() / 2;
                     todo.push_front(mid..range.end);
                     todo.push_front(range.start..mid);
@@ -1147,7 +1139,7 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             }
         }
         // Everything before the next range was sent or refused: resolve those groups.
-        let done = todo.front().map_or(msgs.len(), |r| r.start);
+        let done = todo.front().map_or(recs.len(), |r| r.start);
         while let Some((end, ack, _budget)) = ends.next_if(|(end, _, _)| *end <= done) {
             let failed: Vec<(u32, Arc<Undelivered>)> = refused
                 .iter()
@@ -1163,17 +1155,18 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         }
     }
     pool.give(Scratch {
-        msgs,
+        recs,
+        parts,
         sizes,
         records: buffer,
     });
 }
 
-/// Drops what an encoded message's batch now holds for it (its key, value and headers).
-fn empty(msg: &mut OutgoingMessage) {
-    msg.key = None;
-    msg.payload = None;
-    msg.headers = faststream_core::Headers::new();
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Kafka's default partitioner for keyed records: `murmur2(key) & 0x7fffffff % partitions`,

@@ -305,7 +305,7 @@ pub(super) const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 mod tests {
     use super::*;
     use crate::config::Compression;
-    use crate::encode::{BatchHeader, Encoder};
+    use crate::encode::{batch_of, BatchHeader};
     use crate::records::Source;
     use faststream_core::OutgoingMessage;
 
@@ -315,9 +315,7 @@ mod tests {
             .map(|i| OutgoingMessage::new("t", format!("m{i}")))
             .collect();
         let mut out = bytes::BytesMut::new();
-        Encoder::default()
-            .batch(&mut out, &msgs, 0, Compression::None, BatchHeader::PLAIN)
-            .unwrap();
+        batch_of(&mut out, &msgs, 0, Compression::None, BatchHeader::PLAIN).unwrap();
         let src = Source {
             topic: "t".into(),
             partition: 0,

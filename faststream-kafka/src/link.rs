@@ -26,16 +26,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     BrokerId, FetchRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
-    ProduceResponse, TopicName, TransactionalId,
+    ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, oneshot};
@@ -45,7 +44,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{partition_error, Cause, FetchError};
 use crate::metrics::FetchSessionMetrics;
-use crate::protocol::{ms, Conn, ConnError, Sent};
+use crate::protocol::{ms, Conn, ConnError, Pieces, Sent};
 use crate::session::{self, Ends, FetchSession, Key, Position};
 
 /// Largest answer asked for in one Fetch request (each partition's part is bounded by its
@@ -870,33 +869,17 @@ async fn write_produce(
     channel: &mut Channel,
     request: Vec<(Batch, ProduceReply)>,
 ) -> Result<Waiting, (Jobs, FetchError)> {
-    let config = channel.config.clone();
-    let txn = request[0].0.transactional_id.clone();
-    let mut topics: Vec<TopicProduceData> = Vec::new();
-    for (batch, _) in &request {
-        let mut data = PartitionProduceData::default();
-        data.index = batch.partition;
-        data.records = Some(batch.records.clone());
-        match topics.iter_mut().find(|t| *t.name == *batch.topic) {
-            Some(t) => t.partition_data.push(data),
-            None => {
-                let mut t = TopicProduceData::default();
-                t.name = topic_name(&batch.topic);
-                t.partition_data = vec![data];
-                topics.push(t);
-            }
-        }
-    }
-    let mut req = ProduceRequest::default();
-    req.transactional_id = txn.map(|t| TransactionalId(StrBytes::from_string(t.to_string())));
-    req.acks = -1;
-    req.timeout_ms = ms(config.request_timeout);
-    req.topic_data = topics;
+    let timeout = ms(channel.config.request_timeout);
     let sent = async {
         let conn = channel.get().await?;
         // Up to v9: later versions add leader hints (v10) and topic ids (v13).
         let version = conn.version::<ProduceRequest>(9)?;
-        Ok::<_, FetchError>(conn.pipeline(&req, version).await?)
+        let batches = request.iter().map(|(batch, _)| batch);
+        let body = |p: &mut Pieces| produce_body(p, version, timeout, batches);
+        Ok::<_, FetchError>(
+            conn.pipeline_pieces::<ProduceRequest>(version, body)
+                .await?,
+        )
     };
     match sent.await {
         Ok(sent) => Ok(Waiting {
@@ -907,9 +890,89 @@ async fn write_produce(
     }
 }
 
+/// Encodes a Produce request's body (v3 to v9; `acks = all`) for `batches` (one
+/// transactional id, the first's), their record batches written from their own buffers.
+/// Batches of one topic go under one topic entry, in the order their topics first come.
+fn produce_body<'a>(
+    p: &mut Pieces,
+    version: i16,
+    timeout_ms: i32,
+    batches: impl Iterator<Item = &'a Batch> + Clone,
+) {
+    let flexible = version >= 9;
+    let txn = batches
+        .clone()
+        .next()
+        .and_then(|b| b.transactional_id.clone());
+    let mut topics: Vec<(&str, Vec<&Batch>)> = Vec::new();
+    for batch in batches {
+        match topics.iter_mut().find(|(t, _)| *t == &*batch.topic) {
+            Some((_, list)) => list.push(batch),
+            None => topics.push((&batch.topic, vec![batch])),
+        }
+    }
+    let out = p.own();
+    put_string(out, flexible, txn.as_deref());
+    out.put_i16(-1);
+    out.put_i32(timeout_ms);
+    put_count(out, flexible, topics.len());
+    for (topic, list) in &topics {
+        let out = p.own();
+        put_string(out, flexible, Some(topic));
+        put_count(out, flexible, list.len());
+        for batch in list {
+            let out = p.own();
+            out.put_i32(batch.partition);
+            put_count(out, flexible, batch.records.len());
+            p.splice(batch.records.clone());
+            if flexible {
+                put_uvarint(p.own(), 0); // no tagged fields
+            }
+        }
+        if flexible {
+            put_uvarint(p.own(), 0);
+        }
+    }
+    if flexible {
+        put_uvarint(p.own(), 0);
+    }
+}
+
+/// A length or count: compact (unsigned varint of n + 1) in flexible versions, else an `i32`.
+fn put_count(out: &mut Vec<u8>, flexible: bool, n: usize) {
+    match flexible {
+        true => put_uvarint(out, n as u64 + 1),
+        false => out.put_i32(n as i32),
+    }
+}
+
+/// A nullable string: compact in flexible versions, else with an `i16` length (-1: none).
+fn put_string(out: &mut Vec<u8>, flexible: bool, s: Option<&str>) {
+    match (s, flexible) {
+        (None, true) => put_uvarint(out, 0),
+        (None, false) => out.put_i16(-1),
+        (Some(s), true) => put_uvarint(out, s.len() as u64 + 1),
+        (Some(s), false) => out.put_i16(s.len() as i16),
+    }
+    if let Some(s) = s {
+        out.put_slice(s.as_bytes());
+    }
+}
+
+fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::TransactionalId;
+    use kafka_protocol::protocol::Encodable;
 
     fn batch(topic: &str, partition: i32, bytes: usize, txn: Option<&str>) -> (Batch, usize) {
         let batch = Batch {
@@ -930,6 +993,49 @@ mod tests {
 
     /// A request takes the batches of the first batch's transactional id, one per partition,
     /// in queue order; the rest wait for the next request, in their order.
+    /// The body written in pieces is the bytes `kafka-protocol` encodes for the same request,
+    /// at every version used, with a transactional id and without.
+    #[test]
+    fn a_produce_body_in_pieces_is_the_encoded_request() {
+        for txn in [None, Some("txn-1")] {
+            let batches: Vec<Batch> = [("a", 0, 10), ("b", 3, 0), ("a", 2, 300)]
+                .into_iter()
+                .map(|(topic, partition, bytes)| Batch {
+                    topic: Arc::from(topic),
+                    partition,
+                    records: Bytes::from((0..bytes).map(|i| i as u8).collect::<Vec<_>>()),
+                    transactional_id: txn.map(Arc::from),
+                })
+                .collect();
+            let mut req = ProduceRequest::default();
+            req.transactional_id = txn.map(|t| TransactionalId(StrBytes::from_static_str(t)));
+            req.acks = -1;
+            req.timeout_ms = 30_000;
+            for name in ["a", "b"] {
+                let mut t = TopicProduceData::default();
+                t.name = topic_name(name);
+                for b in batches.iter().filter(|b| &*b.topic == name) {
+                    let mut data = PartitionProduceData::default();
+                    data.index = b.partition;
+                    data.records = Some(b.records.clone());
+                    t.partition_data.push(data);
+                }
+                req.topic_data.push(t);
+            }
+            for version in 3..=9 {
+                let mut want = BytesMut::new();
+                req.encode(&mut want, version).unwrap();
+                let mut got = Pieces::default();
+                produce_body(&mut got, version, 30_000, batches.iter());
+                assert_eq!(
+                    got.flat(),
+                    want,
+                    "version {version}, transactional id {txn:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_request_takes_one_batch_per_partition_of_one_transactional_id() {
         let mut queue = vec![

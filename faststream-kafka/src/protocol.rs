@@ -2,7 +2,8 @@
 //! messages): the consumers, producers and group members all talk through it.
 //!
 //! Framing: an `i32` length, the request header, the body; one write per request with
-//! `TCP_NODELAY` set. Versions are negotiated with ApiVersions: each request uses the highest
+//! `TCP_NODELAY` set (a vectored one for a request whose record batches are written from their
+//! own buffers, [`Pieces`]). Versions are negotiated with ApiVersions: each request uses the highest
 //! version both sides support.
 
 use std::time::Duration;
@@ -417,6 +418,59 @@ impl Conn {
         }
     }
 
+    /// Writes a request of type `R` at `version` whose body `body` encodes in [`Pieces`],
+    /// without waiting for its answer (as [`Conn::pipeline`]).
+    pub(crate) async fn pipeline_pieces<R: Request>(
+        &mut self,
+        version: i16,
+        body: impl FnOnce(&mut Pieces),
+    ) -> Result<Sent, ConnError> {
+        if self.broken {
+            return Err(self.dropped());
+        }
+        // Broken until written whole (a dropped future leaves half a request on the wire).
+        self.broken = true;
+        let in_flight = self.meter.request();
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = self.header::<R>(version);
+        let mut own = std::mem::take(&mut self.out);
+        own.clear();
+        let mut pieces = Pieces {
+            own,
+            spliced: Vec::new(),
+            spliced_len: 0,
+        };
+        pieces.own.put_i32(0);
+        header
+            .encode(&mut pieces.own, R::header_version(version))
+            .map_err(|e| self.protocol(format!("encoding request header: {e}")))?;
+        body(&mut pieces);
+        let len = i32::try_from(pieces.len() - 4)
+            .map_err(|_| self.protocol(format!("a request of {} bytes", pieces.len())))?;
+        pieces.own[..4].copy_from_slice(&len.to_be_bytes());
+        let io = self.io_error();
+        pieces.write(&mut self.stream).await.map_err(io)?;
+        if pieces.own.capacity() <= KEPT_REQUEST_BUFFER {
+            self.out = pieces.own;
+        }
+        self.broken = false;
+        Ok(Sent {
+            correlation: self.correlation,
+            version,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// The header of the next request of type `R`.
+    fn header<R: Request>(&self, version: i16) -> RequestHeader {
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(self.client_id.clone());
+        header
+    }
+
     /// Encodes and writes `req`; returns its correlation id.
     async fn write_request<R: Request + Sync>(
         &mut self,
@@ -424,11 +478,7 @@ impl Conn {
         version: i16,
     ) -> Result<i32, ConnError> {
         self.correlation = self.correlation.wrapping_add(1);
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation;
-        header.client_id = Some(self.client_id.clone());
+        let header = self.header::<R>(version);
         // Sized up front: a produce request carries up to `max_batch_bytes` of records, which
         // growing the buffer would copy several times.
         let size = header
@@ -490,6 +540,73 @@ impl Conn {
         }
         R::Response::decode(&mut body, version)
             .map_err(|e| self.protocol(format!("decoding response: {e}")))
+    }
+}
+
+/// A request encoded in pieces: its own bytes, and buffers written between them as they are
+/// (a Produce request's record batches, which would otherwise be copied into the request:
+/// megabytes per request at hundreds of partitions).
+#[derive(Debug, Default)]
+pub(crate) struct Pieces {
+    own: Vec<u8>,
+    /// Buffers written at a position of `own`, in order.
+    spliced: Vec<(usize, Bytes)>,
+    spliced_len: usize,
+}
+
+impl Pieces {
+    /// Where the request's own bytes go.
+    pub(crate) fn own(&mut self) -> &mut Vec<u8> {
+        &mut self.own
+    }
+
+    /// `bytes`, written as they are after what was encoded so far.
+    pub(crate) fn splice(&mut self, bytes: Bytes) {
+        self.spliced_len += bytes.len();
+        self.spliced.push((self.own.len(), bytes));
+    }
+
+    /// The request's length in bytes.
+    fn len(&self) -> usize {
+        self.own.len() + self.spliced_len
+    }
+
+    /// The request's bytes in order.
+    fn slices(&self) -> Vec<std::io::IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(2 * self.spliced.len() + 1);
+        let mut at = 0;
+        for (pos, bytes) in &self.spliced {
+            slices.push(std::io::IoSlice::new(&self.own[at..*pos]));
+            slices.push(std::io::IoSlice::new(bytes));
+            at = *pos;
+        }
+        slices.push(std::io::IoSlice::new(&self.own[at..]));
+        slices
+    }
+
+    /// Writes the request whole, in as few writes as the stream takes.
+    async fn write(&self, stream: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+        let mut slices = self.slices();
+        let mut bufs = &mut slices[..];
+        let mut left = self.len();
+        while left > 0 {
+            let n = stream.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            left -= n;
+            std::io::IoSlice::advance_slices(&mut bufs, n);
+        }
+        Ok(())
+    }
+
+    /// The request's bytes in one buffer.
+    #[cfg(test)]
+    pub(crate) fn flat(&self) -> Vec<u8> {
+        self.slices()
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect()
     }
 }
 

@@ -78,15 +78,20 @@ impl Rec {
     }
 }
 
+/// Most bytes of fields a group's buffer is made with (it grows past that as records come).
+const ROOM_AHEAD: usize = 1024 * 1024;
+
 /// Most bytes a record adds to its fields in a batch: its length, attributes, timestamp and
 /// offset deltas.
 const RECORD_FRAME: usize = 5 + 1 + 10 + 5;
 
 impl Ahead {
-    /// Room for about `count` records like `msg`.
+    /// Room for about `count` records like `msg` (at most [`ROOM_AHEAD`] bytes of fields:
+    /// the first message may be much larger than the others).
     pub(crate) fn with_room_for(msg: &OutgoingMessage, count: usize) -> Self {
+        let room = fields_bound(msg).saturating_mul(count).min(ROOM_AHEAD);
         Self {
-            fields: BytesMut::with_capacity(fields_bound(msg).saturating_mul(count)),
+            fields: BytesMut::with_capacity(room.max(fields_bound(msg))),
             records: Vec::with_capacity(count),
         }
     }
@@ -460,6 +465,27 @@ mod tests {
             assert_eq!(got, want, "{range:?}");
             assert!(got.len() <= bound(&records[range]));
         }
+    }
+
+    /// A group's buffer is made for the records expected, but not from a first message much
+    /// larger than the rest: past [`ROOM_AHEAD`] it grows as records come.
+    #[test]
+    fn a_group_buffer_is_made_for_what_comes_within_a_bound() {
+        let small = OutgoingMessage::new("t", "v");
+        let room = Ahead::with_room_for(&small, 100).fields.capacity();
+        assert!((100..ROOM_AHEAD).contains(&room), "{room}");
+        let large = OutgoingMessage::new("t", vec![0u8; 512 * 1024]);
+        let mut ahead = Ahead::with_room_for(&large, 1000);
+        assert!(
+            ahead.fields.capacity() <= ROOM_AHEAD,
+            "{}",
+            ahead.fields.capacity()
+        );
+        for _ in 0..3 {
+            ahead.push(&large, 0).unwrap();
+        }
+        assert_eq!(ahead.records.len(), 3);
+        assert!(ahead.records.iter().all(|r| r.len() > 512 * 1024));
     }
 
     #[test]

@@ -364,7 +364,7 @@ impl Producers {
         for (index, msg) in msgs.into_iter().enumerate() {
             let count_left = listed - index;
             let index = index as u32;
-            let at = match topics.iter().position(|(t, _)| *t == msg.topic) {
+            let at = match topics.iter().position(|(t, _)| same_topic(t, &msg.topic)) {
                 Some(at) => at,
                 None => {
                     let known = self.partition_count_within(&msg.topic).await;
@@ -399,7 +399,7 @@ impl Producers {
             };
             let at = match groups
                 .iter()
-                .position(|g| g.partition == partition && g.topic == msg.topic)
+                .position(|g| g.partition == partition && same_topic(&g.topic, &msg.topic))
             {
                 Some(at) => at,
                 None => {
@@ -1160,6 +1160,12 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         sizes,
         records: buffer,
     });
+}
+
+/// Whether two topic names are the same: most often the same shared name (a route's outputs
+/// share theirs), compared without reading it.
+fn same_topic(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Milliseconds since the Unix epoch.

@@ -459,31 +459,50 @@ async fn parent(args: Args) {
             .collect();
         report(&args, &results);
     }
-    // Each partition count against the first, row by row (the last round of each).
+    // Each partition count against the first, kind by kind, round by round (the rows of one
+    // round ran one after the other), and the median of the rounds.
     let p0 = args.partition_counts[0];
-    let last = |p: i32, k: &str| {
+    let rounds_of = |p: i32, k: &str| -> Vec<Figures> {
         results
             .iter()
-            .rev()
-            .find(|r| r.0 == p && r.1 == k)
+            .filter(|r| r.0 == p && r.1 == k)
             .map(|r| r.2)
+            .collect()
     };
     for &p in &args.partition_counts[1..] {
         println!();
-        println!("P = {p} against P = {p0}, same run:");
-        for kind in &kinds {
-            if let (Some(at_p), Some(at_p0)) = (last(p, kind), last(p0, kind)) {
-                if kind.starts_with("idle") {
-                    continue;
-                }
-                println!(
-                    "{:<24} {:>12.2} {:>16.2} {:>14.2}",
-                    format!("{kind} {p}/{p0}"),
-                    at_p0.seconds / at_p.seconds,
-                    at_p.cpu_seconds / at_p0.cpu_seconds,
-                    at_p.peak_rss_kib as f64 / at_p0.peak_rss_kib as f64
-                );
+        println!("P = {p} against P = {p0}, round by round (median last):");
+        for kind in kinds.iter().filter(|k| !k.starts_with("idle")) {
+            let pairs: Vec<[f64; 3]> = rounds_of(p, kind)
+                .iter()
+                .zip(rounds_of(p0, kind))
+                .map(|(at_p, at_p0)| {
+                    [
+                        at_p0.seconds / at_p.seconds,
+                        at_p.cpu_seconds / at_p0.cpu_seconds,
+                        at_p.peak_rss_kib as f64 / at_p0.peak_rss_kib as f64,
+                    ]
+                })
+                .collect();
+            if pairs.is_empty() {
+                continue;
             }
+            let column = |i: usize| {
+                let mut all: Vec<f64> = pairs.iter().map(|r| r[i]).collect();
+                let figures: Vec<String> = all.iter().map(|x| format!("{x:.2}")).collect();
+                all.sort_by(f64::total_cmp);
+                let mid = all.len() / 2;
+                let median = if all.len().is_multiple_of(2) {
+                    (all[mid - 1] + all[mid]) / 2.0
+                } else {
+                    all[mid]
+                };
+                format!("{} | {median:.2}", figures.join(" "))
+            };
+            println!("{kind} {p}/{p0}");
+            println!("  throughput {}", column(0));
+            println!("  CPU / msg  {}", column(1));
+            println!("  peak RSS   {}", column(2));
         }
     }
 

@@ -89,9 +89,10 @@ impl Ahead {
     /// Room for about `count` records like `msg` (at most [`ROOM_AHEAD`] bytes of fields:
     /// the first message may be much larger than the others).
     pub(crate) fn with_room_for(msg: &OutgoingMessage, count: usize) -> Self {
-        let room = fields_bound(msg).saturating_mul(count).min(ROOM_AHEAD);
+        let one = fields_len(msg);
+        let room = one.saturating_mul(count).min(ROOM_AHEAD).max(one);
         Self {
-            fields: BytesMut::with_capacity(room.max(fields_bound(msg))),
+            fields: BytesMut::with_capacity(room),
             records: Vec::with_capacity(count),
         }
     }
@@ -100,7 +101,7 @@ impl Ahead {
     /// own or the time it was sent. `Err` when the buffer would pass 4 GiB.
     pub(crate) fn push(&mut self, msg: &OutgoingMessage, timestamp: i64) -> Result<&Rec, String> {
         let start = self.fields.len();
-        self.fields.reserve(fields_bound(msg));
+        self.fields.reserve(fields_len(msg));
         let key = msg.key.as_deref();
         put_bytes(&mut self.fields, key);
         put_bytes(&mut self.fields, msg.payload.as_deref());
@@ -110,6 +111,7 @@ impl Ahead {
             put_bytes(&mut self.fields, Some(v));
         }
         let end = self.fields.len();
+        debug_assert_eq!(end - start, fields_len(msg), "fields_len is exact");
         let (Ok(start32), Ok(len)) = (u32::try_from(start), u32::try_from(end - start)) else {
             self.fields.truncate(start);
             return Err(format!(
@@ -258,17 +260,18 @@ pub(crate) fn bound(records: &[Rec]) -> usize {
             .sum::<usize>()
 }
 
-/// An upper bound of the size of a message's encoded fields.
-fn fields_bound(m: &OutgoingMessage) -> usize {
-    m.key.as_ref().map_or(0, |k| k.len())
-        + m.payload.as_ref().map_or(0, |v| v.len())
+/// The bytes `msg`'s key, value and headers take in a record, exactly.
+fn fields_len(m: &OutgoingMessage) -> usize {
+    fn field(b: Option<&[u8]>) -> usize {
+        b.map_or(1, |b| varint_len(b.len() as i64) + b.len())
+    }
+    field(m.key.as_deref())
+        + field(m.payload.as_deref())
+        + varint_len(m.headers.len() as i64)
         + m.headers
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 10)
+            .map(|(k, v)| field(Some(k.as_bytes())) + field(Some(v)))
             .sum::<usize>()
-        + 5
-        + 5
-        + 5
 }
 
 fn write_records(out: &mut impl BufMut, parts: &[Bytes], records: &[Rec], base_ts: i64) {
@@ -486,6 +489,28 @@ mod tests {
         }
         assert_eq!(ahead.records.len(), 3);
         assert!(ahead.records.iter().all(|r| r.len() > 512 * 1024));
+    }
+
+    /// A group made for `n` records like its first holds `n` of them without growing, and
+    /// what a message's fields take is known exactly before they are written.
+    #[test]
+    fn a_group_made_for_n_like_records_holds_them_without_growing() {
+        let keyed = OutgoingMessage::new("t", vec![7u8; 300])
+            .key("user-17")
+            .header("content-type", "application/json")
+            .header("correlation_id", "0123456789abcdef");
+        let mut empty = OutgoingMessage::new("t", "");
+        empty.payload = None;
+        for msg in [&keyed, &empty, &OutgoingMessage::new("t", "v")] {
+            let mut ahead = Ahead::with_room_for(msg, 50);
+            let room = ahead.fields.capacity();
+            for _ in 0..50 {
+                let rec = *ahead.push(msg, 0).unwrap();
+                assert_eq!(rec.len(), fields_len(msg));
+            }
+            assert_eq!(ahead.fields.len(), 50 * fields_len(msg));
+            assert_eq!(ahead.fields.capacity(), room, "the buffer grew");
+        }
     }
 
     #[test]

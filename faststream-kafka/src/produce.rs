@@ -380,6 +380,9 @@ impl Producers {
                 }
             };
             let size = msg.approximate_size() + RECORD_OVERHEAD;
+            // How many of the list's messages may go where this one goes: a keyless one's
+            // partition takes what is left of its share, the others may take the rest.
+            let mut expected = count_left;
             let partition = match (msg.partition, &msg.key) {
                 (Some(p), _) if (0..count).contains(&p) => p,
                 (Some(p), _) => {
@@ -394,7 +397,9 @@ impl Producers {
                 (None, Some(key)) => partition_for_key(key, count),
                 (None, None) => {
                     let sticky = sticky.get_or_insert_with(|| self.sticky(&msg.topic, count));
-                    sticky.take(size, || self.next_partition(count))
+                    let partition = sticky.take(size, || self.next_partition(count));
+                    expected = expected.min(1 + sticky.left / size);
+                    partition
                 }
             };
             let at = match groups
@@ -403,8 +408,8 @@ impl Producers {
             {
                 Some(at) => at,
                 None => {
-                    // Most calls address one partition: room for the rest of the list.
-                    let room = count_left.min(1024);
+                    // Most calls address one partition: room for what may follow.
+                    let room = expected.min(1024);
                     groups.push(Group {
                         topic: msg.topic.clone(),
                         partition,

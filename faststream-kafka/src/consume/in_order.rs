@@ -66,19 +66,20 @@ impl PartitionConsumer {
                         metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
                         // One clock read per message: the chunk deadline and the metric.
                         let started = tokio::time::Instant::now();
-                        let handling = handle_message(
+                        // Pinned where it is made: the future (over a kilobyte) is not
+                        // copied again to be awaited.
+                        let mut handling = std::pin::pin!(handle_message(
                             &self.rt.pipeline,
                             self.route,
                             msg,
                             &self.shutdown,
                             self.lane.as_ref().map(|l| (&*l.lane, l.stage)),
-                        );
+                        ));
                         let outcome = if !inflight.is_collecting() {
                             handling.await
                         } else {
                             // Outputs of earlier messages wait for this handler only briefly
                             // (no timer for a handler done at its first poll, as most are).
-                            let mut handling = std::pin::pin!(handling);
                             let first =
                                 std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx)))
                                     .await;

@@ -603,10 +603,10 @@ async fn handle_message(
     lane: Option<(&RetryLane, usize)>,
 ) -> Outcome {
     match lane {
+        // Boxed: the lane's future (a batch of one) would otherwise set the size of every
+        // message's future, and what each move of it copies.
         Some((lane, stage)) => {
-            pipeline
-                .handle_in_lane(route, msg, Some(stop), lane, stage)
-                .await
+            Box::pin(pipeline.handle_in_lane(route, msg, Some(stop), lane, stage)).await
         }
         None => pipeline.handle_until(route, msg, Some(stop)).await,
     }

@@ -9,7 +9,7 @@
 //!
 //! `--partitions 3,256` runs every row at each partition count in the same run (idle rows at
 //! the largest only) and prints each count's rows against the first count's. Before the
-//! measured rows, the first relay row runs unmeasured at each partition count, up to 12 times
+//! measured rows, each relay row runs unmeasured at each partition count, up to 12 times
 //! (`--warm-up ROWS` sets the most, `--no-warm-up` skips it), until the broker's JIT compiler
 //! took less than 15 % of the broker's CPU during one: a freshly started broker on the JVM
 //! compiles its hot paths for minutes (its compiler threads took half its CPU during the first
@@ -427,27 +427,27 @@ async fn parent(args: Args) {
     });
     let mut row = 0;
     // Unmeasured first, at each partition count (the broker's paths of 256 partitions are
-    // not those of 3): its first relay row, until the broker's JIT compiler has settled.
+    // not those of 3) and for each relay row (another client's requests take other paths):
+    // until the broker's JIT compiler has settled.
     for &p in args.partition_counts.iter().filter(|_| args.warm_up > 0) {
-        let Some(&(_, kind)) = rows
-            .iter()
-            .find(|(at, k)| *at == p && !k.starts_with("idle"))
-        else {
-            continue;
-        };
         let mut args = args.clone();
         args.partitions = p;
-        for i in 1..=args.warm_up {
-            let prefix = format!("bench{stamp}-{row}-warm-{}.", kind.replace('@', "-"));
-            row += 1;
-            let figures = run_row(&client, &args, &prefix, kind).await;
-            println!(
-                "  warm-up {i}: {kind} at P = {p} (not counted): the broker's JIT took {} of its CPU",
-                jit_share(figures.broker_cpu)
-            );
-            match figures.broker_cpu {
-                Some(b) if b.jit > WARM_JIT * b.total => {}
-                _ => break,
+        for &(_, kind) in rows
+            .iter()
+            .filter(|(at, k)| *at == p && !k.starts_with("idle"))
+        {
+            for i in 1..=args.warm_up {
+                let prefix = format!("bench{stamp}-{row}-warm-{}.", kind.replace('@', "-"));
+                row += 1;
+                let figures = run_row(&client, &args, &prefix, kind).await;
+                println!(
+                    "  warm-up {i}: {kind} at P = {p} (not counted): the broker's JIT took {} of its CPU",
+                    jit_share(figures.broker_cpu)
+                );
+                match figures.broker_cpu {
+                    Some(b) if b.jit > WARM_JIT * b.total => {}
+                    _ => break,
+                }
             }
         }
     }
@@ -671,6 +671,9 @@ async fn run_row(client: &Client, args: &Args, prefix: &str, kind: &str) -> Figu
         stdout.join("\n"),
         String::from_utf8_lossy(&out.stderr)
     );
+    if networked {
+        delete_topics(client, prefix).await;
+    }
     let last = stdout.last().map(String::as_str).unwrap_or_default();
     let f: Vec<f64> = last
         .split_whitespace()
@@ -873,6 +876,23 @@ async fn request_sizing(client: &Client, stamp: u128) {
         "  KafkaBroker producer:               {:>8.1} ms per round",
         fw.as_secs_f64() * 1000.0 / ROUNDS as f64
     );
+}
+
+/// Deletes a row's topics once it is measured: a run makes hundreds of them, and a broker
+/// that keeps every partition of the run (thousands at P = 256) does more background work
+/// for each (checkpoints of all partitions every few seconds) as the run goes on.
+async fn delete_topics(client: &Client, prefix: &str) {
+    for topic in ["in_topic", "out-topic"] {
+        let name = format!("{prefix}{topic}");
+        let deleted = client
+            .controller_client()
+            .unwrap()
+            .delete_topic(name.as_str(), 5_000)
+            .await;
+        if let Err(e) = deleted {
+            println!("  (could not delete topic {name}: {e})");
+        }
+    }
 }
 
 async fn prefill(client: &Client, prefix: &str, args: &Args, keyed: bool) {

@@ -464,6 +464,61 @@ async fn an_output_refused_for_good_dead_letters_its_input_and_the_neighbours_go
     running.stop().await.expect("a clean shutdown");
 }
 
+/// Outputs of one fetched batch spread over several record batches (small batches): the one
+/// refused for good is reported as itself (its input dead-lettered, no other), every other
+/// output relayed once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_output_among_several_batches_of_its_group_is_named_right() {
+    const N: usize = 200;
+    const BIG: usize = 137;
+    let prefix = unique_prefix("refused-spread");
+    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
+    let topic = format!("{prefix}relay");
+    let out = format!("{prefix}relay-out");
+    for t in [&topic, &out, &format!("{topic}.dlq")] {
+        create_topic(&client, t, 1).await;
+    }
+    let limited = out.clone();
+    proxy.refuse_produce(move |t, bytes| (t == limited && bytes > 10_000).then_some(10));
+    let big = "B".repeat(20_000);
+    let inputs: Vec<String> = (0..N)
+        .map(|i| match i {
+            BIG => big.clone(),
+            i => format!("m{i:03}-{}", "x".repeat(40)),
+        })
+        .collect();
+    let records = inputs
+        .iter()
+        .map(|v| record(None, v.as_bytes(), &[]))
+        .collect();
+    produce(&client, &topic, 0, records).await;
+
+    let running = start(app_on(&bootstrap, routes![relay], &prefix, |b| {
+        b.max_batch_bytes(1_000)
+    }))
+    .await;
+    let relayed = read(&client, &out, N - 1).await;
+    let relayed: Vec<String> = relayed.values().flatten().map(text).collect();
+    let mut want = inputs.clone();
+    want.remove(BIG);
+    assert_eq!(relayed, want, "every other output once, in order");
+    let dlq = read(&client, &format!("{topic}.dlq"), 1).await;
+    assert_eq!(dlq[&0].len(), 1, "one input dead-lettered");
+    let dead = text(&dlq[&0][0]);
+    assert!(
+        dead == big,
+        "dead-lettered {:.20}..., not the large input",
+        dead
+    );
+    let offset = header(&dlq[&0][0], "x-faststream-original-offset");
+    assert_eq!(offset, BIG.to_string());
+    running.stop().await.expect("a clean shutdown");
+}
+
 #[subscriber("moved", auto_offset_reset = "earliest")]
 #[publisher("moved-out")]
 async fn moved(body: String, topic: Topic) -> String {

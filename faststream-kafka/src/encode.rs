@@ -1,19 +1,18 @@
-//! Record batches (magic v2), written from records encoded ahead.
+//! Record batches (magic v2), written as records are queued.
 //!
-//! A message is encoded when it is queued ([`Ahead::push`]), as the Java producer appends a
-//! record to its partition's open batch when it is sent: its key, value and headers go into
-//! its group's buffer as a batch holds them, while the message is still in the cache, and
-//! the message itself is dropped. What depends on the record's place in its batch (its offset
-//! and timestamp deltas, and the length in front) is written with the batch
-//! ([`Encoder::batch`]), which copies each record's encoded fields after them: no
-//! intermediate record type, no buffer per record, every length prefix written once.
-//! Compressed batches encode the records into a scratch buffer that is reused between
-//! batches, then compress it into the batch.
+//! As the Java producer's record accumulator does, a message is appended to its partition's
+//! open batch ([`Open::append`]) when it is queued, while it is still in the cache: its
+//! length, attributes, timestamp and offset deltas, key, value and headers, as the batch
+//! holds them, every length prefix written once and the message itself dropped after. When
+//! the batch is sent its body goes out as it is ([`Sealed::records`] copies only to split a
+//! batch the broker refused as too large); the 61-byte header in front of it is written last
+//! ([`Encoded::head`]), for the producer identity of that attempt, its checksum combined with
+//! the body's. Compressed batches compress the body into a buffer of their own.
 //!
 //! [`BatchHeader`] holds the producer id, epoch and base sequence of an idempotent or
 //! transactional producer (`-1` for a plain one).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use faststream_core::OutgoingMessage;
 
 use crate::config::Compression;
@@ -23,9 +22,6 @@ pub(crate) const BATCH_HEADER: usize = 61;
 /// Where the CRC-32C is stored, and where the bytes it covers start.
 const CRC_AT: usize = 17;
 const CRC_FROM: usize = 21;
-/// Where the attributes and the producer id (then its epoch and the base sequence) are.
-const ATTRIBUTES_AT: usize = 21;
-const PRODUCER_AT: usize = 43;
 
 /// The producer-identity fields of a batch header (KIP-98).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,137 +44,253 @@ impl BatchHeader {
     };
 }
 
-/// Records encoded ahead of their batch: each record's key, value and headers as a batch
-/// holds them, back to back in `fields`, and where each one is.
-#[derive(Debug, Default)]
-pub(crate) struct Ahead {
-    pub(crate) fields: BytesMut,
-    pub(crate) records: Vec<Rec>,
-}
-
-/// One record encoded ahead: where its fields are (in part `part` of the buffers a batch is
-/// written from) and its timestamp.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Rec {
-    pub(crate) part: u32,
-    start: u32,
-    len: u32,
-    timestamp: i64,
-}
-
-impl Rec {
-    /// The bytes of its encoded fields.
-    pub(crate) fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    /// The same record, its fields in part `part`.
-    pub(crate) fn in_part(self, part: u32) -> Self {
-        Self { part, ..self }
-    }
-}
-
-/// Most bytes of fields a group's buffer is made with (it grows past that as records come).
-const ROOM_AHEAD: usize = 1024 * 1024;
-
 /// Most bytes a record adds to its fields in a batch: its length, attributes, timestamp and
 /// offset deltas.
-const RECORD_FRAME: usize = 5 + 1 + 10 + 5;
+pub(crate) const RECORD_FRAME: usize = 5 + 1 + 10 + 5;
 
-impl Ahead {
-    /// Room for about `count` records like `msg` (at most [`ROOM_AHEAD`] bytes of fields:
-    /// the first message may be much larger than the others).
-    pub(crate) fn with_room_for(msg: &OutgoingMessage, count: usize) -> Self {
-        let one = fields_len(msg);
-        let room = one.saturating_mul(count).min(ROOM_AHEAD).max(one);
-        Self {
-            fields: BytesMut::with_capacity(room),
-            records: Vec::with_capacity(count),
-        }
-    }
+/// The largest record fields a batch takes (its offsets in a batch are 32-bit).
+pub(crate) const MAX_FIELDS: usize = i32::MAX as usize / 2;
 
-    /// Encodes `msg`'s key, value and headers after the records before it; `timestamp` is its
-    /// own or the time it was sent. `Err` when the buffer would pass 4 GiB.
-    pub(crate) fn push(&mut self, msg: &OutgoingMessage, timestamp: i64) -> Result<&Rec, String> {
-        let start = self.fields.len();
-        self.fields.reserve(fields_len(msg));
-        let key = msg.key.as_deref();
-        put_bytes(&mut self.fields, key);
-        put_bytes(&mut self.fields, msg.payload.as_deref());
-        put_varint(&mut self.fields, msg.headers.len() as i64);
-        for (k, v) in msg.headers.iter() {
-            put_bytes(&mut self.fields, Some(k.as_bytes()));
-            put_bytes(&mut self.fields, Some(v));
-        }
-        let end = self.fields.len();
-        debug_assert_eq!(end - start, fields_len(msg), "fields_len is exact");
-        let (Ok(start32), Ok(len)) = (u32::try_from(start), u32::try_from(end - start)) else {
-            self.fields.truncate(start);
-            return Err(format!(
-                "a message of {} bytes after {start} bytes of others: more than one batch may hold",
-                end - start
-            ));
-        };
-        self.records.push(Rec {
-            part: 0,
-            start: start32,
-            len,
-            timestamp,
-        });
-        Ok(self.records.last().expect("just pushed"))
-    }
-}
-
-/// Encodes record batches, keeping its scratch buffer between batches.
+/// A partition's open record batch: its records as a batch holds them, back to back, and
+/// where each one ends.
 #[derive(Debug, Default)]
-pub(crate) struct Encoder {
-    scratch: Vec<u8>,
+pub(crate) struct Open {
+    body: BytesMut,
+    ends: Vec<u32>,
+    base_ts: i64,
+    max_ts: i64,
 }
 
-impl Encoder {
-    /// Appends one record batch holding `records` (in order; their fields in `parts`) to
-    /// `out`.
-    pub(crate) fn batch(
-        &mut self,
-        out: &mut BytesMut,
-        parts: &[Bytes],
-        records: &[Rec],
-        compression: Compression,
-        header: BatchHeader,
-    ) -> Result<(), String> {
-        let base_ts = records.first().map_or(0, |r| r.timestamp);
-        let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-        let start = out.len();
-        out.reserve(bound(records));
+impl Open {
+    /// Records appended.
+    pub(crate) fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Bytes of its records.
+    pub(crate) fn bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Room for `bytes` more bytes of records and `count` more records without growing.
+    pub(crate) fn reserve(&mut self, bytes: usize, count: usize) {
+        self.body.reserve(bytes);
+        self.ends.reserve(count);
+    }
+
+    /// Bytes it holds without growing.
+    pub(crate) fn capacity(&self) -> usize {
+        self.body.capacity()
+    }
+
+    /// The memory it holds.
+    pub(crate) fn footprint(&self) -> usize {
+        self.body.capacity() + self.ends.capacity() * std::mem::size_of::<u32>()
+    }
+
+    /// Appends `msg` as the next record; `fields` is [`fields_len`] of it (at most
+    /// [`MAX_FIELDS`]), `timestamp` its own or the time it was sent. A batch is closed before
+    /// it passes 2 GiB (`max_batch_bytes` is at most that).
+    pub(crate) fn append(&mut self, msg: &OutgoingMessage, fields: usize, timestamp: i64) {
+        if self.is_empty() {
+            self.base_ts = timestamp;
+            self.max_ts = timestamp;
+        }
+        self.max_ts = self.max_ts.max(timestamp);
+        let ts_delta = timestamp - self.base_ts;
+        let delta = self.count() as i64;
+        let start = self.body.len();
+        let out = &mut self.body;
+        out.reserve(frame_len(fields, ts_delta, delta));
+        put_varint(
+            out,
+            (1 + varint_len(ts_delta) + varint_len(delta) + fields) as i64,
+        );
+        out.put_i8(0); // record attributes
+        put_varint(out, ts_delta);
+        put_varint(out, delta);
+        let at = out.len();
+        put_bytes(out, msg.key.as_deref());
+        put_bytes(out, msg.payload.as_deref());
+        put_varint(out, msg.headers.len() as i64);
+        for (k, v) in msg.headers.iter() {
+            put_bytes(out, Some(k.as_bytes()));
+            put_bytes(out, Some(v));
+        }
+        debug_assert_eq!(out.len() - at, fields, "fields_len is exact");
+        debug_assert_eq!(out.len() - start, frame_len(fields, ts_delta, delta));
+        self.ends.push(out.len() as u32);
+    }
+
+    /// Closes the batch: its records can only be sent now.
+    pub(crate) fn seal(self) -> Sealed {
+        Sealed {
+            body: self.body.freeze(),
+            ends: self.ends,
+            base_ts: self.base_ts,
+            max_ts: self.max_ts,
+        }
+    }
+}
+
+/// A closed batch's records (see [`Open`]).
+#[derive(Debug)]
+pub(crate) struct Sealed {
+    body: Bytes,
+    ends: Vec<u32>,
+    base_ts: i64,
+    max_ts: i64,
+}
+
+impl Sealed {
+    pub(crate) fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Records `range` as a batch of their own: the body as it is when that is all of them,
+    /// else those records copied with their offset and timestamp deltas from the first of
+    /// them (a batch split after the broker refused it as too large).
+    pub(crate) fn records(&self, range: std::ops::Range<usize>) -> Records {
+        if range == (0..self.count()) {
+            return Records {
+                body: self.body.clone(),
+                count: self.count(),
+                base_ts: self.base_ts,
+                max_ts: self.max_ts,
+            };
+        }
+        let from = range
+            .start
+            .checked_sub(1)
+            .map_or(0, |i| self.ends[i] as usize);
+        let to = range
+            .end
+            .checked_sub(1)
+            .map_or(0, |i| self.ends[i] as usize);
+        let mut src = &self.body[from..to];
+        let mut parsed = Vec::with_capacity(range.len());
+        while !src.is_empty() {
+            let len = get_varint(&mut src) as usize;
+            let (mut record, rest) = src.split_at(len);
+            src = rest;
+            record.advance(1); // attributes
+            let ts = self.base_ts + get_varint(&mut record);
+            let _offset_delta = get_varint(&mut record);
+            parsed.push((ts, record));
+        }
+        let base_ts = parsed.first().map_or(0, |(ts, _)| *ts);
+        let max_ts = parsed.iter().map(|(ts, _)| *ts).max().unwrap_or(0);
+        let mut body = BytesMut::with_capacity(to - from);
+        for (delta, (ts, fields)) in parsed.iter().enumerate() {
+            let (ts_delta, delta) = (ts - base_ts, delta as i64);
+            put_varint(
+                &mut body,
+                (1 + varint_len(ts_delta) + varint_len(delta) + fields.len()) as i64,
+            );
+            body.put_i8(0);
+            put_varint(&mut body, ts_delta);
+            put_varint(&mut body, delta);
+            body.put_slice(fields);
+        }
+        Records {
+            body: body.freeze(),
+            count: range.len(),
+            base_ts,
+            max_ts,
+        }
+    }
+
+    /// Its buffers, emptied, when nothing else holds them any more (for the next batch).
+    pub(crate) fn reuse(self) -> Option<Open> {
+        let mut body = self.body.try_into_mut().ok()?;
+        body.clear();
+        let mut ends = self.ends;
+        ends.clear();
+        Some(Open {
+            body,
+            ends,
+            base_ts: 0,
+            max_ts: 0,
+        })
+    }
+}
+
+/// Records as one batch holds them (uncompressed), and what its header says of them.
+#[derive(Debug)]
+pub(crate) struct Records {
+    body: Bytes,
+    count: usize,
+    base_ts: i64,
+    max_ts: i64,
+}
+
+/// A record batch as sent: its body (compressed or not) and what its header says; its header
+/// is written for each attempt's producer identity ([`Encoded::head`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Encoded {
+    pub(crate) body: Bytes,
+    count: i32,
+    base_ts: i64,
+    max_ts: i64,
+    attributes: i16,
+    /// The CRC-32C of `body`, combined with the header's for each header.
+    crc: u32,
+}
+
+impl Records {
+    /// The batch of these records, compressed with `compression`.
+    pub(crate) fn encode(self, compression: Compression) -> Result<Encoded, String> {
+        let body = match compression {
+            Compression::None => self.body,
+            #[allow(unreachable_patterns)] // no codec when both compression features are off
+            codec => {
+                let mut out = BytesMut::with_capacity(self.body.len() / 2 + 64);
+                compress(codec, &self.body, &mut out)?;
+                out.freeze()
+            }
+        };
+        let length = BATCH_HEADER - 12 + body.len();
+        if i32::try_from(length).is_err() {
+            return Err(format!("a record batch of {length} bytes is too large"));
+        }
+        Ok(Encoded {
+            crc: crc32c::crc32c(&body),
+            body,
+            count: self.count as i32,
+            base_ts: self.base_ts,
+            max_ts: self.max_ts,
+            attributes: compression_bits(compression),
+        })
+    }
+}
+
+impl Encoded {
+    /// The batch's header for producer identity `header`.
+    pub(crate) fn head(&self, header: BatchHeader) -> [u8; BATCH_HEADER] {
+        let mut head = [0u8; BATCH_HEADER];
+        let mut out = &mut head[..];
         out.put_i64(0); // base offset: the broker assigns offsets
-        out.put_i32(0); // batch length, set below
+        out.put_i32((BATCH_HEADER - 12 + self.body.len()) as i32); // checked when encoded
         out.put_i32(-1); // partition leader epoch
         out.put_i8(2); // magic
         out.put_u32(0); // CRC-32C, set below
-        out.put_i16(compression_bits(compression) | if header.transactional { 0x10 } else { 0 });
-        out.put_i32(records.len().saturating_sub(1) as i32); // last offset delta
-        out.put_i64(base_ts);
-        out.put_i64(max_ts);
+        out.put_i16(self.attributes | if header.transactional { 0x10 } else { 0 });
+        out.put_i32(self.count.saturating_sub(1)); // last offset delta
+        out.put_i64(self.base_ts);
+        out.put_i64(self.max_ts);
         out.put_i64(header.producer_id);
         out.put_i16(header.producer_epoch);
         out.put_i32(header.base_sequence);
-        out.put_i32(records.len() as i32);
-        match compression {
-            Compression::None => write_records(out, parts, records, base_ts),
-            #[allow(unreachable_patterns)] // no codec when both compression features are off
-            codec => {
-                self.scratch.clear();
-                write_records(&mut self.scratch, parts, records, base_ts);
-                compress(codec, &self.scratch, out)?;
-            }
-        }
-        let length = out.len() - start - 12;
-        let length = i32::try_from(length)
-            .map_err(|_| format!("a record batch of {length} bytes is too large"))?;
-        out[start + 8..start + 12].copy_from_slice(&length.to_be_bytes());
-        let crc = crc32c::crc32c(&out[start + CRC_FROM..]);
-        out[start + CRC_AT..start + CRC_FROM].copy_from_slice(&crc.to_be_bytes());
-        Ok(())
+        out.put_i32(self.count);
+        debug_assert!(out.is_empty());
+        let crc =
+            crc32c::crc32c_combine(crc32c::crc32c(&head[CRC_FROM..]), self.crc, self.body.len());
+        head[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+        head
     }
 }
 
@@ -191,29 +303,16 @@ pub(crate) fn batch_of(
     compression: Compression,
     header: BatchHeader,
 ) -> Result<(), String> {
-    let mut ahead = Ahead::default();
+    let mut open = Open::default();
     for m in msgs {
-        ahead.push(m, m.timestamp.unwrap_or(now_ms))?;
+        open.append(m, fields_len(m), m.timestamp.unwrap_or(now_ms));
     }
-    let parts = [ahead.fields.freeze()];
-    Encoder::default().batch(out, &parts, &ahead.records, compression, header)
+    let sealed = open.seal();
+    let encoded = sealed.records(0..sealed.count()).encode(compression)?;
+    out.put_slice(&encoded.head(header));
+    out.put_slice(&encoded.body);
+    Ok(())
 }
-
-/// A copy of the encoded batch `batch` under another producer identity (`header`), its
-/// checksum computed again.
-pub(crate) fn with_header(batch: &[u8], header: BatchHeader) -> Bytes {
-    let mut out = BytesMut::from(batch);
-    let attributes = i16::from_be_bytes([out[ATTRIBUTES_AT], out[ATTRIBUTES_AT + 1]]);
-    let attributes = (attributes & !0x10) | if header.transactional { 0x10 } else { 0 };
-    out[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
-    out[PRODUCER_AT..PRODUCER_AT + 8].copy_from_slice(&header.producer_id.to_be_bytes());
-    out[PRODUCER_AT + 8..PRODUCER_AT + 10].copy_from_slice(&header.producer_epoch.to_be_bytes());
-    out[PRODUCER_AT + 10..PRODUCER_AT + 14].copy_from_slice(&header.base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&out[CRC_FROM..]);
-    out[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
-    out.freeze()
-}
-
 fn compression_bits(compression: Compression) -> i16 {
     match compression {
         Compression::None => 0,
@@ -251,17 +350,8 @@ fn compress(compression: Compression, data: &[u8], out: &mut BytesMut) -> Result
     Ok(())
 }
 
-/// An upper bound of the encoded size of a batch of `records` (uncompressed).
-pub(crate) fn bound(records: &[Rec]) -> usize {
-    BATCH_HEADER
-        + records
-            .iter()
-            .map(|r| r.len() + RECORD_FRAME)
-            .sum::<usize>()
-}
-
 /// The bytes `msg`'s key, value and headers take in a record, exactly.
-fn fields_len(m: &OutgoingMessage) -> usize {
+pub(crate) fn fields_len(m: &OutgoingMessage) -> usize {
     fn field(b: Option<&[u8]>) -> usize {
         b.map_or(1, |b| varint_len(b.len() as i64) + b.len())
     }
@@ -274,18 +364,10 @@ fn fields_len(m: &OutgoingMessage) -> usize {
             .sum::<usize>()
 }
 
-fn write_records(out: &mut impl BufMut, parts: &[Bytes], records: &[Rec], base_ts: i64) {
-    for (delta, r) in records.iter().enumerate() {
-        let ts_delta = r.timestamp - base_ts;
-        let delta = delta as i64;
-        let body = 1 + varint_len(ts_delta) + varint_len(delta) + r.len();
-        put_varint(out, body as i64);
-        out.put_i8(0); // record attributes
-        put_varint(out, ts_delta);
-        put_varint(out, delta);
-        let start = r.start as usize;
-        out.put_slice(&parts[r.part as usize][start..start + r.len()]);
-    }
+/// The bytes a record of `fields` bytes takes in a batch with these deltas, exactly.
+fn frame_len(fields: usize, ts_delta: i64, offset_delta: i64) -> usize {
+    let body = 1 + varint_len(ts_delta) + varint_len(offset_delta) + fields;
+    varint_len(body as i64) + body
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -304,6 +386,20 @@ pub(crate) fn put_varint(out: &mut impl BufMut, v: i64) {
         z >>= 7;
     }
     out.put_u8(z as u8);
+}
+
+/// Reads a varint this module wrote.
+fn get_varint(src: &mut &[u8]) -> i64 {
+    let (mut z, mut shift) = (0u64, 0);
+    loop {
+        let b = src.get_u8();
+        z |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            break;
+        }
+        shift += 7;
+    }
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
 fn put_bytes(out: &mut impl BufMut, b: Option<&[u8]>) {
@@ -334,6 +430,25 @@ mod tests {
         m
     }
 
+    /// Decodes the batches in `log` (the first at offset 0) to messages.
+    fn read(log: Bytes) -> Vec<faststream_core::Message> {
+        let src = Source {
+            topic: "t".into(),
+            partition: 0,
+            from: 0,
+            aborted: Vec::new(),
+            max_decompressed: 1 << 24,
+        };
+        decode(src, log)
+            .items
+            .into_iter()
+            .map(|f| match f {
+                Fetched::Record(m) => m,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
     fn round_trip(compression: Compression) {
         let msgs: Vec<_> = (0..300).map(msg).collect();
         let mut out = BytesMut::new();
@@ -349,24 +464,7 @@ mod tests {
         let second = out.len();
         batch_of(&mut out, &msgs[..5], 5, compression, BatchHeader::PLAIN).unwrap();
         out[second..second + 8].copy_from_slice(&300i64.to_be_bytes());
-        let topic: std::sync::Arc<str> = "t".into();
-        let src = Source {
-            topic,
-            partition: 0,
-            from: 0,
-            aborted: Vec::new(),
-            max_decompressed: 1 << 24,
-        };
-        let decoded = decode(src, out.freeze());
-        assert_eq!(decoded.next, Some(305));
-        let got: Vec<_> = decoded
-            .items
-            .into_iter()
-            .map(|f| match f {
-                Fetched::Record(m) => m,
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let got = read(out.freeze());
         assert_eq!(got.len(), 305);
         for (i, m) in got.iter().enumerate() {
             let want = msg(i % 300);
@@ -388,6 +486,9 @@ mod tests {
         round_trip(Compression::Snappy);
     }
 
+    /// The header written for another producer identity (a retry after the producer's epoch
+    /// moved on, in a transaction or not) is the one of encoding the batch under it, its
+    /// checksum (combined with the body's) included: the broker verifies it.
     #[test]
     fn a_batch_takes_another_producer_identity() {
         let msgs: Vec<_> = (0..30).map(msg).collect();
@@ -397,21 +498,17 @@ mod tests {
             base_sequence: 40,
             transactional: false,
         };
-        let encode = |header| {
-            let mut out = BytesMut::new();
-            batch_of(
-                &mut out,
-                &msgs,
-                1_800_000_000_000,
-                Compression::None,
-                header,
-            )
+        let mut open = Open::default();
+        for m in &msgs {
+            open.append(m, fields_len(m), m.timestamp.unwrap_or(1_800_000_000_000));
+        }
+        let encoded = open
+            .seal()
+            .records(0..30)
+            .encode(Compression::None)
             .unwrap();
-            out.freeze()
-        };
-        // Under a new identity (a retry after the producer's epoch moved on, in a transaction
-        // or not): the same bytes as encoding it under that identity, checksum included.
         for next in [
+            first,
             BatchHeader {
                 producer_id: 7,
                 producer_epoch: 2,
@@ -425,91 +522,75 @@ mod tests {
                 transactional: true,
             },
         ] {
-            assert_eq!(with_header(&encode(first), next), encode(next));
+            let mut want = BytesMut::new();
+            batch_of(&mut want, &msgs, 1_800_000_000_000, Compression::None, next).unwrap();
+            let head = encoded.head(next);
+            assert_eq!(&want[..BATCH_HEADER], head, "{next:?}");
+            let crc = u32::from_be_bytes(head[CRC_AT..CRC_FROM].try_into().unwrap());
+            assert_eq!(crc, crc32c::crc32c(&want[CRC_FROM..]), "{next:?}");
+            assert_eq!(want[BATCH_HEADER..], encoded.body[..]);
         }
     }
 
+    /// A batch split in parts (refused as too large) sends each part as if its records had
+    /// been appended to a batch of their own: offsets from 0, timestamps from the part's
+    /// first, its own newest timestamp.
     #[test]
-    fn records_encoded_ahead_in_several_buffers_make_one_batch() {
-        // Groups queued apart (two buffers), sent as one batch and as two halves: each the
-        // same as encoding those messages at once.
+    fn the_parts_of_a_split_batch_are_batches_of_their_own() {
         let msgs: Vec<_> = (0..40).map(msg).collect();
         let stamp = |m: &OutgoingMessage| m.timestamp.unwrap_or(1_800_000_000_000);
-        let (mut a, mut b) = (Ahead::default(), Ahead::default());
-        for m in &msgs[..25] {
-            a.push(m, stamp(m)).unwrap();
+        let mut open = Open::default();
+        for m in &msgs {
+            open.append(m, fields_len(m), stamp(m));
         }
-        for m in &msgs[25..] {
-            b.push(m, stamp(m)).unwrap();
-        }
-        let mut records = a.records.clone();
-        records.extend(b.records.iter().map(|r| r.in_part(1)));
-        let parts = [a.fields.freeze(), b.fields.freeze()];
-        let mut enc = Encoder::default();
-        for range in [0..40, 0..20, 20..40] {
-            let mut got = BytesMut::new();
-            enc.batch(
-                &mut got,
-                &parts,
-                &records[range.clone()],
-                Compression::None,
-                BatchHeader::PLAIN,
-            )
-            .unwrap();
-            let mut want = BytesMut::new();
-            batch_of(
-                &mut want,
-                &msgs[range.clone()],
-                1_800_000_000_000,
-                Compression::None,
-                BatchHeader::PLAIN,
-            )
-            .unwrap();
-            assert_eq!(got, want, "{range:?}");
-            assert!(got.len() <= bound(&records[range]));
+        let sealed = open.seal();
+        for range in [0..40, 0..20, 20..40, 13..14, 39..40] {
+            let mut want = Open::default();
+            for m in &msgs[range.clone()] {
+                want.append(m, fields_len(m), stamp(m));
+            }
+            let got = sealed.records(range.clone());
+            assert_eq!(got.count, range.len());
+            assert_eq!(got.body, want.body, "{range:?}");
+            assert_eq!((got.base_ts, got.max_ts), (want.base_ts, want.max_ts));
+            let encoded = got.encode(Compression::None).unwrap();
+            let mut log = BytesMut::from(&encoded.head(BatchHeader::PLAIN)[..]);
+            log.put_slice(&encoded.body);
+            let read = read(log.freeze());
+            assert_eq!(read.len(), range.len());
+            for (m, want) in read.iter().zip(&msgs[range.clone()]) {
+                assert_eq!(
+                    (&m.payload, m.timestamp),
+                    (&want.payload, Some(stamp(want)))
+                );
+            }
         }
     }
 
-    /// A group's buffer is made for the records expected, but not from a first message much
-    /// larger than the rest: past [`ROOM_AHEAD`] it grows as records come.
+    /// What a record takes is known exactly before it is written, whatever its deltas.
     #[test]
-    fn a_group_buffer_is_made_for_what_comes_within_a_bound() {
-        let small = OutgoingMessage::new("t", "v");
-        let room = Ahead::with_room_for(&small, 100).fields.capacity();
-        assert!((100..ROOM_AHEAD).contains(&room), "{room}");
-        let large = OutgoingMessage::new("t", vec![0u8; 512 * 1024]);
-        let mut ahead = Ahead::with_room_for(&large, 1000);
-        assert!(
-            ahead.fields.capacity() <= ROOM_AHEAD,
-            "{}",
-            ahead.fields.capacity()
-        );
-        for _ in 0..3 {
-            ahead.push(&large, 0).unwrap();
-        }
-        assert_eq!(ahead.records.len(), 3);
-        assert!(ahead.records.iter().all(|r| r.len() > 512 * 1024));
-    }
-
-    /// A group made for `n` records like its first holds `n` of them without growing, and
-    /// what a message's fields take is known exactly before they are written.
-    #[test]
-    fn a_group_made_for_n_like_records_holds_them_without_growing() {
+    fn a_record_takes_the_bytes_foreseen() {
         let keyed = OutgoingMessage::new("t", vec![7u8; 300])
             .key("user-17")
             .header("content-type", "application/json")
             .header("correlation_id", "0123456789abcdef");
         let mut empty = OutgoingMessage::new("t", "");
         empty.payload = None;
-        for msg in [&keyed, &empty, &OutgoingMessage::new("t", "v")] {
-            let mut ahead = Ahead::with_room_for(msg, 50);
-            let room = ahead.fields.capacity();
-            for _ in 0..50 {
-                let rec = *ahead.push(msg, 0).unwrap();
-                assert_eq!(rec.len(), fields_len(msg));
-            }
-            assert_eq!(ahead.fields.len(), 50 * fields_len(msg));
-            assert_eq!(ahead.fields.capacity(), room, "the buffer grew");
+        let mut open = Open::default();
+        for (i, msg) in [&keyed, &empty, &OutgoingMessage::new("t", "v")]
+            .iter()
+            .cycle()
+            .take(300)
+            .enumerate()
+        {
+            // Timestamps before and far after the first.
+            let ts = 1_000_000 + (i as i64 - 5) * 1_000_003;
+            let ts_delta = if i == 0 { 0 } else { ts - open.base_ts };
+            let foreseen = frame_len(fields_len(msg), ts_delta, i as i64);
+            let before = open.bytes();
+            open.append(msg, fields_len(msg), ts);
+            assert_eq!(open.bytes() - before, foreseen, "record {i}");
+            assert!(foreseen <= fields_len(msg) + RECORD_FRAME);
         }
     }
 
@@ -519,6 +600,7 @@ mod tests {
             let mut b = Vec::new();
             put_varint(&mut b, v);
             assert_eq!(b.len(), varint_len(v), "{v}");
+            assert_eq!(get_varint(&mut &b[..]), v);
         }
         let mut b = Vec::new();
         put_varint(&mut b, 300);

@@ -109,10 +109,20 @@ struct FetchJob {
 pub(crate) struct Batch {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
+    /// The record batch's header, then its records (sent as they are, not copied into the
+    /// request).
+    pub(crate) head: Bytes,
     pub(crate) records: Bytes,
     /// Set when the batch belongs to a transaction: batches of different transactional ids
     /// go in different requests.
     pub(crate) transactional_id: Option<Arc<str>>,
+}
+
+impl Batch {
+    /// Its bytes in the request.
+    fn len(&self) -> usize {
+        self.head.len() + self.records.len()
+    }
 }
 
 #[derive(Debug)]
@@ -790,12 +800,12 @@ fn take_request<T>(batches: &mut Vec<(Batch, T)>) -> Vec<(Batch, T)> {
     // One batch per partition and request (two producers of one partition take turns).
     let mut partitions = HashSet::new();
     for (batch, reply) in batches.drain(..) {
-        let fits = taken.is_empty() || bytes + batch.records.len() <= PRODUCE_REQUEST_MAX;
+        let fits = taken.is_empty() || bytes + batch.len() <= PRODUCE_REQUEST_MAX;
         if batch.transactional_id == txn
             && fits
             && partitions.insert((batch.topic.clone(), batch.partition))
         {
-            bytes += batch.records.len();
+            bytes += batch.len();
             taken.push((batch, reply));
         } else {
             rest.push((batch, reply));
@@ -923,7 +933,8 @@ fn produce_body<'a>(
         for batch in list {
             let out = p.own();
             out.put_i32(batch.partition);
-            put_count(out, flexible, batch.records.len());
+            put_count(out, flexible, batch.len());
+            out.put_slice(&batch.head);
             p.splice(batch.records.clone());
             if flexible {
                 put_uvarint(p.own(), 0); // no tagged fields
@@ -978,6 +989,7 @@ mod tests {
         let batch = Batch {
             topic: Arc::from(topic),
             partition,
+            head: Bytes::new(),
             records: Bytes::from(vec![0u8; bytes]),
             transactional_id: txn.map(Arc::from),
         };
@@ -1003,6 +1015,7 @@ mod tests {
                 .map(|(topic, partition, bytes)| Batch {
                     topic: Arc::from(topic),
                     partition,
+                    head: Bytes::from(vec![bytes as u8; 7]),
                     records: Bytes::from((0..bytes).map(|i| i as u8).collect::<Vec<_>>()),
                     transactional_id: txn.map(Arc::from),
                 })
@@ -1017,7 +1030,7 @@ mod tests {
                 for b in batches.iter().filter(|b| &*b.topic == name) {
                     let mut data = PartitionProduceData::default();
                     data.index = b.partition;
-                    data.records = Some(b.records.clone());
+                    data.records = Some([&b.head[..], &b.records[..]].concat().into());
                     t.partition_data.push(data);
                 }
                 req.topic_data.push(t);

@@ -24,15 +24,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use faststream_core::OutgoingMessage;
 use kafka_protocol::ResponseError;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backoff::Backoff;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::encode::{Ahead, BatchHeader, Encoder, Rec};
+use crate::encode::{BatchHeader, Encoded, Open, BATCH_HEADER, MAX_FIELDS, RECORD_FRAME};
 pub(crate) use crate::error::lock;
 use crate::error::FetchError;
 use crate::error::KafkaError;
@@ -69,14 +69,13 @@ impl Sticky {
     }
 }
 
-/// Per-record framing overhead added to the encoded fields when sizing a request.
+/// Per-record framing overhead added to a record's fields when counting a sticky share.
 const RECORD_OVERHEAD: usize = 24;
 
-/// What a queued record costs the queue budgets: its encoded fields, plus what it takes while
-/// it waits beyond them (where it is, and its size), so that the budgets bound memory for
-/// small messages too.
-fn queued_cost(record: &Rec) -> usize {
-    record.len() + std::mem::size_of::<Rec>() + std::mem::size_of::<usize>()
+/// What a queued record of `fields` bytes of fields costs the queue budgets: its bytes in a
+/// batch at most, plus where it ends, so that the budgets bound memory for small messages too.
+fn queued_cost(fields: usize) -> usize {
+    fields + RECORD_FRAME + std::mem::size_of::<u32>()
 }
 
 /// How a group of messages ended: all delivered, or these (indices into the group) were not,
@@ -219,26 +218,184 @@ impl Enqueued {
     }
 }
 
-/// Messages for one partition, acknowledged together, encoded as they were queued.
-struct Pending {
-    records: Ahead,
-    sizes: Vec<usize>,
-    size: usize,
+/// A group's records in one batch: the batch's records after the previous part's, up to
+/// record `end`, from the group's record `first` on. The part holding the group's last record
+/// carries what settles the group.
+struct Part {
+    end: u32,
+    first: u32,
+    finish: Option<Finish>,
+}
+
+/// What settles a group of messages once its last record was answered.
+struct Finish {
     ack: oneshot::Sender<Delivery>,
-    /// When it was queued: retriable failures are retried until `delivery_timeout` after.
-    queued_at: tokio::time::Instant,
     /// Its share of the partition's queue budget and of the producers' total, returned when
     /// it is dropped (after the ack).
     _budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-    /// The transaction it belongs to (see [`Txn::round`]; 0 outside transactions).
+}
+
+/// A partition's record batch, open (records are appended to it) or closed (waiting to be
+/// sent), and the groups it holds.
+#[derive(Default)]
+struct Filling {
+    records: Open,
+    parts: Vec<Part>,
+    /// When its first group was queued: retriable failures are retried until
+    /// `delivery_timeout` after.
+    since: Option<tokio::time::Instant>,
+    /// The transaction its groups belong to (see [`Txn::round`]; 0 outside transactions).
     round: u64,
 }
 
-/// A partition's queue: unbounded channel, bounded by a byte budget.
-#[derive(Clone, Debug)]
-struct Queue {
-    tx: mpsc::UnboundedSender<Pending>,
+/// One partition's batches: the open one and the closed ones before it.
+#[derive(Default)]
+struct Batches {
+    open: Filling,
+    closed: std::collections::VecDeque<Filling>,
+    /// No more appends: the sender sends what is there and stops.
+    shut: bool,
+}
+
+/// A partition's record accumulator, as the Java producer's: callers append whole groups to
+/// its open batch, its sender takes the batches in order. Bounded by a byte budget.
+struct Accumulator {
+    batches: Mutex<Batches>,
+    /// Wakes the sender: records were appended, or the accumulator was shut.
+    appended: Notify,
     budget: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Accumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accumulator")
+            .field("budget", &self.budget.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A group of messages for one partition, acknowledged together: which of the list, and what
+/// they take.
+struct Group<'a> {
+    list: &'a [OutgoingMessage],
+    /// Indices into `list`, and each message's fields' length.
+    msgs: &'a [(u32, usize)],
+    /// Records' bytes in a batch, at most.
+    bytes: usize,
+    round: u64,
+    queued_at: tokio::time::Instant,
+}
+
+impl Accumulator {
+    fn new(budget: usize) -> Self {
+        Self {
+            batches: Mutex::default(),
+            appended: Notify::new(),
+            budget: Arc::new(Semaphore::new(budget)),
+        }
+    }
+
+    /// Appends `group` (messages with their fields' length; those without a timestamp get
+    /// `now`) to the open batch, closing it first when it belongs to another transaction and
+    /// whenever the next record would take it past `max_bytes` of records.
+    fn append(
+        &self,
+        group: Group<'_>,
+        now: i64,
+        finish: Finish,
+        max_bytes: usize,
+        pool: &BufferPool,
+    ) -> Result<(), KafkaError> {
+        let mut batches = lock(&self.batches);
+        let batches = &mut *batches;
+        if batches.shut {
+            return Err(KafkaError::Closed);
+        }
+        if batches.open.round != group.round && !batches.open.records.is_empty() {
+            close(batches);
+        }
+        let n = group.msgs.len();
+        let room = max_bytes.saturating_sub(batches.open.records.bytes());
+        batches.open.records.reserve(group.bytes.min(room), n);
+        let mut first = 0;
+        for (i, &(index, fields)) in group.msgs.iter().enumerate() {
+            let msg = &group.list[index as usize];
+            let open = &mut batches.open;
+            if !open.records.is_empty() && open.records.bytes() + fields + RECORD_FRAME > max_bytes
+            {
+                if i > first {
+                    let end = open.records.count() as u32;
+                    let first = first as u32;
+                    open.parts.push(Part {
+                        end,
+                        first,
+                        finish: None,
+                    });
+                }
+                first = i;
+                close(batches);
+            }
+            let open = &mut batches.open;
+            if open.records.is_empty() {
+                if open.records.capacity() == 0 {
+                    open.records = pool.take();
+                }
+                open.round = group.round;
+                open.since = Some(group.queued_at);
+                open.records.reserve(group.bytes.min(max_bytes), n - i);
+            }
+            let timestamp = msg.timestamp.unwrap_or(now);
+            open.records.append(msg, fields, timestamp);
+        }
+        let open = &mut batches.open;
+        open.parts.push(Part {
+            end: open.records.count() as u32,
+            first: first as u32,
+            finish: Some(finish),
+        });
+        Ok(())
+    }
+
+    /// The next batch to send, in order: a closed one, else the open one once it holds
+    /// [`LINGER_FILL`] bytes or has waited `linger`; `None` once shut and empty.
+    async fn next(&self, linger: std::time::Duration) -> Option<Filling> {
+        let mut deadline = None;
+        loop {
+            let appended = self.appended.notified();
+            {
+                let mut batches = lock(&self.batches);
+                if let Some(closed) = batches.closed.pop_front() {
+                    return Some(closed);
+                }
+                let open = &batches.open.records;
+                if !open.is_empty() {
+                    let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+                    if open.bytes() >= LINGER_FILL || linger.is_zero() || batches.shut || due {
+                        return Some(std::mem::take(&mut batches.open));
+                    }
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
+                } else if batches.shut {
+                    return None;
+                }
+            }
+            match deadline {
+                Some(at) => drop(tokio::time::timeout_at(at, appended).await),
+                None => appended.await,
+            }
+        }
+    }
+
+    /// No more appends; the sender sends what is left and stops.
+    fn shut(&self) {
+        lock(&self.batches).shut = true;
+        self.appended.notify_one();
+    }
+}
+
+/// Closes the open batch (it goes after the closed ones).
+fn close(batches: &mut Batches) {
+    let full = std::mem::take(&mut batches.open);
+    batches.closed.push_back(full);
 }
 
 /// All producers of one broker handle, created lazily per target partition.
@@ -249,7 +406,8 @@ pub(crate) struct Producers {
     /// Partition counts by topic, with when they were looked up (refreshed after
     /// `metadata_max_age`, so keys are partitioned with a count that follows the cluster's).
     partitions: Mutex<HashMap<String, (i32, tokio::time::Instant)>>,
-    queues: Mutex<HashMap<String, Vec<Option<Queue>>>>,
+    /// Per topic and partition, the record accumulator its sender takes batches from.
+    accumulators: Accumulators,
     /// Topics the routes name (created under `MissingTopics::CreateDeclared`).
     declared: Mutex<std::collections::HashSet<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -264,19 +422,19 @@ pub(crate) struct Producers {
     identity: Arc<Identity>,
     /// Set for an exactly-once group's producers: every batch is written in its transaction.
     txn: Option<Arc<Txn>>,
-    /// Buffers the partitions' tasks use for their requests, kept between requests.
-    scratch: Arc<ScratchPool>,
+    /// Batch buffers kept between batches, shared by every partition.
+    pool: Arc<BufferPool>,
 }
 
 impl Producers {
     pub(crate) fn new(cluster: Arc<Cluster>) -> Self {
         let total = Arc::new(Semaphore::new(cluster.config().max_queued_bytes_total));
-        let scratch_limit = SCRATCH_BATCHES * cluster.config().max_batch_bytes;
+        let pooled = POOLED_BATCHES * cluster.config().max_batch_bytes;
         Self {
             config: cluster.config().clone(),
             cluster,
             partitions: Mutex::new(HashMap::new()),
-            queues: Mutex::new(HashMap::new()),
+            accumulators: Accumulators::default(),
             declared: Mutex::default(),
             tasks: Mutex::new(Vec::new()),
             round_robin: AtomicUsize::new(0),
@@ -284,7 +442,7 @@ impl Producers {
             total,
             identity: Arc::default(),
             txn: None,
-            scratch: Arc::new(ScratchPool::new(scratch_limit)),
+            pool: Arc::new(BufferPool::new(pooled)),
         }
     }
 
@@ -301,7 +459,7 @@ impl Producers {
             txn: Some(txn),
             declared: Mutex::new(declared),
             total: plain.total.clone(),
-            scratch: plain.scratch.clone(),
+            pool: plain.pool.clone(),
             ..Self::new(plain.cluster.clone())
         }
     }
@@ -342,27 +500,22 @@ impl Producers {
     /// Partitions: explicit, else murmur2 of the key, else the topic's sticky partition, which
     /// moves on after [`STICKY_BYTES`] (across calls: keyless messages batch well).
     pub(crate) async fn enqueue(&self, msgs: Vec<OutgoingMessage>) -> Result<Enqueued, KafkaError> {
-        struct Group {
+        struct Target {
             topic: Arc<str>,
             partition: i32,
-            records: Ahead,
-            sizes: Vec<usize>,
-            indices: Vec<u32>,
+            /// Indices into the list, and each message's fields' length.
+            msgs: Vec<(u32, usize)>,
             /// What the group costs the queue budgets ([`queued_cost`]).
             cost: usize,
+            bytes: usize,
         }
         let mut out = Enqueued::default();
-        let mut groups: Vec<Group> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         /// A topic's partition count (`Err`: why it cannot be written) and where its keyless
         /// messages go (taken from the shared state at the first, given back at the end).
         type Known = Result<(i32, Option<Sticky>), Arc<Undelivered>>;
         let mut topics: Vec<(Arc<str>, Known)> = Vec::new();
-        let listed = msgs.len();
-        // Records without a timestamp of their own get the time they were sent (as the Java
-        // producer's `send` gives them).
-        let now = now_ms();
-        for (index, msg) in msgs.into_iter().enumerate() {
-            let count_left = listed - index;
+        for (index, msg) in msgs.iter().enumerate() {
             let index = index as u32;
             let at = match topics.iter().position(|(t, _)| same_topic(t, &msg.topic)) {
                 Some(at) => at,
@@ -379,10 +532,14 @@ impl Producers {
                     continue;
                 }
             };
-            let size = msg.approximate_size() + RECORD_OVERHEAD;
-            // How many of the list's messages may go where this one goes: a keyless one's
-            // partition takes what is left of its share, the others may take the rest.
-            let mut expected = count_left;
+            let fields = crate::encode::fields_len(msg);
+            if fields > MAX_FIELDS {
+                let why = format!("a message of {fields} bytes: more than a record batch holds");
+                let reason = Undelivered::Refused(ProduceFailure::Encode(why));
+                out.refused.push((index, Arc::new(reason)));
+                continue;
+            }
+            let size = fields + RECORD_OVERHEAD;
             let partition = match (msg.partition, &msg.key) {
                 (Some(p), _) if (0..count).contains(&p) => p,
                 (Some(p), _) => {
@@ -397,92 +554,83 @@ impl Producers {
                 (None, Some(key)) => partition_for_key(key, count),
                 (None, None) => {
                     let sticky = sticky.get_or_insert_with(|| self.sticky(&msg.topic, count));
-                    let partition = sticky.take(size, || self.next_partition(count));
-                    expected = expected.min(1 + sticky.left / size);
-                    partition
+                    sticky.take(size, || self.next_partition(count))
                 }
             };
-            let at = match groups
+            let at = match targets
                 .iter()
                 .position(|g| g.partition == partition && same_topic(&g.topic, &msg.topic))
             {
                 Some(at) => at,
                 None => {
-                    // Most calls address one partition: room for what may follow.
-                    let room = expected.min(1024);
-                    groups.push(Group {
+                    targets.push(Target {
                         topic: msg.topic.clone(),
                         partition,
-                        records: Ahead::with_room_for(&msg, room),
-                        sizes: Vec::with_capacity(room),
-                        indices: Vec::with_capacity(room),
+                        msgs: Vec::new(),
                         cost: 0,
+                        bytes: 0,
                     });
-                    groups.len() - 1
+                    targets.len() - 1
                 }
             };
-            // Encoded now, while it is in the cache; the message itself is dropped here.
-            let g = &mut groups[at];
-            match g.records.push(&msg, msg.timestamp.unwrap_or(now)) {
-                Ok(record) => {
-                    g.sizes.push(record.len() + RECORD_OVERHEAD);
-                    g.cost += queued_cost(record);
-                    g.indices.push(index);
-                }
-                Err(why) => {
-                    let reason = Undelivered::Refused(ProduceFailure::Encode(why));
-                    out.refused.push((index, Arc::new(reason)));
-                }
-            }
+            let t = &mut targets[at];
+            t.msgs.push((index, fields));
+            t.cost += queued_cost(fields);
+            t.bytes += fields + RECORD_FRAME;
         }
         for (topic, known) in topics {
             if let Ok((_, Some(sticky))) = known {
                 lock(&self.sticky).insert(topic, sticky);
             }
         }
-        out.groups.reserve(groups.len());
-        for Group {
-            topic,
-            partition,
-            records,
-            sizes,
-            indices,
-            cost,
-        } in groups
-        {
-            if indices.is_empty() {
-                continue;
-            }
-            let queue = self.queue(&topic, partition)?;
-            let size: usize = sizes.iter().sum();
+        // Records without a timestamp of their own get the time they were sent (as the Java
+        // producer's `send` gives them).
+        let now = now_ms();
+        let round = self.txn.as_ref().map_or(0, |t| t.round());
+        let max_bytes = self.max_batch_records();
+        out.groups.reserve(targets.len());
+        for target in targets {
+            let accumulator = self.accumulator(&target.topic, target.partition)?;
             // (A group larger than a budget takes all of it.)
-            let permits = cost.clamp(1, self.config.max_queued_bytes) as u32;
-            let partition_share = queue
+            let permits = target.cost.clamp(1, self.config.max_queued_bytes) as u32;
+            let partition_share = accumulator
                 .budget
+                .clone()
                 .acquire_many_owned(permits)
                 .await
                 .map_err(|_| KafkaError::Closed)?;
-            let permits = cost.clamp(1, self.config.max_queued_bytes_total) as u32;
+            let permits = target.cost.clamp(1, self.config.max_queued_bytes_total) as u32;
             let total_share = self
                 .total
                 .clone()
                 .acquire_many_owned(permits)
                 .await
                 .map_err(|_| KafkaError::Closed)?;
-            let (tx, rx) = oneshot::channel();
-            let pending = Pending {
-                records,
-                sizes,
-                size,
-                ack: tx,
-                queued_at: tokio::time::Instant::now(),
+            let (ack, rx) = oneshot::channel();
+            let finish = Finish {
+                ack,
                 _budget: (partition_share, total_share),
-                round: self.txn.as_ref().map_or(0, |t| t.round()),
             };
-            queue.tx.send(pending).map_err(|_| KafkaError::Closed)?;
+            // Appended now, while the messages are in the cache.
+            let group = Group {
+                list: &msgs,
+                msgs: &target.msgs,
+                bytes: target.bytes,
+                round,
+                queued_at: tokio::time::Instant::now(),
+            };
+            accumulator.append(group, now, finish, max_bytes, &self.pool)?;
+            accumulator.appended.notify_one();
+            let indices = target.msgs.into_iter().map(|(i, _)| i).collect();
             out.groups.push((indices, rx));
         }
         Ok(out)
+    }
+
+    /// The most bytes of records a batch takes (`max_batch_bytes`, its header aside); a
+    /// record larger than that goes alone.
+    fn max_batch_records(&self) -> usize {
+        (self.config.max_batch_bytes.saturating_sub(BATCH_HEADER)).clamp(1, MAX_FIELDS)
     }
 
     /// Where `topic`'s keyless messages go now (a partition of `count`).
@@ -595,48 +743,47 @@ impl Producers {
         Ok(found)
     }
 
-    fn queue(&self, topic: &str, partition: i32) -> Result<Queue, KafkaError> {
+    /// The accumulator of `partition` of `topic`, with its sender started at the first use.
+    fn accumulator(&self, topic: &str, partition: i32) -> Result<Arc<Accumulator>, KafkaError> {
         let index = usize::try_from(partition).map_err(|_| {
             KafkaError::InvalidPartition(format!(
                 "invalid partition {partition} for topic {topic:?}"
             ))
         })?;
-        let mut queues = lock(&self.queues);
-        let slots = match queues.get_mut(topic) {
+        let mut accumulators = lock(&self.accumulators.0);
+        let slots = match accumulators.get_mut(topic) {
             Some(slots) => slots,
-            None => queues.entry(topic.to_owned()).or_default(),
+            None => accumulators.entry(topic.to_owned()).or_default(),
         };
         if slots.len() <= index {
             slots.resize(index + 1, None);
         }
-        if let Some(q) = &slots[index] {
-            return Ok(q.clone());
+        if let Some(a) = &slots[index] {
+            return Ok(a.clone());
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let budget = Arc::new(Semaphore::new(self.config.max_queued_bytes));
+        let accumulator = Arc::new(Accumulator::new(self.config.max_queued_bytes));
         let writer = Writer {
             config: self.config.clone(),
             topic: topic.to_owned(),
             partition,
             cluster: self.cluster.clone(),
-            encoder: Encoder::default(),
             identity: self.identity.clone(),
             txn: self.txn.clone(),
             round: 0,
             sequence: None,
             given_up: None,
-            scratch: self.scratch.clone(),
+            carried: Vec::new(),
+            pool: self.pool.clone(),
         };
-        let task = tokio::spawn(run_partition_producer(writer, rx, budget.clone()));
+        let task = tokio::spawn(run_partition_producer(writer, accumulator.clone()));
         lock(&self.tasks).push(task);
-        let queue = Queue { tx, budget };
-        slots[index] = Some(queue.clone());
-        Ok(queue)
+        slots[index] = Some(accumulator.clone());
+        Ok(accumulator)
     }
 
-    /// Closes every queue and waits until everything queued was sent (or failed).
+    /// Shuts every accumulator and waits until everything queued was sent (or failed).
     pub(crate) async fn flush(&self) {
-        lock(&self.queues).clear();
+        self.accumulators.shut();
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         for task in tasks {
             let _ = task.await;
@@ -644,62 +791,39 @@ impl Producers {
     }
 }
 
-async fn run_partition_producer(
-    mut writer: Writer,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    budget: Arc<Semaphore>,
-) {
+/// Per topic and partition, the record accumulator its sender takes batches from; shut when
+/// dropped.
+#[derive(Debug, Default)]
+struct Accumulators(Mutex<HashMap<String, Vec<Option<Arc<Accumulator>>>>>);
+
+impl Accumulators {
+    /// Shuts every accumulator made so far: their senders send what is queued and stop.
+    fn shut(&self) {
+        for slots in std::mem::take(&mut *lock(&self.0)).into_values() {
+            for accumulator in slots.into_iter().flatten() {
+                accumulator.shut();
+            }
+        }
+    }
+}
+
+impl Drop for Accumulators {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+async fn run_partition_producer(mut writer: Writer, accumulator: Arc<Accumulator>) {
     let config = writer.config.clone();
     let metrics = crate::metrics::ProducerMetrics::new(&writer.topic, writer.partition);
+    let budget = &accumulator.budget;
     let queued =
         || config.max_queued_bytes - budget.available_permits().min(config.max_queued_bytes);
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.size;
-        let mut batch = vec![first];
-        while bytes < config.max_batch_bytes {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.size;
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        // Little queued: give the batch a moment to grow.
-        if bytes < LINGER_FILL && !config.linger.is_zero() {
-            let deadline = tokio::time::Instant::now() + config.linger;
-            while bytes < LINGER_FILL {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => {
-                        bytes += p.size;
-                        batch.push(p);
-                    }
-                    _ => break,
-                }
-            }
-        }
+    while let Some(batch) = accumulator.next(config.linger).await {
         metrics.queued(queued());
         send(&mut writer, batch, &metrics).await;
         metrics.queued(queued());
     }
-}
-
-/// Splits `sizes` (bytes per record) into ranges of at most `max` bytes each (a record larger
-/// than `max` goes alone).
-pub(crate) fn plan_requests(sizes: &[usize], max: usize) -> Vec<std::ops::Range<usize>> {
-    let mut ranges = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, size) in sizes.iter().enumerate() {
-        if i > start && bytes + size > max {
-            ranges.push(start..i);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
-    }
-    if start < sizes.len() {
-        ranges.push(start..sizes.len());
-    }
-    ranges
 }
 
 /// Whether a produce error can succeed on retry, as Kafka's Java producer classifies it.
@@ -748,7 +872,6 @@ struct Writer {
     topic: String,
     partition: i32,
     cluster: Arc<Cluster>,
-    encoder: Encoder,
     identity: Arc<Identity>,
     /// Set when writing in a group's transactions.
     txn: Option<Arc<Txn>>,
@@ -761,44 +884,27 @@ struct Writer {
     /// next batch moves to the next epoch first, so its sequence cannot be taken as that
     /// batch's duplicate.
     given_up: Option<Producer>,
-    /// Buffers for its requests, shared with the other partitions' tasks.
-    scratch: Arc<ScratchPool>,
+    /// The refused messages of a group whose last records are in the next batch (indices
+    /// into the group).
+    carried: Vec<(u32, Arc<Undelivered>)>,
+    /// Buffers for batches, shared with the other partitions.
+    pool: Arc<BufferPool>,
 }
 
-/// A request's buffers: the records of the groups taken (their fields in `parts`, one per
-/// group), their sizes, and the encoded record batch.
-#[derive(Debug, Default)]
-struct Scratch {
-    recs: Vec<Rec>,
-    parts: Vec<Bytes>,
-    sizes: Vec<usize>,
-    records: BytesMut,
-}
-
-impl Scratch {
-    /// The memory it holds.
-    fn footprint(&self) -> usize {
-        self.recs.capacity() * std::mem::size_of::<Rec>()
-            + self.parts.capacity() * std::mem::size_of::<Bytes>()
-            + self.sizes.capacity() * std::mem::size_of::<usize>()
-            + self.records.capacity()
-    }
-}
-
-/// Request buffers kept between requests, up to a total size: taken by a partition's task for
-/// each request and given back after it, instead of fresh memory of a request's size each time
+/// Batch buffers kept between batches, up to a total size: a partition's open batch takes
+/// them, and gives them back once its batch was answered, instead of fresh memory each time
 /// (which the kernel first has to clear: at hundreds of thousands of messages a second that
-/// cost more than filling it). As the Java producer's buffer pool, but for what is idle only.
+/// costs more than filling it). As the Java producer's buffer pool, but for what is idle only.
 #[derive(Debug)]
-pub(crate) struct ScratchPool {
-    idle: Mutex<(Vec<Scratch>, usize)>,
+pub(crate) struct BufferPool {
+    idle: Mutex<(Vec<Open>, usize)>,
     limit: usize,
 }
 
-/// The pool keeps idle buffers for about this many requests of `max_batch_bytes`.
-const SCRATCH_BATCHES: usize = 8;
+/// The pool keeps idle buffers for about this many batches of `max_batch_bytes`.
+const POOLED_BATCHES: usize = 8;
 
-impl ScratchPool {
+impl BufferPool {
     fn new(limit: usize) -> Self {
         Self {
             idle: Mutex::new((Vec::new(), 0)),
@@ -806,28 +912,24 @@ impl ScratchPool {
         }
     }
 
-    fn take(&self) -> Scratch {
+    fn take(&self) -> Open {
         let mut idle = lock(&self.idle);
         match idle.0.pop() {
-            Some(scratch) => {
-                idle.1 -= scratch.footprint();
-                scratch
+            Some(open) => {
+                idle.1 -= open.footprint();
+                open
             }
-            None => Scratch::default(),
+            None => Open::default(),
         }
     }
 
-    /// Keeps `scratch` (emptied) if the pool has room for it.
-    fn give(&self, mut scratch: Scratch) {
-        scratch.recs.clear();
-        scratch.parts.clear();
-        scratch.sizes.clear();
-        scratch.records.clear();
-        let size = scratch.footprint();
+    /// Keeps `open` (empty) if the pool has room for it.
+    fn give(&self, open: Open) {
+        let size = open.footprint();
         let mut idle = lock(&self.idle);
         if idle.1 + size <= self.limit {
             idle.1 += size;
-            idle.0.push(scratch);
+            idle.0.push(open);
         }
     }
 }
@@ -901,29 +1003,15 @@ impl Writer {
         }
     }
 
-    /// Encodes `recs` (their fields in `parts`) as one record batch with `header`, in
-    /// `buffer`'s memory.
-    fn encode(
-        &mut self,
-        parts: &[Bytes],
-        recs: &[Rec],
-        buffer: &mut BytesMut,
-        header: BatchHeader,
-    ) -> Result<Bytes, ProduceFailure> {
-        let mut records = std::mem::take(buffer);
-        records.clear();
-        records.reserve(crate::encode::bound(recs));
-        self.encoder
-            .batch(&mut records, parts, recs, self.config.compression, header)
-            .map_err(ProduceFailure::Encode)?;
-        Ok(records.freeze())
-    }
-
     /// Sends one record batch and waits for the leader's acknowledgement (all in-sync
     /// replicas, `acks = all`). A batch the leader already had (a retry after a lost answer)
     /// counts as acknowledged.
-    async fn produce(&mut self, records: Bytes) -> Result<(), ProduceFailure> {
-        let res = self.send(records).await;
+    async fn produce(
+        &mut self,
+        batch: &Encoded,
+        header: BatchHeader,
+    ) -> Result<(), ProduceFailure> {
+        let res = self.send(batch, header).await;
         if matches!(&res, Err(e) if matches!(e.refusal(), Refusal::Retriable)) {
             // The leader may have moved: look it up again before the retry.
             self.cluster.forget(&self.topic, self.partition);
@@ -931,7 +1019,7 @@ impl Writer {
         res
     }
 
-    async fn send(&mut self, records: Bytes) -> Result<(), ProduceFailure> {
+    async fn send(&mut self, batch: &Encoded, header: BatchHeader) -> Result<(), ProduceFailure> {
         let leader = self
             .cluster
             .leader(&self.topic, self.partition)
@@ -947,16 +1035,17 @@ impl Writer {
             ),
             None => None,
         };
-        let batch = Batch {
+        let request = Batch {
             topic: Arc::from(self.topic.as_str()),
             partition: self.partition,
-            records,
+            head: Bytes::copy_from_slice(&batch.head(header)),
+            records: batch.body.clone(),
             transactional_id: self.txn.as_ref().map(|t| Arc::from(t.id())),
         };
         let p = self
             .cluster
             .link(&leader.addr)
-            .produce(batch)
+            .produce(request)
             .await
             .map_err(ProduceFailure::Request)?;
         match ResponseError::try_from_code(p.error_code) {
@@ -973,71 +1062,47 @@ impl Writer {
     }
 }
 
-/// Sends a batch in request-sized pieces, resolving each group's ack once all its messages
-/// are in, or with the ones that were refused. Retriable errors are retried with backoff until
-/// `delivery_timeout` after the oldest group was queued; a request refused as too large is
-/// split until the record that is too large stands alone.
-async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics::ProducerMetrics) {
+/// Sends a batch, resolving each group's ack once all its messages are in, or with the ones
+/// that were refused. Retriable errors are retried with backoff until `delivery_timeout` after
+/// its first group was queued; a batch refused as too large is split until the record that is
+/// too large stands alone.
+async fn send(writer: &mut Writer, batch: Filling, metrics: &crate::metrics::ProducerMetrics) {
     let config = writer.config.clone();
     let (topic, partition) = (writer.topic.clone(), writer.partition);
-    let total = batch.iter().map(|p| p.records.records.len()).sum();
-    let pool = writer.scratch.clone();
-    let Scratch {
-        mut recs,
-        mut parts,
-        mut sizes,
-        records: mut buffer,
-    } = pool.take();
-    recs.reserve(total);
-    parts.reserve(batch.len());
-    sizes.reserve(total);
-    let mut ends = Vec::with_capacity(batch.len());
-    let deadline = batch
-        .iter()
-        .map(|p| p.queued_at)
-        .min()
-        .map(|t| t + config.delivery_timeout);
-    let batch = match &writer.txn {
-        Some(txn) => {
-            // Outputs of an aborted transaction are not written in the next one.
-            let round = txn.round();
-            let (batch, ended): (Vec<_>, Vec<_>) =
-                batch.into_iter().partition(|p| p.round == round);
-            if !ended.is_empty() {
-                let reason = Arc::new(Undelivered::Aborted(ProduceFailure::Txn(
-                    txn.ended(&topic, partition),
-                )));
-                tracing::warn!(
-                    topic,
-                    partition,
-                    groups = ended.len(),
-                    "outputs of an aborted transaction are not written"
-                );
-                for p in ended {
-                    let failed = (0..p.records.records.len() as u32).map(|i| (i, reason.clone()));
-                    let _ = p.ack.send(Err(failed.collect()));
-                }
-            }
-            writer.round = round;
-            batch
-        }
-        None => batch,
-    };
-    for p in batch {
-        let part = parts.len() as u32;
-        parts.push(p.records.fields.freeze());
-        recs.extend(p.records.records.iter().map(|r| r.in_part(part)));
-        sizes.extend(p.sizes);
-        ends.push((recs.len(), p.ack, p._budget));
-    }
-    let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
-    // Refused records: index into `recs`, reason.
+    let Filling {
+        records,
+        parts,
+        since,
+        round,
+    } = batch;
+    let records = records.seal();
+    let count = records.count();
+    let deadline = since.unwrap_or_else(tokio::time::Instant::now) + config.delivery_timeout;
+    // Refused records: index into the batch, reason.
     let mut refused: Vec<(usize, Arc<Undelivered>)> = Vec::new();
-    let mut todo: std::collections::VecDeque<std::ops::Range<usize>> =
-        plan_requests(&sizes, config.max_batch_bytes).into();
-    let mut ends = ends.into_iter().peekable();
-    // Where the next group to resolve starts.
-    let mut group_start = 0;
+    let mut todo = std::collections::VecDeque::new();
+    todo.push_back(0..count);
+    if let Some(txn) = &writer.txn {
+        // Outputs of an aborted transaction are not written in the next one.
+        let now = txn.round();
+        if round != now {
+            let reason = Arc::new(Undelivered::Aborted(ProduceFailure::Txn(
+                txn.ended(&topic, partition),
+            )));
+            tracing::warn!(
+                topic,
+                partition,
+                records = count,
+                "outputs of an aborted transaction are not written"
+            );
+            refused.extend((0..count).map(|i| (i, reason.clone())));
+            todo.clear();
+        }
+        writer.round = now;
+    }
+    let mut parts = parts.into_iter().peekable();
+    // Where the next part to resolve starts.
+    let mut part_start = 0;
     while let Some(range) = todo.pop_front() {
         let mut backoff = Backoff::requests();
         // The producer fields of this range's batch, kept across retries (so the leader can
@@ -1045,10 +1110,9 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
         // been written although it failed.
         let mut pinned: Option<BatchHeader> = None;
         let mut maybe_written = false;
-        // The range's batch as encoded, and the header in it: a retry sends the batch again
-        // (under a new header if it changed), as the Java producer's batches do; a split
-        // encodes its parts from the records again.
-        let mut encoded: Option<(BatchHeader, Bytes)> = None;
+        // The range's batch as encoded: a retry sends it again (under a new header if it
+        // changed), as the Java producer's batches do; a split encodes its parts again.
+        let mut encoded: Option<Encoded> = None;
         loop {
             let attempt = match pinned {
                 Some(header) => Ok(header),
@@ -1057,15 +1121,18 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
             let error = match attempt {
                 Ok(header) => {
                     pinned = Some(header);
-                    let records = match encoded.take() {
-                        Some((was, records)) if was == header => Ok(records),
-                        Some((_, records)) => Ok(crate::encode::with_header(&records, header)),
-                        None => writer.encode(&parts, &recs[range.clone()], &mut buffer, header),
+                    let batch = match encoded.take() {
+                        Some(batch) => Ok(batch),
+                        None => records
+                            .records(range.clone())
+                            .encode(config.compression)
+                            .map_err(ProduceFailure::Encode),
                     };
-                    match records {
-                        Ok(records) => {
-                            encoded = Some((header, records.clone()));
-                            match writer.produce(records).await {
+                    match batch {
+                        Ok(batch) => {
+                            let sent = writer.produce(&batch, header).await;
+                            encoded = Some(batch);
+                            match sent {
                                 Ok(()) => {
                                     writer.written(header, range.len());
                                     metrics.published(range.len());
@@ -1137,34 +1204,45 @@ async fn send(writer: &mut Writer, batch: Vec<Pending>, metrics: &crate::metrics
                 }
             }
         }
-        // The batch's memory serves the next one (the link holds no copy any more).
-        if let Some((_, records)) = encoded {
-            if let Ok(records) = records.try_into_mut() {
-                buffer = records;
+        // Everything before the next range was sent or refused: resolve those groups.
+        let done = todo.front().map_or(count, |r| r.start);
+        writer.settle(&mut parts, &mut part_start, done, &refused);
+    }
+    writer.settle(&mut parts, &mut part_start, count, &refused);
+    // The batch's memory serves the next one (the link holds no copy any more).
+    if let Some(open) = records.reuse() {
+        writer.pool.give(open);
+    }
+}
+
+impl Writer {
+    /// Resolves the groups whose parts end before record `done` of the batch (`refused`:
+    /// its records that were not delivered, and why); a group whose last part is in the next
+    /// batch carries its refused messages there.
+    fn settle(
+        &mut self,
+        parts: &mut std::iter::Peekable<std::vec::IntoIter<Part>>,
+        part_start: &mut usize,
+        done: usize,
+        refused: &[(usize, Arc<Undelivered>)],
+    ) {
+        while let Some(part) = parts.next_if(|p| p.end as usize <= done) {
+            let (start, end) = (*part_start, part.end as usize);
+            let failed = refused.iter().filter(|(i, _)| (start..end).contains(i));
+            self.carried.extend(
+                failed.map(|(i, reason)| (part.first + (i - start) as u32, reason.clone())),
+            );
+            *part_start = end;
+            if let Some(finish) = part.finish {
+                let failed = std::mem::take(&mut self.carried);
+                let _ = finish.ack.send(if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(failed)
+                });
             }
         }
-        // Everything before the next range was sent or refused: resolve those groups.
-        let done = todo.front().map_or(recs.len(), |r| r.start);
-        while let Some((end, ack, _budget)) = ends.next_if(|(end, _, _)| *end <= done) {
-            let failed: Vec<(u32, Arc<Undelivered>)> = refused
-                .iter()
-                .filter(|(i, _)| (group_start..end).contains(i))
-                .map(|(i, reason)| ((i - group_start) as u32, reason.clone()))
-                .collect();
-            let _ = ack.send(if failed.is_empty() {
-                Ok(())
-            } else {
-                Err(failed)
-            });
-            group_start = end;
-        }
     }
-    pool.give(Scratch {
-        recs,
-        parts,
-        sizes,
-        records: buffer,
-    });
 }
 
 /// Whether two topic names are the same: most often the same shared name (a route's outputs
@@ -1240,16 +1318,102 @@ mod tests {
         }
     }
 
-    #[test]
-    fn requests_are_cut_at_the_maximum_size() {
-        assert_eq!(plan_requests(&[100; 10], 1 << 20), vec![0..10]);
-        assert_eq!(plan_requests(&[1000; 40], 1 << 20), vec![0..40]);
-        assert_eq!(plan_requests(&[1000; 200], 50_000).len(), 4);
-        assert!(plan_requests(&[1000; 200], 50_000)
-            .iter()
-            .all(|r| r.len() * 1000 <= 50_000));
-        // A single record larger than the limit still goes (alone).
-        assert_eq!(plan_requests(&[10_000, 10], 5_000), vec![0..1, 1..2]);
+    /// A finish for a test group, and the receiver of its ack.
+    fn finish() -> (Finish, Ack) {
+        let budget = Arc::new(Semaphore::new(2));
+        let permit = || budget.clone().try_acquire_owned().unwrap();
+        let (ack, rx) = oneshot::channel();
+        let _budget = (permit(), permit());
+        (Finish { ack, _budget }, rx)
+    }
+
+    /// Appends messages `list[from..to]` to `acc` as one group of transaction `round`.
+    fn append(acc: &Accumulator, list: &[OutgoingMessage], from: u32, to: u32, round: u64) -> Ack {
+        let msgs: Vec<(u32, usize)> = (from..to)
+            .map(|i| (i, crate::encode::fields_len(&list[i as usize])))
+            .collect();
+        let group = Group {
+            list,
+            msgs: &msgs,
+            bytes: msgs.iter().map(|(_, f)| f + RECORD_FRAME).sum(),
+            round,
+            queued_at: tokio::time::Instant::now(),
+        };
+        let (finish, ack) = finish();
+        acc.append(group, 0, finish, 1000, &BufferPool::new(0))
+            .unwrap();
+        ack
+    }
+
+    /// (records, (end, first, settles) of each part) of a batch.
+    fn shape(b: &Filling) -> (usize, Vec<(u32, u32, bool)>) {
+        let parts = b.parts.iter().map(|p| (p.end, p.first, p.finish.is_some()));
+        (b.records.count(), parts.collect())
+    }
+
+    /// Groups are appended whole to a partition's open batch, which closes before a record
+    /// would take it past the maximum (a record larger than that alone), and before a group
+    /// of another transaction; a group spread over batches is settled by its last part.
+    #[tokio::test]
+    async fn groups_fill_batches_in_order_up_to_the_maximum() {
+        // Values of 98 bytes: 107 bytes each in a batch, 9 to a batch of 1 000 bytes.
+        let list: Vec<_> = (0..40)
+            .map(|i| match i {
+                30 => OutgoingMessage::new("t", vec![0u8; 5000]),
+                _ => OutgoingMessage::new("t", vec![i as u8; 98]),
+            })
+            .collect();
+        let acc = Accumulator::new(1 << 20);
+        let _a = append(&acc, &list, 0, 3, 0);
+        let _b = append(&acc, &list, 3, 20, 0);
+        let _c = append(&acc, &list, 20, 22, 1);
+        let _d = append(&acc, &list, 22, 40, 1);
+        let mut batches = Vec::new();
+        acc.shut();
+        while let Some(b) = acc.next(std::time::Duration::ZERO).await {
+            batches.push(shape(&b));
+        }
+        let want = vec![
+            // Group a, then b's first six records.
+            (9, vec![(3, 0, true), (9, 0, false)]),
+            (9, vec![(9, 6, false)]),
+            (2, vec![(2, 15, true)]),
+            // Another transaction: a batch of its own.
+            (9, vec![(2, 0, true), (9, 0, false)]),
+            // The large record does not fit after the next: alone, then the rest.
+            (1, vec![(1, 7, false)]),
+            (1, vec![(1, 8, false)]),
+            (9, vec![(9, 9, true)]),
+        ];
+        assert_eq!(batches, want);
+    }
+
+    /// The sender takes closed batches first, the open one once it holds enough or has
+    /// waited the linger; once shut it drains what is left, then stops.
+    #[tokio::test]
+    async fn the_sender_takes_the_open_batch_after_the_linger() {
+        let list: Vec<_> = (0..4).map(|_| OutgoingMessage::new("t", "small")).collect();
+        let acc = Arc::new(Accumulator::new(1 << 20));
+        let _a = append(&acc, &list, 0, 2, 0);
+        let linger = std::time::Duration::from_millis(5);
+        let start = tokio::time::Instant::now();
+        let first = acc.next(linger).await.unwrap();
+        assert_eq!(first.records.count(), 2);
+        assert!(start.elapsed() >= linger, "waited the linger for more");
+        // Records appended while the sender waits join the batch it takes.
+        let waiting = tokio::spawn({
+            let acc = acc.clone();
+            async move { acc.next(linger).await.map(|b| b.records.count()) }
+        });
+        tokio::task::yield_now().await;
+        let _b = append(&acc, &list, 2, 3, 0);
+        acc.appended.notify_one();
+        tokio::task::yield_now().await;
+        let _c = append(&acc, &list, 3, 4, 0);
+        acc.appended.notify_one();
+        assert_eq!(waiting.await.unwrap(), Some(2));
+        acc.shut();
+        assert!(acc.next(linger).await.is_none());
     }
 
     #[test]

@@ -1,24 +1,27 @@
-//! Producing: one batching task per target partition, Kafka's default partitioner, acks.
+//! Producing: a record accumulator and a sender per target partition, Kafka's default
+//! partitioner, acks.
 //!
 //! Callers queue groups of messages (a consumer queues the outputs of one fetched batch at once).
-//! Each partition's task takes everything queued (up to `max_batch_bytes`), sends it, resolves
-//! each group's ack when the broker answered, and meanwhile the next batch accumulates: natural
-//! batching, one request in flight per partition, order kept. The queue in front of each task is
-//! bounded, so a slow broker slows the consumers (backpressure) instead of growing memory.
+//! As in the Java producer, each target partition has an accumulator: a group's messages are
+//! appended, as records, to the partition's open batch when they are queued
+//! ([`crate::encode::Open`]), which closes before it would pass `max_batch_bytes`. The
+//! partition's sender takes the batches in order, one request in flight per partition, sends
+//! each and resolves each group's ack once the broker has its last record; meanwhile the next
+//! batch fills: natural batching, order kept. The accumulator is bounded by a byte budget, so a
+//! slow broker slows the consumers (backpressure) instead of growing memory.
 //!
-//! Each request's record batch is encoded here ([`crate::encode`]) straight from the outgoing
-//! messages and handed to the link of the partition's leader ([`crate::link`], the leader from
-//! [`crate::cluster`], looked up again after any failure), which sends it in one Produce
+//! A batch's records are sent as they were appended, with the header written for each attempt
+//! in front, through the link of the partition's leader ([`crate::link`], the leader from
+//! [`crate::cluster`], looked up again after any failure), which sends them in one Produce
 //! request with the batches of every other partition of that broker waiting at the time.
 //! Errors are classified as Kafka's Java producer does: retriable ones (a moved leader, a lost
 //! connection, a timeout) are retried with backoff until `delivery_timeout`; a batch refused as
 //! too large is split; the rest fails the messages for good.
 //!
-//! Request sizing: a partition's task sends what is queued when its previous request was
-//! answered, up to `max_batch_bytes` per request; with less than [`LINGER_FILL`] queued it first
-//! waits up to `linger` for more, as Java's producer does with `batch.size` and `linger.ms`.
-//! Each request goes out in one write on a `TCP_NODELAY` connection, so no request size waits
-//! for a delayed ACK.
+//! Batch sizing: a partition's sender takes a closed batch at once, the open one once it holds
+//! [`LINGER_FILL`] bytes or waited `linger` for more, as Java's producer does with
+//! `batch.size` and `linger.ms`. Each request goes out in one write on a `TCP_NODELAY`
+//! connection, so no request size waits for a delayed ACK.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -315,8 +318,10 @@ impl Accumulator {
             close(batches);
         }
         let n = group.msgs.len();
-        let room = max_bytes.saturating_sub(batches.open.records.bytes());
-        batches.open.records.reserve(group.bytes.min(room), n);
+        if !batches.open.records.is_empty() {
+            let room = max_bytes.saturating_sub(batches.open.records.bytes());
+            batches.open.records.reserve(group.bytes.min(room), n);
+        }
         let mut first = 0;
         for (i, &(index, fields)) in group.msgs.iter().enumerate() {
             let msg = &group.list[index as usize];

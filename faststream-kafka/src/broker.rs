@@ -96,7 +96,8 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// Upper bound of one produce request (default 1 MiB).
+    /// The most bytes of one partition's record batch (default 1 MiB): a partition's open
+    /// batch closes before a record would take it past this; a larger record goes alone.
     pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
         self.config.max_batch_bytes = bytes.max(1);
         self

@@ -424,54 +424,16 @@ async fn relay(body: String, topic: Topic) -> String {
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_output_refused_for_good_dead_letters_its_input_and_the_neighbours_go_on() {
-    let prefix = unique_prefix("refused");
-    let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
-    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
-        .build()
-        .await
-        .unwrap();
-    let topic = format!("{prefix}relay");
-    let out = format!("{prefix}relay-out");
-    for t in [&topic, &out, &format!("{topic}.dlq")] {
-        create_topic(&client, t, 1).await;
-    }
-    // Like a broker with message.max.bytes of 10 KB: larger requests to the output topic are
-    // refused with MESSAGE_TOO_LARGE.
-    let limited = out.clone();
-    proxy.refuse_produce(move |t, bytes| (t == limited && bytes > 10_000).then_some(10));
-    let big = "B".repeat(20_000);
-    let mut inputs = vec![record(None, b"a", &[]), record(None, big.as_bytes(), &[])];
-    inputs.push(record(None, b"b", &[]));
-    produce(&client, &topic, 0, inputs).await;
-
-    let running = start(app_on(&bootstrap, routes![relay], &prefix, |b| b)).await;
-    let relayed = read(&client, &out, 2).await;
-    let relayed: Vec<String> = relayed.values().flatten().map(text).collect();
-    assert_eq!(
-        relayed,
-        vec!["a", "b"],
-        "the neighbours of the refused output are relayed"
-    );
-    let dlq = read(&client, &format!("{topic}.dlq"), 1).await;
-    let dead = &dlq[&0][0];
-    assert_eq!(text(dead), big, "the input whose output was refused");
-    assert_eq!(header(dead, "x-faststream-error-kind"), "publish");
-    assert_eq!(header(dead, "x-faststream-original-offset"), "1");
-    let error = header(dead, "x-faststream-error");
-    assert!(error.contains("MessageTooLarge"), "{error}");
-    running.stop().await.expect("a clean shutdown");
-}
-
-/// Outputs of one fetched batch spread over several record batches (small batches): the one
-/// refused for good is reported as itself (its input dead-lettered, no other), every other
-/// output relayed once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_output_among_several_batches_of_its_group_is_named_right() {
-    const N: usize = 200;
-    const BIG: usize = 137;
-    let prefix = unique_prefix("refused-spread");
+/// Relays `inputs` through `relay` (at most `max_batch_bytes` a record batch) behind a proxy
+/// that refuses Produce requests of more than 10 KB to the output topic with
+/// MESSAGE_TOO_LARGE, as a broker with `message.max.bytes` of 10 KB does. Returns the outputs
+/// (once all but one are there) and the one input dead-lettered, with its headers.
+async fn relay_refusing_large(
+    name: &str,
+    inputs: &[String],
+    max_batch_bytes: usize,
+) -> (Vec<String>, Vec<rskafka::record::RecordAndOffset>) {
+    let prefix = unique_prefix(name);
     let (_broker, proxy, bootstrap, _) = broker_behind_kafka_proxy().await;
     let client = rskafka::client::ClientBuilder::new(vec![bootstrap.clone()])
         .build()
@@ -484,13 +446,6 @@ async fn a_refused_output_among_several_batches_of_its_group_is_named_right() {
     }
     let limited = out.clone();
     proxy.refuse_produce(move |t, bytes| (t == limited && bytes > 10_000).then_some(10));
-    let big = "B".repeat(20_000);
-    let inputs: Vec<String> = (0..N)
-        .map(|i| match i {
-            BIG => big.clone(),
-            i => format!("m{i:03}-{}", "x".repeat(40)),
-        })
-        .collect();
     let records = inputs
         .iter()
         .map(|v| record(None, v.as_bytes(), &[]))
@@ -498,25 +453,59 @@ async fn a_refused_output_among_several_batches_of_its_group_is_named_right() {
     produce(&client, &topic, 0, records).await;
 
     let running = start(app_on(&bootstrap, routes![relay], &prefix, |b| {
-        b.max_batch_bytes(1_000)
+        b.max_batch_bytes(max_batch_bytes)
     }))
     .await;
-    let relayed = read(&client, &out, N - 1).await;
+    let relayed = read(&client, &out, inputs.len() - 1).await;
     let relayed: Vec<String> = relayed.values().flatten().map(text).collect();
+    let mut dlq = read(&client, &format!("{topic}.dlq"), 1).await;
+    running.stop().await.expect("a clean shutdown");
+    (relayed, dlq.remove(&0).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_refused_for_good_dead_letters_its_input_and_the_neighbours_go_on() {
+    let big = "B".repeat(20_000);
+    let inputs = ["a".to_owned(), big.clone(), "b".to_owned()];
+    let (relayed, dlq) = relay_refusing_large("refused", &inputs, 1 << 20).await;
+    assert_eq!(
+        relayed,
+        vec!["a", "b"],
+        "the neighbours of the refused output are relayed"
+    );
+    let dead = &dlq[0];
+    assert_eq!(text(dead), big, "the input whose output was refused");
+    assert_eq!(header(dead, "x-faststream-error-kind"), "publish");
+    assert_eq!(header(dead, "x-faststream-original-offset"), "1");
+    let error = header(dead, "x-faststream-error");
+    assert!(error.contains("MessageTooLarge"), "{error}");
+}
+
+/// Outputs of one fetched batch spread over several record batches (small batches): the one
+/// refused for good is reported as itself (its input dead-lettered, no other), every other
+/// output relayed once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_output_among_several_batches_of_its_group_is_named_right() {
+    const BIG: usize = 137;
+    let big = "B".repeat(20_000);
+    let inputs: Vec<String> = (0..200)
+        .map(|i| match i {
+            BIG => big.clone(),
+            i => format!("m{i:03}-{}", "x".repeat(40)),
+        })
+        .collect();
+    let (relayed, dlq) = relay_refusing_large("refused-spread", &inputs, 1_000).await;
     let mut want = inputs.clone();
     want.remove(BIG);
     assert_eq!(relayed, want, "every other output once, in order");
-    let dlq = read(&client, &format!("{topic}.dlq"), 1).await;
-    assert_eq!(dlq[&0].len(), 1, "one input dead-lettered");
-    let dead = text(&dlq[&0][0]);
+    assert_eq!(dlq.len(), 1, "one input dead-lettered");
+    let dead = text(&dlq[0]);
     assert!(
         dead == big,
-        "dead-lettered {:.20}..., not the large input",
-        dead
+        "dead-lettered {dead:.20}..., not the large input"
     );
-    let offset = header(&dlq[&0][0], "x-faststream-original-offset");
+    let offset = header(&dlq[0], "x-faststream-original-offset");
     assert_eq!(offset, BIG.to_string());
-    running.stop().await.expect("a clean shutdown");
 }
 
 #[subscriber("moved", auto_offset_reset = "earliest")]

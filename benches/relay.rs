@@ -459,8 +459,9 @@ async fn parent(args: Args) {
         let mut args = args.clone();
         args.partitions = partitions;
         if before != Some(partitions) && !kind.starts_with("idle") && args.settle {
-            // The first row at a partition count after rows at another ran slower than the
-            // rows after it, whichever build it was (see `--no-settle`): run it unmeasured.
+            // The first row at a partition count after rows at another once ran slower than
+            // the rows after it, whichever build it was; kept unmeasured as a guard (see
+            // `--no-settle`).
             let prefix = format!("bench{stamp}-{row}-settle-{}.", kind.replace('@', "-"));
             row += 1;
             run_row(&client, &args, &prefix, kind).await;
@@ -884,7 +885,7 @@ async fn request_sizing(client: &Client, stamp: u128) {
 /// that keeps every partition of the run (thousands at P = 256) does more background work
 /// for each (checkpoints of all partitions every few seconds) as the run goes on.
 async fn delete_topics(client: &Client, prefix: &str) {
-    for topic in ["in_topic", "out-topic"] {
+    for topic in ROW_TOPICS {
         let name = format!("{prefix}{topic}");
         let deleted = client
             .controller_client()
@@ -897,8 +898,11 @@ async fn delete_topics(client: &Client, prefix: &str) {
     }
 }
 
+/// The topics of a row (after its prefix): the seed's input and output.
+const ROW_TOPICS: [&str; 2] = ["in_topic", "out-topic"];
+
 async fn prefill(client: &Client, prefix: &str, args: &Args, keyed: bool) {
-    for topic in ["in_topic", "out-topic"] {
+    for topic in ROW_TOPICS {
         client
             .controller_client()
             .unwrap()

@@ -763,7 +763,11 @@ fn hand_out(jobs: Jobs, answered: Answered) {
             let parts = topics.map(|t| (t.name.as_str(), &mut t.partition_responses));
             let mut answers = Answers::new("produce", parts, |p| p.index);
             for (batch, reply) in request {
-                let _ = reply.send(answers.take(&batch.topic, batch.partition));
+                let answer = answers.take(&batch.topic, batch.partition);
+                // The batch's records go before the answer, so that its producer finds their
+                // buffer free to use again.
+                drop(batch);
+                let _ = reply.send(answer);
             }
         }
         (Jobs::ListOffsets(jobs), Answered::ListOffsets(mut resp)) => {

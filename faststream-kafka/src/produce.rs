@@ -72,6 +72,11 @@ impl Sticky {
     }
 }
 
+/// The room a new batch is made with (or more, for a larger group; at most
+/// `max_batch_bytes`): a batch grown by doubling takes fresh memory and copies its records at
+/// each step.
+const BATCH_ROOM: usize = 64 * 1024;
+
 /// Per-record framing overhead added to a record's fields when counting a sticky share.
 const RECORD_OVERHEAD: usize = 24;
 
@@ -347,7 +352,9 @@ impl Accumulator {
                 }
                 open.round = group.round;
                 open.since = Some(group.queued_at);
-                open.records.reserve(group.bytes.min(max_bytes), n - i);
+                // Room for what a batch usually takes at once, so that it seldom grows.
+                let room = group.bytes.max(BATCH_ROOM).min(max_bytes);
+                open.records.reserve(room, n - i);
             }
             let timestamp = msg.timestamp.unwrap_or(now);
             open.records.append(msg, fields, timestamp);

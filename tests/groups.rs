@@ -720,3 +720,70 @@ async fn committed_offsets_the_coordinator_cannot_give_yet_are_asked_again_not_r
     );
     assert!(logs_about(&input).contains("UnstableOffsetCommit"));
 }
+
+#[subscriber(
+    "grind",
+    group_id = "grinders",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 4000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+#[publisher("grind-done")]
+async fn grind(n: u64) -> String {
+    // Work that never waits (a parser, a computation): the thread is busy throughout.
+    std::thread::sleep(Duration::from_millis(5));
+    n.to_string()
+}
+
+/// Handlers that never wait, over a backlog that takes about twice the session timeout
+/// (1 500 messages of 5 ms against 4 s), on a runtime of one worker: the member keeps its
+/// partition throughout, as a Java consumer does with its heartbeat thread. (A partition
+/// consumer that kept its worker for a whole fetched backlog starved the heartbeat task, the
+/// broker dropped the member, and the messages after its last commit were handled again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn handlers_that_never_wait_do_not_stop_the_heartbeat() {
+    use std::sync::{Arc, Mutex};
+    let prefix = unique_prefix("grind");
+    let client = raw_client().await;
+    let (input, output) = (format!("{prefix}grind"), format!("{prefix}grind-done"));
+    create_topic(&client, &input, 1).await;
+    create_topic(&client, &output, 1).await;
+    let inputs: Vec<_> = (0..1500u64)
+        .map(|n| record(None, n.to_string().as_bytes(), &[]))
+        .collect();
+    produce(&client, &input, 0, inputs).await;
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (a, r) = (events.clone(), events.clone());
+    init_logs();
+    let broker = faststream::kafka::KafkaBroker::builder(&bootstrap())
+        .on_partitions_assigned(move |_, parts| {
+            a.lock().unwrap().push(format!("assigned {}", parts.len()))
+        })
+        .on_partitions_revoked(move |_, parts| {
+            r.lock().unwrap().push(format!("revoked {}", parts.len()))
+        })
+        .build();
+    let running = start(
+        faststream::FastStream::new(broker)
+            .with_routes(routes![grind])
+            .topic_prefix(&prefix),
+    )
+    .await;
+    let records = read(&client, &output, 1500).await;
+    running.stop().await.unwrap();
+    let events = events.lock().unwrap().clone();
+    assert_eq!(
+        events,
+        ["assigned 1", "revoked 1"],
+        "one assignment, revoked at shutdown only: {}",
+        logs_about(&input)
+    );
+    let mut handled: Vec<u64> = records
+        .values()
+        .flatten()
+        .map(|r| text(r).parse().unwrap())
+        .collect();
+    handled.sort_unstable();
+    assert_eq!(handled, (0..1500).collect::<Vec<_>>(), "each message once");
+}

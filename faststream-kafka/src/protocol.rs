@@ -49,10 +49,17 @@ pub(crate) struct Conn {
     /// carries up to `max_batch_bytes` of records per partition: fresh memory of that size
     /// for every request cost the kernel more in clearing pages than the encoding).
     out: Vec<u8>,
+    /// The buffer the last answer was read into: the next answer is read into it again once
+    /// nothing refers to it any more (a fetch answer whose records were copied out), instead
+    /// of into fresh memory, whose pages the kernel clears first.
+    last_answer: Option<Bytes>,
 }
 
 /// Largest request buffer kept for the next request.
 const KEPT_REQUEST_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Largest answer whose buffer is kept for the next answer.
+const KEPT_ANSWER_BUFFER: usize = 8 * 1024 * 1024;
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,6 +142,7 @@ impl Conn {
             client_cert: security.tls().is_some_and(|t| t.has_client_cert()),
             meter: crate::metrics::OpenConnection::new(addr),
             out: Vec::new(),
+            last_answer: None,
         };
         let resp: ApiVersionsResponse = conn.send(&ApiVersionsRequest::default(), 0).await?;
         if resp.error_code != 0 {
@@ -505,6 +513,20 @@ impl Conn {
     }
 
     /// Reads one response frame and decodes it as the answer to request `correlation`.
+    /// A buffer for an answer of `len` bytes: the last answer's when nothing refers to it any
+    /// more and it is not far larger than needed (an idle connection keeps no large buffer).
+    fn answer_buffer(&mut self, len: usize) -> BytesMut {
+        let last = self.last_answer.take().and_then(|b| b.try_into_mut().ok());
+        match last {
+            Some(mut buf) if buf.capacity() <= (4 * len).max(1024 * 1024) => {
+                buf.clear();
+                buf.reserve(len);
+                buf
+            }
+            _ => BytesMut::with_capacity(len),
+        }
+    }
+
     async fn read_response<R: Request + Sync>(
         &mut self,
         version: i16,
@@ -522,7 +544,7 @@ impl Conn {
             return Err(self.protocol(format!("implausible response length {len}{hint}")));
         }
         // Read into uninitialised capacity: a fetch answer can be megabytes, not worth zeroing.
-        let mut body = BytesMut::with_capacity(len as usize);
+        let mut body = self.answer_buffer(len as usize);
         while body.len() < len as usize {
             let mut part = (&mut self.stream).take((len as usize - body.len()) as u64);
             if part.read_buf(&mut body).await.map_err(&io)? == 0 {
@@ -530,6 +552,9 @@ impl Conn {
             }
         }
         let mut body = body.freeze();
+        if body.len() <= KEPT_ANSWER_BUFFER {
+            self.last_answer = Some(body.clone());
+        }
         let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
             .map_err(|e| self.protocol(format!("decoding response header: {e}")))?;
         if header.correlation_id != correlation {
@@ -826,6 +851,40 @@ mod tests {
             matches!(&next, Err(ConnError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotConnected),
             "{next:?}"
         );
+    }
+
+    /// The next answer is read into the last answer's buffer once nothing refers to it, and
+    /// never into one far larger than it needs.
+    #[tokio::test]
+    async fn an_answer_reuses_the_last_answers_buffer_once_it_is_free() {
+        let addr = slow_broker(Duration::ZERO).await;
+        let mut conn = Conn::connect(&addr, &config(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let answer = |len: usize| {
+            let mut buf = BytesMut::with_capacity(len);
+            buf.resize(len, 7);
+            buf.freeze()
+        };
+        let last = answer(64 * 1024);
+        let at = last.as_ptr();
+        conn.last_answer = Some(last.clone());
+        let part = last.slice(10..20);
+        drop(last);
+        // A record set of the last answer is still held: fresh memory.
+        let held = conn.answer_buffer(64 * 1024);
+        assert_ne!(held.as_ptr(), at);
+        drop(part);
+        // Nothing held it any more: the same memory.
+        conn.last_answer = Some(held.freeze());
+        let kept = conn.last_answer.as_ref().unwrap().as_ptr();
+        let again = conn.answer_buffer(32 * 1024);
+        assert_eq!(again.as_ptr(), kept);
+        assert!(again.is_empty() && again.capacity() >= 32 * 1024);
+        // An 8 MiB buffer is not kept for a 100-byte answer.
+        conn.last_answer = Some(answer(8 * 1024 * 1024));
+        let small = conn.answer_buffer(100);
+        assert!(small.capacity() < 1024 * 1024, "{}", small.capacity());
     }
 
     /// A request that got its answer leaves the connection usable.

@@ -53,6 +53,7 @@ impl PartitionConsumer {
                 }
                 records -= taken;
                 self.handle_batch(items, inflight, tracker, metrics).await?;
+                slice::yield_if_spent(tokio::time::Instant::now()).await;
                 continue;
             }
             tokio::select! {

@@ -64,8 +64,12 @@ impl PartitionConsumer {
                     Fetched::Record(msg) => {
                         let offset = msg.offset;
                         metrics.received(msg.payload.as_ref().map_or(0, |p| p.len()));
-                        // One clock read per message: the chunk deadline and the metric.
-                        let started = tokio::time::Instant::now();
+                        // One clock read per message: the slice, the chunk deadline and the
+                        // metric.
+                        let mut started = tokio::time::Instant::now();
+                        if slice::yield_if_spent(started).await {
+                            started = tokio::time::Instant::now();
+                        }
                         // Pinned where it is made: the future (over a kilobyte) is not
                         // copied again to be awaited.
                         let mut handling = std::pin::pin!(handle_message(

@@ -25,6 +25,7 @@ mod concurrent;
 mod feed;
 mod in_order;
 mod outputs;
+mod slice;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -491,16 +492,18 @@ impl PartitionConsumer {
         let mut turn = Turn::new(self.rt.txn.clone());
         // The driver of the route's scheduling, over the one in-flight tracker.
         let state = (&mut inflight, &mut turn);
+        // (In its time slice: a driver whose handlers never wait gives its worker back now
+        // and then, see [`slice`].)
         let ended = if let Some(batch) = self.route.batch() {
-            self.run_batches(batch, &mut rx, &mut tracker, ack_first, state, &metrics)
-                .await
+            let driver = self.run_batches(batch, &mut rx, &mut tracker, ack_first, state, &metrics);
+            slice::Sliced::new(driver).await
         } else if concurrency > 1 {
             let (rx, tracker) = (&mut rx, &mut tracker);
             self.run_concurrently(concurrency, rx, tracker, ack_first, state, &metrics)
                 .await
         } else {
-            self.run_in_order(&mut rx, &mut tracker, ack_first, state, &metrics)
-                .await
+            let driver = self.run_in_order(&mut rx, &mut tracker, ack_first, state, &metrics);
+            slice::Sliced::new(driver).await
         };
         let mut stopped = ended.err().and_then(End::stopped);
         // Messages handled before the stop are done once their outputs are acknowledged.

@@ -89,8 +89,8 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// How long a partition's produce batch may wait to grow while less than 16 KiB is queued
-    /// (default 5 ms, Java's `linger.ms`; zero sends at once).
+    /// How long a partition's produce batch may wait to grow while less than 16 KiB is queued,
+    /// counted from its first record (default 5 ms, Java's `linger.ms`; zero sends at once).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.config.linger = linger;
         self

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::encode::BATCH_HEADER;
 use crate::error::{partition_error, Cause, FetchError};
 use crate::metrics::FetchSessionMetrics;
 use crate::protocol::{ms, Conn, ConnError, Pieces, Sent};
@@ -111,7 +112,7 @@ pub(crate) struct Batch {
     pub(crate) partition: i32,
     /// The record batch's header, then its records (sent as they are, not copied into the
     /// request).
-    pub(crate) head: Bytes,
+    pub(crate) head: [u8; BATCH_HEADER],
     pub(crate) records: Bytes,
     /// Set when the batch belongs to a transaction: batches of different transactional ids
     /// go in different requests.
@@ -989,12 +990,13 @@ mod tests {
     use kafka_protocol::messages::TransactionalId;
     use kafka_protocol::protocol::Encodable;
 
+    /// A batch of `bytes` in a request (its header included, so at least [`BATCH_HEADER`]).
     fn batch(topic: &str, partition: i32, bytes: usize, txn: Option<&str>) -> (Batch, usize) {
         let batch = Batch {
             topic: Arc::from(topic),
             partition,
-            head: Bytes::new(),
-            records: Bytes::from(vec![0u8; bytes]),
+            head: [0; BATCH_HEADER],
+            records: Bytes::from(vec![0u8; bytes.saturating_sub(BATCH_HEADER)]),
             transactional_id: txn.map(Arc::from),
         };
         (batch, 0)
@@ -1019,7 +1021,7 @@ mod tests {
                 .map(|(topic, partition, bytes)| Batch {
                     topic: Arc::from(topic),
                     partition,
-                    head: Bytes::from(vec![bytes as u8; 7]),
+                    head: [bytes as u8; BATCH_HEADER],
                     records: Bytes::from((0..bytes).map(|i| i as u8).collect::<Vec<_>>()),
                     transactional_id: txn.map(Arc::from),
                 })
@@ -1085,9 +1087,9 @@ mod tests {
         assert_eq!(keys(&take_request(&mut queue)), [("a".into(), 0)]);
         let mut queue = vec![
             batch("a", 0, half, None),
-            batch("a", 1, half, None),
-            batch("a", 2, 1, None),
-            batch("a", 3, 0, None),
+            batch("a", 1, half - BATCH_HEADER, None),
+            batch("a", 2, BATCH_HEADER + 1, None),
+            batch("a", 3, BATCH_HEADER, None),
         ];
         assert_eq!(
             keys(&take_request(&mut queue)),

@@ -27,7 +27,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use faststream_core::OutgoingMessage;
 use kafka_protocol::ResponseError;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -305,7 +304,7 @@ impl Accumulator {
 
     /// Appends `group` (messages with their fields' length; those without a timestamp get
     /// `now`) to the open batch, closing it first when it belongs to another transaction and
-    /// whenever the next record would take it past `max_bytes` of records.
+    /// whenever the next record would take it past `max_bytes` of records; wakes the sender.
     fn append(
         &self,
         group: Group<'_>,
@@ -314,8 +313,8 @@ impl Accumulator {
         max_bytes: usize,
         pool: &BufferPool,
     ) -> Result<(), KafkaError> {
-        let mut batches = lock(&self.batches);
-        let batches = &mut *batches;
+        let mut guard = lock(&self.batches);
+        let batches = &mut *guard;
         if batches.shut {
             return Err(KafkaError::Closed);
         }
@@ -365,27 +364,33 @@ impl Accumulator {
             first: first as u32,
             finish: Some(finish),
         });
+        drop(guard);
+        self.appended.notify_one();
         Ok(())
     }
 
     /// The next batch to send, in order: a closed one, else the open one once it holds
-    /// [`LINGER_FILL`] bytes or has waited `linger`; `None` once shut and empty.
+    /// [`LINGER_FILL`] bytes or `linger` passed since its first record was queued (as Java's
+    /// `linger.ms`: a batch that waited it while the one before was on its way goes at once);
+    /// `None` once shut and empty.
     async fn next(&self, linger: std::time::Duration) -> Option<Filling> {
-        let mut deadline = None;
         loop {
             let appended = self.appended.notified();
+            let mut deadline = None;
             {
                 let mut batches = lock(&self.batches);
                 if let Some(closed) = batches.closed.pop_front() {
                     return Some(closed);
                 }
-                let open = &batches.open.records;
-                if !open.is_empty() {
-                    let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-                    if open.bytes() >= LINGER_FILL || linger.is_zero() || batches.shut || due {
+                let open = &batches.open;
+                if !open.records.is_empty() {
+                    let now = tokio::time::Instant::now();
+                    let due = open.since.unwrap_or(now) + linger;
+                    let full = open.records.bytes() >= LINGER_FILL;
+                    if full || linger.is_zero() || batches.shut || now >= due {
                         return Some(std::mem::take(&mut batches.open));
                     }
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
+                    deadline = Some(due);
                 } else if batches.shut {
                     return None;
                 }
@@ -632,7 +637,6 @@ impl Producers {
                 queued_at: tokio::time::Instant::now(),
             };
             accumulator.append(group, now, finish, max_bytes, &self.pool)?;
-            accumulator.appended.notify_one();
             let indices = target.msgs.into_iter().map(|(i, _)| i).collect();
             out.groups.push((indices, rx));
         }
@@ -776,7 +780,7 @@ impl Producers {
         let accumulator = Arc::new(Accumulator::new(self.config.max_queued_bytes));
         let writer = Writer {
             config: self.config.clone(),
-            topic: topic.to_owned(),
+            topic: Arc::from(topic),
             partition,
             cluster: self.cluster.clone(),
             identity: self.identity.clone(),
@@ -881,7 +885,7 @@ fn refusal(err: ResponseError) -> Refusal {
 /// Writes one partition's record batches to its leader.
 struct Writer {
     config: Arc<Config>,
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     cluster: Arc<Cluster>,
     identity: Arc<Identity>,
@@ -1048,9 +1052,9 @@ impl Writer {
             None => None,
         };
         let request = Batch {
-            topic: Arc::from(self.topic.as_str()),
+            topic: self.topic.clone(),
             partition: self.partition,
-            head: Bytes::copy_from_slice(&batch.head(header)),
+            head: batch.head(header),
             records: batch.body.clone(),
             transactional_id: self.txn.as_ref().map(|t| Arc::from(t.id())),
         };
@@ -1065,7 +1069,7 @@ impl Writer {
             // whose answer was lost).
             None | Some(ResponseError::DuplicateSequenceNumber) => Ok(()),
             Some(error) => Err(ProduceFailure::Broker {
-                topic: Arc::from(self.topic.as_str()),
+                topic: self.topic.clone(),
                 partition: self.partition,
                 error,
                 detail: p.error_message.map(|m| m.to_string()),
@@ -1102,7 +1106,7 @@ async fn send(writer: &mut Writer, batch: Filling, metrics: &crate::metrics::Pro
                 txn.ended(&topic, partition),
             )));
             tracing::warn!(
-                topic,
+                topic = &*topic,
                 partition,
                 records = count,
                 "outputs of an aborted transaction are not written"
@@ -1180,7 +1184,7 @@ async fn send(writer: &mut Writer, batch: Filling, metrics: &crate::metrics::Pro
                         maybe_written |= pinned.is_some();
                     }
                     tracing::warn!(
-                        topic,
+                        topic = &*topic,
                         partition,
                         records = range.len(),
                         error = %error,
@@ -1199,7 +1203,7 @@ async fn send(writer: &mut Writer, batch: Filling, metrics: &crate::metrics::Pro
                         _ => Undelivered::Refused(error),
                     });
                     tracing::error!(
-                        topic,
+                        topic = &*topic,
                         partition,
                         records = range.len(),
                         error = %reason,
@@ -1419,13 +1423,37 @@ mod tests {
         });
         tokio::task::yield_now().await;
         let _b = append(&acc, &list, 2, 3, 0);
-        acc.appended.notify_one();
         tokio::task::yield_now().await;
         let _c = append(&acc, &list, 3, 4, 0);
-        acc.appended.notify_one();
         assert_eq!(waiting.await.unwrap(), Some(2));
         acc.shut();
         assert!(acc.next(linger).await.is_none());
+    }
+
+    /// The linger counts from a batch's first record, as Java's `linger.ms` does: a batch
+    /// that waited it while its sender was busy (the batch before on its way) goes at once.
+    #[tokio::test]
+    async fn a_batch_that_waited_its_linger_meanwhile_goes_at_once() {
+        use std::time::Duration;
+        let list: Vec<_> = (0..3).map(|_| OutgoingMessage::new("t", "small")).collect();
+        let acc = Accumulator::new(1 << 20);
+        let linger = Duration::from_millis(200);
+        let _a = append(&acc, &list, 0, 1, 0);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let _b = append(&acc, &list, 1, 2, 0);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let start = tokio::time::Instant::now();
+        let batch = acc.next(linger).await.unwrap();
+        assert_eq!(batch.records.count(), 2);
+        assert!(
+            start.elapsed() < linger,
+            "its linger had passed: no new wait"
+        );
+        // The next batch waits its own linger, from its own first record.
+        let _c = append(&acc, &list, 2, 3, 0);
+        let start = tokio::time::Instant::now();
+        assert_eq!(acc.next(linger).await.unwrap().records.count(), 1);
+        assert!(start.elapsed() >= linger);
     }
 
     #[test]

@@ -736,20 +736,32 @@ async fn grind(n: u64) -> String {
     n.to_string()
 }
 
-/// Handlers that never wait, over a backlog that takes about twice the session timeout
-/// (1 500 messages of 5 ms against 4 s), on a runtime of one worker: the member keeps its
-/// partition throughout, as a Java consumer does with its heartbeat thread. (A partition
-/// consumer that kept its worker for a whole fetched backlog starved the heartbeat task, the
-/// broker dropped the member, and the messages after its last commit were handled again.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn handlers_that_never_wait_do_not_stop_the_heartbeat() {
+#[subscriber(
+    "stall",
+    group_id = "stallers",
+    auto_offset_reset = "earliest",
+    session_timeout_ms = 4000,
+    heartbeat_interval_ms = 300,
+    commit_interval_ms = 200
+)]
+#[publisher("stall-done")]
+async fn stall(n: u64) -> String {
+    // A synchronous call that takes longer than the session timeout.
+    std::thread::sleep(Duration::from_secs(5));
+    n.to_string()
+}
+
+/// Runs `route` (subscribed to `{name}`, publishing to `{name}-done`, on a runtime of one
+/// worker) over `n` numbers in one partition, and checks that the member kept its partition
+/// from its assignment to its shutdown and handled each number once.
+async fn one_assignment_over(route: &'static faststream::runtime::RouteDef, name: &str, n: u64) {
     use std::sync::{Arc, Mutex};
-    let prefix = unique_prefix("grind");
+    let prefix = unique_prefix(name);
     let client = raw_client().await;
-    let (input, output) = (format!("{prefix}grind"), format!("{prefix}grind-done"));
+    let (input, output) = (format!("{prefix}{name}"), format!("{prefix}{name}-done"));
     create_topic(&client, &input, 1).await;
     create_topic(&client, &output, 1).await;
-    let inputs: Vec<_> = (0..1500u64)
+    let inputs: Vec<_> = (0..n)
         .map(|n| record(None, n.to_string().as_bytes(), &[]))
         .collect();
     produce(&client, &input, 0, inputs).await;
@@ -766,11 +778,11 @@ async fn handlers_that_never_wait_do_not_stop_the_heartbeat() {
         .build();
     let running = start(
         faststream::FastStream::new(broker)
-            .with_routes(routes![grind])
+            .with_routes(vec![route])
             .topic_prefix(&prefix),
     )
     .await;
-    let records = read(&client, &output, 1500).await;
+    let records = read(&client, &output, n as usize).await;
     running.stop().await.unwrap();
     let events = events.lock().unwrap().clone();
     assert_eq!(
@@ -785,5 +797,24 @@ async fn handlers_that_never_wait_do_not_stop_the_heartbeat() {
         .map(|r| text(r).parse().unwrap())
         .collect();
     handled.sort_unstable();
-    assert_eq!(handled, (0..1500).collect::<Vec<_>>(), "each message once");
+    assert_eq!(handled, (0..n).collect::<Vec<_>>(), "each message once");
+}
+
+/// Handlers that never wait, over a backlog that takes about twice the session timeout
+/// (1 500 messages of 5 ms against 4 s): the partition's consumer gives its worker back now
+/// and then, so fetches, acks and commits go on, and the member keeps its partition. (A
+/// consumer that kept its worker for a whole fetched backlog starved the heartbeat task
+/// when it ran on the service's runtime: the broker dropped the member and the messages
+/// after its last commit were handled again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn handlers_that_never_wait_do_not_stop_the_heartbeat() {
+    one_assignment_over(routes![grind][0], "grind", 1500).await;
+}
+
+/// A handler that blocks the service's only worker for longer than the session timeout
+/// (5 s against 4 s, twice): heartbeats go on from their own thread, as the Java consumer's
+/// do, so the member keeps its partition and nothing is handled twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_handler_blocking_past_the_session_timeout_keeps_the_member() {
+    one_assignment_over(routes![stall][0], "stall", 2).await;
 }

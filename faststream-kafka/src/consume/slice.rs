@@ -2,7 +2,8 @@
 //!
 //! Handlers that never wait (parsing, computing) make a partition's driver run through a whole
 //! fetched backlog in one poll of its task, and the runtime looks at sockets and timers only
-//! between polls: heartbeats, acks and fetches would wait for the backlog. So the driver runs
+//! between polls: acks, fetches and commits would wait for the backlog (heartbeats have a
+//! thread of their own, see `group::heartbeat_thread`). So the driver runs
 //! inside [`Sliced`], which notes when each poll began, and gives its worker back
 //! ([`tokio::task::yield_now`]) once a poll has run for [`RUN_SLICE`]. A slice is long against
 //! a message (the relay's handlers take about a microsecond), so fast handlers run whole

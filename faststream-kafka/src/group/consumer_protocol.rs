@@ -76,14 +76,16 @@ impl GroupRunner {
             epoch: 0,
         });
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeats(
+        // On the heartbeat thread: the member stays in its group while handlers hold the
+        // service's workers.
+        let heartbeat = super::heartbeat_thread::spawn(heartbeats(
             self.rt.config.clone(),
             self.group.clone(),
             self.settings,
             report_rx,
             identity_tx,
             events_tx,
-        )));
+        ));
         let initial = self.initial_counts().await;
         let member = |identity: &watch::Receiver<Identity>| {
             let now = identity.borrow();

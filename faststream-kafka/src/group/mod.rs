@@ -5,9 +5,10 @@
 //! assigns partitions with the range or round-robin assignor), sync, fetch committed offsets,
 //! start one partition consumer per assigned partition, commit their positions periodically.
 //!
-//! Heartbeats run in a task of their own, on their own connection, for as long as the member
-//! holds partitions: while handlers run, while revoked partitions drain, during commits and
-//! hooks. A heartbeat that cannot reach the coordinator finds it again and keeps the member's
+//! Heartbeats run in a task of their own, on their own connection and on a thread of their
+//! own ([`heartbeat_thread`]), for as long as the member holds partitions: while handlers run
+//! (even handlers that block every worker of the service), while revoked partitions drain,
+//! during commits and hooks. A heartbeat that cannot reach the coordinator finds it again and keeps the member's
 //! generation and partitions; only the coordinator's word (a rebalance, an unknown member, an
 //! illegal generation) ends a generation, as in the Java client.
 //!
@@ -43,6 +44,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 mod consumer_protocol;
 mod coordinator;
+mod heartbeat_thread;
 mod running;
 
 use running::Running;
@@ -310,12 +312,12 @@ impl GroupRunner {
             );
             // Heartbeats start before anything else can take time.
             let (beat_tx, beat_rx) = mpsc::unbounded_channel();
-            let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
+            let heartbeat = heartbeat_thread::spawn(heartbeat_loop(
                 config.clone(),
                 member.clone(),
                 self.settings,
                 beat_tx,
-            )));
+            ));
             let (mut running, before) = match kept.take() {
                 Some(k) => (k.running, k.owned),
                 None => (Running::new(), BTreeSet::new()),

@@ -512,7 +512,6 @@ impl Conn {
         Ok(self.correlation)
     }
 
-    /// Reads one response frame and decodes it as the answer to request `correlation`.
     /// A buffer for an answer of `len` bytes: the last answer's when nothing refers to it any
     /// more and it is not far larger than needed (an idle connection keeps no large buffer).
     fn answer_buffer(&mut self, len: usize) -> BytesMut {
@@ -527,6 +526,7 @@ impl Conn {
         }
     }
 
+    /// Reads one response frame and decodes it as the answer to request `correlation`.
     async fn read_response<R: Request + Sync>(
         &mut self,
         version: i16,

@@ -8,9 +8,9 @@
 //! Heartbeats run in a task of their own, on their own connection and on a thread of their
 //! own ([`heartbeat_thread`]), for as long as the member holds partitions: while handlers run
 //! (even handlers that block every worker of the service), while revoked partitions drain,
-//! during commits and hooks. A heartbeat that cannot reach the coordinator finds it again and keeps the member's
-//! generation and partitions; only the coordinator's word (a rebalance, an unknown member, an
-//! illegal generation) ends a generation, as in the Java client.
+//! during commits and hooks. A heartbeat that cannot reach the coordinator finds it again and
+//! keeps the member's generation and partitions; only the coordinator's word (a rebalance, an
+//! unknown member, an illegal generation) ends a generation, as in the Java client.
 //!
 //! Ending a generation (rebalance, shutdown, or a partition consumer that stopped on its own):
 //! the consumers stop fetching, finish the message in hand and wait for its outputs' acks,

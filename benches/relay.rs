@@ -9,12 +9,14 @@
 //!
 //! `--partitions 3,256` runs every row at each partition count in the same run (idle rows at
 //! the largest only) and prints each count's rows against the first count's. Before the
-//! measured rows, each relay row runs unmeasured at each partition count, up to 12 times
+//! measured rows, each relay row runs unmeasured at each partition count, up to 30 times
 //! (`--warm-up ROWS` sets the most, `--no-warm-up` skips it), until the broker's JIT compiler
 //! took less than 15 % of the broker's CPU during one: a freshly started broker on the JVM
 //! compiles its hot paths for minutes (its compiler threads took half its CPU during the first
 //! rows at P = 256, and the paths of 256 partitions are not those of 3), which made whichever
-//! rows ran first pay for it. Each row's share of the broker's CPU that went to its JIT is
+//! rows ran first pay for it. At P = 256 that took 10 to 15 rows: with at most 8 or 12, the
+//! measured rows at P = 256 ran beside a compiler still taking half the broker's CPU, on the
+//! same two cores as the relay. Each row's share of the broker's CPU that went to its JIT is
 //! printed beside the broker's CPU.
 //!
 //! Where the partition count changes from one row to the next (rounds run every count in
@@ -216,7 +218,7 @@ fn parse_args() -> Args {
         messages: 200_000,
         partitions: 3,
         partition_counts: vec![3],
-        warm_up: 12,
+        warm_up: 30,
         settle: true,
         child: None,
         prefix: String::new(),
@@ -569,6 +571,15 @@ async fn run_row(client: &Client, args: &Args, prefix: &str, kind: &str) -> Figu
             prefix,
             t.elapsed()
         );
+    }
+    if networked {
+        match broker_quiet().await {
+            Some(after) => println!("  {kind}: the broker was quiet {after:.1?} after"),
+            None if broker_cpu_seconds().is_some() => println!(
+                "  {kind}: the broker was still busy {BUSY_FOR_AT_MOST:?} after (measured anyway)"
+            ),
+            None => {}
+        }
     }
     let mut broker0 = broker_cpu_seconds();
     let mut started = Instant::now();
@@ -1322,6 +1333,34 @@ async fn test_broker(args: &Args) {
 /// User + system CPU time of this process, from /proc.
 fn cpu_seconds() -> f64 {
     process_cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// How long a row waits at most for the broker to be quiet before its clock starts.
+const BUSY_FOR_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Waits until the broker is quiet (`None`: not within [`BUSY_FOR_AT_MOST`], or its CPU
+/// cannot be read): its JIT compiler idle and the broker under a tenth of a core for 200 ms.
+/// A row's topics were just created and filled, and the rows before deleted theirs: the
+/// broker compiles the paths of creating and deleting hundreds of partitions seconds after it
+/// took them, and that compiler shares the two cores with the relay measured next. Waiting
+/// here keeps one row's aftermath out of the next row's figures.
+async fn broker_quiet() -> Option<Duration> {
+    const WINDOW: Duration = Duration::from_millis(200);
+    let t = Instant::now();
+    let mut last = broker_cpu_seconds()?;
+    loop {
+        tokio::time::sleep(WINDOW).await;
+        let now = broker_cpu_seconds()?;
+        let spent = now - last;
+        // (The kernel counts CPU in ticks of 10 ms.)
+        if spent.jit < 0.005 && spent.total < 0.025 {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() >= BUSY_FOR_AT_MOST {
+            return None;
+        }
+        last = now;
+    }
 }
 
 /// The broker's CPU time so far, if `KAFKA_BROKER_PID` names it.

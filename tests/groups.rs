@@ -324,27 +324,13 @@ async fn an_aiokafka_member_shares_our_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_hooks_see_assignments_and_revocations() {
-    use std::sync::{Arc, Mutex};
     let prefix = unique_prefix("hooks");
     let client = raw_client().await;
     create_topic(&client, &format!("{prefix}jobs"), 4).await;
     create_topic(&client, &format!("{prefix}jobs-done"), 1).await;
-    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let events = Events::default();
     let hooked = |name: &'static str| {
-        let (a, r) = (events.clone(), events.clone());
-        init_logs();
-        let broker = faststream::kafka::KafkaBroker::builder(&bootstrap())
-            .on_partitions_assigned(move |group, parts| {
-                a.lock()
-                    .unwrap()
-                    .push(format!("{name} assigned {group} {}", parts.len()))
-            })
-            .on_partitions_revoked(move |group, parts| {
-                r.lock()
-                    .unwrap()
-                    .push(format!("{name} revoked {group} {}", parts.len()))
-            })
-            .build();
+        let broker = recording_rebalances(&events, name).build();
         faststream::FastStream::new(broker)
             .with_routes(routes![job])
             .topic_prefix(&prefix)
@@ -751,11 +737,38 @@ async fn stall(n: u64) -> String {
     n.to_string()
 }
 
+/// Rebalance events as the hooks of [`recording_rebalances`] write them.
+type Events = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A broker builder whose rebalance hooks push `"{who} assigned {group} {n}"` and
+/// `"{who} revoked {group} {n}"` (n partitions) to `events`.
+fn recording_rebalances(
+    events: &Events,
+    who: &'static str,
+) -> faststream::kafka::KafkaBrokerBuilder {
+    let (a, r) = (events.clone(), events.clone());
+    init_logs();
+    faststream::kafka::KafkaBroker::builder(&bootstrap())
+        .on_partitions_assigned(move |group, parts| {
+            a.lock()
+                .unwrap()
+                .push(format!("{who} assigned {group} {}", parts.len()))
+        })
+        .on_partitions_revoked(move |group, parts| {
+            r.lock()
+                .unwrap()
+                .push(format!("{who} revoked {group} {}", parts.len()))
+        })
+}
+
 /// Runs `route` (subscribed to `{name}`, publishing to `{name}-done`, on a runtime of one
 /// worker) over `n` numbers in one partition, and checks that the member kept its partition
 /// from its assignment to its shutdown and handled each number once.
-async fn one_assignment_over(route: &'static faststream::runtime::RouteDef, name: &str, n: u64) {
-    use std::sync::{Arc, Mutex};
+async fn one_assignment_over(
+    route: &'static faststream::runtime::RouteDef,
+    name: &'static str,
+    n: u64,
+) {
     let prefix = unique_prefix(name);
     let client = raw_client().await;
     let (input, output) = (format!("{prefix}{name}"), format!("{prefix}{name}-done"));
@@ -765,17 +778,8 @@ async fn one_assignment_over(route: &'static faststream::runtime::RouteDef, name
         .map(|n| record(None, n.to_string().as_bytes(), &[]))
         .collect();
     produce(&client, &input, 0, inputs).await;
-    let events: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (a, r) = (events.clone(), events.clone());
-    init_logs();
-    let broker = faststream::kafka::KafkaBroker::builder(&bootstrap())
-        .on_partitions_assigned(move |_, parts| {
-            a.lock().unwrap().push(format!("assigned {}", parts.len()))
-        })
-        .on_partitions_revoked(move |_, parts| {
-            r.lock().unwrap().push(format!("revoked {}", parts.len()))
-        })
-        .build();
+    let events = Events::default();
+    let broker = recording_rebalances(&events, name).build();
     let running = start(
         faststream::FastStream::new(broker)
             .with_routes(vec![route])
@@ -785,9 +789,16 @@ async fn one_assignment_over(route: &'static faststream::runtime::RouteDef, name
     let records = read(&client, &output, n as usize).await;
     running.stop().await.unwrap();
     let events = events.lock().unwrap().clone();
+    let group = format!(
+        "{prefix}{}",
+        route.subscribers()[0].group().expect("a group")
+    );
     assert_eq!(
         events,
-        ["assigned 1", "revoked 1"],
+        [
+            format!("{name} assigned {group} 1"),
+            format!("{name} revoked {group} 1")
+        ],
         "one assignment, revoked at shutdown only: {}",
         logs_about(&input)
     );

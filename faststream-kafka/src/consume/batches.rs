@@ -53,7 +53,9 @@ impl PartitionConsumer {
                 }
                 records -= taken;
                 self.handle_batch(items, inflight, tracker, metrics).await?;
-                slice::yield_if_spent(tokio::time::Instant::now()).await;
+                if slice::spent(tokio::time::Instant::now()) {
+                    tokio::task::yield_now().await;
+                }
                 continue;
             }
             tokio::select! {

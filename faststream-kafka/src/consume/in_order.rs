@@ -67,7 +67,8 @@ impl PartitionConsumer {
                         // One clock read per message: the slice, the chunk deadline and the
                         // metric.
                         let mut started = tokio::time::Instant::now();
-                        if slice::yield_if_spent(started).await {
+                        if slice::spent(started) {
+                            tokio::task::yield_now().await;
                             started = tokio::time::Instant::now();
                         }
                         // Pinned where it is made: the future (over a kilobyte) is not

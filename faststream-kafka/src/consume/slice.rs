@@ -47,20 +47,12 @@ impl<F: Future> Future for Sliced<F> {
     }
 }
 
-/// Whether the running driver's poll began [`RUN_SLICE`] or more before `now`.
+/// Whether the running driver's poll began [`RUN_SLICE`] or more before `now`: then the
+/// driver gives its worker back ([`tokio::task::yield_now`]) before its next message.
 pub(super) fn spent(now: Instant) -> bool {
     POLLED_AT
         .get()
         .is_some_and(|at| now.saturating_duration_since(at) >= RUN_SLICE)
-}
-
-/// Gives the worker back when the slice is spent; `true` if it did.
-pub(super) async fn yield_if_spent(now: Instant) -> bool {
-    if spent(now) {
-        tokio::task::yield_now().await;
-        return true;
-    }
-    false
 }
 
 #[cfg(test)]
@@ -76,7 +68,8 @@ mod tests {
             for _ in 0..100 {
                 // A message of a quarter of a millisecond, without an await.
                 std::thread::sleep(Duration::from_micros(250));
-                if yield_if_spent(Instant::now()).await {
+                if spent(Instant::now()) {
+                    tokio::task::yield_now().await;
                     yields += 1;
                 }
             }

@@ -330,7 +330,7 @@ async fn rebalance_hooks_see_assignments_and_revocations() {
     create_topic(&client, &format!("{prefix}jobs-done"), 1).await;
     let events = Events::default();
     let hooked = |name: &'static str| {
-        let broker = recording_rebalances(&events, name).build();
+        let broker = recording_rebalances(&bootstrap(), &events, name).build();
         faststream::FastStream::new(broker)
             .with_routes(routes![job])
             .topic_prefix(&prefix)
@@ -743,12 +743,13 @@ type Events = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 /// A broker builder whose rebalance hooks push `"{who} assigned {group} {n}"` and
 /// `"{who} revoked {group} {n}"` (n partitions) to `events`.
 fn recording_rebalances(
+    addr: &str,
     events: &Events,
     who: &'static str,
 ) -> faststream::kafka::KafkaBrokerBuilder {
     let (a, r) = (events.clone(), events.clone());
     init_logs();
-    faststream::kafka::KafkaBroker::builder(&bootstrap())
+    faststream::kafka::KafkaBroker::builder(addr)
         .on_partitions_assigned(move |group, parts| {
             a.lock()
                 .unwrap()
@@ -762,15 +763,20 @@ fn recording_rebalances(
 }
 
 /// Runs `route` (subscribed to `{name}`, publishing to `{name}-done`, on a runtime of one
-/// worker) over `n` numbers in one partition, and checks that the member kept its partition
-/// from its assignment to its shutdown and handled each number once.
+/// worker) over `n` numbers in one partition of the broker at `addr`, and checks that the
+/// member kept its partition from its assignment to its shutdown and handled each number
+/// once. `prefix` is the test's topic prefix.
 async fn one_assignment_over(
+    addr: &str,
+    prefix: &str,
     route: &'static faststream::runtime::RouteDef,
     name: &'static str,
     n: u64,
 ) {
-    let prefix = unique_prefix(name);
-    let client = raw_client().await;
+    let client = rskafka::client::ClientBuilder::new(vec![addr.to_owned()])
+        .build()
+        .await
+        .unwrap();
     let (input, output) = (format!("{prefix}{name}"), format!("{prefix}{name}-done"));
     create_topic(&client, &input, 1).await;
     create_topic(&client, &output, 1).await;
@@ -779,11 +785,11 @@ async fn one_assignment_over(
         .collect();
     produce(&client, &input, 0, inputs).await;
     let events = Events::default();
-    let broker = recording_rebalances(&events, name).build();
+    let broker = recording_rebalances(addr, &events, name).build();
     let running = start(
         faststream::FastStream::new(broker)
             .with_routes(vec![route])
-            .topic_prefix(&prefix),
+            .topic_prefix(prefix),
     )
     .await;
     let records = read(&client, &output, n as usize).await;
@@ -819,7 +825,8 @@ async fn one_assignment_over(
 /// after its last commit were handled again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn handlers_that_never_wait_do_not_stop_the_heartbeat() {
-    one_assignment_over(routes![grind][0], "grind", 1500).await;
+    let prefix = unique_prefix("grind");
+    one_assignment_over(&bootstrap(), &prefix, routes![grind][0], "grind", 1500).await;
 }
 
 /// A handler that blocks the service's only worker for longer than the session timeout
@@ -827,5 +834,47 @@ async fn handlers_that_never_wait_do_not_stop_the_heartbeat() {
 /// do, so the member keeps its partition and nothing is handled twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_handler_blocking_past_the_session_timeout_keeps_the_member() {
-    one_assignment_over(routes![stall][0], "stall", 2).await;
+    let prefix = unique_prefix("stall");
+    one_assignment_over(&bootstrap(), &prefix, routes![stall][0], "stall", 2).await;
+}
+
+#[subscriber(
+    "stall848",
+    group_id = "stallers848",
+    group_protocol = "consumer",
+    auto_offset_reset = "earliest",
+    commit_interval_ms = 200
+)]
+#[publisher("stall848-done")]
+async fn stall_848(n: u64) -> String {
+    std::thread::sleep(Duration::from_secs(5));
+    n.to_string()
+}
+
+/// The same under the consumer group protocol (KIP-848, Apache Kafka), whose session timeout
+/// is the group's setting at the broker: set to 4 s for this group with Kafka's own
+/// `ConfigCommand` before the member joins. Its heartbeat task runs on the heartbeat thread
+/// too: without that, the broker fences the member while the handler blocks the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn under_the_consumer_protocol_a_blocking_handler_keeps_the_member() {
+    let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
+    let prefix = unique_prefix("stall848");
+    let group = format!("{prefix}stallers848");
+    let timeouts = "consumer.session.timeout.ms=4000,consumer.heartbeat.interval.ms=500";
+    kafka_tool(
+        "org.apache.kafka.tools.ConfigCommand",
+        &[
+            "--bootstrap-server",
+            &addr,
+            "--alter",
+            "--entity-type",
+            "groups",
+            "--entity-name",
+            &group,
+            "--add-config",
+            timeouts,
+        ],
+    )
+    .await;
+    one_assignment_over(&addr, &prefix, routes![stall_848][0], "stall848", 2).await;
 }

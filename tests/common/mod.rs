@@ -854,17 +854,41 @@ pub fn kafka_libs() -> std::path::PathBuf {
     .clone()
 }
 
-/// `tests/interop/JavaClient.java` run from source with Kafka's jars (the Java client as a peer).
-pub fn java_client(args: &[&str]) -> tokio::process::Command {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+/// `java` with Kafka's jars on its class path.
+fn kafka_java() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("java");
     cmd.arg("-cp")
         .arg(format!("{}/*", kafka_libs().display()))
         .arg("-Xmx256m")
-        .arg(root.join("tests/interop/JavaClient.java"))
-        .args(args)
         .kill_on_drop(true);
     cmd
+}
+
+/// `tests/interop/JavaClient.java` run from source with Kafka's jars (the Java client as a peer).
+pub fn java_client(args: &[&str]) -> tokio::process::Command {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = kafka_java();
+    cmd.arg(root.join("tests/interop/JavaClient.java"))
+        .args(args);
+    cmd
+}
+
+/// Runs one of Kafka's own tools (`class` of its jars, such as
+/// `org.apache.kafka.tools.ConfigCommand`) to its end; fails the test with its output if the
+/// tool fails.
+pub async fn kafka_tool(class: &str, args: &[&str]) {
+    let out = kafka_java()
+        .arg(class)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {class}: {e}"));
+    assert!(
+        out.status.success(),
+        "{class} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Reads a peer member's `ASSIGNED [p, ...]` lines (the aiokafka and Java member programs)

@@ -64,7 +64,9 @@
 //!   `benches/librdkafka-peer`, a crate outside the workspace: `cargo build --release
 //!   --manifest-path benches/librdkafka-peer/Cargo.toml`): the `framework-group` and `idle` rows
 //!   with a consumer-group relay written directly on librdkafka (rust-rdkafka) as the child, so
-//!   `group / rdkafka` compares the seed relay with the C client's in the same run.
+//!   `group / rdkafka` compares the seed relay with the C client's in the same run (the last
+//!   round's rows; every round's, with their median, at the end of the run, and what the idle
+//!   rows cost the broker).
 //! - `io-seq` and `io-par`: an I/O-bound handler (waits 5 ms, then answers) over keyed input
 //!   (1000 keys), one message at a time per partition and with `concurrency = 100`, on N / 50
 //!   messages (at least 3000).
@@ -513,29 +515,71 @@ async fn parent(args: Args) {
             if pairs.is_empty() {
                 continue;
             }
-            let column = |i: usize| {
-                let mut all: Vec<f64> = pairs.iter().map(|r| r[i]).collect();
-                let figures: Vec<String> = all.iter().map(|x| format!("{x:.2}")).collect();
-                all.sort_by(f64::total_cmp);
-                let mid = all.len() / 2;
-                let median = if all.len().is_multiple_of(2) {
-                    (all[mid - 1] + all[mid]) / 2.0
-                } else {
-                    all[mid]
-                };
-                format!("{} | {median:.2}", figures.join(" "))
-            };
+            let column = |i: usize| round_by_round(pairs.iter().map(|r| r[i]));
             println!("{kind} {p}/{p0}");
             println!("  throughput {}", column(0));
             println!("  CPU / msg  {}", column(1));
             println!("  peak RSS   {}", column(2));
         }
     }
+    // The group relay against the librdkafka peer at each partition count, and what each idle
+    // service costs the broker, round by round (a round's rows ran one after the other).
+    for &p in args.partition_counts.iter().filter(|_| args.peer.is_some()) {
+        let pairs: Vec<(Figures, Figures)> = rounds_of(p, "framework-group")
+            .into_iter()
+            .zip(rounds_of(p, "librdkafka"))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        println!();
+        println!("framework-group against librdkafka at P = {p}, round by round (median last):");
+        let column = |f: fn(&Figures, &Figures) -> f64| {
+            round_by_round(pairs.iter().map(|(ours, peer)| f(ours, peer)))
+        };
+        println!("  throughput {}", column(|o, r| r.seconds / o.seconds));
+        println!(
+            "  CPU / msg  {}",
+            column(|o, r| o.cpu_seconds / r.cpu_seconds)
+        );
+        println!(
+            "  peak RSS   {}",
+            column(|o, r| o.peak_rss_kib as f64 / r.peak_rss_kib as f64)
+        );
+    }
+    let idle_broker = |k: &str| -> Vec<f64> {
+        rounds_of(largest, k)
+            .iter()
+            .filter_map(|f| Some(f.broker_cpu?.total))
+            .collect()
+    };
+    let (ours, peer) = (idle_broker("idle"), idle_broker("idle@librdkafka"));
+    if !ours.is_empty() && ours.len() == peer.len() {
+        println!();
+        println!(
+            "idle against idle@librdkafka, the broker's CPU, round by round (median last):\n  {}",
+            round_by_round(ours.iter().zip(&peer).map(|(o, r)| o / r))
+        );
+    }
 
     if args.only.is_none() || args.only.as_deref() == Some("sizing") {
         request_sizing(&client, stamp).await;
     }
     println!("(throughput ratio: higher is better; CPU and RSS ratios: lower is better)");
+}
+
+/// Ratios round by round, then their median: `0.94 0.76 0.80 | 0.80`.
+fn round_by_round(ratios: impl Iterator<Item = f64>) -> String {
+    let mut all: Vec<f64> = ratios.collect();
+    let figures: Vec<String> = all.iter().map(|x| format!("{x:.2}")).collect();
+    all.sort_by(f64::total_cmp);
+    let mid = all.len() / 2;
+    let median = if all.len().is_multiple_of(2) {
+        (all[mid - 1] + all[mid]) / 2.0
+    } else {
+        all[mid]
+    };
+    format!("{} | {median:.2}", figures.join(" "))
 }
 
 /// Runs one row: its input written, its child started, timed and measured.

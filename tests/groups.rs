@@ -773,10 +773,7 @@ async fn one_assignment_over(
     name: &'static str,
     n: u64,
 ) {
-    let client = rskafka::client::ClientBuilder::new(vec![addr.to_owned()])
-        .build()
-        .await
-        .unwrap();
+    let client = client_at(addr).await;
     let (input, output) = (format!("{prefix}{name}"), format!("{prefix}{name}-done"));
     create_topic(&client, &input, 1).await;
     create_topic(&client, &output, 1).await;

@@ -106,7 +106,7 @@ async fn classic_static_members_restarted_one_by_one_keep_their_partitions() {
 async fn static_members_restarted(name: &str, route: Vec<&'static faststream::runtime::RouteDef>) {
     let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
     let prefix = unique_prefix(name);
-    let client = Arc::new(kafka_client(&addr).await);
+    let client = Arc::new(client_at(&addr).await);
     let (input, output) = (format!("{prefix}moves"), format!("{prefix}moves-out"));
     create_topic(&client, &input, PARTITIONS).await;
     create_topic(&client, &output, 1).await;
@@ -191,7 +191,7 @@ async fn slowpoke(n: u64, me: State<Instance>, partition: Partition) -> String {
 async fn a_handler_outliving_the_rebalance_timeout_is_named_and_the_group_goes_on() {
     let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
     let prefix = unique_prefix("slow848");
-    let client = kafka_client(&addr).await;
+    let client = client_at(&addr).await;
     let (input, output) = (format!("{prefix}slow"), format!("{prefix}slow-out"));
     create_topic(&client, &input, 2).await;
     create_topic(&client, &output, 1).await;
@@ -231,7 +231,7 @@ async fn a_handler_outliving_the_rebalance_timeout_is_named_and_the_group_goes_o
 async fn the_group_protocol_is_taken_from_the_environment() {
     let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
     let prefix = unique_prefix("env848");
-    let client = kafka_client(&addr).await;
+    let client = client_at(&addr).await;
     let (input, output) = (format!("{prefix}jobs"), format!("{prefix}jobs-done"));
     create_topic(&client, &input, 2).await;
     create_topic(&client, &output, 1).await;
@@ -275,7 +275,7 @@ async fn the_group_protocol_is_taken_from_the_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_without_the_consumer_protocol_is_named_at_startup() {
     let (tansu, addr) = OwnBroker::tansu().await;
-    let client = kafka_client(&addr).await;
+    let client = client_at(&addr).await;
     let prefix = unique_prefix("no848");
     create_topic(&client, &format!("{prefix}moves"), 1).await;
     init_logs();

@@ -318,10 +318,15 @@ pub fn unique_prefix(name: &str) -> String {
 }
 
 pub async fn raw_client() -> Client {
-    ClientBuilder::new(vec![bootstrap()])
+    client_at(&bootstrap()).await
+}
+
+/// An rskafka client of the broker at `addr` (the suite's, or a test's own Kafka).
+pub async fn client_at(addr: &str) -> Client {
+    ClientBuilder::new(vec![addr.to_owned()])
         .build()
         .await
-        .expect("connect to the test broker")
+        .unwrap_or_else(|e| panic!("connect to the broker at {addr}: {e}"))
 }
 
 pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {

@@ -13,7 +13,7 @@ use faststream::extract::{Partition, State};
 use faststream::kafka::KafkaBroker;
 use faststream::{publisher, subscriber, FastStream};
 use rskafka::client::partition::UnknownTopicHandling;
-use rskafka::client::{Client, ClientBuilder};
+use rskafka::client::Client;
 
 pub(crate) const PARTITIONS: i32 = 12;
 
@@ -66,13 +66,6 @@ pub(crate) async fn eager(n: u64, me: State<Instance>, partition: Partition) -> 
 #[publisher("moves-out")]
 pub(crate) async fn cooperative(n: u64, me: State<Instance>, partition: Partition) -> String {
     relayed(n, &me, partition)
-}
-
-pub(crate) async fn kafka_client(addr: &str) -> Client {
-    ClientBuilder::new(vec![addr.to_owned()])
-        .build()
-        .await
-        .unwrap()
 }
 
 /// Who holds which partition, as the members' rebalance hooks tell it.
@@ -262,7 +255,7 @@ pub(crate) async fn join_and_leave(
 ) -> Moves {
     let addr = tokio::task::spawn_blocking(apache_kafka).await.unwrap();
     let prefix = unique_prefix(protocol);
-    let client = Arc::new(kafka_client(&addr).await);
+    let client = Arc::new(client_at(&addr).await);
     let (input, output) = (format!("{prefix}moves"), format!("{prefix}moves-out"));
     create_topic(&client, &input, PARTITIONS).await;
     create_topic(&client, &output, 1).await;
